@@ -1,0 +1,158 @@
+"""Benchmark SAXS 2D->1D reduction: pyFAI integrate1d vs the folded sparse integrator.
+
+Usage::
+
+    python benchmarks/bench_reduction.py [--frames N] [--npt 500]
+
+All methods run in one process, on the same seeded Poisson int32 frames, with the same
+corrections (detector mask + beamstop, dark, solid angle, polarization 0.99, monitor).
+The last line of output is one JSON object with every figure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import platform
+import statistics
+import time
+from collections.abc import Callable
+
+import numpy as np
+import pyFAI
+from threadpoolctl import threadpool_limits
+
+from pbi_bluesky.reduction import FoldedIntegrator, Reducer, expected_frame, make_geometry
+
+THREADS = 2
+POL = 0.99
+DETECTORS = ("Pilatus1M", "Eiger4M")
+
+
+def render(name: str, n_frames: int, seed: int = 0) -> dict:
+    """Geometry, dark, mask and ``n_frames`` Poisson int32 frames for one detector."""
+    ai = make_geometry(name, distance_m=3.0, wavelength_angstrom=1.0)
+    shape = ai.detector.shape
+    rng = np.random.default_rng(seed)
+    dark = rng.uniform(0.0, 2.0, shape).astype(np.float32)
+    rows, cols = np.indices(shape)
+    cy, cx = int(ai.getFit2D()["centerY"]), int(ai.getFit2D()["centerX"])
+    beamstop = (rows - cy) ** 2 + (cols - cx) ** 2 < 25**2
+    expected = expected_frame(ai, lambda q: 1e3 / (1 + (q * 100) ** 2) + 2.0, flux=10.0,
+                              polarization_factor=POL, dark=dark)
+    frames = rng.poisson(expected, size=(n_frames, *shape)).astype(np.int32)
+    monitors = rng.uniform(0.9, 1.1, n_frames) * 10.0
+    return {"ai": ai, "dark": dark, "beamstop": beamstop, "frames": frames,
+            "monitors": monitors}
+
+
+def time_per_frame(fn: Callable[[], object], n_frames: int, repeats: int) -> float:
+    """Median wall time per frame in ms over ``repeats`` runs of ``fn`` (one warm-up)."""
+    fn()
+    runs = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        runs.append((time.perf_counter() - t0) * 1e3 / n_frames)
+    return statistics.median(runs)
+
+
+def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
+    scene = render(name, n_frames)
+    ai, dark, frames, monitors = scene["ai"], scene["dark"], scene["frames"], scene["monitors"]
+    t0 = time.perf_counter()
+    reducer = Reducer(ai, npt=npt, mask=scene["beamstop"], dark=dark, polarization_factor=POL)
+    setup_ms = (time.perf_counter() - t0) * 1e3
+    fast32 = FoldedIntegrator(ai, reducer.shape, npt, reducer.q_range, mask=reducer.mask,
+                              dark=dark, polarization_factor=POL, accumulate="float32")
+    mask = reducer.mask
+
+    def pyfai(method):
+        def run():
+            return [ai.integrate1d(f, npt, unit="q_A^-1", method=method, mask=mask, dark=dark,
+                                   polarization_factor=POL, correctSolidAngle=True,
+                                   normalization_factor=m, radial_range=reducer.q_range,
+                                   error_model="poisson")
+                    for f, m in zip(frames, monitors, strict=True)]
+        return run
+
+    methods: dict[str, Callable[[], object]] = {
+        "pyfai_bbox_csr": pyfai(("bbox", "csr", "cython")),
+        "pyfai_no_csc": pyfai(("no", "csc", "cython")),
+        "reducer_single": lambda: [reducer.reduce(f, monitor=m)
+                                   for f, m in zip(frames, monitors, strict=True)],
+        "folded_single": lambda: [reducer._folded.integrate(f, m)
+                                  for f, m in zip(frames, monitors, strict=True)],
+        "folded_single_f32": lambda: [fast32.integrate(f, m)
+                                      for f, m in zip(frames, monitors, strict=True)],
+        "folded_batch": lambda: reducer._folded.integrate_many(frames, monitors),
+        "reducer_batch": lambda: reducer.reduce_many(frames, monitors=monitors),
+    }
+    out: dict = {"shape": list(reducer.shape), "npt": npt, "frames": n_frames,
+                 "folded_setup_ms": round(setup_ms, 1), "methods": {}}
+    for key, fn in methods.items():
+        ms = time_per_frame(fn, n_frames, repeats)
+        out["methods"][key] = {"ms_per_frame": round(ms, 3), "frames_per_s": round(1e3 / ms, 1)}
+    ref_ms = out["methods"]["pyfai_bbox_csr"]["ms_per_frame"]
+    for entry in out["methods"].values():
+        entry["speedup_vs_pyfai_bbox_csr"] = round(ref_ms / entry["ms_per_frame"], 2)
+
+    # accuracy vs integrate1d bbox/csr on every filled bin of every frame
+    refs = methods["pyfai_bbox_csr"]()
+    batch_i, batch_s = reducer._folded.integrate_many(frames, monitors)
+    f32 = [fast32.integrate(f, m) for f, m in zip(frames, monitors, strict=True)]
+    worst = {"folded_single": [0.0, 0.0], "folded_batch": [0.0, 0.0],
+             "folded_single_f32": [0.0, 0.0]}
+    for k, ref in enumerate(refs):
+        ok = np.asarray(ref.count) > 0
+        single = reducer._folded.integrate(frames[k], monitors[k])
+        for key, (i, s) in (("folded_single", single), ("folded_batch", (batch_i[k], batch_s[k])),
+                            ("folded_single_f32", f32[k])):
+            worst[key][0] = max(worst[key][0], float(np.max(np.abs(i[ok] / ref.intensity[ok] - 1))))
+            worst[key][1] = max(worst[key][1], float(np.max(np.abs(s[ok] / ref.sigma[ok] - 1))))
+    out["max_rel_diff_vs_pyfai_bbox_csr"] = {
+        k: {"intensity": float(f"{v[0]:.3g}"), "sigma": float(f"{v[1]:.3g}")}
+        for k, v in worst.items()
+    }
+    return out
+
+
+def print_table(results: dict) -> None:
+    header = f"{'detector':<10} {'method':<20} {'ms/frame':>10} {'frames/s':>10} {'speed-up':>9}"
+    print(header)
+    print("-" * len(header))
+    for det, res in results["detectors"].items():
+        for key, m in res["methods"].items():
+            print(f"{det:<10} {key:<20} {m['ms_per_frame']:>10.2f} {m['frames_per_s']:>10.1f} "
+                  f"{m['speedup_vs_pyfai_bbox_csr']:>8.2f}x")
+        for key, d in res["max_rel_diff_vs_pyfai_bbox_csr"].items():
+            print(f"{det:<10} max rel diff {key:<18} I {d['intensity']:.2e}  "
+                  f"sigma {d['sigma']:.2e}")
+        print(f"{det:<10} folded integrator setup {res['folded_setup_ms']:.0f} ms "
+              f"(shape {tuple(res['shape'])}, npt {res['npt']})")
+        print()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--frames", type=int, default=5, help="frames per detector")
+    parser.add_argument("--npt", type=int, default=500, help="number of q bins")
+    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per method")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.WARNING)
+    with threadpool_limits(THREADS):
+        results = {
+            "threads": THREADS,
+            "pyfai_version": pyFAI.version,
+            "numpy_version": np.__version__,
+            "python": platform.python_version(),
+            "detectors": {name: bench_detector(name, args.frames, args.npt, args.repeats)
+                          for name in DETECTORS},
+        }
+    print_table(results)
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,29 @@
+"""SAXS 2D->1D reduction built on pyFAI.
+
+The fast path (:class:`FoldedIntegrator`) folds every static correction into one sparse
+matrix and matches ``pyFAI.integrate1d`` (bbox/csr/cython, Poisson error model).
+"""
+
+from .errors import ReductionError
+from .geometry import expected_frame, geometry_provenance, load_geometry, make_geometry
+from .images import as_frame, read_image
+from .integrator import FoldedIntegrator
+from .io1d import read_ascii, read_nxcansas, read_profile, write_ascii, write_nxcansas
+from .pipeline import Reducer
+
+__all__ = [
+    "FoldedIntegrator",
+    "Reducer",
+    "ReductionError",
+    "as_frame",
+    "expected_frame",
+    "geometry_provenance",
+    "load_geometry",
+    "make_geometry",
+    "read_ascii",
+    "read_image",
+    "read_nxcansas",
+    "read_profile",
+    "write_ascii",
+    "write_nxcansas",
+]

@@ -1,0 +1,257 @@
+"""Fast 1D azimuthal integration with all static corrections folded into one sparse matrix.
+
+pyFAI's CSR engine (``integrate1d`` with method ``("bbox", "csr", "cython")``) computes,
+per q bin ``b`` with sparse pixel-splitting coefficients ``c_bi``::
+
+    signal_b = sum_i c_bi (x_i - dark_i)
+    norm_b   = sum_i c_bi (monitor * flat_i * solidangle_i * polarization_i)
+    var_b    = sum_i c_bi^2 max(x_i, 1)            # error_model="poisson" (Cython engine)
+    I_b      = signal_b / norm_b,   sigma_b = sqrt(var_b) / norm_b   (the "sem")
+
+Everything except ``x`` is static, so :class:`FoldedIntegrator` precomputes ``norm_b``
+and ``sum_i c_bi dark_i`` once; a frame then costs two sparse mat-vecs (``C x`` and
+``C^2 max(x, 1)``). Pixels carrying the detector's dummy value (e.g. -1/-2 on a Pilatus)
+are dropped per frame, exactly as pyFAI's dynamic mask does.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import scipy.sparse as sp
+from numpy.typing import ArrayLike, NDArray
+from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+from .errors import ReductionError
+
+__all__ = ["FoldedIntegrator", "UNIT"]
+
+logger = logging.getLogger(__name__)
+
+UNIT = "q_A^-1"
+
+
+@dataclass(frozen=True)
+class _Dummy:
+    value: float
+    delta: float
+
+
+class FoldedIntegrator:
+    """Precomputed sparse azimuthal integrator (q in 1/angstrom).
+
+    Parameters
+    ----------
+    ai
+        pyFAI geometry.
+    shape
+        Frame shape ``(ny, nx)``.
+    npt
+        Number of q bins.
+    q_range
+        ``(qmin, qmax)`` in 1/angstrom; fixes the q grid.
+    mask
+        Pixels to ignore (non-zero = masked), or ``None``.
+    dark, flat
+        Dark-current and flat-field images, or ``None``.
+    polarization_factor
+        pyFAI polarization factor, or ``None`` for no correction.
+    correct_solid_angle
+        Apply pyFAI's (relative) solid-angle correction.
+    split
+        Pixel splitting, ``"bbox"`` (default, like pyFAI's default) or ``"no"``.
+    accumulate
+        dtype of the sparse products: ``"float64"`` (default; sums of ~1e5 pixels stay
+        exact to ~1e-12, needed when a background is subtracted) or ``"float32"`` (about
+        1.5x faster, relative rounding up to ~1e-4 on large bins).
+    """
+
+    def __init__(
+        self,
+        ai: AzimuthalIntegrator,
+        shape: tuple[int, int],
+        npt: int,
+        q_range: tuple[float, float],
+        *,
+        mask: ArrayLike | None = None,
+        dark: ArrayLike | None = None,
+        flat: ArrayLike | None = None,
+        polarization_factor: float | None = 0.99,
+        correct_solid_angle: bool = True,
+        split: str = "bbox",
+        accumulate: str = "float64",
+    ) -> None:
+        self.shape = (int(shape[0]), int(shape[1]))
+        self.npt = int(npt)
+        self.q_range = (float(q_range[0]), float(q_range[1]))
+        if self.npt < 1:
+            raise ReductionError(f"npt must be >= 1, got {npt}")
+        if accumulate not in ("float32", "float64"):
+            raise ReductionError(f"accumulate must be 'float32' or 'float64', got {accumulate!r}")
+        self.dtype = np.dtype(accumulate)
+        if not self.q_range[0] < self.q_range[1]:
+            raise ReductionError(f"q range must be increasing, got {self.q_range}")
+        size = self.shape[0] * self.shape[1]
+        mask_arr = self._static_mask(ai, mask, dark, flat)
+        engine = ai.setup_sparse_integrator(
+            self.shape, self.npt, mask=mask_arr.astype(np.int8), pos0_range=self.q_range,
+            unit=UNIT, split=split, algo="CSR", empty=np.nan, scale=True,
+        )
+        data, indices, indptr = engine.lut
+        data = np.asarray(data, dtype=self.dtype)
+        self.q = np.asarray(engine.bin_centers, dtype=np.float64) * 0.1  # nm^-1 -> A^-1
+        self._csr = sp.csr_matrix((data, indices, indptr), shape=(self.npt, size))
+        self._csr2 = sp.csr_matrix((data * data, indices, indptr), shape=(self.npt, size))
+
+        weight = np.ones(size, dtype=np.float32)
+        if flat is not None:
+            weight *= np.asarray(flat, dtype=np.float32).ravel()
+        if polarization_factor is not None:
+            weight *= ai.polarization(self.shape, polarization_factor).astype(np.float32).ravel()
+        if correct_solid_angle:
+            weight *= ai.solidAngleArray(self.shape).astype(np.float32).ravel()
+        self._weight = weight
+        self._norm = self._csr.dot(weight.astype(self.dtype)).astype(np.float64)
+        self.count = self._csr.dot(np.ones(size, dtype=self.dtype)).astype(np.float64)
+        self._dark = None if dark is None else np.asarray(dark, dtype=np.float32).ravel()
+        self._cdark = (np.zeros(self.npt) if self._dark is None
+                       else self._csr.dot(self._dark.astype(self.dtype)).astype(np.float64))
+        self._empty = self._norm <= 0
+        self._buf = np.empty(size, dtype=self.dtype)
+        dummy, delta = ai.detector.dummy, ai.detector.delta_dummy
+        self._dummy = None if dummy is None else (float(dummy), delta)
+        self.mask = mask_arr
+        logger.info("FoldedIntegrator: %d bins, %d nnz, %d masked pixels", self.npt,
+                    self._csr.nnz, int(mask_arr.sum()))
+
+    def _static_mask(self, ai, mask, dark, flat) -> NDArray[np.bool_]:
+        """Union of the user mask and pixels whose dark/flat hold the dummy value."""
+        out = np.zeros(self.shape, dtype=bool)
+        if mask is not None:
+            m = np.asarray(mask)
+            if m.shape != self.shape:
+                raise ReductionError(f"mask shape {m.shape} does not match frame shape "
+                                     f"{self.shape}")
+            out |= m.astype(bool)
+        for name, arr in (("dark", dark), ("flat", flat)):
+            if arr is None:
+                continue
+            a = np.asarray(arr, dtype=np.float32)
+            if a.shape != self.shape:
+                raise ReductionError(f"{name} shape {a.shape} does not match frame shape "
+                                     f"{self.shape}")
+            d, dd = ai.detector.get_dummies(a)
+            if d is not None:
+                out |= np.abs(a - d) <= dd
+            out |= ~np.isfinite(a)
+        if flat is not None:
+            out |= np.asarray(flat, dtype=np.float32) == 0
+        return out
+
+    def _dummy_for(self, dtype: np.dtype) -> _Dummy | None:
+        """Dummy value as pyFAI computes it for a frame of this dtype."""
+        if self._dummy is None:
+            return None
+        value = np.float32(np.dtype(dtype).type(np.int64(self._dummy[0])))
+        delta = np.finfo(np.float32).eps if self._dummy[1] is None else self._dummy[1]
+        return _Dummy(float(value), float(np.float32(delta)))
+
+    def _flagged(self, x: NDArray, dummy: _Dummy | None) -> NDArray | None:
+        """Boolean mask of pixels holding the dummy value, or ``None`` when there are none."""
+        if dummy is None:
+            return None
+        slack = 4 * np.finfo(np.float32).eps * abs(dummy.value)  # float32 rounding margin
+        lo, hi = dummy.value - dummy.delta - slack, dummy.value + dummy.delta + slack
+        if hi < 0 and x.min() > hi:
+            return None
+        if lo > 0 and x.max() < lo:
+            return None
+        # exact test in float32, as pyFAI's preprocessing does
+        x32 = x.astype(np.float32, copy=False)
+        flagged = np.abs(x32 - np.float32(dummy.value)) <= np.float32(dummy.delta)
+        return flagged if flagged.any() else None
+
+    def _finish(self, signal, var, norm) -> tuple[NDArray, NDArray]:
+        with np.errstate(divide="ignore", invalid="ignore"):
+            intensity = signal / norm
+            sigma = np.sqrt(var) / norm
+        bad = ~(norm > 0)
+        intensity[bad] = np.nan
+        sigma[bad] = np.nan
+        return intensity, sigma
+
+    def integrate(self, frame: ArrayLike, monitor: float = 1.0) -> tuple[NDArray, NDArray]:
+        """Integrate one frame.
+
+        Parameters
+        ----------
+        frame
+            2D array of raw counts, shape ``self.shape``.
+        monitor
+            Normalisation factor (pyFAI ``normalization_factor``).
+
+        Returns
+        -------
+        intensity, sigma
+            float64 arrays of length ``npt``; NaN in bins with no pixels.
+        """
+        frame = np.asarray(frame)
+        if frame.shape != self.shape:
+            raise ReductionError(f"frame shape {frame.shape} does not match integrator shape "
+                                 f"{self.shape}")
+        x = self._buf
+        np.copyto(x, frame.reshape(-1), casting="unsafe")  # the only conversion of the frame
+        norm = self._norm * float(monitor)
+        cdark = self._cdark
+        flagged = self._flagged(x, self._dummy_for(frame.dtype))
+        if flagged is not None:
+            x = x.copy()
+            x[flagged] = 0.0
+            fl = flagged.astype(self.dtype)
+            norm = norm - self._csr.dot(fl * self._weight) * float(monitor)
+            if self._dark is not None:
+                cdark = cdark - self._csr.dot(fl * self._dark)
+        signal = self._csr.dot(x).astype(np.float64) - cdark
+        np.maximum(x, 1.0, out=x)
+        if flagged is not None:
+            x[flagged] = 0.0
+        var = self._csr2.dot(x).astype(np.float64)
+        return self._finish(signal, var, norm)
+
+    def integrate_many(
+        self, frames: ArrayLike, monitors: ArrayLike | float = 1.0
+    ) -> tuple[NDArray, NDArray]:
+        """Integrate a stack of frames with one sparse x dense product.
+
+        Parameters
+        ----------
+        frames
+            Array ``(n, ny, nx)``.
+        monitors
+            Scalar or ``n`` normalisation factors.
+
+        Returns
+        -------
+        intensity, sigma
+            Arrays of shape ``(n, npt)``.
+        """
+        frames = np.asarray(frames)
+        if frames.ndim != 3 or frames.shape[1:] != self.shape:
+            raise ReductionError(f"frames shape {frames.shape} does not match (n, "
+                                 f"{self.shape[0]}, {self.shape[1]})")
+        n = frames.shape[0]
+        mon = np.broadcast_to(np.asarray(monitors, dtype=np.float64), (n,))
+        x = np.empty((frames[0].size, n), dtype=self.dtype)
+        np.copyto(x, frames.reshape(n, -1).T, casting="unsafe")
+        dummy = self._dummy_for(frames.dtype)
+        special = [k for k in range(n) if self._flagged(x[:, k], dummy) is not None]
+        signal = self._csr.dot(x).astype(np.float64).T - self._cdark
+        np.maximum(x, 1.0, out=x)
+        var = self._csr2.dot(x).astype(np.float64).T
+        norm = self._norm[None, :] * mon[:, None]
+        intensity, sigma = self._finish(signal, var, norm)
+        for k in special:  # frames with dummy pixels: exact per-frame path
+            intensity[k], sigma[k] = self.integrate(frames[k], mon[k])
+        return intensity, sigma

@@ -1,0 +1,326 @@
+"""User-facing SAXS reduction: frame -> :class:`~pbi_bluesky.profile.Profile`."""
+
+from __future__ import annotations
+
+import logging
+import math
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pyFAI
+from numpy.typing import ArrayLike, NDArray
+from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+from ..profile import Profile
+from .errors import ReductionError
+from .geometry import geometry_provenance, load_geometry
+from .images import as_frame
+from .integrator import UNIT, FoldedIntegrator
+
+__all__ = ["METHODS", "PYFAI_METHOD", "Reducer", "ReductionError"]
+
+logger = logging.getLogger(__name__)
+
+METHODS = ("folded", "pyfai")
+PYFAI_METHOD = ("bbox", "csr", "cython")
+MAX_TRANSMISSION = 1.5
+
+Image = str | Path | ArrayLike
+
+
+def _positive(name: str, value: float, upper: float | None = None) -> float:
+    try:
+        v = float(value)
+    except (TypeError, ValueError) as exc:
+        raise ReductionError(f"{name} must be a number, got {value!r}") from exc
+    if not math.isfinite(v) or v <= 0:
+        raise ReductionError(f"{name} must be > 0, got {value}")
+    if upper is not None and v > upper:
+        raise ReductionError(f"{name} must be <= {upper}, got {value}")
+    return v
+
+
+class Reducer:
+    """Reduce 2D SAXS frames to 1D profiles on one fixed q grid.
+
+    Parameters
+    ----------
+    geometry
+        PONI file path or pyFAI ``AzimuthalIntegrator``.
+    npt
+        Number of q bins.
+    q_range_inv_angstrom
+        ``(qmin, qmax)`` in 1/angstrom. Default: the q span of the unmasked pixel centres.
+    mask
+        Extra mask (array or image path, non-zero = masked). The detector's own mask
+        (module gaps) is always added.
+    dark, flat
+        Dark-current and flat-field images (arrays or paths), optional.
+    polarization_factor
+        pyFAI polarization factor, ``None`` to skip the correction.
+    correct_solid_angle
+        Apply the solid-angle correction.
+    method
+        ``"folded"`` (fast :class:`FoldedIntegrator`) or ``"pyfai"`` (``ai.integrate1d`` with
+        method ``("bbox", "csr", "cython")``, for comparison).
+    """
+
+    def __init__(
+        self,
+        geometry: str | Path | AzimuthalIntegrator,
+        *,
+        npt: int = 500,
+        q_range_inv_angstrom: tuple[float, float] | None = None,
+        mask: Image | None = None,
+        dark: Image | None = None,
+        flat: Image | None = None,
+        polarization_factor: float | None = 0.99,
+        correct_solid_angle: bool = True,
+        method: str = "folded",
+    ) -> None:
+        if method not in METHODS:
+            raise ReductionError(f"method must be one of {METHODS}, got {method!r}")
+        self.ai = load_geometry(geometry)
+        self.source = str(geometry) if isinstance(geometry, (str, Path)) else "AzimuthalIntegrator"
+        self.shape: tuple[int, int] = tuple(int(s) for s in self.ai.detector.shape)
+        self.npt = int(npt)
+        self.method = method
+        self.polarization_factor = polarization_factor
+        self.correct_solid_angle = bool(correct_solid_angle)
+        self.dark = None if dark is None else self._image("dark", dark).astype(np.float32)
+        self.flat = None if flat is None else self._image("flat", flat).astype(np.float32)
+        user_mask = None if mask is None else self._image("mask", mask).astype(bool)
+        det_mask = self.ai.detector.mask
+        combined = np.zeros(self.shape, dtype=bool)
+        if det_mask is not None:
+            combined |= np.asarray(det_mask).astype(bool)
+        if user_mask is not None:
+            combined |= user_mask
+        self.q_range = self._q_range(q_range_inv_angstrom, combined)
+        self._folded = FoldedIntegrator(
+            self.ai, self.shape, self.npt, self.q_range, mask=combined, dark=self.dark,
+            flat=self.flat, polarization_factor=polarization_factor,
+            correct_solid_angle=self.correct_solid_angle,
+        )
+        # the integrator's mask also holds pixels with dummy dark/flat values
+        self.mask = self._folded.mask
+        self.q = self._folded.q
+        self.count = self._folded.count
+
+    # -- construction helpers -------------------------------------------------------------
+    def _image(self, name: str, obj: Image) -> NDArray:
+        arr = as_frame(obj)
+        if arr.shape != self.shape:
+            raise ReductionError(f"{name} shape {arr.shape} does not match detector shape "
+                                 f"{self.shape} of geometry from {self.source}")
+        return arr
+
+    def _q_range(self, q_range, mask) -> tuple[float, float]:
+        if q_range is not None:
+            lo, hi = (float(v) for v in q_range)
+            if not (math.isfinite(lo) and math.isfinite(hi) and 0 <= lo < hi):
+                raise ReductionError(f"q range must satisfy 0 <= qmin < qmax, got {q_range}")
+            return lo, hi
+        q = self.ai.array_from_unit(self.shape, "center", UNIT, scale=True)
+        valid = q[~mask]
+        if valid.size == 0:
+            raise ReductionError("every detector pixel is masked")
+        return float(valid.min()), float(valid.max())
+
+    # -- provenance -----------------------------------------------------------------------
+    def provenance(self, **corrections: Any) -> dict[str, Any]:
+        """Provenance dict common to every profile made by this reducer."""
+        return {
+            "package": "pbi_bluesky",
+            "geometry": geometry_provenance(self.ai),
+            "geometry_source": self.source,
+            "npt": self.npt,
+            "unit": UNIT,
+            "q_range_inv_angstrom": list(self.q_range),
+            "method": self.method if self.method == "folded" else f"pyfai:{PYFAI_METHOD}",
+            "pyfai_version": pyFAI.version,
+            "error_model": "poisson",
+            "corrections": {
+                "mask_pixels": int(self.mask.sum()),
+                "dark": self.dark is not None,
+                "flat": self.flat is not None,
+                "solid_angle": self.correct_solid_angle,
+                "polarization_factor": self.polarization_factor,
+                **corrections,
+            },
+        }
+
+    # -- validation -----------------------------------------------------------------------
+    def check_frame(self, frame: Image) -> NDArray:
+        """Return ``frame`` as an array after checking shape, size and finiteness."""
+        arr = np.asarray(frame) if not isinstance(frame, (str, Path)) else as_frame(frame)
+        if arr.size == 0:
+            raise ReductionError("frame is empty (0 pixels)")
+        if arr.shape != self.shape:
+            raise ReductionError(f"frame shape {arr.shape} does not match detector shape "
+                                 f"{self.shape} of geometry from {self.source}")
+        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
+            raise ReductionError(f"frame dtype {arr.dtype} is not numeric")
+        if np.issubdtype(arr.dtype, np.floating):
+            valid = ~self.mask
+            n_nan = int(np.count_nonzero(np.isnan(arr[valid])))
+            n_inf = int(np.count_nonzero(np.isinf(arr[valid])))
+            if n_nan:
+                raise ReductionError(f"frame contains {n_nan} NaN pixels")
+            if n_inf:
+                raise ReductionError(f"frame contains {n_inf} infinite pixels")
+        return arr
+
+    # -- integration ----------------------------------------------------------------------
+    def integrate(self, frame: Image, monitor: float = 1.0) -> tuple[NDArray, NDArray]:
+        """Integrate one validated frame: I(q) and sigma normalised by ``monitor``."""
+        arr = self.check_frame(frame)
+        monitor = _positive("monitor", monitor)
+        if self.method == "folded":
+            return self._folded.integrate(arr, monitor)
+        res = self.ai.integrate1d(
+            arr, self.npt, unit=UNIT, method=PYFAI_METHOD, mask=self.mask, dark=self.dark,
+            flat=self.flat, polarization_factor=self.polarization_factor,
+            correctSolidAngle=self.correct_solid_angle, normalization_factor=monitor,
+            radial_range=self.q_range, error_model="poisson",
+        )
+        intensity = np.array(res.intensity, dtype=np.float64)
+        sigma = np.array(res.sigma, dtype=np.float64)
+        empty = ~(np.asarray(res.sum_normalization) > 0)
+        intensity[empty] = np.nan
+        sigma[empty] = np.nan
+        return intensity, sigma
+
+    def _background_term(
+        self, background: Profile | Image, monitor: float, transmission: float
+    ) -> tuple[NDArray, NDArray, dict[str, Any]]:
+        if isinstance(background, Profile):
+            if background.npt != self.npt or not np.allclose(
+                background.q_inv_angstrom, self.q, rtol=1e-6, atol=0
+            ):
+                raise ReductionError("background profile q grid differs from this reducer's "
+                                     f"({background.npt} vs {self.npt} bins)")
+            corr = background.provenance.get("corrections", {})
+            if corr.get("thickness_cm") is not None or corr.get("background"):
+                raise ReductionError("background profile must not be thickness-normalised or "
+                                     "background-subtracted itself")
+            return background.intensity, background.sigma, {"kind": "profile"}
+        i_b, s_b = self.integrate(background, monitor)
+        return i_b / transmission, s_b / transmission, {
+            "kind": "frame", "monitor": monitor, "transmission": transmission}
+
+    def reduce(
+        self,
+        frame: Image,
+        *,
+        monitor: float = 1.0,
+        transmission: float = 1.0,
+        thickness_cm: float | None = None,
+        background: Profile | Image | None = None,
+        background_monitor: float = 1.0,
+        background_transmission: float = 1.0,
+        metadata: dict[str, Any] | None = None,
+    ) -> Profile:
+        """Reduce one frame to a :class:`Profile`.
+
+        ``I = (I_frame / (monitor * T) - I_bkg / (monitor_bkg * T_bkg)) / thickness``,
+        uncertainties added in quadrature.
+
+        Parameters
+        ----------
+        frame
+            Raw 2D frame (array or image path).
+        monitor
+            Incident-flux normalisation of the frame.
+        transmission
+            Sample transmission, in (0, 1.5].
+        thickness_cm
+            Sample thickness in cm; when given, I is divided by it (absolute units 1/cm if
+            the monitor is calibrated in absolute flux).
+        background
+            Empty-cell contribution: a Profile reduced by this reducer (with its own
+            transmission, no thickness) or a raw frame, reduced here with
+            ``background_monitor`` and ``background_transmission``.
+        metadata
+            Copied into the profile's metadata.
+        """
+        transmission = _positive("transmission", transmission, MAX_TRANSMISSION)
+        if thickness_cm is not None:
+            thickness_cm = _positive("thickness", thickness_cm)
+        intensity, sigma = self.integrate(frame, monitor)
+        intensity = intensity / transmission
+        sigma = sigma / transmission
+        bkg_info: dict[str, Any] | None = None
+        if background is not None:
+            i_b, s_b, bkg_info = self._background_term(
+                background,
+                _positive("background monitor", background_monitor),
+                _positive("background transmission", background_transmission,
+                          MAX_TRANSMISSION),
+            )
+            intensity = intensity - i_b
+            sigma = np.hypot(sigma, s_b)
+        if thickness_cm is not None:
+            intensity = intensity / thickness_cm
+            sigma = sigma / thickness_cm
+        meta = {"units": "1/cm" if thickness_cm is not None else "arbitrary",
+                **(metadata or {})}
+        prov = self.provenance(monitor=float(monitor), transmission=transmission,
+                               thickness_cm=thickness_cm, background=bkg_info)
+        return Profile(self.q.copy(), intensity, sigma, meta, prov)
+
+    def reduce_many(
+        self,
+        frames: ArrayLike | Sequence[Image],
+        *,
+        monitors: ArrayLike | float = 1.0,
+        transmission: float = 1.0,
+        thickness_cm: float | None = None,
+        background: Profile | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> list[Profile]:
+        """Reduce a stack of frames ``(n, ny, nx)`` with the batch integrator.
+
+        Same corrections as :meth:`reduce`; ``background`` must be a Profile here.
+        """
+        if isinstance(frames, (list, tuple)):
+            frames = [self.check_frame(f) for f in frames]
+            stack = np.stack(frames)
+        else:
+            stack = np.asarray(frames)
+            if stack.ndim != 3:
+                raise ReductionError(f"frames must be a (n, ny, nx) stack, got {stack.shape}")
+            for f in stack:
+                self.check_frame(f)
+        n = stack.shape[0]
+        mons = np.broadcast_to(np.asarray(monitors, dtype=np.float64), (n,))
+        for m in mons:
+            _positive("monitor", m)
+        if self.method != "folded" or background is not None and not isinstance(
+            background, Profile
+        ):
+            return [self.reduce(f, monitor=m, transmission=transmission,
+                                thickness_cm=thickness_cm, background=background,
+                                metadata=metadata) for f, m in zip(stack, mons, strict=True)]
+        transmission = _positive("transmission", transmission, MAX_TRANSMISSION)
+        if thickness_cm is not None:
+            thickness_cm = _positive("thickness", thickness_cm)
+        intensity, sigma = self._folded.integrate_many(stack, mons)
+        intensity /= transmission
+        sigma /= transmission
+        bkg_info = None
+        if background is not None:
+            i_b, s_b, bkg_info = self._background_term(background, 1.0, 1.0)
+            intensity -= i_b
+            sigma = np.hypot(sigma, s_b)
+        scale = 1.0 if thickness_cm is None else thickness_cm
+        meta = {"units": "1/cm" if thickness_cm is not None else "arbitrary",
+                **(metadata or {})}
+        return [
+            Profile(self.q.copy(), intensity[k] / scale, sigma[k] / scale, dict(meta),
+                    self.provenance(monitor=float(mons[k]), transmission=transmission,
+                                    thickness_cm=thickness_cm, background=bkg_info))
+            for k in range(n)
+        ]

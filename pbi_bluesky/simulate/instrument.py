@@ -1,0 +1,221 @@
+"""The simulated SAXS instrument: detector geometry, beam, beamstop, cell, and noise.
+
+An :class:`Instrument` is a real pyFAI geometry (``AzimuthalIntegrator``, writable as a
+PONI file) plus the beam and sample-environment parameters needed to predict counts:
+incident flux, exposure, polarisation, beamstop, empty-cell (window + air) scattering,
+dark current and an optional flat field.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "Instrument",
+    "make_geometry",
+    "empty_cell_per_sr",
+    "DEFAULT_Q_RANGE",
+]
+
+DEFAULT_Q_RANGE: tuple[float, float] = (0.007, 0.20)
+"""q range (1/angstrom) of the default instrument: outside the beamstop, inside full rings."""
+
+PILATUS_SATURATION = 2**20 - 1
+
+
+def make_geometry(
+    detector: str = "Pilatus1M",
+    distance_m: float = 3.0,
+    wavelength_angstrom: float = 1.0,
+    beam_center_px: tuple[float, float] | None = None,
+):
+    """A pyFAI ``AzimuthalIntegrator`` for a real detector with no tilt.
+
+    Parameters
+    ----------
+    detector
+        Any name ``pyFAI.detector_factory`` knows: ``"Pilatus300k"``, ``"Pilatus1M"``,
+        ``"Eiger4M"``...
+    distance_m
+        Sample-to-detector distance.
+    wavelength_angstrom
+        X-ray wavelength (1 A = 12.4 keV).
+    beam_center_px
+        Direct-beam position (x, y) in pixels; default near the detector middle.
+    """
+    import pyFAI
+    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+    det = pyFAI.detector_factory(detector)
+    ny, nx = det.shape
+    cx, cy = beam_center_px if beam_center_px is not None else (nx / 2 + 0.3, ny / 2 + 0.7)
+    ai = AzimuthalIntegrator(detector=det, wavelength=wavelength_angstrom * 1e-10)
+    ai.setFit2D(distance_m * 1000.0, cx, cy)
+    return ai
+
+
+def empty_cell_per_sr(q_inv_angstrom: NDArray[np.float64]) -> NDArray[np.float64]:
+    """Scattering of the empty cell (windows + air path), photons per incident photon per sr.
+
+    A flat window/air term plus a q^-3 parasitic tail from window surfaces and slits.
+    """
+    q = np.asarray(q_inv_angstrom, dtype=np.float64)
+    return 2.0e-4 + 1.0e-9 * q**-3.0
+
+
+@dataclass
+class Instrument:
+    """A SAXS beamline as far as the counts on the detector are concerned.
+
+    Parameters
+    ----------
+    geometry
+        pyFAI ``AzimuthalIntegrator`` (detector, distance, beam centre, wavelength).
+    flux_ph_per_s
+        Incident photons per second on the sample.
+    exposure_s
+        Default exposure time.
+    polarization_factor
+        Beam polarisation factor as pyFAI defines it (0.99 for an undulator).
+    beamstop_radius_px
+        Radius of the beamstop shadow around the direct beam; an arm runs to the bottom edge.
+    empty_cell_transmission
+        Transmission of the cell windows alone.
+    dark_rate_per_s
+        Mean dark counts per pixel per second.
+    flat_field_rms
+        Relative pixel-gain scatter (0 = ideal flat field).
+    q_range_inv_angstrom, npt
+        The fixed q grid of reduced profiles (linear bins, pyFAI style).
+    """
+
+    geometry: object = field(default_factory=make_geometry)
+    flux_ph_per_s: float = 1.0e12
+    exposure_s: float = 1.0
+    polarization_factor: float = 0.99
+    beamstop_radius_px: float = 15.0
+    empty_cell_transmission: float = 0.95
+    dark_rate_per_s: float = 0.01
+    flat_field_rms: float = 0.0
+    flat_field_seed: int = 12345
+    q_range_inv_angstrom: tuple[float, float] = DEFAULT_Q_RANGE
+    npt: int = 400
+
+    # -- static per-pixel arrays (computed once) ----------------------------------
+    @property
+    def shape(self) -> tuple[int, int]:
+        """Detector shape (rows, columns)."""
+        return tuple(self.geometry.detector.shape)  # type: ignore[attr-defined]
+
+    @property
+    def beam_center_px(self) -> tuple[float, float]:
+        """Direct-beam position (x, y) in pixels."""
+        f2d = self.geometry.getFit2D()  # type: ignore[attr-defined]
+        return float(f2d["centerX"]), float(f2d["centerY"])
+
+    @cached_property
+    def q_map_inv_angstrom(self) -> NDArray[np.float64]:
+        """q at every pixel centre, 1/angstrom."""
+        return np.asarray(self.geometry.qArray(self.shape), dtype=np.float64) / 10.0
+
+    @cached_property
+    def solid_angle_sr(self) -> NDArray[np.float64]:
+        """Absolute solid angle of every pixel (sr)."""
+        return np.asarray(self.geometry.solidAngleArray(self.shape, absolute=True))
+
+    @cached_property
+    def polarization(self) -> NDArray[np.float64]:
+        """Polarisation factor of every pixel."""
+        return np.asarray(self.geometry.polarization(self.shape, factor=self.polarization_factor))
+
+    @cached_property
+    def flat_field(self) -> NDArray[np.float32]:
+        """Relative pixel gain (ones when ``flat_field_rms`` is 0)."""
+        if self.flat_field_rms <= 0:
+            return np.ones(self.shape, dtype=np.float32)
+        rng = np.random.default_rng(self.flat_field_seed)
+        gain = 1.0 + rng.normal(0.0, self.flat_field_rms, self.shape)
+        return np.clip(gain, 0.5, 1.5).astype(np.float32)
+
+    @cached_property
+    def detector_mask(self) -> NDArray[np.bool_]:
+        """Module gaps and bad pixels of the detector itself (True = masked)."""
+        mask = self.geometry.detector.mask  # type: ignore[attr-defined]
+        if mask is None:
+            return np.zeros(self.shape, dtype=bool)
+        return np.asarray(mask, dtype=bool)
+
+    def beamstop_shadow(self, offset_px: tuple[float, float] = (0.0, 0.0)) -> NDArray[np.bool_]:
+        """Pixels shadowed by the beamstop disc and its arm (True = shadowed)."""
+        ny, nx = self.shape
+        cx, cy = self.beam_center_px
+        cx, cy = cx + offset_px[0], cy + offset_px[1]
+        yy, xx = np.ogrid[0:ny, 0:nx]
+        r = self.beamstop_radius_px
+        disc = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r**2
+        arm = (np.abs(xx + 0.5 - cx) <= 0.4 * r) & (yy + 0.5 >= cy)
+        return disc | arm
+
+    @cached_property
+    def mask(self) -> NDArray[np.bool_]:
+        """The mask a beamline scientist draws: detector gaps plus the beamstop (grown 3 px)."""
+        grown = Instrument.beamstop_shadow.__get__(self)
+        saved = self.beamstop_radius_px
+        try:
+            self.beamstop_radius_px = saved + 3.0
+            shadow = grown()
+        finally:
+            self.beamstop_radius_px = saved
+        return self.detector_mask | shadow
+
+    @cached_property
+    def q_edges_inv_angstrom(self) -> NDArray[np.float64]:
+        """Edges of the fixed linear q bins."""
+        q0, q1 = self.q_range_inv_angstrom
+        return np.linspace(q0, q1, self.npt + 1)
+
+    @cached_property
+    def q_centers_inv_angstrom(self) -> NDArray[np.float64]:
+        """Centres of the fixed q bins."""
+        e = self.q_edges_inv_angstrom
+        return 0.5 * (e[1:] + e[:-1])
+
+    SUBBINS = 8
+    """Sub-bins per q bin used to average I(q) over a bin's width."""
+
+    @cached_property
+    def sub_bin_acceptance_sr(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Centres and acceptance (sr) of ``SUBBINS`` sub-bins per q bin, shape (npt, SUBBINS).
+
+        Acceptance = sum over unmasked pixels of solid angle x polarisation x gain.
+        """
+        q0, q1 = self.q_range_inv_angstrom
+        edges = np.linspace(q0, q1, self.npt * self.SUBBINS + 1)
+        valid = ~self.mask
+        weights = (self.solid_angle_sr * self.polarization * self.flat_field)[valid]
+        acc, _ = np.histogram(self.q_map_inv_angstrom[valid], bins=edges, weights=weights)
+        centers = 0.5 * (edges[1:] + edges[:-1])
+        shape = (self.npt, self.SUBBINS)
+        return centers.reshape(shape), acc.reshape(shape)
+
+    @property
+    def bin_acceptance_sr(self) -> NDArray[np.float64]:
+        """Acceptance of each q bin (sr).
+
+        Expected counts in bin b are flux * t * T * sum_sub(I * acceptance), which makes
+        the 1D simulator statistically equivalent to rendering a frame and integrating it.
+        """
+        return self.sub_bin_acceptance_sr[1].sum(axis=1)
+
+    def write_poni(self, path) -> None:
+        """Write the geometry as a PONI file (pyFAI's own writer)."""
+        from pathlib import Path
+
+        path = Path(path)
+        if path.exists():
+            path.unlink()  # pyFAI appends to an existing PONI file
+        self.geometry.save(str(path))  # type: ignore[attr-defined]

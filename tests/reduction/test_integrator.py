@@ -1,0 +1,161 @@
+"""FoldedIntegrator / Reducer(method="folded") against pyFAI's integrate1d."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from pbi_bluesky.reduction import FoldedIntegrator, Reducer, expected_frame, make_geometry
+
+NPT = 300
+POL = 0.99
+RTOL = 1e-4
+
+
+def iq(q):
+    return 1e3 / (1.0 + (q * 100.0) ** 2) + 3.0
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """Pilatus 1M at 3 m, 1 A: Poisson int32 frame, dark, flat, gaps + beamstop mask."""
+    ai = make_geometry("Pilatus1M", distance_m=3.0, wavelength_angstrom=1.0)
+    shape = ai.detector.shape
+    rng = np.random.default_rng(42)
+    dark = rng.uniform(0.0, 3.0, shape).astype(np.float32)
+    flat = rng.uniform(0.9, 1.1, shape).astype(np.float32)
+    rows, cols = np.indices(shape)
+    cy, cx = 521, 486
+    beamstop = (rows - cy) ** 2 + (cols - cx) ** 2 < 30**2
+    mask = beamstop | ai.detector.mask.astype(bool)
+    expected = expected_frame(ai, iq, flux=20.0, polarization_factor=POL, dark=dark) * flat
+    frame = rng.poisson(expected).astype(np.int32)
+    reducer = Reducer(ai, npt=NPT, mask=beamstop, dark=dark, flat=flat,
+                      polarization_factor=POL)
+    return {"ai": ai, "frame": frame, "dark": dark, "flat": flat, "mask": mask,
+            "beamstop": beamstop, "reducer": reducer, "expected": expected, "rng": rng}
+
+
+def pyfai_reference(scene, frame, monitor, method=("bbox", "csr", "cython")):
+    red = scene["reducer"]
+    return scene["ai"].integrate1d(
+        frame, NPT, unit="q_A^-1", method=method, mask=scene["mask"], dark=scene["dark"],
+        flat=scene["flat"], polarization_factor=POL, correctSolidAngle=True,
+        normalization_factor=monitor, radial_range=red.q_range, error_model="poisson",
+    )
+
+
+def test_reducer_mask_is_detector_plus_user(scene):
+    np.testing.assert_array_equal(scene["reducer"].mask, scene["mask"])
+
+
+@pytest.mark.parametrize("monitor", [1.0, 1234.5])
+def test_folded_matches_pyfai_integrate1d(scene, monitor):
+    red = scene["reducer"]
+    intensity, sigma = red.integrate(scene["frame"], monitor=monitor)
+    ref = pyfai_reference(scene, scene["frame"], monitor)
+    filled = np.asarray(ref.count) > 0
+    assert filled.sum() > 0.9 * NPT
+    np.testing.assert_allclose(red.q, ref.radial, rtol=1e-6)
+    np.testing.assert_allclose(intensity[filled], ref.intensity[filled], rtol=RTOL)
+    np.testing.assert_allclose(sigma[filled], ref.sigma[filled], rtol=RTOL)
+    np.testing.assert_allclose(red.count[filled], ref.count[filled], rtol=RTOL)
+    assert np.all(np.isnan(intensity[~filled]))
+
+
+def test_pyfai_method_agrees_with_folded(scene):
+    red = scene["reducer"]
+    ref_red = Reducer(scene["ai"], npt=NPT, mask=scene["beamstop"], dark=scene["dark"],
+                      flat=scene["flat"], polarization_factor=POL, method="pyfai")
+    a = red.reduce(scene["frame"], monitor=7.0)
+    b = ref_red.reduce(scene["frame"], monitor=7.0)
+    ok = a.valid & b.valid
+    np.testing.assert_allclose(a.intensity[ok], b.intensity[ok], rtol=RTOL)
+    np.testing.assert_allclose(a.sigma[ok], b.sigma[ok], rtol=RTOL)
+    assert b.provenance["method"].startswith("pyfai")
+
+
+def test_recovers_input_intensity(scene):
+    """Monitor = flux: the reduced curve is the analytic I(q) within noise."""
+    prof = scene["reducer"].reduce(scene["frame"], monitor=20.0)
+    ok = prof.valid
+    truth = iq(prof.q_inv_angstrom[ok])
+    pull = (prof.intensity[ok] - truth) / prof.sigma[ok]
+    # bin averaging of a curved I(q) adds a small bias at the lowest q; stay loose
+    assert np.median(np.abs(pull)) < 1.5
+    np.testing.assert_allclose(prof.intensity[ok], truth, rtol=0.05)
+
+
+def test_batch_equals_single(scene):
+    red = scene["reducer"]
+    rng = np.random.default_rng(7)
+    frames = rng.poisson(scene["expected"], size=(3, *scene["frame"].shape)).astype(np.int32)
+    monitors = np.array([1.0, 2.5, 10.0])
+    batch = red.reduce_many(frames, monitors=monitors)
+    for frame, mon, prof in zip(frames, monitors, batch, strict=True):
+        single = red.reduce(frame, monitor=mon)
+        np.testing.assert_allclose(prof.intensity, single.intensity, rtol=1e-6, equal_nan=True)
+        np.testing.assert_allclose(prof.sigma, single.sigma, rtol=1e-6, equal_nan=True)
+
+
+def test_masked_pixels_have_no_influence(scene):
+    red = scene["reducer"]
+    frame = scene["frame"].copy()
+    base = red.integrate(frame)
+    frame[scene["mask"]] = 10**9
+    hot = red.integrate(frame)
+    np.testing.assert_array_equal(base[0], hot[0])
+    np.testing.assert_array_equal(base[1], hot[1])
+    # also NaN under the mask of a float frame is accepted and ignored
+    ffloat = scene["frame"].astype(np.float32)
+    ffloat[scene["mask"]] = np.nan
+    np.testing.assert_allclose(red.integrate(ffloat)[0], base[0], rtol=1e-6, equal_nan=True)
+
+
+def test_detector_dummy_pixels_match_pyfai(scene):
+    """Pilatus flags bad pixels with -1/-2: pyFAI drops them per frame, so do we."""
+    frame = scene["frame"].copy()
+    valid = np.flatnonzero(~scene["mask"].ravel())
+    bad = np.random.default_rng(3).choice(valid, 500, replace=False)
+    frame.ravel()[bad] = -2
+    intensity, sigma = scene["reducer"].integrate(frame, monitor=3.0)
+    ref = pyfai_reference(scene, frame, 3.0)
+    filled = np.asarray(ref.count) > 0
+    np.testing.assert_allclose(intensity[filled], ref.intensity[filled], rtol=RTOL)
+    np.testing.assert_allclose(sigma[filled], ref.sigma[filled], rtol=RTOL)
+    many = scene["reducer"]._folded.integrate_many(frame[None], [3.0])
+    np.testing.assert_allclose(many[0][0], intensity, rtol=1e-6, equal_nan=True)
+
+
+def test_uint32_frame_matches_int32(scene):
+    red = scene["reducer"]
+    a = red.integrate(scene["frame"])
+    b = red.integrate(np.clip(scene["frame"], 0, None).astype(np.uint32))
+    np.testing.assert_allclose(a[0], b[0], rtol=1e-6, equal_nan=True)
+
+
+def test_no_split_variant_matches_pyfai_no_csr():
+    ai = make_geometry("Pilatus100k", distance_m=2.0)
+    shape = ai.detector.shape
+    frame = np.random.default_rng(0).poisson(expected_frame(ai, iq, flux=5.0)).astype(np.int32)
+    q = ai.array_from_unit(shape, "center", "q_A^-1", scale=True)
+    q_range = (float(q.min()), float(q.max()))
+    folded = FoldedIntegrator(ai, shape, 100, q_range, split="no")
+    ref = ai.integrate1d(frame, 100, unit="q_A^-1", method=("no", "csr", "cython"),
+                         polarization_factor=0.99, radial_range=q_range, error_model="poisson")
+    intensity, sigma = folded.integrate(frame)
+    filled = np.asarray(ref.count) > 0
+    np.testing.assert_allclose(intensity[filled], ref.intensity[filled], rtol=RTOL)
+    np.testing.assert_allclose(sigma[filled], ref.sigma[filled], rtol=RTOL)
+
+
+def test_float32_accumulation_option_still_matches_pyfai(scene):
+    red = scene["reducer"]
+    fast = FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range, mask=red.mask,
+                            dark=scene["dark"], flat=scene["flat"], polarization_factor=POL,
+                            accumulate="float32")
+    intensity, sigma = fast.integrate(scene["frame"], monitor=2.0)
+    ref = pyfai_reference(scene, scene["frame"], 2.0)
+    filled = np.asarray(ref.count) > 0
+    np.testing.assert_allclose(intensity[filled], ref.intensity[filled], rtol=RTOL)
+    np.testing.assert_allclose(sigma[filled], ref.sigma[filled], rtol=RTOL)

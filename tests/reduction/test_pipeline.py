@@ -1,0 +1,182 @@
+"""Reducer: absolute scaling, background subtraction, provenance and bad inputs."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from pbi_bluesky.profile import Profile
+from pbi_bluesky.reduction import Reducer, ReductionError, expected_frame, make_geometry
+
+I_ABS = 2.5  # sample, 1/cm
+B_CELL = 7.0  # empty cell + window scattering per unit monitor (through the cell)
+THICK = 0.15
+T_S, T_B = 0.6, 0.9
+MON_S, MON_B = 1.0e4, 2.0e4
+
+
+@pytest.fixture(scope="module")
+def setup():
+    ai = make_geometry("Pilatus300k", distance_m=2.5, wavelength_angstrom=1.0)
+    reducer = Reducer(ai, npt=120)
+    sample = expected_frame(ai, lambda q: np.full_like(q, THICK * I_ABS + B_CELL),
+                            flux=MON_S * T_S)
+    cell = expected_frame(ai, lambda q: np.full_like(q, B_CELL), flux=MON_B * T_B)
+    return {"ai": ai, "reducer": reducer, "sample": sample, "cell": cell}
+
+
+def test_background_frame_subtraction_gives_absolute_level(setup):
+    red = setup["reducer"]
+    prof = red.reduce(setup["sample"], monitor=MON_S, transmission=T_S, thickness_cm=THICK,
+                      background=setup["cell"], background_monitor=MON_B,
+                      background_transmission=T_B, metadata={"sample": "PS/PMMA"})
+    ok = prof.valid
+    assert ok.sum() > 100
+    np.testing.assert_allclose(prof.intensity[ok], I_ABS, rtol=1e-5)
+    assert prof.metadata == {"units": "1/cm", "sample": "PS/PMMA"}
+    corr = prof.provenance["corrections"]
+    assert corr["thickness_cm"] == THICK and corr["transmission"] == T_S
+    assert corr["background"] == {"kind": "frame", "monitor": MON_B, "transmission": T_B}
+
+
+def test_background_profile_subtraction_and_quadrature(setup):
+    red = setup["reducer"]
+    rng = np.random.default_rng(5)
+    sample = rng.poisson(setup["sample"]).astype(np.int32)
+    cell = rng.poisson(setup["cell"]).astype(np.int32)
+    bkg = red.reduce(cell, monitor=MON_B, transmission=T_B)
+    prof = red.reduce(sample, monitor=MON_S, transmission=T_S, thickness_cm=THICK,
+                      background=bkg)
+    raw = red.reduce(sample, monitor=MON_S, transmission=T_S)
+    ok = prof.valid
+    expected_sigma = np.hypot(raw.sigma, bkg.sigma) / THICK
+    np.testing.assert_allclose(prof.sigma[ok], expected_sigma[ok], rtol=1e-12)
+    np.testing.assert_allclose(prof.intensity[ok], (raw.intensity - bkg.intensity)[ok] / THICK,
+                               rtol=1e-12)
+    # noisy but unbiased: the weighted mean is the absolute level
+    w = 1 / prof.sigma[ok] ** 2
+    mean = np.sum(w * prof.intensity[ok]) / np.sum(w)
+    assert abs(mean - I_ABS) < 5 * np.sqrt(1 / np.sum(w))
+    batch = red.reduce_many(sample[None], monitors=MON_S, transmission=T_S,
+                            thickness_cm=THICK, background=bkg)[0]
+    np.testing.assert_allclose(batch.intensity, prof.intensity, rtol=1e-6, equal_nan=True)
+
+
+def test_background_profile_on_other_grid_is_rejected(setup):
+    other = Profile.from_arrays(np.linspace(0.01, 0.2, 50), np.ones(50))
+    with pytest.raises(ReductionError, match="q grid"):
+        setup["reducer"].reduce(setup["sample"], background=other)
+
+
+def test_provenance_is_complete_and_json(setup):
+    prof = setup["reducer"].reduce(setup["sample"], monitor=2.0)
+    prov = prof.provenance
+    json.dumps(prov)
+    assert prov["package"] == "pbi_bluesky"
+    assert prov["unit"] == "q_A^-1" and prov["npt"] == 120 and prov["method"] == "folded"
+    assert prov["geometry"]["detector"] == "Pilatus300k"
+    assert prov["geometry"]["dist"] == pytest.approx(2.5)
+    assert prov["q_range_inv_angstrom"][0] < prov["q_range_inv_angstrom"][1]
+    corr = prov["corrections"]
+    assert corr["mask_pixels"] == int(setup["ai"].detector.mask.sum()) > 0
+    assert corr["polarization_factor"] == 0.99 and corr["solid_angle"] is True
+    assert corr["dark"] is False and corr["monitor"] == 2.0 and corr["background"] is None
+    assert "pyfai_version" in prov
+
+
+def test_reducer_from_poni_file(setup, tmp_path):
+    poni = tmp_path / "geom.poni"
+    setup["ai"].write(str(poni))
+    red = Reducer(poni, npt=120)
+    a = red.reduce(setup["sample"])
+    b = setup["reducer"].reduce(setup["sample"])
+    np.testing.assert_allclose(a.intensity, b.intensity, rtol=1e-6, equal_nan=True)
+    assert a.provenance["geometry_source"] == str(poni)
+
+
+def _nan_frame(setup):
+    frame = setup["sample"].copy()
+    valid = np.flatnonzero(~setup["reducer"].mask.ravel())
+    frame.ravel()[valid[:12]] = np.nan
+    return frame
+
+
+@pytest.mark.parametrize(
+    ("case", "match"),
+    [
+        ("nan", "frame contains 12 NaN pixels"),
+        ("inf", "frame contains 1 infinite pixels"),
+        ("shape", r"frame shape \(100, 100\) does not match detector shape \(619, 487\)"),
+        ("empty_array", "frame is empty"),
+        ("empty_file", "image file .*empty.tif is empty"),
+        ("missing_image", "image file .*nope.cbf not found"),
+        ("neg_thickness", "thickness must be > 0, got -1"),
+        ("zero_transmission", "transmission must be > 0, got 0"),
+        ("neg_transmission", "transmission must be > 0, got -0.5"),
+        ("big_transmission", r"transmission must be <= 1.5, got 2"),
+        ("zero_monitor", "monitor must be > 0, got 0"),
+    ],
+)
+def test_bad_frame_inputs(setup, tmp_path, case, match):
+    red = setup["reducer"]
+    frame = setup["sample"]
+    kwargs = {}
+    if case == "nan":
+        frame = _nan_frame(setup)
+    elif case == "inf":
+        frame = frame.copy()
+        frame[300, 250] = np.inf
+    elif case == "shape":
+        frame = np.zeros((100, 100))
+    elif case == "empty_array":
+        frame = np.zeros((0, 0))
+    elif case == "empty_file":
+        frame = tmp_path / "empty.tif"
+        frame.write_bytes(b"")
+    elif case == "missing_image":
+        frame = tmp_path / "nope.cbf"
+    elif case == "neg_thickness":
+        kwargs["thickness_cm"] = -1
+    elif case == "zero_transmission":
+        kwargs["transmission"] = 0
+    elif case == "neg_transmission":
+        kwargs["transmission"] = -0.5
+    elif case == "big_transmission":
+        kwargs["transmission"] = 2
+    elif case == "zero_monitor":
+        kwargs["monitor"] = 0
+    with pytest.raises(ReductionError, match=match):
+        red.reduce(frame, **kwargs)
+
+
+def test_bad_geometry_inputs(tmp_path):
+    with pytest.raises(ReductionError, match="PONI file .*missing.poni not found"):
+        Reducer(tmp_path / "missing.poni")
+    empty = tmp_path / "empty.poni"
+    empty.write_text("")
+    with pytest.raises(ReductionError, match="PONI file .*empty.poni is empty"):
+        Reducer(empty)
+    shapeless = tmp_path / "shapeless.poni"
+    shapeless.write_text(
+        "poni_version: 2\nDetector: Detector\n"
+        'Detector_config: {"pixel1": 0.0001, "pixel2": 0.0001}\n'
+        "Distance: 1.0\nPoni1: 0.01\nPoni2: 0.01\nRot1: 0\nRot2: 0\nRot3: 0\n"
+        "Wavelength: 1e-10\n"
+    )
+    with pytest.raises(ReductionError, match="has no detector shape"):
+        Reducer(shapeless)
+    garbage = tmp_path / "garbage.poni"
+    garbage.write_bytes(b"\x00\x01 not a poni \xff")
+    with pytest.raises(ReductionError, match="garbage.poni"):
+        Reducer(garbage)
+
+
+def test_bad_reducer_options(setup):
+    with pytest.raises(ReductionError, match="method must be one of"):
+        Reducer(setup["ai"], method="magic")
+    with pytest.raises(ReductionError, match=r"dark shape \(10, 10\) does not match"):
+        Reducer(setup["ai"], dark=np.zeros((10, 10)))
+    with pytest.raises(ReductionError, match="q range"):
+        Reducer(setup["ai"], q_range_inv_angstrom=(0.2, 0.1))
