@@ -64,8 +64,8 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
     t0 = time.perf_counter()
     reducer = Reducer(ai, npt=npt, mask=scene["beamstop"], dark=dark, polarization_factor=POL)
     setup_ms = (time.perf_counter() - t0) * 1e3
-    fast32 = FoldedIntegrator(ai, reducer.shape, npt, reducer.q_range, mask=reducer.mask,
-                              dark=dark, polarization_factor=POL, accumulate="float32")
+    exact64 = FoldedIntegrator(ai, reducer.shape, npt, reducer.q_range, mask=reducer.mask,
+                              dark=dark, polarization_factor=POL, accumulate="float64")
     mask = reducer.mask
 
     def pyfai(method):
@@ -84,7 +84,7 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
                                    for f, m in zip(frames, monitors, strict=True)],
         "folded_single": lambda: [reducer._folded.integrate(f, m)
                                   for f, m in zip(frames, monitors, strict=True)],
-        "folded_single_f32": lambda: [fast32.integrate(f, m)
+        "folded_single_f64": lambda: [exact64.integrate(f, m)
                                       for f, m in zip(frames, monitors, strict=True)],
         "folded_batch": lambda: reducer._folded.integrate_many(frames, monitors),
         "reducer_batch": lambda: reducer.reduce_many(frames, monitors=monitors),
@@ -101,14 +101,14 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
     # accuracy vs integrate1d bbox/csr on every filled bin of every frame
     refs = methods["pyfai_bbox_csr"]()
     batch_i, batch_s = reducer._folded.integrate_many(frames, monitors)
-    f32 = [fast32.integrate(f, m) for f, m in zip(frames, monitors, strict=True)]
+    f64 = [exact64.integrate(f, m) for f, m in zip(frames, monitors, strict=True)]
     worst = {"folded_single": [0.0, 0.0], "folded_batch": [0.0, 0.0],
-             "folded_single_f32": [0.0, 0.0]}
+             "folded_single_f64": [0.0, 0.0]}
     for k, ref in enumerate(refs):
         ok = np.asarray(ref.count) > 0
         single = reducer._folded.integrate(frames[k], monitors[k])
         for key, (i, s) in (("folded_single", single), ("folded_batch", (batch_i[k], batch_s[k])),
-                            ("folded_single_f32", f32[k])):
+                            ("folded_single_f64", f64[k])):
             worst[key][0] = max(worst[key][0], float(np.max(np.abs(i[ok] / ref.intensity[ok] - 1))))
             worst[key][1] = max(worst[key][1], float(np.max(np.abs(s[ok] / ref.sigma[ok] - 1))))
     out["max_rel_diff_vs_pyfai_bbox_csr"] = {

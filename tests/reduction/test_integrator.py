@@ -149,11 +149,11 @@ def test_no_split_variant_matches_pyfai_no_csr():
     np.testing.assert_allclose(sigma[filled], ref.sigma[filled], rtol=RTOL)
 
 
-def test_float32_accumulation_option_still_matches_pyfai(scene):
+def test_float64_accumulation_option_matches_pyfai(scene):
     red = scene["reducer"]
     fast = FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range, mask=red.mask,
                             dark=scene["dark"], flat=scene["flat"], polarization_factor=POL,
-                            accumulate="float32")
+                            accumulate="float64")
     intensity, sigma = fast.integrate(scene["frame"], monitor=2.0)
     ref = pyfai_reference(scene, scene["frame"], 2.0)
     filled = np.asarray(ref.count) > 0

@@ -34,7 +34,8 @@ def test_background_frame_subtraction_gives_absolute_level(setup):
                       background_transmission=T_B, metadata={"sample": "PS/PMMA"})
     ok = prof.valid
     assert ok.sum() > 100
-    np.testing.assert_allclose(prof.intensity[ok], I_ABS, rtol=1e-5)
+    # float32 rounding of the ~20x larger raw terms is amplified by the subtraction
+    np.testing.assert_allclose(prof.intensity[ok], I_ABS, rtol=1e-4)
     assert prof.metadata == {"units": "1/cm", "sample": "PS/PMMA"}
     corr = prof.provenance["corrections"]
     assert corr["thickness_cm"] == THICK and corr["transmission"] == T_S
