@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench clean-venv
+.PHONY: venv demo test lint bench bench-models model clean-venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,16 @@ test: lint
 
 bench: venv
 	$(PY) benchmarks/bench_reduction.py
+
+bench-models: venv
+	$(PY) benchmarks/bench_models.py
+
+# Rebuild the default model bundle shipped in the package (simulated PS/PMMA, seeded).
+model: venv
+	rm -rf build/model_training
+	$(VENV)/bin/pbi simulate --out build/model_training --normals 100 --anomalies 0 --seed 0
+	$(VENV)/bin/pbi train --manifest build/model_training/manifest.csv \
+		--out pbi_bluesky/data/default_model --seed 0 --epochs 40
 
 clean-venv:
 	rm -rf $(VENV)

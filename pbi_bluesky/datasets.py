@@ -278,3 +278,50 @@ def read_manifest(path: str | Path) -> list[dict[str, str]]:
             if row.get(key):
                 row[key] = str((path.parent / row[key]).resolve())
     return rows
+
+
+def _float(row: dict[str, str], key: str) -> float | None:
+    value = row.get(key, "")
+    return float(value) if value not in ("", None) else None
+
+
+def load_profiles(
+    rows: list[dict[str, str]],
+    *,
+    poni: str | Path | None = None,
+    mask: str | Path | None = None,
+    dark: str | Path | None = None,
+    background: str | Path | None = None,
+) -> list[Profile | Exception]:
+    """Load the ``path`` of every manifest row as a profile (or the reason it failed).
+
+    Without ``poni`` each path is a 1D profile file (3-column ASCII or NXcanSAS). With
+    ``poni`` each path is a 2D frame reduced on that geometry; the optional manifest
+    columns ``monitor`` (incident photons; made absolute with the pixel solid angle),
+    ``transmission`` and ``thickness_cm`` are applied when present.
+    """
+    from pbi_bluesky.reduction import ReductionError, read_profile
+
+    reducer = None
+    if poni is not None:
+        reducer = Reducer(poni, mask=mask, dark=dark)
+    out: list[Profile | Exception] = []
+    for row in rows:
+        try:
+            if reducer is None:
+                out.append(read_profile(row["path"]))
+                continue
+            monitor = _float(row, "monitor")
+            transmission = _float(row, "transmission") or 1.0
+            out.append(
+                reducer.reduce(
+                    row["path"],
+                    monitor=absolute_monitor(monitor, reducer.ai) if monitor else 1.0,
+                    transmission=transmission,
+                    thickness_cm=_float(row, "thickness_cm"),
+                    background=background,
+                )
+            )
+        except (ReductionError, OSError, ValueError) as exc:
+            out.append(exc)
+    return out

@@ -30,3 +30,30 @@ def small_instrument():
 @pytest.fixture()
 def rng():
     return np.random.default_rng(20261124)
+
+
+@pytest.fixture(scope="session")
+def training_set(instrument):
+    """Simulated normal profiles: 40 per PS/PMMA recipe (seeded)."""
+    from pbi_bluesky.simulate import PS_PMMA, nominal_state, simulate_profile
+
+    r = np.random.default_rng(1234)
+    profiles, recipes = [], []
+    for recipe in PS_PMMA.recipes:
+        for _ in range(40):
+            profiles.append(simulate_profile(nominal_state(PS_PMMA, recipe, r), instrument, r))
+            recipes.append(recipe)
+    return profiles, recipes
+
+
+@pytest.fixture(scope="session")
+def tiny_model(training_set):
+    """A small detector trained in seconds (12 epochs, alpha 0.05)."""
+    import torch
+
+    from pbi_bluesky.models import AnomalyDetector, TrainingConfig
+
+    torch.set_num_threads(2)
+    profiles, recipes = training_set
+    cfg = TrainingConfig(epochs=12, alpha=0.05, seed=0)
+    return AnomalyDetector(training=cfg).fit(profiles, recipes, progress=False)

@@ -14,7 +14,9 @@ from pbi_bluesky.cli import app
 runner = CliRunner()
 
 
-@pytest.mark.parametrize("command", [[], ["simulate"], ["reduce"], ["demo"]])
+@pytest.mark.parametrize(
+    "command", [[], ["simulate"], ["reduce"], ["demo"], ["train"], ["score"], ["evaluate"]]
+)
 def test_help_on_every_command(command):
     result = runner.invoke(app, [*command, "--help"])
     assert result.exit_code == 0, result.output
@@ -75,3 +77,66 @@ def test_demo_json(tmp_path):
     gross = [r["chi2_vs_reference"] for r in rows
              if r["truth"] in ("composition_drift", "mislabelled", "coarsening")]
     assert min(gross) > max(normal)
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli_model")
+    result = runner.invoke(app, ["simulate", "--out", str(root / "train"), "--normals", "15",
+                                 "--anomalies", "0", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    result = runner.invoke(app, ["train", "--manifest", str(root / "train" / "manifest.csv"),
+                                 "--out", str(root / "model"), "--epochs", "3"])
+    assert result.exit_code == 0, result.output
+    return root
+
+
+def test_train_writes_a_bundle(trained):
+    doc = json.loads((trained / "model" / "model.json").read_text())
+    assert doc["recipes"] == ["0:100", "100:0", "25:75", "50:50", "75:25"]
+    assert (trained / "model" / "training_curve.png").is_file()
+
+
+def test_score_mix_of_good_and_broken_files(trained, tmp_path):
+    good = sorted((trained / "train" / "profiles").glob("*.dat"))[:2]
+    empty = tmp_path / "empty.dat"
+    empty.write_text("")
+    short = tmp_path / "short.dat"
+    short.write_text("# q I sigma\n0.1 1 0.1\n0.15 1 0.1\n0.2 1 0.1\n")
+    result = runner.invoke(app, ["score", *map(str, [good[0], empty, short, good[1]]),
+                                 "--model", str(trained / "model"), "--expected", "0:100",
+                                 "--json"])
+    assert result.exit_code == 1
+    lines = [json.loads(x) for x in result.output.strip().splitlines() if x.startswith("{")]
+    assert len(lines) == 4
+    assert "error" in lines[1] and "empty" in lines[1]["error"]
+    assert "error" in lines[2] and "covers" in lines[2]["error"]
+    for record in (lines[0], lines[3]):
+        for key in ("path", "score", "threshold", "is_anomaly", "p_value", "hyperscore",
+                    "predicted_composition", "expected_composition", "features",
+                    "attributions"):
+            assert key in record
+
+
+def test_score_manifest_and_bad_model(trained, tmp_path):
+    result = runner.invoke(app, ["score", "--manifest",
+                                 str(trained / "train" / "manifest.csv"), "--model",
+                                 str(tmp_path), "--json"])
+    assert result.exit_code == 2
+    assert "no model.json" in result.output
+
+
+def test_evaluate_compares_detectors(trained, tmp_path):
+    data = tmp_path / "eval"
+    runner.invoke(app, ["simulate", "--out", str(data), "--normals", "12", "--anomalies", "3",
+                        "--seed", "2"])
+    result = runner.invoke(app, ["evaluate", "--manifest", str(data / "manifest.csv"),
+                                 "--model", str(trained / "model"), "--out", str(tmp_path / "r"),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    metrics = json.loads(result.output.strip().splitlines()[-1])
+    assert {"pbi", "paper", "chi2_reference", "cormap", "pca_residual", "isolation_forest",
+            "ocsvm_raw"} <= set(metrics)
+    assert "auc_roc" in metrics["pbi"]["overall"]
+    assert (tmp_path / "r" / "roc.png").is_file()
+    assert (tmp_path / "r" / "embedding_map.png").is_file()

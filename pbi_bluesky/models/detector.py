@@ -1,0 +1,356 @@
+"""The default detector: triplet-trained CNN embedding + recipe-aware one-class SVM.
+
+Training (:meth:`AnomalyDetector.fit`) takes normal profiles with their recipe labels:
+
+1. resample to the model grid, fit the feature scaler and each recipe's reference curve
+   (mean) and batch-to-batch scatter (std);
+2. split off a calibration set of normals (stratified by recipe);
+3. train :class:`~.network.EmbeddingCNN` with triplet loss on two input channels (the
+   standardised asinh intensity, and the residual to the expected recipe's reference);
+   labels are the recipes, plus synthetic anomaly negatives (:mod:`~.augment`) and
+   "wrong recipe" negatives (a curve of recipe A presented as recipe B), each labelled
+   as its own class, so the embedding learns the directions that matter;
+4. fit one :class:`~.ocsvm.RBFOneClass` per recipe on the embeddings of its training
+   normals, and keep the recipe centroids;
+5. score the calibration normals: their pooled scores define conformal p-values.
+
+Scoring a profile against its expected recipe gives a score (higher = more anomalous),
+its conformal p-value, a verdict at ``alpha``, the HyperScore and the predicted recipe
+(nearest centroid when each recipe in turn is assumed).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+from tqdm import tqdm
+
+from pbi_bluesky.models.attribution import DescriptorPopulation
+from pbi_bluesky.models.augment import TRANSFORMS, synthetic_anomaly
+from pbi_bluesky.models.calibration import benjamini_hochberg, conformal_p_values, hyperscore
+from pbi_bluesky.models.descriptors import fit_descriptors
+from pbi_bluesky.models.network import EmbeddingCNN, NetworkConfig
+from pbi_bluesky.models.ocsvm import RBFOneClass
+from pbi_bluesky.models.representation import FeatureScaler, QGrid, residual_z
+from pbi_bluesky.models.triplet import triplet_loss
+from pbi_bluesky.profile import Profile
+
+__all__ = ["TrainingConfig", "Verdict", "AnomalyDetector"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class TrainingConfig:
+    """Hyper-parameters of :meth:`AnomalyDetector.fit` (stored in the bundle)."""
+
+    epochs: int = 40
+    batch_size: int = 128
+    learning_rate: float = 1e-3
+    margin: float = 0.3
+    mining: str = "semi-hard"
+    synthetic_per_normal: float = 1.0
+    calibration_fraction: float = 0.3
+    nu: float = 0.05
+    alpha: float = 0.01
+    seed: int = 0
+
+
+@dataclass
+class Verdict:
+    """The result of scoring one profile."""
+
+    score: float
+    threshold: float
+    is_anomaly: bool
+    p_value: float
+    hyperscore: float
+    predicted_composition: str
+    expected_composition: str
+    details: dict[str, Any] = field(default_factory=dict)
+
+    def as_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+class AnomalyDetector:
+    """Recipe-aware SAXS anomaly detector (see module docstring)."""
+
+    name = "pbi"
+
+    def __init__(
+        self,
+        grid: QGrid | None = None,
+        network_config: NetworkConfig | None = None,
+        training: TrainingConfig | None = None,
+    ) -> None:
+        self.grid = grid or QGrid()
+        self.training = training or TrainingConfig()
+        cfg = network_config or NetworkConfig(length=self.grid.npt)
+        if cfg.length != self.grid.npt:
+            raise ValueError(f"network length {cfg.length} != grid npt {self.grid.npt}")
+        self.network = EmbeddingCNN(cfg)
+        self.recipes: list[str] = []
+        self.scaler: FeatureScaler | None = None
+        self.references = np.zeros((0, self.grid.npt))
+        self.scatter = np.zeros((0, self.grid.npt))
+        self.svms: list[RBFOneClass] = []
+        self.centroids = np.zeros((0, cfg.embedding_dim))
+        self.calibration_scores = np.zeros(0)
+        self.alpha = self.training.alpha
+        self.history: list[float] = []
+        self.metrics: dict[str, Any] = {}
+        self.population: DescriptorPopulation | None = None
+        self.bundle_info: dict[str, Any] = {}
+
+    # -- bundle hooks -------------------------------------------------------------------
+    def extra_arrays(self) -> dict[str, NDArray]:
+        """Arrays beyond the core ones that a bundle must store."""
+        arrays: dict[str, NDArray] = {}
+        if self.population is not None:
+            arrays.update({"desc_mean": self.population.mean, "desc_std": self.population.std,
+                           "desc_precision": self.population.precision})
+        return arrays
+
+    def load_extra_arrays(self, arrays: dict[str, NDArray]) -> None:
+        """Inverse of :meth:`extra_arrays`."""
+        if "desc_mean" in arrays:
+            self.population = DescriptorPopulation(
+                arrays["desc_mean"], arrays["desc_std"], arrays["desc_precision"]
+            )
+
+    # -- inputs -------------------------------------------------------------------------
+    def resample(self, profiles: list[Profile]) -> tuple[NDArray, NDArray]:
+        """Resample profiles onto the grid: arrays (n, npt) of intensity and sigma."""
+        pairs = [self.grid.resample(p) for p in profiles]
+        return np.array([a for a, _ in pairs]), np.array([b for _, b in pairs])
+
+    def _recipe_index(self, recipe: str) -> int:
+        try:
+            return self.recipes.index(recipe)
+        except ValueError:
+            raise ValueError(
+                f"recipe {recipe!r} is not one this model was trained on: {self.recipes}"
+            ) from None
+
+    def _inputs(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> torch.Tensor:
+        assert self.scaler is not None
+        ch0 = self.scaler.transform(intensity)
+        z = residual_z(intensity, sigma, self.references[recipe_idx], self.scatter[recipe_idx])
+        ch1 = np.arcsinh(z / 3.0).astype(np.float32)
+        return torch.from_numpy(np.stack([ch0, ch1], axis=1))
+
+    @torch.no_grad()
+    def _embed(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
+        self.network.eval()
+        out = []
+        for start in range(0, len(intensity), 1024):
+            sl = slice(start, start + 1024)
+            out.append(self.network(self._inputs(intensity[sl], sigma[sl], recipe_idx[sl])))
+        return torch.cat(out).numpy().astype(np.float64) if out else np.zeros((0, 0))
+
+    # -- training -----------------------------------------------------------------------
+    def fit(
+        self, profiles: list[Profile], recipes: list[str], *, progress: bool = True
+    ) -> AnomalyDetector:
+        """Train on normal profiles labelled with their recipe; returns self."""
+        cfg = self.training
+        if len(profiles) != len(recipes):
+            raise ValueError("profiles and recipes differ in length")
+        if len(profiles) < 10:
+            raise ValueError(f"need at least 10 normal profiles to train, got {len(profiles)}")
+        rng = np.random.default_rng(cfg.seed)
+        torch.manual_seed(cfg.seed)
+        intensity, sigma = self.resample(profiles)
+        self.recipes = sorted(set(recipes))
+        labels = np.array([self.recipes.index(r) for r in recipes])
+        train_idx, cal_idx = self._split(labels, rng)
+        self.scaler = FeatureScaler.fit(intensity[train_idx], sigma[train_idx])
+        self.references = np.array(
+            [intensity[train_idx][labels[train_idx] == k].mean(0) for k in range(len(self.recipes))]
+        )
+        self.scatter = np.array(
+            [intensity[train_idx][labels[train_idx] == k].std(0) for k in range(len(self.recipes))]
+        )
+        t0 = time.perf_counter()
+        self._train_network(intensity[train_idx], sigma[train_idx], labels[train_idx], rng,
+                            progress)
+        train_s = time.perf_counter() - t0
+        emb = self._embed(intensity[train_idx], sigma[train_idx], labels[train_idx])
+        self.svms, centroids = [], []
+        for k in range(len(self.recipes)):
+            e = emb[labels[train_idx] == k]
+            self.svms.append(RBFOneClass.fit(e, nu=cfg.nu))
+            centroids.append(e.mean(0))
+        self.centroids = np.array(centroids)
+        self.calibration_scores = self._scores(intensity[cal_idx], sigma[cal_idx], labels[cal_idx])
+        self.alpha = cfg.alpha
+        t1 = time.perf_counter()
+        descriptors = np.array([fit_descriptors(self.grid.q, a, b)
+                                for a, b in zip(intensity[train_idx], sigma[train_idx],
+                                                strict=True)])
+        self.population = DescriptorPopulation.fit(descriptors, labels[train_idx],
+                                                   len(self.recipes))
+        descriptor_s = time.perf_counter() - t1
+        self.metrics = {
+            "n_train": int(len(train_idx)),
+            "n_calibration": int(len(cal_idx)),
+            "train_seconds": round(train_s, 2),
+            "descriptor_seconds": round(descriptor_s, 2),
+            "final_loss": float(self.history[-1]) if self.history else None,
+        }
+        return self
+
+    def _split(self, labels: NDArray, rng: np.random.Generator) -> tuple[NDArray, NDArray]:
+        train, cal = [], []
+        for k in np.unique(labels):
+            idx = rng.permutation(np.nonzero(labels == k)[0])
+            n_cal = int(round(self.training.calibration_fraction * len(idx)))
+            n_cal = min(max(n_cal, 1), len(idx) - 2)
+            cal.extend(idx[:n_cal])
+            train.extend(idx[n_cal:])
+        return np.array(sorted(train)), np.array(sorted(cal))
+
+    def _training_set(
+        self, intensity: NDArray, sigma: NDArray, labels: NDArray, rng: np.random.Generator
+    ) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+        """Normals + synthetic anomaly and wrong-recipe negatives, with triplet labels."""
+        n_rec = len(self.recipes)
+        q = self.grid.q
+        xs, ss, recipe_idx, tl = [intensity], [sigma], [labels], [labels]
+        n_syn = int(self.training.synthetic_per_normal * len(intensity))
+        picks = rng.integers(0, len(intensity), n_syn)
+        kinds = rng.integers(0, len(TRANSFORMS) + (1 if n_rec > 1 else 0), n_syn)
+        syn, syn_s, syn_r, syn_l = [], [], [], []
+        for j, kind in zip(picks, kinds, strict=True):
+            r = labels[j]
+            if kind == len(TRANSFORMS):  # a curve of another recipe, labelled as r
+                r = int(rng.choice([k for k in range(n_rec) if k != labels[j]]))
+                curve = intensity[j]
+            else:
+                curve = synthetic_anomaly(q, intensity[j], sigma[j], TRANSFORMS[kind], rng)
+            syn.append(curve)
+            syn_s.append(sigma[j])
+            syn_r.append(r)
+            syn_l.append(n_rec + r * (len(TRANSFORMS) + 1) + kind)
+        if syn:
+            xs.append(np.array(syn))
+            ss.append(np.array(syn_s))
+            recipe_idx.append(np.array(syn_r))
+            tl.append(np.array(syn_l))
+        return (np.concatenate(xs), np.concatenate(ss), np.concatenate(recipe_idx),
+                np.concatenate(tl))
+
+    def _train_network(
+        self, intensity: NDArray, sigma: NDArray, labels: NDArray, rng: np.random.Generator,
+        progress: bool,
+    ) -> None:
+        cfg = self.training
+        opt = torch.optim.Adam(self.network.parameters(), lr=cfg.learning_rate)
+        self.history = []
+        bar = tqdm(range(cfg.epochs), desc="training", unit="epoch", disable=not progress)
+        for _ in bar:
+            x, s, r, tl = self._training_set(intensity, sigma, labels, rng)
+            inputs = self._inputs(x, s, r)
+            targets = torch.from_numpy(tl)
+            order = torch.from_numpy(rng.permutation(len(x)))
+            self.network.train()
+            losses = []
+            for start in range(0, len(x), cfg.batch_size):
+                idx = order[start : start + cfg.batch_size]
+                loss = triplet_loss(self.network(inputs[idx]), targets[idx], cfg.margin,
+                                    cfg.mining)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                losses.append(float(loss.detach()))
+            self.history.append(float(np.mean(losses)))
+            bar.set_postfix(loss=f"{self.history[-1]:.4f}")
+
+    # -- scoring ------------------------------------------------------------------------
+    def _scores(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
+        """One-class SVM score of each curve's embedding under its recipe."""
+        emb = self._embed(intensity, sigma, recipe_idx)
+        out = np.empty(len(intensity))
+        for k in np.unique(recipe_idx):
+            sel = recipe_idx == k
+            out[sel] = self.svms[k].score(emb[sel])
+        return out
+
+    @property
+    def threshold(self) -> float:
+        """Score above which p <= alpha (the calibrated decision threshold)."""
+        cal = np.sort(self.calibration_scores)
+        n = cal.size
+        k = int(np.floor(self.alpha * (n + 1))) - 1  # need (1 + n_ge)/(n+1) <= alpha
+        if k < 0:
+            return float("inf")
+        return float(cal[n - 1 - k])
+
+    def predict_recipe(self, intensity: NDArray, sigma: NDArray) -> NDArray[np.int64]:
+        """Index of the most plausible recipe for each curve.
+
+        Each recipe is assumed in turn; the curve's embedding under that assumption is
+        scored by that recipe's one-class SVM, and the recipe whose normal region lies
+        nearest (lowest score) wins.
+        """
+        n = len(intensity)
+        scores = np.empty((n, len(self.recipes)))
+        for k in range(len(self.recipes)):
+            scores[:, k] = self._scores(intensity, sigma, np.full(n, k))
+        return scores.argmin(1)
+
+    def explain(self, intensity: NDArray, sigma: NDArray, recipe: str) -> dict[str, Any]:
+        """Fitted descriptors with z-scores and exact Shapley attributions (one curve)."""
+        if self.population is None:
+            raise ValueError("this model has no descriptor population (trained without it)")
+        values = fit_descriptors(self.grid.q, intensity, sigma)
+        return self.population.explain(values, self._recipe_index(recipe))
+
+    def score_arrays(
+        self, intensity: NDArray, sigma: NDArray, expected: list[str | None],
+        *, fdr: bool = False, explain: str = "flagged",
+    ) -> list[Verdict]:
+        """Score resampled curves; ``expected=None`` rows are scored as the predicted recipe."""
+        predicted = self.predict_recipe(intensity, sigma)
+        idx = np.array([predicted[i] if e is None else self._recipe_index(e)
+                        for i, e in enumerate(expected)], dtype=np.int64)
+        scores = self._scores(intensity, sigma, idx)
+        p = conformal_p_values(scores, self.calibration_scores)
+        flagged = benjamini_hochberg(p, self.alpha) if fdr else p <= self.alpha
+        hs = hyperscore(1.0 - p)
+        thr = self.threshold
+        verdicts = []
+        for i in range(len(scores)):
+            recipe = expected[i] if expected[i] is not None else self.recipes[idx[i]]
+            verdict = Verdict(float(scores[i]), thr, bool(flagged[i]), float(p[i]),
+                              float(hs[i]), self.recipes[predicted[i]], recipe)
+            if self.population is not None and (
+                explain == "all" or (explain == "flagged" and flagged[i])
+            ):
+                table = self.explain(intensity[i], sigma[i], recipe)
+                verdict.details["features"] = {k: {"value": v["value"], "z": v["z"]}
+                                               for k, v in table.items()}
+                verdict.details["attributions"] = {k: v["shapley"] for k, v in table.items()}
+            verdicts.append(verdict)
+        return verdicts
+
+    def score(
+        self, profiles: list[Profile], expected: list[str | None] | str | None = None,
+        *, fdr: bool = False, explain: str = "flagged",
+    ) -> list[Verdict]:
+        """Score profiles against their expected recipes (a list, one recipe, or None).
+
+        ``explain``: ``"flagged"`` (default) adds features and Shapley attributions to
+        flagged profiles, ``"all"`` to every profile, ``"none"`` to none.
+        """
+        if isinstance(expected, str) or expected is None:
+            expected = [expected] * len(profiles)
+        intensity, sigma = self.resample(profiles)
+        return self.score_arrays(intensity, sigma, list(expected), fdr=fdr, explain=explain)

@@ -1,0 +1,187 @@
+"""Compare the default detector with the paper's pipeline and baselines on one split.
+
+Normals are split (stratified by recipe, seeded) into training, calibration and test
+parts; every anomaly goes to the test part. Each baseline is fitted on the training part
+and thresholded by conformal p-values from the calibration part at the same ``alpha``,
+so all detectors are judged with the same rule. The default detector is trained on
+training + calibration normals (it holds out its own calibration split inside) unless a
+trained model is given.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
+
+from pbi_bluesky.models.baselines import BASELINES, make_baseline
+from pbi_bluesky.models.calibration import conformal_p_values
+from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig
+
+__all__ = ["EvaluationResult", "metrics_for", "evaluate_arrays", "format_report"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class EvaluationResult:
+    """Scores, verdicts and metrics of every detector on one test set."""
+
+    labels: NDArray[np.int64]
+    kinds: NDArray[np.str_]
+    scores: dict[str, NDArray] = field(default_factory=dict)
+    flagged: dict[str, NDArray] = field(default_factory=dict)
+    metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
+    embedding: NDArray | None = None
+    test_recipes: list[str] = field(default_factory=list)
+
+
+def metrics_for(labels: NDArray, scores: NDArray, flagged: NDArray,
+                kinds: NDArray) -> dict[str, Any]:
+    """AUC-ROC, AUPRC, precision, recall, F1 and FPR, overall and per anomaly kind."""
+
+    def block(y, s, f):
+        tp = int(np.sum(f & (y == 1)))
+        fp = int(np.sum(f & (y == 0)))
+        fn = int(np.sum(~f & (y == 1)))
+        precision = tp / (tp + fp) if tp + fp else 0.0
+        recall = tp / (tp + fn) if tp + fn else 0.0
+        f1 = 2 * precision * recall / (precision + recall) if precision + recall else 0.0
+        out = {"n": int(len(y)), "precision": precision, "recall": recall, "f1": f1,
+               "fpr": fp / max(int(np.sum(y == 0)), 1)}
+        if 0 < y.sum() < len(y):
+            out["auc_roc"] = float(roc_auc_score(y, s))
+            out["auprc"] = float(average_precision_score(y, s))
+        return out
+
+    result = {"overall": block(labels, scores, flagged), "per_kind": {}}
+    normal = kinds == "normal"
+    for kind in sorted(set(kinds) - {"normal"}):
+        sel = normal | (kinds == kind)
+        result["per_kind"][kind] = block(labels[sel], scores[sel], flagged[sel])
+    return result
+
+
+def _split(recipe_idx: NDArray, rng: np.random.Generator, fractions=(0.6, 0.2)):
+    train, cal, test = [], [], []
+    for k in np.unique(recipe_idx):
+        idx = rng.permutation(np.nonzero(recipe_idx == k)[0])
+        n_train = int(round(fractions[0] * len(idx)))
+        n_cal = int(round(fractions[1] * len(idx)))
+        train += list(idx[:n_train])
+        cal += list(idx[n_train : n_train + n_cal])
+        test += list(idx[n_train + n_cal :])
+    return np.array(train), np.array(cal), np.array(test)
+
+
+def evaluate_arrays(
+    intensity: NDArray, sigma: NDArray, recipes: list[str], labels: NDArray, kinds: NDArray,
+    *, detector: AnomalyDetector | None = None, training: TrainingConfig | None = None,
+    baselines: tuple[str, ...] = tuple(BASELINES), alpha: float = 0.01, seed: int = 0,
+    progress: bool = False,
+) -> EvaluationResult:
+    """Run the comparison on curves already resampled to the model grid."""
+    from pbi_bluesky.profile import Profile
+
+    rng = np.random.default_rng(seed)
+    labels = np.asarray(labels, dtype=np.int64)
+    kinds = np.asarray(kinds)
+    normal_idx = np.nonzero(labels == 0)[0]
+    recipe_names = sorted(set(recipes))
+    recipe_idx = np.array([recipe_names.index(r) for r in recipes])
+    tr, ca, te = _split(recipe_idx[normal_idx], rng)
+    train, cal = normal_idx[tr], normal_idx[ca]
+    test = np.sort(np.concatenate([normal_idx[te], np.nonzero(labels == 1)[0]]))
+    result = EvaluationResult(labels[test], kinds[test],
+                              test_recipes=[recipes[i] for i in test])
+    if detector is None:
+        cfg = training or TrainingConfig(alpha=alpha, seed=seed)
+        detector = AnomalyDetector(training=cfg)
+        fit_idx = np.concatenate([train, cal])
+        grid_q = detector.grid.q
+        profiles = [Profile(grid_q, intensity[i], sigma[i]) for i in fit_idx]
+        detector.fit(profiles, [recipes[i] for i in fit_idx], progress=progress)
+    verdicts = detector.score_arrays(intensity[test], sigma[test],
+                                     [recipes[i] for i in test], explain="none")
+    result.scores["pbi"] = np.array([v.score for v in verdicts])
+    result.flagged["pbi"] = np.array([v.is_anomaly for v in verdicts])
+    det_idx = np.array([detector.recipes.index(recipes[i]) for i in test])
+    result.embedding = detector._embed(intensity[test], sigma[test], det_idx)
+    for name in baselines:
+        model = make_baseline(name)
+        model.fit(intensity[train], sigma[train], recipe_idx[train], len(recipe_names))
+        cal_scores = model.score(intensity[cal], sigma[cal], recipe_idx[cal])
+        scores = model.score(intensity[test], sigma[test], recipe_idx[test])
+        result.scores[name] = scores
+        result.flagged[name] = conformal_p_values(scores, cal_scores) <= alpha
+    for name, scores in result.scores.items():
+        result.metrics[name] = metrics_for(result.labels, scores, result.flagged[name],
+                                           result.kinds)
+    return result
+
+
+def format_report(result: EvaluationResult) -> str:
+    """Text table of the overall metrics and per-kind AUC-ROC."""
+    kinds = sorted(set(result.kinds) - {"normal"})
+    head = f"{'detector':18}{'AUC':>7}{'AUPRC':>7}{'prec':>7}{'recall':>7}{'F1':>7}{'FPR':>7}"
+    head += "".join(f"{k[:11]:>12}" for k in kinds)
+    lines = [head, "-" * len(head)]
+    for name, m in result.metrics.items():
+        o = m["overall"]
+        row = (f"{name:18}{o.get('auc_roc', float('nan')):7.3f}{o.get('auprc', float('nan')):7.3f}"
+               f"{o['precision']:7.3f}{o['recall']:7.3f}{o['f1']:7.3f}{o['fpr']:7.3f}")
+        row += "".join(f"{m['per_kind'][k].get('auc_roc', float('nan')):12.3f}" for k in kinds)
+        lines.append(row)
+    lines.append("(per-kind columns: AUC-ROC of that kind against the test normals)")
+    return "\n".join(lines)
+
+
+def plot_report(result: EvaluationResult, out_dir: str | Path) -> list[Path]:
+    """ROC curves of every detector and a PCA map of the default detector's embeddings."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    from sklearn.decomposition import PCA
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    fig, ax = plt.subplots(figsize=(5.5, 5))
+    for name, scores in result.scores.items():
+        fpr, tpr, _ = roc_curve(result.labels, scores)
+        auc = result.metrics[name]["overall"].get("auc_roc", float("nan"))
+        ax.plot(fpr, tpr, label=f"{name} (AUC {auc:.3f})")
+    ax.plot([0, 1], [0, 1], "k:", lw=0.8)
+    ax.set_xlabel("false-positive rate")
+    ax.set_ylabel("true-positive rate")
+    ax.legend(fontsize=8)
+    ax.set_title("ROC on the test split")
+    fig.tight_layout()
+    roc_path = out / "roc.png"
+    fig.savefig(roc_path, dpi=110)
+    plt.close(fig)
+    paths = [roc_path]
+    if result.embedding is not None and len(result.embedding) > 2:
+        xy = PCA(n_components=2).fit_transform(result.embedding)
+        fig, ax = plt.subplots(figsize=(6.5, 5.5))
+        recipes = sorted(set(result.test_recipes))
+        colours = plt.cm.viridis(np.linspace(0, 0.9, len(recipes)))
+        for recipe, colour in zip(recipes, colours, strict=True):
+            sel = np.array([r == recipe for r in result.test_recipes])
+            ok = sel & (result.labels == 0)
+            bad = sel & (result.labels == 1)
+            ax.scatter(*xy[ok].T, s=12, color=colour, label=f"{recipe} normal")
+            ax.scatter(*xy[bad].T, s=22, color=colour, marker="x", label=f"{recipe} anomaly")
+        ax.set_title("embedding map (PCA of the 128-d embeddings)")
+        ax.legend(fontsize=7, ncol=2)
+        fig.tight_layout()
+        emb_path = out / "embedding_map.png"
+        fig.savefig(emb_path, dpi=110)
+        plt.close(fig)
+        paths.append(emb_path)
+    return paths

@@ -1,0 +1,91 @@
+"""Triplet loss, calibration, HyperScore and the numpy one-class SVM, checked by hand."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from pbi_bluesky.models import (
+    RBFOneClass,
+    benjamini_hochberg,
+    conformal_p_values,
+    exact_shapley,
+    hyperscore,
+    triplet_loss,
+)
+
+
+@pytest.fixture()
+def four_points():
+    # 1D embeddings: labels 0,0,1,1 at positions 0, 1, 1.5, 4
+    emb = torch.tensor([[0.0], [1.0], [1.5], [4.0]])
+    labels = torch.tensor([0, 0, 1, 1])
+    return emb, labels
+
+
+def test_batch_hard_triplet_loss_by_hand(four_points):
+    emb, labels = four_points
+    # anchor 0: pos d=1, closest neg d=1.5 -> max(0, 1-1.5+1)=0.5
+    # anchor 1: pos d=1, closest neg d=0.5 -> 1.5
+    # anchor 2: pos d=2.5, closest neg d=0.5 -> 3.0
+    # anchor 3: pos d=2.5, closest neg d=3.0 -> 0.5
+    loss = triplet_loss(emb, labels, margin=1.0, mining="hard")
+    assert float(loss) == pytest.approx((0.5 + 1.5 + 3.0 + 0.5) / 4, rel=1e-5)
+
+
+def test_semi_hard_triplet_loss_by_hand(four_points):
+    emb, labels = four_points
+    # pairs (a,p): (0,1) d=1: negatives farther than 1: 1.5,4 -> 1.5 -> 0.5
+    # (1,0) d=1: negs 0.5, 3 -> semi 3 -> max(0,1-3+1)=0
+    # (2,3) d=2.5: negs 1.5, 0.5 -> none farther -> hardest 0.5 -> 3.0
+    # (3,2) d=2.5: negs 4, 3 -> semi 3 -> 0.5
+    loss = triplet_loss(emb, labels, margin=1.0, mining="semi-hard")
+    assert float(loss) == pytest.approx((0.5 + 0.0 + 3.0 + 0.5) / 4, rel=1e-5)
+
+
+def test_triplet_loss_without_negatives_is_zero_and_mining_checked():
+    emb = torch.randn(5, 3)
+    assert float(triplet_loss(emb, torch.zeros(5, dtype=torch.long))) == 0.0
+    with pytest.raises(ValueError, match="mining"):
+        triplet_loss(emb, torch.tensor([0, 0, 1, 1, 2]), mining="easy")
+
+
+def test_conformal_p_values_and_bh():
+    cal = np.arange(1.0, 100.0)  # 99 calibration scores
+    p = conformal_p_values([0.0, 50.0, 1000.0], cal)
+    np.testing.assert_allclose(p, [1.0, 51 / 100, 1 / 100])
+    reject = benjamini_hochberg(np.array([0.001, 0.009, 0.04, 0.5]), alpha=0.05)
+    np.testing.assert_array_equal(reject, [True, True, False, False])
+    # 0.04 <= 3/4*0.05=0.0375? no -> not rejected; step-up keeps the first two
+
+
+def test_hyperscore_is_the_papers_formula():
+    v = np.array([1.0, 0.5, 1e-9])
+    sig = 1 / (1 + np.exp(-(5 * np.log(v) - np.log(2))))
+    np.testing.assert_allclose(hyperscore(v), 100 * (1 + sig**2))
+    assert hyperscore(1.0) == pytest.approx(100 * (1 + (1 / 3) ** 2))  # 111.1, the maximum
+    assert np.all(np.diff(hyperscore(np.linspace(0.01, 1, 50))) > 0)  # monotone
+
+
+def test_numpy_ocsvm_matches_scikit_learn():
+    from sklearn.svm import OneClassSVM
+
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(200, 8))
+    test = rng.normal(size=(50, 8)) * 1.5
+    ours = RBFOneClass.fit(x, nu=0.1)
+    ref = OneClassSVM(nu=0.1, gamma="scale").fit(x)
+    np.testing.assert_allclose(ours.decision(test), ref.decision_function(test), atol=1e-10)
+
+
+def test_exact_shapley_sums_to_the_value_and_is_symmetric():
+    rng = np.random.default_rng(1)
+    a = rng.normal(size=(4, 4))
+    precision = a @ a.T + np.eye(4)
+    z = rng.normal(size=4)
+    phi = exact_shapley(z, precision)
+    assert phi.sum() == pytest.approx(z @ precision @ z)
+    # additive (diagonal) game: Shapley value is each feature's own term
+    diag = np.diag([1.0, 2.0, 3.0])
+    np.testing.assert_allclose(exact_shapley(np.array([1.0, 1.0, 2.0]), diag), [1, 2, 12])

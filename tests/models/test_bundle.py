@@ -1,0 +1,112 @@
+"""Model bundles: identical round trip, and refusal of tampered, pickled or foreign files."""
+
+from __future__ import annotations
+
+import json
+import pickle
+import shutil
+
+import numpy as np
+import pytest
+
+from pbi_bluesky.models import BundleError, load_bundle, save_bundle
+
+
+@pytest.fixture(scope="module")
+def bundle_dir(tiny_model, tmp_path_factory):
+    out = tmp_path_factory.mktemp("bundle")
+    save_bundle(tiny_model, out, training_data_sha256="abc")
+    return out
+
+
+def _copy(bundle_dir, tmp_path):
+    target = tmp_path / "copy"
+    shutil.copytree(bundle_dir, target)
+    return target
+
+
+def test_round_trip_gives_identical_scores(tiny_model, bundle_dir, training_set):
+    loaded = load_bundle(bundle_dir)
+    profiles, recipes = training_set
+    a = tiny_model.score(profiles[::7], recipes[::7], explain="all")
+    b = loaded.score(profiles[::7], recipes[::7], explain="all")
+    for va, vb in zip(a, b, strict=True):
+        assert va.score == vb.score
+        assert va.p_value == vb.p_value
+        assert va.predicted_composition == vb.predicted_composition
+        assert va.details == vb.details
+    assert loaded.threshold == tiny_model.threshold
+    doc = json.loads((bundle_dir / "model.json").read_text())
+    for key in ("format_version", "package_version", "q_grid", "preprocessing", "recipes",
+                "alpha", "calibration_scores", "metrics", "files", "training_data_sha256"):
+        assert key in doc
+    assert (bundle_dir / "training_curve.png").stat().st_size > 1000
+
+
+def test_tampered_weights_are_refused(bundle_dir, tmp_path):
+    target = _copy(bundle_dir, tmp_path)
+    data = bytearray((target / "weights.safetensors").read_bytes())
+    data[-10] ^= 0xFF
+    (target / "weights.safetensors").write_bytes(bytes(data))
+    with pytest.raises(BundleError, match="sha256"):
+        load_bundle(target)
+
+
+def test_pickle_file_is_refused_even_with_matching_hash(bundle_dir, tmp_path):
+    """A pickle dressed up as weights, hash updated: still never unpickled."""
+    target = _copy(bundle_dir, tmp_path)
+
+    class Boom:
+        def __reduce__(self):
+            return (print, ("pickle executed!",))
+
+    (target / "weights.safetensors").write_bytes(pickle.dumps({"w": Boom()}))
+    doc = json.loads((target / "model.json").read_text())
+    from pbi_bluesky.models.bundle import sha256_file
+
+    doc["files"]["weights.safetensors"] = sha256_file(target / "weights.safetensors")
+    (target / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="not valid network weights"):
+        load_bundle(target)
+
+
+def test_object_arrays_in_npz_are_refused(bundle_dir, tmp_path):
+    target = _copy(bundle_dir, tmp_path)
+    np.savez(target / "arrays.npz", evil=np.array([{"a": 1}], dtype=object))
+    doc = json.loads((target / "model.json").read_text())
+    from pbi_bluesky.models.bundle import sha256_file
+
+    doc["files"]["arrays.npz"] = sha256_file(target / "arrays.npz")
+    (target / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="plain numpy archive|lacks array"):
+        load_bundle(target)
+
+
+@pytest.mark.parametrize(
+    "content, message",
+    [
+        ("not json", "not valid JSON"),
+        (json.dumps({"format": "someone-else"}), "foreign"),
+        (json.dumps({"format": "pbi_bluesky.model", "format_version": 99}), "format version"),
+    ],
+)
+def test_foreign_or_corrupt_model_json_is_refused(bundle_dir, tmp_path, content, message):
+    target = _copy(bundle_dir, tmp_path)
+    (target / "model.json").write_text(content)
+    with pytest.raises(BundleError, match=message):
+        load_bundle(target)
+
+
+def test_missing_bundle_is_a_clear_error(tmp_path):
+    with pytest.raises(BundleError, match="no model.json"):
+        load_bundle(tmp_path)
+
+
+def test_shipped_default_model_loads_and_scores(training_set):
+    from pbi_bluesky.models.bundle import load_default_model
+
+    model = load_default_model()
+    profiles, recipes = training_set
+    verdicts = model.score(profiles[:5], recipes[:5], explain="none")
+    assert len(verdicts) == 5 and all(np.isfinite(v.score) for v in verdicts)
+    assert set(model.recipes) == {"0:100", "25:75", "50:50", "75:25", "100:0"}
