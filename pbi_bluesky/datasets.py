@@ -20,7 +20,7 @@ import numpy as np
 from tqdm import tqdm
 
 from pbi_bluesky.profile import Profile
-from pbi_bluesky.reduction import Reducer, write_ascii
+from pbi_bluesky.reduction import Reducer, absolute_monitor, write_ascii
 from pbi_bluesky.simulate import (
     INSTRUMENT_FAULTS,
     PS_PMMA,
@@ -116,17 +116,6 @@ def _all_kinds(system: BlendSystem) -> tuple[str, ...]:
             if kind not in kinds:
                 kinds.append(kind)
     return tuple(kinds)
-
-
-def absolute_monitor(i0_photons: float, geometry: Any) -> float:
-    """Monitor value that makes pyFAI-style reduction absolute (per steradian).
-
-    pyFAI's solid-angle correction is relative to a pixel at the PONI; multiplying the
-    incident photon count by that pixel's absolute solid angle (pixel1*pixel2/dist^2)
-    turns counts per relative solid angle into photons per incident photon per sr.
-    """
-    det = geometry.detector
-    return float(i0_photons * det.pixel1 * det.pixel2 / geometry.dist**2)
 
 
 def generate_dataset(

@@ -5,7 +5,14 @@ matrix and matches ``pyFAI.integrate1d`` (bbox/csr/cython, Poisson error model).
 """
 
 from .errors import ReductionError
-from .geometry import expected_frame, geometry_provenance, load_geometry, make_geometry
+from .geometry import (
+    absolute_monitor,
+    expected_frame,
+    geometry_provenance,
+    load_geometry,
+    load_geometry_text,
+    make_geometry,
+)
 from .images import as_frame, read_image
 from .integrator import FoldedIntegrator
 from .io1d import read_ascii, read_nxcansas, read_profile, write_ascii, write_nxcansas
@@ -14,6 +21,8 @@ from .pipeline import Reducer
 __all__ = [
     "FoldedIntegrator",
     "Reducer",
+    "absolute_monitor",
+    "load_geometry_text",
     "ReductionError",
     "as_frame",
     "expected_frame",

@@ -178,3 +178,29 @@ def expected_frame(
     if polarization_factor is not None:
         frame = frame * ai.polarization(shape, polarization_factor)
     return frame + dark
+
+
+def absolute_monitor(i0_photons: float, ai: AzimuthalIntegrator) -> float:
+    """Monitor value that makes the reduction absolute (photons per incident photon per sr).
+
+    pyFAI's solid-angle correction is relative to a pixel at the PONI; multiplying the
+    incident photon count by that pixel's absolute solid angle (pixel1*pixel2/dist^2)
+    turns counts per relative solid angle into an absolute differential cross-section.
+    """
+    det = ai.detector
+    return float(i0_photons * det.pixel1 * det.pixel2 / ai.dist**2)
+
+
+def load_geometry_text(poni_text: str) -> AzimuthalIntegrator:
+    """A geometry from PONI file *text* (as recorded in run metadata)."""
+    import tempfile
+
+    if not poni_text or "Distance" not in poni_text:
+        raise ReductionError("PONI text is empty or has no Distance line")
+    with tempfile.NamedTemporaryFile("w", suffix=".poni", delete=False) as fh:
+        fh.write(poni_text)
+        path = Path(fh.name)
+    try:
+        return load_geometry(path)
+    finally:
+        path.unlink(missing_ok=True)

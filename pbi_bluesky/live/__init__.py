@@ -1,0 +1,15 @@
+"""Live anomaly detection inside Bluesky: the scoring callback and its verdict channel."""
+
+from pbi_bluesky.live.callback import ANALYSIS_STREAM, LiveScorer
+from pbi_bluesky.live.channel import FrameResult, VerdictChannel
+from pbi_bluesky.live.frames import AssetRegistry, FrameError, image_keys
+
+__all__ = [
+    "ANALYSIS_STREAM",
+    "AssetRegistry",
+    "FrameError",
+    "FrameResult",
+    "LiveScorer",
+    "VerdictChannel",
+    "image_keys",
+]

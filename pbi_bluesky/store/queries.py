@@ -1,0 +1,79 @@
+"""Finding flagged runs in the catalog."""
+
+from __future__ import annotations
+
+from datetime import datetime
+from typing import Any
+
+__all__ = ["flagged_runs", "analysis_of"]
+
+
+def _to_epoch(since: datetime | float | str | None) -> float | None:
+    if since is None:
+        return None
+    if isinstance(since, datetime):
+        return since.timestamp()
+    if isinstance(since, str):
+        return datetime.fromisoformat(since).timestamp()
+    return float(since)
+
+
+def flagged_runs(
+    runs: Any,
+    *,
+    composition: str | None = None,
+    since: datetime | float | str | None = None,
+    min_score: float | None = None,
+) -> list[dict[str, Any]]:
+    """Raw runs whose live analysis flagged at least one frame, newest last.
+
+    Parameters
+    ----------
+    runs
+        The ``runs`` container (see :func:`~pbi_bluesky.store.open_runs`).
+    composition
+        Only samples with this nominal recipe.
+    since
+        Only analyses started at or after this time (datetime, ISO string or epoch s).
+    min_score
+        Only analyses whose highest frame score is at least this.
+    """
+    from tiled.queries import Comparison, Key
+
+    results = runs.search(Key("pbi_analysis") == True)  # noqa: E712 - a Tiled query
+    results = results.search(Comparison("gt", "stop.pbi_summary.flagged", 0))
+    if composition is not None:
+        results = results.search(Key("expected_composition") == composition)
+    epoch = _to_epoch(since)
+    if epoch is not None:
+        results = results.search(Comparison("ge", "start.time", epoch))
+    if min_score is not None:
+        results = results.search(Comparison("ge", "stop.pbi_summary.max_score", min_score))
+    out = []
+    for uid in list(results):
+        md = results[uid].metadata
+        start, stop = md["start"], md.get("stop") or {}
+        summary = stop.get("pbi_summary", {})
+        out.append({
+            "raw_uid": start.get("raw_uid"),
+            "analysis_uid": uid,
+            "sample": start.get("sample"),
+            "slot": start.get("slot"),
+            "composition": start.get("expected_composition"),
+            "time": start.get("time"),
+            "verdict": summary.get("verdict"),
+            "flagged": summary.get("flagged"),
+            "frames": summary.get("frames"),
+            "max_score": summary.get("max_score"),
+            "rescan": start.get("rescan_of"),
+        })
+    return sorted(out, key=lambda r: r["time"] or 0)
+
+
+def analysis_of(runs: Any, raw_uid: str) -> Any | None:
+    """The analysis run of a raw run, if there is one."""
+    from tiled.queries import Key
+
+    results = runs.search(Key("raw_uid") == raw_uid)
+    uids = list(results)
+    return results[uids[0]] if uids else None
