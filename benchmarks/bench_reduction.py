@@ -6,6 +6,8 @@ Usage::
 
 All methods run in one process, on the same seeded Poisson int32 frames, with the same
 corrections (detector mask + beamstop, dark, solid angle, polarization 0.99, monitor).
+Methods are timed round-robin (interleaved) and the median per frame is reported, with the
+minimum and the median of same-round speed-ups against ``integrate1d`` bbox/csr.
 The last line of output is one JSON object with every figure.
 """
 
@@ -47,15 +49,22 @@ def render(name: str, n_frames: int, seed: int = 0) -> dict:
             "monitors": monitors}
 
 
-def time_per_frame(fn: Callable[[], object], n_frames: int, repeats: int) -> float:
-    """Median wall time per frame in ms over ``repeats`` runs of ``fn`` (one warm-up)."""
-    fn()
-    runs = []
-    for _ in range(repeats):
-        t0 = time.perf_counter()
+def time_interleaved(methods: dict[str, Callable[[], object]], n_frames: int,
+                     repeats: int) -> dict[str, list[float]]:
+    """Wall time per frame (ms) of every method, ``repeats`` rounds run round-robin.
+
+    Interleaving makes every method see the same (noisy, shared) machine state; one
+    warm-up call per method first.
+    """
+    for fn in methods.values():
         fn()
-        runs.append((time.perf_counter() - t0) * 1e3 / n_frames)
-    return statistics.median(runs)
+    runs: dict[str, list[float]] = {key: [] for key in methods}
+    for _ in range(repeats):
+        for key, fn in methods.items():
+            t0 = time.perf_counter()
+            fn()
+            runs[key].append((time.perf_counter() - t0) * 1e3 / n_frames)
+    return runs
 
 
 def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
@@ -65,7 +74,9 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
     reducer = Reducer(ai, npt=npt, mask=scene["beamstop"], dark=dark, polarization_factor=POL)
     setup_ms = (time.perf_counter() - t0) * 1e3
     exact64 = FoldedIntegrator(ai, reducer.shape, npt, reducer.q_range, mask=reducer.mask,
-                              dark=dark, polarization_factor=POL, accumulate="float64")
+                               dark=dark, polarization_factor=POL, accumulate="float64")
+    serial = FoldedIntegrator(ai, reducer.shape, npt, reducer.q_range, mask=reducer.mask,
+                              dark=dark, polarization_factor=POL, threads=1)
     mask = reducer.mask
 
     def pyfai(method):
@@ -84,6 +95,8 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
                                    for f, m in zip(frames, monitors, strict=True)],
         "folded_single": lambda: [reducer._folded.integrate(f, m)
                                   for f, m in zip(frames, monitors, strict=True)],
+        "folded_single_1thread": lambda: [serial.integrate(f, m)
+                                          for f, m in zip(frames, monitors, strict=True)],
         "folded_single_f64": lambda: [exact64.integrate(f, m)
                                       for f, m in zip(frames, monitors, strict=True)],
         "folded_batch": lambda: reducer._folded.integrate_many(frames, monitors),
@@ -91,24 +104,31 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
     }
     out: dict = {"shape": list(reducer.shape), "npt": npt, "frames": n_frames,
                  "folded_setup_ms": round(setup_ms, 1), "methods": {}}
-    for key, fn in methods.items():
-        ms = time_per_frame(fn, n_frames, repeats)
-        out["methods"][key] = {"ms_per_frame": round(ms, 3), "frames_per_s": round(1e3 / ms, 1)}
-    ref_ms = out["methods"]["pyfai_bbox_csr"]["ms_per_frame"]
-    for entry in out["methods"].values():
-        entry["speedup_vs_pyfai_bbox_csr"] = round(ref_ms / entry["ms_per_frame"], 2)
+    runs = time_interleaved(methods, n_frames, repeats)
+    ref = runs["pyfai_bbox_csr"]
+    for key, times in runs.items():
+        ms = statistics.median(times)
+        out["methods"][key] = {
+            "ms_per_frame": round(ms, 3), "frames_per_s": round(1e3 / ms, 1),
+            "min_ms_per_frame": round(min(times), 3),
+            "speedup_vs_pyfai_bbox_csr": round(statistics.median(ref) / ms, 2),
+            # same-round ratios: robust to load changing between rounds
+            "median_paired_speedup": round(statistics.median(
+                r / t for r, t in zip(ref, times, strict=True)), 2),
+        }
 
     # accuracy vs integrate1d bbox/csr on every filled bin of every frame
     refs = methods["pyfai_bbox_csr"]()
     batch_i, batch_s = reducer._folded.integrate_many(frames, monitors)
     f64 = [exact64.integrate(f, m) for f, m in zip(frames, monitors, strict=True)]
     worst = {"folded_single": [0.0, 0.0], "folded_batch": [0.0, 0.0],
-             "folded_single_f64": [0.0, 0.0]}
+             "folded_single_1thread": [0.0, 0.0], "folded_single_f64": [0.0, 0.0]}
     for k, ref in enumerate(refs):
         ok = np.asarray(ref.count) > 0
         single = reducer._folded.integrate(frames[k], monitors[k])
+        one = serial.integrate(frames[k], monitors[k])
         for key, (i, s) in (("folded_single", single), ("folded_batch", (batch_i[k], batch_s[k])),
-                            ("folded_single_f64", f64[k])):
+                            ("folded_single_1thread", one), ("folded_single_f64", f64[k])):
             worst[key][0] = max(worst[key][0], float(np.max(np.abs(i[ok] / ref.intensity[ok] - 1))))
             worst[key][1] = max(worst[key][1], float(np.max(np.abs(s[ok] / ref.sigma[ok] - 1))))
     out["max_rel_diff_vs_pyfai_bbox_csr"] = {
@@ -119,15 +139,17 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
 
 
 def print_table(results: dict) -> None:
-    header = f"{'detector':<10} {'method':<20} {'ms/frame':>10} {'frames/s':>10} {'speed-up':>9}"
+    header = (f"{'detector':<10} {'method':<22} {'ms/frame':>9} {'min ms':>8} {'frames/s':>9} "
+              f"{'speed-up':>9} {'paired':>7}")
     print(header)
     print("-" * len(header))
     for det, res in results["detectors"].items():
         for key, m in res["methods"].items():
-            print(f"{det:<10} {key:<20} {m['ms_per_frame']:>10.2f} {m['frames_per_s']:>10.1f} "
-                  f"{m['speedup_vs_pyfai_bbox_csr']:>8.2f}x")
+            print(f"{det:<10} {key:<22} {m['ms_per_frame']:>9.2f} {m['min_ms_per_frame']:>8.2f} "
+                  f"{m['frames_per_s']:>9.1f} {m['speedup_vs_pyfai_bbox_csr']:>8.2f}x "
+                  f"{m['median_paired_speedup']:>6.2f}x")
         for key, d in res["max_rel_diff_vs_pyfai_bbox_csr"].items():
-            print(f"{det:<10} max rel diff {key:<18} I {d['intensity']:.2e}  "
+            print(f"{det:<10} max rel diff {key:<22} I {d['intensity']:.2e}  "
                   f"sigma {d['sigma']:.2e}")
         print(f"{det:<10} folded integrator setup {res['folded_setup_ms']:.0f} ms "
               f"(shape {tuple(res['shape'])}, npt {res['npt']})")
@@ -138,7 +160,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--frames", type=int, default=5, help="frames per detector")
     parser.add_argument("--npt", type=int, default=500, help="number of q bins")
-    parser.add_argument("--repeats", type=int, default=5, help="timed repeats per method")
+    parser.add_argument("--repeats", type=int, default=15,
+                        help="timed round-robin rounds (median reported)")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     with threadpool_limits(THREADS):

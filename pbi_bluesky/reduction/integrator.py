@@ -11,16 +11,26 @@ per q bin ``b`` with sparse pixel-splitting coefficients ``c_bi``::
 (note: pyFAI's Cython CSR engine uses ``max(x, 1)`` as the Poisson variance without adding
 the dark, measured against pyFAI 2026.9). Everything except ``x`` is static, so
 :class:`FoldedIntegrator` precomputes ``norm_b`` and ``sum_i c_bi dark_i`` once (float64); a
-frame is converted once into a float32 buffer and then costs two sparse mat-vecs (``C x`` and
-``C^2 max(x, 1)``). To keep float32 rounding at ~1e-6, each bin's row is split into
-sub-rows of at most :data:`CHUNK` pixels whose float32 partial sums are added in float64.
+frame then costs two independent sparse mat-vecs, ``C x`` and ``C^2 max(x, 1)``, each fed
+by one conversion of the frame into its own float32 buffer. The two products run
+concurrently on two threads (scipy's sparse kernels and numpy's casts release the GIL), so
+a frame costs about one mat-vec of wall time. To keep float32 rounding at ~1e-6, each bin's
+row is split into sub-rows of at most :data:`CHUNK` pixels whose float32 partial sums are
+added in float64.
+
 Pixels carrying the detector's dummy value (e.g. -1/-2 on a Pilatus) are dropped per frame,
-exactly as pyFAI's dynamic mask does.
+exactly as pyFAI's dynamic mask does. A frame-wide ``min``/``max`` test rules this out for
+almost every frame; only when it fails are the statically masked pixels (module gaps, which
+may legitimately hold the dummy value) excluded and the exact per-pixel test run, and only
+when an unmasked pixel is flagged does the frame take the slower dynamic-mask path.
 """
 
 from __future__ import annotations
 
 import logging
+import os
+import threading
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 
 import numpy as np
@@ -38,25 +48,44 @@ UNIT = "q_A^-1"
 CHUNK = 256  # max pixels per float32 partial sum (keeps rounding ~1e-6 on any bin)
 
 
-def _split_rows(csr: sp.csr_matrix, chunk: int) -> tuple[sp.csr_matrix, sp.csr_matrix]:
+def _split_rows(csr: sp.csr_matrix, chunk: int) -> tuple[sp.csr_matrix, NDArray[np.intp]]:
     """Split every row of ``csr`` into sub-rows of at most ``chunk`` non-zeros.
 
-    Returns the split matrix and the float64 0/1 matrix summing sub-rows back into rows, so
-    that ``S @ (A_split @ x)`` equals ``A @ x`` with short float32 partial sums.
+    Returns the split matrix and, for every row, the index of its first sub-row, so that
+    ``np.add.reduceat(A_split @ x, starts, dtype=float64)`` equals ``A @ x`` computed with
+    short float32 partial sums. Every row (also an empty one) owns at least one sub-row, so
+    ``starts`` is strictly increasing.
     """
-    starts, owners = [], []
-    for row in range(csr.shape[0]):
-        lo, hi = int(csr.indptr[row]), int(csr.indptr[row + 1])
-        cuts = list(range(lo, hi, chunk)) or [lo]
-        starts.extend(cuts)
-        owners.extend([row] * len(cuts))
-    indptr = np.append(np.asarray(starts, dtype=np.int64), csr.indptr[-1])
-    split = sp.csr_matrix((csr.data, csr.indices, indptr), shape=(len(starts), csr.shape[1]))
-    summer = sp.csr_matrix(
-        (np.ones(len(owners)), (np.asarray(owners), np.arange(len(owners)))),
-        shape=(csr.shape[0], len(owners)),
-    )
-    return split, summer
+    lengths = np.diff(csr.indptr).astype(np.int64)
+    pieces = np.maximum(1, -(-lengths // chunk))  # ceil, at least one sub-row per row
+    starts = np.concatenate(([0], np.cumsum(pieces)[:-1])).astype(np.intp)
+    owner = np.repeat(np.arange(csr.shape[0]), pieces)
+    rank = np.arange(owner.size) - starts[owner]
+    sub_ptr = np.minimum(csr.indptr[:-1][owner] + rank * chunk, csr.indptr[1:][owner])
+    indptr = np.append(sub_ptr.astype(np.int64), csr.indptr[-1])
+    split = sp.csr_matrix((csr.data, csr.indices, indptr), shape=(owner.size, csr.shape[1]))
+    return split, starts
+
+
+_POOL: ThreadPoolExecutor | None = None
+_POOL_LOCK = threading.Lock()
+
+
+def _helper_pool() -> ThreadPoolExecutor:
+    """The one helper thread shared by every integrator (computes the variance product)."""
+    global _POOL
+    with _POOL_LOCK:
+        if _POOL is None:
+            _POOL = ThreadPoolExecutor(max_workers=1, thread_name_prefix="folded-integrator")
+        return _POOL
+
+
+def _default_threads() -> int:
+    try:
+        ncpu = len(os.sched_getaffinity(0))
+    except AttributeError:  # pragma: no cover - not Linux
+        ncpu = os.cpu_count() or 1
+    return 2 if ncpu >= 2 else 1
 
 
 @dataclass(frozen=True)
@@ -90,9 +119,18 @@ class FoldedIntegrator:
         Pixel splitting, ``"bbox"`` (default, like pyFAI's default) or ``"no"``.
     accumulate
         dtype of the per-frame sparse products. ``"float32"`` (default): float32 matrix and
-        frame buffer, each bin summed as float32 partial sums of <= ``CHUNK`` pixels that are
+        frame buffers, each bin summed as float32 partial sums of <= ``CHUNK`` pixels that are
         added in float64 (relative rounding ~1e-6). ``"float64"``: everything in float64
         (slower, exact to ~1e-12).
+    threads
+        ``2``: the signal and variance products of a frame run concurrently (the calling
+        thread plus one helper thread shared by all integrators); ``1``: both run in the
+        calling thread. Default: 2 if the process may use at least 2 CPUs, else 1.
+
+    Notes
+    -----
+    An instance owns its frame buffers: do not call :meth:`integrate` on the same instance
+    from several threads at once.
     """
 
     def __init__(
@@ -109,6 +147,7 @@ class FoldedIntegrator:
         correct_solid_angle: bool = True,
         split: str = "bbox",
         accumulate: str = "float32",
+        threads: int | None = None,
     ) -> None:
         self.shape = (int(shape[0]), int(shape[1]))
         self.npt = int(npt)
@@ -117,6 +156,9 @@ class FoldedIntegrator:
             raise ReductionError(f"npt must be >= 1, got {npt}")
         if accumulate not in ("float32", "float64"):
             raise ReductionError(f"accumulate must be 'float32' or 'float64', got {accumulate!r}")
+        self.threads = _default_threads() if threads is None else int(threads)
+        if self.threads not in (1, 2):
+            raise ReductionError(f"threads must be 1 or 2, got {threads!r}")
         self.dtype = np.dtype(accumulate)
         if not self.q_range[0] < self.q_range[1]:
             raise ReductionError(f"q range must be increasing, got {self.q_range}")
@@ -131,13 +173,15 @@ class FoldedIntegrator:
         exact = sp.csr_matrix((np.asarray(data, dtype=np.float64), indices, indptr),
                               shape=(self.npt, size))
         if self.dtype == np.float64:
-            rows, self._sum = exact, None
+            rows, self._starts = exact, None
         else:
-            rows, self._sum = _split_rows(exact, CHUNK)
+            rows, self._starts = _split_rows(exact, CHUNK)
         self._csr = sp.csr_matrix(
             (rows.data.astype(self.dtype), rows.indices, rows.indptr), shape=rows.shape)
+        # C^2 shares C's index arrays (one copy in memory, read by both concurrent products)
         self._csr2 = sp.csr_matrix(
-            (self._csr.data * self._csr.data, rows.indices, rows.indptr), shape=rows.shape)
+            (self._csr.data * self._csr.data, self._csr.indices, self._csr.indptr),
+            shape=rows.shape)
 
         weight = np.ones(size, dtype=np.float32)
         if flat is not None:
@@ -154,12 +198,14 @@ class FoldedIntegrator:
         self._cdark = (np.zeros(self.npt) if self._dark is None
                        else exact.dot(self._dark.astype(np.float64)))
         self._empty = self._norm <= 0
-        self._buf = np.empty(size, dtype=self.dtype)
+        self._x = np.empty(size, dtype=self.dtype)  # frame, for the signal product
+        self._v = np.empty(size, dtype=self.dtype)  # max(frame, 1), for the variance product
+        self._masked = np.flatnonzero(mask_arr.ravel())
         dummy, delta = ai.detector.dummy, ai.detector.delta_dummy
         self._dummy = None if dummy is None else (float(dummy), delta)
         self.mask = mask_arr
-        logger.info("FoldedIntegrator: %d bins, %d nnz, %d masked pixels", self.npt,
-                    self._csr.nnz, int(mask_arr.sum()))
+        logger.info("FoldedIntegrator: %d bins, %d nnz, %d masked pixels, %d thread(s)",
+                    self.npt, exact.nnz, int(mask_arr.sum()), self.threads)
 
     def _static_mask(self, ai, mask, dark, flat) -> NDArray[np.bool_]:
         """Union of the user mask and pixels whose dark/flat hold the dummy value."""
@@ -194,15 +240,21 @@ class FoldedIntegrator:
         return _Dummy(float(value), float(np.float32(delta)))
 
     def _flagged(self, x: NDArray, dummy: _Dummy | None) -> NDArray | None:
-        """Boolean mask of pixels holding the dummy value, or ``None`` when there are none."""
+        """Mask of unmasked pixels holding the dummy value, or ``None`` when there are none.
+
+        May overwrite the statically masked pixels of ``x`` (the matrix never reads them).
+        """
         if dummy is None:
             return None
         slack = 4 * np.finfo(np.float32).eps * abs(dummy.value)  # float32 rounding margin
         lo, hi = dummy.value - dummy.delta - slack, dummy.value + dummy.delta + slack
+        # fast path: no pixel at all can hold the dummy (NaN fails both tests)
         if hi < 0 and x.min() > hi:
             return None
         if lo > 0 and x.max() < lo:
             return None
+        # module gaps etc. may legitimately hold the dummy: NaN is never flagged
+        x[self._masked] = np.nan
         # exact test in float32, as pyFAI's preprocessing does
         x32 = x.astype(np.float32, copy=False)
         flagged = np.abs(x32 - np.float32(dummy.value)) <= np.float32(dummy.delta)
@@ -211,9 +263,16 @@ class FoldedIntegrator:
     def _dot(self, matrix: sp.csr_matrix, x: NDArray) -> NDArray[np.float64]:
         """``matrix @ x`` folded back to one value per bin, as float64."""
         partial = matrix.dot(x)
-        if self._sum is None:
+        if self._starts is None:
             return np.asarray(partial, dtype=np.float64)
-        return self._sum.dot(partial.astype(np.float64))
+        return np.add.reduceat(partial, self._starts, dtype=np.float64)
+
+    def _variance_sum(self, flat: NDArray) -> NDArray[np.float64]:
+        """``C^2 max(frame, 1)``: one cast of the frame into the variance buffer, one mat-vec."""
+        v = self._v
+        np.copyto(v, flat, casting="unsafe")
+        np.maximum(v, 1, out=v)
+        return self._dot(self._csr2, v)
 
     def _finish(self, signal, var, norm) -> tuple[NDArray, NDArray]:
         with np.errstate(divide="ignore", invalid="ignore"):
@@ -223,6 +282,16 @@ class FoldedIntegrator:
         intensity[bad] = np.nan
         sigma[bad] = np.nan
         return intensity, sigma
+
+    def _check(self, frame: ArrayLike) -> NDArray:
+        frame = np.asarray(frame)
+        if frame.shape != self.shape:
+            raise ReductionError(f"frame shape {frame.shape} does not match integrator shape "
+                                 f"{self.shape}")
+        if not (np.issubdtype(frame.dtype, np.integer) or np.issubdtype(frame.dtype, np.floating)
+                or frame.dtype == np.bool_):
+            raise ReductionError(f"frame dtype {frame.dtype} is not numeric")
+        return frame
 
     def integrate(self, frame: ArrayLike, monitor: float = 1.0) -> tuple[NDArray, NDArray]:
         """Integrate one frame.
@@ -239,33 +308,47 @@ class FoldedIntegrator:
         intensity, sigma
             float64 arrays of length ``npt``; NaN in bins with no pixels.
         """
-        frame = np.asarray(frame)
-        if frame.shape != self.shape:
-            raise ReductionError(f"frame shape {frame.shape} does not match integrator shape "
-                                 f"{self.shape}")
-        x = self._buf
-        np.copyto(x, frame.reshape(-1), casting="unsafe")  # the only conversion of the frame
-        norm = self._norm * float(monitor)
-        cdark = self._cdark
+        frame = self._check(frame)
+        flat = frame.reshape(-1)
+        pending: Future | None = None
+        if self.threads > 1:
+            pending = _helper_pool().submit(self._variance_sum, flat)
+        try:
+            x = self._x
+            np.copyto(x, flat, casting="unsafe")  # the frame's only conversion for the signal
+            signal = self._dot(self._csr, x)
+        finally:
+            var = pending.result() if pending is not None else None
+        if var is None:
+            var = self._variance_sum(flat)
         flagged = self._flagged(x, self._dummy_for(frame.dtype))
         if flagged is not None:
-            x = x.copy()
-            x[flagged] = 0.0
-            fl = flagged.astype(self.dtype)
-            norm = norm - self._dot(self._csr, fl * self._weight) * float(monitor)
-            if self._dark is not None:
-                cdark = cdark - self._dot(self._csr, fl * self._dark)
+            return self._integrate_dynamic(x, flagged, float(monitor))
+        return self._finish(signal - self._cdark, var, self._norm * float(monitor))
+
+    def _integrate_dynamic(self, x: NDArray, flagged: NDArray, monitor: float):
+        """Frame with dummy pixels outside the static mask: drop them, like pyFAI does."""
+        x = x.copy()
+        x[flagged] = 0.0
+        fl = flagged.astype(self.dtype)
+        norm = (self._norm - self._dot(self._csr, fl * self._weight)) * monitor
+        cdark = self._cdark
+        if self._dark is not None:
+            cdark = cdark - self._dot(self._csr, fl * self._dark)
         signal = self._dot(self._csr, x) - cdark
         np.maximum(x, 1.0, out=x)
-        if flagged is not None:
-            x[flagged] = 0.0
+        x[flagged] = 0.0
         var = self._dot(self._csr2, x)
         return self._finish(signal, var, norm)
 
     def integrate_many(
         self, frames: ArrayLike, monitors: ArrayLike | float = 1.0
     ) -> tuple[NDArray, NDArray]:
-        """Integrate a stack of frames with one sparse x dense product.
+        """Integrate a stack of frames.
+
+        Each frame goes through the single-frame path (two concurrent mat-vecs): scipy's
+        multi-vector sparse product costs more per frame than two single mat-vecs, and
+        feeding it needs a transposed copy of the stack.
 
         Parameters
         ----------
@@ -285,15 +368,8 @@ class FoldedIntegrator:
                                  f"{self.shape[0]}, {self.shape[1]})")
         n = frames.shape[0]
         mon = np.broadcast_to(np.asarray(monitors, dtype=np.float64), (n,))
-        x = np.empty((frames[0].size, n), dtype=self.dtype)
-        np.copyto(x, frames.reshape(n, -1).T, casting="unsafe")
-        dummy = self._dummy_for(frames.dtype)
-        special = [k for k in range(n) if self._flagged(x[:, k], dummy) is not None]
-        signal = self._dot(self._csr, x).T - self._cdark
-        np.maximum(x, 1.0, out=x)
-        var = self._dot(self._csr2, x).T
-        norm = self._norm[None, :] * mon[:, None]
-        intensity, sigma = self._finish(signal, var, norm)
-        for k in special:  # frames with dummy pixels: exact per-frame path
+        intensity = np.empty((n, self.npt))
+        sigma = np.empty((n, self.npt))
+        for k in range(n):
             intensity[k], sigma[k] = self.integrate(frames[k], mon[k])
         return intensity, sigma

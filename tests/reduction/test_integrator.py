@@ -4,8 +4,15 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import scipy.sparse as sp
 
-from pbi_bluesky.reduction import FoldedIntegrator, Reducer, expected_frame, make_geometry
+from pbi_bluesky.reduction import (
+    FoldedIntegrator,
+    Reducer,
+    ReductionError,
+    expected_frame,
+    make_geometry,
+)
 
 NPT = 300
 POL = 0.99
@@ -159,3 +166,63 @@ def test_float64_accumulation_option_matches_pyfai(scene):
     filled = np.asarray(ref.count) > 0
     np.testing.assert_allclose(intensity[filled], ref.intensity[filled], rtol=RTOL)
     np.testing.assert_allclose(sigma[filled], ref.sigma[filled], rtol=RTOL)
+
+
+def test_serial_and_threaded_paths_agree(scene):
+    """threads=1 (both products in the caller) and threads=2 give identical results."""
+    red = scene["reducer"]
+    kwargs = {"mask": red.mask, "dark": scene["dark"], "flat": scene["flat"],
+              "polarization_factor": POL}
+    one = FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range, threads=1, **kwargs)
+    two = FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range, threads=2, **kwargs)
+    a = one.integrate(scene["frame"], monitor=4.0)
+    b = two.integrate(scene["frame"], monitor=4.0)
+    np.testing.assert_array_equal(a[0], b[0])
+    np.testing.assert_array_equal(a[1], b[1])
+    ref = pyfai_reference(scene, scene["frame"], 4.0)
+    filled = np.asarray(ref.count) > 0
+    np.testing.assert_allclose(a[0][filled], ref.intensity[filled], rtol=RTOL)
+    np.testing.assert_allclose(a[1][filled], ref.sigma[filled], rtol=RTOL)
+    with pytest.raises(ReductionError, match="threads must be 1 or 2"):
+        FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range, threads=3, **kwargs)
+
+
+def test_dummy_values_in_masked_gaps_are_ignored(scene):
+    """A real Pilatus frame holds -1 in its module gaps: they must not change anything."""
+    red = scene["reducer"]
+    frame = scene["frame"].copy()
+    frame[scene["mask"]] = -1
+    intensity, sigma = red.integrate(frame, monitor=2.0)
+    base = red.integrate(scene["frame"], monitor=2.0)
+    np.testing.assert_array_equal(intensity, base[0])
+    np.testing.assert_array_equal(sigma, base[1])
+    ref = pyfai_reference(scene, frame, 2.0)
+    filled = np.asarray(ref.count) > 0
+    np.testing.assert_allclose(intensity[filled], ref.intensity[filled], rtol=RTOL)
+    np.testing.assert_allclose(sigma[filled], ref.sigma[filled], rtol=RTOL)
+    # gaps plus dummy pixels in the active area: the dynamic path, in single and batch
+    valid = np.flatnonzero(~scene["mask"].ravel())
+    frame.ravel()[np.random.default_rng(11).choice(valid, 200, replace=False)] = -2
+    intensity, sigma = red.integrate(frame, monitor=2.0)
+    ref = pyfai_reference(scene, frame, 2.0)
+    np.testing.assert_allclose(intensity[filled], ref.intensity[filled], rtol=RTOL)
+    np.testing.assert_allclose(sigma[filled], ref.sigma[filled], rtol=RTOL)
+    stack = np.stack([scene["frame"], frame])
+    many_i, many_s = red._folded.integrate_many(stack, [2.0, 2.0])
+    np.testing.assert_array_equal(many_i[0], base[0])
+    np.testing.assert_array_equal(many_i[1], intensity)
+    np.testing.assert_array_equal(many_s[1], sigma)
+
+
+def test_split_rows_preserves_the_product():
+    from pbi_bluesky.reduction.integrator import _split_rows
+
+    rng = np.random.default_rng(1)
+    dense = rng.random((6, 700)) * (rng.random((6, 700)) < np.array([[0.0, 0.01, 0.5, 1.0,
+                                                                      0.2, 0.0]]).T)
+    csr = sp.csr_matrix(dense)
+    split, starts = _split_rows(csr, 64)
+    assert np.all(np.diff(split.indptr) <= 64)
+    assert np.all(np.diff(starts) > 0) and starts.size == 6
+    x = rng.random(700)
+    np.testing.assert_allclose(np.add.reduceat(split @ x, starts), dense @ x, rtol=1e-12)
