@@ -7,6 +7,9 @@ import os
 import numpy as np
 import pytest
 
+# Channel Access on loopback with free ports, set before anything imports ophyd/caproto
+import tests.beamline_fixtures  # noqa: F401, E402
+
 os.environ.setdefault("MPLBACKEND", "Agg")
 
 

@@ -18,6 +18,7 @@ from pbi_bluesky.simulate import (
     INSTRUMENT_FAULTS,
     PS_PMMA,
     expected_dark,
+    expected_profile_inv_cm,
     intensity_inv_cm,
     nominal_state,
     render_empty_cell,
@@ -65,7 +66,8 @@ def test_rendered_frame_reduces_to_the_model_in_absolute_units(
     """Render -> pyFAI-based reduction recovers I(q) in 1/cm within its own error bars."""
     rng = np.random.default_rng(5)
     state = nominal_state(PS_PMMA, recipe)
-    reference = intensity_inv_cm(state, instrument.q_centers_inv_angstrom)
+    # the model averaged over each bin as its pixels sample it (what integration estimates)
+    reference = expected_profile_inv_cm(state, instrument)
     shot = render_frame(state, instrument, rng)
     profile = _reduce(shot, state, instrument, reducer, empty_cell)
     # above the first bins, where pixel size and bin width smear the steep Porod slope

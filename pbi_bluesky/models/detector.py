@@ -107,12 +107,14 @@ class AnomalyDetector:
         self.history: list[float] = []
         self.metrics: dict[str, Any] = {}
         self.population: DescriptorPopulation | None = None
+        # per recipe: mean and std of log chi-square to the reference, and its weight
+        self.residual_stats = np.zeros((0, 3))
         self.bundle_info: dict[str, Any] = {}
 
     # -- bundle hooks -------------------------------------------------------------------
     def extra_arrays(self) -> dict[str, NDArray]:
         """Arrays beyond the core ones that a bundle must store."""
-        arrays: dict[str, NDArray] = {}
+        arrays: dict[str, NDArray] = {"residual_stats": self.residual_stats}
         if self.population is not None:
             arrays.update({"desc_mean": self.population.mean, "desc_std": self.population.std,
                            "desc_precision": self.population.precision})
@@ -120,6 +122,7 @@ class AnomalyDetector:
 
     def load_extra_arrays(self, arrays: dict[str, NDArray]) -> None:
         """Inverse of :meth:`extra_arrays`."""
+        self.residual_stats = arrays["residual_stats"]
         if "desc_mean" in arrays:
             self.population = DescriptorPopulation(
                 arrays["desc_mean"], arrays["desc_std"], arrays["desc_precision"]
@@ -183,12 +186,19 @@ class AnomalyDetector:
                             progress)
         train_s = time.perf_counter() - t0
         emb = self._embed(intensity[train_idx], sigma[train_idx], labels[train_idx])
-        self.svms, centroids = [], []
+        log_chi2 = self._log_chi2(intensity[train_idx], sigma[train_idx], labels[train_idx])
+        self.residual_stats = np.zeros((len(self.recipes), 3))
+        centroids = []
         for k in range(len(self.recipes)):
-            e = emb[labels[train_idx] == k]
-            self.svms.append(RBFOneClass.fit(e, nu=cfg.nu))
-            centroids.append(e.mean(0))
+            sel = labels[train_idx] == k
+            centroids.append(emb[sel].mean(0))
+            radius = float(np.mean(np.linalg.norm(emb[sel] - centroids[-1], axis=1)))
+            self.residual_stats[k] = (log_chi2[sel].mean(), max(log_chi2[sel].std(), 1e-3),
+                                      0.5 * max(radius, 1e-3))
         self.centroids = np.array(centroids)
+        feats = self._augment(emb, log_chi2, labels[train_idx])
+        self.svms = [RBFOneClass.fit(feats[labels[train_idx] == k], nu=cfg.nu)
+                     for k in range(len(self.recipes))]
         self.calibration_scores = self._scores(intensity[cal_idx], sigma[cal_idx], labels[cal_idx])
         self.alpha = cfg.alpha
         t1 = time.perf_counter()
@@ -274,9 +284,26 @@ class AnomalyDetector:
             bar.set_postfix(loss=f"{self.history[-1]:.4f}")
 
     # -- scoring ------------------------------------------------------------------------
+    def _log_chi2(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
+        z = residual_z(intensity, sigma, self.references[recipe_idx], self.scatter[recipe_idx])
+        return np.log(np.mean(z**2, axis=1) + 1e-12)
+
+    def _augment(self, emb: NDArray, log_chi2: NDArray, recipe_idx: NDArray) -> NDArray:
+        """Embedding plus the standardised log residual chi-square, scaled to the cluster.
+
+        The network's unit-norm embedding cannot express *how far* a curve is from its
+        recipe once it is far; the residual statistic can. Scaled to half the recipe's
+        mean cluster radius per standard deviation, it leaves normals where they are and
+        pushes grossly different curves (an offset, a wrong scale) out of the boundary.
+        """
+        stats = self.residual_stats[recipe_idx]
+        extra = (log_chi2 - stats[:, 0]) / stats[:, 1] * stats[:, 2]
+        return np.hstack([emb, extra[:, None]])
+
     def _scores(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
-        """One-class SVM score of each curve's embedding under its recipe."""
-        emb = self._embed(intensity, sigma, recipe_idx)
+        """One-class SVM score of each curve's (augmented) embedding under its recipe."""
+        emb = self._augment(self._embed(intensity, sigma, recipe_idx),
+                            self._log_chi2(intensity, sigma, recipe_idx), recipe_idx)
         out = np.empty(len(intensity))
         for k in np.unique(recipe_idx):
             sel = recipe_idx == k
@@ -293,6 +320,19 @@ class AnomalyDetector:
             return float("inf")
         return float(cal[n - 1 - k])
 
+    def _all_scores(self, intensity: NDArray, sigma: NDArray) -> NDArray:
+        """Scores of every curve under every recipe, shape (n, n_recipes), in one pass."""
+        n, n_rec = len(intensity), len(self.recipes)
+        idx = np.tile(np.arange(n_rec), n)
+        rep_i, rep_s = np.repeat(intensity, n_rec, axis=0), np.repeat(sigma, n_rec, axis=0)
+        emb = self._augment(self._embed(rep_i, rep_s, idx), self._log_chi2(rep_i, rep_s, idx),
+                            idx)
+        out = np.empty(n * n_rec)
+        for k in range(n_rec):
+            sel = idx == k
+            out[sel] = self.svms[k].score(emb[sel])
+        return out.reshape(n, n_rec)
+
     def predict_recipe(self, intensity: NDArray, sigma: NDArray) -> NDArray[np.int64]:
         """Index of the most plausible recipe for each curve.
 
@@ -300,11 +340,7 @@ class AnomalyDetector:
         scored by that recipe's one-class SVM, and the recipe whose normal region lies
         nearest (lowest score) wins.
         """
-        n = len(intensity)
-        scores = np.empty((n, len(self.recipes)))
-        for k in range(len(self.recipes)):
-            scores[:, k] = self._scores(intensity, sigma, np.full(n, k))
-        return scores.argmin(1)
+        return self._all_scores(intensity, sigma).argmin(1)
 
     def explain(self, intensity: NDArray, sigma: NDArray, recipe: str) -> dict[str, Any]:
         """Fitted descriptors with z-scores and exact Shapley attributions (one curve)."""
@@ -315,13 +351,24 @@ class AnomalyDetector:
 
     def score_arrays(
         self, intensity: NDArray, sigma: NDArray, expected: list[str | None],
-        *, fdr: bool = False, explain: str = "flagged",
+        *, fdr: bool = False, explain: str = "flagged", predict: bool = True,
     ) -> list[Verdict]:
-        """Score resampled curves; ``expected=None`` rows are scored as the predicted recipe."""
-        predicted = self.predict_recipe(intensity, sigma)
-        idx = np.array([predicted[i] if e is None else self._recipe_index(e)
-                        for i, e in enumerate(expected)], dtype=np.int64)
-        scores = self._scores(intensity, sigma, idx)
+        """Score resampled curves; ``expected=None`` rows are scored as the predicted recipe.
+
+        ``predict=False`` skips the recipe prediction (one network pass per curve instead
+        of one per recipe): ``predicted_composition`` is then empty. It needs every
+        expected recipe to be given.
+        """
+        if predict or any(e is None for e in expected):
+            all_scores = self._all_scores(intensity, sigma)
+            predicted = all_scores.argmin(1)
+            idx = np.array([predicted[i] if e is None else self._recipe_index(e)
+                            for i, e in enumerate(expected)], dtype=np.int64)
+            scores = all_scores[np.arange(len(idx)), idx]
+        else:
+            idx = np.array([self._recipe_index(e) for e in expected], dtype=np.int64)
+            scores = self._scores(intensity, sigma, idx)
+            predicted = None
         p = conformal_p_values(scores, self.calibration_scores)
         flagged = benjamini_hochberg(p, self.alpha) if fdr else p <= self.alpha
         hs = hyperscore(1.0 - p)
@@ -330,7 +377,9 @@ class AnomalyDetector:
         for i in range(len(scores)):
             recipe = expected[i] if expected[i] is not None else self.recipes[idx[i]]
             verdict = Verdict(float(scores[i]), thr, bool(flagged[i]), float(p[i]),
-                              float(hs[i]), self.recipes[predicted[i]], recipe)
+                              float(hs[i]),
+                              self.recipes[predicted[i]] if predicted is not None else "",
+                              recipe)
             if self.population is not None and (
                 explain == "all" or (explain == "flagged" and flagged[i])
             ):

@@ -119,8 +119,12 @@ class Instrument:
 
     @cached_property
     def q_map_inv_angstrom(self) -> NDArray[np.float64]:
-        """q at every pixel centre, 1/angstrom."""
-        return np.asarray(self.geometry.qArray(self.shape), dtype=np.float64) / 10.0
+        """q at every pixel centre, 1/angstrom (float64, from a private copy of the geometry).
+
+        A copy, because pyFAI caches its pixel arrays on the integrator and an integrator
+        set up for reduction first may cache them at lower precision (~1e-4 relative).
+        """
+        return np.asarray(self._fresh_geometry().qArray(self.shape), dtype=np.float64) / 10.0
 
     @cached_property
     def solid_angle_sr(self) -> NDArray[np.float64]:
@@ -185,31 +189,59 @@ class Instrument:
         return 0.5 * (e[1:] + e[:-1])
 
     SUBBINS = 8
-    """Sub-bins per q bin used to average I(q) over a bin's width."""
+    """Sub-bins per q bin on which I(q) is evaluated for 1D simulation."""
+    PIXEL_SAMPLES = 8
+    """Points per pixel spread over its radial extent, as pyFAI's bbox splitting does."""
+
+    def _fresh_geometry(self):
+        from pyFAI.integrator.azimuthal import AzimuthalIntegrator
+
+        geo = self.geometry
+        return AzimuthalIntegrator(dist=geo.dist, poni1=geo.poni1, poni2=geo.poni2,
+                                   rot1=geo.rot1, rot2=geo.rot2, rot3=geo.rot3,
+                                   detector=geo.detector, wavelength=geo.wavelength)
 
     @cached_property
-    def sub_bin_acceptance_sr(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Centres and acceptance (sr) of ``SUBBINS`` sub-bins per q bin, shape (npt, SUBBINS).
+    def bin_response(self) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """How intensity at fine q points reaches the output bins of an integrated frame.
 
-        Acceptance = sum over unmasked pixels of solid angle x polarisation x gain.
+        Returns ``(q_sub, response)``: ``response[j, b]`` is the summed acceptance
+        (solid angle x polarisation x gain, sr) of unmasked pixels whose centre lies in
+        sub-bin j, shared out over output bin b the way pyFAI's bbox splitting spreads a
+        pixel over its radial extent. Expected counts in bin b are
+        ``flux * t * T * sum_j I(q_j) response[j, b]``: the 1D simulator is then
+        statistically equivalent to rendering a frame and integrating it with pyFAI.
         """
         q0, q1 = self.q_range_inv_angstrom
-        edges = np.linspace(q0, q1, self.npt * self.SUBBINS + 1)
+        width = (q1 - q0) / self.npt
         valid = ~self.mask
+        q_c = self.q_map_inv_angstrom[valid]
+        half = np.asarray(self._fresh_geometry().deltaQ(self.shape))[valid] / 10.0
         weights = (self.solid_angle_sr * self.polarization * self.flat_field)[valid]
-        acc, _ = np.histogram(self.q_map_inv_angstrom[valid], bins=edges, weights=weights)
-        centers = 0.5 * (edges[1:] + edges[:-1])
-        shape = (self.npt, self.SUBBINS)
-        return centers.reshape(shape), acc.reshape(shape)
+        margin = float(half.max()) + width
+        sub_width = width / self.SUBBINS
+        sub0 = q0 - margin
+        n_sub = int(np.ceil((q1 + margin - sub0) / sub_width))
+        keep = (q_c + half >= q0) & (q_c - half < q1)
+        q_c, half, weights = q_c[keep], half[keep], weights[keep]
+        j = np.clip(((q_c - sub0) / sub_width).astype(np.int64), 0, n_sub - 1)
+        response = np.zeros(n_sub * self.npt)
+        k = self.PIXEL_SAMPLES
+        for i in range(k):
+            q = q_c + half * (2 * (i + 0.5) / k - 1)
+            b = np.floor((q - q0) / width).astype(np.int64)
+            ok = (b >= 0) & (b < self.npt)
+            response += np.bincount(j[ok] * self.npt + b[ok], weights=weights[ok] / k,
+                                    minlength=n_sub * self.npt)
+        q_sub = sub0 + (np.arange(n_sub) + 0.5) * sub_width
+        response = response.reshape(n_sub, self.npt)
+        used = response.sum(1) > 0
+        return q_sub[used], response[used]
 
     @property
     def bin_acceptance_sr(self) -> NDArray[np.float64]:
-        """Acceptance of each q bin (sr).
-
-        Expected counts in bin b are flux * t * T * sum_sub(I * acceptance), which makes
-        the 1D simulator statistically equivalent to rendering a frame and integrating it.
-        """
-        return self.sub_bin_acceptance_sr[1].sum(axis=1)
+        """Total acceptance (sr) of each output q bin."""
+        return self.bin_response[1].sum(axis=0)
 
     def write_poni(self, path) -> None:
         """Write the geometry as a PONI file (pyFAI's own writer)."""

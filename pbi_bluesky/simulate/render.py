@@ -28,6 +28,7 @@ __all__ = [
     "INSTRUMENT_FAULTS",
     "RenderedFrame",
     "simulate_profile",
+    "expected_profile_inv_cm",
     "render_frame",
     "render_empty_cell",
     "expected_dark",
@@ -42,6 +43,16 @@ INSTRUMENT_FAULTS: tuple[str, ...] = (
     "beam_dump",
 )
 """Faults of the instrument, not of the specimen; they act on 2D frames only."""
+
+
+def expected_profile_inv_cm(state: SampleState, instrument: Instrument) -> NDArray[np.float64]:
+    """Noise-free I(q) (1/cm) of ``state`` averaged over each q bin as its pixels sample it.
+
+    This, not I at the bin centre, is what an integrated frame estimates: the bin average
+    of a steep, convex curve lies above its value at the centre.
+    """
+    q_sub, response = instrument.bin_response
+    return (intensity_inv_cm(state, q_sub) @ response) / response.sum(0)
 
 
 def simulate_profile(
@@ -59,17 +70,16 @@ def simulate_profile(
     """
     t = instrument.exposure_s if exposure_s is None else exposure_s
     q = instrument.q_centers_inv_angstrom
-    q_sub, acc_sub = instrument.sub_bin_acceptance_sr
-    acc = acc_sub.sum(axis=1)
+    q_sub, response = instrument.bin_response
+    acc = response.sum(axis=0)
     t_cell = instrument.empty_cell_transmission
     t_sample = t_cell * state.transmission
-    flat_q = q_sub.ravel()
-    cell_sub = empty_cell_per_sr(flat_q).reshape(q_sub.shape)
-    sample_sub = state.thickness_cm * intensity_inv_cm(state, flat_q).reshape(q_sub.shape)
-    # bin averages weighted by where the pixels are, as an integrated frame has them
+    cell_sub = empty_cell_per_sr(q_sub)
+    sample_sub = state.thickness_cm * intensity_inv_cm(state, q_sub)
+    # bin sums over pixels as pyFAI's bbox splitting shares them out
     beam = instrument.flux_ph_per_s * t
-    exp_sample = beam * t_sample * ((sample_sub + cell_sub) * acc_sub).sum(1)
-    exp_cell = beam * t_cell * (cell_sub * acc_sub).sum(1)
+    exp_sample = beam * t_sample * ((sample_sub + cell_sub) @ response)
+    exp_cell = beam * t_cell * (cell_sub @ response)
     n_sample = rng.poisson(exp_sample).astype(np.float64)
     n_cell = rng.poisson(exp_cell).astype(np.float64)
     norm_sample = instrument.flux_ph_per_s * t * t_sample * acc
@@ -155,8 +165,9 @@ def _render(
         angle = rng.uniform(0, 2 * np.pi)
         dx, dy = off * np.cos(angle), off * np.sin(angle)
         shadow_offset = (shadow_offset[0] + dx, shadow_offset[1] + dy)
-    flux_time = instrument.flux_ph_per_s * exposure_s
-    monitor = flux_time * (1.0 + rng.normal(0, 0.002))
+    # the beam fluctuates (0.2 % rms); the I0 monitor follows it to 1e-4
+    flux_time = instrument.flux_ph_per_s * exposure_s * (1.0 + rng.normal(0, 0.002))
+    monitor = flux_time * (1.0 + rng.normal(0, 1e-4))
     scatter = _scattering_map(instrument, q_map, per_sr)
     if "parasitic_scattering" in faults:
         s = faults["parasitic_scattering"]
@@ -237,7 +248,7 @@ def render_frame(
         return state.thickness_cm * intensity_inv_cm(state, q) + empty_cell_per_sr(q)
 
     frame, monitor = _render(instrument, per_sr, t_sample, t, rng, faults)
-    measured_t = t_sample * (1.0 + rng.normal(0, 0.001))
+    measured_t = t_sample * (1.0 + rng.normal(0, 1e-4))
     return RenderedFrame(frame, monitor, measured_t, t, faults, state.truth())
 
 

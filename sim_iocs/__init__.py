@@ -1,0 +1,1 @@
+"""Simulated EPICS IOCs (caproto) for developing and testing the Bluesky plugin."""
