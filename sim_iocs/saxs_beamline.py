@@ -263,6 +263,10 @@ class SAXSBeamlineBase(PVGroup):
     def _add_tray_pvs(self) -> None:
         p = f"{self.prefix}tray:"
         self.pvdb[f"{p}NumSlots"] = ChannelInteger(value=len(self.tray))
+        # position 0 holds the empty cell (windows only): the background reference
+        self.pvdb[f"{p}0:Name"] = ChannelString(value="empty cell")
+        self.pvdb[f"{p}0:Composition"] = ChannelString(value="")
+        self.pvdb[f"{p}0:Thickness"] = ChannelDouble(value=0.0, precision=4, units="cm")
         for n, s in self.tray.items():
             self.pvdb[f"{p}{n}:Name"] = ChannelString(value=s.sample)
             self.pvdb[f"{p}{n}:Composition"] = ChannelString(value=s.composition)
@@ -275,7 +279,7 @@ class SAXSBeamlineBase(PVGroup):
         await self.cam.array_size0.write(nx)
         await self.cam.array_size1.write(ny)
         await self.cam.poni.write(self.poni_text)
-        lo, hi = float(min(self.tray)), float(max(self.tray))
+        lo, hi = 0.0, float(max(self.tray))  # position 0: the empty cell
         await self.changer.llm.write(lo)
         await self.changer.hlm.write(hi)
         await self.changer.val.write_metadata(lower_ctrl_limit=lo, upper_ctrl_limit=hi)

@@ -112,7 +112,7 @@ def test_served_tray_and_limits(sim_ioc):  # noqa: F811
     assert int(ca_get(f"{p}tray:NumSlots")) == 5
     assert ca_get(f"{p}tray:2:Name") == b"C50-a"
     assert ca_get(f"{p}tray:2:Composition") == b"50:50"
-    assert float(ca_get(f"{p}changer:LLM")) == 1.0
+    assert float(ca_get(f"{p}changer:LLM")) == 0.0  # position 0: the empty cell
     assert float(ca_get(f"{p}changer:HLM")) == 5.0
 
 

@@ -1,0 +1,147 @@
+"""Start and stop the simulated beamline IOC as a subprocess on loopback Channel Access.
+
+Used by the test fixtures and by ``pbi demo``/``pbi iocs``: free ports, a random PV prefix,
+readiness polled on ``<prefix>Ready``, and a guaranteed stop.
+"""
+
+from __future__ import annotations
+
+import atexit
+import os
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from sim_iocs.tray import TraySlot, dump_tray, parse_tray
+
+__all__ = ["SimIOC", "loopback_epics_env", "start_sim_ioc", "stop_sim_ioc"]
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+STARTUP_DEADLINE_S = 60.0
+
+
+def _free_port() -> int:
+    """A port free for both TCP and UDP on 127.0.0.1."""
+    for _ in range(50):
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
+            tcp.bind(("127.0.0.1", 0))
+            port = tcp.getsockname()[1]
+            try:
+                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
+                    udp.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free TCP+UDP port found on 127.0.0.1")
+
+
+def loopback_epics_env() -> dict[str, str]:
+    server = _free_port()
+    repeater = _free_port()
+    while repeater == server:
+        repeater = _free_port()
+    return {
+        "EPICS_CA_ADDR_LIST": "127.0.0.1",
+        "EPICS_CA_AUTO_ADDR_LIST": "NO",
+        "EPICS_CA_SERVER_PORT": str(server),
+        "EPICS_CA_REPEATER_PORT": str(repeater),
+        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_SERVER_PORT": str(server),
+        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
+        "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
+        "EPICS_CAS_BEACON_PORT": str(repeater),
+    }
+
+
+
+@dataclass
+class SimIOC:
+    """A running simulated beamline IOC."""
+
+    prefix: str
+    env: dict[str, str]
+    tray: list[TraySlot]
+    tray_path: Path
+    log_path: Path
+    process: subprocess.Popen = field(repr=False)
+
+    def log_tail(self, n_chars: int = 4000) -> str:
+        """The end of the IOC's log (stdout+stderr)."""
+        try:
+            return self.log_path.read_text(errors="replace")[-n_chars:]
+        except OSError:
+            return "<no log>"
+
+
+def _terminate(proc: subprocess.Popen) -> None:
+    if proc.poll() is None:
+        proc.terminate()
+        try:
+            proc.wait(timeout=5)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait(timeout=5)
+
+
+def _wait_ready(ioc: SimIOC, deadline_s: float) -> None:
+    from caproto.sync.client import read
+
+    deadline = time.monotonic() + deadline_s
+    last_error: Exception | None = None
+    while time.monotonic() < deadline:
+        if ioc.process.poll() is not None:
+            raise RuntimeError(f"sim IOC exited with code {ioc.process.returncode} before it "
+                               f"was ready; its log:\n{ioc.log_tail()}")
+        try:
+            resp = read(f"{ioc.prefix}Ready", timeout=0.5, repeater=False)
+            if int(resp.data[0]) == 1:
+                return
+        except Exception as exc:  # noqa: BLE001 - not up yet
+            last_error = exc
+        time.sleep(0.2)
+    raise RuntimeError(f"sim IOC {ioc.prefix} not ready within {deadline_s:g} s "
+                       f"(last error: {last_error!r}); its log:\n{ioc.log_tail()}")
+
+
+def start_sim_ioc(directory: Path, tray: list[dict[str, Any]] | list[TraySlot],
+                  detector: str = "Pilatus300k", seed: int = 7,
+                  env: dict[str, str] | None = None) -> SimIOC:
+    """Start ``python -m sim_iocs.saxs_beamline`` with a random prefix; wait until ready.
+
+    ``env`` holds the EPICS variables (default: :func:`loopback_epics_env`).
+    """
+    if all(isinstance(t, TraySlot) for t in tray):
+        slots = list(tray)
+    else:
+        slots = parse_tray(tray, "tray")
+    epics = env or loopback_epics_env()
+    directory.mkdir(parents=True, exist_ok=True)
+    tray_path = dump_tray(slots, directory / "tray.yaml")
+    log_path = directory / "ioc.log"
+    prefix = f"PBI{uuid.uuid4().hex[:8]}:"
+    full_env = {**os.environ, **epics, "PYTHONUNBUFFERED": "1"}
+    cmd = [sys.executable, "-m", "sim_iocs.saxs_beamline", "--prefix", prefix,
+           "--tray", str(tray_path), "--detector", detector, "--seed", str(seed)]
+    with open(log_path, "wb") as log_file:
+        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=log_file,
+                                stderr=subprocess.STDOUT)
+    ioc = SimIOC(prefix, dict(epics), list(slots), tray_path, log_path, proc)
+    atexit.register(_terminate, proc)
+    try:
+        _wait_ready(ioc, STARTUP_DEADLINE_S)
+    except BaseException:
+        _terminate(proc)
+        raise
+    return ioc
+
+
+
+
+def stop_sim_ioc(ioc: SimIOC) -> None:
+    """Terminate the IOC subprocess (kill it if it does not stop within 5 s)."""
+    _terminate(ioc.process)
