@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo test lint bench bench-models model clean-venv
+.PHONY: venv demo demo-offline test lint bench bench-models model clean-venv
 
 venv: $(STAMP)
 
@@ -18,6 +18,9 @@ $(STAMP): pyproject.toml
 
 demo: venv
 	$(VENV)/bin/pbi demo --out demo_output
+
+demo-offline: venv
+	$(VENV)/bin/pbi demo --offline --out demo_output/offline
 
 lint: venv
 	$(VENV)/bin/ruff check pbi_bluesky sim_iocs tests benchmarks

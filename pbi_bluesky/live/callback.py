@@ -50,6 +50,7 @@ class _Run:
     assets: AssetRegistry = field(default_factory=AssetRegistry)
     received: int = 0
     shed: int = 0
+    analysis_requested: bool = False
 
 
 @dataclass
@@ -131,7 +132,6 @@ class LiveScorer(DocumentRouter):
 
     def start(self, doc):
         self._runs[doc["uid"]] = _Run(doc["uid"], dict(doc))
-        self._submit(("start", doc["uid"]))
 
     def descriptor(self, doc):
         run = self._runs.get(doc["run_start"])
@@ -145,6 +145,9 @@ class LiveScorer(DocumentRouter):
             for key, value in obj.get("data", {}).items():
                 if key.lower().endswith("poni") and isinstance(value, str):
                     config_poni = value
+        if keys and not run.analysis_requested:
+            run.analysis_requested = True  # an analysis run only for runs with images
+            self._submit(("start", run.uid))
         run.descriptors[doc["uid"]] = {
             "name": doc.get("name"),
             "image": keys[0] if keys else None,

@@ -35,10 +35,14 @@ def _default(obj: Any) -> Any:
                 "dtype": data.dtype.str, "shape": list(data.shape)}
     if isinstance(obj, np.generic):
         return obj.item()
+    if isinstance(obj, (bytes, bytearray)):
+        return {"__bytes__": base64.b64encode(bytes(obj)).decode("ascii")}
     raise TypeError(f"cannot spool {type(obj).__name__}")
 
 
 def _hook(obj: dict) -> Any:
+    if "__bytes__" in obj:
+        return base64.b64decode(obj["__bytes__"])
     if "__ndarray__" in obj:
         raw = base64.b64decode(obj["__ndarray__"])
         return np.frombuffer(raw, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
