@@ -106,9 +106,9 @@ class _Collector:
 def run_live_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 7,
                   verdict_timeout: float = 60.0) -> LiveDemoReport:
     """Run the live demo (see module docstring); returns the report."""
-    from sim_iocs.launch import loopback_epics_env, start_sim_ioc, stop_sim_ioc
-
     import shutil
+
+    from sim_iocs.launch import loopback_epics_env, start_sim_ioc, stop_sim_ioc
 
     out = Path(out_dir)
     for old in ("tiled", "spool", "ioc"):  # each demo starts from an empty catalog

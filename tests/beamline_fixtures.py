@@ -41,8 +41,13 @@ TEST_TRAY: list[dict[str, Any]] = [
     {"slot": 4, "sample": "T50-a", "composition": "50:50", "faults": {"beam_dump": 0.8},
      "transient": True},
     {"slot": 5, "sample": "N25-dev", "composition": "25:75"},
+    {"slot": 6, "sample": "N25-live", "composition": "25:75"},
+    {"slot": 7, "sample": "T50-live", "composition": "50:50", "faults": {"beam_dump": 0.8},
+     "transient": True},
+    {"slot": 8, "sample": "D50-live", "composition": "50:50", "kind": "degradation",
+     "severity": 1.0},
 ]
-"""Slots 1-4 are for plan tests, slot 5 for device tests (slot 4's fault is one-shot)."""
+"""Slots 1-4: plan tests, 5: device tests, 6-8: live end-to-end (one-shot faults on 4, 7)."""
 
 
 EPICS_ENV: dict[str, str] = loopback_epics_env()

@@ -67,8 +67,8 @@ def test_reduce_with_missing_poni_is_a_clear_error(tmp_path):
     assert "not found" in result.output
 
 
-def test_demo_json(tmp_path):
-    result = runner.invoke(app, ["demo", "--out", str(tmp_path), "--json"])
+def test_offline_demo_json(tmp_path):
+    result = runner.invoke(app, ["demo", "--offline", "--out", str(tmp_path), "--json"])
     assert result.exit_code == 0, result.output
     rows = json.loads(result.output.strip().splitlines()[-1])
     assert len(rows) == 16
@@ -140,3 +140,20 @@ def test_evaluate_compares_detectors(trained, tmp_path):
     assert "auc_roc" in metrics["pbi"]["overall"]
     assert (tmp_path / "r" / "roc.png").is_file()
     assert (tmp_path / "r" / "embedding_map.png").is_file()
+
+
+def test_live_demo_end_to_end(tmp_path):
+    """`make demo`'s command, in its own process (its own Channel Access ports)."""
+    proc = subprocess.run([sys.executable, "-m", "pbi_bluesky.cli", "demo", "--json", "--out",
+                           str(tmp_path)], capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    frames = report["frames"]
+    assert frames["received"] == frames["scored"] + frames["failed"] + frames["shed"] > 14
+    assert report["transient_correct"] is True
+    assert report["recall"] >= 0.75 and report["precision"] >= 0.75
+    assert len(report["rows"]) == 14
+    flagged_slots = {r["slot"] for r in report["flagged"]}
+    confirmed = {r["slot"] for r in report["rows"] if r["classification"] == "confirmed"}
+    assert confirmed <= flagged_slots
+    assert (tmp_path / "demo_live.png").stat().st_size > 20_000

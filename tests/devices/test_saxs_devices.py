@@ -37,7 +37,7 @@ def test_connect_describe_and_configuration(beamline):  # noqa: F811
     assert "Detector: Pilatus300k" in poni and "Distance: 3.0" in poni
     assert "saxs_cam_acquire_time" in config
     assert set(det.describe_configuration()) == set(config)
-    assert beamline.changer.limits == (0.0, 5.0)
+    assert beamline.changer.limits == (0.0, 8.0)
     assert beamline.beam.flux.get() == pytest.approx(1e12)
 
 

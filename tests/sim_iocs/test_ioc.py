@@ -43,10 +43,11 @@ def test_print_pvs_lists_every_pv(tmp_path):
     ).stdout.split()
     missing = [p for p in REQUIRED if f"X:{p}" not in out]
     assert not missing, f"missing PVs: {missing}"
-    for slot in range(1, 6):
+    n_slots = len(TEST_TRAY)
+    for slot in range(0, n_slots + 1):  # position 0: the empty cell
         for field in ("Name", "Composition", "Thickness"):
             assert f"X:tray:{slot}:{field}" in out
-    assert "X:tray:6:Name" not in out
+    assert f"X:tray:{n_slots + 1}:Name" not in out
     assert all(p.startswith("X:") for p in out)
 
 
@@ -109,11 +110,11 @@ def test_tray_file_errors(tmp_path):
 
 def test_served_tray_and_limits(sim_ioc):  # noqa: F811
     p = sim_ioc.prefix
-    assert int(ca_get(f"{p}tray:NumSlots")) == 5
+    assert int(ca_get(f"{p}tray:NumSlots")) == 8
     assert ca_get(f"{p}tray:2:Name") == b"C50-a"
     assert ca_get(f"{p}tray:2:Composition") == b"50:50"
     assert float(ca_get(f"{p}changer:LLM")) == 0.0  # position 0: the empty cell
-    assert float(ca_get(f"{p}changer:HLM")) == 5.0
+    assert float(ca_get(f"{p}changer:HLM")) == 8.0
 
 
 def test_hdf5_writer(sim_ioc, tmp_path):  # noqa: F811
