@@ -22,12 +22,17 @@ from typing import Any
 os.environ.setdefault("TILED_RETRY_ATTEMPTS", "2")
 os.environ.setdefault("TILED_RETRY_TIMEOUT", "5")
 
-__all__ = ["DEFAULT_DATA_DIR", "open_runs", "embedded_client", "runs_container"]
+__all__ = ["DEFAULT_DATA_DIR", "data_dir", "open_runs", "embedded_client", "runs_container"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_DATA_DIR = Path(os.environ.get("PBI_DATA_DIR",
-                                       Path.home() / ".local" / "share" / "pbi_bluesky"))
+DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "pbi_bluesky"
+
+
+def data_dir(explicit: str | Path | None = None) -> Path:
+    """The local data folder: ``explicit``, else ``PBI_DATA_DIR``, else the default."""
+    return Path(explicit or os.environ.get("PBI_DATA_DIR") or DEFAULT_DATA_DIR)
+
 RUNS = "runs"
 
 
@@ -57,6 +62,9 @@ def runs_container(client: Any) -> Any:
     return client[RUNS]
 
 
+_data_dir = data_dir
+
+
 def open_runs(uri: str | None = None, *, api_key: str | None = None,
               data_dir: str | Path | None = None) -> Any:
     """The runs container of the configured catalog (see module docstring)."""
@@ -67,6 +75,6 @@ def open_runs(uri: str | None = None, *, api_key: str | None = None,
         api_key = api_key or os.environ.get("PBI_TILED_API_KEY")
         logger.info("connecting to Tiled at %s", uri)
         return runs_container(from_uri(uri, api_key=api_key))
-    root = Path(data_dir) if data_dir else DEFAULT_DATA_DIR
+    root = _data_dir(data_dir)
     logger.info("using the embedded Tiled catalog in %s", root)
     return runs_container(embedded_client(root))
