@@ -28,10 +28,12 @@ from __future__ import annotations
 import asyncio
 import threading
 import time
+from typing import TYPE_CHECKING
 
-from bluesky.callbacks.zmq import Publisher, RemoteDispatcher
+if TYPE_CHECKING:  # bluesky.callbacks.zmq (pyzmq) is imported only when used
+    from bluesky.callbacks.zmq import Publisher
 
-from pbi_bluesky.live.callback import LiveScorer
+    from pbi_bluesky.live.callback import LiveScorer
 
 __all__ = ["make_publisher", "serve_remote_scorer"]
 
@@ -86,6 +88,8 @@ def serve_remote_scorer(
     PUB/SUB), so confirm the connection, e.g. by publishing a throw-away run and
     waiting for ``scorer.channel.wait_for_run(uid, timeout)``, before relying on it.
     """
+    from bluesky.callbacks.zmq import RemoteDispatcher
+
     dispatcher = RemoteDispatcher(address, prefix=prefix)
     dispatcher.subscribe(scorer)
     if stop_event is not None:
@@ -132,6 +136,8 @@ def make_publisher(
         Documents are pickled (bluesky's default serializer). Call its ``close()``
         when done.
     """
+    from bluesky.callbacks.zmq import Publisher
+
     publisher = Publisher(address, prefix=prefix)
     if settle > 0:
         time.sleep(settle)
