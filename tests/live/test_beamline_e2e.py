@@ -178,3 +178,26 @@ def test_tiled_down_mid_scan_then_back_loses_nothing(
         assert len([r for r in flagged_runs(runs) if r["slot"] == 8]) == 2
     finally:
         server.close()
+
+
+def test_hdf5_mode_frames_are_read_from_the_files(
+    sim_ioc, model_300k, instrument_300k, tmp_path  # noqa: F811
+):
+    """Events carry datum ids; the scorer reads /entry/data/data from the IOC's HDF5 files."""
+    from bluesky import RunEngine
+
+    from pbi_bluesky.devices import connect_beamline
+    from pbi_bluesky.plans import measure_tray
+
+    line = connect_beamline(sim_ioc.prefix, timeout=10, hdf5_path=str(tmp_path))
+    scorer = _scorer(model_300k, instrument_300k)
+    RE = RunEngine({})
+    RE.subscribe(scorer)
+    docs = []
+    RE.subscribe(lambda name, doc: docs.append(name))
+    uids = RE(measure_tray(line.detector, line.changer, [6, 8], EXPOSURE))
+    assert scorer.flush(60)
+    assert "resource" in docs and "datum" in docs
+    results = [scorer.channel.results(u)[0] for u in uids]
+    assert [r.status for r in results] == ["scored", "scored"], [r.reason for r in results]
+    assert not results[0].is_anomaly and results[1].is_anomaly  # normal 25:75, degraded 50:50

@@ -169,7 +169,6 @@ def test_remote_scorer_matches_in_process(tiny_model, instrument, stream, proxy)
             assert _same(a.score, b.score), (a, b)
             assert _same(a.p_value, b.p_value), (a, b)
             flagged += a.is_anomaly
-            print("PEEK", b.status, b.is_anomaly, b.score, a.score, b.p_value, b.reason[:40])
         assert local.channel.summaries[uid] == remote.channel.summaries[uid]
     statuses = [r.status for uid, _ in stream for r in remote.channel.results(uid)]
     assert statuses[0] == "reference" and "failed" in statuses and "scored" in statuses
