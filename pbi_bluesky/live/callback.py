@@ -234,9 +234,19 @@ class LiveScorer(DocumentRouter):
             time.sleep(0.01)
         return True
 
+    def close(self, timeout: float = 60.0) -> bool:
+        """Finish the queued work and stop the worker thread; False if it did not stop."""
+        drained = self.flush(timeout)
+        self._queue.put(None)
+        self._worker.join(timeout)
+        return drained and not self._worker.is_alive()
+
     def _work(self) -> None:
         while True:
             task = self._queue.get()
+            if task is None:
+                self._queue.task_done()
+                return
             try:
                 getattr(self, f"_do_{task[0]}")(*task[1:])
             except Exception:  # noqa: BLE001

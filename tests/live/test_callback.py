@@ -155,3 +155,9 @@ def test_a_raising_sink_never_escapes(tiny_model, instrument, poni_text):
     scorer("event", {"descriptor": "nonsense"})  # malformed: swallowed, logged
     assert scorer.flush(60)
     assert scorer.channel.results(uid)[0].status == "scored"
+
+
+def test_close_stops_the_worker(tiny_model):
+    scorer = LiveScorer(tiny_model)
+    assert scorer.close(10)
+    assert not scorer._worker.is_alive()
