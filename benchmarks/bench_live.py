@@ -116,7 +116,7 @@ def main() -> int:
     from threadpoolctl import threadpool_info, threadpool_limits
 
     torch.set_num_threads(THREADS_TORCH)
-    limiter = threadpool_limits(THREADS_BLAS)  # process-wide, kept for the whole run
+    threadpool_limits(THREADS_BLAS)  # process-wide, kept for the whole run
 
     import bluesky
     import bluesky.plan_stubs as bps
@@ -426,7 +426,7 @@ def main() -> int:
     figures["final_vmhwm_mb"] = round(_status_kb("VmHWM") / 1024, 1)
 
     # -- table ----------------------------------------------------------------------------
-    L, O, B, S = (figures[k] for k in ("latency", "overhead", "stream_block", "stream_shed"))
+    L, OV, B, S = (figures[k] for k in ("latency", "overhead", "stream_block", "stream_shed"))
     yes = {True: "MET", False: "NOT MET"}
     rows = [
         ("1 latency", "frames @ rate (achieved)",
@@ -446,16 +446,16 @@ def main() -> int:
         ("", "frames/scored/failed/shed",
          f"{L['counts']['frames']}/{L['counts']['scored']}/{L['counts']['failed']}/"
          f"{L['counts']['shed']}", f"flagged {L['counts']['flagged']}"),
-        ("2 overhead", "bare scan median", f"{O['bare_scan_s']['median']:.3f} s",
-         f"{O['bare_frames_per_s']} frames/s"),
-        ("", "scored scan median", f"{O['scored_scan_s']['median']:.3f} s", ""),
+        ("2 overhead", "bare scan median", f"{OV['bare_scan_s']['median']:.3f} s",
+         f"{OV['bare_frames_per_s']} frames/s"),
+        ("", "scored scan median", f"{OV['scored_scan_s']['median']:.3f} s", ""),
         ("", "ratio (medians / paired med)",
-         f"{O['ratio_of_medians']} / {O['ratio_paired_median']}x",
-         f"<= 1.05x: {yes[O['meets_ratio']]}"),
-        ("", "queue drain after scan", f"{O['drain_after_scan_s']['median']:.3f} s",
-         f"(scan+drain)/bare {O['scan_plus_drain_over_bare_paired_median']}x"),
+         f"{OV['ratio_of_medians']} / {OV['ratio_paired_median']}x",
+         f"<= 1.05x: {yes[OV['meets_ratio']]}"),
+        ("", "queue drain after scan", f"{OV['drain_after_scan_s']['median']:.3f} s",
+         f"(scan+drain)/bare {OV['scan_plus_drain_over_bare_paired_median']}x"),
         ("", "all accounted / shed / failed",
-         f"{O['all_accounted']} / {O['shed_total']} / {O['failed_total']}", ""),
+         f"{OV['all_accounted']} / {OV['shed_total']} / {OV['failed_total']}", ""),
     ]
     for tag, r in (("3 stream block", B), ("3 stream shed", S)):
         rows += [

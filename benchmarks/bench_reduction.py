@@ -8,6 +8,9 @@ All methods run in one process, on the same seeded Poisson int32 frames, with th
 corrections (detector mask + beamstop, dark, solid angle, polarization 0.99, monitor).
 Methods are timed round-robin (interleaved) and the median per frame is reported, with the
 minimum and the median of same-round speed-ups against ``integrate1d`` bbox/csr.
+``folded_*`` rows use the default engine (the fused numba kernel when numba is importable);
+``scipy_*`` rows force ``engine="scipy"`` (two concurrent scipy mat-vecs), interleaved in the
+same rounds for a direct numba vs scipy comparison.
 The last line of output is one JSON object with every figure.
 """
 
@@ -77,6 +80,10 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
                                dark=dark, polarization_factor=POL, accumulate="float64")
     serial = FoldedIntegrator(ai, reducer.shape, npt, reducer.q_range, mask=reducer.mask,
                               dark=dark, polarization_factor=POL, threads=1)
+    scipy2 = FoldedIntegrator(ai, reducer.shape, npt, reducer.q_range, mask=reducer.mask,
+                              dark=dark, polarization_factor=POL, engine="scipy")
+    scipy1 = FoldedIntegrator(ai, reducer.shape, npt, reducer.q_range, mask=reducer.mask,
+                              dark=dark, polarization_factor=POL, engine="scipy", threads=1)
     mask = reducer.mask
 
     def pyfai(method):
@@ -100,9 +107,15 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
         "folded_single_f64": lambda: [exact64.integrate(f, m)
                                       for f, m in zip(frames, monitors, strict=True)],
         "folded_batch": lambda: reducer._folded.integrate_many(frames, monitors),
+        "scipy_single": lambda: [scipy2.integrate(f, m)
+                                 for f, m in zip(frames, monitors, strict=True)],
+        "scipy_single_1thread": lambda: [scipy1.integrate(f, m)
+                                         for f, m in zip(frames, monitors, strict=True)],
+        "scipy_batch": lambda: scipy2.integrate_many(frames, monitors),
         "reducer_batch": lambda: reducer.reduce_many(frames, monitors=monitors),
     }
     out: dict = {"shape": list(reducer.shape), "npt": npt, "frames": n_frames,
+                 "engine": reducer._folded.engine,
                  "folded_setup_ms": round(setup_ms, 1), "methods": {}}
     runs = time_interleaved(methods, n_frames, repeats)
     ref = runs["pyfai_bbox_csr"]
@@ -121,20 +134,31 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
     refs = methods["pyfai_bbox_csr"]()
     batch_i, batch_s = reducer._folded.integrate_many(frames, monitors)
     f64 = [exact64.integrate(f, m) for f, m in zip(frames, monitors, strict=True)]
-    worst = {"folded_single": [0.0, 0.0], "folded_batch": [0.0, 0.0],
-             "folded_single_1thread": [0.0, 0.0], "folded_single_f64": [0.0, 0.0]}
+    worst = {key: [0.0, 0.0] for key in ("folded_single", "folded_batch", "folded_single_1thread",
+                                         "folded_single_f64", "scipy_single")}
+    vs_scipy = [0.0, 0.0]
+
+    def rel(a, b, ok):
+        return float(np.max(np.abs(a[ok] / b[ok] - 1)))
+
     for k, ref in enumerate(refs):
         ok = np.asarray(ref.count) > 0
         single = reducer._folded.integrate(frames[k], monitors[k])
         one = serial.integrate(frames[k], monitors[k])
+        sci = scipy2.integrate(frames[k], monitors[k])
         for key, (i, s) in (("folded_single", single), ("folded_batch", (batch_i[k], batch_s[k])),
-                            ("folded_single_1thread", one), ("folded_single_f64", f64[k])):
-            worst[key][0] = max(worst[key][0], float(np.max(np.abs(i[ok] / ref.intensity[ok] - 1))))
-            worst[key][1] = max(worst[key][1], float(np.max(np.abs(s[ok] / ref.sigma[ok] - 1))))
+                            ("folded_single_1thread", one), ("folded_single_f64", f64[k]),
+                            ("scipy_single", sci)):
+            worst[key][0] = max(worst[key][0], rel(i, ref.intensity, ok))
+            worst[key][1] = max(worst[key][1], rel(s, ref.sigma, ok))
+        vs_scipy[0] = max(vs_scipy[0], rel(single[0], sci[0], ok))
+        vs_scipy[1] = max(vs_scipy[1], rel(single[1], sci[1], ok))
     out["max_rel_diff_vs_pyfai_bbox_csr"] = {
         k: {"intensity": float(f"{v[0]:.3g}"), "sigma": float(f"{v[1]:.3g}")}
         for k, v in worst.items()
     }
+    out["max_rel_diff_folded_vs_scipy"] = {"intensity": float(f"{vs_scipy[0]:.3g}"),
+                                           "sigma": float(f"{vs_scipy[1]:.3g}")}
     return out
 
 
@@ -151,6 +175,9 @@ def print_table(results: dict) -> None:
         for key, d in res["max_rel_diff_vs_pyfai_bbox_csr"].items():
             print(f"{det:<10} max rel diff {key:<22} I {d['intensity']:.2e}  "
                   f"sigma {d['sigma']:.2e}")
+        d = res["max_rel_diff_folded_vs_scipy"]
+        print(f"{det:<10} max rel diff {res['engine']} vs scipy engine    I {d['intensity']:.2e}  "
+              f"sigma {d['sigma']:.2e}")
         print(f"{det:<10} folded integrator setup {res['folded_setup_ms']:.0f} ms "
               f"(shape {tuple(res['shape'])}, npt {res['npt']})")
         print()

@@ -23,6 +23,16 @@ exactly as pyFAI's dynamic mask does. A frame-wide ``min``/``max`` test rules th
 almost every frame; only when it fails are the statically masked pixels (module gaps, which
 may legitimately hold the dummy value) excluded and the exact per-pixel test run, and only
 when an unmasked pixel is flagged does the frame take the slower dynamic-mask path.
+
+That is the ``engine="scipy"`` path. The default ``engine="numba"`` (when numba is
+importable) replaces it with one fused parallel kernel over a pixel-major (CSC) copy of the
+matrix: each pixel is read once, straight from the caller's frame (no conversion buffer),
+and its entries add ``c x`` and ``c^2 max(x, 1)`` -- or, for a pixel holding the dummy
+value, ``c weight`` and ``c dark``, the terms the dynamic mask removes from the
+normalisation and the dark sum -- to float64 per-block bin accumulators that stay in L1
+cache. One pass over the matrix and the frame, float64 sums (no chunk splitting), and the
+dummy test costs one compare per pixel. The fixed pixel blocks make the result independent
+of the thread count.
 """
 
 from __future__ import annotations
@@ -40,12 +50,19 @@ from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
 from .errors import ReductionError
 
-__all__ = ["CHUNK", "FoldedIntegrator", "UNIT"]
+try:  # optional fast engine
+    import numba
+except ImportError:  # pragma: no cover - numba is a declared dependency
+    numba = None
+
+__all__ = ["CHUNK", "ENGINES", "FoldedIntegrator", "UNIT", "numba_available"]
 
 logger = logging.getLogger(__name__)
 
 UNIT = "q_A^-1"
 CHUNK = 256  # max pixels per float32 partial sum (keeps rounding ~1e-6 on any bin)
+ENGINES = ("numba", "scipy")
+BLOCKS = 16  # pixel blocks of the numba kernel (fixed: results do not depend on thread count)
 
 
 def _split_rows(csr: sp.csr_matrix, chunk: int) -> tuple[sp.csr_matrix, NDArray[np.intp]]:
@@ -65,6 +82,81 @@ def _split_rows(csr: sp.csr_matrix, chunk: int) -> tuple[sp.csr_matrix, NDArray[
     indptr = np.append(sub_ptr.astype(np.int64), csr.indptr[-1])
     split = sp.csr_matrix((csr.data, csr.indices, indptr), shape=(owner.size, csr.shape[1]))
     return split, starts
+
+
+def _fused_kernel(blocks, colptr, rows, data, x, weight, dark, has_dark, npt, has_dummy, dummy,
+                  delta, round32):  # pragma: no cover - compiled by numba
+    """One pass over the pixel-major (CSC) matrix: signal, variance and dummy corrections.
+
+    Returns ``acc`` of shape ``(4, npt)``: ``sum c x``, ``sum c^2 max(x, 1)`` over the pixels
+    that do not hold the dummy value, and ``sum c weight``, ``sum c dark`` over those that
+    do. Pixel ``j`` is read once (its entries ``colptr[j]:colptr[j+1]`` list the bins it
+    feeds), and every block of pixels accumulates in its own float64 buffer (in L1 cache);
+    the ``len(blocks) - 1`` buffers are added in a fixed order, so the result does not
+    depend on the number of threads.
+    """
+    nblock = blocks.size - 1
+    part = np.empty((nblock, 4 * npt))
+    for g in numba.prange(nblock):
+        acc = part[g]
+        acc[:] = 0.0
+        for j in range(blocks[g], blocks[g + 1]):
+            lo = colptr[j]
+            hi = colptr[j + 1]
+            if lo == hi:
+                continue  # masked, or outside the q range
+            raw = x[j]
+            x32 = np.float32(raw)
+            if has_dummy and abs(x32 - dummy) <= delta:  # pyFAI's test, in float32
+                wj = np.float64(weight[j])
+                dj = np.float64(dark[j]) if has_dark else 0.0
+                for k in range(lo, hi):
+                    c = np.float64(data[k])
+                    r = 4 * np.intp(rows[k])
+                    acc[r + 2] += c * wj
+                    acc[r + 3] += c * dj
+                continue
+            xv = np.float64(x32) if round32 else np.float64(raw)
+            mv = xv if not xv < 1.0 else 1.0  # max(x, 1), NaN stays NaN like np.maximum
+            for k in range(lo, hi):
+                c = np.float64(data[k])
+                r = 4 * np.intp(rows[k])
+                acc[r] += c * xv
+                acc[r + 1] += c * c * mv
+    out = np.zeros(4 * npt)
+    for g in range(nblock):
+        out += part[g]
+    return out.reshape((npt, 4)).T.copy()
+
+
+def _compile(fn):
+    if numba is None:
+        return None
+    try:
+        return numba.njit(parallel=True, fastmath=False, cache=True)(fn)
+    except RuntimeError:  # pragma: no cover - no writable cache location
+        return numba.njit(parallel=True, fastmath=False)(fn)
+
+
+_FUSED = _compile(_fused_kernel)
+_NUMBA_LOCK = threading.Lock()  # serialises kernel calls if numba runs on "workqueue"
+_WARM_DTYPES = (np.int32, np.uint32)  # compiled at construction (detector frame types)
+
+
+def numba_available() -> bool:
+    """Whether the fused numba engine can be used."""
+    return _FUSED is not None
+
+
+def _kernel_frame(flat: NDArray) -> NDArray:
+    """The frame as a contiguous, native-endian array of a dtype numba handles."""
+    if flat.dtype == np.bool_:
+        flat = flat.view(np.uint8)
+    elif flat.dtype.kind == "f" and flat.dtype.itemsize < 4:
+        flat = flat.astype(np.float32)
+    elif not flat.dtype.isnative:
+        flat = flat.astype(flat.dtype.newbyteorder("="))
+    return np.ascontiguousarray(flat)
 
 
 _POOL: ThreadPoolExecutor | None = None
@@ -125,7 +217,17 @@ class FoldedIntegrator:
     threads
         ``2``: the signal and variance products of a frame run concurrently (the calling
         thread plus one helper thread shared by all integrators); ``1``: both run in the
-        calling thread. Default: 2 if the process may use at least 2 CPUs, else 1.
+        calling thread. Default: 2 if the process may use at least 2 CPUs, else 1. With the
+        numba engine, an explicit value is the number of numba threads used by each call
+        (capped by numba's pool), while ``None`` uses numba's default (all its threads).
+    engine
+        ``"numba"``: one fused parallel kernel reads the frame directly (any integer, float
+        or bool dtype, no conversion buffer) and accumulates signal, variance and the
+        dummy-pixel corrections in one pass over a pixel-major copy of the matrix, in
+        float64 (the frame value is rounded to float32 first when ``accumulate`` is
+        ``"float32"``, as pyFAI does). Compiled (or loaded from numba's cache) at
+        construction. ``"scipy"``: the two concurrent scipy mat-vecs described above.
+        Default (``None``): ``"numba"`` when numba is importable, else ``"scipy"``.
 
     Notes
     -----
@@ -148,6 +250,7 @@ class FoldedIntegrator:
         split: str = "bbox",
         accumulate: str = "float32",
         threads: int | None = None,
+        engine: str | None = None,
     ) -> None:
         self.shape = (int(shape[0]), int(shape[1]))
         self.npt = int(npt)
@@ -160,6 +263,14 @@ class FoldedIntegrator:
         if self.threads not in (1, 2):
             raise ReductionError(f"threads must be 1 or 2, got {threads!r}")
         self.dtype = np.dtype(accumulate)
+        if engine is None:
+            engine = "numba" if numba_available() else "scipy"
+        if engine not in ENGINES:
+            raise ReductionError(f"engine must be one of {ENGINES}, got {engine!r}")
+        if engine == "numba" and not numba_available():
+            raise ReductionError("engine='numba' needs the numba package")
+        self.engine = engine
+        self._nb_threads = None if threads is None else self.threads
         if not self.q_range[0] < self.q_range[1]:
             raise ReductionError(f"q range must be increasing, got {self.q_range}")
         size = self.shape[0] * self.shape[1]
@@ -172,16 +283,10 @@ class FoldedIntegrator:
         self.q = np.asarray(engine.bin_centers, dtype=np.float64) * 0.1  # nm^-1 -> A^-1
         exact = sp.csr_matrix((np.asarray(data, dtype=np.float64), indices, indptr),
                               shape=(self.npt, size))
-        if self.dtype == np.float64:
-            rows, self._starts = exact, None
+        if self.engine == "numba":
+            self._setup_numba(exact)
         else:
-            rows, self._starts = _split_rows(exact, CHUNK)
-        self._csr = sp.csr_matrix(
-            (rows.data.astype(self.dtype), rows.indices, rows.indptr), shape=rows.shape)
-        # C^2 shares C's index arrays (one copy in memory, read by both concurrent products)
-        self._csr2 = sp.csr_matrix(
-            (self._csr.data * self._csr.data, self._csr.indices, self._csr.indptr),
-            shape=rows.shape)
+            self._setup_scipy(exact)
 
         weight = np.ones(size, dtype=np.float32)
         if flat is not None:
@@ -198,14 +303,81 @@ class FoldedIntegrator:
         self._cdark = (np.zeros(self.npt) if self._dark is None
                        else exact.dot(self._dark.astype(np.float64)))
         self._empty = self._norm <= 0
-        self._x = np.empty(size, dtype=self.dtype)  # frame, for the signal product
-        self._v = np.empty(size, dtype=self.dtype)  # max(frame, 1), for the variance product
+        if self.engine == "scipy":
+            self._x = np.empty(size, dtype=self.dtype)  # frame, for the signal product
+            self._v = np.empty(size, dtype=self.dtype)  # max(frame, 1), for the variance
         self._masked = np.flatnonzero(mask_arr.ravel())
         dummy, delta = ai.detector.dummy, ai.detector.delta_dummy
         self._dummy = None if dummy is None else (float(dummy), delta)
         self.mask = mask_arr
-        logger.info("FoldedIntegrator: %d bins, %d nnz, %d masked pixels, %d thread(s)",
-                    self.npt, exact.nnz, int(mask_arr.sum()), self.threads)
+        if self.engine == "numba":
+            self._warm_up()
+        logger.info("FoldedIntegrator: %d bins, %d nnz, %d masked pixels, %s engine, "
+                    "%d thread(s)", self.npt, exact.nnz, int(mask_arr.sum()), self.engine,
+                    self.threads)
+
+    def _setup_scipy(self, exact: sp.csr_matrix) -> None:
+        if self.dtype == np.float64:
+            rows, self._starts = exact, None
+        else:
+            rows, self._starts = _split_rows(exact, CHUNK)
+        self._csr = sp.csr_matrix(
+            (rows.data.astype(self.dtype), rows.indices, rows.indptr), shape=rows.shape)
+        # C^2 shares C's index arrays (one copy in memory, read by both concurrent products)
+        self._csr2 = sp.csr_matrix(
+            (self._csr.data * self._csr.data, self._csr.indices, self._csr.indptr),
+            shape=rows.shape)
+
+    def _setup_numba(self, exact: sp.csr_matrix) -> None:
+        """Pixel-major (CSC) copy of C for the fused kernel, cut into nnz-balanced blocks."""
+        csc = exact.tocsc()
+        nnz = csc.nnz
+        self._nb_data = csc.data.astype(self.dtype)
+        self._nb_rows = csc.indices.astype(np.uint16 if self.npt <= 2**16 else np.int32)
+        self._nb_colptr = csc.indptr.astype(np.int32 if nnz < 2**31 - 1 else np.int64)
+        cuts = np.searchsorted(self._nb_colptr, nnz * np.arange(BLOCKS + 1) / BLOCKS)
+        cuts[0], cuts[-1] = 0, csc.shape[1]
+        self._nb_blocks = cuts.astype(np.int64)
+
+    def _warm_up(self) -> None:
+        """Compile (or load from cache) the kernel for common frame dtypes: no slow 1st frame."""
+        empty = np.zeros(2, dtype=np.int64)  # no pixel block: compile only, nothing runs
+        for dtype in {*_WARM_DTYPES, np.dtype(self.dtype).type}:
+            _FUSED(empty, self._nb_colptr[:2], self._nb_rows[:1], self._nb_data[:1],
+                   np.zeros(1, dtype=dtype), self._weight[:1], np.zeros(1, np.float32),
+                   False, self.npt, True, np.float32(0), np.float32(0), True)
+
+    def _numba_sums(self, flat: NDArray) -> NDArray[np.float64]:
+        """``(4, npt)`` fused sums of one frame (see :func:`_fused_kernel`)."""
+        x = _kernel_frame(flat)
+        dummy = self._dummy_for(flat.dtype)
+        dark = self._dark if self._dark is not None else np.zeros(1, np.float32)
+        args = (self._nb_blocks, self._nb_colptr, self._nb_rows, self._nb_data, x,
+                self._weight, dark, self._dark is not None, self.npt, dummy is not None,
+                np.float32(0 if dummy is None else dummy.value),
+                np.float32(0 if dummy is None else dummy.delta), self.dtype == np.float32)
+        lock = _NUMBA_LOCK if numba.threading_layer() == "workqueue" else None
+        if lock is not None:
+            lock.acquire()
+        try:
+            want = self._nb_threads
+            if want is None:
+                return _FUSED(*args)
+            before = numba.get_num_threads()
+            numba.set_num_threads(min(want, numba.config.NUMBA_NUM_THREADS))
+            try:
+                return _FUSED(*args)
+            finally:
+                numba.set_num_threads(before)
+        finally:
+            if lock is not None:
+                lock.release()
+
+    def _integrate_numba(self, flat: NDArray, monitor: float) -> tuple[NDArray, NDArray]:
+        signal, var, dropped_weight, dropped_dark = self._numba_sums(flat)
+        # no dummy pixel: both corrections are exactly 0 and norm/cdark are unchanged
+        norm = (self._norm - dropped_weight) * monitor
+        return self._finish(signal - (self._cdark - dropped_dark), var, norm)
 
     def _static_mask(self, ai, mask, dark, flat) -> NDArray[np.bool_]:
         """Union of the user mask and pixels whose dark/flat hold the dummy value."""
@@ -310,6 +482,8 @@ class FoldedIntegrator:
         """
         frame = self._check(frame)
         flat = frame.reshape(-1)
+        if self.engine == "numba":
+            return self._integrate_numba(flat, float(monitor))
         pending: Future | None = None
         if self.threads > 1:
             pending = _helper_pool().submit(self._variance_sum, flat)
@@ -346,9 +520,9 @@ class FoldedIntegrator:
     ) -> tuple[NDArray, NDArray]:
         """Integrate a stack of frames.
 
-        Each frame goes through the single-frame path (two concurrent mat-vecs): scipy's
-        multi-vector sparse product costs more per frame than two single mat-vecs, and
-        feeding it needs a transposed copy of the stack.
+        Each frame goes through the single-frame path (the fused numba kernel, or two
+        concurrent scipy mat-vecs): scipy's multi-vector sparse product costs more per frame
+        than two single mat-vecs, and feeding it needs a transposed copy of the stack.
 
         Parameters
         ----------

@@ -84,8 +84,9 @@ def simulate_profile(
     n_cell = rng.poisson(exp_cell).astype(np.float64)
     norm_sample = instrument.flux_ph_per_s * t * t_sample * acc
     norm_cell = instrument.flux_ph_per_s * t * t_cell * acc
-    intensity = (n_sample / norm_sample - n_cell / norm_cell) / state.thickness_cm
-    sigma = np.sqrt(n_sample / norm_sample**2 + n_cell / norm_cell**2) / state.thickness_cm
+    with np.errstate(invalid="ignore", divide="ignore"):  # bins with no pixels: NaN
+        intensity = (n_sample / norm_sample - n_cell / norm_cell) / state.thickness_cm
+        sigma = np.sqrt(n_sample / norm_sample**2 + n_cell / norm_cell**2) / state.thickness_cm
     return Profile(
         q,
         intensity,
