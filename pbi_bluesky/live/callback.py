@@ -119,6 +119,7 @@ class LiveScorer(DocumentRouter):
         self._reducers: dict[str, Reducer] = {}
         self._queue: queue.Queue = queue.Queue(maxsize=queue_size)
         self._analyses: dict[str, _Analysis] = {}
+        self._warned_no_background = False
         self._worker = threading.Thread(target=self._work, name="pbi-live-scorer", daemon=True)
         self._worker.start()
 
@@ -352,6 +353,11 @@ class LiveScorer(DocumentRouter):
                 self.background = profile
                 result.status, result.reason = "reference", "empty cell: background updated"
             else:
+                if self.background is None and not self._warned_no_background:
+                    self._warned_no_background = True
+                    logger.warning("no empty-cell background yet (measure a run with "
+                                   "sample_type='empty_cell' or pass background=): profiles "
+                                   "include the cell's scattering")
                 expected = start.get("composition")
                 if expected is not None and expected not in self.model.recipes:
                     raise FrameError(f"expected recipe {expected!r} unknown to the model "
