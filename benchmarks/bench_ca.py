@@ -22,66 +22,31 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import subprocess
 import sys
 import tempfile
 import time
-import uuid
 from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def _free_port() -> int:
-    for _ in range(50):
-        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-            tcp.bind(("127.0.0.1", 0))
-            port = tcp.getsockname()[1]
-            try:
-                with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                    udp.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port")
-
-
 def _configure_env() -> None:
-    """Loopback CA on a free port; must run before ophyd is imported."""
-    server, repeater = _free_port(), _free_port()
-    os.environ.update({
-        "EPICS_CA_ADDR_LIST": "127.0.0.1", "EPICS_CA_AUTO_ADDR_LIST": "NO",
-        "EPICS_CA_SERVER_PORT": str(server), "EPICS_CA_REPEATER_PORT": str(repeater),
-        "EPICS_CAS_INTF_ADDR_LIST": "127.0.0.1", "EPICS_CAS_SERVER_PORT": str(server),
-        "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1", "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
-        "EPICS_CAS_BEACON_PORT": str(repeater),
-    })
+    """Loopback CA on free ports; must run before ophyd is imported."""
+    from sim_iocs.launch import loopback_epics_env
+
+    os.environ.update(loopback_epics_env())
 
 
-def _start_ioc(detector: str, workdir: Path) -> tuple[subprocess.Popen, str, Path]:
-    from caproto.sync.client import read
+def _start_ioc(detector: str, workdir: Path):
+    """The sim IOC (default tray) on this process's loopback ports; returns a SimIOC."""
+    from sim_iocs.launch import start_sim_ioc
+    from sim_iocs.tray import default_tray
 
-    prefix = f"BENCH{uuid.uuid4().hex[:6]}:"
-    log_path = workdir / f"ioc_{detector}.log"
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(
-            [sys.executable, "-m", "sim_iocs.saxs_beamline", "--prefix", prefix,
-             "--detector", detector, "-q"],
-            cwd=REPO, env=os.environ.copy(), stdout=log, stderr=subprocess.STDOUT)
-    deadline = time.monotonic() + 90
-    while time.monotonic() < deadline:
-        if proc.poll() is not None:
-            raise RuntimeError(f"IOC exited:\n{log_path.read_text()[-3000:]}")
-        try:
-            if int(read(f"{prefix}Ready", timeout=0.5, repeater=False).data[0]) == 1:
-                return proc, prefix, log_path
-        except Exception:  # noqa: BLE001 - not up yet
-            pass
-        time.sleep(0.2)
-    proc.kill()
-    raise RuntimeError(f"IOC not ready:\n{log_path.read_text()[-3000:]}")
+    epics = {k: v for k, v in os.environ.items() if k.startswith("EPICS_")}
+    return start_sim_ioc(workdir / detector, default_tray(), detector=detector, seed=1,
+                         env=epics)
 
 
 def _bench_detector(detector: str, n_frames: int, exposure: float,
@@ -91,7 +56,8 @@ def _bench_detector(detector: str, n_frames: int, exposure: float,
 
     from pbi_bluesky.devices import connect_beamline
 
-    proc, prefix, _ = _start_ioc(detector, workdir)
+    ioc = _start_ioc(detector, workdir)
+    proc, prefix = ioc.process, ioc.prefix
     try:
         bl = connect_beamline(prefix, timeout=10)
         det = bl.detector

@@ -41,7 +41,10 @@ from pbi_bluesky.models.representation import FeatureScaler, QGrid, residual_z
 from pbi_bluesky.models.triplet import triplet_loss
 from pbi_bluesky.profile import Profile
 
-__all__ = ["TrainingConfig", "Verdict", "AnomalyDetector"]
+__all__ = ["TrainingConfig", "Verdict", "AnomalyDetector", "RESIDUAL_WEIGHT"]
+
+RESIDUAL_WEIGHT = 1.0
+"""Scale of the residual-chi-square feature: this many mean cluster radii per std."""
 
 logger = logging.getLogger(__name__)
 
@@ -194,7 +197,7 @@ class AnomalyDetector:
             centroids.append(emb[sel].mean(0))
             radius = float(np.mean(np.linalg.norm(emb[sel] - centroids[-1], axis=1)))
             self.residual_stats[k] = (log_chi2[sel].mean(), max(log_chi2[sel].std(), 1e-3),
-                                      0.5 * max(radius, 1e-3))
+                                      RESIDUAL_WEIGHT * max(radius, 1e-3))
         self.centroids = np.array(centroids)
         feats = self._augment(emb, log_chi2, labels[train_idx])
         self.svms = [RBFOneClass.fit(feats[labels[train_idx] == k], nu=cfg.nu)
