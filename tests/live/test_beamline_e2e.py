@@ -32,14 +32,14 @@ def model_300k(instrument_300k):
     rng = np.random.default_rng(300)
     profiles, recipes = [], []
     for recipe in PS_PMMA.recipes:
-        for _ in range(40):
+        for _ in range(60):
             state = nominal_state(PS_PMMA, recipe, rng)
             profiles.append(simulate_profile(state, instrument_300k, rng,
                                              exposure_s=EXPOSURE))
             recipes.append(recipe)
     grid = QGrid(q_min=0.008, q_max=0.08, npt=128)
     detector = AnomalyDetector(grid, NetworkConfig(length=128),
-                               TrainingConfig(epochs=12, alpha=0.05, seed=1))
+                               TrainingConfig(epochs=12, alpha=0.02, seed=1))
     return detector.fit(profiles, recipes, progress=False)
 
 
