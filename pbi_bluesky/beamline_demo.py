@@ -28,35 +28,14 @@ from typing import Any
 
 import numpy as np
 
+from sim_iocs.tray import default_tray
+
 __all__ = ["DEMO_TRAY", "LiveDemoReport", "run_live_demo", "format_report"]
 
 logger = logging.getLogger(__name__)
 
-DEMO_TRAY: list[dict[str, Any]] = [
-    {"slot": 1, "sample": "PSPMMA-25-a", "composition": "25:75"},
-    {"slot": 2, "sample": "PSPMMA-50-a", "composition": "50:50"},
-    {"slot": 3, "sample": "PSPMMA-50-b", "composition": "50:50", "kind": "contamination",
-     "severity": 0.8},
-    {"slot": 4, "sample": "PSPMMA-75-a", "composition": "75:25"},
-    {"slot": 5, "sample": "PSPMMA-25-b", "composition": "25:75", "kind": "coarsening",
-     "severity": 0.7},
-    {"slot": 6, "sample": "PSPMMA-50-c", "composition": "50:50", "kind": "degradation",
-     "severity": 0.8},
-    {"slot": 7, "sample": "PMMA-ref", "composition": "0:100"},
-    {"slot": 8, "sample": "PS-ref", "composition": "100:0"},
-    {"slot": 9, "sample": "PSPMMA-75-b", "composition": "75:25", "kind": "composition_drift",
-     "severity": 0.9},
-    {"slot": 10, "sample": "PSPMMA-50-d", "composition": "50:50",
-     "faults": {"beam_dump": 0.8}, "transient": True},
-    {"slot": 11, "sample": "PSPMMA-25-c", "composition": "25:75", "kind": "thickness_error",
-     "severity": 0.8},
-    {"slot": 12, "sample": "PSPMMA-75-c", "composition": "75:25", "kind": "mislabelled",
-     "severity": 0.9},
-    {"slot": 13, "sample": "PSPMMA-50-e", "composition": "50:50"},
-    {"slot": 14, "sample": "PMMA-b", "composition": "0:100", "kind": "contamination",
-     "severity": 0.6},
-]
-"""The demo tray: 9 defective specimens, 4 normal ones and 1 normal one hit by a beam dump."""
+DEMO_TRAY: list[dict[str, Any]] = [slot.to_dict() for slot in default_tray()]
+"""The demo tray: 7 defective specimens, 6 normal ones and 1 normal one hit by a beam dump."""
 
 
 @dataclass

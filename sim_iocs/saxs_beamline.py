@@ -464,7 +464,7 @@ def main(argv: list[str] | None = None) -> None:
         default_prefix="SAXS:",
     )
     parser.add_argument("--tray", default=None, help="tray file (YAML/JSON); default: "
-                        "the built-in 12-slot tray")
+                        "the built-in 14-slot tray")
     parser.add_argument("--detector", default="Pilatus300k", choices=sorted(DETECTOR_DISTANCES_M))
     parser.add_argument("--seed", type=int, default=None, help="random seed of the specimens")
     parser.add_argument("--print-pvs", action="store_true",

@@ -53,7 +53,7 @@ def test_print_pvs_lists_every_pv(tmp_path):
 
 def test_default_tray_mixes_normals_and_anomalies():
     tray = default_tray()
-    assert len(tray) == 12
+    assert len(tray) == 14
     kinds = {s.kind for s in tray}
     assert "normal" in kinds and len(kinds) >= 5
     assert any(s.transient and s.faults for s in tray)
