@@ -41,6 +41,8 @@ def test_round_trip_gives_identical_scores(tiny_model, bundle_dir, training_set)
                 "alpha", "calibration_scores", "metrics", "files", "training_data_sha256"):
         assert key in doc
     assert (bundle_dir / "training_curve.png").stat().st_size > 1000
+    validation = doc["metrics"]["validation"]
+    assert validation["n"] > 0 and 0.5 < validation["auc_roc"] <= 1.0
 
 
 def test_tampered_weights_are_refused(bundle_dir, tmp_path):
