@@ -345,27 +345,54 @@ class AnomalyDetector:
             return float("inf")
         return float(cal[n - 1 - k])
 
-    def _all_scores(self, intensity: NDArray, sigma: NDArray) -> NDArray:
-        """Scores of every curve under every recipe, shape (n, n_recipes), in one pass."""
-        n, n_rec = len(intensity), len(self.recipes)
-        idx = np.tile(np.arange(n_rec), n)
-        rep_i, rep_s = np.repeat(intensity, n_rec, axis=0), np.repeat(sigma, n_rec, axis=0)
-        emb = self._augment(self._embed(rep_i, rep_s, idx), self._log_chi2(rep_i, rep_s, idx),
-                            idx)
-        out = np.empty(n * n_rec)
-        for k in range(n_rec):
-            sel = idx == k
-            out[sel] = self.svms[k].score(emb[sel])
-        return out.reshape(n, n_rec)
+    def _reference_chi2(self, intensity: NDArray, sigma: NDArray) -> NDArray:
+        """Mean squared residual to every recipe's reference, shape (n, n_recipes)."""
+        var = sigma**2
+        out = np.empty((len(intensity), len(self.recipes)))
+        for k in range(len(self.recipes)):
+            out[:, k] = np.mean((intensity - self.references[k]) ** 2
+                                / (var + self.scatter[k] ** 2), axis=1)
+        return out
 
-    def predict_recipe(self, intensity: NDArray, sigma: NDArray) -> NDArray[np.int64]:
-        """Index of the most plausible recipe for each curve.
+    def _shortlist(self, intensity: NDArray, sigma: NDArray, expected_idx: NDArray,
+                   size: int) -> list[list[int]]:
+        """Candidate recipes per curve: the ``size`` recipes whose reference curves are
+        nearest in residual chi-square, plus the expected recipe (when given)."""
+        nearest = np.argsort(self._reference_chi2(intensity, sigma), axis=1)[:, :size]
+        out = []
+        for row, exp in zip(nearest, expected_idx, strict=True):
+            cands = [int(k) for k in row]
+            if exp >= 0 and exp not in cands:
+                cands.append(int(exp))
+            out.append(cands)
+        return out
 
-        Each recipe is assumed in turn; the curve's embedding under that assumption is
-        scored by that recipe's one-class SVM, and the recipe whose normal region lies
-        nearest (lowest score) wins.
+    def _candidate_scores(self, intensity: NDArray, sigma: NDArray,
+                          candidates: list[list[int]]) -> list[dict[int, float]]:
+        """One-class scores of each curve under each of its candidate recipes (one pass)."""
+        rows = np.array([i for i, c in enumerate(candidates) for _ in c], dtype=np.int64)
+        idx = np.array([k for c in candidates for k in c], dtype=np.int64)
+        scores = self._scores(intensity[rows], sigma[rows], idx)
+        out: list[dict[int, float]] = [{} for _ in candidates]
+        for r, k, value in zip(rows, idx, scores, strict=True):
+            out[r][int(k)] = float(value)
+        return out
+
+    def predict_recipe(self, intensity: NDArray, sigma: NDArray,
+                       shortlist: int | None = None) -> NDArray[np.int64]:
+        """Index of the most plausible recipe for each curve (nearest class in embedding
+        space).
+
+        Each candidate recipe is assumed in turn; the curve's embedding under that
+        assumption is scored by that recipe's one-class SVM, and the recipe whose normal
+        region lies nearest (lowest score) wins. Candidates are all recipes, or with
+        ``shortlist=k`` the k recipes whose reference curves are nearest in chi-square.
         """
-        return self._all_scores(intensity, sigma).argmin(1)
+        size = len(self.recipes) if shortlist is None else shortlist
+        none = np.full(len(intensity), -1)
+        cand = self._candidate_scores(intensity, sigma,
+                                      self._shortlist(intensity, sigma, none, size))
+        return np.array([min(c, key=c.get) for c in cand], dtype=np.int64)
 
     def explain(self, intensity: NDArray, sigma: NDArray, recipe: str) -> dict[str, Any]:
         """Fitted descriptors with z-scores and exact Shapley attributions (one curve)."""
@@ -377,21 +404,45 @@ class AnomalyDetector:
     def score_arrays(
         self, intensity: NDArray, sigma: NDArray, expected: list[str | None],
         *, fdr: bool = False, explain: str = "flagged", predict: bool = True,
+        shortlist: int | None = None,
     ) -> list[Verdict]:
         """Score resampled curves; ``expected=None`` rows are scored as the predicted recipe.
 
-        ``predict=False`` skips the recipe prediction (one network pass per curve instead
-        of one per recipe): ``predicted_composition`` is then empty. It needs every
-        expected recipe to be given.
+        The predicted recipe is the nearest class in embedding space among the expected
+        recipe and the ``shortlist`` (default 1) recipes whose reference curves are nearest
+        in chi-square (:meth:`predict_recipe` can search all). ``predict=False`` skips the
+        prediction: ``predicted_composition`` is then empty; every expected recipe must be
+        given.
         """
-        if predict or any(e is None for e in expected):
-            all_scores = self._all_scores(intensity, sigma)
-            predicted = all_scores.argmin(1)
-            idx = np.array([predicted[i] if e is None else self._recipe_index(e)
-                            for i, e in enumerate(expected)], dtype=np.int64)
-            scores = all_scores[np.arange(len(idx)), idx]
+        exp_idx = np.array([-1 if e is None else self._recipe_index(e) for e in expected],
+                           dtype=np.int64)
+        if predict and (exp_idx >= 0).all() and shortlist in (None, 1):
+            # fast path: expected recipe vs the chi-square-nearest one, one network pass
+            # for every curve plus one for each curve whose nearest recipe is another
+            nearest = self._reference_chi2(intensity, sigma).argmin(1)
+            other = np.nonzero(nearest != exp_idx)[0]
+            both = self._scores(np.concatenate([intensity, intensity[other]]),
+                                np.concatenate([sigma, sigma[other]]),
+                                np.concatenate([exp_idx, nearest[other]]))
+            scores = both[: len(exp_idx)]
+            predicted = exp_idx.copy()
+            better = both[len(exp_idx):] < scores[other]
+            predicted[other[better]] = nearest[other[better]]
+            idx = exp_idx
+        elif predict or (exp_idx < 0).any():
+            # candidates: the expected recipe plus the chi-square-nearest one(s); a normal
+            # curve usually has one candidate, so this costs one network pass
+            size = shortlist if shortlist is not None else 1
+            cands = self._shortlist(intensity, sigma, exp_idx, size)
+            for c, e in zip(cands, exp_idx, strict=True):
+                if e < 0 and len(c) < 2 <= len(self.recipes):
+                    c.extend(k for k in range(len(self.recipes)) if k not in c)
+            cand_scores = self._candidate_scores(intensity, sigma, cands)
+            predicted = np.array([min(c, key=c.get) for c in cand_scores], dtype=np.int64)
+            idx = np.where(exp_idx >= 0, exp_idx, predicted)
+            scores = np.array([c[int(k)] for c, k in zip(cand_scores, idx, strict=True)])
         else:
-            idx = np.array([self._recipe_index(e) for e in expected], dtype=np.int64)
+            idx = exp_idx
             scores = self._scores(intensity, sigma, idx)
             predicted = None
         p = conformal_p_values(scores, self.calibration_scores)
