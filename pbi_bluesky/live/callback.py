@@ -20,7 +20,7 @@ import queue
 import threading
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -175,14 +175,20 @@ class LiveScorer(DocumentRouter):
         for r in ([run] if run else self._runs.values()):
             r.assets.add_stream_resource(doc)
 
-    def event(self, doc):
-        run_uid = self._descriptor_run.get(doc["descriptor"])
+    def _stream_of(self, descriptor_uid: str) -> tuple[_Run, dict[str, Any]] | None:
+        """The run and image-stream info a descriptor belongs to (None if unknown)."""
+        run_uid = self._descriptor_run.get(descriptor_uid)
         if run_uid is None:
-            return
+            return None
         run = self._runs[run_uid]
-        info = run.descriptors[doc["descriptor"]]
-        if info["image"] is None:
+        return run, run.descriptors[descriptor_uid]
+
+    def event(self, doc):
+        found = self._stream_of(doc["descriptor"])
+        if found is None or found[1]["image"] is None:
             return
+        run, info = found
+        run_uid = run.uid
         run.received += 1
         value = doc["data"].get(info["image"])
         source = ("inline", value) if not isinstance(value, str) else ("datum", value)
@@ -192,11 +198,11 @@ class LiveScorer(DocumentRouter):
                       info))
 
     def stream_datum(self, doc):
-        run_uid = self._descriptor_run.get(doc["descriptor"])
-        if run_uid is None:
+        found = self._stream_of(doc["descriptor"])
+        if found is None:
             return
-        run = self._runs[run_uid]
-        info = run.descriptors[doc["descriptor"]]
+        run, info = found
+        run_uid = run.uid
         seq0 = doc["seq_nums"]["start"]
         for offset, index in enumerate(range(doc["indices"]["start"], doc["indices"]["stop"])):
             run.received += 1
@@ -456,6 +462,3 @@ class LiveScorer(DocumentRouter):
             self.channel.summaries[run_uid] = summary
         self.channel.finish(run_uid)
 
-    def summary_record(self, result: FrameResult) -> dict[str, Any]:
-        """A JSON-ready form of a frame result."""
-        return asdict(result)

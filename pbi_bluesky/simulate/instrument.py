@@ -153,13 +153,17 @@ class Instrument:
             return np.zeros(self.shape, dtype=bool)
         return np.asarray(mask, dtype=bool)
 
-    def beamstop_shadow(self, offset_px: tuple[float, float] = (0.0, 0.0)) -> NDArray[np.bool_]:
-        """Pixels shadowed by the beamstop disc and its arm (True = shadowed)."""
+    def beamstop_shadow(self, offset_px: tuple[float, float] = (0.0, 0.0),
+                        grow_px: float = 0.0) -> NDArray[np.bool_]:
+        """Pixels shadowed by the beamstop disc and its arm (True = shadowed).
+
+        ``grow_px`` enlarges the radius (a drawn mask leaves a margin around the shadow).
+        """
         ny, nx = self.shape
         cx, cy = self.beam_center_px
         cx, cy = cx + offset_px[0], cy + offset_px[1]
         yy, xx = np.ogrid[0:ny, 0:nx]
-        r = self.beamstop_radius_px
+        r = self.beamstop_radius_px + grow_px
         disc = (xx + 0.5 - cx) ** 2 + (yy + 0.5 - cy) ** 2 <= r**2
         arm = (np.abs(xx + 0.5 - cx) <= 0.4 * r) & (yy + 0.5 >= cy)
         return disc | arm
@@ -167,14 +171,7 @@ class Instrument:
     @cached_property
     def mask(self) -> NDArray[np.bool_]:
         """The mask a beamline scientist draws: detector gaps plus the beamstop (grown 3 px)."""
-        grown = Instrument.beamstop_shadow.__get__(self)
-        saved = self.beamstop_radius_px
-        try:
-            self.beamstop_radius_px = saved + 3.0
-            shadow = grown()
-        finally:
-            self.beamstop_radius_px = saved
-        return self.detector_mask | shadow
+        return self.detector_mask | self.beamstop_shadow(grow_px=3.0)
 
     @cached_property
     def q_edges_inv_angstrom(self) -> NDArray[np.float64]:
