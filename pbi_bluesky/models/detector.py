@@ -11,8 +11,18 @@ Training (:meth:`AnomalyDetector.fit`) takes normal profiles with their recipe l
    "wrong recipe" negatives (a curve of recipe A presented as recipe B), each labelled
    as its own class, so the embedding learns the directions that matter;
 4. fit one :class:`~.ocsvm.RBFOneClass` per recipe on the embeddings of its training
-   normals, and keep the recipe centroids;
-5. score the calibration normals: their pooled scores define conformal p-values.
+   normals (plus the standardised log residual chi-square), and keep the recipe
+   centroids;
+5. fit one :class:`~.subspace.RecipeSubspace` per recipe (PCA of its normal curves,
+   Hotelling T-squared + SPE): the directions batch-to-batch scatter moves a curve in;
+6. standardise both parts per recipe on the training normals (median, interquartile
+   range); the anomaly score is ``svm part + subspace_weight * subspace part``;
+7. score the calibration normals: their pooled scores define conformal p-values.
+
+Why two parts: measured by ``make bench-models``, the embedding part alone is best on
+shape changes (contamination upturns, thickness) but weaker on a few wt% of composition
+drift, which the subspace part catches; the sum beats either alone (both ablations are
+reported by :func:`~.evaluate.evaluate_arrays`).
 
 Scoring a profile against its expected recipe gives a score (higher = more anomalous),
 its conformal p-value, a verdict at ``alpha``, the HyperScore and the predicted recipe
@@ -38,6 +48,7 @@ from pbi_bluesky.models.descriptors import fit_descriptors
 from pbi_bluesky.models.network import EmbeddingCNN, NetworkConfig
 from pbi_bluesky.models.ocsvm import RBFOneClass
 from pbi_bluesky.models.representation import FeatureScaler, QGrid, residual_z
+from pbi_bluesky.models.subspace import RecipeSubspace
 from pbi_bluesky.models.triplet import triplet_loss
 from pbi_bluesky.profile import Profile
 
@@ -63,6 +74,8 @@ class TrainingConfig:
     nu: float = 0.05
     alpha: float = 0.01
     seed: int = 0
+    subspace_components: int = 3
+    subspace_weight: float = 3.0
 
 
 @dataclass
@@ -112,12 +125,23 @@ class AnomalyDetector:
         self.population: DescriptorPopulation | None = None
         # per recipe: mean and std of log chi-square to the reference, and its weight
         self.residual_stats = np.zeros((0, 3))
+        # per recipe: PCA model of its normal curves (T2 + SPE)
+        self.subspaces: list[RecipeSubspace] = []
+        # per recipe: median and interquartile range of the one-class score and of the
+        # subspace statistic over its training normals
+        self.score_scale = np.zeros((0, 4))
+        # calibration normals' (embedding, subspace) score parts, for ablations
+        self.calibration_parts = np.zeros((0, 2))
         self.bundle_info: dict[str, Any] = {}
 
     # -- bundle hooks -------------------------------------------------------------------
     def extra_arrays(self) -> dict[str, NDArray]:
         """Arrays beyond the core ones that a bundle must store."""
-        arrays: dict[str, NDArray] = {"residual_stats": self.residual_stats}
+        arrays: dict[str, NDArray] = {"residual_stats": self.residual_stats,
+                                      "score_scale": self.score_scale,
+                                      "calibration_parts": self.calibration_parts}
+        for k, sub in enumerate(self.subspaces):
+            arrays.update(sub.to_arrays(f"subspace{k}"))
         if self.population is not None:
             arrays.update({"desc_mean": self.population.mean, "desc_std": self.population.std,
                            "desc_precision": self.population.precision})
@@ -126,6 +150,11 @@ class AnomalyDetector:
     def load_extra_arrays(self, arrays: dict[str, NDArray]) -> None:
         """Inverse of :meth:`extra_arrays`."""
         self.residual_stats = arrays["residual_stats"]
+        k = len(self.residual_stats)
+        self.score_scale = arrays.get("score_scale", np.tile([0.0, 1.0, 0.0, 1.0], (k, 1)))
+        self.calibration_parts = arrays.get("calibration_parts", np.zeros((0, 2)))
+        self.subspaces = [RecipeSubspace.from_arrays(arrays, f"subspace{j}")
+                          for j in range(k) if f"subspace{j}_mean" in arrays]
         if "desc_mean" in arrays:
             self.population = DescriptorPopulation(
                 arrays["desc_mean"], arrays["desc_std"], arrays["desc_precision"]
@@ -173,6 +202,9 @@ class AnomalyDetector:
             raise ValueError(f"need at least 10 normal profiles to train, got {len(profiles)}")
         rng = np.random.default_rng(cfg.seed)
         torch.manual_seed(cfg.seed)
+        # fresh weights drawn under the seed: the constructor's draw depends on whatever
+        # used torch's global generator before, so refitting was not reproducible
+        self.network = EmbeddingCNN(self.network.config)
         intensity, sigma = self.resample(profiles)
         self.recipes = sorted(set(recipes))
         labels = np.array([self.recipes.index(r) for r in recipes])
@@ -202,7 +234,19 @@ class AnomalyDetector:
         feats = self._augment(emb, log_chi2, labels[train_idx])
         self.svms = [RBFOneClass.fit(feats[labels[train_idx] == k], nu=cfg.nu)
                      for k in range(len(self.recipes))]
-        self.calibration_scores = self._scores(intensity[cal_idx], sigma[cal_idx], labels[cal_idx])
+        features = self.scaler.transform(intensity[train_idx])
+        self.subspaces = [RecipeSubspace.fit(features[labels[train_idx] == k],
+                                             cfg.subspace_components)
+                          for k in range(len(self.recipes))]
+        self.score_scale = np.tile([0.0, 1.0, 0.0, 1.0], (len(self.recipes), 1))
+        raw = self._score_parts(intensity[train_idx], sigma[train_idx], labels[train_idx])
+        for k in range(len(self.recipes)):
+            for j in range(2):
+                q25, q50, q75 = np.percentile(raw[labels[train_idx] == k, j], [25, 50, 75])
+                self.score_scale[k, 2 * j : 2 * j + 2] = (q50, max(q75 - q25, 1e-6))
+        self.calibration_parts = self._score_parts(intensity[cal_idx], sigma[cal_idx],
+                                                   labels[cal_idx])
+        self.calibration_scores = self._combine(self.calibration_parts)
         self.alpha = cfg.alpha
         t1 = time.perf_counter()
         descriptors = np.array([fit_descriptors(self.grid.q, a, b)
@@ -325,15 +369,34 @@ class AnomalyDetector:
         extra = (log_chi2 - stats[:, 0]) / stats[:, 1] * stats[:, 2]
         return np.hstack([emb, extra[:, None]])
 
-    def _scores(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
-        """One-class SVM score of each curve's (augmented) embedding under its recipe."""
+    def _score_parts(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
+        """The two parts of the anomaly score under each curve's recipe, shape (n, 2).
+
+        Column 0: the one-class SVM score of the (augmented) embedding; column 1: the
+        recipe subspace statistic (:mod:`~.subspace`). Each is centred on the median of
+        the recipe's training normals and divided by their interquartile range, so the
+        parts are commensurate and one pooled calibration set serves every recipe.
+        """
         emb = self._augment(self._embed(intensity, sigma, recipe_idx),
                             self._log_chi2(intensity, sigma, recipe_idx), recipe_idx)
-        out = np.empty(len(intensity))
+        features = self.scaler.transform(intensity) if self.subspaces else None
+        out = np.zeros((len(intensity), 2))
         for k in np.unique(recipe_idx):
             sel = recipe_idx == k
-            out[sel] = self.svms[k].score(emb[sel])
+            svm_loc, svm_spread, sub_loc, sub_spread = self.score_scale[k]
+            out[sel, 0] = (self.svms[k].score(emb[sel]) - svm_loc) / svm_spread
+            if features is not None:
+                out[sel, 1] = (self.subspaces[k].statistic(features[sel]) - sub_loc) / sub_spread
         return out
+
+    def _combine(self, parts: NDArray) -> NDArray:
+        """Anomaly score from its parts: embedding part + weight x subspace part."""
+        weight = self.training.subspace_weight if self.subspaces else 0.0
+        return parts[:, 0] + weight * parts[:, 1]
+
+    def _scores(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
+        """Anomaly score of each curve under its recipe (higher = more anomalous)."""
+        return self._combine(self._score_parts(intensity, sigma, recipe_idx))
 
     @property
     def threshold(self) -> float:

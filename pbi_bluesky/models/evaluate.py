@@ -67,12 +67,22 @@ def metrics_for(labels: NDArray, scores: NDArray, flagged: NDArray,
     return result
 
 
-def _split(recipe_idx: NDArray, rng: np.random.Generator, fractions=(0.6, 0.2)):
+def _split(recipe_idx: NDArray, rng: np.random.Generator, fractions=(0.6, 0.2),
+           n_fit: int | None = None):
+    """Per recipe: train, calibration and test indices (``n_fit`` fixes train + cal)."""
     train, cal, test = [], [], []
     for k in np.unique(recipe_idx):
         idx = rng.permutation(np.nonzero(recipe_idx == k)[0])
-        n_train = int(round(fractions[0] * len(idx)))
-        n_cal = int(round(fractions[1] * len(idx)))
+        if n_fit is not None:
+            if n_fit >= len(idx):
+                raise ValueError(f"n_fit_per_recipe={n_fit} leaves no test normals for a "
+                                 f"recipe with {len(idx)} normals")
+            share = fractions[0] / (fractions[0] + fractions[1])
+            n_train = int(round(share * n_fit))
+            n_cal = n_fit - n_train
+        else:
+            n_train = int(round(fractions[0] * len(idx)))
+            n_cal = int(round(fractions[1] * len(idx)))
         train += list(idx[:n_train])
         cal += list(idx[n_train : n_train + n_cal])
         test += list(idx[n_train + n_cal :])
@@ -83,9 +93,14 @@ def evaluate_arrays(
     intensity: NDArray, sigma: NDArray, recipes: list[str], labels: NDArray, kinds: NDArray,
     *, detector: AnomalyDetector | None = None, training: TrainingConfig | None = None,
     baselines: tuple[str, ...] = tuple(BASELINES), alpha: float = 0.01, seed: int = 0,
-    progress: bool = False,
+    progress: bool = False, n_fit_per_recipe: int | None = None,
 ) -> EvaluationResult:
-    """Run the comparison on curves already resampled to the model grid."""
+    """Run the comparison on curves already resampled to the model grid.
+
+    Normals are split per recipe 60/20/20 into training, calibration and test, or, with
+    ``n_fit_per_recipe``, that many per recipe go to training + calibration (3:1) and the
+    rest to the test split.
+    """
     from pbi_bluesky.profile import Profile
 
     rng = np.random.default_rng(seed)
@@ -94,7 +109,7 @@ def evaluate_arrays(
     normal_idx = np.nonzero(labels == 0)[0]
     recipe_names = sorted(set(recipes))
     recipe_idx = np.array([recipe_names.index(r) for r in recipes])
-    tr, ca, te = _split(recipe_idx[normal_idx], rng)
+    tr, ca, te = _split(recipe_idx[normal_idx], rng, n_fit=n_fit_per_recipe)
     train, cal = normal_idx[tr], normal_idx[ca]
     test = np.sort(np.concatenate([normal_idx[te], np.nonzero(labels == 1)[0]]))
     result = EvaluationResult(labels[test], kinds[test],
@@ -111,6 +126,13 @@ def evaluate_arrays(
     result.scores["pbi"] = np.array([v.score for v in verdicts])
     result.flagged["pbi"] = np.array([v.is_anomaly for v in verdicts])
     det_idx = np.array([detector.recipes.index(recipes[i]) for i in test])
+    if len(detector.calibration_parts) and detector.subspaces:
+        # ablations: each part of the default score alone, same calibration rule
+        parts = detector._score_parts(intensity[test], sigma[test], det_idx)
+        for j, name in enumerate(("pbi_embedding_part", "pbi_subspace_part")):
+            result.scores[name] = parts[:, j]
+            result.flagged[name] = conformal_p_values(
+                parts[:, j], detector.calibration_parts[:, j]) <= detector.alpha
     result.embedding = detector._embed(intensity[test], sigma[test], det_idx)
     for name in baselines:
         model = make_baseline(name)

@@ -89,3 +89,35 @@ def test_exact_shapley_sums_to_the_value_and_is_symmetric():
     # additive (diagonal) game: Shapley value is each feature's own term
     diag = np.diag([1.0, 2.0, 3.0])
     np.testing.assert_allclose(exact_shapley(np.array([1.0, 1.0, 2.0]), diag), [1, 2, 12])
+
+
+def test_recipe_subspace_t2_and_spe_by_hand():
+    """Normals spread along one axis; T2 counts spread along it, SPE what lies off it."""
+    from pbi_bluesky.models.subspace import RecipeSubspace
+
+    rng = np.random.default_rng(0)
+    along = rng.normal(0.0, 2.0, 400)
+    off = rng.normal(0.0, 0.1, (400, 2))
+    normals = np.column_stack([along, off])  # 3 bins: variation mostly in bin 0
+    sub = RecipeSubspace.fit(normals, components=1)
+    assert abs(abs(sub.basis[0, 0]) - 1.0) < 1e-2
+    var_along = sub.variance[0]
+    res_var = sub.residual_variance
+    point = np.array([[3.0, 0.2, 0.0]]) + sub.mean
+    coord = (point - sub.mean) @ sub.basis.T
+    t2 = float(coord[0, 0] ** 2 / var_along)
+    resid = (point - sub.mean) - coord @ sub.basis
+    spe = float(np.mean(resid[0] ** 2 / res_var))
+    assert sub.statistic(point)[0] == pytest.approx(np.log(t2 + spe), rel=1e-9)
+    # the same distance off the normal axis is far more anomalous than along it
+    assert sub.statistic(sub.mean + [[0.0, 1.0, 0.0]])[0] > sub.statistic(
+        sub.mean + [[1.0, 0.0, 0.0]])[0] + 3.0
+    again = RecipeSubspace.from_arrays(sub.to_arrays("s0"), "s0")
+    np.testing.assert_array_equal(again.statistic(point), sub.statistic(point))
+
+
+def test_recipe_subspace_needs_three_curves():
+    from pbi_bluesky.models.subspace import RecipeSubspace
+
+    with pytest.raises(ValueError, match="at least 3"):
+        RecipeSubspace.fit(np.zeros((2, 5)))

@@ -155,6 +155,29 @@ def test_single_recipe_training_set(instrument):
     assert verdict.predicted_composition == "0:100"
 
 
+def test_training_is_reproducible_for_a_seed(training_set):
+    """Two fits with one seed give the same model, whatever used torch's RNG before."""
+    import torch
+
+    profiles, recipes = training_set[0][:60], training_set[1][:60]
+    cfg = TrainingConfig(epochs=2, seed=3)
+    first = AnomalyDetector(training=cfg).fit(profiles, recipes, progress=False)
+    torch.rand(1000)  # disturb the global generator between the fits
+    second = AnomalyDetector(training=cfg).fit(profiles, recipes, progress=False)
+    np.testing.assert_array_equal(first.calibration_scores, second.calibration_scores)
+
+
+def test_score_parts_are_reported_and_combined(tiny_model, fresh_normals):
+    profiles, recipes = fresh_normals
+    intensity, sigma = tiny_model.resample(profiles[:20])
+    idx = np.array([tiny_model.recipes.index(r) for r in recipes[:20]])
+    parts = tiny_model._score_parts(intensity, sigma, idx)
+    w = tiny_model.training.subspace_weight
+    np.testing.assert_allclose(tiny_model._scores(intensity, sigma, idx),
+                               parts[:, 0] + w * parts[:, 1])
+    assert tiny_model.calibration_parts.shape == (len(tiny_model.calibration_scores), 2)
+
+
 def test_too_few_profiles_is_a_clear_error(training_set):
     with pytest.raises(ValueError, match="at least 10"):
         AnomalyDetector().fit(training_set[0][:5], training_set[1][:5])
