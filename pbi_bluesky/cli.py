@@ -151,12 +151,15 @@ def train(
     alpha: Annotated[float, typer.Option(help="False-positive rate of the verdict.")] = 0.01,
     margin: Annotated[float, typer.Option(help="Triplet-loss margin.")] = 0.3,
     mining: Annotated[str, typer.Option(help="hard or semi-hard.")] = "semi-hard",
+    detector_name: Annotated[str, typer.Option(
+        "--detector", help="pbi (default) or paper (the seed paper's pipeline, literally)."
+    )] = "pbi",
 ) -> None:
     """Train a detector on normal profiles (every manifest row is a normal sample)."""
     import numpy as np
     import torch
 
-    from pbi_bluesky.models import AnomalyDetector, TrainingConfig, save_bundle
+    from pbi_bluesky.models import AnomalyDetector, PaperPipeline, TrainingConfig, save_bundle
     from pbi_bluesky.models.bundle import sha256_file, training_data_hash
 
     torch.manual_seed(seed)
@@ -173,8 +176,12 @@ def train(
         typer.echo(f"error: {len(bad)} training file(s) could not be read", err=True)
         raise typer.Exit(2)
     recipes = [r["composition"] for r in rows]
+    kinds = {"pbi": AnomalyDetector, "paper": PaperPipeline}
+    if detector_name not in kinds:
+        typer.echo(f"error: --detector must be one of {', '.join(kinds)}", err=True)
+        raise typer.Exit(2)
     cfg = TrainingConfig(epochs=epochs, seed=seed, alpha=alpha, margin=margin, mining=mining)
-    detector = AnomalyDetector(training=cfg)
+    detector = kinds[detector_name](training=cfg)
     try:
         detector.fit(loaded, recipes)
     except ValueError as exc:

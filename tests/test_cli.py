@@ -118,6 +118,26 @@ def test_score_mix_of_good_and_broken_files(trained, tmp_path):
             assert key in record
 
 
+def test_train_and_score_the_papers_detector(trained, tmp_path):
+    """`--detector paper` trains the paper's pipeline into a bundle `pbi score` reads."""
+    result = runner.invoke(app, ["train", "--manifest", str(trained / "train" / "manifest.csv"),
+                                 "--out", str(tmp_path / "paper"), "--epochs", "2",
+                                 "--detector", "paper"])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "paper" / "model.json").read_text())
+    assert doc["detector"] == "paper" and doc["network"]["in_channels"] == 1
+    good = sorted((trained / "train" / "profiles").glob("*.dat"))[:3]
+    result = runner.invoke(app, ["score", *map(str, good), "--model", str(tmp_path / "paper"),
+                                 "--json"])
+    assert result.exit_code == 0, result.output
+    lines = [json.loads(x) for x in result.output.strip().splitlines() if x.startswith("{")]
+    assert len(lines) == 3
+    assert all(r["predicted_composition"] in doc["recipes"] for r in lines)
+    bad = runner.invoke(app, ["train", "--manifest", str(trained / "train" / "manifest.csv"),
+                              "--out", str(tmp_path / "x"), "--detector", "nope"])
+    assert bad.exit_code == 2 and "--detector" in bad.output
+
+
 def test_score_manifest_and_bad_model(trained, tmp_path):
     result = runner.invoke(app, ["score", "--manifest",
                                  str(trained / "train" / "manifest.csv"), "--model",

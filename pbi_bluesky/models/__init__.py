@@ -9,6 +9,7 @@ from pbi_bluesky.models.descriptors import DESCRIPTORS, fit_descriptors
 from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig, Verdict
 from pbi_bluesky.models.network import EmbeddingCNN, NetworkConfig
 from pbi_bluesky.models.ocsvm import RBFOneClass
+from pbi_bluesky.models.paper import PaperPipeline
 from pbi_bluesky.models.representation import CoverageError, FeatureScaler, QGrid
 from pbi_bluesky.models.triplet import triplet_loss
 
@@ -33,6 +34,7 @@ __all__ = [
     "fit_descriptors",
     "hyperscore",
     "load_bundle",
+    "PaperPipeline",
     "make_baseline",
     "save_bundle",
     "triplet_loss",

@@ -25,10 +25,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pbi_bluesky.models.network import EmbeddingCNN, NetworkConfig
+from pbi_bluesky.models.detector import TrainingConfig
 from pbi_bluesky.models.ocsvm import RBFOneClass
-from pbi_bluesky.models.representation import FeatureScaler, residual_z
-from pbi_bluesky.models.triplet import triplet_loss
+from pbi_bluesky.models.representation import FeatureScaler, QGrid, residual_z
 
 __all__ = ["Scorer", "BASELINES", "make_baseline"]
 
@@ -123,44 +122,28 @@ class OCSVMRaw(_Standardised):
 
 
 class PaperDetector:
-    """The seed paper's pipeline, literally (see module docstring)."""
+    """The seed paper's pipeline, literally (:class:`~.paper.PaperPipeline`), fitted on the
+    evaluation's training split and scored like the other baselines."""
 
     name = "paper"
 
-    def __init__(self, epochs: int = 30, margin: float = 0.3, seed: int = 0) -> None:
-        self.epochs, self.margin, self.seed = epochs, margin, seed
-
-    @staticmethod
-    def _minmax(intensity: NDArray) -> torch.Tensor:
-        lo = intensity.min(1, keepdims=True)
-        span = np.maximum(intensity.max(1, keepdims=True) - lo, 1e-30)
-        return torch.from_numpy(((intensity - lo) / span).astype(np.float32)[:, None, :])
+    def __init__(self, epochs: int = 30, seed: int = 0) -> None:
+        self.epochs, self.seed = epochs, seed
 
     def fit(self, intensity, sigma, recipe_idx, n_recipes):
-        torch.manual_seed(self.seed)
-        rng = np.random.default_rng(self.seed)
-        self.net = EmbeddingCNN(NetworkConfig(in_channels=1, length=intensity.shape[1]))
-        opt = torch.optim.Adam(self.net.parameters(), lr=1e-3)
-        x = self._minmax(intensity)
-        y = torch.from_numpy(np.asarray(recipe_idx))
-        for _ in range(self.epochs):
-            self.net.train()
-            order = torch.from_numpy(rng.permutation(len(x)))
-            for start in range(0, len(x), 128):
-                idx = order[start : start + 128]
-                loss = triplet_loss(self.net(x[idx]), y[idx], self.margin, "semi-hard")
-                opt.zero_grad()
-                loss.backward()
-                opt.step()
-        self.svm = RBFOneClass.fit(self._embed(intensity), nu=0.05)
+        from pbi_bluesky.models.paper import PaperPipeline
 
-    @torch.no_grad()
-    def _embed(self, intensity):
-        self.net.eval()
-        return self.net(self._minmax(intensity)).numpy().astype(np.float64)
+        cfg = TrainingConfig(epochs=self.epochs, seed=self.seed, subspace_weight=0.0)
+        torch.manual_seed(self.seed)
+        self.pipeline = PaperPipeline(QGrid(npt=intensity.shape[1]), training=cfg)
+        self.pipeline.recipes = [str(k) for k in range(n_recipes)]
+        labels = np.asarray(recipe_idx)
+        self.pipeline._train_network(intensity, sigma, labels,
+                                     np.random.default_rng(self.seed), progress=False)
+        self.pipeline._fit_scorers(intensity, sigma, labels)
 
     def score(self, intensity, sigma, recipe_idx):
-        return self.svm.score(self._embed(intensity))
+        return self.pipeline._scores(intensity, sigma, np.asarray(recipe_idx))
 
 
 BASELINES = {

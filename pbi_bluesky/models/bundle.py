@@ -29,6 +29,7 @@ import numpy as np
 from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig
 from pbi_bluesky.models.network import NetworkConfig
 from pbi_bluesky.models.ocsvm import RBFOneClass
+from pbi_bluesky.models.paper import PaperPipeline
 from pbi_bluesky.models.representation import FeatureScaler, QGrid
 
 __all__ = [
@@ -113,11 +114,7 @@ def save_bundle(
         "q_grid": {"q_min": detector.grid.q_min, "q_max": detector.grid.q_max,
                    "npt": detector.grid.npt, "spacing": "log",
                    "min_coverage": detector.grid.min_coverage, "unit": "1/angstrom"},
-        "preprocessing": {
-            "resample": "linear interpolation in log q onto q_grid",
-            "channels": ["standardised asinh(I / noise_scale)",
-                         "asinh(residual to expected recipe reference / 3)"],
-        },
+        "preprocessing": detector.preprocessing,
         "network": detector.network.config.to_dict(),
         "training": detector.training.__dict__,
         "recipes": detector.recipes,
@@ -184,7 +181,11 @@ def load_bundle(model_dir: str | Path) -> AnomalyDetector:
         if sha256_file(path) != files[name]:
             raise BundleError(f"{path} does not match its sha256 in model.json (tampered?)")
     grid = QGrid(**{k: doc["q_grid"][k] for k in ("q_min", "q_max", "npt", "min_coverage")})
-    detector = AnomalyDetector(
+    kinds = {cls.name: cls for cls in (AnomalyDetector, PaperPipeline)}
+    if doc.get("detector", "pbi") not in kinds:
+        raise BundleError(f"{root / 'model.json'} holds detector {doc.get('detector')!r}; "
+                          f"this package knows {', '.join(kinds)}")
+    detector = kinds[doc.get("detector", "pbi")](
         grid, NetworkConfig.from_dict(doc["network"]), TrainingConfig(**doc["training"])
     )
     try:

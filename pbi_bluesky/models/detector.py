@@ -99,6 +99,11 @@ class AnomalyDetector:
     """Recipe-aware SAXS anomaly detector (see module docstring)."""
 
     name = "pbi"
+    preprocessing = {
+        "resample": "linear interpolation in log q onto q_grid",
+        "channels": ["standardised asinh(I / noise_scale)",
+                     "asinh(residual to expected recipe reference / 3)"],
+    }
 
     def __init__(
         self,
@@ -220,30 +225,7 @@ class AnomalyDetector:
         self._train_network(intensity[train_idx], sigma[train_idx], labels[train_idx], rng,
                             progress)
         train_s = time.perf_counter() - t0
-        emb = self._embed(intensity[train_idx], sigma[train_idx], labels[train_idx])
-        log_chi2 = self._log_chi2(intensity[train_idx], sigma[train_idx], labels[train_idx])
-        self.residual_stats = np.zeros((len(self.recipes), 3))
-        centroids = []
-        for k in range(len(self.recipes)):
-            sel = labels[train_idx] == k
-            centroids.append(emb[sel].mean(0))
-            radius = float(np.mean(np.linalg.norm(emb[sel] - centroids[-1], axis=1)))
-            self.residual_stats[k] = (log_chi2[sel].mean(), max(log_chi2[sel].std(), 1e-3),
-                                      RESIDUAL_WEIGHT * max(radius, 1e-3))
-        self.centroids = np.array(centroids)
-        feats = self._augment(emb, log_chi2, labels[train_idx])
-        self.svms = [RBFOneClass.fit(feats[labels[train_idx] == k], nu=cfg.nu)
-                     for k in range(len(self.recipes))]
-        features = self.scaler.transform(intensity[train_idx])
-        self.subspaces = [RecipeSubspace.fit(features[labels[train_idx] == k],
-                                             cfg.subspace_components)
-                          for k in range(len(self.recipes))]
-        self.score_scale = np.tile([0.0, 1.0, 0.0, 1.0], (len(self.recipes), 1))
-        raw = self._score_parts(intensity[train_idx], sigma[train_idx], labels[train_idx])
-        for k in range(len(self.recipes)):
-            for j in range(2):
-                q25, q50, q75 = np.percentile(raw[labels[train_idx] == k, j], [25, 50, 75])
-                self.score_scale[k, 2 * j : 2 * j + 2] = (q50, max(q75 - q25, 1e-6))
+        self._fit_scorers(intensity[train_idx], sigma[train_idx], labels[train_idx])
         self.calibration_parts = self._score_parts(intensity[cal_idx], sigma[cal_idx],
                                                    labels[cal_idx])
         self.calibration_scores = self._combine(self.calibration_parts)
@@ -264,6 +246,34 @@ class AnomalyDetector:
             "final_loss": float(self.history[-1]) if self.history else None,
         }
         return self
+
+    def _fit_scorers(self, intensity: NDArray, sigma: NDArray, labels: NDArray) -> None:
+        """Everything after the network: centroids, one-class SVMs, subspaces, scales."""
+        cfg = self.training
+        emb = self._embed(intensity, sigma, labels)
+        log_chi2 = self._log_chi2(intensity, sigma, labels)
+        self.residual_stats = np.zeros((len(self.recipes), 3))
+        centroids = []
+        for k in range(len(self.recipes)):
+            sel = labels == k
+            centroids.append(emb[sel].mean(0))
+            radius = float(np.mean(np.linalg.norm(emb[sel] - centroids[-1], axis=1)))
+            self.residual_stats[k] = (log_chi2[sel].mean(), max(log_chi2[sel].std(), 1e-3),
+                                      RESIDUAL_WEIGHT * max(radius, 1e-3))
+        self.centroids = np.array(centroids)
+        feats = self._augment(emb, log_chi2, labels)
+        self.svms = [RBFOneClass.fit(feats[labels == k], nu=cfg.nu)
+                     for k in range(len(self.recipes))]
+        features = self.scaler.transform(intensity)
+        self.subspaces = [RecipeSubspace.fit(features[labels == k],
+                                             cfg.subspace_components)
+                          for k in range(len(self.recipes))]
+        self.score_scale = np.tile([0.0, 1.0, 0.0, 1.0], (len(self.recipes), 1))
+        raw = self._score_parts(intensity, sigma, labels)
+        for k in range(len(self.recipes)):
+            for j in range(2):
+                q25, q50, q75 = np.percentile(raw[labels == k, j], [25, 50, 75])
+                self.score_scale[k, 2 * j : 2 * j + 2] = (q50, max(q75 - q25, 1e-6))
 
     def _validate(self, intensity: NDArray, sigma: NDArray, labels: NDArray) -> dict[str, Any]:
         """Held-out check: calibration normals against transformed copies of themselves.

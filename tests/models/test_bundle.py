@@ -45,6 +45,26 @@ def test_round_trip_gives_identical_scores(tiny_model, bundle_dir, training_set)
     assert validation["n"] > 0 and 0.5 < validation["auc_roc"] <= 1.0
 
 
+def test_papers_pipeline_round_trip(training_set, tmp_path):
+    """The paper's pipeline saves and loads as its own kind, with identical scores."""
+    from pbi_bluesky.models import PaperPipeline, TrainingConfig
+
+    profiles, recipes = training_set
+    paper = PaperPipeline(training=TrainingConfig(epochs=2, alpha=0.05)).fit(
+        profiles, recipes, progress=False)
+    save_bundle(paper, tmp_path / "paper")
+    loaded = load_bundle(tmp_path / "paper")
+    assert isinstance(loaded, PaperPipeline)
+    a = paper.score(profiles[::9], None, explain="none")
+    b = loaded.score(profiles[::9], None, explain="none")
+    assert [v.score for v in a] == [v.score for v in b]
+    assert [v.predicted_composition for v in a] == [v.predicted_composition for v in b]
+    # the paper's score ignores the expected recipe: it is one pooled one-class SVM
+    c = loaded.score(profiles[:3], recipes[0], explain="none")
+    d = loaded.score(profiles[:3], recipes[-1], explain="none")
+    assert [v.score for v in c] == [v.score for v in d]
+
+
 def test_tampered_weights_are_refused(bundle_dir, tmp_path):
     target = _copy(bundle_dir, tmp_path)
     data = bytearray((target / "weights.safetensors").read_bytes())

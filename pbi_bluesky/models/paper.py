@@ -1,0 +1,96 @@
+"""The seed paper's detector, taken literally, as a trainable and loadable pipeline.
+
+``pbi train --detector paper`` builds it; ``pbi score`` and the live callback load it like
+any other bundle. What it does (and why it loses to the default, see ``make bench-models``):
+
+* every curve is scaled to [0, 1] (min-max) and fed as one channel: absolute intensity,
+  thickness/transmission and background level are erased;
+* the same 1D CNN is trained with triplet loss on recipe labels only (no synthetic
+  anomaly negatives), so within-recipe variation is what it learns to ignore;
+* one OneClassSVM is fitted on the embeddings of all normal training curves (not per
+  recipe); the expected recipe plays no part in the score;
+* the predicted recipe is the nearest recipe centroid in embedding space.
+
+For a fair comparison, verdicts use the same conformal p-values at ``alpha`` from a
+held-out calibration split as the default detector, and the same HyperScore display.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from numpy.typing import NDArray
+
+from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig, Verdict
+from pbi_bluesky.models.network import NetworkConfig
+from pbi_bluesky.models.ocsvm import RBFOneClass
+from pbi_bluesky.models.representation import QGrid
+
+__all__ = ["PaperPipeline"]
+
+
+class PaperPipeline(AnomalyDetector):
+    """Min-max scaled curves -> triplet CNN on recipe labels -> one pooled OneClassSVM."""
+
+    name = "paper"
+    preprocessing = {
+        "resample": "linear interpolation in log q onto q_grid",
+        "channels": ["(I - min I) / (max I - min I) per curve (the paper's scaling)"],
+    }
+
+    def __init__(
+        self,
+        grid: QGrid | None = None,
+        network_config: NetworkConfig | None = None,
+        training: TrainingConfig | None = None,
+    ) -> None:
+        grid = grid or QGrid()
+        super().__init__(grid, network_config or NetworkConfig(in_channels=1, length=grid.npt),
+                         training or TrainingConfig(epochs=30, subspace_weight=0.0))
+
+    def _inputs(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> torch.Tensor:
+        lo = intensity.min(1, keepdims=True)
+        span = np.maximum(intensity.max(1, keepdims=True) - lo, 1e-30)
+        return torch.from_numpy(((intensity - lo) / span).astype(np.float32)[:, None, :])
+
+    def _training_set(self, intensity: NDArray, sigma: NDArray, labels: NDArray,
+                      rng: np.random.Generator) -> tuple[NDArray, NDArray, NDArray, NDArray]:
+        return intensity, sigma, labels, labels  # recipe labels only
+
+    def _fit_scorers(self, intensity: NDArray, sigma: NDArray, labels: NDArray) -> None:
+        emb = self._embed(intensity, sigma, labels)
+        self.centroids = np.array([emb[labels == k].mean(0) for k in range(len(self.recipes))])
+        pooled = RBFOneClass.fit(emb, nu=self.training.nu)
+        self.svms = [pooled] * len(self.recipes)  # one SVM; stored once per recipe slot
+        self.subspaces = []
+        self.residual_stats = np.zeros((len(self.recipes), 3))
+        self.score_scale = np.tile([0.0, 1.0, 0.0, 1.0], (len(self.recipes), 1))
+
+    def _score_parts(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
+        out = np.zeros((len(intensity), 2))
+        if len(intensity):
+            out[:, 0] = self.svms[0].score(self._embed(intensity, sigma, recipe_idx))
+        return out
+
+    def predict_recipe(self, intensity: NDArray, sigma: NDArray,
+                       shortlist: int | None = None) -> NDArray[np.int64]:
+        """Nearest recipe centroid in embedding space (``shortlist`` is ignored)."""
+        emb = self._embed(intensity, sigma, np.zeros(len(intensity), dtype=np.int64))
+        dist = ((emb[:, None, :] - self.centroids[None, :, :]) ** 2).sum(-1)
+        return dist.argmin(1).astype(np.int64)
+
+    def score_arrays(
+        self, intensity: NDArray, sigma: NDArray, expected: list[str | None],
+        *, fdr: bool = False, explain: str = "flagged", predict: bool = True,
+        shortlist: int | None = None,
+    ) -> list[Verdict]:
+        """As :meth:`AnomalyDetector.score_arrays`; the score ignores the expected recipe."""
+        predicted = self.predict_recipe(intensity, sigma)
+        filled = [e if e is not None else self.recipes[k]
+                  for e, k in zip(expected, predicted, strict=True)]
+        verdicts = super().score_arrays(intensity, sigma, filled, fdr=fdr, explain=explain,
+                                        predict=False)
+        if predict:
+            for verdict, k in zip(verdicts, predicted, strict=True):
+                verdict.predicted_composition = self.recipes[k]
+        return verdicts
