@@ -15,7 +15,14 @@ from .geometry import (
 )
 from .images import as_frame, read_image
 from .integrator import FoldedIntegrator
-from .io1d import read_ascii, read_nxcansas, read_profile, write_ascii, write_nxcansas
+from .io1d import (
+    read_ascii,
+    read_cansas_xml,
+    read_nxcansas,
+    read_profile,
+    write_ascii,
+    write_nxcansas,
+)
 from .pipeline import Reducer
 
 __all__ = [
@@ -31,6 +38,7 @@ __all__ = [
     "make_geometry",
     "read_ascii",
     "read_image",
+    "read_cansas_xml",
     "read_nxcansas",
     "read_profile",
     "write_ascii",

@@ -1,10 +1,11 @@
-"""1D profile files: 3-column ASCII and NXcanSAS HDF5."""
+"""1D profile files: 3-column ASCII, NXcanSAS HDF5 and (read only) canSAS 1D XML."""
 
 from __future__ import annotations
 
 import json
 import logging
 import re
+import xml.etree.ElementTree as ElementTree
 from pathlib import Path
 from typing import Any
 
@@ -16,8 +17,10 @@ from .errors import ReductionError
 
 __all__ = [
     "ASCII_SUFFIXES",
+    "CANSAS_XML_SUFFIXES",
     "NXCANSAS_SUFFIXES",
     "read_ascii",
+    "read_cansas_xml",
     "read_nxcansas",
     "read_profile",
     "write_ascii",
@@ -28,6 +31,7 @@ logger = logging.getLogger(__name__)
 
 ASCII_SUFFIXES = (".dat", ".txt", ".csv", ".chi")
 NXCANSAS_SUFFIXES = (".h5", ".nxs", ".hdf5")
+CANSAS_XML_SUFFIXES = (".xml",)
 _NM_PATTERN = re.compile(r"(1\s*/\s*nm|nm\s*\^?\s*-\s*1|nm-1|inv_?nm)", re.IGNORECASE)
 _ANGSTROM_UNITS = {"1/angstrom", "1/a", "a^-1", "angstrom^-1", "1/å", "å^-1"}
 _NM_UNITS = {"1/nm", "nm^-1", "nm-1"}
@@ -215,6 +219,68 @@ def read_nxcansas(path: str | Path) -> Profile:
         raise ReductionError(f"profile file {path}: {exc}") from exc
 
 
+_LENGTH_TO_CM = {"mm": 0.1, "cm": 1.0, "m": 100.0, "um": 1e-4, "a": 1e-8, "nm": 1e-7}
+
+
+def _xml_number(element: ElementTree.Element | None, what: str, path: Path) -> float:
+    if element is None or element.text is None:
+        raise ReductionError(f"{path}: an Idata row has no {what}")
+    try:
+        return float(element.text)
+    except ValueError:
+        raise ReductionError(f"{path}: {what} {element.text!r} is not a number") from None
+
+
+def read_cansas_xml(path: str | Path) -> Profile:
+    """Read the first SASentry/SASdata of a canSAS 1D XML file (format 1.0 or 1.1).
+
+    Q in 1/nm is converted to 1/angstrom; ``Idev`` (when present) becomes sigma; title,
+    run and sample thickness go into the metadata. Entities are not expanded beyond what
+    the standard library's expat parser allows (no external entities are fetched).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ReductionError(f"profile file {path} not found")
+    try:
+        root = ElementTree.parse(path).getroot()
+    except ElementTree.ParseError as exc:
+        raise ReductionError(f"profile file {path} is not valid XML: {exc}") from exc
+    for element in root.iter():  # drop the canSAS namespace (1.0 and 1.1 differ)
+        element.tag = element.tag.rsplit("}", 1)[-1]
+    entry = root if root.tag == "SASentry" else root.find("SASentry")
+    sasdata = entry.find("SASdata") if entry is not None else None
+    if sasdata is None:
+        raise ReductionError(f"{path}: no SASentry/SASdata (not a canSAS 1D XML file)")
+    rows = sasdata.findall("Idata")
+    if not rows:
+        raise ReductionError(f"{path}: SASdata has no Idata rows")
+    q = np.array([_xml_number(r.find("Q"), "Q", path) for r in rows])
+    intensity = np.array([_xml_number(r.find("I"), "I", path) for r in rows])
+    sigma = np.array([_xml_number(r.find("Idev"), "Idev", path) if r.find("Idev") is not None
+                      else 0.0 for r in rows])
+    q_units = (rows[0].find("Q").get("unit") or "1/A").strip().lower()  # type: ignore[union-attr]
+    i_units = (rows[0].find("I").get("unit") or "").strip().lower()  # type: ignore[union-attr]
+    if q_units in _NM_UNITS:
+        q = q / 10.0
+    elif q_units not in _ANGSTROM_UNITS:
+        raise ReductionError(f"{path}: unsupported Q units {q_units!r}")
+    metadata: dict[str, Any] = {"units": "1/cm" if i_units in ("1/cm", "cm^-1") else "arbitrary"}
+    for key, tag in (("title", "Title"), ("run", "Run")):
+        found = entry.find(tag)  # type: ignore[union-attr]
+        if found is not None and found.text:
+            metadata[key] = found.text.strip()
+    thickness = entry.find("SASsample/thickness")  # type: ignore[union-attr]
+    unit = (thickness.get("unit") or "mm").lower() if thickness is not None else ""
+    if thickness is not None and thickness.text and unit in _LENGTH_TO_CM:
+        metadata["thickness_cm"] = float(thickness.text) * _LENGTH_TO_CM[unit]
+    provenance = {"source_file": str(path), "format": "canSAS 1D XML",
+                  "canSAS_version": root.get("version", "")}
+    try:
+        return Profile(q, intensity, sigma, metadata, provenance)
+    except ProfileError as exc:
+        raise ReductionError(f"profile file {path}: {exc}") from exc
+
+
 def read_profile(path: str | Path) -> Profile:
     """Read a profile, choosing the format from the file extension."""
     suffix = Path(path).suffix.lower()
@@ -222,5 +288,7 @@ def read_profile(path: str | Path) -> Profile:
         return read_ascii(path)
     if suffix in NXCANSAS_SUFFIXES:
         return read_nxcansas(path)
+    if suffix in CANSAS_XML_SUFFIXES:
+        return read_cansas_xml(path)
     raise ReductionError(f"unknown profile file extension {suffix!r} for {path}; expected one "
-                         f"of {ASCII_SUFFIXES + NXCANSAS_SUFFIXES}")
+                         f"of {ASCII_SUFFIXES + NXCANSAS_SUFFIXES + CANSAS_XML_SUFFIXES}")
