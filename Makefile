@@ -40,7 +40,7 @@ model: venv
 	rm -rf build/model_training
 	$(VENV)/bin/pbi simulate --out build/model_training --normals 100 --anomalies 0 --seed 0
 	$(VENV)/bin/pbi train --manifest build/model_training/manifest.csv \
-		--out pbi_bluesky/data/default_model --seed 0 --epochs 40
+		--out pbi_bluesky/data/default_model --seed 0 --epochs 80
 
 clean-venv:
 	rm -rf $(VENV)

@@ -146,7 +146,7 @@ def train(
     poni: Annotated[Path | None, typer.Option(help="PONI: manifest paths are 2D frames.")] = None,
     mask: Annotated[Path | None, typer.Option(help="Mask image for frames.")] = None,
     dark: Annotated[Path | None, typer.Option(help="Dark image for frames.")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 40,
+    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 80,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     alpha: Annotated[float, typer.Option(help="False-positive rate of the verdict.")] = 0.01,
     margin: Annotated[float, typer.Option(help="Triplet-loss margin.")] = 0.3,
@@ -280,7 +280,7 @@ def evaluate(
     out: Annotated[Path, typer.Option(help="Folder for PNGs and metrics.json.")] = Path(
         "evaluation"),
     poni: Annotated[Path | None, typer.Option(help="PONI: manifest paths are frames.")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs of the default.")] = 40,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the default.")] = 80,
     alpha: Annotated[float, typer.Option(help="False-positive rate of verdicts.")] = 0.01,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
