@@ -146,7 +146,8 @@ def train(
     poni: Annotated[Path | None, typer.Option(help="PONI: manifest paths are 2D frames.")] = None,
     mask: Annotated[Path | None, typer.Option(help="Mask image for frames.")] = None,
     dark: Annotated[Path | None, typer.Option(help="Dark image for frames.")] = None,
-    epochs: Annotated[int, typer.Option(help="Training epochs.")] = 80,
+    epochs: Annotated[int | None, typer.Option(
+        help="Training epochs (default: 80 for pbi, 30 for paper).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
     alpha: Annotated[float, typer.Option(help="False-positive rate of the verdict.")] = 0.01,
     margin: Annotated[float, typer.Option(help="Triplet-loss margin.")] = 0.3,
@@ -180,7 +181,11 @@ def train(
     if detector_name not in kinds:
         typer.echo(f"error: --detector must be one of {', '.join(kinds)}", err=True)
         raise typer.Exit(2)
-    cfg = TrainingConfig(epochs=epochs, seed=seed, alpha=alpha, margin=margin, mining=mining)
+    # the paper's pipeline: 30 epochs (as benchmarked) and no subspace part
+    paper = detector_name == "paper"
+    cfg = TrainingConfig(epochs=epochs if epochs is not None else (30 if paper else 80),
+                         seed=seed, alpha=alpha, margin=margin, mining=mining,
+                         subspace_weight=0.0 if paper else TrainingConfig.subspace_weight)
     detector = kinds[detector_name](training=cfg)
     try:
         detector.fit(loaded, recipes)

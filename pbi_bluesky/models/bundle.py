@@ -47,7 +47,11 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "pbi_bluesky.model"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+"""Version written. 2 added the subspace part of the score (calibration scores are the
+combined score) and the ``detector`` kind; version 1 bundles still load (their score is
+the one-class SVM part alone)."""
+READABLE_VERSIONS = (1, 2)
 WEIGHTS = "weights.safetensors"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "default_model"
 """The bundle trained on simulated PS/PMMA that ships with the package (``make model``)."""
@@ -156,10 +160,10 @@ def _read_json(path: Path) -> dict[str, Any]:
         raise BundleError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(doc, dict) or doc.get("format") != FORMAT:
         raise BundleError(f"{path} is not a {FORMAT} file (foreign model?)")
-    if doc.get("format_version") != FORMAT_VERSION:
+    if doc.get("format_version") not in READABLE_VERSIONS:
         raise BundleError(
             f"{path} has format version {doc.get('format_version')}, this package reads "
-            f"{FORMAT_VERSION}"
+            f"{', '.join(map(str, READABLE_VERSIONS))}"
         )
     return doc
 
@@ -185,9 +189,13 @@ def load_bundle(model_dir: str | Path) -> AnomalyDetector:
     if doc.get("detector", "pbi") not in kinds:
         raise BundleError(f"{root / 'model.json'} holds detector {doc.get('detector')!r}; "
                           f"this package knows {', '.join(kinds)}")
-    detector = kinds[doc.get("detector", "pbi")](
-        grid, NetworkConfig.from_dict(doc["network"]), TrainingConfig(**doc["training"])
-    )
+    try:
+        detector = kinds[doc.get("detector", "pbi")](
+            grid, NetworkConfig.from_dict(doc["network"]), TrainingConfig(**doc["training"])
+        )
+    except (TypeError, KeyError, ValueError) as exc:
+        raise BundleError(f"{root / 'model.json'} has network or training settings this "
+                          f"package cannot use (written by another version?): {exc}") from exc
     try:
         state = load_file(str(root / WEIGHTS))
         detector.network.load_state_dict(state)

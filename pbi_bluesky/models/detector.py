@@ -7,9 +7,10 @@ Training (:meth:`AnomalyDetector.fit`) takes normal profiles with their recipe l
 2. split off a calibration set of normals (stratified by recipe);
 3. train :class:`~.network.EmbeddingCNN` with triplet loss on two input channels (the
    standardised asinh intensity, and the residual to the expected recipe's reference);
-   labels are the recipes, plus synthetic anomaly negatives (:mod:`~.augment`) and
-   "wrong recipe" negatives (a curve of recipe A presented as recipe B), each labelled
-   as its own class, so the embedding learns the directions that matter;
+   labels are the recipes, plus synthetic anomaly negatives (:mod:`~.augment`), each
+   kind per recipe its own class, and one "looks like a neighbouring recipe" class per
+   recipe (a curve of recipe A presented as recipe B, or a curve of B moved 30-80 % of
+   the way towards A's reference), so the embedding learns the directions that matter;
 4. fit one :class:`~.ocsvm.RBFOneClass` per recipe on the embeddings of its training
    normals (plus the standardised log residual chi-square), and keep the recipe
    centroids;
@@ -55,8 +56,11 @@ from pbi_bluesky.profile import Profile
 __all__ = ["TrainingConfig", "Verdict", "AnomalyDetector", "RESIDUAL_WEIGHT"]
 
 RESIDUAL_WEIGHT = 1.0
-EMBED_CHUNK = 256
 """Scale of the residual-chi-square feature: this many mean cluster radii per std."""
+EMBED_CHUNK = 256
+"""Curves per network forward pass when embedding (see :meth:`AnomalyDetector._embed`)."""
+MIN_TRAINING_NORMALS = 3
+"""Fewest training normals per recipe (after the calibration split) a model can use."""
 
 logger = logging.getLogger(__name__)
 
@@ -217,6 +221,14 @@ class AnomalyDetector:
         self.recipes = sorted(set(recipes))
         labels = np.array([self.recipes.index(r) for r in recipes])
         train_idx, cal_idx = self._split(labels, rng)
+        counts = np.bincount(labels[train_idx], minlength=len(self.recipes))
+        few = [f"{self.recipes[k]} ({counts[k]})" for k in range(len(self.recipes))
+               if counts[k] < MIN_TRAINING_NORMALS]
+        if few:
+            raise ValueError(
+                f"too few normal profiles for recipe(s) {', '.join(few)} after holding out "
+                f"calibration curves: each recipe needs {MIN_TRAINING_NORMALS} for training "
+                f"plus at least 1 for calibration (give 5 or more per recipe)")
         self.scaler = FeatureScaler.fit(intensity[train_idx], sigma[train_idx])
         self.references = np.array(
             [intensity[train_idx][labels[train_idx] == k].mean(0) for k in range(len(self.recipes))]
@@ -415,7 +427,8 @@ class AnomalyDetector:
         Column 0: the one-class SVM score of the (augmented) embedding; column 1: the
         recipe subspace statistic (:mod:`~.subspace`). Each is centred on the median of
         the recipe's training normals and divided by their interquartile range, so the
-        parts are commensurate and one pooled calibration set serves every recipe.
+        parts are commensurate and the recipes can share one pooled calibration set (its
+        false-positive guarantee is for the pooled rate, not per recipe).
         """
         emb = self._augment(self._embed(intensity, sigma, recipe_idx),
                             self._log_chi2(intensity, sigma, recipe_idx), recipe_idx)

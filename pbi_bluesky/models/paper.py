@@ -48,6 +48,15 @@ class PaperPipeline(AnomalyDetector):
         super().__init__(grid, network_config or NetworkConfig(in_channels=1, length=grid.npt),
                          training or TrainingConfig(epochs=30, subspace_weight=0.0))
 
+    def fit(self, profiles: list, recipes: list[str], *, progress: bool = True) -> PaperPipeline:
+        """Train as the paper does; needs at least two recipes (its triplets are recipes)."""
+        if len(set(recipes)) < 2:
+            raise ValueError("the paper's pipeline learns from recipe labels only and needs "
+                             "at least 2 recipes; with one recipe it has no negatives (use "
+                             "the default detector)")
+        super().fit(profiles, recipes, progress=progress)
+        return self
+
     def _inputs(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> torch.Tensor:
         lo = intensity.min(1, keepdims=True)
         span = np.maximum(intensity.max(1, keepdims=True) - lo, 1e-30)
@@ -85,6 +94,9 @@ class PaperPipeline(AnomalyDetector):
         shortlist: int | None = None,
     ) -> list[Verdict]:
         """As :meth:`AnomalyDetector.score_arrays`; the score ignores the expected recipe."""
+        if not predict and all(e is not None for e in expected):
+            return super().score_arrays(intensity, sigma, expected, fdr=fdr, explain=explain,
+                                        predict=False)
         predicted = self.predict_recipe(intensity, sigma)
         filled = [e if e is not None else self.recipes[k]
                   for e, k in zip(expected, predicted, strict=True)]

@@ -11,6 +11,7 @@ from typing import Any
 
 import h5py
 import numpy as np
+from numpy.typing import NDArray
 
 from ..profile import Profile, ProfileError
 from .errors import ReductionError
@@ -33,7 +34,8 @@ ASCII_SUFFIXES = (".dat", ".txt", ".csv", ".chi")
 NXCANSAS_SUFFIXES = (".h5", ".nxs", ".hdf5")
 CANSAS_XML_SUFFIXES = (".xml",)
 _NM_PATTERN = re.compile(r"(1\s*/\s*nm|nm\s*\^?\s*-\s*1|nm-1|inv_?nm)", re.IGNORECASE)
-_ANGSTROM_UNITS = {"1/angstrom", "1/a", "a^-1", "angstrom^-1", "1/å", "å^-1"}
+_ANGSTROM_UNITS = {"1/angstrom", "1/a", "a^-1", "angstrom^-1", "1/å", "å^-1", "1/ang",
+                   "ang^-1"}
 _NM_UNITS = {"1/nm", "nm^-1", "nm-1"}
 
 
@@ -231,12 +233,52 @@ def _xml_number(element: ElementTree.Element | None, what: str, path: Path) -> f
         raise ReductionError(f"{path}: {what} {element.text!r} is not a number") from None
 
 
+def _xml_sigma(row: ElementTree.Element, path: Path) -> float:
+    """Idev of one row; a missing or empty Idev is 0 (no uncertainty given)."""
+    element = row.find("Idev")
+    if element is None or element.text is None or not element.text.strip():
+        return 0.0
+    return _xml_number(element, "Idev", path)
+
+
+def _unit(text: str | None, default: str) -> str:
+    """Unit string normalised for lookup: lower case, no spaces or braces."""
+    return (text or default).strip().lower().replace(" ", "").replace("{", "").replace("}", "")
+
+
+def _merge_duplicate_q(
+    q: NDArray, intensity: NDArray, sigma: NDArray
+) -> tuple[NDArray, NDArray, NDArray]:
+    """Sort by q; rows with the same q (merged detector banks) become their
+    inverse-variance weighted mean (plain mean where a sigma is 0)."""
+    order = np.argsort(q, kind="stable")
+    q, intensity, sigma = q[order], intensity[order], sigma[order]
+    unique, start = np.unique(q, return_index=True)
+    if len(unique) == len(q):
+        return q, intensity, sigma
+    out_i, out_s = [], []
+    for lo, hi in zip(start, list(start[1:]) + [len(q)], strict=True):
+        i, s = intensity[lo:hi], sigma[lo:hi]
+        if np.all(s > 0):
+            w = 1.0 / s**2
+            out_i.append(float(np.sum(w * i) / np.sum(w)))
+            out_s.append(float(1.0 / np.sqrt(np.sum(w))))
+        else:
+            out_i.append(float(np.mean(i)))
+            out_s.append(float(np.sqrt(np.sum(s**2)) / len(s)))
+    return unique, np.array(out_i), np.array(out_s)
+
+
 def read_cansas_xml(path: str | Path) -> Profile:
     """Read the first SASentry/SASdata of a canSAS 1D XML file (format 1.0 or 1.1).
 
-    Q in 1/nm is converted to 1/angstrom; ``Idev`` (when present) becomes sigma; title,
-    run and sample thickness go into the metadata. Entities are not expanded beyond what
-    the standard library's expat parser allows (no external entities are fetched).
+    Q in 1/nm is converted to 1/angstrom (units are read from the first row); ``Idev``
+    (when present) becomes sigma; rows are sorted by Q and rows sharing one Q (merged
+    detector banks) are merged by inverse-variance weighting. Title, run, sample thickness
+    and the kind of resolution given (``Qdev`` pinhole, ``dQl``/``dQw`` slit; it is not
+    used) go into the metadata. Further SASdata or SASentry blocks are ignored. Entities
+    are not expanded beyond what the standard library's expat parser allows (no external
+    entities are fetched).
     """
     path = Path(path)
     if not path.is_file():
@@ -249,30 +291,40 @@ def read_cansas_xml(path: str | Path) -> Profile:
         element.tag = element.tag.rsplit("}", 1)[-1]
     entry = root if root.tag == "SASentry" else root.find("SASentry")
     sasdata = entry.find("SASdata") if entry is not None else None
-    if sasdata is None:
+    if entry is None or sasdata is None:
         raise ReductionError(f"{path}: no SASentry/SASdata (not a canSAS 1D XML file)")
     rows = sasdata.findall("Idata")
     if not rows:
         raise ReductionError(f"{path}: SASdata has no Idata rows")
     q = np.array([_xml_number(r.find("Q"), "Q", path) for r in rows])
     intensity = np.array([_xml_number(r.find("I"), "I", path) for r in rows])
-    sigma = np.array([_xml_number(r.find("Idev"), "Idev", path) if r.find("Idev") is not None
-                      else 0.0 for r in rows])
-    q_units = (rows[0].find("Q").get("unit") or "1/A").strip().lower()  # type: ignore[union-attr]
-    i_units = (rows[0].find("I").get("unit") or "").strip().lower()  # type: ignore[union-attr]
+    sigma = np.array([_xml_sigma(r, path) for r in rows])
+    first_q, first_i = rows[0].find("Q"), rows[0].find("I")
+    q_units = _unit(first_q.get("unit") if first_q is not None else None, "1/a")
+    i_units = _unit(first_i.get("unit") if first_i is not None else None, "")
     if q_units in _NM_UNITS:
         q = q / 10.0
     elif q_units not in _ANGSTROM_UNITS:
         raise ReductionError(f"{path}: unsupported Q units {q_units!r}")
+    q, intensity, sigma = _merge_duplicate_q(q, intensity, sigma)
     metadata: dict[str, Any] = {"units": "1/cm" if i_units in ("1/cm", "cm^-1") else "arbitrary"}
     for key, tag in (("title", "Title"), ("run", "Run")):
-        found = entry.find(tag)  # type: ignore[union-attr]
+        found = entry.find(tag)
         if found is not None and found.text:
             metadata[key] = found.text.strip()
-    thickness = entry.find("SASsample/thickness")  # type: ignore[union-attr]
-    unit = (thickness.get("unit") or "mm").lower() if thickness is not None else ""
-    if thickness is not None and thickness.text and unit in _LENGTH_TO_CM:
-        metadata["thickness_cm"] = float(thickness.text) * _LENGTH_TO_CM[unit]
+    if rows[0].find("dQl") is not None or rows[0].find("dQw") is not None:
+        metadata["resolution"] = "slit"
+    elif rows[0].find("Qdev") is not None:
+        metadata["resolution"] = "pinhole"
+    thickness = entry.find("SASsample/thickness")
+    if thickness is not None and thickness.text:
+        unit = _unit(thickness.get("unit"), "mm")
+        try:
+            if unit in _LENGTH_TO_CM:
+                metadata["thickness_cm"] = float(thickness.text) * _LENGTH_TO_CM[unit]
+        except ValueError:
+            logger.warning("%s: sample thickness %r is not a number; ignored", path,
+                           thickness.text)
     provenance = {"source_file": str(path), "format": "canSAS 1D XML",
                   "canSAS_version": root.get("version", "")}
     try:

@@ -65,6 +65,47 @@ def test_papers_pipeline_round_trip(training_set, tmp_path):
     assert [v.score for v in c] == [v.score for v in d]
 
 
+def _rehash(target):
+    from pbi_bluesky.models.bundle import sha256_file
+
+    doc = json.loads((target / "model.json").read_text())
+    for name in doc["files"]:
+        doc["files"][name] = sha256_file(target / name)
+    return doc
+
+
+def test_format_1_bundle_without_subspaces_still_loads(tiny_model, bundle_dir, tmp_path,
+                                                        training_set):
+    """A version-1 bundle (one-class SVM part only) loads; its score is the raw SVM score."""
+    target = _copy(bundle_dir, tmp_path)
+    with np.load(target / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files
+                  if not k.startswith(("extra_score_scale", "extra_calibration_parts",
+                                       "extra_subspace"))}
+    np.savez(target / "arrays.npz", **arrays)
+    doc = _rehash(target)
+    doc["format_version"] = 1
+    (target / "model.json").write_text(json.dumps(doc))
+    old = load_bundle(target)
+    assert old.subspaces == []
+    profiles, recipes = training_set
+    intensity, sigma = old.resample(profiles[:12])
+    idx = np.array([old.recipes.index(r) for r in recipes[:12]])
+    raw = old._scores(intensity, sigma, idx)
+    new_parts = tiny_model._score_parts(intensity, sigma, idx)
+    loc, spread = tiny_model.score_scale[idx, 0], tiny_model.score_scale[idx, 1]
+    np.testing.assert_allclose(raw, new_parts[:, 0] * spread + loc, rtol=1e-9, atol=1e-12)
+
+
+def test_bundle_from_a_newer_version_is_a_clear_error(bundle_dir, tmp_path):
+    target = _copy(bundle_dir, tmp_path)
+    doc = json.loads((target / "model.json").read_text())
+    doc["training"]["some_future_setting"] = 1
+    (target / "model.json").write_text(json.dumps(doc))
+    with pytest.raises(BundleError, match="another version"):
+        load_bundle(target)
+
+
 def test_tampered_weights_are_refused(bundle_dir, tmp_path):
     target = _copy(bundle_dir, tmp_path)
     data = bytearray((target / "weights.safetensors").read_bytes())

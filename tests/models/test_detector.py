@@ -178,6 +178,24 @@ def test_score_parts_are_reported_and_combined(tiny_model, fresh_normals):
     assert tiny_model.calibration_parts.shape == (len(tiny_model.calibration_scores), 2)
 
 
+def test_recipe_with_too_few_normals_is_named(training_set):
+    profiles, recipes = training_set
+    a = [p for p, r in zip(profiles, recipes, strict=True) if r == "0:100"][:20]
+    b = [p for p, r in zip(profiles, recipes, strict=True) if r == "50:50"][:3]
+    with pytest.raises(ValueError, match=r"recipe\(s\) 50:50 \(2\)"):
+        AnomalyDetector(training=TrainingConfig(epochs=1)).fit(
+            a + b, ["0:100"] * len(a) + ["50:50"] * len(b), progress=False)
+
+
+def test_papers_pipeline_needs_two_recipes(training_set):
+    from pbi_bluesky.models import PaperPipeline
+
+    profiles, recipes = training_set
+    only = [p for p, r in zip(profiles, recipes, strict=True) if r == "0:100"]
+    with pytest.raises(ValueError, match="at least 2 recipes"):
+        PaperPipeline(training=TrainingConfig(epochs=1)).fit(only, ["0:100"] * len(only))
+
+
 def test_too_few_profiles_is_a_clear_error(training_set):
     with pytest.raises(ValueError, match="at least 10"):
         AnomalyDetector().fit(training_set[0][:5], training_set[1][:5])

@@ -32,17 +32,33 @@ def _replicate(profile: Profile, rng: np.random.Generator) -> Profile:
     return Profile(profile.q_inv_angstrom, noisy, profile.sigma, dict(profile.metadata))
 
 
-@pytest.mark.parametrize("path", [RT2, TK49], ids=["RT2", "TK49"])
+XML_FILES = sorted(p for p in DATA.iterdir() if p.name.endswith(".xml"))
+
+
+@pytest.mark.parametrize("path", XML_FILES, ids=[p.name for p in XML_FILES])
 def test_cansas_xml_reader_matches_sasdatas_own_loader(path):
+    """Every canSAS 1D XML example of sasdata reads as sasdata reads it; rows that share
+    one Q (merged banks) are merged into one row, so there we compare the Q values."""
     from sasdata.dataloader.loader import Loader
 
     ours = read_cansas_xml(str(path))
     theirs = Loader().load(str(path))[0]
-    np.testing.assert_allclose(ours.q_inv_angstrom, np.asarray(theirs.x), rtol=1e-12)
-    np.testing.assert_allclose(ours.intensity, np.asarray(theirs.y), rtol=1e-12)
-    np.testing.assert_allclose(ours.sigma, np.asarray(theirs.dy), rtol=1e-12)
-    assert ours.metadata["units"] == "1/cm"
+    q, i, s = (np.asarray(v, dtype=float) for v in (theirs.x, theirs.y, theirs.dy))
+    if len(np.unique(q)) == len(q):
+        order = np.argsort(q)
+        np.testing.assert_allclose(ours.q_inv_angstrom, q[order], rtol=1e-12)
+        np.testing.assert_allclose(ours.intensity, i[order], rtol=1e-12)
+        np.testing.assert_allclose(ours.sigma, s[order], rtol=1e-12)
+    else:
+        np.testing.assert_allclose(ours.q_inv_angstrom, np.unique(q), rtol=1e-12)
+    assert np.all(np.diff(ours.q_inv_angstrom) > 0)
     assert read_profile(str(path)).intensity.shape == ours.intensity.shape
+
+
+def test_merged_banks_with_repeated_q_are_merged():
+    """sasdata's latex_smeared.xml repeats two Q values: one row each, weighted mean."""
+    ours = read_cansas_xml(str(DATA / "latex_smeared.xml"))
+    assert len(ours.q_inv_angstrom) == 299
 
 
 def test_rt2_thickness_is_read_in_cm():
@@ -56,6 +72,11 @@ def test_corrupt_cansas_xml_is_a_clear_error(tmp_path):
     bad.write_text("<SASroot><SASentry><SASdata></SASdata></SASentry>")
     with pytest.raises(ReductionError, match="not valid XML"):
         read_cansas_xml(bad)
+    units = tmp_path / "units.xml"
+    units.write_text('<SASroot><SASentry><SASdata><Idata><Q unit="furlong">0.1</Q><I>1</I>'
+                     '</Idata></SASdata></SASentry></SASroot>')
+    with pytest.raises(ReductionError, match="unsupported Q units"):
+        read_cansas_xml(units)
     empty = tmp_path / "empty.xml"
     empty.write_text("<SASroot><SASentry><SASdata></SASdata></SASentry></SASroot>")
     with pytest.raises(ReductionError, match="no Idata"):
