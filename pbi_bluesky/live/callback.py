@@ -204,10 +204,14 @@ class LiveScorer(DocumentRouter):
         run, info = found
         run_uid = run.uid
         seq0 = doc["seq_nums"]["start"]
+        # frames written by a flyer (ophyd-async) come without I0/transmission readings in
+        # the same document: the run's start document may give them ('i0', 'transmission')
+        monitor, transmission = run.start.get("i0"), run.start.get("transmission")
         for offset, index in enumerate(range(doc["indices"]["start"], doc["indices"]["stop"])):
             run.received += 1
             self._submit(("frame", run_uid, seq0 + offset,
-                          ("stream", (doc["stream_resource"], index)), None, None, info))
+                          ("stream", (doc["stream_resource"], index)), monitor, transmission,
+                          info))
 
     def stop(self, doc):
         run = self._runs.get(doc["run_start"])
@@ -347,7 +351,8 @@ class LiveScorer(DocumentRouter):
                 frame = frame.reshape(info["shape"][-2:])
             thickness = start.get("thickness_cm")
             if monitor is None:
-                raise FrameError("no incident-flux monitor (I0) reading with the frame")
+                raise FrameError("no incident-flux monitor (I0) reading with the frame (nor "
+                                 "'i0' in the start document)")
             is_cell = start.get("sample_type") == "empty_cell"
             profile = reducer.reduce(
                 frame, monitor=absolute_monitor(float(monitor), reducer.ai),

@@ -161,3 +161,58 @@ def test_close_stops_the_worker(tiny_model):
     scorer = LiveScorer(tiny_model)
     assert scorer.close(10)
     assert not scorer._worker.is_alive()
+
+
+def _stream_run(callback, metadata, h5_path, n_frames, shape):
+    """A run whose frames are StreamResource/StreamDatum references into an HDF5 file,
+    as ophyd-async flyers emit them."""
+    bundle = compose_run(metadata=metadata)
+    callback("start", bundle.start_doc)
+    desc = bundle.compose_descriptor(
+        name="primary",
+        data_keys={"det_image": {"dtype": "array", "shape": [1, *shape], "source": "sim",
+                                 "dtype_numpy": "<i4", "external": "STREAM:"}},
+    )
+    callback("descriptor", desc.descriptor_doc)
+    res = bundle.compose_stream_resource(
+        mimetype="application/x-hdf5", uri=f"file://localhost{h5_path}", data_key="det_image",
+        parameters={"dataset": "/entry/data/data"})
+    callback("stream_resource", res.stream_resource_doc)
+    callback("stream_datum", res.compose_stream_datum(
+        indices={"start": 0, "stop": n_frames}, seq_nums={"start": 1, "stop": n_frames + 1},
+        descriptor=desc.descriptor_doc))
+    callback("stop", bundle.compose_stop())
+    return bundle.start_doc["uid"]
+
+
+def test_stream_resource_frames_are_read_from_hdf5_and_scored(tiny_model, instrument,
+                                                              poni_text, tmp_path):
+    import h5py
+
+    rng = np.random.default_rng(11)
+    normal = render_frame(nominal_state(PS_PMMA, "50:50", rng), instrument, rng)
+    bad = render_frame(apply_anomaly(nominal_state(PS_PMMA, "50:50", rng), "contamination",
+                                     0.9, rng), instrument, rng)
+    h5_path = tmp_path / "flyer.h5"
+    with h5py.File(h5_path, "w") as fh:
+        fh.create_dataset("/entry/data/data", data=np.stack([normal.frame, bad.frame]))
+    cell = render_empty_cell(instrument, rng)
+    scorer = LiveScorer(tiny_model, mask=instrument.mask, dark=expected_dark(instrument),
+                        npt=instrument.npt)
+    try:
+        md = {"geometry": poni_text, "thickness_cm": 0.1, "composition": "50:50"}
+        _run(scorer, {"geometry": poni_text, "sample_type": "empty_cell"},
+             [(cell.frame, cell.monitor, cell.transmission)])
+        uid = _stream_run(scorer, {**md, "i0": normal.monitor,
+                                   "transmission": normal.transmission},
+                          h5_path, 2, list(normal.frame.shape))
+        no_i0 = _stream_run(scorer, md, h5_path, 1, list(normal.frame.shape))
+        assert scorer.flush(120)
+        results = scorer.channel.results(uid)
+        assert [r.status for r in results] == ["scored", "scored"]
+        assert [r.raw_seq_num for r in results] == [1, 2]
+        assert not results[0].is_anomaly and results[1].is_anomaly
+        failed = scorer.channel.results(no_i0)
+        assert failed[0].status == "failed" and "I0" in failed[0].reason
+    finally:
+        scorer.close()
