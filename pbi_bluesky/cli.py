@@ -157,10 +157,12 @@ def train(
     )] = "pbi",
 ) -> None:
     """Train a detector on normal profiles (every manifest row is a normal sample)."""
+    from dataclasses import replace
+
     import numpy as np
     import torch
 
-    from pbi_bluesky.models import AnomalyDetector, PaperPipeline, TrainingConfig, save_bundle
+    from pbi_bluesky.models import AnomalyDetector, PaperPipeline, save_bundle
     from pbi_bluesky.models.bundle import sha256_file, training_data_hash
 
     torch.manual_seed(seed)
@@ -181,12 +183,10 @@ def train(
     if detector_name not in kinds:
         typer.echo(f"error: --detector must be one of {', '.join(kinds)}", err=True)
         raise typer.Exit(2)
-    # the paper's pipeline: 30 epochs (as benchmarked) and no subspace part
-    paper = detector_name == "paper"
-    cfg = TrainingConfig(epochs=epochs if epochs is not None else (30 if paper else 80),
-                         seed=seed, alpha=alpha, margin=margin, mining=mining,
-                         subspace_weight=0.0 if paper else TrainingConfig.subspace_weight)
-    detector = kinds[detector_name](training=cfg)
+    kind = kinds[detector_name]
+    cfg = replace(kind.default_training(), seed=seed, alpha=alpha, margin=margin,
+                  mining=mining, **({} if epochs is None else {"epochs": epochs}))
+    detector = kind(training=cfg)
     try:
         detector.fit(loaded, recipes)
     except ValueError as exc:

@@ -19,13 +19,13 @@ the same conformal calibration as the default detector (see :mod:`.evaluate`).
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Protocol
 
 import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pbi_bluesky.models.detector import TrainingConfig
 from pbi_bluesky.models.ocsvm import RBFOneClass
 from pbi_bluesky.models.representation import FeatureScaler, QGrid, residual_z
 
@@ -133,7 +133,7 @@ class PaperDetector:
     def fit(self, intensity, sigma, recipe_idx, n_recipes):
         from pbi_bluesky.models.paper import PaperPipeline
 
-        cfg = TrainingConfig(epochs=self.epochs, seed=self.seed, subspace_weight=0.0)
+        cfg = replace(PaperPipeline.default_training(), epochs=self.epochs, seed=self.seed)
         torch.manual_seed(self.seed)
         self.pipeline = PaperPipeline(QGrid(npt=intensity.shape[1]), training=cfg)
         self.pipeline.recipes = [str(k) for k in range(n_recipes)]

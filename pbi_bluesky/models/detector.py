@@ -104,6 +104,8 @@ class AnomalyDetector:
     """Recipe-aware SAXS anomaly detector (see module docstring)."""
 
     name = "pbi"
+    in_channels = 2
+    """Network input channels (see :meth:`_inputs`)."""
     preprocessing = {
         "resample": "linear interpolation in log q onto q_grid",
         "channels": ["standardised asinh(I / noise_scale)",
@@ -117,8 +119,9 @@ class AnomalyDetector:
         training: TrainingConfig | None = None,
     ) -> None:
         self.grid = grid or QGrid()
-        self.training = training or TrainingConfig()
-        cfg = network_config or NetworkConfig(length=self.grid.npt)
+        self.training = training or self.default_training()
+        cfg = network_config or NetworkConfig(in_channels=self.in_channels,
+                                              length=self.grid.npt)
         if cfg.length != self.grid.npt:
             raise ValueError(f"network length {cfg.length} != grid npt {self.grid.npt}")
         self.network = EmbeddingCNN(cfg)
@@ -143,6 +146,11 @@ class AnomalyDetector:
         # calibration normals' (embedding, subspace) score parts, for ablations
         self.calibration_parts = np.zeros((0, 2))
         self.bundle_info: dict[str, Any] = {}
+
+    @classmethod
+    def default_training(cls) -> TrainingConfig:
+        """The training settings this detector uses unless told otherwise."""
+        return TrainingConfig()
 
     # -- bundle hooks -------------------------------------------------------------------
     def extra_arrays(self) -> dict[str, NDArray]:

@@ -22,9 +22,7 @@ import torch
 from numpy.typing import NDArray
 
 from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig, Verdict
-from pbi_bluesky.models.network import NetworkConfig
 from pbi_bluesky.models.ocsvm import RBFOneClass
-from pbi_bluesky.models.representation import QGrid
 
 __all__ = ["PaperPipeline"]
 
@@ -38,15 +36,12 @@ class PaperPipeline(AnomalyDetector):
         "channels": ["(I - min I) / (max I - min I) per curve (the paper's scaling)"],
     }
 
-    def __init__(
-        self,
-        grid: QGrid | None = None,
-        network_config: NetworkConfig | None = None,
-        training: TrainingConfig | None = None,
-    ) -> None:
-        grid = grid or QGrid()
-        super().__init__(grid, network_config or NetworkConfig(in_channels=1, length=grid.npt),
-                         training or TrainingConfig(epochs=30, subspace_weight=0.0))
+    in_channels = 1
+
+    @classmethod
+    def default_training(cls) -> TrainingConfig:
+        """30 epochs (as benchmarked) and no subspace part."""
+        return TrainingConfig(epochs=30, subspace_weight=0.0)
 
     def fit(self, profiles: list, recipes: list[str], *, progress: bool = True) -> PaperPipeline:
         """Train as the paper does; needs at least two recipes (its triplets are recipes)."""
