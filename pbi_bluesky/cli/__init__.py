@@ -1,0 +1,18 @@
+"""The ``pbi`` command line (typer): simulate, reduce, train, score, demo, catalog queries."""
+
+from __future__ import annotations
+
+import sys
+
+from pbi_bluesky.cli import beamline, catalog, data, model  # noqa: F401 - register commands
+from pbi_bluesky.cli.app import app
+
+__all__ = ["app", "main"]
+
+
+def main() -> None:
+    """Entry point of the ``pbi`` console script."""
+    try:
+        app()
+    except KeyboardInterrupt:
+        sys.exit(130)

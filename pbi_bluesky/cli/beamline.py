@@ -1,0 +1,70 @@
+"""``pbi demo`` and ``pbi iocs``: the simulated beamline."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pbi_bluesky.cli.app import app
+
+
+@app.command()
+def demo(
+    out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo_output"),
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
+    offline: Annotated[bool, typer.Option(help="No beamline: simulate, reduce, plot.")] = False,
+    exposure: Annotated[float, typer.Option(help="Survey exposure, s (live demo).")] = 0.2,
+    as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+) -> None:
+    """Live demo: sim IOCs + embedded Tiled + a RunEngine survey with anomalies flagged.
+
+    Starts a caproto IOC (Pilatus 1M, sample changer, beam, faults) with a 14-sample tray,
+    runs survey_and_rescan with the live scorer and the shipped model, prints verdicts vs
+    the hidden truth and the Tiled query of flagged runs, writes a PNG, shuts down.
+    """
+    if offline:
+        from pbi_bluesky.demo import format_table, run_offline_demo
+
+        rows = run_offline_demo(out, seed=seed, progress=not as_json)
+        if as_json:
+            typer.echo(json.dumps([r.as_dict() for r in rows]))
+            return
+        typer.echo(format_table(rows))
+        typer.echo(f"\nwrote {out / 'demo_curves.png'}, {out / 'demo_summary.csv'}")
+        return
+    from pbi_bluesky.beamline_demo import format_report, run_live_demo
+
+    report = run_live_demo(out, exposure_s=exposure, seed=seed)
+    if as_json:
+        typer.echo(json.dumps(report.as_dict(), default=str))
+    else:
+        typer.echo(format_report(report))
+    if not report.rows or report.frames.get("received") != (
+        report.frames.get("scored", 0) + report.frames.get("failed", 0)
+        + report.frames.get("shed", 0)
+    ):
+        raise typer.Exit(1)
+
+
+@app.command()
+def iocs(
+    prefix: Annotated[str, typer.Option(help="PV prefix.")] = "PBI:",
+    tray: Annotated[Path | None, typer.Option(help="Tray YAML/JSON (default: built in).")] = None,
+    detector: Annotated[str, typer.Option(help="Pilatus300k or Pilatus1M.")] = "Pilatus1M",
+    seed: Annotated[int | None, typer.Option(help="Random seed of the specimens.")] = None,
+    list_pvs: Annotated[bool, typer.Option("--list-pvs", help="Print the PVs and exit.")] = False,
+) -> None:
+    """Run the simulated SAXS beamline IOC in the foreground (Ctrl-C stops it)."""
+    from sim_iocs.saxs_beamline import main as ioc_main
+
+    argv = ["--prefix", prefix, "--detector", detector]
+    if tray:
+        argv += ["--tray", str(tray)]
+    if seed is not None:
+        argv += ["--seed", str(seed)]
+    if list_pvs:
+        argv.append("--print-pvs")
+    ioc_main(argv)

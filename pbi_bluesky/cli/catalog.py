@@ -1,0 +1,74 @@
+"""``pbi flagged`` and ``pbi replay-spool``: what is in the Tiled catalog."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pbi_bluesky.cli.app import app
+
+
+@app.command()
+def flagged(
+    tiled: Annotated[str | None, typer.Option(help="Tiled URI (default: PBI_TILED_URI or "
+                                               "the embedded catalog).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Tiled API key.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Embedded catalog folder.")] = None,
+    composition: Annotated[str | None, typer.Option(help="Only this recipe.")] = None,
+    since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-24T08:00.")] = None,
+    min_score: Annotated[float | None, typer.Option(help="Minimum max score.")] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
+) -> None:
+    """List the raw runs whose live analysis flagged them."""
+    from pbi_bluesky.store import flagged_runs, open_runs
+
+    try:
+        runs = open_runs(tiled, api_key=api_key, data_dir=data_dir)
+    except Exception as exc:  # noqa: BLE001 - report any connection problem plainly
+        typer.echo(f"error: cannot open the Tiled catalog: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    rows = flagged_runs(runs, composition=composition, since=since, min_score=min_score)
+    if as_json:
+        typer.echo(json.dumps(rows))
+        return
+    for r in rows:
+        typer.echo(f"{r['raw_uid']}  slot={r['slot']} sample={r['sample']} "
+                   f"recipe={r['composition']} verdict={r['verdict']} flagged={r['flagged']}/"
+                   f"{r['frames']} max_score={r['max_score']:.3g}")
+    typer.echo(f"{len(rows)} flagged run(s)")
+
+
+@app.command("replay-spool")
+def replay_spool(
+    spool: Annotated[Path, typer.Argument(help="Spool folder (pending/ and done/ inside).")],
+    tiled: Annotated[str | None, typer.Option(help="Tiled URI (default: PBI_TILED_URI or "
+                                               "the embedded catalog).")] = None,
+    api_key: Annotated[str | None, typer.Option(help="Tiled API key.")] = None,
+    data_dir: Annotated[Path | None, typer.Option(help="Embedded catalog folder.")] = None,
+) -> None:
+    """Write spooled runs that did not reach Tiled (it was down) into the catalog."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    from pbi_bluesky.store import SpoolSink, open_runs
+
+    try:
+        runs = open_runs(tiled, api_key=api_key, data_dir=data_dir)
+    except Exception as exc:  # noqa: BLE001
+        typer.echo(f"error: cannot open the Tiled catalog: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+    def delete_partial(uid: str) -> None:
+        if uid in runs:
+            runs[uid].delete(recursive=True, external_only=False)
+
+    sink = SpoolSink(spool, lambda: TiledWriter(runs), delete_partial=delete_partial)
+    outcomes = sink.replay()
+    for uid, outcome in outcomes.items():
+        typer.echo(f"{uid}: {outcome}")
+    typer.echo(f"{sum(o == 'written' for o in outcomes.values())} of {len(outcomes)} "
+               "pending run(s) written")
+    if any(o.startswith("failed") for o in outcomes.values()):
+        raise typer.Exit(1)

@@ -1,0 +1,205 @@
+"""``pbi train``, ``pbi score``, ``pbi evaluate``: model bundles and verdicts."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Annotated
+
+import typer
+
+from pbi_bluesky.cli.app import app
+
+
+def _load_manifest_profiles(manifest: Path, poni: Path | None, mask: Path | None,
+                            dark: Path | None):
+    from pbi_bluesky.datasets import load_profiles, read_manifest
+
+    rows = read_manifest(manifest)
+    return rows, load_profiles(rows, poni=poni, mask=mask, dark=dark)
+
+
+@app.command()
+def train(
+    manifest: Annotated[Path, typer.Option(help="CSV with columns path, composition.")],
+    out: Annotated[Path, typer.Option(help="Output model bundle folder.")],
+    poni: Annotated[Path | None, typer.Option(help="PONI: manifest paths are 2D frames.")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Mask image for frames.")] = None,
+    dark: Annotated[Path | None, typer.Option(help="Dark image for frames.")] = None,
+    epochs: Annotated[int | None, typer.Option(
+        help="Training epochs (default: 80 for pbi, 30 for paper).")] = None,
+    seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
+    alpha: Annotated[float, typer.Option(help="False-positive rate of the verdict.")] = 0.01,
+    margin: Annotated[float, typer.Option(help="Triplet-loss margin.")] = 0.3,
+    mining: Annotated[str, typer.Option(help="hard or semi-hard.")] = "semi-hard",
+    detector_name: Annotated[str, typer.Option(
+        "--detector", help="pbi (default) or paper (the seed paper's pipeline, literally)."
+    )] = "pbi",
+) -> None:
+    """Train a detector on normal profiles (every manifest row is a normal sample)."""
+    from dataclasses import replace
+
+    import numpy as np
+    import torch
+
+    from pbi_bluesky.models import AnomalyDetector, PaperPipeline, save_bundle
+    from pbi_bluesky.models.bundle import sha256_file, training_data_hash
+
+    torch.manual_seed(seed)
+    rows, loaded = _load_manifest_profiles(manifest, poni, mask, dark)
+    if "anomaly" in rows[0]:
+        keep = [i for i, r in enumerate(rows) if r.get("anomaly", "0") in ("0", "", "False")]
+        if len(keep) < len(rows):
+            typer.echo(f"note: using the {len(keep)} rows with anomaly=0 of {len(rows)}", err=True)
+        rows, loaded = [rows[i] for i in keep], [loaded[i] for i in keep]
+    bad = [(r["path"], p) for r, p in zip(rows, loaded, strict=True) if isinstance(p, Exception)]
+    for path, exc in bad:
+        typer.echo(f"error: {path}: {exc}", err=True)
+    if bad:
+        typer.echo(f"error: {len(bad)} training file(s) could not be read", err=True)
+        raise typer.Exit(2)
+    recipes = [r["composition"] for r in rows]
+    kinds = {"pbi": AnomalyDetector, "paper": PaperPipeline}
+    if detector_name not in kinds:
+        typer.echo(f"error: --detector must be one of {', '.join(kinds)}", err=True)
+        raise typer.Exit(2)
+    kind = kinds[detector_name]
+    cfg = replace(kind.default_training(), seed=seed, alpha=alpha, margin=margin,
+                  mining=mining, **({} if epochs is None else {"epochs": epochs}))
+    detector = kind(training=cfg)
+    try:
+        detector.fit(loaded, recipes)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    intensity, sigma = detector.resample(loaded)
+    path = save_bundle(
+        detector, out, training_data_sha256=training_data_hash(intensity, sigma, recipes),
+        extra={"training_manifest": str(manifest), "manifest_sha256": sha256_file(manifest)},
+    )
+    typer.echo(f"wrote {path} (recipes {detector.recipes}, threshold "
+               f"{detector.threshold:.4g}, train {detector.metrics['train_seconds']} s, "
+               f"{len(np.asarray(detector.calibration_scores))} calibration normals)")
+
+
+def _open_model(model: Path | None):
+    from pbi_bluesky.models import BundleError, load_bundle
+    from pbi_bluesky.models.bundle import load_default_model
+
+    try:
+        return load_bundle(model) if model else load_default_model()
+    except BundleError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+
+
+@app.command()
+def score(
+    files: Annotated[list[Path] | None, typer.Argument(help="Profiles or frames.")] = None,
+    manifest: Annotated[Path | None, typer.Option(help="CSV with path, composition.")] = None,
+    model: Annotated[Path | None, typer.Option(help="Model bundle (default: shipped).")] = None,
+    poni: Annotated[Path | None, typer.Option(help="PONI: inputs are 2D frames.")] = None,
+    mask: Annotated[Path | None, typer.Option(help="Mask image for frames.")] = None,
+    dark: Annotated[Path | None, typer.Option(help="Dark image for frames.")] = None,
+    expected: Annotated[str | None, typer.Option(help="Expected recipe of FILES.")] = None,
+    fdr: Annotated[bool, typer.Option(help="Benjamini-Hochberg over the batch.")] = False,
+    as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+) -> None:
+    """Score profiles: one JSON line each (score, threshold, verdict, p-value, ...)."""
+    from pbi_bluesky.datasets import load_profiles
+
+    if bool(files) == bool(manifest):
+        raise typer.BadParameter("give FILES or --manifest (one of them)")
+    detector = _open_model(model)
+    if manifest:
+        rows, loaded = _load_manifest_profiles(manifest, poni, mask, dark)
+        exp = [r.get("composition") or expected for r in rows]
+    else:
+        rows = [{"path": str(f)} for f in files or []]
+        loaded = load_profiles(rows, poni=poni, mask=mask, dark=dark)
+        exp = [expected] * len(rows)
+    good = [i for i, p in enumerate(loaded) if not isinstance(p, Exception)]
+    results: dict[int, dict] = {}
+    for i, p in enumerate(loaded):
+        if isinstance(p, Exception):
+            results[i] = {"path": rows[i]["path"], "error": str(p)}
+    scorable = []
+    for i in good:
+        try:
+            detector.grid.resample(loaded[i])
+            if exp[i] is not None and exp[i] not in detector.recipes:
+                raise ValueError(f"expected recipe {exp[i]!r} unknown to the model "
+                                 f"({detector.recipes})")
+            scorable.append(i)
+        except ValueError as exc:
+            results[i] = {"path": rows[i]["path"], "error": str(exc)}
+    if scorable:
+        verdicts = detector.score([loaded[i] for i in scorable], [exp[i] for i in scorable],
+                                  fdr=fdr)
+        for i, v in zip(scorable, verdicts, strict=True):
+            record = {"path": rows[i]["path"], **v.as_dict()}
+            details = record.pop("details")
+            record["features"] = details.get("features", {})
+            record["attributions"] = details.get("attributions", {})
+            results[i] = record
+    for i in range(len(rows)):
+        r = results[i]
+        if as_json:
+            typer.echo(json.dumps(r))
+        elif "error" in r:
+            typer.echo(f"{r['path']}: ERROR {r['error']}")
+        else:
+            top = next(iter(r["attributions"]), "")
+            verdict = "ANOMALY" if r["is_anomaly"] else "ok"
+            typer.echo(f"{r['path']}: {verdict} score={r['score']:.4g} p={r['p_value']:.3g} "
+                       f"HyperScore={r['hyperscore']:.1f} predicted={r['predicted_composition']}"
+                       f" expected={r['expected_composition']} {top}")
+    if any("error" in r for r in results.values()):
+        raise typer.Exit(1)
+
+
+@app.command()
+def evaluate(
+    manifest: Annotated[Path, typer.Option(help="CSV with path, composition, anomaly, kind.")],
+    model: Annotated[Path | None, typer.Option(help="Use this bundle for the default.")] = None,
+    out: Annotated[Path, typer.Option(help="Folder for PNGs and metrics.json.")] = Path(
+        "evaluation"),
+    poni: Annotated[Path | None, typer.Option(help="PONI: manifest paths are frames.")] = None,
+    epochs: Annotated[int, typer.Option(help="Training epochs of the default.")] = 80,
+    alpha: Annotated[float, typer.Option(help="False-positive rate of verdicts.")] = 0.01,
+    seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
+    as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
+) -> None:
+    """Compare the default detector, the paper's pipeline and baselines on one split."""
+    import numpy as np
+
+    from pbi_bluesky.models import QGrid, TrainingConfig
+    from pbi_bluesky.models.evaluate import evaluate_arrays, format_report, plot_report
+
+    rows, loaded = _load_manifest_profiles(manifest, poni, None, None)
+    if "anomaly" not in rows[0]:
+        raise typer.BadParameter("the manifest needs an 'anomaly' column (0/1)")
+    detector = _open_model(model) if model else None
+    grid = detector.grid if detector else QGrid()
+    keep = [i for i, p in enumerate(loaded) if not isinstance(p, Exception)]
+    for i in set(range(len(rows))) - set(keep):
+        typer.echo(f"skipped {rows[i]['path']}: {loaded[i]}", err=True)
+    pairs = [grid.resample(loaded[i]) for i in keep]
+    intensity = np.array([a for a, _ in pairs])
+    sigma = np.array([b for _, b in pairs])
+    result = evaluate_arrays(
+        intensity, sigma, [rows[i]["composition"] for i in keep],
+        np.array([int(float(rows[i]["anomaly"])) for i in keep]),
+        np.array([rows[i].get("kind") or ("anomaly" if rows[i]["anomaly"] == "1" else "normal")
+                  for i in keep]),
+        detector=detector, training=TrainingConfig(epochs=epochs, alpha=alpha, seed=seed),
+        alpha=alpha, seed=seed, progress=not as_json,
+    )
+    out.mkdir(parents=True, exist_ok=True)
+    (out / "metrics.json").write_text(json.dumps(result.metrics, indent=1))
+    paths = plot_report(result, out)
+    if as_json:
+        typer.echo(json.dumps(result.metrics))
+    else:
+        typer.echo(format_report(result))
+        typer.echo(f"wrote {out / 'metrics.json'}, " + ", ".join(map(str, paths)))
