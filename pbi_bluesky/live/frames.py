@@ -1,56 +1,93 @@
 """Getting frames out of bluesky documents: inline arrays, Resource/Datum, StreamResource.
 
-event_model's ``Filler`` fills Resource/Datum through handlers but only caches
-StreamResource/StreamDatum, so the HDF5 files are read here directly with h5py
-(``/entry/data/data`` as areaDetector writes it, or the dataset named in the document).
+* Resource/Datum (stock ophyd, spec ``AD_HDF5`` / ``AD_HDF5_SWMR``) are read through the
+  ``area_detector_handlers`` handler registered for the spec.
+* StreamResource/StreamDatum (ophyd-async) are read with
+  :func:`pbi_bluesky.reduction.read_hdf5_frame` (event_model's ``Filler`` only caches them).
+
+Paths come from documents, so they are untrusted: every file must resolve (symlinks followed)
+inside one of the configured data roots, ``file://`` URIs must name this host, and anything
+else is a :class:`FrameError` that names the path. Nothing here executes code from a document.
 """
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlparse
+from urllib.parse import unquote, urlparse
 
 import numpy as np
 from numpy.typing import NDArray
 
-__all__ = ["FrameError", "AssetRegistry", "image_keys"]
+from pbi_bluesky.reduction import ReductionError, read_hdf5_frame
+
+__all__ = ["AssetRegistry", "FrameError", "PathNotAllowed", "confine", "image_keys"]
+
+# the detector's HDF5 writer keeps files open while a scan runs; reading them must not take
+# (or wait for) HDF5's file lock. h5py reads this when a file is opened.
+os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
+
+HDF5_SPECS = ("AD_HDF5", "AD_HDF5_SWMR")
+LOCAL_HOSTS = ("", "localhost", "127.0.0.1")
 
 
 class FrameError(ValueError):
     """A frame could not be obtained from the documents; the message says why."""
 
 
+class PathNotAllowed(FrameError):
+    """A document points at a file outside the configured data roots."""
+
+
 def image_keys(descriptor: dict[str, Any]) -> list[str]:
-    """Data keys of a descriptor that hold 2D images."""
+    """Data keys of a descriptor that hold 2D images (or stacks of them)."""
     return [k for k, v in descriptor.get("data_keys", {}).items()
             if len(v.get("shape") or []) >= 2 and int(np.prod(v["shape"][-2:])) > 1]
 
 
-def _read_hdf5(path: str | Path, dataset: str, index: int) -> NDArray:
-    import h5py
+def confine(path: str | Path, roots: tuple[str, ...]) -> Path:
+    """``path`` resolved (symlinks and ``..`` followed) if it lies inside one of ``roots``.
 
-    path = Path(path)
-    if not path.is_file():
-        raise FrameError(f"HDF5 file {path} not found")
-    try:
-        with h5py.File(path, "r") as fh:
-            data = fh[dataset]
-            if data.ndim == 2:
-                if index != 0:
-                    raise FrameError(f"{path}:{dataset} holds one frame, index {index} asked")
-                return np.asarray(data[()])
-            if index >= data.shape[0]:
-                raise FrameError(f"{path}:{dataset} has {data.shape[0]} frames, {index} asked")
-            return np.asarray(data[index])
-    except (OSError, KeyError) as exc:
-        raise FrameError(f"cannot read {dataset} from {path}: {exc}") from exc
+    Raises
+    ------
+    PathNotAllowed
+        Naming the path and the roots (or saying that none are configured).
+    """
+    if not roots:
+        raise PathNotAllowed(f"frame file {path}: no data roots are configured, so no file "
+                             "named by a document is read (LiveScorer(data_roots=[...]) or "
+                             "scorer.data_roots in beamline.yaml)")
+    resolved = Path(os.path.realpath(path))
+    for root in roots:
+        base = Path(os.path.realpath(root))
+        if resolved == base or base in resolved.parents:
+            return resolved
+    raise PathNotAllowed(f"frame file {path} (resolves to {resolved}) is outside the data "
+                         f"roots {list(roots)}: not read")
+
+
+def path_from_uri(uri: str) -> str:
+    """The local path of a ``file://`` URI (this host only)."""
+    parsed = urlparse(uri)
+    if parsed.scheme not in ("file", ""):
+        raise PathNotAllowed(f"URI {uri!r}: scheme {parsed.scheme!r} is not a local file")
+    if parsed.netloc not in LOCAL_HOSTS:
+        raise PathNotAllowed(f"URI {uri!r} names host {parsed.netloc!r}, not this machine")
+    return unquote(parsed.path)
 
 
 class AssetRegistry:
-    """Resource/Datum and StreamResource documents of one run, resolved to frames."""
+    """Resource/Datum and StreamResource documents of one run, resolved to frames.
 
-    def __init__(self) -> None:
+    Parameters
+    ----------
+    roots
+        Folders frames may be read from.
+    """
+
+    def __init__(self, roots: tuple[str, ...] = ()) -> None:
+        self.roots = tuple(roots)
         self.resources: dict[str, dict[str, Any]] = {}
         self.datums: dict[str, dict[str, Any]] = {}
         self.stream_resources: dict[str, dict[str, Any]] = {}
@@ -65,6 +102,7 @@ class AssetRegistry:
         self.stream_resources[doc["uid"]] = doc
 
     def frame_from_datum(self, datum_id: str) -> NDArray:
+        """The frame of one datum, read with the spec's area-detector handler."""
         datum = self.datums.get(datum_id)
         if datum is None:
             raise FrameError(f"datum {datum_id} was never received")
@@ -72,19 +110,54 @@ class AssetRegistry:
         if resource is None:
             raise FrameError(f"resource {datum['resource']} of datum {datum_id} never received")
         spec = resource.get("spec", "")
-        if spec not in ("AD_HDF5", "AD_HDF5_SWMR", "PBI_HDF5"):
-            raise FrameError(f"resource spec {spec!r} is not an HDF5 spec this scorer reads")
-        path = Path(resource.get("root", "")) / resource["resource_path"]
-        kwargs = datum.get("datum_kwargs", {})
-        per_point = int(resource.get("resource_kwargs", {}).get("frame_per_point", 1))
-        index = int(kwargs.get("point_number", kwargs.get("index", 0))) * per_point
-        dataset = resource.get("resource_kwargs", {}).get("dataset", "/entry/data/data")
-        return _read_hdf5(path, dataset, index)
+        if spec not in HDF5_SPECS:
+            raise FrameError(f"resource spec {spec!r} is not one this scorer reads "
+                             f"({', '.join(HDF5_SPECS)})")
+        rel = str(resource.get("resource_path", ""))
+        path = confine(Path(resource.get("root", "") or "/") / rel.lstrip("/")
+                       if resource.get("root") else rel, self.roots)
+        kwargs = dict(resource.get("resource_kwargs", {}))
+        point = int(datum.get("datum_kwargs", {}).get("point_number", 0))
+        return self._read_handler(spec, path, kwargs, point)
 
-    def frame_from_stream(self, stream_resource: str, index: int) -> NDArray:
+    @staticmethod
+    def _read_handler(spec: str, path: Path, kwargs: dict[str, Any], point: int) -> NDArray:
+        from area_detector_handlers.handlers import (
+            AreaDetectorHDF5Handler,
+            AreaDetectorHDF5SWMRHandler,
+        )
+
+        cls = {"AD_HDF5": AreaDetectorHDF5Handler,
+               "AD_HDF5_SWMR": AreaDetectorHDF5SWMRHandler}[spec]
+        if not path.is_file():
+            raise FrameError(f"HDF5 file {path} not found")
+        try:
+            handler = cls(str(path), frame_per_point=int(kwargs.get("frame_per_point", 1)))
+        except (OSError, TypeError, ValueError) as exc:
+            raise FrameError(f"cannot open {path} with the {spec} handler: {exc}") from exc
+        try:
+            block = np.asarray(handler(point))
+        except (OSError, KeyError, ValueError, IndexError) as exc:
+            raise FrameError(f"{path}: point {point} unreadable: {exc}") from exc
+        finally:
+            handler.close()
+        if block.ndim == 3:
+            if block.shape[0] < 1:
+                raise FrameError(f"{path}: point {point} holds no frame")
+            return block[0]
+        return block
+
+    def value_from_stream(self, stream_resource: str, index: int) -> NDArray:
+        """Entry ``index`` of the dataset a StreamResource describes (frame or attribute)."""
         res = self.stream_resources.get(stream_resource)
         if res is None:
             raise FrameError(f"stream resource {stream_resource} never received")
-        uri = urlparse(res["uri"])
+        mimetype = res.get("mimetype", "application/x-hdf5")
+        if mimetype not in ("application/x-hdf5", "application/x-hdf5-swmr"):
+            raise FrameError(f"stream resource mimetype {mimetype!r} is not HDF5")
+        path = confine(path_from_uri(res["uri"]), self.roots)
         dataset = res.get("parameters", {}).get("dataset", "/entry/data/data")
-        return _read_hdf5(uri.path, dataset, index)
+        try:
+            return read_hdf5_frame(path, dataset, index)
+        except ReductionError as exc:
+            raise FrameError(str(exc)) from exc

@@ -12,11 +12,11 @@ costs the RunEngine process nothing but serialisation and a socket send::
     # RunEngine process:
     RE.subscribe(make_publisher("localhost:5577"))
 
-Serialisation is bluesky's default, :func:`pickle.dumps` / :func:`pickle.loads`, which
-carries the numpy frames of inline ``event`` documents as they are. That pickle is
-bluesky's own local document transport between processes of one beamline (the proxy
-must only be reachable from trusted hosts, as for any bluesky 0MQ deployment); no model
-or data file is ever unpickled here.
+Serialisation is msgpack with numpy arrays (:mod:`pbi_bluesky.codec`) on both ends, never
+bluesky's default pickle: whoever can reach the proxy can send bytes, and unpickling them
+would run their code in the scorer. A payload that is not a valid msgpack document (a pickle,
+say), an unknown document name or a non-mapping document is logged and dropped; the
+dispatcher keeps running.
 
 0MQ PUB/SUB drops what is published before a connection is fully established (the
 "slow joiner": about 0.5 s here), so start the proxy and the remote scorer first, and let
@@ -26,16 +26,66 @@ the publisher settle (``make_publisher(..., settle=0.5)``) before the first run.
 from __future__ import annotations
 
 import asyncio
+import logging
 import threading
 import time
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
+
+from pbi_bluesky.codec import DecodeError, decode, encode
 
 if TYPE_CHECKING:  # bluesky.callbacks.zmq (pyzmq) is imported only when used
     from bluesky.callbacks.zmq import Publisher
 
     from pbi_bluesky.live.callback import LiveScorer
 
-__all__ = ["make_publisher", "serve_remote_scorer"]
+__all__ = ["decode_payload", "make_publisher", "serve_remote_scorer"]
+
+logger = logging.getLogger(__name__)
+
+DOCUMENT_NAMES = frozenset({"start", "descriptor", "event", "event_page", "stop", "resource",
+                            "datum", "datum_page", "stream_resource", "stream_datum"})
+
+
+def decode_payload(payload: bytes) -> dict[str, Any]:
+    """The deserializer of the remote end: a msgpack mapping, or :class:`DecodeError`."""
+    doc = decode(payload)
+    if not isinstance(doc, dict):
+        raise DecodeError(f"a document must be a mapping, got {type(doc).__name__}")
+    return doc
+
+
+def _safe_dispatcher(address: Any, prefix: bytes) -> Any:
+    """bluesky's ``RemoteDispatcher`` with msgpack, and messages checked before dispatch.
+
+    bluesky's own receive loop looks the document name up with ``DocumentNames[name]``
+    outside its error handling, so one message with an unknown name would end it; this
+    subclass checks every part and logs what it drops.
+    """
+    from bluesky.callbacks.zmq import RemoteDispatcher
+    from event_model import DocumentNames
+
+    class SafeRemoteDispatcher(RemoteDispatcher):
+        dropped = 0
+
+        async def _poll(self) -> None:
+            while True:
+                message = await self._socket.recv()
+                try:
+                    got_prefix, raw_name, payload = message.split(b" ", 2)
+                    name = raw_name.decode()
+                    if name not in DOCUMENT_NAMES:
+                        raise DecodeError(f"unknown document name {name[:40]!r}")
+                    if prefix and got_prefix != prefix:
+                        continue
+                    doc = decode_payload(payload)
+                except (ValueError, UnicodeDecodeError, DecodeError) as exc:
+                    type(self).dropped += 1
+                    logger.warning("remote scorer dropped a message of %d bytes: %s",
+                                   len(message), exc)
+                    continue
+                self.loop.call_soon(self.process, DocumentNames[name], doc)
+
+    return SafeRemoteDispatcher(address, prefix=prefix, deserializer=decode_payload)
 
 
 def serve_remote_scorer(
@@ -50,8 +100,8 @@ def serve_remote_scorer(
 
     A :class:`bluesky.callbacks.zmq.RemoteDispatcher` is created (with its own asyncio
     event loop, in the calling thread), ``scorer`` is subscribed to it, and the dispatcher
-    runs until it is stopped. Documents are unpickled with bluesky's default
-    deserializer (see the module docstring).
+    runs until it is stopped. Documents are decoded with msgpack (see the module
+    docstring); anything else is dropped and logged.
 
     Parameters
     ----------
@@ -88,9 +138,7 @@ def serve_remote_scorer(
     PUB/SUB), so confirm the connection, e.g. by publishing a throw-away run and
     waiting for ``scorer.channel.wait_for_run(uid, timeout)``, before relying on it.
     """
-    from bluesky.callbacks.zmq import RemoteDispatcher
-
-    dispatcher = RemoteDispatcher(address, prefix=prefix)
+    dispatcher = _safe_dispatcher(address, prefix)
     dispatcher.subscribe(scorer)
     if stop_event is not None:
         loop = dispatcher.loop
@@ -133,12 +181,12 @@ def make_publisher(
     Returns
     -------
     Publisher
-        Documents are pickled (bluesky's default serializer). Call its ``close()``
-        when done.
+        Documents are encoded with msgpack (:func:`pbi_bluesky.codec.encode`), never
+        pickled. Call its ``close()`` when done.
     """
     from bluesky.callbacks.zmq import Publisher
 
-    publisher = Publisher(address, prefix=prefix)
+    publisher = Publisher(address, prefix=prefix, serializer=encode)
     if settle > 0:
         time.sleep(settle)
     return publisher

@@ -23,7 +23,7 @@ import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
 from pbi_bluesky.live.channel import FrameResult, VerdictChannel
-from pbi_bluesky.plans.tray import measure_tray
+from pbi_bluesky.plans.tray import measure_tray, rescan, resolve_slots
 
 __all__ = ["SampleOutcome", "survey_and_rescan", "wait_for_verdict"]
 
@@ -93,7 +93,8 @@ def survey_and_rescan(
     Parameters
     ----------
     detector, changer
-        As for :func:`~pbi_bluesky.plans.measure_tray`.
+        As for :func:`~pbi_bluesky.plans.measure_tray` (``detector`` may be a list: the
+        detector and its monitors).
     slots
         The samples to survey.
     exposure
@@ -130,8 +131,7 @@ def survey_and_rescan(
     uids = yield from measure_tray(detector, changer, entries, exposure,
                                    md={**user_md, "purpose": "survey"})
     outcomes: list[SampleOutcome] = []
-    for entry, uid in zip(entries, uids, strict=True):
-        slot = int(entry["slot"]) if isinstance(entry, Mapping) else int(entry)
+    for (slot, _known), uid in zip(resolve_slots(entries), uids, strict=True):
         results = (yield from wait_for_verdict(channel, uid, verdict_timeout)) if uid else None
         flagged, worst = _flag(results)
         meta = (worst.metadata if worst else {}) or {}
@@ -151,15 +151,15 @@ def survey_and_rescan(
         if outcome.classification != "flagged":
             continue
         entry = next(e for e in entries
-                     if (int(e["slot"]) if isinstance(e, Mapping) else int(e)) == outcome.slot)
+                     if resolve_slots([e])[0][0] == outcome.slot)
         evidence = {"first_score": outcome.score, "first_p_value": outcome.p_value,
                     "first_top_attribution": outcome.top_attribution}
         decision = "transient"
         for n in range(1, rounds + 1):
-            rescan_md = {**user_md, "purpose": "rescan", "rescan_of": outcome.raw_uid,
-                         "rescan_round": n, "first_verdict": evidence}
-            (rescan_uid,) = yield from measure_tray(
-                detector, changer, [entry], exposure * rescan_exposure_factor, md=rescan_md)
+            rescan_uid = yield from rescan(
+                detector, changer, entry, exposure * rescan_exposure_factor,
+                rescan_of=outcome.raw_uid, rescan_round=n,
+                md={**user_md, "first_verdict": evidence})
             results = (yield from wait_for_verdict(channel, rescan_uid, verdict_timeout)
                        if rescan_uid else None)
             flagged, worst = _flag(results)

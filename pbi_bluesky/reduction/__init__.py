@@ -13,7 +13,7 @@ from .geometry import (
     load_geometry_text,
     make_geometry,
 )
-from .images import as_frame, read_image
+from .images import as_frame, read_hdf5_frame, read_image
 from .integrator import FoldedIntegrator
 from .io1d import (
     read_ascii,
@@ -37,6 +37,7 @@ __all__ = [
     "load_geometry",
     "make_geometry",
     "read_ascii",
+    "read_hdf5_frame",
     "read_image",
     "read_cansas_xml",
     "read_nxcansas",

@@ -12,7 +12,7 @@ from numpy.typing import NDArray
 
 from .errors import ReductionError
 
-__all__ = ["HDF5_SUFFIXES", "as_frame", "read_image"]
+__all__ = ["DEFAULT_HDF5_DATASET", "HDF5_SUFFIXES", "as_frame", "read_hdf5_frame", "read_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -103,3 +103,47 @@ def as_frame(obj: str | Path | NDArray) -> NDArray:
     if arr.size == 0:
         raise ReductionError("frame is empty (0 pixels)")
     return arr
+
+
+def read_hdf5_frame(path: str | Path, dataset: str = DEFAULT_HDF5_DATASET,
+                    index: int | None = None) -> NDArray:
+    """One element of an HDF5 dataset: frame ``index`` of an ``(n, ny, nx)`` stack, a 2D
+    dataset (``index`` None or 0), or value ``index`` of a 1D one (an NDAttribute).
+
+    The file is opened read-only without HDF5 file locking, so frames can be read while the
+    detector's HDF5 writer still has the file open (it flushes each frame; SWMR files are
+    opened in SWMR mode). This is the project's one HDF5 frame reader.
+
+    Raises
+    ------
+    ReductionError
+        File missing or unreadable, dataset missing, index out of range (with the sizes).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise ReductionError(f"HDF5 file {path} not found")
+    try:
+        try:
+            fh = h5py.File(path, "r", locking=False, swmr=True)
+        except (OSError, ValueError):
+            fh = h5py.File(path, "r", locking=False)
+        with fh:
+            if dataset not in fh:
+                raise ReductionError(f"HDF5 file {path} has no dataset {dataset}")
+            node = fh[dataset]
+            if not isinstance(node, h5py.Dataset):
+                raise ReductionError(f"{dataset} in {path} is not a dataset")
+            if fh.swmr_mode:
+                node.refresh()
+            if node.ndim == 2 and not index:
+                return np.asarray(node[()])
+            if node.ndim not in (1, 3):
+                raise ReductionError(f"{path}:{dataset} has shape {node.shape}; expected a "
+                                     "frame stack (n, ny, nx) or a 1D attribute")
+            i = 0 if index is None else int(index)
+            if not 0 <= i < node.shape[0]:
+                raise ReductionError(f"{path}:{dataset} holds {node.shape[0]} entries, "
+                                     f"index {i} asked")
+            return np.asarray(node[i])
+    except OSError as exc:
+        raise ReductionError(f"cannot read {dataset} from {path}: {exc}") from exc

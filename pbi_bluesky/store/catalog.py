@@ -15,14 +15,17 @@ from __future__ import annotations
 
 import logging
 import os
+import threading
 from pathlib import Path
 from typing import Any
 
-# keep a Tiled outage from stalling a scan for minutes (tiled reads these at import)
-os.environ.setdefault("TILED_RETRY_ATTEMPTS", "2")
-os.environ.setdefault("TILED_RETRY_TIMEOUT", "5")
+__all__ = ["DEFAULT_DATA_DIR", "Catalog", "CatalogUnavailable", "bound_tiled_retries",
+           "data_dir", "embedded_client", "open_runs", "runs_container"]
 
-__all__ = ["DEFAULT_DATA_DIR", "data_dir", "open_runs", "embedded_client", "runs_container"]
+TILED_RETRY_ATTEMPTS = 2
+"""Attempts per Tiled request made by our clients (tiled's own default is 10)."""
+TILED_RETRY_TIMEOUT_S = 5.0
+"""Longest time tiled retries one request (tiled's default 45 s); also the HTTP timeout."""
 
 logger = logging.getLogger(__name__)
 
@@ -65,16 +68,106 @@ def runs_container(client: Any) -> Any:
 _data_dir = data_dir
 
 
+class CatalogUnavailable(ConnectionError):
+    """The Tiled catalog cannot be reached (yet)."""
+
+
+def bound_tiled_retries(attempts: int = TILED_RETRY_ATTEMPTS,
+                        timeout_s: float = TILED_RETRY_TIMEOUT_S) -> None:
+    """Bound tiled's client-side retries, whatever was imported first.
+
+    tiled reads ``TILED_RETRY_ATTEMPTS`` / ``TILED_RETRY_TIMEOUT`` from the environment
+    once, when ``tiled.client`` is first imported (bluesky-tiled-plugins may import it
+    before us), into module constants that every request then reads; so the bound is set
+    on those constants, each time we create a client, rather than in the environment.
+    """
+    import tiled.client.utils as utils
+
+    utils.TILED_RETRY_ATTEMPTS = int(attempts)
+    utils.TILED_RETRY_TIMEOUT = float(timeout_s)
+    try:
+        import tiled.client.stream as stream
+    except ImportError:  # pragma: no cover - older tiled
+        return
+    stream.TILED_RETRY_ATTEMPTS = int(attempts)
+    stream.TILED_RETRY_TIMEOUT = float(timeout_s)
+
+
 def open_runs(uri: str | None = None, *, api_key: str | None = None,
-              data_dir: str | Path | None = None) -> Any:
-    """The runs container of the configured catalog (see module docstring)."""
+              data_dir: str | Path | None = None,
+              timeout_s: float = TILED_RETRY_TIMEOUT_S) -> Any:
+    """The runs container of the configured catalog (see module docstring).
+
+    Requests to a server fail after at most ``timeout_s`` seconds (HTTP timeout and
+    retry budget both bounded, see :func:`bound_tiled_retries`).
+    """
     uri = uri or os.environ.get("PBI_TILED_URI")
     if uri:
+        import httpx
         from tiled.client import from_uri
 
+        bound_tiled_retries(timeout_s=timeout_s)
         api_key = api_key or os.environ.get("PBI_TILED_API_KEY")
         logger.info("connecting to Tiled at %s", uri)
-        return runs_container(from_uri(uri, api_key=api_key))
+        return runs_container(from_uri(uri, api_key=api_key,
+                                       timeout=httpx.Timeout(timeout_s)))
     root = _data_dir(data_dir)
     logger.info("using the embedded Tiled catalog in %s", root)
     return runs_container(embedded_client(root))
+
+
+class Catalog:
+    """A lazily connected catalog: creating it never fails, using it connects.
+
+    A session that starts while Tiled is down still builds its spools and scorer; writers
+    made by :meth:`writer` raise :class:`CatalogUnavailable` until the server answers, and
+    the spool retries them with backoff.
+    """
+
+    def __init__(self, uri: str | None = None, *, api_key: str | None = None,
+                 data_dir: str | Path | None = None,
+                 timeout_s: float = TILED_RETRY_TIMEOUT_S) -> None:
+        self.uri, self._api_key, self.data_dir = uri, api_key, data_dir
+        self.timeout_s = timeout_s
+        self._runs: Any = None
+        self._lock = threading.Lock()
+
+    def __repr__(self) -> str:  # never shows the key
+        where = self.uri or f"embedded:{_data_dir(self.data_dir)}"
+        return f"Catalog({where!r}, connected={self._runs is not None})"
+
+    @property
+    def runs(self) -> Any:
+        """The runs container (connects on first use)."""
+        with self._lock:
+            if self._runs is None:
+                try:
+                    self._runs = open_runs(self.uri, api_key=self._api_key,
+                                           data_dir=self.data_dir, timeout_s=self.timeout_s)
+                except Exception as exc:  # noqa: BLE001 - one clear error type
+                    raise CatalogUnavailable(f"Tiled catalog {self.uri or 'embedded'} not "
+                                             f"reachable: {type(exc).__name__}: {exc}") from exc
+            return self._runs
+
+    def reset(self) -> None:
+        """Forget the connection (the next use reconnects)."""
+        with self._lock:
+            self._runs = None
+
+    def writer(self) -> Any:
+        """A fresh ``TiledWriter`` for the runs container (a spool's writer factory)."""
+        from bluesky_tiled_plugins import TiledWriter
+
+        try:
+            return TiledWriter(self.runs)
+        except CatalogUnavailable:
+            raise
+        except Exception as exc:  # noqa: BLE001
+            self.reset()
+            raise CatalogUnavailable(str(exc)) from exc
+
+    def delete_partial(self, uid: str) -> None:
+        """Remove a partial copy of a run (before a spool replay)."""
+        runs = self.runs
+        if uid in runs:
+            runs[uid].delete(recursive=True, external_only=False)

@@ -1,73 +1,92 @@
-"""A local, append-only spool in front of a document writer (Tiled), so nothing is lost.
+"""A local, crash-safe spool in front of a document writer (Tiled), so nothing is lost.
 
-Every document of a run is appended to ``<spool>/pending/<run uid>.jsonl`` *before* it
-is forwarded to the downstream writer. When the run's stop document has been written
-downstream, the file moves to ``<spool>/done/``. If the downstream writer fails (Tiled is
-down), the run stays pending and no further documents of that run are forwarded;
-:meth:`SpoolSink.replay` (or ``pbi replay-spool``) later deletes any partial copy from
-the catalog and writes the whole run again. Arrays are stored losslessly (base64).
+Every document of a run is appended to ``<spool>/pending/<run uid>.spool`` (msgpack records,
+arrays as raw bytes: :mod:`pbi_bluesky.codec`) on the caller's thread, which costs a file
+append; a background thread then forwards it to the downstream writer. When the run's stop
+document is written downstream, the file moves to ``<spool>/done/``.
+
+Durability: each append is flushed to the operating system at once (a crash of this process
+loses nothing); ``os.fsync`` runs at most every ``fsync_interval`` seconds (group commit)
+and always after a stop document and before a file moves, so a power cut loses at most the
+last ``fsync_interval`` seconds of documents.
+
+If the writer fails (Tiled is down), the run is marked failed, its remaining documents stay
+on disk only, and a replay is scheduled with exponential backoff (stamina) until the writer
+answers again; a replay deletes any partial copy downstream and writes the whole run again.
+A torn last record (what a crash leaves) is dropped and reported; a run whose writer process
+died before its stop document is closed with a stop document of ``exit_status="abort"``.
+Replays are serialised across processes with a file lock (``spool.lock``), and a run that
+another live process still writes (it holds ``<run uid>.lock``) is left alone.
 """
 
 from __future__ import annotations
 
-import base64
-import json
 import logging
+import os
+import queue
 import shutil
 import threading
+import time
+import uuid
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, BinaryIO
 
-import numpy as np
+import filelock
 
-__all__ = ["SpoolSink", "encode_doc", "decode_doc", "read_spool_file"]
+from pbi_bluesky.codec import DecodeError, encode_document, unpacker
+
+__all__ = ["SpoolFile", "SpoolSink", "read_spool_file"]
 
 logger = logging.getLogger(__name__)
 
 Writer = Callable[[str, dict], Any]
+SUFFIX = ".spool"
 
 
-def _default(obj: Any) -> Any:
-    if isinstance(obj, np.ndarray):
-        data = np.ascontiguousarray(obj)
-        return {"__ndarray__": base64.b64encode(data.tobytes()).decode("ascii"),
-                "dtype": data.dtype.str, "shape": list(data.shape)}
-    if isinstance(obj, np.generic):
-        return obj.item()
-    if isinstance(obj, (bytes, bytearray)):
-        return {"__bytes__": base64.b64encode(bytes(obj)).decode("ascii")}
-    raise TypeError(f"cannot spool {type(obj).__name__}")
+@dataclass
+class SpoolFile:
+    """What a spool file holds."""
+
+    docs: list[tuple[str, dict]]
+    torn: bool = False
+    """The last record was cut off (a crash while appending) and was dropped."""
+    error: str = ""
 
 
-def _hook(obj: dict) -> Any:
-    if "__bytes__" in obj:
-        return base64.b64decode(obj["__bytes__"])
-    if "__ndarray__" in obj:
-        raw = base64.b64decode(obj["__ndarray__"])
-        return np.frombuffer(raw, dtype=np.dtype(obj["dtype"])).reshape(obj["shape"]).copy()
-    return obj
+def read_spool_file(path: str | Path) -> SpoolFile:
+    """All complete documents of one spooled run, in order; never raises for a torn or
+    corrupt tail (it is reported in :attr:`SpoolFile.torn` / :attr:`SpoolFile.error`)."""
+    docs: list[tuple[str, dict]] = []
+    up = unpacker()
+    try:
+        with open(path, "rb") as fh:
+            up.feed(fh.read())
+    except OSError as exc:
+        return SpoolFile(docs, error=f"cannot read {path}: {exc}")
+    try:
+        for record in up:
+            if not (isinstance(record, dict) and isinstance(record.get("name"), str)
+                    and isinstance(record.get("doc"), dict)):
+                return SpoolFile(docs, error="corrupt record")
+            docs.append((record["name"], record["doc"]))
+    except (ValueError, DecodeError) as exc:
+        return SpoolFile(docs, torn=True, error=f"corrupt record dropped: {exc}")
+    # bytes left in the buffer after the last complete record: a torn append
+    torn = up.tell() < Path(path).stat().st_size
+    return SpoolFile(docs, torn=torn, error="torn last record dropped" if torn else "")
 
 
-def encode_doc(name: str, doc: dict) -> str:
-    """One spool line."""
-    return json.dumps({"name": name, "doc": doc}, default=_default)
-
-
-def decode_doc(line: str) -> tuple[str, dict]:
-    """Inverse of :func:`encode_doc`."""
-    record = json.loads(line, object_hook=_hook)
-    return record["name"], record["doc"]
-
-
-def read_spool_file(path: str | Path) -> list[tuple[str, dict]]:
-    """All documents of one spooled run, in order."""
-    with open(path) as fh:
-        return [decode_doc(line) for line in fh if line.strip()]
+@dataclass
+class _Open:
+    fh: BinaryIO
+    lock: filelock.BaseFileLock
+    last_fsync: float
 
 
 class SpoolSink:
-    """Spool documents locally, then forward them to ``writer_factory()``'s writer.
+    """Spool documents locally, forward them to ``writer_factory()``'s writer off-thread.
 
     Parameters
     ----------
@@ -76,8 +95,17 @@ class SpoolSink:
     writer_factory
         Returns a fresh downstream writer (e.g. ``lambda: TiledWriter(runs)``); called
         lazily and again after failures, so a server that comes back is picked up.
+        ``None``: spool only.
     delete_partial
         Called with a run uid before a replay, to remove a partial copy downstream.
+    fsync_interval
+        Longest time between fsyncs of an open run (the power-cut loss bound), seconds.
+    auto_replay
+        Replay failed runs in the background with exponential backoff.
+    retention_days
+        ``done/`` files older than this are deleted (``None``: keep all).
+    max_queue
+        Documents held in memory for forwarding; past it the run is left to a replay.
     """
 
     def __init__(
@@ -86,20 +114,47 @@ class SpoolSink:
         writer_factory: Callable[[], Writer] | None,
         *,
         delete_partial: Callable[[str], None] | None = None,
+        fsync_interval: float = 0.2,
+        auto_replay: bool = True,
+        retention_days: float | None = 7.0,
+        max_queue: int = 10_000,
+        replay_wait_initial: float = 0.5,
+        replay_wait_max: float = 30.0,
     ) -> None:
         self.root = Path(spool_dir)
-        (self.root / "pending").mkdir(parents=True, exist_ok=True)
-        (self.root / "done").mkdir(parents=True, exist_ok=True)
+        self.pending_dir = self.root / "pending"
+        self.done_dir = self.root / "done"
+        self.pending_dir.mkdir(parents=True, exist_ok=True)
+        self.done_dir.mkdir(parents=True, exist_ok=True)
         self.writer_factory = writer_factory
         self.delete_partial = delete_partial
+        self.fsync_interval = float(fsync_interval)
+        self.retention_days = retention_days
+        self.max_queue = int(max_queue)
+        self.auto_replay = bool(auto_replay)
+        self.replay_wait = (float(replay_wait_initial), float(replay_wait_max))
         self._writer: Writer | None = None
-        self._run_of: dict[str, str] = {}  # descriptor / resource uid -> run uid
+        self._run_of: dict[str, str] = {}
+        self._open: dict[str, _Open] = {}
         self._failed: set[str] = set()
         self._lock = threading.Lock()
+        self._queue: queue.Queue = queue.Queue()
+        self._replay_due: float | None = None
+        self._replay_attempt = 0
+        self._closing = threading.Event()
+        self.stats = {"spooled": 0, "forwarded": 0, "write_failures": 0, "replays": 0,
+                      "replayed_runs": 0, "unattributed": 0}
+        self.prune()
+        self._thread = threading.Thread(target=self._forward_loop, daemon=True,
+                                        name=f"pbi-spool-{self.root.name}")
+        self._thread.start()
+        if self.auto_replay and self.writer_factory is not None and self.pending():
+            self._schedule_replay(now=True)
 
+    # -- appending (any thread) ----------------------------------------------------------
     def _run_uid(self, name: str, doc: dict) -> str | None:
         if name == "start":
-            return doc["uid"]
+            return doc.get("uid")
         if name in ("descriptor", "stop", "resource", "stream_resource"):
             run = doc.get("run_start")
             if name in ("descriptor", "resource", "stream_resource") and run:
@@ -111,56 +166,243 @@ class SpoolSink:
             return self._run_of.get(doc.get("resource", ""))
         return None
 
-    def pending(self) -> list[str]:
-        """Run uids whose documents are not (completely) downstream yet."""
-        return sorted(p.stem for p in (self.root / "pending").glob("*.jsonl"))
+    def _path(self, run: str) -> Path:
+        return self.pending_dir / f"{run}{SUFFIX}"
+
+    def _open_run(self, run: str) -> _Open:
+        state = self._open.get(run)
+        if state is None:
+            lock = filelock.FileLock(str(self.pending_dir / f"{run}.lock"), timeout=0)
+            lock.acquire()
+            state = _Open(open(self._path(run), "ab"), lock, time.monotonic())
+            self._open[run] = state
+        return state
 
     def __call__(self, name: str, doc: dict) -> None:
+        """Append one document (durably, see the module docstring) and queue it."""
         with self._lock:
             run = self._run_uid(name, doc)
             if run is None:
+                self.stats["unattributed"] += 1
                 logger.warning("spool: cannot tell which run a %s document belongs to", name)
                 return
-            path = self.root / "pending" / f"{run}.jsonl"
-            with path.open("a") as fh:
-                fh.write(encode_doc(name, doc) + "\n")
-            if run in self._failed or self.writer_factory is None:
-                return
-            try:
-                if self._writer is None:
-                    self._writer = self.writer_factory()
-                self._writer(name, doc)
-            except Exception as exc:  # noqa: BLE001 - the spool keeps everything
-                self._failed.add(run)
-                self._writer = None
-                logger.warning("spool: downstream writer failed on %s of run %s (%s); the "
-                               "run stays in %s for replay", name, run[:8], exc, path.parent)
-                return
+            state = self._open_run(run)
+            state.fh.write(encode_document(name, doc))
+            state.fh.flush()
+            now = time.monotonic()
+            if name == "stop" or now - state.last_fsync >= self.fsync_interval:
+                os.fsync(state.fh.fileno())
+                state.last_fsync = now
             if name == "stop":
-                shutil.move(str(path), self.root / "done" / path.name)
+                state.fh.close()
+                state.lock.release()
+                del self._open[run]
+            self.stats["spooled"] += 1
+            if self.writer_factory is None:
+                return
+            if self._queue.qsize() >= self.max_queue and run not in self._failed:
+                logger.warning("spool: forwarding backlog of %d documents: run %s left to a "
+                               "replay", self._queue.qsize(), run[:8])
+                self._failed.add(run)
+                self._schedule_replay()
+            self._queue.put((run, name, None if run in self._failed else doc))
 
-    def replay(self) -> dict[str, str]:
-        """Write every pending run downstream again; returns {run uid: outcome}."""
+    def pending(self) -> list[str]:
+        """Run uids whose documents are not (completely) downstream yet."""
+        return sorted(p.stem for p in self.pending_dir.glob(f"*{SUFFIX}"))
+
+    # -- forwarding (background thread) -----------------------------------------------
+    def _forward_loop(self) -> None:
+        while True:
+            timeout = 0.2
+            try:
+                item = self._queue.get(timeout=timeout)
+            except queue.Empty:
+                item = None
+            try:
+                if item is not None:
+                    self._forward(*item)
+                if (self._replay_due is not None and time.monotonic() >= self._replay_due
+                        and not self._closing.is_set()):
+                    self._background_replay()
+            except Exception:  # noqa: BLE001 - the spool keeps everything anyway
+                logger.exception("spool forwarder error")
+            finally:
+                if item is not None:
+                    self._queue.task_done()
+            if item is None and self._closing.is_set() and self._queue.empty():
+                return
+
+    def _forward(self, run: str, name: str, doc: dict | None) -> None:
+        if run in self._failed or doc is None:
+            if name == "stop":
+                self._schedule_replay()
+            return
+        try:
+            if self._writer is None:
+                self._writer = self.writer_factory()
+            self._writer(name, doc)
+        except Exception as exc:  # noqa: BLE001 - the spool keeps everything
+            self._failed.add(run)
+            self._writer = None
+            self.stats["write_failures"] += 1
+            logger.warning("spool: downstream writer failed on %s of run %s (%s: %s); the run "
+                           "stays in %s and is replayed when the writer answers again", name,
+                           run[:8], type(exc).__name__, exc, self.pending_dir)
+            self._schedule_replay()
+            return
+        self.stats["forwarded"] += 1
+        if name == "stop":
+            self._move_done(run)
+
+    def _move_done(self, run: str) -> None:
+        src = self._path(run)
+        if src.exists():
+            shutil.move(str(src), self.done_dir / src.name)
+            _fsync_dir(self.done_dir)
+            _fsync_dir(self.pending_dir)
+        lock = self.pending_dir / f"{run}.lock"
+        lock.unlink(missing_ok=True)
+
+    def _schedule_replay(self, now: bool = False) -> None:
+        if not self.auto_replay or self.writer_factory is None:
+            return
+        if now:
+            self._replay_due = time.monotonic()
+            return
+        if self._replay_due is None:
+            lo, hi = self.replay_wait
+            self._replay_due = time.monotonic() + min(hi, lo * 2 ** self._replay_attempt)
+
+    def _background_replay(self) -> None:
+        self._replay_due = None
+        outcomes = self.replay()
+        if any(o.startswith("failed") for o in outcomes.values()):
+            self._replay_attempt += 1
+            self._schedule_replay()
+        else:
+            self._replay_attempt = 0
+
+    def flush(self, timeout: float = 60.0) -> bool:
+        """Wait until everything queued has been forwarded (or left to a replay)."""
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.01)
+        return True
+
+    def close(self, timeout: float = 60.0) -> bool:
+        """Forward what is queued, try one last replay, stop the thread; True if nothing
+        is left pending."""
+        self.flush(timeout)
+        self._closing.set()
+        self._thread.join(timeout)
+        if self.writer_factory is not None and self.pending():
+            self.replay()
+        return not self.pending()
+
+    # -- replay ----------------------------------------------------------------------------
+    def replay(self, lock_timeout: float = 30.0) -> dict[str, str]:
+        """Write every pending run downstream again; returns {run uid: outcome}.
+
+        Runs still being written by this process are skipped; a run whose lock another
+        process holds is skipped ("being written elsewhere"); a run whose writer died
+        before its stop document is closed with an ``abort`` stop document.
+        """
         outcomes: dict[str, str] = {}
-        with self._lock:
-            for path in sorted((self.root / "pending").glob("*.jsonl")):
+        try:
+            big_lock = filelock.FileLock(str(self.root / "spool.lock"), timeout=lock_timeout)
+            big_lock.acquire()
+        except filelock.Timeout:
+            return {run: "failed: another process is replaying this spool"
+                    for run in self.pending()}
+        try:
+            self.stats["replays"] += 1
+            for path in sorted(self.pending_dir.glob(f"*{SUFFIX}")):
                 run = path.stem
-                docs = read_spool_file(path)
-                if not docs or docs[-1][0] != "stop":
-                    outcomes[run] = "incomplete (no stop document yet)"
-                    continue
-                try:
-                    if self.delete_partial is not None:
-                        self.delete_partial(run)
-                    writer = self.writer_factory() if self.writer_factory else None
-                    if writer is None:
-                        raise RuntimeError("no downstream writer configured")
-                    for name, doc in docs:
-                        writer(name, doc)
-                except Exception as exc:  # noqa: BLE001
-                    outcomes[run] = f"failed: {exc}"
-                    continue
-                shutil.move(str(path), self.root / "done" / path.name)
-                self._failed.discard(run)
-                outcomes[run] = "written"
+                with self._lock:
+                    if run in self._open:
+                        outcomes[run] = "open (run in progress here)"
+                        continue
+                outcomes[run] = self._replay_one(run, path)
+        finally:
+            big_lock.release()
+        self.prune()
         return outcomes
+
+    def _replay_one(self, run: str, path: Path) -> str:
+        run_lock = filelock.FileLock(str(self.pending_dir / f"{run}.lock"), timeout=0)
+        try:
+            run_lock.acquire()
+        except filelock.Timeout:
+            return "skipped: being written by another process"
+        try:
+            if not path.exists():
+                return "written (by another replay)"
+            spooled = read_spool_file(path)
+            docs = list(spooled.docs)
+            notes = []
+            if spooled.error:
+                notes.append(spooled.error)
+                logger.warning("spool %s: %s", path.name, spooled.error)
+            if not docs or docs[0][0] != "start":
+                return f"failed: no start document in {path.name} ({spooled.error or 'empty'})"
+            if docs[-1][0] != "stop":
+                docs.append(("stop", _abort_stop(docs[0][1])))
+                notes.append("closed with an abort stop document (its writer ended without "
+                             "a stop)")
+            if self.writer_factory is None:
+                return "failed: no downstream writer configured"
+            try:
+                if self.delete_partial is not None:
+                    self.delete_partial(run)
+                writer = self.writer_factory()
+                for name, doc in docs:
+                    writer(name, doc)
+            except Exception as exc:  # noqa: BLE001
+                return f"failed: {type(exc).__name__}: {exc}"
+            self._failed.discard(run)
+            self.stats["replayed_runs"] += 1
+            self._move_done(run)
+            return "written" + (f" ({'; '.join(notes)})" if notes else "")
+        finally:
+            run_lock.release()
+            if not path.exists():
+                (self.pending_dir / f"{run}.lock").unlink(missing_ok=True)
+
+    def prune(self) -> int:
+        """Delete ``done/`` files older than ``retention_days``; returns how many."""
+        if self.retention_days is None:
+            return 0
+        cutoff = time.time() - self.retention_days * 86400.0
+        removed = 0
+        for p in self.done_dir.glob(f"*{SUFFIX}"):
+            try:
+                if p.stat().st_mtime < cutoff:
+                    p.unlink()
+                    removed += 1
+            except OSError:
+                continue
+        return removed
+
+
+def _abort_stop(start: dict[str, Any]) -> dict[str, Any]:
+    return {"uid": str(uuid.uuid4()), "run_start": start["uid"], "time": time.time(),
+            "exit_status": "abort",
+            "reason": "pbi spool: the run ended without a stop document (its writer process "
+                      "crashed or was killed); closed on replay",
+            "num_events": {}}
+
+
+def _fsync_dir(path: Path) -> None:
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)

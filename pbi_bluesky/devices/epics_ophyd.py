@@ -1,0 +1,136 @@
+"""Stock ophyd devices of a SAXS beamline, configured from ``beamline.yaml``.
+
+Nothing here is hand-written against a particular IOC: the detector is ophyd's own
+``SingleTrigger`` + ``PilatusDetector`` with the stock ``HDF5Plugin`` +
+``FileStoreHDF5IterativeWrite`` (Resource/Datum documents of spec ``AD_HDF5``, read back with
+``area_detector_handlers``) and an ``ImagePlugin``; the changer is an ``EpicsMotor``; I0 and
+transmission are ``EpicsSignalRO``. The only addition is a trigger deadline: a detector that
+never finishes fails the status with :class:`DetectorTimeoutError` instead of hanging the scan.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from typing import Any
+
+from ophyd import Component as Cpt
+from ophyd import EpicsMotor, EpicsSignalRO
+from ophyd.areadetector import ImagePlugin, PilatusDetector, SingleTrigger
+from ophyd.areadetector.filestore_mixins import FileStoreHDF5IterativeWrite
+from ophyd.areadetector.plugins import HDF5Plugin
+
+from pbi_bluesky.config import BeamlineConfig
+from pbi_bluesky.devices.base import Beamline, DetectorTimeoutError, wait_connected
+
+__all__ = ["HDF5PluginWithFileStore", "SAXSPilatus", "make_ophyd_beamline"]
+
+log = logging.getLogger(__name__)
+
+
+class HDF5PluginWithFileStore(HDF5Plugin, FileStoreHDF5IterativeWrite):
+    """The stock NDFileHDF5 plugin with the stock iterative file store (``AD_HDF5``)."""
+
+
+class SAXSPilatus(SingleTrigger, PilatusDetector):
+    """ADPilatus detector: stock classes, frames to HDF5, one frame per trigger.
+
+    Parameters
+    ----------
+    prefix
+        areaDetector IOC prefix.
+    write_path, read_path
+        HDF5 folder as the IOC sees it and as this machine sees it.
+    timeout_margin
+        A trigger fails after ``AcquireTime * NumImages + timeout_margin`` seconds.
+    """
+
+    image1 = Cpt(ImagePlugin, "image1:")
+    hdf1 = Cpt(HDF5PluginWithFileStore, "HDF1:", write_path_template="/",
+               read_path_template="/")
+
+    def __init__(self, prefix: str = "", *, name: str, write_path: str = "/",
+                 read_path: str | None = None, timeout_margin: float = 3.0,
+                 **kwargs: Any) -> None:
+        super().__init__(prefix, name=name, **kwargs)
+        self.hdf1.write_path_template = str(write_path).rstrip("/") + "/"
+        self.hdf1.read_path_template = str(read_path or write_path).rstrip("/") + "/"
+        self.hdf1.reg_root = str(read_path or write_path)
+        self.hdf1.kind = "normal"  # stock components read nothing by default
+        self.timeout_margin = float(timeout_margin)
+        self.stage_sigs.update({"cam.image_mode": "Single", "cam.num_images": 1,
+                                "cam.trigger_mode": "Internal"})
+
+    def trigger(self) -> Any:
+        """Acquire one frame (stock ``SingleTrigger``), with a deadline.
+
+        The status fails with :class:`DetectorTimeoutError` once exposure plus
+        :attr:`timeout_margin` has passed without the acquisition ending; the acquisition is
+        then stopped (``Acquire`` = 0).
+        """
+        status = super().trigger()
+        exposure = float(self.cam.acquire_time.get())
+        frames = max(1, int(self.cam.num_images.get()))
+        deadline = exposure * frames + self.timeout_margin
+
+        def expire() -> None:
+            if status.done:
+                return
+            msg = (f"{self.name}: acquisition of {frames} x {exposure:g} s did not finish "
+                   f"within {deadline:g} s; stopped it ({self.cam.acquire.pvname} = 0). "
+                   "Check the detector IOC.")
+            log.error(msg)
+            try:
+                self.cam.acquire.put(0, wait=False)
+            except Exception:  # noqa: BLE001 - report the timeout, not the abort failure
+                log.exception("could not stop the acquisition")
+            try:
+                status.set_exception(DetectorTimeoutError(msg))
+            except Exception:  # noqa: BLE001 - it finished in the meantime
+                pass
+
+        timer = threading.Timer(deadline, expire)
+        timer.daemon = True
+        timer.start()
+        status.add_callback(lambda st: timer.cancel())
+        return status
+
+
+def _detector_class(cam: str, image: str | None, hdf: str) -> type[SAXSPilatus]:
+    """:class:`SAXSPilatus` with other plugin suffixes (stock names need no subclass)."""
+    if (cam, image, hdf) == ("cam1:", "image1:", "HDF1:"):
+        return SAXSPilatus
+    attrs: dict[str, Any] = {
+        "cam": Cpt(SAXSPilatus.cam.cls, cam),
+        "hdf1": Cpt(HDF5PluginWithFileStore, hdf, write_path_template="/",
+                    read_path_template="/"),
+    }
+    attrs["image1"] = Cpt(ImagePlugin, image) if image else None
+    return type("SAXSPilatusCustom", (SAXSPilatus,), attrs)
+
+
+def make_ophyd_beamline(cfg: BeamlineConfig, *, connect: bool = True) -> Beamline:
+    """The beamline's devices as stock ophyd objects, connected (unless ``connect=False``).
+
+    Raises
+    ------
+    BeamlineConnectionError
+        Naming the devices and PVs that did not answer and the CA settings in use.
+    """
+    d = cfg.detector
+    if d.kind != "pilatus":
+        raise ValueError(f"{cfg.source}: detector.kind {d.kind!r} is not supported "
+                         "(supported: 'pilatus')")
+    cls = _detector_class(d.cam, d.image, d.hdf)
+    detector = cls(d.prefix, name=d.name, write_path=d.write_path, read_path=d.read_path,
+                   timeout_margin=d.timeout_margin_s)
+    changer = EpicsMotor(cfg.changer.motor, name=cfg.changer.name)
+    i0 = EpicsSignalRO(cfg.monitors.i0, name=cfg.monitors.i0_name)
+    monitors = [i0]
+    if cfg.monitors.transmission:
+        monitors.append(EpicsSignalRO(cfg.monitors.transmission,
+                                      name=cfg.monitors.transmission_name))
+    beamline = Beamline(cfg, detector, changer, monitors, mode="ophyd")
+    if connect:
+        wait_connected(beamline, cfg.connection_timeout_s)
+    return beamline

@@ -1,0 +1,292 @@
+"""The analysis run the live scorer writes for each raw run, and its attribution thread.
+
+One analysis run per raw run with images (``event_model.compose_run``): stream
+``pbi_anomaly`` (one event per frame: status, verdict, reduced curve) and stream
+``pbi_attribution`` (one event per flagged frame, later: fitted descriptors and Shapley
+values). The start document carries the provenance (model sha256, reduction settings,
+geometry); the stop document the frame ledger (``pbi_summary``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from event_model import compose_run
+
+from pbi_bluesky.live.channel import FrameResult, VerdictChannel
+
+__all__ = ["AnalysisRun", "Attributor", "Emitter"]
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[[str, dict], Any]
+
+
+class Emitter:
+    """Calls every sink with each document, one document at a time (thread-safe); a sink
+    that raises is logged and skipped, never allowed to stop scoring."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+        self._lock = threading.Lock()
+
+    def emit(self, name: str, doc: dict) -> None:
+        with self._lock:
+            for sink in self.sinks:
+                try:
+                    sink(name, doc)
+                except Exception:  # noqa: BLE001 - a sink failing must not stop scoring
+                    logger.exception("pbi live scorer: sink %r failed on %s", sink, name)
+
+    def emit_run_start(self, run: AnalysisRun) -> None:
+        self.emit("start", run.bundle.start_doc)
+        self.emit("descriptor", run.verdicts.descriptor_doc)
+        self.emit("descriptor", run.explanations.descriptor_doc)
+
+
+def _data_keys(npt: int) -> dict[str, dict[str, Any]]:
+    number = {"dtype": "number", "shape": [], "source": "pbi_bluesky"}
+    string = {"dtype": "string", "shape": [], "source": "pbi_bluesky"}
+    array = {"dtype": "array", "shape": [npt], "source": "pbi_bluesky", "dtype_numpy": "<f8"}
+    return {
+        "raw_seq_num": {**number, "dtype": "integer", "dtype_numpy": "<i8"},
+        "status": string, "reason": string,
+        "score": number, "threshold": number, "p_value": number, "hyperscore": number,
+        "is_anomaly": {**number, "dtype": "boolean", "dtype_numpy": "|b1"},
+        "predicted_composition": string, "expected_composition": string,
+        "q": {**array, "units": "1/angstrom"}, "intensity": {**array, "units": "1/cm"},
+        "sigma": {**array, "units": "1/cm"},
+    }
+
+
+_EXPLAIN_KEYS = {
+    "raw_seq_num": {"dtype": "integer", "shape": [], "source": "pbi_bluesky",
+                    "dtype_numpy": "<i8"},
+    "status": {"dtype": "string", "shape": [], "source": "pbi_bluesky"},
+    "top_attribution": {"dtype": "string", "shape": [], "source": "pbi_bluesky"},
+    "attributions": {"dtype": "string", "shape": [], "source": "pbi_bluesky"},
+    "features": {"dtype": "string", "shape": [], "source": "pbi_bluesky"},
+}
+
+
+@dataclass
+class AnalysisRun:
+    """Documents and the frame ledger of one analysis run."""
+
+    raw_uid: str
+    bundle: Any
+    verdicts: Any
+    explanations: Any
+    q: np.ndarray
+    threshold: float
+    counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
+        ("scored", "failed", "shed", "flagged", "explained", "attribution_skipped"), 0))
+    max_score: float = float("-inf")
+    seq: int = 0
+    explain_seq: int = 0
+    reasons: list[str] = field(default_factory=list)
+
+    @classmethod
+    def begin(cls, start: dict[str, Any], model: Any, model_info: dict[str, Any],
+              reduction: dict[str, Any], stream: str, explain_stream: str) -> AnalysisRun:
+        """Compose the start document and both descriptors."""
+        metadata = {
+            "pbi_analysis": True,
+            "raw_uid": start["uid"],
+            "raw_scan_id": start.get("scan_id"),
+            "sample": start.get("sample"),
+            "slot": start.get("slot"),
+            "sample_type": start.get("sample_type"),
+            "purpose": start.get("purpose"),
+            "rescan_of": start.get("rescan_of"),
+            "expected_composition": start.get("composition"),
+            "beamline": start.get("beamline"),
+            "model_path": model_info.get("path"),
+            "model_sha256": model_info.get("model_sha256"),
+            "model_recipes": list(model.recipes),
+            "package_version": model_info.get("package_version"),
+            "alpha": model.alpha,
+            "threshold": model.threshold,
+            "q_grid": {"q_min": model.grid.q_min, "q_max": model.grid.q_max,
+                       "npt": model.grid.npt, "spacing": "log", "unit": "1/angstrom"},
+            "reduction": {k: v for k, v in reduction.items()
+                          if isinstance(v, (str, int, float, bool, type(None), list, dict))},
+        }
+        bundle = compose_run(metadata={k: v for k, v in metadata.items() if v is not None})
+        config = {"pbi": {"data": {"model_sha256": model_info.get("model_sha256") or "",
+                                   "threshold": float(model.threshold)},
+                          "timestamps": {"model_sha256": time.time(), "threshold": time.time()},
+                          "data_keys": {
+                              "model_sha256": {"dtype": "string", "shape": [],
+                                               "source": "pbi_bluesky"},
+                              "threshold": {"dtype": "number", "shape": [],
+                                            "source": "pbi_bluesky"}}}}
+        verdicts = bundle.compose_descriptor(name=stream, data_keys=_data_keys(model.grid.npt),
+                                             configuration=config)
+        explanations = bundle.compose_descriptor(name=explain_stream, data_keys=_EXPLAIN_KEYS)
+        return cls(start["uid"], bundle, verdicts, explanations, np.asarray(model.grid.q),
+                   float(model.threshold))
+
+    def record(self, result: FrameResult, resampled: tuple[np.ndarray, np.ndarray] | None
+               ) -> dict:
+        """Count one frame and compose its event."""
+        key = "scored" if result.status in ("scored", "reference") else result.status
+        self.counts[key] = self.counts.get(key, 0) + 1
+        self.counts["flagged"] += int(result.is_anomaly)
+        if np.isfinite(result.score):
+            self.max_score = max(self.max_score, result.score)
+        if result.reason and result.status != "reference":
+            self.reasons.append(f"frame {result.raw_seq_num}: {result.reason}")
+        nan = np.full(self.q.size, np.nan)
+        intensity, sigma = resampled if resampled is not None else (nan, nan)
+        data = {
+            "raw_seq_num": result.raw_seq_num, "status": result.status,
+            "reason": result.reason, "score": result.score, "threshold": self.threshold,
+            "p_value": result.p_value, "hyperscore": result.hyperscore,
+            "is_anomaly": result.is_anomaly,
+            "predicted_composition": result.predicted_composition,
+            "expected_composition": result.expected_composition,
+            "q": self.q, "intensity": np.asarray(intensity), "sigma": np.asarray(sigma),
+        }
+        now = time.time()
+        self.seq += 1
+        return self.verdicts.compose_event(data=data, timestamps=dict.fromkeys(data, now),
+                                           seq_num=self.seq)
+
+    def explanation(self, result: FrameResult, status: str,
+                    features: dict[str, Any]) -> dict:
+        """Compose one attribution event."""
+        data = {"raw_seq_num": result.raw_seq_num, "status": status,
+                "top_attribution": result.top_attribution,
+                "attributions": json.dumps(result.attributions),
+                "features": json.dumps(features)}
+        self.explain_seq += 1
+        return self.explanations.compose_event(
+            data=data, timestamps=dict.fromkeys(data, time.time()), seq_num=self.explain_seq)
+
+    def stop_doc(self, received: int, raw_stop: dict[str, Any], dropped_control: int) -> dict:
+        """The stop document with the frame ledger."""
+        c = self.counts
+        accounted = c["scored"] + c["failed"] + c["shed"]
+        verdict = ("anomalous" if c["flagged"] else
+                   "failed" if c["scored"] == 0 and received else "normal")
+        summary = {
+            "frames": received, "scored": c["scored"], "failed": c["failed"],
+            "shed": c["shed"], "flagged": c["flagged"], "accounted": accounted,
+            "explained": c["explained"], "attribution_skipped": c["attribution_skipped"],
+            "max_score": self.max_score if np.isfinite(self.max_score) else None,
+            "verdict": verdict, "raw_exit_status": raw_stop.get("exit_status"),
+            "failures": self.reasons[:20], "control_documents_dropped": dropped_control,
+        }
+        if accounted != received:
+            logger.error("run %s: %d frames received but %d accounted for", self.raw_uid[:8],
+                         received, accounted)
+        stop = self.bundle.compose_stop(
+            exit_status="success" if accounted == received else "fail",
+            reason=json.dumps(summary))
+        return {**stop, "pbi_summary": summary}
+
+
+class Attributor:
+    """Thread that explains flagged frames (fitted descriptors + exact Shapley values) and
+    closes analysis runs once their explanations are out.
+
+    Parameters
+    ----------
+    backlog
+        Flagged frames waiting at most; past it a frame is marked ``attribution skipped``
+        (it stays scored and flagged).
+    """
+
+    def __init__(self, model: Any, emitter: Emitter, channel: VerdictChannel, *,
+                 backlog: int = 256) -> None:
+        self.model, self.emitter, self.channel = model, emitter, channel
+        self.backlog = int(backlog)
+        self._queue: queue.Queue = queue.Queue()
+        self._pending_explains = 0
+        self._pending_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="pbi-attribution",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, run_uid: str, run: AnalysisRun | None, result: FrameResult,
+               intensity: np.ndarray, sigma: np.ndarray, recipe: str) -> None:
+        """Queue a flagged frame for explanation (worker thread)."""
+        if run is None or getattr(self.model, "population", None) is None:
+            return
+        with self._pending_lock:
+            full = self._pending_explains >= self.backlog
+            if not full:
+                self._pending_explains += 1
+        if full:
+            run.counts["attribution_skipped"] += 1
+            self._queue.put(("skipped", run, result))
+            return
+        self._queue.put(("explain", run, result, intensity, sigma, recipe))
+
+    def finish_run(self, run_uid: str, run: AnalysisRun | None, received: int,
+                   raw_stop: dict[str, Any], dropped_control: int) -> None:
+        """Close the analysis run after its queued explanations (worker thread)."""
+        self._queue.put(("stop", run_uid, run, received, raw_stop, dropped_control))
+
+    def join(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            task = self._queue.get()
+            try:
+                if task is None:
+                    return
+                getattr(self, f"_do_{task[0]}")(*task[1:])
+            except Exception:  # noqa: BLE001
+                logger.exception("pbi attribution thread failed on %s", task[0])
+            finally:
+                self._queue.task_done()
+
+    def _do_explain(self, run: AnalysisRun, result: FrameResult, intensity: np.ndarray,
+                    sigma: np.ndarray, recipe: str) -> None:
+        with self._pending_lock:
+            self._pending_explains -= 1
+        try:
+            table = self.model.explain(intensity, sigma, recipe)
+        except Exception as exc:  # noqa: BLE001 - a failed fit is reported, not fatal
+            logger.info("attribution of frame %d failed: %s", result.raw_seq_num, exc)
+            run.counts["attribution_skipped"] += 1
+            self.emitter.emit("event", run.explanation(result, f"failed: {exc}", {}))
+            return
+        result.attributions = {k: float(v["shapley"]) for k, v in table.items()}
+        result.top_attribution = next(iter(result.attributions), "")
+        features = {k: {"value": float(v["value"]), "z": float(v["z"])}
+                    for k, v in table.items()}
+        run.counts["explained"] += 1
+        self.emitter.emit("event", run.explanation(result, "explained", features))
+
+    def _do_skipped(self, run: AnalysisRun, result: FrameResult) -> None:
+        self.emitter.emit("event", run.explanation(result, "skipped: attribution backlog full",
+                                                   {}))
+
+    def _do_stop(self, run_uid: str, run: AnalysisRun | None, received: int,
+                 raw_stop: dict[str, Any], dropped_control: int) -> None:
+        if run is not None:
+            stop = run.stop_doc(received, raw_stop, dropped_control)
+            self.emitter.emit("stop", stop)
+            self.channel.summaries[run_uid] = stop["pbi_summary"]
+        self.channel.finish(run_uid)
