@@ -49,26 +49,28 @@ def replay_spool(
     api_key: Annotated[str | None, typer.Option(help="Tiled API key.")] = None,
     data_dir: Annotated[Path | None, typer.Option(help="Embedded catalog folder.")] = None,
 ) -> None:
-    """Write spooled runs that did not reach Tiled (it was down) into the catalog."""
-    from bluesky_tiled_plugins import TiledWriter
+    """Write spooled runs that did not reach Tiled (it was down) into the catalog.
 
-    from pbi_bluesky.store import SpoolSink, open_runs
+    Safe beside a live session: runs it is still writing are left alone (file locks), a torn
+    last record is dropped and reported, a run whose writer crashed is closed as aborted.
+    """
+    from pbi_bluesky.store import Catalog, SpoolSink
 
+    catalog = Catalog(tiled, api_key=api_key, data_dir=data_dir)
     try:
-        runs = open_runs(tiled, api_key=api_key, data_dir=data_dir)
-    except Exception as exc:  # noqa: BLE001
+        _ = catalog.runs
+    except Exception as exc:  # noqa: BLE001 - report any connection problem plainly
         typer.echo(f"error: cannot open the Tiled catalog: {exc}", err=True)
         raise typer.Exit(2) from exc
-
-    def delete_partial(uid: str) -> None:
-        if uid in runs:
-            runs[uid].delete(recursive=True, external_only=False)
-
-    sink = SpoolSink(spool, lambda: TiledWriter(runs), delete_partial=delete_partial)
-    outcomes = sink.replay()
+    sink = SpoolSink(spool, catalog.writer, delete_partial=catalog.delete_partial,
+                     auto_replay=False)
+    try:
+        outcomes = sink.replay()
+    finally:
+        sink.close(5)
     for uid, outcome in outcomes.items():
         typer.echo(f"{uid}: {outcome}")
-    typer.echo(f"{sum(o == 'written' for o in outcomes.values())} of {len(outcomes)} "
-               "pending run(s) written")
+    typer.echo(f"{sum(o.startswith('written') for o in outcomes.values())} of "
+               f"{len(outcomes)} pending run(s) written")
     if any(o.startswith("failed") for o in outcomes.values()):
         raise typer.Exit(1)

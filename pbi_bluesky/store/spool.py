@@ -62,19 +62,22 @@ def read_spool_file(path: str | Path) -> SpoolFile:
     up = unpacker()
     try:
         with open(path, "rb") as fh:
-            up.feed(fh.read())
+            data = fh.read()
     except OSError as exc:
         return SpoolFile(docs, error=f"cannot read {path}: {exc}")
+    up.feed(data)
+    end = 0  # byte offset just after the last complete record
     try:
         for record in up:
             if not (isinstance(record, dict) and isinstance(record.get("name"), str)
                     and isinstance(record.get("doc"), dict)):
-                return SpoolFile(docs, error="corrupt record")
+                return SpoolFile(docs, torn=True, error="corrupt record dropped")
             docs.append((record["name"], record["doc"]))
+            end = up.tell()
     except (ValueError, DecodeError) as exc:
         return SpoolFile(docs, torn=True, error=f"corrupt record dropped: {exc}")
-    # bytes left in the buffer after the last complete record: a torn append
-    torn = up.tell() < Path(path).stat().st_size
+    # bytes after the last complete record: a torn append
+    torn = end < len(data)
     return SpoolFile(docs, torn=torn, error="torn last record dropped" if torn else "")
 
 
@@ -293,12 +296,12 @@ class SpoolSink:
         return True
 
     def close(self, timeout: float = 60.0) -> bool:
-        """Forward what is queued, try one last replay, stop the thread; True if nothing
-        is left pending."""
+        """Forward what is queued, try one last replay (with ``auto_replay``), stop the
+        thread; True if nothing is left pending."""
         self.flush(timeout)
         self._closing.set()
         self._thread.join(timeout)
-        if self.writer_factory is not None and self.pending():
+        if self.auto_replay and self.writer_factory is not None and self.pending():
             self.replay()
         return not self.pending()
 

@@ -9,9 +9,7 @@ from event_model import compose_run
 from pbi_bluesky.store import (
     SpoolSink,
     analysis_of,
-    decode_doc,
     embedded_client,
-    encode_doc,
     flagged_runs,
     runs_container,
 )
@@ -53,6 +51,7 @@ def test_flagged_runs_query(runs, tmp_path):
     ]:
         for name, doc in _analysis_run(raw, comp, flagged, score, sample):
             sink(name, doc)
+    assert sink.flush(30)
     assert sink.pending() == []
     assert [r["raw_uid"] for r in flagged_runs(runs)] == ["raw-a", "raw-c"]
     assert [r["raw_uid"] for r in flagged_runs(runs, composition="25:75")] == ["raw-a"]
@@ -78,10 +77,12 @@ def test_spool_keeps_everything_while_the_writer_is_down_then_replays(runs, tmp_
         if uid in runs:
             runs[uid].delete(recursive=True, external_only=False)
 
-    sink = SpoolSink(tmp_path / "spool", factory, delete_partial=delete_partial)
+    sink = SpoolSink(tmp_path / "spool", factory, delete_partial=delete_partial,
+                     auto_replay=False)
     docs = _analysis_run("raw-z", "75:25", 1, 3.0, "Z")
     for name, doc in docs:
         sink(name, doc)
+    sink.flush(10)
     uid = docs[0][1]["uid"]
     assert sink.pending() == [uid]
     assert flagged_runs(runs) == []
@@ -91,10 +92,15 @@ def test_spool_keeps_everything_while_the_writer_is_down_then_replays(runs, tmp_
     assert [r["raw_uid"] for r in flagged_runs(runs)] == ["raw-z"]
 
 
-def test_spool_encoding_is_lossless():
+def test_wire_encoding_is_lossless_and_refuses_objects():
+    from pbi_bluesky.codec import EncodeError, decode_document, encode_document
+
     frame = np.arange(12, dtype=np.int32).reshape(3, 4)
-    name, doc = decode_doc(encode_doc("event", {"data": {"img": frame, "x": np.float64(2.5)}}))
+    name, doc = decode_document(encode_document(
+        "event", {"data": {"img": frame, "x": np.float64(2.5)}}))
     assert name == "event"
     np.testing.assert_array_equal(doc["data"]["img"], frame)
     assert doc["data"]["img"].dtype == np.int32
     assert doc["data"]["x"] == 2.5
+    with pytest.raises(EncodeError):
+        encode_document("event", {"data": {"x": np.array([object()], dtype=object)}})
