@@ -103,20 +103,59 @@ def test_numba_masked_pixels_and_nan_have_no_influence(scene, engines):  # noqa:
     np.testing.assert_array_equal(nb.integrate(wide[:, ::2])[0], base[0])
 
 
-def test_numba_thread_counts_agree_and_are_restored(scene):  # noqa: F811
-    import numba
-
+def test_numba_thread_counts_and_batch_chunks_agree_bit_for_bit(scene):  # noqa: F811
     red = scene["reducer"]
     kwargs = {"mask": red.mask, "dark": scene["dark"], "flat": scene["flat"],
               "polarization_factor": POL, "engine": "numba"}
     one = FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range, threads=1, **kwargs)
     two = FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range, threads=2, **kwargs)
-    before = numba.get_num_threads()
     a = one.integrate(scene["frame"], monitor=4.0)
-    assert numba.get_num_threads() == before
     b = two.integrate(scene["frame"], monitor=4.0)
     np.testing.assert_array_equal(a[0], b[0])
     np.testing.assert_array_equal(a[1], b[1])
+    stack = np.stack([scene["frame"]] * 5)
+    for chunk in (1, 2, 4, 8):
+        two._engine.chunk = chunk
+        many = two.integrate_many(stack, 4.0)
+        np.testing.assert_array_equal(many[0], np.broadcast_to(a[0], many[0].shape))
+        np.testing.assert_array_equal(many[1], np.broadcast_to(a[1], many[1].shape))
+
+
+def test_numba_two_integrators_used_concurrently(scene, engines):  # noqa: F811
+    """Two threads reducing at once share the one helper thread: both stay correct."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    red = scene["reducer"]
+    frames = [np.roll(scene["frame"], k, axis=1) for k in range(6)]
+    expected = [engines["numba"].integrate(f, 2.0) for f in frames]
+    other = FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range, mask=red.mask,
+                             dark=scene["dark"], flat=scene["flat"], polarization_factor=POL)
+
+    def reduce_all(integrator):
+        return [integrator.integrate(f, 2.0) for f in frames for _ in range(3)]
+
+    with ThreadPoolExecutor(2) as pool:
+        got_a, got_b = pool.map(reduce_all, [engines["numba"], other])
+    for k, (i, s) in enumerate(got_a):
+        np.testing.assert_array_equal(i, expected[k // 3][0])
+        np.testing.assert_array_equal(s, expected[k // 3][1])
+    for k, (i, _) in enumerate(got_b):
+        np.testing.assert_array_equal(i, expected[k // 3][0])
+
+
+def test_run_units_propagates_errors_from_either_thread():
+    from pbi_bluesky.reduction.kernels import run_units
+
+    seen = []
+
+    def unit(u):
+        seen.append(u)
+        if u == 5:
+            raise ValueError("unit 5 failed")
+
+    with pytest.raises(ValueError, match="unit 5"):
+        run_units(16, unit, 2)
+    assert 5 in seen
 
 
 def test_numba_batch_equals_single(scene, engines):  # noqa: F811

@@ -1,0 +1,14 @@
+"""Reduction tests build folded operators in a temporary cache folder, never the user's."""
+
+from __future__ import annotations
+
+import pytest
+
+
+@pytest.fixture(scope="package", autouse=True)
+def operator_cache_dir(tmp_path_factory):
+    """``$PBI_OPERATOR_CACHE`` for the reduction tests: a fresh temporary folder."""
+    folder = tmp_path_factory.mktemp("operator-cache")
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("PBI_OPERATOR_CACHE", str(folder))
+        yield folder
