@@ -1,7 +1,8 @@
 """Start and stop the simulated beamline IOC as a subprocess on loopback Channel Access.
 
-Used by the test fixtures and by ``pbi demo``/``pbi iocs``: free ports, a random PV prefix,
-readiness polled on ``<prefix>Ready``, and a guaranteed stop.
+Used by the test fixtures, the benchmarks and ``pbi demo``: free ports, a random PV prefix,
+a data root for the HDF5 files, the PONI and mask files written by the IOC at start-up,
+readiness polled on ``<prefix>sim:Ready``, and a guaranteed stop.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from sim_iocs.config import SIM_DEFAULTS
 from sim_iocs.tray import TraySlot, dump_tray, parse_tray
 
 __all__ = ["SimIOC", "loopback_epics_env", "start_sim_ioc", "stop_sim_ioc"]
@@ -41,6 +43,7 @@ def _free_port() -> int:
 
 
 def loopback_epics_env() -> dict[str, str]:
+    """Channel Access on 127.0.0.1 only, on a free server and a free repeater port."""
     server = _free_port()
     repeater = _free_port()
     while repeater == server:
@@ -55,13 +58,18 @@ def loopback_epics_env() -> dict[str, str]:
         "EPICS_CAS_BEACON_ADDR_LIST": "127.0.0.1",
         "EPICS_CAS_AUTO_BEACON_ADDR_LIST": "NO",
         "EPICS_CAS_BEACON_PORT": str(repeater),
+        # libca clients (ophyd-async's aioca) need this for image1:ArrayData of a 1M frame
+        "EPICS_CA_MAX_ARRAY_BYTES": "100000000",
     }
-
 
 
 @dataclass
 class SimIOC:
-    """A running simulated beamline IOC."""
+    """A running simulated beamline IOC.
+
+    ``data_root`` is the only folder its HDF5 plugin writes into; ``poni_path`` and
+    ``mask_path`` (EDF, 1 = masked) hold the geometry the IOC wrote at start-up.
+    """
 
     prefix: str
     env: dict[str, str]
@@ -69,6 +77,10 @@ class SimIOC:
     tray_path: Path
     log_path: Path
     process: subprocess.Popen = field(repr=False)
+    data_root: Path = Path()
+    poni_path: Path = Path()
+    mask_path: Path = Path()
+    detector: str = SIM_DEFAULTS.detector
 
     def log_tail(self, n_chars: int = 4000) -> str:
         """The end of the IOC's log (stdout+stderr)."""
@@ -98,7 +110,7 @@ def _wait_ready(ioc: SimIOC, deadline_s: float) -> None:
             raise RuntimeError(f"sim IOC exited with code {ioc.process.returncode} before it "
                                f"was ready; its log:\n{ioc.log_tail()}")
         try:
-            resp = read(f"{ioc.prefix}Ready", timeout=0.5, repeater=False)
+            resp = read(f"{ioc.prefix}sim:Ready", timeout=0.5, repeater=False)
             if int(resp.data[0]) == 1:
                 return
         except Exception as exc:  # noqa: BLE001 - not up yet
@@ -109,11 +121,14 @@ def _wait_ready(ioc: SimIOC, deadline_s: float) -> None:
 
 
 def start_sim_ioc(directory: Path, tray: list[dict[str, Any]] | list[TraySlot],
-                  detector: str = "Pilatus300k", seed: int = 7,
-                  env: dict[str, str] | None = None) -> SimIOC:
+                  detector: str = SIM_DEFAULTS.detector, seed: int = 7,
+                  env: dict[str, str] | None = None,
+                  data_root: Path | None = None) -> SimIOC:
     """Start ``python -m sim_iocs.saxs_beamline`` with a random prefix; wait until ready.
 
-    ``env`` holds the EPICS variables (default: :func:`loopback_epics_env`).
+    ``env`` holds the EPICS variables (default: :func:`loopback_epics_env`);
+    ``data_root`` the HDF5 folder (default ``directory / "data"``). The IOC writes
+    ``directory / "geometry.poni"`` and ``directory / "mask.edf"``.
     """
     if all(isinstance(t, TraySlot) for t in tray):
         slots = list(tray)
@@ -123,14 +138,20 @@ def start_sim_ioc(directory: Path, tray: list[dict[str, Any]] | list[TraySlot],
     directory.mkdir(parents=True, exist_ok=True)
     tray_path = dump_tray(slots, directory / "tray.yaml")
     log_path = directory / "ioc.log"
+    root = Path(data_root or directory / "data").resolve()
+    root.mkdir(parents=True, exist_ok=True)
+    poni, mask = directory / "geometry.poni", directory / "mask.edf"
     prefix = f"PBI{uuid.uuid4().hex[:8]}:"
     full_env = {**os.environ, **epics, "PYTHONUNBUFFERED": "1"}
     cmd = [sys.executable, "-m", "sim_iocs.saxs_beamline", "--prefix", prefix,
-           "--tray", str(tray_path), "--detector", detector, "--seed", str(seed)]
+           "--tray", str(tray_path), "--detector", detector, "--seed", str(seed),
+           "--data-root", str(root), "--poni-out", str(poni), "--mask-out", str(mask),
+           "--interfaces", "127.0.0.1"]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=log_file,
                                 stderr=subprocess.STDOUT)
-    ioc = SimIOC(prefix, dict(epics), list(slots), tray_path, log_path, proc)
+    ioc = SimIOC(prefix, dict(epics), list(slots), tray_path, log_path, proc,
+                 data_root=root, poni_path=poni, mask_path=mask, detector=detector)
     atexit.register(_terminate, proc)
     try:
         _wait_ready(ioc, STARTUP_DEADLINE_S)
@@ -138,8 +159,6 @@ def start_sim_ioc(directory: Path, tray: list[dict[str, Any]] | list[TraySlot],
         _terminate(proc)
         raise
     return ioc
-
-
 
 
 def stop_sim_ioc(ioc: SimIOC) -> None:

@@ -1,59 +1,45 @@
-"""A simulated SAXS beamline IOC (caproto): detector, sample changer, beam and faults.
+"""A simulated SAXS beamline IOC (caproto) that speaks the standard PV set.
 
 Run it with::
 
-    python -m sim_iocs.saxs_beamline --prefix P: --tray tray.yaml [--detector Pilatus1M]
+    python -m sim_iocs.saxs_beamline --prefix SAXS: [--detector Pilatus1M] [--tray tray.yaml]
+        [--data-root DIR] [--poni-out geometry.poni] [--mask-out mask.edf] [--list-pvs]
 
-PVs (prefix ``P:``), an areaDetector / motor-record subset:
+PVs below the prefix ``P:``:
 
-===========================  =================================================================
-``P:Ready``                  1 once the IOC is initialised (geometry, limits published)
-``P:cam1:Acquire``           put 1 to acquire ``NumImages`` frames of ``AcquireTime`` s each;
-                             returns to 0 when done (put 0 aborts)
-``P:cam1:AcquireTime``       exposure per frame (s)
-``P:cam1:NumImages``         frames per acquisition when ``ImageMode`` is 1 (multiple)
-``P:cam1:ImageMode``         0 single, 1 multiple
-``P:cam1:DetectorState_RBV`` 0 idle, 1 acquire
-``P:cam1:ArrayCounter_RBV``  frames acquired since start
-``P:cam1:ArraySize0_RBV``    frame width (columns, x)
-``P:cam1:ArraySize1_RBV``    frame height (rows, y)
-``P:cam1:PONI``              char waveform: pyFAI PONI text of the detector geometry
-``P:image1:ArrayData``       last frame, flat int32 waveform (row-major, gaps = -1)
-``P:HDF1:*``                 FilePath, FileName, FileNumber, FullFileName_RBV, Capture,
-                             NumCaptured_RBV, EnableCallbacks (writes /entry/data/data)
-``P:changer:*``              VAL, RBV, DMOV, STOP, HLM, LLM, VELO (slots, slots/s)
-``P:tray:NumSlots``          number of tray slots
-``P:tray:N:Name``            sample name in slot N
-``P:tray:N:Composition``     nominal recipe of slot N
-``P:tray:N:Thickness``       specimen thickness of slot N (cm)
-``P:beam:Shutter``           1 open, 0 closed (closed: dark frames)
-``P:beam:I0``                incident photons of the last exposure
-``P:beam:Transmission``      measured transmission of the last exposed sample
-``P:beam:Flux``              incident flux (photons/s)
-``P:fault:BeamDump``         fault severities 0..1 (0 off) applied to the next frames
-``P:fault:HotPixels``
-``P:fault:BeamCenterDrift``
-``P:fault:DetectorTimeout``  1: Acquire never completes (until put 0)
-===========================  =================================================================
+==========================  ==================================================================
+``P:cam1:*``                ADPilatus driver (ADBase + pilatus.template), port ``PIL``
+``P:image1:*``              NDStdArrays: ``ArrayData`` is the last frame, flat int32
+``P:HDF1:*``                NDFileHDF5 (NDPluginBase + NDFile): ``/entry/data/data`` and the
+                            NDAttributes; ``FilePath`` confined to ``--data-root``
+``P:changer``               motor record of the sample changer (``.VAL``, ``.RBV``, ``.DMOV``,
+                            ...); position n.0 is slot n, position 0 the empty cell
+``P:mon:I0``                ai: incident photons of the last exposure
+``P:mon:Transmission``      ai: measured transmission of the last exposure
+``P:sim:*``                 simulation only: ``Ready``, ``Shutter``, ``Flux`` and the faults
+                            ``BeamDump``, ``HotPixels``, ``BeamCenterDrift`` (0..1),
+                            ``DetectorTimeout`` (On: Acquire never completes until put 0)
+==========================  ==================================================================
 
-The hidden truth of each slot (anomaly kind, severity) is only logged, never served.
+Geometry is not a PV: ``--poni-out`` / ``--mask-out`` write the PONI file and the mask
+(beamstop + module gaps; ``.edf`` via fabio or ``.npy``, 1 = masked) at start-up. The tray's
+hidden truth (anomaly kind, severity) is only logged, never served.
 """
 
 from __future__ import annotations
 
+import argparse
 import asyncio
 import dataclasses
 import logging
 import os
 import sys
-import tempfile
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-from caproto import ChannelData, ChannelDouble, ChannelInteger, ChannelString, ChannelType
-from caproto.server import PVGroup, SubGroup, pvproperty, run, template_arg_parser
+from caproto.server import PVGroup, SubGroup, pvproperty, run
 
 from pbi_bluesky.simulate import (
     PS_PMMA,
@@ -66,181 +52,96 @@ from pbi_bluesky.simulate import (
     render_frame,
 )
 from pbi_bluesky.simulate.scattering import SampleState
+from sim_iocs.ad_common import enum_pv, is_on
+from sim_iocs.areadetector import PilatusBase, make_pilatus_class
+from sim_iocs.config import DETECTOR_DISTANCES_M, DETECTORS, SIM_DEFAULTS
+from sim_iocs.motor import MotorRecord
+from sim_iocs.ndattributes import attributes_xml
 from sim_iocs.tray import TraySlot, default_tray, load_tray
 
-__all__ = ["DETECTOR_DISTANCES_M", "build_ioc", "main", "make_instrument", "make_ioc_class"]
+__all__ = ["DETECTOR_DISTANCES_M", "SAXSBeamlineBase", "build_ioc", "main", "make_instrument",
+           "make_ioc_class", "write_geometry"]
 
 log = logging.getLogger(__name__)
 
-DETECTOR_DISTANCES_M = {"Pilatus300k": 3.0, "Pilatus1M": 3.0}
-"""Default sample-detector distance per supported detector."""
-
-PONI_MAX_LENGTH = 4096
-PATH_MAX_LENGTH = 512
+_GLOBAL_FAULTS = ("beam_dump", "hot_pixels", "beam_center_drift")
 
 
-def make_instrument(detector: str = "Pilatus300k", distance_m: float | None = None) -> Instrument:
+def make_instrument(detector: str = SIM_DEFAULTS.detector,
+                    distance_m: float | None = None) -> Instrument:
     """The simulated instrument for ``detector`` (Pilatus300k or Pilatus1M), 1 A, 1e12 ph/s."""
-    if detector not in DETECTOR_DISTANCES_M:
+    if detector not in DETECTORS:
         raise ValueError(f"unsupported detector {detector!r}; choose from "
-                         f"{', '.join(DETECTOR_DISTANCES_M)}")
+                         f"{', '.join(DETECTORS)}")
     dist = DETECTOR_DISTANCES_M[detector] if distance_m is None else distance_m
     return Instrument(geometry=make_geometry(detector, dist), flux_ph_per_s=1e12)
 
 
-def _poni_text(instrument: Instrument) -> str:
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / "geometry.poni"
-        instrument.write_poni(path)
-        text = path.read_text()
-    if len(text) >= PONI_MAX_LENGTH:
-        raise ValueError(f"PONI text has {len(text)} characters, more than {PONI_MAX_LENGTH}")
-    return text
+def write_geometry(instrument: Instrument, poni_out: Path | None = None,
+                   mask_out: Path | None = None) -> None:
+    """Write the PONI file and/or the mask (``.edf`` through fabio, or ``.npy``; 1 = masked).
 
-
-# -- PV groups -----------------------------------------------------------------------------
-class CamGroup(PVGroup):
-    """Detector driver subset (``cam1:``)."""
-
-    acquire = pvproperty(name="Acquire", value=0, doc="1 = acquire, returns to 0 when done")
-    acquire_time = pvproperty(name="AcquireTime", value=0.1, precision=4, units="s",
-                              lower_ctrl_limit=1e-4, upper_ctrl_limit=3600.0)
-    num_images = pvproperty(name="NumImages", value=1, lower_ctrl_limit=1,
-                            upper_ctrl_limit=1000)
-    image_mode = pvproperty(name="ImageMode", value=0, doc="0 single, 1 multiple")
-    detector_state = pvproperty(name="DetectorState_RBV", value=0, read_only=True,
-                                doc="0 idle, 1 acquire")
-    array_counter = pvproperty(name="ArrayCounter_RBV", value=0, read_only=True)
-    array_size0 = pvproperty(name="ArraySize0_RBV", value=0, read_only=True)
-    array_size1 = pvproperty(name="ArraySize1_RBV", value=0, read_only=True)
-    poni = pvproperty(name="PONI", value="", dtype=ChannelType.CHAR,
-                      max_length=PONI_MAX_LENGTH, read_only=True)
-
-    @acquire.putter
-    async def acquire(self, instance: ChannelData, value: int) -> int:
-        beamline: SAXSBeamlineBase = self.parent
-        if value:
-            beamline.start_acquisition()
-            return 1
-        await beamline.stop_acquisition()
-        return 0
-
-
-class HDFGroup(PVGroup):
-    """HDF5 file-writer subset (``HDF1:``): one file per acquisition at /entry/data/data."""
-
-    file_path = pvproperty(name="FilePath", value="", dtype=ChannelType.CHAR,
-                           max_length=PATH_MAX_LENGTH)
-    file_name = pvproperty(name="FileName", value="saxs", dtype=ChannelType.CHAR,
-                           max_length=PATH_MAX_LENGTH)
-    file_number = pvproperty(name="FileNumber", value=0)
-    full_file_name = pvproperty(name="FullFileName_RBV", value="", dtype=ChannelType.CHAR,
-                                max_length=PATH_MAX_LENGTH, read_only=True)
-    capture = pvproperty(name="Capture", value=0, doc="1 while a file is being written")
-    num_captured = pvproperty(name="NumCaptured_RBV", value=0, read_only=True)
-    enable_callbacks = pvproperty(name="EnableCallbacks", value=0, doc="1 = write files")
-
-
-class ChangerGroup(PVGroup):
-    """Sample changer, motor-record subset (``changer:``), positions are integer slots."""
-
-    val = pvproperty(name="VAL", value=1.0, precision=1, units="slot")
-    rbv = pvproperty(name="RBV", value=1.0, precision=3, units="slot", read_only=True)
-    dmov = pvproperty(name="DMOV", value=1, read_only=True, doc="1 = done moving")
-    stop = pvproperty(name="STOP", value=0)
-    hlm = pvproperty(name="HLM", value=1.0, read_only=True)
-    llm = pvproperty(name="LLM", value=1.0, read_only=True)
-    velo = pvproperty(name="VELO", value=5.0, units="slot/s", lower_ctrl_limit=0.1,
-                      upper_ctrl_limit=100.0)
-    lvio = pvproperty(name="LVIO", value=0, read_only=True, doc="1 = last move violated limits")
-
-    _task: asyncio.Task | None = None
-
-    @val.putter
-    async def val(self, instance: ChannelData, value: float) -> float:
-        target = float(round(value))
-        lo, hi = self.llm.value, self.hlm.value
-        if not lo <= target <= hi:
-            log.warning("changer move to %s refused: outside limits [%s, %s]", value, lo, hi)
-            await self.lvio.write(1)
-            target = float(self.rbv.value)
+    The mask is what a beamline scientist draws: module gaps plus the beamstop shadow.
+    """
+    if mask_out is not None and mask_out.suffix.lower() not in (".edf", ".npy"):
+        raise ValueError(f"mask file {mask_out}: use a .edf or .npy name")
+    if poni_out is not None:
+        poni_out.parent.mkdir(parents=True, exist_ok=True)
+        instrument.write_poni(poni_out)
+    if mask_out is not None:
+        mask_out.parent.mkdir(parents=True, exist_ok=True)
+        mask = instrument.mask.astype(np.int8)
+        if mask_out.suffix.lower() == ".npy":
+            np.save(mask_out, mask)
         else:
-            await self.lvio.write(0)
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-        self._task = asyncio.get_running_loop().create_task(self._move(target))
-        return target
+            import fabio.edfimage
 
-    @stop.putter
-    async def stop(self, instance: ChannelData, value: int) -> int:
-        if value and self._task is not None and not self._task.done():
-            self._task.cancel()
-            await self.val.write(self.rbv.value, verify_value=False)
-        return 0
-
-    async def _move(self, target: float) -> None:
-        await self.dmov.write(0)
-        try:
-            dt = 0.02
-            pos = float(self.rbv.value)
-            while abs(target - pos) > 1e-9:
-                step = max(self.velo.value, 0.1) * dt
-                pos = target if abs(target - pos) <= step else pos + np.sign(target - pos) * step
-                await asyncio.sleep(dt)
-                await self.rbv.write(pos)
-            # a motor record always pulses DMOV, also for a null move
-            await asyncio.sleep(0.05)
-        finally:
-            await self.dmov.write(1)
+            fabio.edfimage.EdfImage(data=mask, header={"pbi_mask": "1 = masked"}).write(
+                str(mask_out))
 
 
-class BeamGroup(PVGroup):
-    """Beam: shutter, incident-flux monitor and transmission (``beam:``)."""
+class MonitorGroup(PVGroup):
+    """Beam monitors (``mon:``): ai records, as a scaler channel or electrometer serves them."""
 
-    shutter = pvproperty(name="Shutter", value=1, doc="1 open, 0 closed")
-    i0 = pvproperty(name="I0", value=0.0, read_only=True, units="ph")
-    transmission = pvproperty(name="Transmission", value=1.0, precision=5, read_only=True)
+    i0 = pvproperty(name="I0", value=0.0, record="ai", units="ph", precision=1,
+                    read_only=True, doc="incident photons of the last exposure")
+    transmission = pvproperty(name="Transmission", value=1.0, record="ai", precision=5,
+                              read_only=True, doc="measured transmission, last exposure")
+
+
+class SimGroup(PVGroup):
+    """Simulation-only PVs (``sim:``): readiness, shutter, flux, fault injection."""
+
+    ready = pvproperty(name="Ready", value=0, read_only=True,
+                       doc="1 once the IOC is initialised")
+    shutter = enum_pv("Shutter", ("Closed", "Open"), 1, doc="closed: dark frames")
     flux = pvproperty(name="Flux", value=1e12, units="ph/s", read_only=True)
-
-
-class FaultGroup(PVGroup):
-    """Fault injection (``fault:``): severities 0..1 applied to the following frames."""
-
     beam_dump = pvproperty(name="BeamDump", value=0.0, lower_ctrl_limit=0.0,
-                           upper_ctrl_limit=1.0)
+                           upper_ctrl_limit=1.0, doc="fault severity 0..1 on next frames")
     hot_pixels = pvproperty(name="HotPixels", value=0.0, lower_ctrl_limit=0.0,
                             upper_ctrl_limit=1.0)
     beam_center_drift = pvproperty(name="BeamCenterDrift", value=0.0, lower_ctrl_limit=0.0,
                                    upper_ctrl_limit=1.0)
-    detector_timeout = pvproperty(name="DetectorTimeout", value=0,
-                                  doc="1 = Acquire never completes")
+    detector_timeout = enum_pv("DetectorTimeout", ("Off", "On"),
+                               doc="On: Acquire never completes (until put 0)")
 
-
-_GLOBAL_FAULTS = {
-    "beam_dump": "beam_dump",
-    "hot_pixels": "hot_pixels",
-    "beam_center_drift": "beam_center_drift",
-}
+    @ready.startup
+    async def ready(self, instance: Any, async_lib: Any) -> None:
+        await self.parent.initialize()
+        await instance.write(1)
 
 
 class SAXSBeamlineBase(PVGroup):
-    """Simulation state shared by the PV groups; subclass made by :func:`make_ioc_class`."""
+    """The beamline and its simulation; the class with its sub-groups comes from
+    :func:`make_ioc_class` (frame size and tray set the waveform length and motor limits)."""
 
-    cam: CamGroup
-    image: PVGroup
-    hdf: HDFGroup
-    changer: ChangerGroup
-    beam: BeamGroup
-    fault: FaultGroup
+    detector: PilatusBase
+    changer: MotorRecord
+    mon: MonitorGroup
+    sim: SimGroup
 
-    def __init__(
-        self,
-        *args: Any,
-        tray: list[TraySlot],
-        instrument: Instrument,
-        seed: int | None = None,
-        **kwargs: Any,
-    ) -> None:
+    def __init__(self, *args: Any, tray: list[TraySlot], instrument: Instrument,
+                 seed: int | None = None, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self.instrument = instrument
         self.tray = {s.slot: s for s in tray}
@@ -255,56 +156,36 @@ class SAXSBeamlineBase(PVGroup):
                      s.sample, s.composition, s.kind, s.severity, s.faults,
                      " (transient)" if s.transient else "")
         self.exposures: dict[int, int] = dict.fromkeys(self.tray, 0)
-        self._task: asyncio.Task | None = None
+        self.frames_taken = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
-        self.poni_text = _poni_text(instrument)
-        self._add_tray_pvs()
+        p = self.prefix
+        self.detector.wire(self, self.lookup, p, attributes_xml([
+            ("I0", f"{p}mon:I0", "incident photons of the exposure"),
+            ("Transmission", f"{p}mon:Transmission", "measured transmission")]))
 
-    def _add_tray_pvs(self) -> None:
-        p = f"{self.prefix}tray:"
-        self.pvdb[f"{p}NumSlots"] = ChannelInteger(value=len(self.tray))
-        # position 0 holds the empty cell (windows only): the background reference
-        self.pvdb[f"{p}0:Name"] = ChannelString(value="empty cell")
-        self.pvdb[f"{p}0:Composition"] = ChannelString(value="")
-        self.pvdb[f"{p}0:Thickness"] = ChannelDouble(value=0.0, precision=4, units="cm")
-        for n, s in self.tray.items():
-            self.pvdb[f"{p}{n}:Name"] = ChannelString(value=s.sample)
-            self.pvdb[f"{p}{n}:Composition"] = ChannelString(value=s.composition)
-            self.pvdb[f"{p}{n}:Thickness"] = ChannelDouble(value=s.thickness_cm, precision=4,
-                                                           units="cm")
+    def lookup(self, name: str) -> Any:
+        """The channel of a PV of this IOC (``NAME`` or ``RECORD.FIELD``), or None."""
+        channel = self.pvdb.get(name)
+        if channel is None and "." in name:
+            record, fld = name.rsplit(".", 1)
+            base = self.pvdb.get(record)
+            if base is not None and hasattr(base, "get_field"):
+                try:
+                    return base.get_field(fld)
+                except Exception:  # noqa: BLE001 - unknown field
+                    return None
+        return channel
 
     async def initialize(self) -> None:
-        """Publish geometry, frame size and changer limits (run once at IOC start)."""
-        ny, nx = self.instrument.shape
-        await self.cam.array_size0.write(nx)
-        await self.cam.array_size1.write(ny)
-        await self.cam.poni.write(self.poni_text)
-        lo, hi = 0.0, float(max(self.tray))  # position 0: the empty cell
-        await self.changer.llm.write(lo)
-        await self.changer.hlm.write(hi)
-        await self.changer.val.write_metadata(lower_ctrl_limit=lo, upper_ctrl_limit=hi)
-        await self.changer.val.write(lo, verify_value=False)
-        await self.changer.rbv.write(lo)
-        await self.beam.flux.write(self.instrument.flux_ph_per_s)
-        await self.hdf.file_path.write(tempfile.gettempdir())
+        """Boot values: detector, changer at the empty cell (position 0), flux."""
+        await self.detector.initialize()
+        await self.changer.initialize()
+        await self.sim.flux.write(self.instrument.flux_ph_per_s)
 
-    # -- acquisition ------------------------------------------------------------------------
-    def start_acquisition(self) -> None:
-        """Start an acquisition task unless one is running."""
-        if self._task is not None and not self._task.done():
-            log.info("Acquire=1 while acquiring: ignored")
-            return
-        self._task = asyncio.get_running_loop().create_task(self._acquire())
-
-    async def stop_acquisition(self) -> None:
-        """Abort a running acquisition."""
-        if self._task is not None and not self._task.done():
-            self._task.cancel()
-            log.info("acquisition aborted")
-
+    # -- the simulation behind the detector --------------------------------------------------
     def slot_in_beam(self) -> int | None:
-        """Slot at the changer position, or None between slots / at an empty position."""
-        pos = float(self.changer.rbv.value)
+        """Slot at the changer's (dial) position, or None at the empty cell / between slots."""
+        pos = self.changer.dial_position
         n = int(round(pos))
         if abs(pos - n) > 0.05 or n not in self.tray:
             return None
@@ -313,8 +194,8 @@ class SAXSBeamlineBase(PVGroup):
     def faults_for(self, slot: int | None) -> dict[str, float]:
         """Instrument faults for the next exposure of ``slot``; counts the exposure."""
         faults: dict[str, float] = {}
-        for attr, name in _GLOBAL_FAULTS.items():
-            sev = float(getattr(self.fault, attr).value)
+        for name in _GLOBAL_FAULTS:
+            sev = float(getattr(self.sim, name).value)
             if sev > 0:
                 faults[name] = min(sev, 1.0)
         if slot is not None:
@@ -339,147 +220,121 @@ class SAXSBeamlineBase(PVGroup):
         return render_frame(self.states[slot], inst, self.rng, exposure_s=exposure_s,
                             faults=faults)
 
-    async def _acquire(self) -> None:
-        cam = self.cam
-        loop = asyncio.get_running_loop()
-        exposure = float(cam.acquire_time.value)
-        n_frames = max(1, int(cam.num_images.value)) if int(cam.image_mode.value) else 1
-        frames: list[np.ndarray] = []
-        await cam.detector_state.write(1)
-        try:
-            for _ in range(n_frames):
-                slot = self.slot_in_beam()
-                faults = self.faults_for(slot)
-                shutter = bool(self.beam.shutter.value)
-                render = loop.run_in_executor(self._executor, self._render, slot, exposure,
-                                              faults, shutter)
-                await asyncio.sleep(exposure)
-                shot = await render
-                if int(self.fault.detector_timeout.value):
-                    log.warning("DetectorTimeout fault: acquisition hangs until Acquire=0")
-                    await asyncio.Event().wait()
-                log.info("frame %d: slot=%s faults=%s I0=%.4g T=%.4f",
-                         cam.array_counter.value + 1, slot, faults, shot.monitor,
-                         shot.transmission)
-                await self.image.array_data.write(shot.frame.ravel())
-                await self.beam.i0.write(shot.monitor)
-                await self.beam.transmission.write(shot.transmission)
-                await cam.array_counter.write(cam.array_counter.value + 1)
-                frames.append(shot.frame)
-            if int(self.hdf.enable_callbacks.value) and frames:
-                await self._write_hdf(frames, exposure)
-        except asyncio.CancelledError:
-            log.info("acquisition cancelled")
-        except Exception:  # keep the IOC alive; the client sees a trigger timeout
-            log.exception("acquisition failed")
-        finally:
-            await cam.detector_state.write(0)
-            await cam.acquire.write(0, verify_value=False)
-
-    async def _write_hdf(self, frames: list[np.ndarray], exposure: float) -> None:
-        hdf = self.hdf
-        directory = Path(str(hdf.file_path.value) or tempfile.gettempdir())
-        number = int(hdf.file_number.value)
-        path = directory / f"{hdf.file_name.value}_{number:05d}.h5"
-        await hdf.capture.write(1)
-        try:
-            await asyncio.get_running_loop().run_in_executor(
-                self._executor, _write_h5, path, np.stack(frames), exposure, self.poni_text)
-        except OSError:
-            log.exception("HDF5 writer: cannot write %s", path)
-            return
-        finally:
-            await hdf.capture.write(0)
-        await hdf.full_file_name.write(str(path))
-        await hdf.num_captured.write(len(frames))
-        await hdf.file_number.write(number + 1)
+    async def expose(self, exposure_s: float) -> np.ndarray:
+        """One exposure (the detector's :class:`~sim_iocs.ad_driver.FrameSource`)."""
+        slot = self.slot_in_beam()
+        faults = self.faults_for(slot)
+        shutter = is_on(self.sim.shutter.value)
+        render = asyncio.get_running_loop().run_in_executor(
+            self._executor, self._render, slot, exposure_s, faults, shutter)
+        await asyncio.sleep(exposure_s)
+        shot = await render
+        if is_on(self.sim.detector_timeout.value):
+            log.warning("DetectorTimeout fault: acquisition hangs until Acquire = 0")
+            await asyncio.Event().wait()
+        self.frames_taken += 1
+        log.info("frame %d: slot=%s faults=%s I0=%.4g T=%.4f", self.frames_taken, slot,
+                 faults, shot.monitor, shot.transmission)
+        await self.mon.i0.write(shot.monitor)
+        await self.mon.transmission.write(shot.transmission)
+        return shot.frame
 
 
-def _write_h5(path: Path, data: np.ndarray, exposure: float, poni: str) -> None:
-    import h5py
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    with h5py.File(path, "w") as f:
-        entry = f.create_group("entry")
-        entry.attrs["NX_class"] = "NXentry"
-        grp = entry.create_group("data")
-        grp.attrs["NX_class"] = "NXdata"
-        grp.create_dataset("data", data=data, dtype="<i4", chunks=(1, *data.shape[1:]))
-        instr = entry.create_group("instrument")
-        instr.create_dataset("exposure_s", data=exposure)
-        instr.create_dataset("poni", data=poni)
-
-
-def make_ioc_class(n_pixels: int) -> type[SAXSBeamlineBase]:
-    """The IOC class for a detector of ``n_pixels`` pixels (waveform length is static)."""
-
-    class ImagePlugin(PVGroup):
-        """Image plugin subset (``image1:``)."""
-
-        array_data = pvproperty(name="ArrayData", value=np.zeros(n_pixels, dtype=np.int32),
-                                dtype=ChannelType.LONG, max_length=n_pixels, read_only=True)
+def make_ioc_class(shape: tuple[int, int], model: str, data_root: Path,
+                   n_slots: int) -> type[SAXSBeamlineBase]:
+    """The IOC class for frames of ``shape`` and a tray whose last slot is ``n_slots``."""
 
     class SAXSBeamlineIOC(SAXSBeamlineBase):
         """Simulated SAXS beamline."""
 
-        cam = SubGroup(CamGroup, prefix="cam1:")
-        image = SubGroup(ImagePlugin, prefix="image1:")
-        hdf = SubGroup(HDFGroup, prefix="HDF1:")
-        changer = SubGroup(ChangerGroup, prefix="changer:")
-        beam = SubGroup(BeamGroup, prefix="beam:")
-        fault = SubGroup(FaultGroup, prefix="fault:")
-
-        ready = pvproperty(name="Ready", value=0, read_only=True,
-                           doc="1 once the IOC has published geometry and limits")
-
-        @ready.startup
-        async def ready(self, instance: ChannelData, async_lib: Any) -> None:
-            await self.initialize()
-            await instance.write(1)
+        detector = SubGroup(make_pilatus_class(shape), prefix="", shape=shape, model=model,
+                            data_root=data_root)
+        changer = SubGroup(MotorRecord, prefix="changer", units="slot", velocity=5.0,
+                           max_velocity=20.0, acceleration_s=0.05,
+                           limits=(0.0, float(n_slots)), precision=3, resolution=0.001)
+        mon = SubGroup(MonitorGroup, prefix="mon:")
+        sim = SubGroup(SimGroup, prefix="sim:")
 
     return SAXSBeamlineIOC
 
 
-def build_ioc(
-    prefix: str,
-    tray: list[TraySlot] | None = None,
-    detector: str = "Pilatus300k",
-    seed: int | None = None,
-) -> SAXSBeamlineBase:
+def build_ioc(prefix: str, tray: list[TraySlot] | None = None,
+              detector: str = SIM_DEFAULTS.detector, seed: int | None = None,
+              data_root: Path | None = None) -> SAXSBeamlineBase:
     """Construct (not run) the beamline IOC; ``ioc.pvdb`` holds every PV."""
     instrument = make_instrument(detector)
-    ny, nx = instrument.shape
-    cls = make_ioc_class(nx * ny)
-    ioc = cls(prefix=prefix, tray=tray or default_tray(), instrument=instrument, seed=seed)
+    slots = tray or default_tray()
+    root = Path(data_root or SIM_DEFAULTS.data_root)
+    root.mkdir(parents=True, exist_ok=True)
+    cls = make_ioc_class(instrument.shape, DETECTORS[detector], root,
+                         max(s.slot for s in slots))
+    ioc = cls(prefix=prefix, tray=slots, instrument=instrument, seed=seed)
     # warm the instrument's cached per-pixel maps so the first frame is fast
     _ = instrument.q_map_inv_angstrom, instrument.solid_angle_sr, instrument.polarization
     _ = instrument.detector_mask, instrument.flat_field
     return ioc
 
 
+def _parser() -> argparse.ArgumentParser:
+    d = SIM_DEFAULTS
+    parser = argparse.ArgumentParser(
+        prog="python -m sim_iocs.saxs_beamline",
+        description="Simulated SAXS beamline IOC: ADPilatus detector (cam1:, image1:, "
+                    "HDF1:), sample-changer motor record, beam monitors, fault injection.")
+    parser.add_argument("--prefix", default=d.prefix, help=f"PV prefix (default {d.prefix})")
+    parser.add_argument("--detector", default=d.detector, choices=sorted(DETECTORS))
+    parser.add_argument("--tray", default=None,
+                        help="tray file (YAML/JSON); default: the built-in 14-slot tray")
+    parser.add_argument("--seed", type=int, default=None, help="random seed of the specimens")
+    parser.add_argument("--data-root", type=Path, default=d.data_root,
+                        help=f"the only folder HDF1: may write into (default {d.data_root})")
+    parser.add_argument("--poni-out", type=Path, default=None,
+                        help="write the detector geometry as a pyFAI PONI file at start-up")
+    parser.add_argument("--mask-out", type=Path, default=None,
+                        help="write the mask (beamstop + gaps, 1 = masked) as .edf or .npy")
+    parser.add_argument("--interfaces", nargs="+", default=list(d.interfaces),
+                        help="interfaces to serve Channel Access on (default: loopback only)")
+    parser.add_argument("--list-pvs", "--print-pvs", dest="list_pvs", action="store_true",
+                        help="print the PV names and exit without serving")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    return parser
+
+
+class _QuietCaproto(logging.Filter):
+    """Drop caproto's per-client connect lines and beacon-send errors (on loopback nobody
+    listens on the beacon port); keep the rest (``Listening on ...``, write errors)."""
+
+    NOISE = ("beacon", "Connected to new client", "Disconnected from client")
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        message = record.getMessage()
+        return not any(n in message for n in self.NOISE)
+
+
+def _quiet_caproto(verbose: bool) -> None:
+    if not verbose:
+        logging.getLogger("caproto.ctx").addFilter(_QuietCaproto())
+
+
 def main(argv: list[str] | None = None) -> None:
     """Command-line entry point."""
-    parser, split_args = template_arg_parser(
-        desc="Simulated SAXS beamline (detector, sample changer, beam, fault injection)",
-        default_prefix="SAXS:",
-    )
-    parser.add_argument("--tray", default=None, help="tray file (YAML/JSON); default: "
-                        "the built-in 14-slot tray")
-    parser.add_argument("--detector", default="Pilatus300k", choices=sorted(DETECTOR_DISTANCES_M))
-    parser.add_argument("--seed", type=int, default=None, help="random seed of the specimens")
-    parser.add_argument("--print-pvs", action="store_true",
-                        help="print the PV names and exit without serving")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
-    ioc_options, run_options = split_args(args)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    logging.getLogger("caproto").propagate = False  # caproto has its own handler
+    args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    _quiet_caproto(args.verbose)
     tray = load_tray(args.tray) if args.tray else default_tray()
-    ioc = build_ioc(ioc_options["prefix"], tray, args.detector, args.seed)
-    if args.print_pvs:
+    ioc = build_ioc(args.prefix, tray, args.detector, args.seed, args.data_root)
+    if args.list_pvs:
         print("\n".join(sorted(ioc.pvdb)))
         return
-    log.info("serving %d PVs with prefix %s (pid %d)", len(ioc.pvdb), ioc.prefix, os.getpid())
-    run(ioc.pvdb, **run_options)
+    write_geometry(ioc.instrument, args.poni_out, args.mask_out)
+    for what, path in (("PONI", args.poni_out), ("mask", args.mask_out)):
+        if path is not None:
+            log.info("wrote %s %s", what, path)
+    log.info("serving %d PVs with prefix %s on %s (pid %d), data root %s", len(ioc.pvdb),
+             ioc.prefix, " ".join(args.interfaces), os.getpid(), ioc.detector.data_root)
+    run(ioc.pvdb, module_name="caproto.asyncio.server", interfaces=args.interfaces,
+        log_pv_names=False)
 
 
 if __name__ == "__main__":

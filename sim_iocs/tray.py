@@ -3,16 +3,18 @@
 A tray file (YAML or JSON) is a list of slots, or a mapping with a ``slots`` list. Each slot::
 
     - slot: 3                  # integer changer position (>= 1), unique
-      sample: PSPMMA-50-b      # sample name shown to users (PV tray:N:Name)
-      composition: "50:50"     # nominal recipe, wt% A : wt% B (PV tray:N:Composition)
+      sample: PSPMMA-50-b      # sample name shown to users
+      composition: "50:50"     # nominal recipe, wt% A : wt% B
       kind: contamination      # hidden truth: "normal" or an anomaly kind
       severity: 0.8            # hidden truth, 0..1 (ignored for normal)
       thickness_cm: 0.1        # optional, default 0.1
       faults: {beam_dump: 0.8} # optional instrument faults for this slot's exposures
       transient: true          # optional: the faults hit only the slot's FIRST exposure
 
-The ``kind``/``severity`` are never published over Channel Access: they are the ground
-truth the anomaly detector has to find.
+The tray is data, not PVs (no real beamline has a PV that knows a sample's recipe): a
+plan gets what it may know from :func:`public_tray`. The ``kind``/``severity``/``faults``
+are the hidden ground truth the anomaly detector has to find; only the IOC reads them.
+Position 0 of the changer holds the empty cell (windows only, the background reference).
 """
 
 from __future__ import annotations
@@ -27,10 +29,14 @@ from pbi_bluesky.simulate import INSTRUMENT_FAULTS, SAMPLE_ANOMALIES
 from pbi_bluesky.simulate.anomalies import applicable_anomalies
 from pbi_bluesky.simulate.recipes import parse_recipe
 
-__all__ = ["TrayError", "TraySlot", "default_tray", "dump_tray", "load_tray", "parse_tray"]
+__all__ = ["EMPTY_CELL", "TrayError", "TraySlot", "default_tray", "dump_tray", "load_tray",
+           "parse_tray", "public_tray"]
 
 MAX_NAME_LENGTH = 39
-"""Sample names are served as CA DBR_STRING (40 bytes incl. terminator)."""
+"""Sample names fit an EPICS DBR_STRING (40 bytes incl. terminator), e.g. a sample-name PV."""
+
+EMPTY_CELL: dict[str, Any] = {"slot": 0, "sample": "empty cell", "sample_type": "empty_cell"}
+"""What a plan knows of changer position 0."""
 
 _KNOWN_KEYS = {
     "slot", "sample", "composition", "kind", "severity", "thickness_cm", "faults", "transient",
@@ -160,6 +166,19 @@ def parse_tray(data: Any, source: str = "<tray>") -> list[TraySlot]:
             raise TrayError(f"{source}: slot {s.slot} is defined more than once")
         seen.add(s.slot)
     return sorted(slots, key=lambda s: s.slot)
+
+
+def public_tray(slots: Iterable[TraySlot]) -> list[dict[str, Any]]:
+    """What a plan may know of a tray: slot, sample, composition, thickness, sample type.
+
+    The first entry is the empty cell at position 0; the hidden truth (kind, severity,
+    faults) is left out.
+    """
+    rows: list[dict[str, Any]] = [dict(EMPTY_CELL)]
+    for s in sorted(slots, key=lambda s: s.slot):
+        rows.append({"slot": s.slot, "sample": s.sample, "composition": s.composition,
+                     "thickness_cm": s.thickness_cm, "sample_type": "sample"})
+    return rows
 
 
 def load_tray(path: str | Path) -> list[TraySlot]:

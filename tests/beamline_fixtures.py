@@ -46,8 +46,11 @@ TEST_TRAY: list[dict[str, Any]] = [
      "transient": True},
     {"slot": 8, "sample": "D50-live", "composition": "50:50", "kind": "degradation",
      "severity": 1.0},
+    {"slot": 9, "sample": "T50-ioc", "composition": "50:50", "faults": {"beam_dump": 0.8},
+     "transient": True},
 ]
-"""Slots 1-4: plan tests, 5: device tests, 6-8: live end-to-end (one-shot faults on 4, 7)."""
+"""Slots 1-4: plan tests, 5: device tests, 6-8: live end-to-end, 9: IOC tests (one-shot faults
+on 4, 7, 9: expose those slots only in the tests they belong to). Position 0: empty cell."""
 
 
 EPICS_ENV: dict[str, str] = loopback_epics_env()
@@ -60,7 +63,10 @@ _SHARED: dict[str, Any] = {"ioc": None, "users": 0}
 
 def start_sim_ioc(directory: Path, tray: list[dict[str, Any]] | None = None,
                   detector: str = "Pilatus300k", seed: int = 7) -> SimIOC:
-    """Start the IOC on this session's loopback ports with the test tray by default."""
+    """Start the IOC on this session's loopback ports with the test tray by default.
+
+    Tests use the small Pilatus300k for speed (the IOC's own default is the Pilatus1M).
+    """
     return _start(directory, tray or TEST_TRAY, detector, seed, env=EPICS_ENV)
 
 
@@ -68,8 +74,9 @@ def start_sim_ioc(directory: Path, tray: list[dict[str, Any]] | None = None,
 def sim_ioc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimIOC]:
     """One simulated beamline IOC per test session (shared by every module importing it).
 
-    Yields a :class:`SimIOC` (prefix, EPICS env, tray, log path); the subprocess is always
-    terminated at the end of the session.
+    Yields a :class:`SimIOC` (prefix, EPICS env, tray, log path, ``data_root`` for HDF5
+    files, ``poni_path``, ``mask_path``); the subprocess is always terminated at the end of
+    the session.
     """
     if _SHARED["ioc"] is None:
         _SHARED["ioc"] = start_sim_ioc(tmp_path_factory.mktemp("sim_ioc"))
@@ -102,19 +109,38 @@ def ca_put(pvname: str, value: Any, timeout: float = 5.0) -> None:
 
 
 def ca_get(pvname: str, timeout: float = 5.0) -> Any:
-    """Read a PV's first element (caproto sync client)."""
+    """Read a PV's first element (caproto sync client); enums come back as their string."""
     from caproto.sync.client import read
 
     return read(pvname, timeout=timeout, repeater=False).data[0]
 
 
-def move_changer(prefix: str, slot: int, deadline_s: float = 20.0) -> None:
-    """Move the sample changer with plain CA and wait until it is in position."""
-    ca_put(f"{prefix}changer:VAL", float(slot))
-    end = time.monotonic() + deadline_s
+def ca_get_array(pvname: str, timeout: float = 5.0) -> Any:
+    """Read a whole waveform (caproto sync client)."""
+    from caproto.sync.client import read
+
+    return read(pvname, timeout=timeout, repeater=False).data
+
+
+def ca_get_str(pvname: str, timeout: float = 5.0) -> str:
+    """Read a string PV (DBR_STRING, enum or char waveform) as text."""
+    data = ca_get_array(pvname, timeout)
+    if len(data) and isinstance(data[0], bytes):
+        return data[0].decode()
+    return bytes(bytearray(int(c) for c in data)).split(b"\0", 1)[0].decode()
+
+
+def move_changer(prefix: str, slot: float, deadline_s: float = 20.0) -> None:
+    """Move the sample changer (motor record ``<prefix>changer``) with plain CA.
+
+    The put to ``.VAL`` completes when the move is done (as a motor record's does);
+    ``.DMOV`` and ``.RBV`` are checked afterwards.
+    """
+    ca_put(f"{prefix}changer.VAL", float(slot), timeout=deadline_s)
+    end = time.monotonic() + 2.0
     while time.monotonic() < end:
-        if int(ca_get(f"{prefix}changer:DMOV")) == 1 and abs(
-                float(ca_get(f"{prefix}changer:RBV")) - slot) < 1e-6:
+        if int(ca_get(f"{prefix}changer.DMOV")) == 1 and abs(
+                float(ca_get(f"{prefix}changer.RBV")) - slot) < 1e-6:
             return
         time.sleep(0.05)
-    raise RuntimeError(f"changer did not reach slot {slot} within {deadline_s} s")
+    raise RuntimeError(f"changer did not reach position {slot} within {deadline_s} s")

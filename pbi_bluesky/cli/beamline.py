@@ -9,6 +9,7 @@ from typing import Annotated
 import typer
 
 from pbi_bluesky.cli.app import app
+from sim_iocs.config import SIM_DEFAULTS
 
 
 @app.command()
@@ -51,20 +52,37 @@ def demo(
 
 @app.command()
 def iocs(
-    prefix: Annotated[str, typer.Option(help="PV prefix.")] = "PBI:",
+    prefix: Annotated[str, typer.Option(help="PV prefix.")] = SIM_DEFAULTS.prefix,
     tray: Annotated[Path | None, typer.Option(help="Tray YAML/JSON (default: built in).")] = None,
-    detector: Annotated[str, typer.Option(help="Pilatus300k or Pilatus1M.")] = "Pilatus1M",
+    detector: Annotated[str, typer.Option(help="Pilatus300k or Pilatus1M.")] = (
+        SIM_DEFAULTS.detector),
     seed: Annotated[int | None, typer.Option(help="Random seed of the specimens.")] = None,
+    data_root: Annotated[Path, typer.Option(help="The only folder HDF1: may write into.")] = (
+        SIM_DEFAULTS.data_root),
+    poni_out: Annotated[Path | None, typer.Option(help="Write the geometry (PONI).")] = None,
+    mask_out: Annotated[Path | None, typer.Option(help="Write the mask (.edf or .npy).")] = None,
+    interfaces: Annotated[list[str] | None, typer.Option(
+        help="Interface to serve Channel Access on, repeat for more "
+             f"[default: {' '.join(SIM_DEFAULTS.interfaces)}].")] = None,
     list_pvs: Annotated[bool, typer.Option("--list-pvs", help="Print the PVs and exit.")] = False,
 ) -> None:
-    """Run the simulated SAXS beamline IOC in the foreground (Ctrl-C stops it)."""
+    """Run the simulated SAXS beamline IOC in the foreground (Ctrl-C stops it).
+
+    Same defaults as ``python -m sim_iocs.saxs_beamline`` (``sim_iocs.config.SIM_DEFAULTS``):
+    loopback only unless ``--interfaces`` says otherwise.
+    """
     from sim_iocs.saxs_beamline import main as ioc_main
 
-    argv = ["--prefix", prefix, "--detector", detector]
+    argv = ["--prefix", prefix, "--detector", detector, "--data-root", str(data_root),
+            "--interfaces", *(interfaces or SIM_DEFAULTS.interfaces)]
     if tray:
         argv += ["--tray", str(tray)]
     if seed is not None:
         argv += ["--seed", str(seed)]
+    if poni_out is not None:
+        argv += ["--poni-out", str(poni_out)]
+    if mask_out is not None:
+        argv += ["--mask-out", str(mask_out)]
     if list_pvs:
-        argv.append("--print-pvs")
+        argv.append("--list-pvs")
     ioc_main(argv)
