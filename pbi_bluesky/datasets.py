@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import json
 import logging
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -157,7 +158,9 @@ def generate_dataset(
     if frames:
         reducer, background = _prepare_frames(out, instrument, rng)
     rows: list[dict[str, Any]] = []
-    for spec in tqdm(specs, desc="simulating", unit="sample", disable=not progress):
+    # a bar on a terminal only (redrawn at most once a second); a log file gets one line
+    for spec in tqdm(specs, desc="simulating", unit="sample", mininterval=1.0,
+                     disable=not (progress and sys.stderr.isatty())):
         row = _measure(spec, out, system, instrument, rng, reducer, background)
         rows.append(row)
     manifest = out / "manifest.csv"

@@ -88,6 +88,7 @@ def trained(tmp_path_factory):
     result = runner.invoke(app, ["train", "--manifest", str(root / "train" / "manifest.csv"),
                                  "--out", str(root / "model"), "--epochs", "3"])
     assert result.exit_code == 0, result.output
+    (root / "train_output.txt").write_text(result.output)
     return root
 
 
@@ -95,6 +96,48 @@ def test_train_writes_a_bundle(trained):
     doc = json.loads((trained / "model" / "model.json").read_text())
     assert doc["recipes"] == ["0:100", "100:0", "25:75", "50:50", "75:25"]
     assert (trained / "model" / "training_curve.png").is_file()
+    # 75 normals cannot reach the default 0.01 (smallest p 1/76): the default rises to 0.02
+    # and every normal calibrates (cross-conformal); pbi train says all of it
+    out = (trained / "train_output.txt").read_text()
+    assert "calibration: cross-conformal, 5 models" in out
+    assert "75 calibration normals" in out and "smallest reachable p 0.01316" in out
+    assert "alpha 0.02 (default 0.01 is out of reach of 75 normals" in out
+    assert "threshold" in out and "validity:" in out
+    cal = doc["calibration"]
+    assert (cal["method"], cal["n_calibration"], doc["alpha"]) == ("cross", 75, 0.02)
+    assert cal["smallest_p"] == pytest.approx(1 / 76) and doc["threshold"] < float("inf")
+
+
+def test_train_with_an_alpha_the_data_cannot_reach_is_a_clear_error(trained, tmp_path):
+    result = runner.invoke(app, ["train", "--manifest", str(trained / "train" / "manifest.csv"),
+                                 "--out", str(tmp_path / "m"), "--epochs", "1",
+                                 "--alpha", "0.01"])
+    assert result.exit_code == 2
+    assert "alpha 0.01 cannot be reached with 75 normal profiles" in result.output
+    assert "1/76" in result.output and "24 more" in result.output
+    assert not (tmp_path / "m" / "model.json").exists()
+
+
+def test_score_refuses_a_model_that_can_never_flag(trained, tmp_path):
+    import shutil
+
+    import numpy as np
+
+    from pbi_bluesky.models.bundle import sha256_file
+
+    target = tmp_path / "never"
+    shutil.copytree(trained / "model", target)
+    doc = json.loads((target / "model.json").read_text())
+    doc["alpha"] = 0.01  # 75 calibration normals cannot reach it: threshold infinite
+    with np.load(target / "arrays.npz", allow_pickle=False) as npz:
+        arrays = {k: npz[k] for k in npz.files}
+    np.savez(target / "arrays.npz", **arrays)
+    doc["files"]["arrays.npz"] = sha256_file(target / "arrays.npz")
+    (target / "model.json").write_text(json.dumps(doc))
+    good = sorted((trained / "train" / "profiles").glob("*.dat"))[:1]
+    result = runner.invoke(app, ["score", str(good[0]), "--model", str(target), "--json"])
+    assert result.exit_code == 2
+    assert "can never flag a curve" in result.output and "threshold is infinite" in result.output
 
 
 def test_score_mix_of_good_and_broken_files(trained, tmp_path):

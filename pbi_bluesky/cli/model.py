@@ -29,7 +29,20 @@ def train(
     epochs: Annotated[int | None, typer.Option(
         help="Training epochs (default: 80 for pbi, 30 for paper).")] = None,
     seed: Annotated[int, typer.Option(help="Random seed.")] = 0,
-    alpha: Annotated[float, typer.Option(help="False-positive rate of the verdict.")] = 0.01,
+    alpha: Annotated[float | None, typer.Option(
+        help="False-positive rate of the verdict (default: 0.01 where the normals reach it, "
+             "else the smallest of 0.02, 0.05, 0.1 they reach; an alpha given here that "
+             "they cannot reach is an error).")] = None,
+    calibration: Annotated[str, typer.Option(
+        help="auto (default), split or cross (cross-conformal: every normal calibrates, "
+             "K models).")] = "auto",
+    folds: Annotated[int, typer.Option(help="K of cross-conformal calibration.")] = 5,
+    qmin: Annotated[float | None, typer.Option(
+        help="Lowest q of the model grid, 1/A (default: 0.008, or the lowest q every "
+             "training profile covers).")] = None,
+    qmax: Annotated[float | None, typer.Option(
+        help="Highest q of the model grid, 1/A (default: 0.19, or the highest q every "
+             "training profile covers).")] = None,
     margin: Annotated[float, typer.Option(help="Triplet-loss margin.")] = 0.3,
     mining: Annotated[str, typer.Option(help="hard or semi-hard.")] = "semi-hard",
     detector_name: Annotated[str, typer.Option(
@@ -39,10 +52,15 @@ def train(
     """Train a detector on normal profiles (every manifest row is a normal sample)."""
     from dataclasses import replace
 
-    import numpy as np
     import torch
 
-    from pbi_bluesky.models import AnomalyDetector, PaperPipeline, save_bundle
+    from pbi_bluesky.models import (
+        AnomalyDetector,
+        CoverageError,
+        PaperPipeline,
+        QGrid,
+        save_bundle,
+    )
     from pbi_bluesky.models.bundle import sha256_file, training_data_hash
 
     torch.manual_seed(seed)
@@ -64,11 +82,24 @@ def train(
         typer.echo(f"error: --detector must be one of {', '.join(kinds)}", err=True)
         raise typer.Exit(2)
     kind = kinds[detector_name]
-    cfg = replace(kind.default_training(), seed=seed, alpha=alpha, margin=margin,
-                  mining=mining, **({} if epochs is None else {"epochs": epochs}))
-    detector = kind(training=cfg)
     try:
+        cfg = replace(kind.default_training(), seed=seed, alpha=alpha, margin=margin,
+                      mining=mining, calibration=calibration, folds=folds,
+                      **({} if epochs is None else {"epochs": epochs}))
+        preferred = (qmin if qmin is not None else 0.008, qmax if qmax is not None else 0.19)
+        if qmin is not None or qmax is not None:
+            grid = QGrid(*preferred)  # asked for: every training profile must cover it
+        else:
+            grid = QGrid.for_profiles(loaded, preferred=preferred)
+        if qmin is None and qmax is None and (grid.q_min, grid.q_max) != (0.008, 0.19):
+            typer.echo(f"note: the training profiles do not all cover q = 0.008..0.19 1/A; "
+                       f"the model grid is q = {grid.q_min:.4g}..{grid.q_max:.4g} 1/A "
+                       "(every profile scored later must cover it)", err=True)
+        detector = kind(grid, training=cfg)
         detector.fit(loaded, recipes)
+    except CoverageError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -77,17 +108,39 @@ def train(
         detector, out, training_data_sha256=training_data_hash(intensity, sigma, recipes),
         extra={"training_manifest": str(manifest), "manifest_sha256": sha256_file(manifest)},
     )
-    typer.echo(f"wrote {path} (recipes {detector.recipes}, threshold "
-               f"{detector.threshold:.4g}, train {detector.metrics['train_seconds']} s, "
-               f"{len(np.asarray(detector.calibration_scores))} calibration normals)")
+    typer.echo(f"wrote {path} (recipes {detector.recipes}, train "
+               f"{detector.metrics['train_seconds']} s)")
+    typer.echo(describe_calibration(detector))
 
 
-def _open_model(model: Path | None):
+def describe_calibration(detector) -> str:
+    """One paragraph: calibration method, sizes, smallest reachable p, alpha, threshold."""
+    c = detector.calibration_summary()
+    method = ("cross-conformal, " + f"{c['folds']} models each trained without one fold"
+              if c["method"] == "cross" else "split conformal (one model)")
+    scope = "per recipe (Mondrian)" if c["mondrian"] else "pooled over recipes"
+    per = ", ".join(f"{k} {v}" for k, v in c["n_calibration_per_recipe"].items())
+    alpha = f"alpha {c['alpha']:g}" + ("" if c["alpha_source"] == "given"
+                                       else f" ({c['alpha_source']})")
+    lines = [f"calibration: {method}, {scope}; {c['n_calibration']} calibration normals "
+             f"({per}); smallest reachable p {c['smallest_p']:.4g}; {alpha}; threshold "
+             f"{c['threshold']:.4g}"]
+    if c.get("threshold_per_recipe"):
+        lines.append("thresholds per recipe: " + ", ".join(
+            f"{k} {v:.4g}" for k, v in c["threshold_per_recipe"].items()))
+    lines.append(f"validity: {c['validity']}")
+    return "\n".join(lines)
+
+
+def _open_model(model: Path | None, *, for_scoring: bool = True):
+    """Load a bundle; for scoring, one that can never flag is refused (exit 2)."""
     from pbi_bluesky.models import BundleError, load_bundle
     from pbi_bluesky.models.bundle import load_default_model
 
     try:
-        return load_bundle(model) if model else load_default_model()
+        if model:
+            return load_bundle(model, for_scoring=for_scoring)
+        return load_default_model(for_scoring=for_scoring)
     except BundleError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
@@ -166,7 +219,8 @@ def evaluate(
         "evaluation"),
     poni: Annotated[Path | None, typer.Option(help="PONI: manifest paths are frames.")] = None,
     epochs: Annotated[int, typer.Option(help="Training epochs of the default.")] = 80,
-    alpha: Annotated[float, typer.Option(help="False-positive rate of verdicts.")] = 0.01,
+    alpha: Annotated[float | None, typer.Option(
+        help="False-positive rate of verdicts (default: as pbi train).")] = None,
     seed: Annotated[int, typer.Option(help="Split and training seed.")] = 0,
     as_json: Annotated[bool, typer.Option("--json", help="Print metrics as JSON.")] = False,
 ) -> None:
@@ -179,7 +233,11 @@ def evaluate(
     rows, loaded = _load_manifest_profiles(manifest, poni, None, None)
     if "anomaly" not in rows[0]:
         raise typer.BadParameter("the manifest needs an 'anomaly' column (0/1)")
-    detector = _open_model(model) if model else None
+    detector = _open_model(model, for_scoring=False) if model else None
+    if detector is not None and not detector.can_flag:
+        typer.echo(f"warning: {model} can never flag a curve at its alpha {detector.alpha}; "
+                   "its verdict metrics are all zero (its ranking is still evaluated)",
+                   err=True)
     grid = detector.grid if detector else QGrid()
     keep = [i for i, p in enumerate(loaded) if not isinstance(p, Exception)]
     for i in set(range(len(rows))) - set(keep):
@@ -193,7 +251,8 @@ def evaluate(
         np.array([rows[i].get("kind") or ("anomaly" if rows[i]["anomaly"] == "1" else "normal")
                   for i in keep]),
         detector=detector, training=TrainingConfig(epochs=epochs, alpha=alpha, seed=seed),
-        alpha=alpha, seed=seed, progress=not as_json,
+        alpha=alpha if alpha is not None else (detector.alpha if detector else 0.01),
+        seed=seed, progress=not as_json,
     )
     out.mkdir(parents=True, exist_ok=True)
     (out / "metrics.json").write_text(json.dumps(result.metrics, indent=1))

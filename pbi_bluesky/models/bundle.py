@@ -7,7 +7,9 @@ Layout::
                           sha256 of every other file
     weights.safetensors   the embedding network (safetensors: tensors only)
     arrays.npz            scaler, references, scatter, centroids, one-class SVMs
-                          (support vectors, dual coefficients, intercept, gamma);
+                          (support vectors, dual coefficients, intercept, gamma),
+                          subspaces, calibration scores with their model and recipe;
+                          a cross-conformal bundle holds K models (``member{k}_``);
                           read with ``allow_pickle=False``
     training_curve.png    loss per epoch (not needed to load)
 
@@ -26,9 +28,10 @@ from typing import Any
 
 import numpy as np
 
+from pbi_bluesky.models.attribution import DescriptorPopulation
+from pbi_bluesky.models.conformal import Calibration
 from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig
 from pbi_bluesky.models.network import NetworkConfig
-from pbi_bluesky.models.ocsvm import RBFOneClass
 from pbi_bluesky.models.paper import PaperPipeline
 from pbi_bluesky.models.representation import FeatureScaler, QGrid
 
@@ -39,6 +42,7 @@ __all__ = [
     "DEFAULT_MODEL_DIR",
     "save_bundle",
     "load_bundle",
+    "ensure_can_flag",
     "load_default_model",
     "sha256_file",
     "training_data_hash",
@@ -47,11 +51,14 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 FORMAT = "pbi_bluesky.model"
-FORMAT_VERSION = 2
-"""Version written. 2 added the subspace part of the score (calibration scores are the
-combined score) and the ``detector`` kind; version 1 bundles still load (their score is
-the one-class SVM part alone)."""
-READABLE_VERSIONS = (1, 2)
+FORMAT_VERSION = 3
+"""Version written. 3 added the calibration record (method split/cross, Mondrian, the
+model and recipe of every calibration score) and cross-conformal members (``member{k}``
+prefixes in both files); 2 added the subspace part of the score (calibration scores are
+the combined score) and the ``detector`` kind. Versions 1 and 2 still load (split
+calibration pooled over recipes; a version-1 score is the one-class SVM part alone); one
+whose threshold is infinite is refused for scoring (:func:`ensure_can_flag`)."""
+READABLE_VERSIONS = (1, 2, 3)
 WEIGHTS = "weights.safetensors"
 DEFAULT_MODEL_DIR = Path(__file__).resolve().parent.parent / "data" / "default_model"
 """The bundle trained on simulated PS/PMMA that ships with the package (``make model``)."""
@@ -88,26 +95,32 @@ def save_bundle(
     """Write ``detector`` as a bundle directory; returns the path of ``model.json``."""
     from safetensors.torch import save_file
 
-    if detector.scaler is None:
+    if detector.scaler is None or detector.calibration is None:
         raise BundleError("cannot save an untrained detector")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    state = {k: v.detach().contiguous() for k, v in detector.network.state_dict().items()}
-    save_file(state, str(out / WEIGHTS))
-    arrays: dict[str, np.ndarray] = {
-        "noise_scale": detector.scaler.noise_scale,
-        "feature_mean": detector.scaler.mean,
-        "feature_std": detector.scaler.std,
-        "references": detector.references,
-        "scatter": detector.scatter,
-        "centroids": detector.centroids,
-        "calibration_scores": detector.calibration_scores,
-    }
-    for k, svm in enumerate(detector.svms):
-        arrays[f"svm{k}_support_vectors"] = svm.support_vectors
-        arrays[f"svm{k}_dual_coef"] = svm.dual_coef
-        arrays[f"svm{k}_intercept_gamma"] = np.array([svm.intercept, svm.gamma])
-    arrays.update({f"extra_{k}": v for k, v in detector.extra_arrays().items()})
+    arrays: dict[str, np.ndarray] = {}
+    state: dict[str, Any] = {}
+    if detector.members:
+        # cross-conformal: the shared recipe references, then each model with a prefix
+        arrays.update({"noise_scale": detector.scaler.noise_scale,
+                       "feature_mean": detector.scaler.mean,
+                       "feature_std": detector.scaler.std,
+                       "references": detector.references, "scatter": detector.scatter})
+        for k, member in enumerate(detector.members):
+            arrays.update({f"member{k}_{n}": v for n, v in member.core_arrays().items()})
+            state.update({f"member{k}.{n}": v
+                          for n, v in member.network.state_dict().items()})
+    else:
+        arrays.update(detector.core_arrays())
+        state.update(detector.network.state_dict())
+    save_file({k: v.detach().contiguous() for k, v in state.items()}, str(out / WEIGHTS))
+    arrays.update(detector.calibration.to_arrays())
+    arrays["extra_calibration_parts"] = detector.calibration_parts
+    if detector.population is not None:
+        arrays.update({"extra_desc_mean": detector.population.mean,
+                       "extra_desc_std": detector.population.std,
+                       "extra_desc_precision": detector.population.precision})
     np.savez(out / ARRAYS, **arrays)
     _training_curve(detector.history, out / "training_curve.png")
     doc = {
@@ -120,10 +133,12 @@ def save_bundle(
                    "min_coverage": detector.grid.min_coverage, "unit": "1/angstrom"},
         "preprocessing": detector.preprocessing,
         "network": detector.network.config.to_dict(),
-        "training": detector.training.__dict__,
+        "training": detector.training.to_dict(),
         "recipes": detector.recipes,
         "alpha": detector.alpha,
         "threshold": detector.threshold,
+        "calibration": detector.calibration_summary(),
+        "members": len(detector.members),
         "calibration_scores": [float(s) for s in detector.calibration_scores],
         "metrics": detector.metrics,
         "history": detector.history,
@@ -168,8 +183,14 @@ def _read_json(path: Path) -> dict[str, Any]:
     return doc
 
 
-def load_bundle(model_dir: str | Path) -> AnomalyDetector:
-    """Load and verify a bundle written by :func:`save_bundle`."""
+def load_bundle(model_dir: str | Path, *, for_scoring: bool = True) -> AnomalyDetector:
+    """Load and verify a bundle written by :func:`save_bundle`.
+
+    With ``for_scoring`` (the default) a model that can never flag a curve (its threshold
+    is infinite: too few calibration normals for its alpha) is refused with a
+    :class:`BundleError` saying why (:func:`ensure_can_flag`); ``for_scoring=False``
+    loads it anyway, for inspection.
+    """
     from safetensors import SafetensorError
     from safetensors.torch import load_file
 
@@ -189,16 +210,25 @@ def load_bundle(model_dir: str | Path) -> AnomalyDetector:
     if doc.get("detector", "pbi") not in kinds:
         raise BundleError(f"{root / 'model.json'} holds detector {doc.get('detector')!r}; "
                           f"this package knows {', '.join(kinds)}")
+    kind = kinds[doc.get("detector", "pbi")]
+    n_members = int(doc.get("members", 0))
     try:
-        detector = kinds[doc.get("detector", "pbi")](
-            grid, NetworkConfig.from_dict(doc["network"]), TrainingConfig(**doc["training"])
-        )
+        network = NetworkConfig.from_dict(doc["network"])
+        training = TrainingConfig(**doc["training"])
+        detector = kind(grid, network, training)
+        members = [kind(grid, network, training) for _ in range(n_members)]
     except (TypeError, KeyError, ValueError) as exc:
         raise BundleError(f"{root / 'model.json'} has network or training settings this "
                           f"package cannot use (written by another version?): {exc}") from exc
     try:
         state = load_file(str(root / WEIGHTS))
-        detector.network.load_state_dict(state)
+        if members:
+            for k, member in enumerate(members):
+                prefix = f"member{k}."
+                member.network.load_state_dict({n[len(prefix):]: v for n, v in state.items()
+                                                if n.startswith(prefix)})
+        else:
+            detector.network.load_state_dict(state)
     except (SafetensorError, RuntimeError, OSError) as exc:
         raise BundleError(f"{root / WEIGHTS} is not valid network weights: {exc}") from exc
     try:
@@ -207,25 +237,36 @@ def load_bundle(model_dir: str | Path) -> AnomalyDetector:
     except (ValueError, OSError) as exc:
         raise BundleError(f"{root / ARRAYS} is not a plain numpy archive: {exc}") from exc
     try:
-        detector.scaler = FeatureScaler(
-            arrays["noise_scale"], arrays["feature_mean"], arrays["feature_std"]
-        )
-        detector.references = arrays["references"]
-        detector.scatter = arrays["scatter"]
-        detector.centroids = arrays["centroids"]
-        detector.calibration_scores = arrays["calibration_scores"]
         detector.recipes = list(doc["recipes"])
-        detector.svms = []
-        for k in range(len(detector.recipes)):
-            intercept, gamma = arrays[f"svm{k}_intercept_gamma"]
-            detector.svms.append(RBFOneClass(arrays[f"svm{k}_support_vectors"],
-                                             arrays[f"svm{k}_dual_coef"], float(intercept),
-                                             float(gamma)))
-        detector.load_extra_arrays(
-            {k[len("extra_"):]: v for k, v in arrays.items() if k.startswith("extra_")}
-        )
+        if members:
+            detector.scaler = FeatureScaler(arrays["noise_scale"], arrays["feature_mean"],
+                                            arrays["feature_std"])
+            detector.references = arrays["references"]
+            detector.scatter = arrays["scatter"]
+            for k, member in enumerate(members):
+                member.recipes = detector.recipes
+                prefix = f"member{k}_"
+                member.load_core_arrays({n[len(prefix):]: v for n, v in arrays.items()
+                                         if n.startswith(prefix)})
+            detector.members = members
+        else:
+            if "extra_residual_stats" not in arrays:
+                raise KeyError("extra_residual_stats")
+            detector.load_core_arrays(arrays)
+        detector.calibration_parts = arrays.get("extra_calibration_parts", np.zeros((0, 2)))
+        if "extra_desc_mean" in arrays:
+            detector.population = DescriptorPopulation(
+                arrays["extra_desc_mean"], arrays["extra_desc_std"],
+                arrays["extra_desc_precision"])
+        cal = doc.get("calibration") or {}
+        detector.calibration = Calibration.from_arrays(
+            arrays, method=cal.get("method", "split"), mondrian=bool(cal.get("mondrian")),
+            n_members=max(n_members, 1), alpha_source=cal.get("alpha_source", "given"))
     except KeyError as exc:
         raise BundleError(f"{root / ARRAYS} lacks array {exc}") from exc
+    except ValueError as exc:
+        raise BundleError(f"{root / ARRAYS} holds inconsistent calibration arrays: "
+                          f"{exc}") from exc
     detector.alpha = float(doc["alpha"])
     detector.history = list(doc.get("history", []))
     detector.metrics = dict(doc.get("metrics", {}))
@@ -234,16 +275,49 @@ def load_bundle(model_dir: str | Path) -> AnomalyDetector:
         "model_sha256": sha256_file(root / "model.json"),
         "package_version": doc.get("package_version"),
         "training_data_sha256": doc.get("training_data_sha256"),
+        "format_version": doc.get("format_version"),
     }
+    if for_scoring:
+        ensure_can_flag(detector)
     return detector
 
 
-def load_default_model() -> AnomalyDetector:
+def ensure_can_flag(detector: AnomalyDetector) -> AnomalyDetector:
+    """Return ``detector`` if it can flag a curve of every recipe; else a clear error.
+
+    A model whose calibration set is too small for its alpha has an infinite threshold:
+    no p-value can reach alpha, so it would call every curve normal, silently. Every
+    scorer (``pbi score``, the live scorer) must refuse it; this is the one check.
+
+    Raises
+    ------
+    BundleError
+        Naming the model, its calibration size, smallest reachable p-value and alpha.
+    """
+    if detector.can_flag:
+        return detector
+    where = detector.bundle_info.get("path", "<in memory>")
+    cal = detector.calibration
+    if cal is None:
+        raise BundleError(f"model {where} has no calibration (it was never trained)")
+    sizes = {detector.recipes[g] if 0 <= g < len(detector.recipes) else "all": cal.size(g)
+             for g in cal.groups()}
+    what = (f"{cal.size(cal.groups()[0])} calibration normals" if len(sizes) == 1 else
+            "calibration normals per recipe " + ", ".join(f"{k} {v}" for k, v in sizes.items()))
+    raise BundleError(
+        f"model {where} can never flag a curve: with {what} the smallest conformal p-value "
+        f"is {cal.smallest_p():.4g} > alpha {detector.alpha:g}, so its threshold is infinite "
+        "and every curve would be called normal. Retrain it with `pbi train` (it chooses a "
+        "calibration that reaches alpha, or says how many normals are missing), or give a "
+        "larger alpha at training time.")
+
+
+def load_default_model(*, for_scoring: bool = True) -> AnomalyDetector:
     """The shipped default bundle (trained on simulated PS/PMMA, see ``make model``)."""
     if not (DEFAULT_MODEL_DIR / "model.json").is_file():
         raise BundleError(f"the default model is missing from {DEFAULT_MODEL_DIR}; "
                           "run `make model` to build it")
-    return load_bundle(DEFAULT_MODEL_DIR)
+    return load_bundle(DEFAULT_MODEL_DIR, for_scoring=for_scoring)
 
 
 def training_data_hash(intensity: np.ndarray, sigma: np.ndarray, recipes: list[str]) -> str:

@@ -92,7 +92,7 @@ def _split(recipe_idx: NDArray, rng: np.random.Generator, fractions=(0.6, 0.2),
 def evaluate_arrays(
     intensity: NDArray, sigma: NDArray, recipes: list[str], labels: NDArray, kinds: NDArray,
     *, detector: AnomalyDetector | None = None, training: TrainingConfig | None = None,
-    baselines: tuple[str, ...] = tuple(BASELINES), alpha: float = 0.01, seed: int = 0,
+    baselines: tuple[str, ...] = tuple(BASELINES), alpha: float | None = None, seed: int = 0,
     progress: bool = False, n_fit_per_recipe: int | None = None,
 ) -> EvaluationResult:
     """Run the comparison on curves already resampled to the model grid.
@@ -121,14 +121,17 @@ def evaluate_arrays(
         grid_q = detector.grid.q
         profiles = [Profile(grid_q, intensity[i], sigma[i]) for i in fit_idx]
         detector.fit(profiles, [recipes[i] for i in fit_idx], progress=progress)
+    alpha = detector.alpha  # every detector is judged at the default detector's alpha
     verdicts = detector.score_arrays(intensity[test], sigma[test],
                                      [recipes[i] for i in test], explain="none")
     result.scores["pbi"] = np.array([v.score for v in verdicts])
     result.flagged["pbi"] = np.array([v.is_anomaly for v in verdicts])
     det_idx = np.array([detector.recipes.index(recipes[i]) for i in test])
-    if len(detector.calibration_parts) and detector.subspaces:
-        # ablations: each part of the default score alone, same calibration rule
-        parts = detector._score_parts(intensity[test], sigma[test], det_idx)
+    if len(detector.calibration_parts) and detector.models[0].subspaces:
+        # ablations: each part of the default score alone, same calibration rule (for a
+        # cross-conformal detector, the parts averaged over its models, against the pooled
+        # out-of-fold parts: an approximation used for these rows only)
+        parts = detector.score_parts(intensity[test], sigma[test], det_idx)
         for j, name in enumerate(("pbi_embedding_part", "pbi_subspace_part")):
             result.scores[name] = parts[:, j]
             result.flagged[name] = conformal_p_values(

@@ -79,8 +79,9 @@ class PaperPipeline(AnomalyDetector):
     def predict_recipe(self, intensity: NDArray, sigma: NDArray,
                        shortlist: int | None = None) -> NDArray[np.int64]:
         """Nearest recipe centroid in embedding space (``shortlist`` is ignored)."""
-        emb = self._embed(intensity, sigma, np.zeros(len(intensity), dtype=np.int64))
-        dist = ((emb[:, None, :] - self.centroids[None, :, :]) ** 2).sum(-1)
+        model = self.models[0]  # a cross-conformal pipeline: its first model's centroids
+        emb = model._embed(intensity, sigma, np.zeros(len(intensity), dtype=np.int64))
+        dist = ((emb[:, None, :] - model.centroids[None, :, :]) ** 2).sum(-1)
         return dist.argmin(1).astype(np.int64)
 
     def score_arrays(

@@ -1,7 +1,9 @@
 """How a profile becomes model input: a fixed log-spaced q grid and noise-aware features.
 
-* Any profile is resampled (linear interpolation in log q) onto the model's own grid; a
-  profile that covers too little of the grid is refused with :class:`CoverageError`.
+* Any profile is resampled (linear interpolation in log q) onto the model's own grid. Every
+  grid point must be measured: a profile that does not cover the whole grid, or has a gap
+  without data inside it, is refused with :class:`CoverageError` (nothing is extrapolated
+  or bridged, so no invented value reaches any part of the score).
 * Intensities are compressed with ``asinh(I / s_q)``, ``s_q`` being the typical noise of
   the training set in that q bin: log-like where the signal is strong, linear around zero,
   so background-subtracted data with zero or negative intensities pass unchanged (no log of
@@ -24,54 +26,117 @@ __all__ = ["CoverageError", "QGrid", "FeatureScaler"]
 
 
 class CoverageError(ValueError):
-    """A profile covers too little of the model's q grid."""
+    """A profile does not cover the model's q grid, or has a gap without data inside it."""
 
 
 @dataclass(frozen=True)
 class QGrid:
-    """The model's fixed, log-spaced q grid (1/angstrom)."""
+    """The model's fixed, log-spaced q grid (1/angstrom).
+
+    Every grid point must be measured: :meth:`resample` interpolates between measured
+    bins and never extrapolates or bridges a gap. ``min_coverage`` is kept for bundles
+    written before format 3, which stored 0.9 and held the end values of a profile that
+    covered 90 % of the grid; such profiles are now refused (use :meth:`for_profiles` to
+    choose a grid the training data cover).
+    """
 
     q_min: float = 0.008
     q_max: float = 0.19
     npt: int = 256
-    min_coverage: float = 0.9
+    min_coverage: float = 1.0
 
     @property
     def q(self) -> NDArray[np.float64]:
         """Grid points."""
         return np.geomspace(self.q_min, self.q_max, self.npt)
 
-    def resample(self, profile: Profile) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
-        """Intensity and sigma of ``profile`` on the grid.
+    @classmethod
+    def for_profiles(cls, profiles: list[Profile], *, npt: int = 256,
+                     preferred: tuple[float, float] = (0.008, 0.19),
+                     min_span: float = 4.0) -> QGrid:
+        """The ``preferred`` grid if every profile covers it, else the widest range inside
+        it that every profile covers (at least a factor ``min_span`` in q).
 
         Raises
         ------
         CoverageError
-            If the profile's valid q range covers less than ``min_coverage`` of the grid
-            (in log q), or any grid point lies in a gap without data.
+            If the profiles share no q range of that span.
+        """
+        lo, hi = preferred
+        for p in profiles:
+            ok = p.valid
+            if ok.sum() < 2:
+                raise CoverageError("a profile has fewer than 2 valid bins")
+            q = p.q_inv_angstrom[ok]
+            # a hair inside a shrunk end, so every grid point is bracketed by data
+            if q[0] > lo:
+                lo = float(q[0]) * (1 + 1e-9)
+            if q[-1] < hi:
+                hi = float(q[-1]) * (1 - 1e-9)
+        if not hi > min_span * lo:
+            raise CoverageError(
+                f"the profiles share only q = {lo:.4g}..{hi:.4g} 1/A inside the preferred "
+                f"{preferred[0]:.4g}..{preferred[1]:.4g} 1/A (need a factor {min_span:g} in q)")
+        return cls(q_min=lo, q_max=hi, npt=npt)
+
+    def resample(self, profile: Profile) -> tuple[NDArray[np.float64], NDArray[np.float64]]:
+        """Intensity and sigma of ``profile`` on the grid (linear interpolation in log q).
+
+        Raises
+        ------
+        CoverageError
+            If the profile's measured q range does not cover the whole grid, or a grid
+            point lies in a gap without data inside it: invalid (NaN) bins between the
+            measured points that bracket it, or a step between measured points much wider
+            than the steps around it. Nothing is extrapolated or bridged.
         """
         ok = profile.valid
         if ok.sum() < 2:
             raise CoverageError("profile has fewer than 2 valid bins")
-        q_src = profile.q_inv_angstrom[ok]
+        q_all = profile.q_inv_angstrom
+        q_src = q_all[ok]
         lo, hi = q_src[0], q_src[-1]
         grid = self.q
-        inside = (grid >= lo * (1 - 1e-9)) & (grid <= hi * (1 + 1e-9))
-        coverage = inside.mean()
-        if coverage < self.min_coverage:
+        tol = 1e-9
+        if grid[0] < lo * (1 - tol) or grid[-1] > hi * (1 + tol):
+            inside = (grid >= lo * (1 - tol)) & (grid <= hi * (1 + tol))
             raise CoverageError(
-                f"profile covers q = {lo:.4g}..{hi:.4g} 1/A, only {100 * coverage:.0f}% of the "
-                f"model grid {self.q_min:.4g}..{self.q_max:.4g} 1/A "
-                f"(needs {100 * self.min_coverage:.0f}%)"
-            )
+                f"profile covers q = {lo:.4g}..{hi:.4g} 1/A, only {100 * inside.mean():.0f}% "
+                f"of the model grid {self.q_min:.4g}..{self.q_max:.4g} 1/A; every grid point "
+                "must be measured (nothing is extrapolated): measure the full range or train "
+                "a model on a grid this data covers (pbi train --qmin/--qmax)")
+        self._check_gaps(q_all, ok, grid)
         log_src, log_grid = np.log(q_src), np.log(grid)
         intensity = np.interp(log_grid, log_src, profile.intensity[ok])
         sigma = np.interp(log_grid, log_src, profile.sigma[ok])
-        # outside the measured range (at most 1 - min_coverage of the grid) hold the end
-        # values but flag them as very uncertain so they carry no weight
-        big = 1e3 * (np.nanmax(np.abs(profile.intensity[ok])) + 1.0)
-        sigma = np.where(inside, sigma, big)
         return intensity, sigma
+
+    @staticmethod
+    def _check_gaps(q_all: NDArray, ok: NDArray, grid: NDArray) -> None:
+        """Refuse grid points bracketed by measured bins with a gap between them."""
+        valid_pos = np.nonzero(ok)[0]
+        q_src = q_all[valid_pos]
+        # the measured interval holding each grid point: src[j] <= g <= src[j + 1]
+        j = np.clip(np.searchsorted(q_src, grid, side="right") - 1, 0, len(q_src) - 2)
+        used = np.unique(j)
+        # invalid source bins strictly between the two bracketing measured bins
+        holes = valid_pos[used + 1] - valid_pos[used] > 1
+        # or a step much wider than its neighbours (points simply absent from the file)
+        step = np.diff(np.log(q_src))
+        prev = np.r_[step[0], step[:-1]]
+        nxt = np.r_[step[1:], step[-1]]
+        grid_step = float(np.log(grid[1] / grid[0])) if len(grid) > 1 else 0.0
+        wide = (step[used] > 3.0 * np.maximum(prev[used], nxt[used])) & (
+            step[used] > grid_step)
+        bad = used[holes | wide]
+        if bad.size:
+            k = int(bad[0])
+            n_missing = int(np.sum(valid_pos[bad + 1] - valid_pos[bad] - 1))
+            raise CoverageError(
+                f"profile has a gap without data inside the model's q range at q = "
+                f"{q_src[k]:.4g}..{q_src[k + 1]:.4g} 1/A ({len(bad)} gap(s), {n_missing} "
+                "invalid bin(s)); grid points there would be invented, so the curve is "
+                "refused")
 
 
 @dataclass

@@ -235,10 +235,16 @@ class Instrument:
         used = response.sum(1) > 0
         return q_sub[used], response[used]
 
-    @property
+    @cached_property
     def bin_acceptance_sr(self) -> NDArray[np.float64]:
         """Total acceptance (sr) of each output q bin."""
         return self.bin_response[1].sum(axis=0)
+
+    @cached_property
+    def empty_cell_response(self) -> NDArray[np.float64]:
+        """The empty cell's scattering summed into each output bin (sr-weighted)."""
+        q_sub, response = self.bin_response
+        return empty_cell_per_sr(q_sub) @ response
 
     def write_poni(self, path) -> None:
         """Write the geometry as a PONI file (pyFAI's own writer)."""

@@ -22,7 +22,8 @@ from numpy.typing import NDArray
 
 from pbi_bluesky.profile import Profile
 from pbi_bluesky.simulate.instrument import PILATUS_SATURATION, Instrument, empty_cell_per_sr
-from pbi_bluesky.simulate.scattering import SampleState, intensity_inv_cm
+from pbi_bluesky.simulate.scattering import SampleState
+from pbi_bluesky.simulate.scattering import specimen_intensity_inv_cm as state_intensity_inv_cm
 
 __all__ = [
     "INSTRUMENT_FAULTS",
@@ -52,7 +53,7 @@ def expected_profile_inv_cm(state: SampleState, instrument: Instrument) -> NDArr
     of a steep, convex curve lies above its value at the centre.
     """
     q_sub, response = instrument.bin_response
-    return (intensity_inv_cm(state, q_sub) @ response) / response.sum(0)
+    return (state_intensity_inv_cm(state, q_sub) @ response) / instrument.bin_acceptance_sr
 
 
 def simulate_profile(
@@ -71,15 +72,15 @@ def simulate_profile(
     t = instrument.exposure_s if exposure_s is None else exposure_s
     q = instrument.q_centers_inv_angstrom
     q_sub, response = instrument.bin_response
-    acc = response.sum(axis=0)
+    acc = instrument.bin_acceptance_sr
     t_cell = instrument.empty_cell_transmission
     t_sample = t_cell * state.transmission
     cell_sub = empty_cell_per_sr(q_sub)
-    sample_sub = state.thickness_cm * intensity_inv_cm(state, q_sub)
+    sample_sub = state.thickness_cm * state_intensity_inv_cm(state, q_sub)
     # bin sums over pixels as pyFAI's bbox splitting shares them out
     beam = instrument.flux_ph_per_s * t
     exp_sample = beam * t_sample * ((sample_sub + cell_sub) @ response)
-    exp_cell = beam * t_cell * (cell_sub @ response)
+    exp_cell = beam * t_cell * instrument.empty_cell_response
     n_sample = rng.poisson(exp_sample).astype(np.float64)
     n_cell = rng.poisson(exp_cell).astype(np.float64)
     norm_sample = instrument.flux_ph_per_s * t * t_sample * acc
@@ -246,7 +247,7 @@ def render_frame(
     t_sample = instrument.empty_cell_transmission * state.transmission
 
     def per_sr(q: NDArray[np.float64]) -> NDArray[np.float64]:
-        return state.thickness_cm * intensity_inv_cm(state, q) + empty_cell_per_sr(q)
+        return state.thickness_cm * state_intensity_inv_cm(state, q) + empty_cell_per_sr(q)
 
     frame, monitor = _render(instrument, per_sr, t_sample, t, rng, faults)
     measured_t = t_sample * (1.0 + rng.normal(0, 1e-4))

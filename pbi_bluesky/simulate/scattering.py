@@ -18,14 +18,15 @@ from __future__ import annotations
 import hashlib
 from dataclasses import asdict, dataclass, field, replace
 from functools import lru_cache
-from typing import Any
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 from numpy.typing import NDArray
 
 from pbi_bluesky.simulate.recipes import BlendSystem, parse_recipe
 
-__all__ = ["SampleState", "nominal_state", "intensity_inv_cm", "CONTAMINATION_Q_REF"]
+__all__ = ["SampleState", "Specimen", "nominal_state", "intensity_inv_cm",
+           "specimen_intensity_inv_cm", "CONTAMINATION_Q_REF"]
 
 CONTAMINATION_Q_REF = 0.007
 """q (1/angstrom) at which a contamination's strength is specified, relative to the clean curve."""
@@ -187,3 +188,28 @@ def intensity_inv_cm(
         amplitude = state.contamination_ratio * level * CONTAMINATION_Q_REF**p
         clean = clean + _call("power_law", q, scale=amplitude, background=0.0, power=p)
     return clean * state.scale
+
+
+@runtime_checkable
+class Specimen(Protocol):
+    """What the renderer needs of any specimen (a blend :class:`SampleState`, or a state
+    of another physics family that computes its own I(q))."""
+
+    label: str
+    thickness_cm: float
+    kind: str
+
+    @property
+    def transmission(self) -> float: ...
+
+    def truth(self) -> dict[str, Any]: ...
+
+
+def specimen_intensity_inv_cm(state: Any, q_inv_angstrom: NDArray[np.float64]
+                              ) -> NDArray[np.float64]:
+    """Absolute I(q) in 1/cm of any specimen: its own ``intensity_inv_cm(q)`` method if it
+    has one (other physics families), else :func:`intensity_inv_cm` (the blends)."""
+    own = getattr(state, "intensity_inv_cm", None)
+    if callable(own):
+        return np.asarray(own(np.asarray(q_inv_angstrom, dtype=np.float64)), dtype=np.float64)
+    return intensity_inv_cm(state, q_inv_angstrom)

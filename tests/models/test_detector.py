@@ -182,7 +182,7 @@ def test_recipe_with_too_few_normals_is_named(training_set):
     profiles, recipes = training_set
     a = [p for p, r in zip(profiles, recipes, strict=True) if r == "0:100"][:20]
     b = [p for p, r in zip(profiles, recipes, strict=True) if r == "50:50"][:3]
-    with pytest.raises(ValueError, match=r"recipe\(s\) 50:50 \(2\)"):
+    with pytest.raises(ValueError, match=r"recipe\(s\) 50:50 \(3\)"):
         AnomalyDetector(training=TrainingConfig(epochs=1)).fit(
             a + b, ["0:100"] * len(a) + ["50:50"] * len(b), progress=False)
 
@@ -206,3 +206,47 @@ def test_grid_resample_exactly_on_grid():
     q = grid.q
     i, s = grid.resample(Profile(q, q**-2, 0.01 * q**-2))
     np.testing.assert_allclose(i, q**-2, rtol=1e-12)
+
+
+def _grid_profile(q, intensity=None):
+    intensity = np.ones_like(q) if intensity is None else intensity
+    return Profile(q, intensity, 0.01 * np.abs(intensity) + 1e-3)
+
+
+def test_grid_is_never_extrapolated():
+    """Covering 95 % of the grid used to pass with held end values; now it is refused."""
+    grid = QGrid(q_min=0.01, q_max=0.2, npt=64)
+    almost = np.geomspace(0.0117, 0.25, 300)  # misses the lowest ~5 % of the grid in log q
+    with pytest.raises(CoverageError, match=r"covers q = 0.0117\.\.0.25 1/A, only 9[0-9]%.*"
+                                            r"nothing is extrapolated"):
+        grid.resample(_grid_profile(almost))
+    grid.resample(_grid_profile(np.geomspace(0.01, 0.2, 300)))  # exactly covered: fine
+
+
+def test_gap_inside_the_range_is_refused():
+    grid = QGrid(q_min=0.01, q_max=0.2, npt=64)
+    q = np.linspace(0.009, 0.21, 400)
+    intensity = q**-2
+    holed = intensity.copy()
+    holed[150:160] = np.nan  # ten bins without pixels in the middle of the range
+    with pytest.raises(CoverageError, match=r"gap without data.*10 invalid bin"):
+        grid.resample(_grid_profile(q, holed))
+    missing = np.r_[q[:150], q[170:]]  # points simply absent from the file
+    with pytest.raises(CoverageError, match="gap without data"):
+        grid.resample(_grid_profile(missing, missing**-2.0))
+    edge = intensity.copy()
+    edge[:1] = np.nan  # an invalid bin below the grid does not matter
+    i, _ = grid.resample(_grid_profile(q, edge))
+    assert np.all(np.isfinite(i))
+
+
+def test_grid_for_profiles_shrinks_to_the_common_range():
+    full = _grid_profile(np.geomspace(0.005, 0.3, 200))
+    short = _grid_profile(np.geomspace(0.012, 0.25, 200))
+    assert QGrid.for_profiles([full]) == QGrid()
+    grid = QGrid.for_profiles([full, short])
+    assert grid.q_min == pytest.approx(0.012) and grid.q_max == 0.19
+    for p in (full, short):
+        grid.resample(p)
+    with pytest.raises(CoverageError, match="share only"):
+        QGrid.for_profiles([full, _grid_profile(np.geomspace(0.1, 0.3, 50))])

@@ -1,0 +1,419 @@
+"""Conformal calibration: which normals calibrate, how p-values are computed, when a
+false-positive rate ``alpha`` can be reached at all.
+
+A conformal p-value compares the score of a new curve with the scores of normal curves
+the scoring model never saw: ``p = (1 + #{calibration >= s}) / (n + 1)``. Under the null
+(the new curve is a normal like the calibration curves; exchangeable with them) it is
+super-uniform, so flagging ``p <= alpha`` has a false-positive rate of at most ``alpha``.
+The smallest p-value it can give is ``1 / (n + 1)``: with fewer than
+``ceil(1 / alpha) - 1`` calibration normals (99 at alpha 0.01, 19 at 0.05) nothing can ever
+be flagged. :func:`plan_calibration` therefore chooses, from the normals at hand:
+
+``split`` (split conformal)
+    One model is trained on part of the normals and scored on the rest (the calibration
+    set, stratified by recipe). Used when at most :data:`MAX_CALIBRATION_FRACTION` of the
+    normals hold out enough of them: at least ``ceil(1 / alpha) - 1`` and, by default,
+    :data:`MIN_SPLIT_CALIBRATION`. Validity: exact,
+    finite-sample: ``P(p <= alpha) <= alpha`` for a new normal, on average over
+    calibration sets.
+``cross`` (cross-conformal, Vovk 2015; the one-class form of CV+, Barber et al. 2021)
+    When a split cannot reach alpha, every normal calibrates: the normals are cut into K
+    folds (stratified by recipe), K models are trained, each without one fold, and each
+    normal is scored by the model that did not see it. A new curve is scored by every
+    model ``k`` and ``p = (1 + sum_k #{calibration scores of fold k >= s_k}) / (n + 1)``.
+    Validity: approximate; the guarantee proven for CV+ is ``P(p <= alpha) <= 2 alpha``
+    (worst case), and the rate measured here on fresh normals is near alpha
+    (``benchmarks/bench_calibration.py``, ``tests/models/test_calibration.py``). It costs
+    K trainings and K networks in the bundle.
+
+Either plan is **Mondrian** (per recipe: a curve is compared with the calibration normals
+of its own recipe only, so the false-positive rate holds for every recipe, not just for
+the recipe mix) when every recipe has enough calibration normals for alpha, and pooled
+over recipes otherwise (then the guarantee is for the pooled rate).
+
+``alpha=None`` means the default: 0.01 where the data reach it, otherwise the smallest of
+:data:`STANDARD_ALPHAS` they reach (recorded as ``alpha_source``). An alpha given
+explicitly that the data cannot reach is a :class:`CalibrationError` naming the numbers.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+from numpy.typing import NDArray
+
+__all__ = [
+    "CALIBRATION_METHODS",
+    "DEFAULT_ALPHA",
+    "STANDARD_ALPHAS",
+    "Calibration",
+    "CalibrationError",
+    "CalibrationPlan",
+    "plan_calibration",
+    "required_calibration",
+]
+
+DEFAULT_ALPHA = 0.01
+STANDARD_ALPHAS = (0.01, 0.02, 0.05, 0.1)
+"""Levels the default alpha tries, in order, when 0.01 is out of reach."""
+MAX_CALIBRATION_FRACTION = 0.5
+"""Largest share of the normals a split may hold out for calibration."""
+MIN_TRAINING_NORMALS = 3
+"""Fewest training normals per recipe any one model needs."""
+MIN_SPLIT_CALIBRATION = 100
+"""With ``auto``, a split is used only when it holds out at least this many normals
+(and enough for alpha). The false-positive rate of *one* split-calibrated model scatters
+around alpha like a Beta(J, n + 1 - J) variable (n calibration normals, J = floor(alpha
+(n + 1))): with 19 of them at alpha 0.05 it exceeds 0.07 for one model in four; with 100,
+its spread is about 0.02. Below that, cross-conformal calibration (every normal calibrates)
+gives the steadier rate."""
+CALIBRATION_METHODS = ("auto", "split", "cross")
+
+VALIDITY = {
+    "split": "split conformal: exact finite-sample guarantee P(p <= alpha) <= alpha for a "
+             "new normal (exchangeable with the calibration normals)",
+    "cross": "cross-conformal (CV+ for one-class scores): approximate; proven bound "
+             "P(p <= alpha) <= 2 alpha, measured near alpha on fresh normals",
+}
+
+
+class CalibrationError(ValueError):
+    """The normals given cannot calibrate the detector at the requested alpha."""
+
+
+def required_calibration(alpha: float) -> int:
+    """Fewest calibration normals whose smallest p-value ``1/(n+1)`` is <= ``alpha``."""
+    if not 0.0 < alpha < 1.0:
+        raise CalibrationError(f"alpha must be in (0, 1), got {alpha}")
+    return max(int(math.ceil(1.0 / alpha - 1e-9)) - 1, 1)
+
+
+def _n_flaggable(alpha: float, n: int) -> int:
+    """How many of ``n`` calibration scores a flagged curve may lie at or below: the J with
+    p <= alpha  <=>  #{calibration >= s} <= J - 1 (J = 0: nothing can be flagged)."""
+    return int(math.floor(alpha * (n + 1) + 1e-9))
+
+
+@dataclass(frozen=True)
+class CalibrationPlan:
+    """Which normals calibrate which model (indices into the training normals)."""
+
+    method: str
+    mondrian: bool
+    alpha: float
+    alpha_source: str
+    folds: list[NDArray[np.int64]]
+    """Calibration indices of each model: one entry for ``split``, K for ``cross``; model
+    k is trained on every normal not in ``folds[k]``."""
+    n_normals: int
+
+    def training_indices(self, k: int) -> NDArray[np.int64]:
+        held = np.zeros(self.n_normals, dtype=bool)
+        held[self.folds[k]] = True
+        return np.nonzero(~held)[0]
+
+
+def _split_sizes(counts: NDArray, alpha: float, fraction: float, mondrian: bool,
+                 floor: int) -> NDArray | None:
+    """Per-recipe calibration sizes of a split holding out at least ``floor`` calibration
+    normals (per recipe when ``mondrian``), or None where the normals do not allow it."""
+    n = int(counts.sum())
+    if mondrian:
+        sizes = np.maximum(np.round(fraction * counts), floor)
+    else:
+        share = max(fraction, floor / n)
+        sizes = np.maximum(np.round(share * counts), 1)
+        while sizes.sum() < floor:  # rounding fell short: add to the largest recipes
+            k = int(np.argmax(counts - sizes))
+            sizes[k] += 1
+    sizes = sizes.astype(np.int64)
+    if np.any(sizes > np.floor(MAX_CALIBRATION_FRACTION * counts)):
+        return None
+    if np.any(counts - sizes < MIN_TRAINING_NORMALS):
+        return None
+    return sizes
+
+
+def _split(counts: NDArray, alpha: float, fraction: float,
+           floor: int) -> tuple[str, bool, NDArray | None] | None:
+    if len(counts) > 1:
+        sizes = _split_sizes(counts, alpha, fraction, True, floor)
+        if sizes is not None:
+            return "split", True, sizes
+    sizes = _split_sizes(counts, alpha, fraction, False, floor)
+    return ("split", False, sizes) if sizes is not None else None
+
+
+def _cross(counts: NDArray, alpha: float,
+           n_folds: int) -> tuple[str, bool, NDArray | None] | None:
+    need = required_calibration(alpha)
+    fold_ok = np.all(counts - np.ceil(counts / n_folds) >= MIN_TRAINING_NORMALS)
+    if not fold_ok or counts.sum() < need:
+        return None
+    return "cross", bool(len(counts) > 1 and np.all(counts >= need)), None
+
+
+def _feasible(counts: NDArray, alpha: float, method: str, fraction: float,
+              n_folds: int) -> tuple[str, bool, NDArray | None] | None:
+    """(method, mondrian, split sizes) that reach alpha, or None.
+
+    ``auto`` prefers a split only when it holds out at least
+    :data:`MIN_SPLIT_CALIBRATION` normals (the false-positive rate of one trained model
+    then stays within about +-0.02 of alpha); otherwise every normal calibrates
+    (cross-conformal), and a smaller split is the last resort.
+    """
+    need = required_calibration(alpha)
+    if method == "split":
+        return _split(counts, alpha, fraction, need)
+    if method == "cross":
+        return _cross(counts, alpha, n_folds)
+    return (_split(counts, alpha, fraction, max(need, MIN_SPLIT_CALIBRATION))
+            or _cross(counts, alpha, n_folds) or _split(counts, alpha, fraction, need))
+
+
+def plan_calibration(
+    labels: NDArray, n_recipes: int, *, alpha: float | None, method: str = "auto",
+    fraction: float = 0.3, n_folds: int = 5, rng: np.random.Generator,
+    recipe_names: list[str] | None = None,
+) -> CalibrationPlan:
+    """Choose the calibration of a detector trained on normals with recipe ``labels``.
+
+    Raises
+    ------
+    CalibrationError
+        If ``alpha`` (given explicitly) cannot be reached with these normals; the message
+        names the normals, the calibration size, the smallest reachable p and what to do.
+    """
+    if method not in CALIBRATION_METHODS:
+        raise CalibrationError(f"calibration must be one of {CALIBRATION_METHODS}, "
+                               f"got {method!r}")
+    if n_folds < 2:
+        raise CalibrationError(f"cross-conformal calibration needs >= 2 folds, got {n_folds}")
+    labels = np.asarray(labels, dtype=np.int64)
+    counts = np.bincount(labels, minlength=n_recipes)
+    names = recipe_names or [str(k) for k in range(n_recipes)]
+    if alpha is None:
+        choice, chosen = None, None
+        for level in STANDARD_ALPHAS:
+            choice = _feasible(counts, level, method, fraction, n_folds)
+            if choice is not None:
+                chosen = level
+                break
+        if choice is None or chosen is None:
+            raise CalibrationError(_unreachable_message(counts, names, STANDARD_ALPHAS[-1],
+                                                        method, n_folds, explicit=False))
+        source = ("default" if chosen == DEFAULT_ALPHA else
+                  f"default {DEFAULT_ALPHA} is out of reach of {int(counts.sum())} normals "
+                  f"(smallest p {1 / (counts.sum() + 1):.4g}); raised to {chosen}")
+        alpha = chosen
+    else:
+        alpha = float(alpha)
+        choice = _feasible(counts, alpha, method, fraction, n_folds)
+        if choice is None:
+            raise CalibrationError(_unreachable_message(counts, names, alpha, method,
+                                                        n_folds, explicit=True))
+        source = "given"
+    kind, mondrian, sizes = choice
+    if kind == "split":
+        cal = []
+        for k in range(n_recipes):
+            idx = rng.permutation(np.nonzero(labels == k)[0])
+            cal.extend(idx[: int(sizes[k])])
+        folds = [np.array(sorted(cal), dtype=np.int64)]
+    else:
+        fold_of = np.empty(len(labels), dtype=np.int64)
+        for k in range(n_recipes):
+            idx = rng.permutation(np.nonzero(labels == k)[0])
+            fold_of[idx] = np.arange(len(idx)) % n_folds
+        folds = [np.nonzero(fold_of == f)[0].astype(np.int64) for f in range(n_folds)]
+    return CalibrationPlan(kind, mondrian, alpha, source, folds, len(labels))
+
+
+def _unreachable_message(counts: NDArray, names: list[str], alpha: float, method: str,
+                         n_folds: int, *, explicit: bool) -> str:
+    n = int(counts.sum())
+    need = required_calibration(alpha)
+    best_split = int(np.floor(MAX_CALIBRATION_FRACTION * counts).sum())
+    if method == "split":
+        what = (f"a split holds out at most {best_split} of them for calibration (half of "
+                f"each recipe), smallest p-value 1/{best_split + 1} = "
+                f"{1 / (best_split + 1):.4g}")
+        todo = (f"give at least {2 * need} normals, use --calibration cross (every normal "
+                f"calibrates), or use --alpha {_reachable_level(n)} or larger")
+    else:
+        what = (f"even cross-conformal calibration on all {n} gives a smallest p-value of "
+                f"1/{n + 1} = {1 / (n + 1):.4g}")
+        todo = (f"give at least {need} normals ({max(need - n, 0)} more)"
+                + (f", or use --alpha {_reachable_level(n)} or larger" if explicit
+                   and _reachable_level(n) is not None else ""))
+        small = [f"{names[k]} ({counts[k]})" for k in range(len(counts))
+                 if counts[k] - math.ceil(counts[k] / n_folds) < MIN_TRAINING_NORMALS]
+        if small:
+            what += (f"; and recipe(s) {', '.join(small)} leave fewer than "
+                     f"{MIN_TRAINING_NORMALS} training normals per fold")
+            todo = f"give at least {MIN_TRAINING_NORMALS + 2} normals per recipe, or " + todo
+    head = (f"alpha {alpha:g} cannot be reached" if explicit else
+            f"no false-positive rate of {', '.join(map(str, STANDARD_ALPHAS))} can be reached")
+    return (f"{head} with {n} normal profiles: {what} > {alpha:g}, so no curve could ever "
+            f"be flagged (alpha {alpha:g} needs at least {need} calibration normals). "
+            f"What to do: {todo}.")
+
+
+def _reachable_level(n: int) -> str | None:
+    """A round alpha >= 1/(n+1) to suggest, for n normals all calibrating."""
+    smallest = 1.0 / (n + 1)
+    for level in (0.01, 0.02, 0.03, 0.05, 0.1, 0.2):
+        if level + 1e-12 >= smallest:
+            return f"{level:g}"
+    return None
+
+
+@dataclass
+class Calibration:
+    """Out-of-sample scores of calibration normals and how p-values use them.
+
+    ``scores[i]`` is the score of calibration normal ``i`` under model ``member[i]`` (the
+    one that did not train on it; always 0 for a split); ``group[i]`` is its recipe index.
+    """
+
+    method: str
+    mondrian: bool
+    scores: NDArray[np.float64]
+    member: NDArray[np.int64]
+    group: NDArray[np.int64]
+    n_members: int = 1
+    alpha_source: str = "given"
+    _sorted: dict[tuple[int, int], NDArray] = field(default_factory=dict, repr=False)
+
+    def __post_init__(self) -> None:
+        self.scores = np.asarray(self.scores, dtype=np.float64)
+        self.member = np.asarray(self.member, dtype=np.int64)
+        self.group = np.asarray(self.group, dtype=np.int64)
+        if not (len(self.scores) == len(self.member) == len(self.group)):
+            raise ValueError("calibration scores, members and groups differ in length")
+        if len(self.scores) == 0:
+            raise ValueError("no calibration scores")
+
+    # -- the calibration sets -----------------------------------------------------------
+    def _key(self, group: int) -> int:
+        return int(group) if self.mondrian else -1
+
+    def _select(self, group: int) -> NDArray[np.bool_]:
+        return self.group == group if self.mondrian else np.ones(len(self.scores), bool)
+
+    def _sorted_scores(self, group: int, member: int) -> NDArray:
+        key = (self._key(group), int(member))
+        if key not in self._sorted:
+            sel = self._select(group) & (self.member == member)
+            self._sorted[key] = np.sort(self.scores[sel])
+        return self._sorted[key]
+
+    def size(self, group: int = 0) -> int:
+        """Number of calibration normals a curve of recipe ``group`` is compared with."""
+        return int(self._select(group).sum())
+
+    def groups(self) -> list[int]:
+        """The calibration sets' recipe indices (``[-1]`` when pooled)."""
+        return sorted(set(self.group.tolist())) if self.mondrian else [-1]
+
+    # -- p-values and thresholds ----------------------------------------------------------
+    def p_values(self, member_scores: NDArray, groups: NDArray) -> NDArray[np.float64]:
+        """Conformal p-values of curves with scores ``member_scores`` (K, m) under every
+        model, compared with the calibration normals of their ``groups`` (recipes)."""
+        s = np.atleast_2d(np.asarray(member_scores, dtype=np.float64))
+        if s.shape[0] != self.n_members:
+            raise ValueError(f"need scores from {self.n_members} models, got {s.shape[0]}")
+        groups = np.broadcast_to(np.asarray(groups, dtype=np.int64), (s.shape[1],))
+        out = np.empty(s.shape[1])
+        for g in np.unique(groups):
+            cols = groups == g
+            count = np.zeros(int(cols.sum()))
+            for k in range(self.n_members):
+                cal = self._sorted_scores(int(g), k)
+                count += cal.size - np.searchsorted(cal, s[k, cols], side="left")
+            out[cols] = (1.0 + count) / (self.size(int(g)) + 1.0)
+        return out
+
+    def thresholds(self, member_scores: NDArray, groups: NDArray,
+                   alpha: float) -> NDArray[np.float64]:
+        """Per curve, the mean score above which it is flagged at ``alpha``.
+
+        For a split this is the usual threshold, the J-th largest calibration score. For a
+        cross-conformal model it is the curve's mean score plus the shift of all its model
+        scores that would just reach p <= alpha, so ``score > threshold`` is the verdict
+        exactly. ``inf`` where alpha is out of reach.
+        """
+        s = np.atleast_2d(np.asarray(member_scores, dtype=np.float64))
+        groups = np.broadcast_to(np.asarray(groups, dtype=np.int64), (s.shape[1],))
+        out = np.empty(s.shape[1])
+        for g in np.unique(groups):
+            cols = np.nonzero(groups == g)[0]
+            j = _n_flaggable(alpha, self.size(int(g)))
+            if j == 0:
+                out[cols] = np.inf
+                continue
+            if self.n_members == 1:
+                cal = self._sorted_scores(int(g), 0)
+                out[cols] = cal[cal.size - j]
+                continue
+            cals = [self._sorted_scores(int(g), k) for k in range(self.n_members)]
+            for c in cols:
+                shifted = np.concatenate([cal - s[k, c] for k, cal in enumerate(cals)])
+                out[c] = s[:, c].mean() + np.partition(shifted, shifted.size - j)[
+                    shifted.size - j]
+        return out
+
+    def group_threshold(self, group: int, alpha: float) -> float:
+        """Threshold on the score for recipe ``group`` when all models agree on a score
+        (for a split, the one threshold)."""
+        sel = self._select(group)
+        j = _n_flaggable(alpha, int(sel.sum()))
+        if j == 0:
+            return float("inf")
+        cal = np.sort(self.scores[sel])
+        return float(cal[cal.size - j])
+
+    def smallest_p(self) -> float:
+        """The smallest p-value every calibration set can give (the worst recipe's)."""
+        return max(1.0 / (self.size(g) + 1.0) for g in self.groups())
+
+    def can_flag(self, alpha: float) -> bool:
+        """Whether a curve of every recipe can reach ``p <= alpha``."""
+        return all(_n_flaggable(alpha, self.size(g)) >= 1 for g in self.groups())
+
+    def summary(self, alpha: float, recipes: list[str]) -> dict[str, Any]:
+        """JSON-ready description for ``model.json`` and ``pbi train``."""
+        per = {recipes[g]: int((self.group == g).sum()) for g in sorted(set(self.group.tolist()))
+               if 0 <= g < len(recipes)}
+        out: dict[str, Any] = {
+            "method": self.method,
+            "mondrian": self.mondrian,
+            "folds": self.n_members if self.method == "cross" else 0,
+            "n_calibration": int(len(self.scores)),
+            "n_calibration_per_recipe": per,
+            "alpha": alpha,
+            "alpha_source": self.alpha_source,
+            "smallest_p": self.smallest_p(),
+            "can_flag": self.can_flag(alpha),
+            "validity": VALIDITY.get(self.method, ""),
+        }
+        if self.mondrian:
+            out["threshold_per_recipe"] = {recipes[g]: self.group_threshold(g, alpha)
+                                           for g in self.groups() if 0 <= g < len(recipes)}
+        return out
+
+    # -- storage --------------------------------------------------------------------------
+    def to_arrays(self) -> dict[str, NDArray]:
+        return {"calibration_scores": self.scores, "calibration_member": self.member,
+                "calibration_group": self.group}
+
+    @classmethod
+    def from_arrays(cls, arrays: dict[str, NDArray], *, method: str, mondrian: bool,
+                    n_members: int, alpha_source: str = "given") -> Calibration:
+        scores = arrays["calibration_scores"]
+        member = arrays.get("calibration_member", np.zeros(len(scores), dtype=np.int64))
+        group = arrays.get("calibration_group", np.zeros(len(scores), dtype=np.int64))
+        return cls(method, mondrian, scores, member, group, n_members, alpha_source)
