@@ -34,7 +34,7 @@ from pbi_bluesky.live.channel import FrameResult, VerdictChannel
 from pbi_bluesky.live.frames import AssetRegistry, FrameError
 from pbi_bluesky.live.inbox import FRAME_DOCS, Inbox
 from pbi_bluesky.live.streams import FrameJoiner, FrameParts, resolve_roles
-from pbi_bluesky.models import AnomalyDetector, load_bundle
+from pbi_bluesky.models import AnomalyDetector, ensure_can_flag, load_bundle
 from pbi_bluesky.models.bundle import load_default_model
 from pbi_bluesky.profile import Profile
 from pbi_bluesky.reduction import Reducer, absolute_monitor, as_frame, load_geometry_text
@@ -67,17 +67,10 @@ class _Item:
 
 
 def _load_model(model: AnomalyDetector | str | Path | None) -> AnomalyDetector:
+    """The model, refused (:class:`~pbi_bluesky.models.BundleError`) if it can never flag."""
     if isinstance(model, AnomalyDetector):
-        detector = model
-    else:
-        detector = load_bundle(model) if model is not None else load_default_model()
-    if not math.isfinite(float(detector.threshold)):
-        raise ValueError(
-            f"model {detector.bundle_info.get('path', '<in memory>')} can never flag a frame: "
-            f"its threshold is infinite (alpha {detector.alpha} is below the smallest "
-            f"p-value its {len(np.asarray(detector.calibration_scores))} calibration normals "
-            "can give). Retrain with more normals or a larger --alpha.")
-    return detector
+        return ensure_can_flag(model)
+    return load_bundle(model) if model is not None else load_default_model()
 
 
 class LiveScorer(DocumentRouter):
@@ -87,7 +80,8 @@ class LiveScorer(DocumentRouter):
     ----------
     model
         A trained detector, a bundle path, or ``None`` for the shipped default model. A
-        model that can never flag (infinite threshold) is refused with a clear error.
+        model that can never flag (infinite threshold) is refused with a
+        :class:`~pbi_bluesky.models.BundleError` that says why.
     sinks
         Callables ``(name, doc)`` receiving the analysis-run documents (a
         :class:`~pbi_bluesky.store.SpoolSink` in front of Tiled, a ``LiveTable``...). They
@@ -284,7 +278,8 @@ class LiveScorer(DocumentRouter):
         if run is None:
             return
         roles = resolve_roles(doc, transmission_required=self.transmission_required
-                              and not self.monitor_from_start, **self.keys)
+                              and not self.monitor_from_start,
+                              monitor_required=not self.monitor_from_start, **self.keys)
         if roles is None:
             return
         self._descriptor_run[doc["uid"]] = run.uid
@@ -433,18 +428,6 @@ class LiveScorer(DocumentRouter):
                              metadata={"sample": start.get("sample"), "slot": start.get("slot")})
         if roles.problem:
             raise FrameError(roles.problem)
-        poni = self.poni_text or start.get("geometry")
-        if not poni:
-            raise FrameError("no geometry: configure poni= (beamline.yaml geometry.poni) or "
-                             "record PONI text as 'geometry' in the start document")
-        reducer = self._reducer(poni)
-        frame = np.asarray(self._value(run, parts.values[roles.image], "image"))
-        if frame.ndim == 1 and roles.shape and len(roles.shape) >= 2:
-            frame = frame.reshape(roles.shape[-2:])
-        if frame.ndim == 3 and frame.shape[0] == 1:
-            frame = frame[0]
-        if frame.size == 0:
-            raise FrameError("frame is empty")
         monitor = self._reading(run, parts, roles.monitor, "I0", "i0")
         if monitor is None:
             raise FrameError("no incident-flux (I0) reading for this frame")
@@ -458,6 +441,18 @@ class LiveScorer(DocumentRouter):
             transmission = 1.0
         if not (math.isfinite(transmission) and 0 < transmission <= MAX_TRANSMISSION):
             raise FrameError(f"transmission {transmission!r} is not in (0, {MAX_TRANSMISSION}]")
+        poni = self.poni_text or start.get("geometry")
+        if not poni:
+            raise FrameError("no geometry: configure poni= (beamline.yaml geometry.poni) or "
+                             "record PONI text as 'geometry' in the start document")
+        reducer = self._reducer(poni)
+        frame = np.asarray(self._value(run, parts.values[roles.image], "image"))
+        if frame.ndim == 1 and roles.shape and len(roles.shape) >= 2:
+            frame = frame.reshape(roles.shape[-2:])
+        if frame.ndim == 3 and frame.shape[0] == 1:
+            frame = frame[0]
+        if frame.size == 0:
+            raise FrameError("frame is empty")
         is_cell = start.get("sample_type") == "empty_cell"
         thickness = start.get("thickness_cm")
         if not is_cell:

@@ -69,7 +69,8 @@ def _pick(data_keys: dict[str, Any], configured: str | None, suffixes: tuple[str
 
 def resolve_roles(descriptor: dict[str, Any], *, image_key: str | None = None,
                   monitor_key: str | None = None, transmission_key: str | None = None,
-                  transmission_required: bool = True) -> Roles | None:
+                  transmission_required: bool = True, monitor_required: bool = True
+                  ) -> Roles | None:
     """The roles of a descriptor's keys; ``None`` for a stream without images.
 
     Parameters
@@ -78,8 +79,9 @@ def resolve_roles(descriptor: dict[str, Any], *, image_key: str | None = None,
         An event descriptor.
     image_key, monitor_key, transmission_key
         Configured keys (``None``: find the single candidate).
-    transmission_required
-        If false, a stream with no transmission key is scored with transmission 1.
+    transmission_required, monitor_required
+        If false, a stream without that reading is not a problem here (the scorer takes
+        it from elsewhere: transmission 1, or the start document when asked to).
     """
     data_keys = descriptor.get("data_keys", {})
     images = image_keys(descriptor)
@@ -105,6 +107,8 @@ def resolve_roles(descriptor: dict[str, Any], *, image_key: str | None = None,
                         "transmission_key", {image, monitor or ""})
     if not transmission_required and trans is None and not transmission_key:
         p_tr = ""
+    if not monitor_required and monitor is None and not monitor_key:
+        p_mon = ""
     problem = "; ".join(p for p in (p_mon, p_tr) if p)
     return Roles(image, monitor, trans, problem, shape, tuple(dict.fromkeys([image, *images])))
 

@@ -6,9 +6,8 @@ import json
 
 import numpy as np
 import pytest
-from event_model import compose_run
 
-from pbi_bluesky.live import ANALYSIS_STREAM, LiveScorer
+from pbi_bluesky.live import ANALYSIS_STREAM, ATTRIBUTION_STREAM, LiveScorer
 from pbi_bluesky.simulate import (
     PS_PMMA,
     apply_anomaly,
@@ -17,6 +16,7 @@ from pbi_bluesky.simulate import (
     render_empty_cell,
     render_frame,
 )
+from tests.live.docs import feed, run_docs, stream_run_docs
 
 
 @pytest.fixture(scope="module")
@@ -37,39 +37,22 @@ class Collector:
         return [d for n, d in self.docs if n == name]
 
 
-def _run(callback, metadata, shots, *, image_key="det_image", shape=None):
-    """Emit one raw run with the given (frame, i0, transmission) shots; returns its uid."""
-    bundle = compose_run(metadata=metadata)
-    callback("start", bundle.start_doc)
-    shape = shape or list(shots[0][0].shape)
-    desc = bundle.compose_descriptor(
-        name="primary",
-        data_keys={
-            image_key: {"dtype": "array", "shape": shape, "source": "sim", "dtype_numpy": "<i4"},
-            "beam_i0": {"dtype": "number", "shape": [], "source": "sim"},
-            "beam_transmission": {"dtype": "number", "shape": [], "source": "sim"},
-        },
-    )
-    callback("descriptor", desc.descriptor_doc)
-    for seq, (frame, i0, trans) in enumerate(shots, start=1):
-        data = {image_key: frame, "beam_i0": i0, "beam_transmission": trans}
-        callback("event", desc.compose_event(data=data, timestamps=dict.fromkeys(data, 0.0),
-                                             seq_num=seq, validate=False))
-    callback("stop", bundle.compose_stop())
-    return bundle.start_doc["uid"]
+def _scorer(model, instrument, **kwargs):
+    return LiveScorer(model, mask=instrument.mask, dark=expected_dark(instrument),
+                      npt=instrument.npt, **kwargs)
 
 
 @pytest.fixture(scope="module")
 def scored(tiny_model, instrument, poni_text):
     rng = np.random.default_rng(42)
     sink = Collector()
-    scorer = LiveScorer(tiny_model, sinks=[sink], mask=instrument.mask,
-                        dark=expected_dark(instrument), npt=instrument.npt)
+    scorer = _scorer(tiny_model, instrument, sinks=[sink])
     cell = render_empty_cell(instrument, rng)
     base_md = {"geometry": poni_text, "thickness_cm": 0.1}
-    cell_uid = _run(scorer, {**base_md, "sample_type": "empty_cell", "sample": "cell"},
-                    [(cell.frame, cell.monitor, cell.transmission)])
-    uids = {"cell": cell_uid}
+    uids = {}
+    uids["cell"], docs = run_docs({**base_md, "sample_type": "empty_cell", "sample": "cell"},
+                                  [(cell.frame, cell.monitor, cell.transmission)])
+    feed(scorer, docs)
     shots = []
     for kind in ("normal", "contamination", "thickness_error"):
         state = nominal_state(PS_PMMA, "50:50", rng)
@@ -77,8 +60,9 @@ def scored(tiny_model, instrument, poni_text):
             state = apply_anomaly(state, kind, 0.8, rng)
         shot = render_frame(state, instrument, rng)
         shots.append((kind, shot))
-        uids[kind] = _run(scorer, {**base_md, "composition": "50:50", "sample": kind},
-                          [(shot.frame, shot.monitor, shot.transmission)])
+        uids[kind], docs = run_docs({**base_md, "composition": "50:50", "sample": kind},
+                                    [(shot.frame, shot.monitor, shot.transmission)])
+        feed(scorer, docs)
     good = shots[0][1]
     nan_frame = good.frame.astype(np.float64)
     nan_frame[500, 100:110] = np.nan
@@ -86,15 +70,20 @@ def scored(tiny_model, instrument, poni_text):
         (nan_frame, good.monitor, good.transmission),
         (good.frame[:100, :100], good.monitor, good.transmission),
         (good.frame, good.monitor, good.transmission),
+        (good.frame, good.monitor, 0.0),
     ]
-    uids["bad"] = _run(scorer, {**base_md, "composition": "50:50", "sample": "bad"},
-                       bad_shots, shape=list(good.frame.shape))
-    uids["no_geometry"] = _run(scorer, {"composition": "50:50", "thickness_cm": 0.1},
-                               [(good.frame, good.monitor, good.transmission)])
-    uids["unknown_recipe"] = _run(scorer, {**base_md, "composition": "33:67"},
-                                  [(good.frame, good.monitor, good.transmission)])
+    uids["bad"], docs = run_docs({**base_md, "composition": "50:50", "sample": "bad"},
+                                 bad_shots, shape=list(good.frame.shape))
+    feed(scorer, docs)
+    uids["no_geometry"], docs = run_docs({"composition": "50:50", "thickness_cm": 0.1},
+                                         [(good.frame, good.monitor, good.transmission)])
+    feed(scorer, docs)
+    uids["unknown_recipe"], docs = run_docs({**base_md, "composition": "33:67"},
+                                            [(good.frame, good.monitor, good.transmission)])
+    feed(scorer, docs)
     assert scorer.flush(120)
-    return scorer, sink, uids
+    yield scorer, sink, uids
+    scorer.close()
 
 
 def test_normal_and_anomalous_frames(scored):
@@ -104,18 +93,19 @@ def test_normal_and_anomalous_frames(scored):
         result = scorer.channel.results(uids[kind])[0]
         assert result.status == "scored"
         assert result.is_anomaly, kind
-        assert result.top_attribution
+        assert result.top_attribution  # filled in by the attribution thread before finish
 
 
 def test_every_frame_is_accounted_for_with_a_reason(scored):
     scorer, _, uids = scored
-    results = scorer.channel.results(uids["bad"])
-    assert [r.status for r in results] == ["failed", "failed", "scored"]
+    results = sorted(scorer.channel.results(uids["bad"]), key=lambda r: r.raw_seq_num)
+    assert [r.status for r in results] == ["failed", "failed", "scored", "failed"]
     assert "NaN" in results[0].reason
     assert "shape" in results[1].reason
+    assert "transmission 0.0" in results[3].reason  # not silently 1.0
     summary = scorer.channel.summaries[uids["bad"]]
-    assert summary["frames"] == 3 == summary["accounted"]
-    assert summary["failed"] == 2 and summary["scored"] == 1
+    assert summary["frames"] == 4 == summary["accounted"]
+    assert summary["failed"] == 3 and summary["scored"] == 1
     assert "geometry" in scorer.channel.results(uids["no_geometry"])[0].reason
     assert "unknown to the model" in scorer.channel.results(uids["unknown_recipe"])[0].reason
 
@@ -126,67 +116,66 @@ def test_analysis_runs_are_valid_documents(scored):
     assert {s["raw_uid"] for s in starts} == set(uids.values())
     for start in starts:
         assert start["pbi_analysis"] is True
-        assert "model_sha256" in start or start.get("model_path") is None
         assert "composition" not in start  # raw metadata is not copied wholesale
-    descriptors = sink.of("descriptor")
-    assert all(d["name"] == ANALYSIS_STREAM for d in descriptors)
+        assert "reduction" in start and "threshold" in start
+    names = sorted(d["name"] for d in sink.of("descriptor"))
+    assert names == sorted([ANALYSIS_STREAM, ATTRIBUTION_STREAM] * len(uids))
     stops = sink.of("stop")
     assert len(stops) == len(uids)
     by_raw = {s["raw_uid"]: s["uid"] for s in starts}
     stop_of = {s["run_start"]: s for s in stops}
     flagged = stop_of[by_raw[uids["contamination"]]]["pbi_summary"]
     assert flagged["verdict"] == "anomalous" and flagged["flagged"] == 1
-    events = sink.of("event")
-    assert len(events) == 1 + 3 + 3 + 1 + 1
+    assert flagged["explained"] == 1
+    verdict_desc = {d["uid"] for d in sink.of("descriptor") if d["name"] == ANALYSIS_STREAM}
+    events = [e for e in sink.of("event") if e["descriptor"] in verdict_desc]
+    assert len(events) == 1 + 3 + 4 + 1 + 1
     one = events[1]["data"]
     assert len(one["q"]) == len(one["intensity"]) == len(one["sigma"])
-    json.loads(one["attributions"])
+    explained = [e for e in sink.of("event") if e["descriptor"] not in verdict_desc]
+    assert explained and all(e["data"]["status"] == "explained" for e in explained)
+    assert json.loads(explained[0]["data"]["attributions"])
+    # every analysis event comes before its run's stop document
+    order = [(n, d.get("descriptor") or d.get("run_start") or d["uid"]) for n, d in sink.docs]
+    assert order[-1][0] == "stop"
 
 
 def test_a_raising_sink_never_escapes(tiny_model, instrument, poni_text):
     def broken(name, doc):
         raise RuntimeError("tiled is down")
 
-    scorer = LiveScorer(tiny_model, sinks=[broken], mask=instrument.mask)
+    scorer = _scorer(tiny_model, instrument, sinks=[broken])
     rng = np.random.default_rng(1)
     shot = render_frame(nominal_state(PS_PMMA, "25:75", rng), instrument, rng)
-    uid = _run(scorer, {"geometry": poni_text, "thickness_cm": 0.1, "composition": "25:75"},
-               [(shot.frame, shot.monitor, shot.transmission)])
+    uid, docs = run_docs({"geometry": poni_text, "thickness_cm": 0.1, "composition": "25:75"},
+                         [(shot.frame, shot.monitor, shot.transmission)])
+    feed(scorer, docs)
     scorer("event", {"descriptor": "nonsense"})  # malformed: swallowed, logged
+    scorer("descriptor", {"garbage": True})
     assert scorer.flush(60)
     assert scorer.channel.results(uid)[0].status == "scored"
+    scorer.close()
 
 
-def test_close_stops_the_worker(tiny_model):
+def test_close_stops_both_threads(tiny_model):
     scorer = LiveScorer(tiny_model)
     assert scorer.close(10)
     assert not scorer._worker.is_alive()
 
 
-def _stream_run(callback, metadata, h5_path, n_frames, shape):
-    """A run whose frames are StreamResource/StreamDatum references into an HDF5 file,
-    as ophyd-async flyers emit them."""
-    bundle = compose_run(metadata=metadata)
-    callback("start", bundle.start_doc)
-    desc = bundle.compose_descriptor(
-        name="primary",
-        data_keys={"det_image": {"dtype": "array", "shape": [1, *shape], "source": "sim",
-                                 "dtype_numpy": "<i4", "external": "STREAM:"}},
-    )
-    callback("descriptor", desc.descriptor_doc)
-    res = bundle.compose_stream_resource(
-        mimetype="application/x-hdf5", uri=f"file://localhost{h5_path}", data_key="det_image",
-        parameters={"dataset": "/entry/data/data"})
-    callback("stream_resource", res.stream_resource_doc)
-    callback("stream_datum", res.compose_stream_datum(
-        indices={"start": 0, "stop": n_frames}, seq_nums={"start": 1, "stop": n_frames + 1},
-        descriptor=desc.descriptor_doc))
-    callback("stop", bundle.compose_stop())
-    return bundle.start_doc["uid"]
+def test_a_model_that_can_never_flag_is_refused(tiny_model):
+    import copy
+
+    from pbi_bluesky.models import BundleError
+
+    never = copy.copy(tiny_model)
+    never.alpha = 1e-6  # below the smallest p-value its calibration normals can give
+    with pytest.raises(BundleError, match="calibration"):
+        LiveScorer(never)
 
 
-def test_stream_resource_frames_are_read_from_hdf5_and_scored(tiny_model, instrument,
-                                                              poni_text, tmp_path):
+def test_stream_frames_with_ndattribute_readings(tiny_model, instrument, poni_text, tmp_path):
+    """Frames and I0/transmission as ophyd-async writes them: datasets of one HDF5 file."""
     import h5py
 
     rng = np.random.default_rng(11)
@@ -196,23 +185,43 @@ def test_stream_resource_frames_are_read_from_hdf5_and_scored(tiny_model, instru
     h5_path = tmp_path / "flyer.h5"
     with h5py.File(h5_path, "w") as fh:
         fh.create_dataset("/entry/data/data", data=np.stack([normal.frame, bad.frame]))
+        attrs = fh.create_group("/entry/instrument/NDAttributes")
+        attrs["i0"] = np.array([normal.monitor, bad.monitor])
+        attrs["transmission"] = np.array([normal.transmission, bad.transmission])
     cell = render_empty_cell(instrument, rng)
-    scorer = LiveScorer(tiny_model, mask=instrument.mask, dark=expected_dark(instrument),
-                        npt=instrument.npt)
+    scorer = _scorer(tiny_model, instrument, data_roots=[tmp_path])
     try:
         md = {"geometry": poni_text, "thickness_cm": 0.1, "composition": "50:50"}
-        _run(scorer, {"geometry": poni_text, "sample_type": "empty_cell"},
-             [(cell.frame, cell.monitor, cell.transmission)])
-        uid = _stream_run(scorer, {**md, "i0": normal.monitor,
-                                   "transmission": normal.transmission},
-                          h5_path, 2, list(normal.frame.shape))
-        no_i0 = _stream_run(scorer, md, h5_path, 1, list(normal.frame.shape))
+        _, docs = run_docs({"geometry": poni_text, "sample_type": "empty_cell"},
+                           [(cell.frame, cell.monitor, cell.transmission)])
+        feed(scorer, docs)
+        uri = f"file://localhost{h5_path}"
+        attributes = {"i0": "/entry/instrument/NDAttributes/i0",
+                      "transmission": "/entry/instrument/NDAttributes/transmission"}
+        uid, docs = stream_run_docs(md, uri, 2, list(normal.frame.shape),
+                                    attributes=attributes)
+        feed(scorer, docs)
+        no_i0, docs = stream_run_docs(md, uri, 1, list(normal.frame.shape))
+        feed(scorer, docs)
+        start_i0, docs = stream_run_docs({**md, "i0": normal.monitor,
+                                          "transmission": normal.transmission},
+                                         uri, 1, list(normal.frame.shape))
+        feed(scorer, docs)
         assert scorer.flush(120)
-        results = scorer.channel.results(uid)
-        assert [r.status for r in results] == ["scored", "scored"]
-        assert [r.raw_seq_num for r in results] == [1, 2]
+        results = sorted(scorer.channel.results(uid), key=lambda r: r.raw_seq_num)
+        assert [r.status for r in results] == ["scored", "scored"], [r.reason for r in results]
         assert not results[0].is_anomaly and results[1].is_anomaly
-        failed = scorer.channel.results(no_i0)
-        assert failed[0].status == "failed" and "I0" in failed[0].reason
+        failed = scorer.channel.results(no_i0)[0]
+        assert failed.status == "failed" and "I0" in failed.reason
+        # the start-document stop-gap is off unless asked for
+        assert scorer.channel.results(start_i0)[0].status == "failed"
     finally:
         scorer.close()
+    opt_in = _scorer(tiny_model, instrument, data_roots=[tmp_path], monitor_from_start=True)
+    try:
+        feed(opt_in, docs)
+        assert opt_in.flush(60)
+        result = opt_in.channel.results(start_i0)[0]
+        assert result.status == "scored", result.reason
+    finally:
+        opt_in.close()

@@ -173,3 +173,44 @@ def test_remote_scorer_matches_in_process(tiny_model, instrument, stream, proxy)
     statuses = [r.status for uid, _ in stream for r in remote.channel.results(uid)]
     assert statuses[0] == "reference" and "failed" in statuses and "scored" in statuses
     assert flagged >= 2  # the anomalous runs are seen as such, over the wire too
+
+
+class _Exploit:
+    """Unpickling this would create a file: a stand-in for any code an attacker sends."""
+
+    def __init__(self, path):
+        self.path = str(path)
+
+    def __reduce__(self):
+        return (open, (self.path, "w"))
+
+
+@pytest.mark.timeout(120)
+def test_a_pickle_payload_is_never_executed(tiny_model, proxy, tmp_path):
+    import pickle
+
+    from bluesky.callbacks.zmq import Publisher
+
+    in_address, out_address = proxy
+    marker = tmp_path / "pwned"
+    remote = LiveScorer(tiny_model)
+    stop = threading.Event()
+    server = threading.Thread(target=serve_remote_scorer, args=(out_address, remote),
+                              kwargs={"stop_event": stop}, daemon=True)
+    server.start()
+    good = make_publisher(in_address, settle=0)
+    payload = pickle.dumps(_Exploit(marker))  # what bluesky's default (pickle) wire carries
+    evil = Publisher(in_address, serializer=lambda doc: payload)
+    try:
+        _connect(good, remote.channel)
+        for name in ("start", "descriptor", "nonsense"):
+            evil(name, {})
+        # the dispatcher is still alive and decodes msgpack:
+        _connect(good, remote.channel)
+    finally:
+        stop.set()
+        server.join(10)
+        good.close()
+        evil.close()
+    assert not marker.exists()
+    assert not server.is_alive()
