@@ -9,7 +9,7 @@ import os
 import numpy as np
 import pytest
 
-from tests.beamline_fixtures import sim_ioc  # noqa: F401 - pytest fixture
+from tests.beamline_fixtures import ca_put, sim_ioc  # noqa: F401 - pytest fixture
 
 EXPOSURE_S = 0.1  # SingleTrigger races a trigger shorter than its own put + bookkeeping
 
@@ -33,6 +33,10 @@ def stock(sim_ioc):  # noqa: F811
         hdf1 = Cpt(HDF5PluginWithFileStore, "HDF1:", write_path_template=write_path,
                    read_path_template=write_path)
 
+    # The IOC is shared: an ophyd-async writer may have left LazyOpen = Yes, with which the
+    # file opens (and FileNumber advances) at the first frame, not at Capture = 1, and stock
+    # ophyd's file name (FileNumber_RBV - 1) would be wrong - on a real IOC too.
+    ca_put(f"{sim_ioc.prefix}HDF1:LazyOpen", 0)
     det = Det(sim_ioc.prefix, name="det")
     changer = EpicsMotor(f"{sim_ioc.prefix}changer", name="changer")
     det.wait_for_connection(timeout=15)
