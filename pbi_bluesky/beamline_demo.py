@@ -30,7 +30,8 @@ import numpy as np
 
 from sim_iocs.tray import default_tray
 
-__all__ = ["DEMO_TRAY", "LiveDemoReport", "run_live_demo", "format_report"]
+__all__ = ["DEMO_TRAY", "LiveDemoReport", "format_report", "run_live_demo",
+           "sim_beamline_config"]
 
 logger = logging.getLogger(__name__)
 
@@ -54,6 +55,35 @@ class LiveDemoReport:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def sim_beamline_config(ioc: Any, *, name: str = "pbi-sim", device_api: str = "ophyd",
+                        data_dir: str | Path | None = None, **sections: Any) -> Any:
+    """The :class:`~pbi_bluesky.config.BeamlineConfig` of a running simulated IOC
+    (:class:`sim_iocs.launch.SimIOC`): its prefix, data root, PONI and mask files, and a
+    sample list with what a user knows of its tray (no hidden truth)."""
+    import yaml
+
+    from pbi_bluesky.config import (
+        BeamlineConfig,
+        ChangerConfig,
+        DetectorConfig,
+        GeometryConfig,
+        MonitorConfig,
+    )
+    from sim_iocs.tray import public_tray
+
+    p = ioc.prefix
+    tray_file = Path(ioc.tray_path).with_name("samples.yaml")
+    tray_file.write_text(yaml.safe_dump({"slots": public_tray(ioc.tray)}, sort_keys=False))
+    cfg = BeamlineConfig(
+        detector=DetectorConfig(prefix=p, write_path=str(ioc.data_root)),
+        changer=ChangerConfig(motor=f"{p}changer"),
+        monitors=MonitorConfig(i0=f"{p}mon:I0", transmission=f"{p}mon:Transmission"),
+        geometry=GeometryConfig(poni=str(ioc.poni_path), mask=str(ioc.mask_path)),
+        name=name, device_api=device_api, tray=str(tray_file), plots=False,
+        data_dir=None if data_dir is None else str(data_dir), source=f"sim IOC {p}")
+    return cfg.with_overrides(**sections) if sections else cfg
 
 
 def _truth(slot: dict[str, Any]) -> str:

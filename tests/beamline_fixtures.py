@@ -94,11 +94,19 @@ def sim_ioc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimIOC]:
 
 
 @pytest.fixture(scope="session")
-def beamline(sim_ioc: SimIOC) -> Any:
-    """Connected :class:`pbi_bluesky.devices.Beamline` for the session's IOC."""
-    from pbi_bluesky.devices import connect_beamline
+def sim_config(sim_ioc: SimIOC) -> Any:
+    """The :class:`pbi_bluesky.config.BeamlineConfig` of the session's IOC."""
+    from pbi_bluesky.beamline_demo import sim_beamline_config
 
-    return connect_beamline(sim_ioc.prefix, timeout=10)
+    return sim_beamline_config(sim_ioc, connection_timeout_s=15.0)
+
+
+@pytest.fixture(scope="session")
+def beamline(sim_config: Any) -> Any:
+    """Connected stock-ophyd :class:`pbi_bluesky.devices.Beamline` for the session's IOC."""
+    from pbi_bluesky.devices import make_ophyd_beamline
+
+    return make_ophyd_beamline(sim_config)
 
 
 def ca_put(pvname: str, value: Any, timeout: float = 5.0) -> None:

@@ -10,12 +10,14 @@ never finishes fails the status with :class:`DetectorTimeoutError` instead of ha
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
+from collections.abc import Iterator
 from typing import Any
 
 from ophyd import Component as Cpt
-from ophyd import EpicsMotor, EpicsSignalRO
+from ophyd import Device, EpicsMotor, EpicsSignal, EpicsSignalRO
 from ophyd.areadetector import ImagePlugin, PilatusDetector, SingleTrigger
 from ophyd.areadetector.filestore_mixins import FileStoreHDF5IterativeWrite
 from ophyd.areadetector.plugins import HDF5Plugin
@@ -48,6 +50,8 @@ class SAXSPilatus(SingleTrigger, PilatusDetector):
     image1 = Cpt(ImagePlugin, "image1:")
     hdf1 = Cpt(HDF5PluginWithFileStore, "HDF1:", write_path_template="/",
                read_path_template="/")
+    hdf1_lazy_open = Cpt(EpicsSignal, "HDF1:LazyOpen", string=True, kind="omitted")
+    """The plugin's LazyOpen (ADCore >= 2.1; not a component of the stock HDF5Plugin)."""
 
     def __init__(self, prefix: str = "", *, name: str, write_path: str = "/",
                  read_path: str | None = None, timeout_margin: float = 3.0,
@@ -60,6 +64,17 @@ class SAXSPilatus(SingleTrigger, PilatusDetector):
         self.timeout_margin = float(timeout_margin)
         self.stage_sigs.update({"cam.image_mode": "Single", "cam.num_images": 1,
                                 "cam.trigger_mode": "Internal"})
+        # stock ophyd names the file from FileNumber_RBV - 1 after Capture = 1, which only
+        # holds when the file opens at Capture (LazyOpen = No); the detector's own stage
+        # signals are applied before the plugin is staged
+        self.stage_sigs["hdf1_lazy_open"] = "No"
+
+    def ensure_warm(self) -> None:
+        """Push one array through the HDF5 plugin if it has never seen one (after an IOC
+        boot ``ArraySize*_RBV`` are 0 and the stock plugin refuses to stage)."""
+        if 0 in tuple(self.hdf1.array_size.get()):
+            log.info("%s: warming up the HDF5 plugin (no array seen since IOC boot)", self.name)
+            self.hdf1.warmup()
 
     def trigger(self) -> Any:
         """Acquire one frame (stock ``SingleTrigger``), with a deadline.
@@ -104,13 +119,27 @@ def _detector_class(cam: str, image: str | None, hdf: str) -> type[SAXSPilatus]:
         "cam": Cpt(SAXSPilatus.cam.cls, cam),
         "hdf1": Cpt(HDF5PluginWithFileStore, hdf, write_path_template="/",
                     read_path_template="/"),
+        "hdf1_lazy_open": Cpt(EpicsSignal, f"{hdf}LazyOpen", string=True, kind="omitted"),
     }
     attrs["image1"] = Cpt(ImagePlugin, image) if image else None
     return type("SAXSPilatusCustom", (SAXSPilatus,), attrs)
 
 
+@contextlib.contextmanager
+def _no_lazy_wait() -> Iterator[None]:
+    """Build without waiting for PVs: stock areaDetector classes touch lazy signals in their
+    constructors, which otherwise waits for each (and fails with a bare timeout)."""
+    orig = Device.lazy_wait_for_connection
+    Device.lazy_wait_for_connection = False
+    try:
+        yield
+    finally:
+        Device.lazy_wait_for_connection = orig
+
+
 def make_ophyd_beamline(cfg: BeamlineConfig, *, connect: bool = True) -> Beamline:
-    """The beamline's devices as stock ophyd objects, connected (unless ``connect=False``).
+    """The beamline's devices as stock ophyd objects, connected (unless ``connect=False``:
+    then nothing waits for a PV, e.g. to check the names a configuration gives).
 
     Raises
     ------
@@ -122,8 +151,9 @@ def make_ophyd_beamline(cfg: BeamlineConfig, *, connect: bool = True) -> Beamlin
         raise ValueError(f"{cfg.source}: detector.kind {d.kind!r} is not supported "
                          "(supported: 'pilatus')")
     cls = _detector_class(d.cam, d.image, d.hdf)
-    detector = cls(d.prefix, name=d.name, write_path=d.write_path, read_path=d.read_path,
-                   timeout_margin=d.timeout_margin_s)
+    with _no_lazy_wait():  # construction never blocks; connecting is explicit, below
+        detector = cls(d.prefix, name=d.name, write_path=d.write_path, read_path=d.read_path,
+                       timeout_margin=d.timeout_margin_s)
     changer = EpicsMotor(cfg.changer.motor, name=cfg.changer.name)
     i0 = EpicsSignalRO(cfg.monitors.i0, name=cfg.monitors.i0_name)
     monitors = [i0]
@@ -133,4 +163,5 @@ def make_ophyd_beamline(cfg: BeamlineConfig, *, connect: bool = True) -> Beamlin
     beamline = Beamline(cfg, detector, changer, monitors, mode="ophyd")
     if connect:
         wait_connected(beamline, cfg.connection_timeout_s)
+        detector.ensure_warm()
     return beamline
