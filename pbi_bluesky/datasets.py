@@ -194,11 +194,8 @@ def _prepare_frames(
     (out / "frames" / "empty_cell.json").write_text(
         json.dumps({"monitor": cell.monitor, "transmission": cell.transmission})
     )
-    background = reducer.reduce(
-        cell.frame,
-        monitor=absolute_monitor(cell.monitor, instrument.geometry),
-        transmission=cell.transmission,
-    )
+    background = reducer.reduce_absolute(cell.frame, i0=cell.monitor,
+                                         transmission=cell.transmission)
     return reducer, background
 
 
@@ -236,9 +233,9 @@ def _measure(
         shot = render_frame(state, instrument, rng, faults=spec.faults)
         frame_path = out / "frames" / f"{spec.sample_id}.cbf"
         fabio.cbfimage.CbfImage(data=shot.frame).write(str(frame_path))
-        profile = reducer.reduce(
+        profile = reducer.reduce_absolute(
             shot.frame,
-            monitor=absolute_monitor(shot.monitor, instrument.geometry),
+            i0=shot.monitor,
             transmission=shot.transmission,
             thickness_cm=state.thickness_cm,
             background=background,
@@ -283,14 +280,18 @@ def load_profiles(
     poni: str | Path | None = None,
     mask: str | Path | None = None,
     dark: str | Path | None = None,
-    background: str | Path | None = None,
+    background: Profile | None = None,
 ) -> list[Profile | Exception]:
     """Load the ``path`` of every manifest row as a profile (or the reason it failed).
 
     Without ``poni`` each path is a 1D profile file (3-column ASCII or NXcanSAS). With
-    ``poni`` each path is a 2D frame reduced on that geometry; the optional manifest
-    columns ``monitor`` (incident photons; made absolute with the pixel solid angle),
-    ``transmission`` and ``thickness_cm`` are applied when present.
+    ``poni`` each row's ``frame`` (or, without one, its ``path``) is a 2D frame reduced on
+    that geometry by
+    :meth:`~pbi_bluesky.reduction.Reducer.reduce_absolute` (the one absolute path, with
+    the scale factor stored beside the PONI when there is one) from the manifest columns
+    ``monitor`` (the I0 reading), ``transmission`` and ``thickness_cm``; a row without a
+    monitor is reduced without absolute normalisation (units "arbitrary").
+    ``background`` is an empty-cell profile made by ``reduce_absolute``.
     """
     from pbi_bluesky.reduction import ReductionError, read_profile
 
@@ -303,17 +304,16 @@ def load_profiles(
             if reducer is None:
                 out.append(read_profile(row["path"]))
                 continue
+            image = row.get("frame") or row["path"]
             monitor = _float(row, "monitor")
             transmission = _float(row, "transmission") or 1.0
-            out.append(
-                reducer.reduce(
-                    row["path"],
-                    monitor=absolute_monitor(monitor, reducer.ai) if monitor else 1.0,
-                    transmission=transmission,
-                    thickness_cm=_float(row, "thickness_cm"),
-                    background=background,
-                )
-            )
+            if monitor:
+                out.append(reducer.reduce_absolute(
+                    image, i0=monitor, transmission=transmission,
+                    thickness_cm=_float(row, "thickness_cm"), background=background))
+            else:
+                out.append(reducer.reduce(image, transmission=transmission,
+                                          thickness_cm=_float(row, "thickness_cm")))
         except (ReductionError, OSError, ValueError) as exc:
             out.append(exc)
     return out

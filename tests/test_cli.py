@@ -15,7 +15,8 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["simulate"], ["reduce"], ["demo"], ["train"], ["score"], ["evaluate"]]
+    "command", [[], ["simulate"], ["reduce"], ["demo"], ["train"], ["score"], ["evaluate"],
+                ["calibrate-absolute"]]
 )
 def test_help_on_every_command(command):
     result = runner.invoke(app, [*command, "--help"])
@@ -58,6 +59,69 @@ def test_reduce_reports_bad_files_and_keeps_going(tmp_path):
     assert result.exit_code == 1
     assert "empty" in result.output
     assert len(list(out.glob("*.dat"))) == 1
+
+
+def test_calibrate_absolute_then_reduce_applies_the_factor(tmp_path):
+    """Water and the empty cell on an instrument whose I0 monitor counts 0.8 per photon:
+    the scale factor is recovered within 2 %, stored beside the PONI and applied."""
+    import fabio
+    import numpy as np
+
+    from pbi_bluesky.reduction import read_profile
+    from pbi_bluesky.simulate import (
+        Instrument,
+        expected_dark,
+        make_geometry,
+        render_empty_cell,
+        render_standard,
+    )
+
+    inst = Instrument(geometry=make_geometry("Pilatus300k", 1.5), npt=120,
+                      q_range_inv_angstrom=(0.012, 0.18), monitor_counts_per_photon=0.8)
+    rng = np.random.default_rng(3)
+    inst.write_poni(tmp_path / "geometry.poni")
+    fabio.edfimage.EdfImage(data=inst.mask.astype(np.int8)).write(str(tmp_path / "mask.edf"))
+    fabio.edfimage.EdfImage(data=expected_dark(inst, 10.0)).write(str(tmp_path / "dark.edf"))
+    water = render_standard(inst, rng, thickness_cm=0.1, exposure_s=10.0)
+    cell = render_empty_cell(inst, rng, exposure_s=10.0)
+    for name, shot in (("water", water), ("cell", cell)):
+        fabio.cbfimage.CbfImage(data=shot.frame).write(str(tmp_path / f"{name}.cbf"))
+    common = ["--poni", str(tmp_path / "geometry.poni"), "--mask", str(tmp_path / "mask.edf"),
+              "--dark", str(tmp_path / "dark.edf")]
+    result = runner.invoke(app, [
+        "calibrate-absolute", str(tmp_path / "water.cbf"), *common, "--npt", "120",
+        "--i0", str(water.monitor), "--transmission", str(water.transmission),
+        "--thickness", "0.1", "--empty-cell", str(tmp_path / "cell.cbf"),
+        "--empty-cell-i0", str(cell.monitor),
+        "--empty-cell-transmission", str(cell.transmission)])
+    assert result.exit_code == 0, result.output
+    doc = json.loads((tmp_path / "geometry.absolute.json").read_text())
+    assert abs(doc["factor"] / 0.8 - 1) < 0.02 and doc["uncertainty"] < 0.02 * doc["factor"]
+    assert "absolute scale factor 0.79" in result.output and "wrote" in result.output
+    again = runner.invoke(app, ["calibrate-absolute", str(tmp_path / "water.cbf"), *common,
+                                "--i0", "1", "--transmission", "0.7", "--thickness", "0.1",
+                                "--empty-cell", str(tmp_path / "cell.cbf"),
+                                "--empty-cell-i0", "1", "--empty-cell-transmission", "0.9"])
+    assert again.exit_code == 2 and "exists" in again.output
+    warm = runner.invoke(app, ["calibrate-absolute", str(tmp_path / "water.cbf"), *common,
+                               "--i0", "1", "--transmission", "0.7", "--thickness", "0.1",
+                               "--empty-cell", str(tmp_path / "cell.cbf"), "--empty-cell-i0",
+                               "1", "--empty-cell-transmission", "0.9", "--temperature", "25",
+                               "--force"])
+    assert warm.exit_code == 2 and "at 20 C" in warm.output
+    out = tmp_path / "reduced"
+    result = runner.invoke(app, ["reduce", str(tmp_path / "water.cbf"), *common, "--npt", "120",
+                                 "--i0", str(water.monitor), "--transmission",
+                                 str(water.transmission), "--thickness", "0.1",
+                                 "--background", str(tmp_path / "cell.cbf"), "--background-i0",
+                                 str(cell.monitor), "--background-transmission",
+                                 str(cell.transmission), "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert f"absolute scale factor {doc['factor']:.6g}" in result.output
+    prof = read_profile(out / "water.dat")
+    ok = prof.valid & (prof.q_inv_angstrom > 0.03)
+    assert np.average(prof.intensity[ok], weights=prof.sigma[ok] ** -2) == pytest.approx(
+        0.01632, rel=0.01)
 
 
 def test_reduce_with_missing_poni_is_a_clear_error(tmp_path):

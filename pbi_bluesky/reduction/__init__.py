@@ -2,8 +2,19 @@
 
 The fast path (:class:`FoldedIntegrator`) folds every static correction into one sparse
 matrix and matches ``pyFAI.integrate1d`` (bbox/csr/cython, Poisson error model).
+:meth:`Reducer.reduce_absolute` is the one path to absolute I(q) (I0, solid angle,
+transmission, thickness, and the instrument's :class:`AbsoluteScale` factor).
 """
 
+from .absolute import (
+    WATER_INV_CM_20C,
+    AbsoluteScale,
+    absolute_scale_path,
+    calibrate_with_water,
+    find_absolute_scale,
+    load_absolute_scale,
+    save_absolute_scale,
+)
 from .errors import ReductionError
 from .geometry import (
     absolute_monitor,
@@ -26,6 +37,13 @@ from .io1d import (
 from .pipeline import Reducer
 
 __all__ = [
+    "WATER_INV_CM_20C",
+    "AbsoluteScale",
+    "absolute_scale_path",
+    "calibrate_with_water",
+    "find_absolute_scale",
+    "load_absolute_scale",
+    "save_absolute_scale",
     "FoldedIntegrator",
     "Reducer",
     "absolute_monitor",

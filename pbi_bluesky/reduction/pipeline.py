@@ -1,4 +1,11 @@
-"""User-facing SAXS reduction: frame -> :class:`~pbi_bluesky.profile.Profile`."""
+"""User-facing SAXS reduction: frame -> :class:`~pbi_bluesky.profile.Profile`.
+
+:meth:`Reducer.reduce_absolute` is the one path from (frame, I0, transmission, thickness,
+the instrument's absolute scale factor) to absolute I(q) in 1/cm: ``pbi reduce``, the
+datasets, training and scoring from frames, and the live scorer all go through it.
+:meth:`Reducer.reduce` is the low-level step it builds on (a given normalisation factor,
+no claim of absolute units).
+"""
 
 from __future__ import annotations
 
@@ -14,8 +21,9 @@ from numpy.typing import ArrayLike, NDArray
 from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
 from ..profile import Profile
+from .absolute import UNCALIBRATED, AbsoluteScale, find_absolute_scale, load_absolute_scale
 from .errors import ReductionError
-from .geometry import geometry_provenance, load_geometry
+from .geometry import absolute_monitor, geometry_provenance, load_geometry
 from .images import as_frame
 from .integrator import UNIT, FoldedIntegrator
 
@@ -65,6 +73,11 @@ class Reducer:
     method
         ``"folded"`` (fast :class:`FoldedIntegrator`) or ``"pyfai"`` (``ai.integrate1d`` with
         method ``("bbox", "csr", "cython")``, for comparison).
+    absolute_scale
+        The instrument's absolute-intensity factor used by :meth:`reduce_absolute`: an
+        :class:`~.absolute.AbsoluteScale`, the path of a scale file, ``None`` (factor 1,
+        uncalibrated) or ``"auto"`` (default: the file beside the PONI,
+        ``geometry.absolute.json`` for ``geometry.poni``, when there is one).
     """
 
     def __init__(
@@ -79,6 +92,7 @@ class Reducer:
         polarization_factor: float | None = 0.99,
         correct_solid_angle: bool = True,
         method: str = "folded",
+        absolute_scale: AbsoluteScale | str | Path | None = "auto",
     ) -> None:
         if method not in METHODS:
             raise ReductionError(f"method must be one of {METHODS}, got {method!r}")
@@ -108,6 +122,23 @@ class Reducer:
         self.mask = self._folded.mask
         self.q = self._folded.q
         self.count = self._folded.count
+        self.absolute_scale = self._absolute_scale(absolute_scale, geometry)
+
+    @staticmethod
+    def _absolute_scale(scale, geometry) -> AbsoluteScale:
+        if isinstance(scale, AbsoluteScale):
+            return scale
+        if scale is None:
+            return UNCALIBRATED
+        if isinstance(scale, str) and scale == "auto":
+            if isinstance(geometry, (str, Path)):
+                found = find_absolute_scale(geometry)
+                if found is not None:
+                    logger.info("absolute scale factor %.5g from %s", found.factor,
+                                found.source)
+                    return found
+            return UNCALIBRATED
+        return load_absolute_scale(scale)
 
     # -- construction helpers -------------------------------------------------------------
     def _image(self, name: str, obj: Image) -> NDArray:
@@ -194,7 +225,8 @@ class Reducer:
         return intensity, sigma
 
     def _background_term(
-        self, background: Profile | Image, monitor: float, transmission: float
+        self, background: Profile | Image, monitor: float, transmission: float,
+        normalisation: dict[str, Any] | None = None,
     ) -> tuple[NDArray, NDArray, dict[str, Any]]:
         if isinstance(background, Profile):
             if background.npt != self.npt or not np.allclose(
@@ -206,10 +238,66 @@ class Reducer:
             if corr.get("thickness_cm") is not None or corr.get("background"):
                 raise ReductionError("background profile must not be thickness-normalised or "
                                      "background-subtracted itself")
+            _check_same_normalisation(corr, normalisation)
             return background.intensity, background.sigma, {"kind": "profile"}
         i_b, s_b = self.integrate(background, monitor)
         return i_b / transmission, s_b / transmission, {
             "kind": "frame", "monitor": monitor, "transmission": transmission}
+
+    def reduce_absolute(
+        self,
+        frame: Image,
+        *,
+        i0: float,
+        transmission: float = 1.0,
+        thickness_cm: float | None = None,
+        background: Profile | Image | None = None,
+        background_i0: float | None = None,
+        background_transmission: float = 1.0,
+        metadata: dict[str, Any] | None = None,
+        scale: AbsoluteScale | None = None,
+    ) -> Profile:
+        """Reduce one frame to absolute I(q): the one path every caller uses.
+
+        ``I = F * (C / (I0 * Omega_px * T) - C_bkg / (I0_bkg * Omega_px * T_bkg)) / d``:
+        counts per relative solid angle ``C`` (pyFAI), incident photons ``I0`` counted by
+        the monitor, the absolute solid angle of a pixel at the PONI ``Omega_px =
+        pixel1 * pixel2 / dist^2`` (:func:`~.geometry.absolute_monitor`), transmission
+        ``T``, thickness ``d`` (cm) and the instrument's absolute scale factor ``F``
+        (:attr:`absolute_scale`, measured with ``pbi calibrate-absolute``; 1 when none).
+        With ``thickness_cm`` the result is dSigma/dOmega in 1/cm; without (an empty cell),
+        scattering per incident photon per sr.
+
+        Parameters
+        ----------
+        frame
+            Raw 2D frame (array or image path).
+        i0
+            Incident-flux monitor reading of the exposure (photons, or monitor counts
+            that the absolute scale factor turns into photons).
+        transmission, thickness_cm
+            Sample transmission in (0, 1.5] and thickness in cm.
+        background
+            The empty cell: a Profile made by this method (no thickness) with the same
+            scale factor, or a raw frame with ``background_i0`` and
+            ``background_transmission``.
+        scale
+            Use this factor instead of :attr:`absolute_scale` (calibration uses factor 1).
+        """
+        scale = self.absolute_scale if scale is None else scale
+        i0 = _positive("I0", i0)
+        monitor = absolute_monitor(i0, self.ai) / scale.factor
+        norm = {"normalisation": "absolute", "absolute_scale": scale.provenance()}
+        bkg_monitor = 1.0
+        if background is not None and not isinstance(background, Profile):
+            if background_i0 is None:
+                raise ReductionError("an empty-cell frame needs its own I0 (background_i0)")
+            bkg_monitor = absolute_monitor(_positive("background I0", background_i0),
+                                           self.ai) / scale.factor
+        units = "1/cm" if thickness_cm is not None else "1/sr (per incident photon)"
+        return self._reduce(frame, monitor, transmission, thickness_cm, background,
+                            bkg_monitor, background_transmission, metadata, units,
+                            {**norm, "i0": i0}, norm)
 
     def reduce(
         self,
@@ -245,7 +333,18 @@ class Reducer:
             ``background_monitor`` and ``background_transmission``.
         metadata
             Copied into the profile's metadata.
+
+        The result is labelled ``units: "arbitrary"``: absolute units need the incident
+        photons and the pixel solid angle, which :meth:`reduce_absolute` applies.
         """
+        norm = {"normalisation": "monitor"}
+        return self._reduce(frame, monitor, transmission, thickness_cm, background,
+                            background_monitor, background_transmission, metadata,
+                            "arbitrary", norm, norm)
+
+    def _reduce(self, frame, monitor, transmission, thickness_cm, background,
+                background_monitor, background_transmission, metadata, units,
+                corrections, normalisation) -> Profile:
         transmission = _positive("transmission", transmission, MAX_TRANSMISSION)
         if thickness_cm is not None:
             thickness_cm = _positive("thickness", thickness_cm)
@@ -259,16 +358,16 @@ class Reducer:
                 _positive("background monitor", background_monitor),
                 _positive("background transmission", background_transmission,
                           MAX_TRANSMISSION),
+                normalisation,
             )
             intensity = intensity - i_b
             sigma = np.hypot(sigma, s_b)
         if thickness_cm is not None:
             intensity = intensity / thickness_cm
             sigma = sigma / thickness_cm
-        meta = {"units": "1/cm" if thickness_cm is not None else "arbitrary",
-                **(metadata or {})}
+        meta = {"units": units, **(metadata or {})}
         prov = self.provenance(monitor=float(monitor), transmission=transmission,
-                               thickness_cm=thickness_cm, background=bkg_info)
+                               thickness_cm=thickness_cm, background=bkg_info, **corrections)
         return Profile(self.q.copy(), intensity, sigma, meta, prov)
 
     def reduce_many(
@@ -312,15 +411,35 @@ class Reducer:
         sigma /= transmission
         bkg_info = None
         if background is not None:
-            i_b, s_b, bkg_info = self._background_term(background, 1.0, 1.0)
+            i_b, s_b, bkg_info = self._background_term(background, 1.0, 1.0,
+                                                       {"normalisation": "monitor"})
             intensity -= i_b
             sigma = np.hypot(sigma, s_b)
         scale = 1.0 if thickness_cm is None else thickness_cm
-        meta = {"units": "1/cm" if thickness_cm is not None else "arbitrary",
-                **(metadata or {})}
+        meta = {"units": "arbitrary", **(metadata or {})}
         return [
             Profile(self.q.copy(), intensity[k] / scale, sigma[k] / scale, dict(meta),
                     self.provenance(monitor=float(mons[k]), transmission=transmission,
-                                    thickness_cm=thickness_cm, background=bkg_info))
+                                    thickness_cm=thickness_cm, background=bkg_info,
+                                    normalisation="monitor"))
             for k in range(n)
         ]
+
+
+def _check_same_normalisation(background: dict[str, Any],
+                              wanted: dict[str, Any] | None) -> None:
+    """A background profile must be on the same scale as the frame it is subtracted from."""
+    if wanted is None:
+        return
+    have = background.get("normalisation", "monitor")
+    if have != wanted["normalisation"]:
+        raise ReductionError(
+            f"background profile was reduced with {have} normalisation, the frame with "
+            f"{wanted['normalisation']}: reduce the empty cell the same way (with "
+            "reduce_absolute and its I0 for absolute profiles)")
+    if have == "absolute":
+        a = background.get("absolute_scale", {}).get("factor")
+        b = wanted["absolute_scale"]["factor"]
+        if a is None or not np.isclose(a, b, rtol=1e-12, atol=0):
+            raise ReductionError(f"background profile was reduced with absolute scale factor "
+                                 f"{a}, the frame with {b}: reduce both with one factor")

@@ -24,11 +24,13 @@ from pbi_bluesky.simulate.recipes import (
 )
 from pbi_bluesky.simulate.render import (
     INSTRUMENT_FAULTS,
+    WATER_INV_CM,
     RenderedFrame,
     expected_dark,
     expected_profile_inv_cm,
     render_empty_cell,
     render_frame,
+    render_standard,
     simulate_profile,
 )
 from pbi_bluesky.simulate.scattering import SampleState, intensity_inv_cm, nominal_state
@@ -36,6 +38,7 @@ from pbi_bluesky.simulate.scattering import SampleState, intensity_inv_cm, nomin
 __all__ = [
     "DEFAULT_Q_RANGE",
     "INSTRUMENT_FAULTS",
+    "WATER_INV_CM",
     "PS_PMMA",
     "SAMPLE_ANOMALIES",
     "BlendSystem",
@@ -57,5 +60,6 @@ __all__ = [
     "parse_recipe",
     "render_empty_cell",
     "render_frame",
+    "render_standard",
     "simulate_profile",
 ]

@@ -91,6 +91,11 @@ class Instrument:
         Relative pixel-gain scatter (0 = ideal flat field).
     q_range_inv_angstrom, npt
         The fixed q grid of reduced profiles (linear bins, pyFAI style).
+    monitor_counts_per_photon
+        Gain of the incident-flux (I0) monitor: the counts it reports per photon on the
+        sample. A real monitor's gain is unknown until a standard of known cross-section
+        is measured (``pbi calibrate-absolute``); the absolute scale factor found is this
+        gain. 1 (the default) makes the nominal scale absolute.
     """
 
     geometry: object = field(default_factory=make_geometry)
@@ -104,6 +109,7 @@ class Instrument:
     flat_field_seed: int = 12345
     q_range_inv_angstrom: tuple[float, float] = DEFAULT_Q_RANGE
     npt: int = 400
+    monitor_counts_per_photon: float = 1.0
 
     # -- static per-pixel arrays (computed once) ----------------------------------
     @property

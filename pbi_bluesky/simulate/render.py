@@ -32,7 +32,9 @@ __all__ = [
     "expected_profile_inv_cm",
     "render_frame",
     "render_empty_cell",
+    "render_standard",
     "expected_dark",
+    "WATER_INV_CM",
 ]
 
 INSTRUMENT_FAULTS: tuple[str, ...] = (
@@ -113,7 +115,8 @@ class RenderedFrame:
 
     frame: NDArray[np.int32]
     monitor: float
-    """Incident photons counted by the I0 monitor during the exposure."""
+    """I0 monitor reading of the exposure: incident photons times the monitor's gain
+    (``Instrument.monitor_counts_per_photon``, 1 by default)."""
     transmission: float
     """Measured transmission of specimen + cell."""
     exposure_s: float
@@ -167,9 +170,9 @@ def _render(
         angle = rng.uniform(0, 2 * np.pi)
         dx, dy = off * np.cos(angle), off * np.sin(angle)
         shadow_offset = (shadow_offset[0] + dx, shadow_offset[1] + dy)
-    # the beam fluctuates (0.2 % rms); the I0 monitor follows it to 1e-4
+    # the beam fluctuates (0.2 % rms); the I0 monitor follows it to 1e-4, with its gain
     flux_time = instrument.flux_ph_per_s * exposure_s * (1.0 + rng.normal(0, 0.002))
-    monitor = flux_time * (1.0 + rng.normal(0, 1e-4))
+    monitor = flux_time * (1.0 + rng.normal(0, 1e-4)) * instrument.monitor_counts_per_photon
     scatter = _scattering_map(instrument, q_map, per_sr)
     if "parasitic_scattering" in faults:
         s = faults["parasitic_scattering"]
@@ -262,3 +265,33 @@ def render_empty_cell(
     t_cell = instrument.empty_cell_transmission
     frame, monitor = _render(instrument, empty_cell_per_sr, t_cell, t, rng, {})
     return RenderedFrame(frame, monitor, t_cell, t, {}, {"kind": "empty_cell"})
+
+
+WATER_INV_CM = 0.01632
+"""dSigma/dOmega of water at 20 C (1/cm), flat at SAXS q: the standard rendered below."""
+WATER_ATTENUATION_INV_CM = 2.9
+"""Linear attenuation of water at 12.4 keV (1 A), 1/cm (mass attenuation ~2.9 cm^2/g)."""
+
+
+def render_standard(
+    instrument: Instrument, rng: np.random.Generator, *, thickness_cm: float = 0.1,
+    exposure_s: float = 10.0,
+) -> RenderedFrame:
+    """Render water in the sample cell: the secondary standard of absolute intensity.
+
+    Water scatters ``WATER_INV_CM`` (1/cm) at every SAXS q; the frame holds the cell's own
+    scattering as well, so it is calibrated against :func:`render_empty_cell`.
+    """
+    if thickness_cm <= 0 or exposure_s <= 0:
+        raise ValueError("thickness and exposure must be > 0")
+    t_sample = instrument.empty_cell_transmission * float(
+        np.exp(-WATER_ATTENUATION_INV_CM * thickness_cm))
+
+    def per_sr(q: NDArray[np.float64]) -> NDArray[np.float64]:
+        return thickness_cm * WATER_INV_CM + empty_cell_per_sr(q)
+
+    frame, monitor = _render(instrument, per_sr, t_sample, exposure_s, rng, {})
+    measured_t = t_sample * (1.0 + rng.normal(0, 1e-4))
+    return RenderedFrame(frame, monitor, measured_t, exposure_s, {},
+                         {"kind": "water", "thickness_cm": thickness_cm,
+                          "dsigma_domega_inv_cm": WATER_INV_CM})

@@ -1,4 +1,5 @@
-"""Reducer: absolute scaling, background subtraction, provenance and bad inputs."""
+"""Reducer: absolute scaling (I0, solid angle, transmission, thickness, scale factor),
+background subtraction, provenance and bad inputs."""
 
 from __future__ import annotations
 
@@ -8,7 +9,17 @@ import numpy as np
 import pytest
 
 from pbi_bluesky.profile import Profile
-from pbi_bluesky.reduction import Reducer, ReductionError, expected_frame, make_geometry
+from pbi_bluesky.reduction import (
+    AbsoluteScale,
+    Reducer,
+    ReductionError,
+    absolute_monitor,
+    absolute_scale_path,
+    expected_frame,
+    load_absolute_scale,
+    make_geometry,
+    save_absolute_scale,
+)
 
 I_ABS = 2.5  # sample, 1/cm
 B_CELL = 7.0  # empty cell + window scattering per unit monitor (through the cell)
@@ -24,14 +35,21 @@ def setup():
     sample = expected_frame(ai, lambda q: np.full_like(q, THICK * I_ABS + B_CELL),
                             flux=MON_S * T_S)
     cell = expected_frame(ai, lambda q: np.full_like(q, B_CELL), flux=MON_B * T_B)
-    return {"ai": ai, "reducer": reducer, "sample": sample, "cell": cell}
+    # the same scene as a detector sees it: counts per incident photon per absolute sr
+    omega = absolute_monitor(1.0, ai)
+    abs_sample = expected_frame(ai, lambda q: np.full_like(q, THICK * I_ABS + B_CELL),
+                                flux=MON_S * T_S * omega)
+    abs_cell = expected_frame(ai, lambda q: np.full_like(q, B_CELL), flux=MON_B * T_B * omega)
+    return {"ai": ai, "reducer": reducer, "sample": sample, "cell": cell,
+            "abs_sample": abs_sample, "abs_cell": abs_cell}
 
 
 def test_background_frame_subtraction_gives_absolute_level(setup):
     red = setup["reducer"]
-    prof = red.reduce(setup["sample"], monitor=MON_S, transmission=T_S, thickness_cm=THICK,
-                      background=setup["cell"], background_monitor=MON_B,
-                      background_transmission=T_B, metadata={"sample": "PS/PMMA"})
+    prof = red.reduce_absolute(setup["abs_sample"], i0=MON_S, transmission=T_S,
+                               thickness_cm=THICK, background=setup["abs_cell"],
+                               background_i0=MON_B, background_transmission=T_B,
+                               metadata={"sample": "PS/PMMA"})
     ok = prof.valid
     assert ok.sum() > 100
     # float32 rounding of the ~20x larger raw terms is amplified by the subtraction
@@ -39,7 +57,64 @@ def test_background_frame_subtraction_gives_absolute_level(setup):
     assert prof.metadata == {"units": "1/cm", "sample": "PS/PMMA"}
     corr = prof.provenance["corrections"]
     assert corr["thickness_cm"] == THICK and corr["transmission"] == T_S
-    assert corr["background"] == {"kind": "frame", "monitor": MON_B, "transmission": T_B}
+    assert corr["normalisation"] == "absolute" and corr["i0"] == MON_S
+    assert corr["monitor"] == pytest.approx(absolute_monitor(MON_S, setup["ai"]))
+    assert corr["absolute_scale"]["factor"] == 1.0
+    assert corr["absolute_scale"]["calibrated"] is False
+    assert corr["background"]["kind"] == "frame" and corr["background"]["transmission"] == T_B
+    # the low-level reduce with a monitor makes no claim of absolute units
+    raw = red.reduce(setup["sample"], monitor=MON_S, transmission=T_S, thickness_cm=THICK,
+                     background=setup["cell"], background_monitor=MON_B,
+                     background_transmission=T_B)
+    np.testing.assert_allclose(raw.intensity[ok], I_ABS, rtol=1e-4)
+    assert raw.metadata["units"] == "arbitrary"
+    assert raw.provenance["corrections"]["normalisation"] == "monitor"
+
+
+def test_absolute_scale_factor_is_applied_and_recorded(setup, tmp_path):
+    poni = tmp_path / "geometry.poni"
+    setup["ai"].write(str(poni))
+    scale = AbsoluteScale(factor=1.25, uncertainty=0.01, standard="water",
+                          reference_inv_cm=0.01632, temperature_c=20.0)
+    save_absolute_scale(scale, absolute_scale_path(poni), poni=poni)
+    assert absolute_scale_path(poni).name == "geometry.absolute.json"
+    red = Reducer(poni, npt=120)  # finds the scale file beside the PONI
+    assert red.absolute_scale.factor == 1.25
+    cell = red.reduce_absolute(setup["abs_cell"], i0=MON_B, transmission=T_B)
+    prof = red.reduce_absolute(setup["abs_sample"], i0=MON_S, transmission=T_S,
+                               thickness_cm=THICK, background=cell)
+    ok = prof.valid
+    np.testing.assert_allclose(prof.intensity[ok], 1.25 * I_ABS, rtol=1e-4)
+    recorded = prof.provenance["corrections"]["absolute_scale"]
+    assert recorded["factor"] == 1.25 and recorded["uncertainty"] == 0.01
+    assert recorded["calibrated"] and recorded["source"].endswith("geometry.absolute.json")
+    assert Reducer(poni, npt=120, absolute_scale=None).absolute_scale.factor == 1.0
+    # a cell reduced with another factor (or by the low-level path) is refused
+    other = Reducer(poni, npt=120, absolute_scale=None).reduce_absolute(
+        setup["abs_cell"], i0=MON_B, transmission=T_B)
+    with pytest.raises(ReductionError, match="absolute scale factor 1.0, the frame with 1.25"):
+        red.reduce_absolute(setup["abs_sample"], i0=MON_S, background=other)
+    plain = red.reduce(setup["cell"], monitor=MON_B, transmission=T_B)
+    with pytest.raises(ReductionError, match="monitor normalisation, the frame with absolute"):
+        red.reduce_absolute(setup["abs_sample"], i0=MON_S, background=plain)
+    with pytest.raises(ReductionError, match="needs its own I0"):
+        red.reduce_absolute(setup["abs_sample"], i0=MON_S, background=setup["abs_cell"])
+
+
+@pytest.mark.parametrize(("content", "match"), [
+    ("not json", "not valid JSON"),
+    ('{"format": "other"}', "is not a pbi_bluesky.absolute_scale file"),
+    ('{"format": "pbi_bluesky.absolute_scale", "factor": -2}', "finite number > 0"),
+    ('{"format": "pbi_bluesky.absolute_scale"}', "has no 'factor'"),
+])
+def test_bad_absolute_scale_files_are_clear_errors(setup, tmp_path, content, match):
+    poni = tmp_path / "g.poni"
+    setup["ai"].write(str(poni))
+    absolute_scale_path(poni).write_text(content)
+    with pytest.raises(ReductionError, match=match):
+        Reducer(poni, npt=120)
+    with pytest.raises(ReductionError, match="not found"):
+        load_absolute_scale(tmp_path / "none.json")
 
 
 def test_background_profile_subtraction_and_quadrature(setup):
@@ -84,6 +159,7 @@ def test_provenance_is_complete_and_json(setup):
     assert corr["mask_pixels"] == int(setup["ai"].detector.mask.sum()) > 0
     assert corr["polarization_factor"] == 0.99 and corr["solid_angle"] is True
     assert corr["dark"] is False and corr["monitor"] == 2.0 and corr["background"] is None
+    assert corr["normalisation"] == "monitor"
     assert "pyfai_version" in prov
 
 
