@@ -34,21 +34,23 @@ __all__ = ["BATCH_CHUNK", "BLOCKS", "NumbaEngine", "available"]
 
 BLOCKS = 16  # pixel blocks (fixed: results independent of the thread count)
 INV_SCALE = 1.0 / 65535.0
-BATCH_CHUNK = 4  # frames per pass of the batch kernel
+BATCH_CHUNK = 8  # frames per pass of the batch kernel (8 x 32 KiB accumulators: L2)
 
 
-def _frame_block(lo, hi, code, x, dlo, dhi, round32, weight, dark, acc,
-                 drop):  # pragma: no cover - numba
-    """Pixels ``lo:hi`` of one frame into the block's accumulators (zeroed here).
+def _frame_block(lo, hi, elo, ehi, code, x, dlo, dhi, round32, weight, dark, ex_pixel,
+                 ex_ptr, ex_bin, ex_coef, acc, aux):  # pragma: no cover - numba
+    """Pixels ``lo:hi`` (and exception pixels ``elo:ehi``) of one frame into the block's
+    accumulators, zeroed here.
 
-    ``acc`` is ``(npt + 1) * 8`` doubles (rows of ``x, f x, m, f m, f^2 m``), ``drop`` is
-    ``(npt + 1) * 4`` (weight, f weight, dark, f dark of dummy pixels). ``dlo is None``
-    (no dummy test) and ``round32 is None`` (no float32 rounding) are pruned at compile
-    time.
+    ``acc`` is ``(npt + 1) * 8`` doubles: per first bin ``x, f x, m, f m, f^2 m``. ``aux``
+    is ``(npt + 1) * 8`` too: slots 0-3 hold weight, f weight, dark, f dark of regular
+    pixels holding the dummy value (by first bin), slots 4-7 the exception pixels' signal,
+    variance, dropped weight and dropped dark (by bin). ``dlo is None`` (no dummy test)
+    and ``round32 is None`` (no float32 rounding) are pruned at compile time.
     """
     acc[:] = 0.0
-    drop[:] = 0.0
-    for j in range(lo, hi):
+    aux[:] = 0.0
+    for j in range(np.uint64(lo), np.uint64(hi)):  # unsigned: no wraparound code
         c = code[j]
         b = c & 0xFFFF
         if b == 0xFFFF:
@@ -56,14 +58,14 @@ def _frame_block(lo, hi, code, x, dlo, dhi, round32, weight, dark, acc,
         raw = x[j]
         x32 = np.float32(raw)
         fr = np.float64(c >> 16) * INV_SCALE
-        if dlo is not None and x32 >= dlo and x32 <= dhi:  # = pyFAI's float32 test
+        if dlo is not None and x32 <= dhi and x32 >= dlo:  # = pyFAI's float32 test
             wj = np.float64(weight[j])
             dj = np.float64(dark[j]) if dark is not None else 0.0
-            o = 4 * b
-            drop[o] += wj
-            drop[o + 1] += fr * wj
-            drop[o + 2] += dj
-            drop[o + 3] += fr * dj
+            o = 8 * b
+            aux[o] += wj
+            aux[o + 1] += fr * wj
+            aux[o + 2] += dj
+            aux[o + 3] += fr * dj
             continue
         xv = np.float64(raw) if round32 is None else np.float64(x32)
         mv = xv if not xv < 1.0 else 1.0  # max(x, 1); NaN stays NaN like np.maximum
@@ -74,16 +76,36 @@ def _frame_block(lo, hi, code, x, dlo, dhi, round32, weight, dark, acc,
         acc[o + 2] += mv
         acc[o + 3] += fm
         acc[o + 4] += fr * fm
+    for k in range(elo, ehi):
+        j = ex_pixel[k]
+        raw = x[j]
+        x32 = np.float32(raw)
+        if dlo is not None and x32 <= dhi and x32 >= dlo:
+            wj = np.float64(weight[j])
+            dj = np.float64(dark[j]) if dark is not None else 0.0
+            for e in range(ex_ptr[k], ex_ptr[k + 1]):
+                cf = np.float64(ex_coef[e])
+                o = 8 * np.intp(ex_bin[e])
+                aux[o + 6] += cf * wj
+                aux[o + 7] += cf * dj
+            continue
+        xv = np.float64(raw) if round32 is None else np.float64(x32)
+        mv = xv if not xv < 1.0 else 1.0
+        for e in range(ex_ptr[k], ex_ptr[k + 1]):
+            cf = np.float64(ex_coef[e])
+            o = 8 * np.intp(ex_bin[e])
+            aux[o + 4] += cf * xv
+            aux[o + 5] += cf * cf * mv
 
 
-def _batch_block(lo, hi, code, xs, dlo, dhi, round32, weight, dark, acc,
-                 drop):  # pragma: no cover - numba
+def _batch_block(lo, hi, elo, ehi, code, xs, dlo, dhi, round32, weight, dark, ex_pixel,
+                 ex_ptr, ex_bin, ex_coef, acc, aux):  # pragma: no cover - numba
     """:func:`_frame_block` for a ``(n, pixels)`` stack: the code of a pixel is read once
-    and applied to every frame; ``acc`` / ``drop`` have one row per frame."""
+    and applied to every frame; ``acc`` / ``aux`` have one row per frame."""
     acc[:] = 0.0
-    drop[:] = 0.0
+    aux[:] = 0.0
     nf = xs.shape[0]
-    for j in range(lo, hi):
+    for j in range(np.uint64(lo), np.uint64(hi)):  # unsigned: no wraparound code
         c = code[j]
         b = c & 0xFFFF
         if b == 0xFFFF:
@@ -93,64 +115,69 @@ def _batch_block(lo, hi, code, xs, dlo, dhi, round32, weight, dark, acc,
         for t in range(nf):
             raw = xs[t, j]
             x32 = np.float32(raw)
-            if dlo is not None and x32 >= dlo and x32 <= dhi:
+            if dlo is not None and x32 <= dhi and x32 >= dlo:
                 wj = np.float64(weight[j])
                 dj = np.float64(dark[j]) if dark is not None else 0.0
-                od = 4 * b
-                drop[t, od] += wj
-                drop[t, od + 1] += fr * wj
-                drop[t, od + 2] += dj
-                drop[t, od + 3] += fr * dj
+                aux[t, o] += wj
+                aux[t, o + 1] += fr * wj
+                aux[t, o + 2] += dj
+                aux[t, o + 3] += fr * dj
                 continue
             xv = np.float64(raw) if round32 is None else np.float64(x32)
             mv = xv if not xv < 1.0 else 1.0
             fm = fr * mv
-            a = acc[t]
-            a[o] += xv
-            a[o + 1] += fr * xv
-            a[o + 2] += mv
-            a[o + 3] += fm
-            a[o + 4] += fr * fm
-
-
-def _finish(part, drop, x, npt, dlo, dhi, round32, weight, dark, ex_pixel, ex_ptr, ex_bin,
-            ex_coef):  # pragma: no cover - numba
-    """Add the blocks (fixed order), split the dummy drops over both bins, add exceptions.
-
-    ``part`` is ``(nblock, (npt + 1) * 8)``, ``drop`` ``(nblock, (npt + 1) * 4)``, ``x`` the
-    flat frame. Returns ``(npt + 1, 8)`` sums and ``(4, npt)`` extras: exception signal,
-    exception variance, dropped weight, dropped dark.
-    """
-    sums = np.zeros((npt + 1) * 8)
-    drops = np.zeros((npt + 1) * 4)
-    for g in range(part.shape[0]):
-        sums += part[g]
-        drops += drop[g]
-    extra = np.zeros((4, npt))
-    for b in range(npt):  # dummy pixels: f of their weight/dark to b, 1 - f to b + 1
-        extra[2, b] += drops[4 * b + 1]
-        extra[3, b] += drops[4 * b + 3]
-        if b > 0:
-            extra[2, b] += drops[4 * b - 4] - drops[4 * b - 3]
-            extra[3, b] += drops[4 * b - 2] - drops[4 * b - 1]
-    for k in range(ex_pixel.size):
+            acc[t, o] += xv
+            acc[t, o + 1] += fr * xv
+            acc[t, o + 2] += mv
+            acc[t, o + 3] += fm
+            acc[t, o + 4] += fr * fm
+    for k in range(elo, ehi):
         j = ex_pixel[k]
-        raw = x[j]
-        x32 = np.float32(raw)
-        if dlo is not None and x32 >= dlo and x32 <= dhi:
-            wj = np.float64(weight[j])
-            dj = np.float64(dark[j]) if dark is not None else 0.0
+        for t in range(nf):
+            raw = xs[t, j]
+            x32 = np.float32(raw)
+            if dlo is not None and x32 <= dhi and x32 >= dlo:
+                wj = np.float64(weight[j])
+                dj = np.float64(dark[j]) if dark is not None else 0.0
+                for e in range(ex_ptr[k], ex_ptr[k + 1]):
+                    cf = np.float64(ex_coef[e])
+                    o = 8 * np.intp(ex_bin[e])
+                    aux[t, o + 6] += cf * wj
+                    aux[t, o + 7] += cf * dj
+                continue
+            xv = np.float64(raw) if round32 is None else np.float64(x32)
+            mv = xv if not xv < 1.0 else 1.0
             for e in range(ex_ptr[k], ex_ptr[k + 1]):
                 cf = np.float64(ex_coef[e])
-                extra[2, ex_bin[e]] += cf * wj
-                extra[3, ex_bin[e]] += cf * dj
-            continue
-        xv = np.float64(raw) if round32 is None else np.float64(x32)
-        mv = xv if not xv < 1.0 else 1.0
-        for e in range(ex_ptr[k], ex_ptr[k + 1]):
-            cf = np.float64(ex_coef[e])
-            extra[0, ex_bin[e]] += cf * xv
-            extra[1, ex_bin[e]] += cf * cf * mv
+                o = 8 * np.intp(ex_bin[e])
+                aux[t, o + 4] += cf * xv
+                aux[t, o + 5] += cf * cf * mv
+
+
+def _finish(part, aux, npt):  # pragma: no cover - numba
+    """Add the blocks in a fixed order; returns ``(npt + 1, 8)`` per-first-bin sums and
+    ``(4, npt)`` extras: exception signal, exception variance, dropped weight, dropped dark
+    (the dummy drops of regular pixels split over their two bins).
+
+    ``part`` and ``aux`` are ``(nblock, (npt + 1) * 8)`` (any layout).
+    """
+    width = (npt + 1) * 8
+    sums = np.zeros(width)
+    tot = np.zeros(width)
+    for g in range(part.shape[0]):  # explicit loops: no temporary arrays
+        for i in range(width):
+            sums[i] += part[g, i]
+            tot[i] += aux[g, i]
+    extra = np.zeros((4, npt))
+    for b in range(npt):
+        o = 8 * b
+        extra[0, b] = tot[o + 4]
+        extra[1, b] = tot[o + 5]
+        extra[2, b] = tot[o + 1] + tot[o + 6]
+        extra[3, b] = tot[o + 3] + tot[o + 7]
+        if b > 0:  # 1 - f of bin b - 1's dummy pixels
+            extra[2, b] += tot[o - 8] - tot[o - 7]
+            extra[3, b] += tot[o - 6] - tot[o - 5]
     return sums.reshape((npt + 1, 8)), extra
 
 
@@ -287,7 +314,9 @@ class NumbaEngine:
         visited = np.cumsum(op.regular)
         cuts = np.searchsorted(visited, visited[-1] * np.arange(BLOCKS + 1) / BLOCKS)
         cuts[0], cuts[-1] = 0, op.size
-        self._bounds = [(int(a), int(b)) for a, b in zip(cuts[:-1], cuts[1:], strict=True)]
+        ecuts = np.searchsorted(op.ex_pixel, cuts)  # exception pixels of each block
+        self._bounds = [(int(a), int(b), int(c), int(d)) for a, b, c, d in
+                        zip(cuts[:-1], cuts[1:], ecuts[:-1], ecuts[1:], strict=True)]
         self._code = op.code
         self._ex = (op.ex_pixel, op.ex_ptr, op.ex_bin, op.ex_coef)
         self._weight = weight
@@ -297,41 +326,50 @@ class NumbaEngine:
         self.chunk = max(1, int(chunk))
         width = op.npt + 1
         self._part = np.empty((BLOCKS, 8 * width))
-        self._drop = np.empty((BLOCKS, 4 * width))
+        self._aux = np.empty((BLOCKS, 8 * width))
+        self._bounds_cache: dict[tuple[float, float], tuple] = {}
 
     def warm_up(self, dtypes=WARM_DTYPES, dummy=None) -> None:
         """Compile (or load from numba's cache) the kernels for frames of ``dtypes`` and
         this engine's settings: no slow first frame. ``dummy(dtype)`` gives the dummy."""
-        width = self.npt + 1
-        strided = (np.zeros((BLOCKS, 2, 8 * width))[:, 0], np.zeros((BLOCKS, 2, 4 * width))[:, 0])
+        width = 8 * (self.npt + 1)
+        strided = np.zeros((BLOCKS, 2, width))[:, 0]
         for dtype in dtypes:
             corr = self._corr(dummy(dtype) if dummy is not None else None)
             x = np.zeros(self._code.size, dtype=dtype)
-            _FRAME(0, 0, self._code, x, *corr, self._part[0], self._drop[0])
-            _BATCH(0, 0, self._code, x[None], *corr, self._part[:1], self._drop[:1])
-            for part, drop in ((self._part, self._drop), strided):
-                part[:] = 0.0
-                drop[:] = 0.0
-                _FINISH(part, drop, x, self.npt, *corr, *self._ex)
+            _FRAME(0, 0, 0, 0, self._code, x, *corr, *self._ex, self._part[0], self._aux[0])
+            _BATCH(0, 0, 0, 0, self._code, x[None], *corr, *self._ex, self._part[:1],
+                   self._aux[:1])
+        self._part[:] = 0.0
+        _FINISH(self._part, self._part, self.npt)
+        _FINISH(strided, strided, self.npt)
 
     def _corr(self, dummy) -> tuple:
         """Kernel arguments of the per-frame corrections; ``None`` removes a branch from the
         compiled loop (numba prunes ``is None`` tests on arguments)."""
-        lo, hi = (None, None) if dummy is None else dummy_bounds(dummy.value, dummy.delta)
+        if dummy is None:
+            lo = hi = None
+        else:
+            key = (dummy.value, dummy.delta)
+            if key not in self._bounds_cache:
+                self._bounds_cache[key] = dummy_bounds(dummy.value, dummy.delta)
+            lo, hi = self._bounds_cache[key]
         return (lo, hi, True if self.round32 else None, self._weight, self._dark)
 
     def sums(self, flat: NDArray, dummy) -> NDArray[np.float64]:
         """``(4, npt)``: signal, variance, dropped weight, dropped dark of one frame."""
         x = kernel_frame(flat)
-        corr = self._corr(dummy)
-        part, drop, code, bounds = self._part, self._drop, self._code, self._bounds
+        args = (self._code, x, *self._corr(dummy), *self._ex)
+        part, aux, bounds = self._part, self._aux, self._bounds
 
         def unit(g: int) -> None:
-            lo, hi = bounds[g]
-            _FRAME(lo, hi, code, x, *corr, part[g], drop[g])
+            _FRAME(*bounds[g], *args, part[g], aux[g])
 
         run_units(BLOCKS, unit, self.threads)
-        sums, extra = _FINISH(part, drop, x, self.npt, *corr, *self._ex)
+        return self._assemble(*_FINISH(part, aux, self.npt))
+
+    @staticmethod
+    def _assemble(sums: NDArray, extra: NDArray) -> NDArray:
         signal, var = unfold(sums[:, :5])
         extra[0] += signal
         extra[1] += var
@@ -345,27 +383,22 @@ class NumbaEngine:
         """
         n = stack.shape[0]
         corr = self._corr(dummy)
-        code, bounds = self._code, self._bounds
+        bounds = self._bounds
         chunks = [kernel_frame(stack[lo:lo + self.chunk]) for lo in range(0, n, self.chunk)]
-        width = self.npt + 1
-        parts = [np.empty((BLOCKS, c.shape[0], 8 * width)) for c in chunks]
-        drops = [np.empty((BLOCKS, c.shape[0], 4 * width)) for c in chunks]
+        width = 8 * (self.npt + 1)
+        parts = [np.empty((BLOCKS, c.shape[0], width)) for c in chunks]
+        auxes = [np.empty((BLOCKS, c.shape[0], width)) for c in chunks]
 
         def unit(u: int) -> None:
             k, g = divmod(u, BLOCKS)
-            lo, hi = bounds[g]
-            _BATCH(lo, hi, code, chunks[k], *corr, parts[k][g], drops[k][g])
+            _BATCH(*bounds[g], self._code, chunks[k], *corr, *self._ex, parts[k][g],
+                   auxes[k][g])
 
         run_units(len(chunks) * BLOCKS, unit, self.threads)
         out = np.empty((n, 4, self.npt))
         row = 0
-        for xs, part, drop in zip(chunks, parts, drops, strict=True):
+        for xs, part, aux in zip(chunks, parts, auxes, strict=True):
             for t in range(xs.shape[0]):
-                sums, extra = _FINISH(part[:, t], drop[:, t], xs[t], self.npt, *corr,
-                                      *self._ex)
-                signal, var = unfold(sums[:, :5])
-                extra[0] += signal
-                extra[1] += var
-                out[row] = extra
+                out[row] = self._assemble(*_FINISH(part[:, t], aux[:, t], self.npt))
                 row += 1
         return out
