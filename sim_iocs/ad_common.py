@@ -110,7 +110,7 @@ def choice_index(value: Any, choices: tuple[str, ...]) -> int:
 def is_on(value: Any) -> bool:
     """True for a two-state enum in its second state (``"Yes"``, ``"Enable"``, 1, ...)."""
     if isinstance(value, str):
-        return value not in ("", "No", "Disable", "Done", "Off", "0")
+        return value not in ("", "No", "Disable", "Done", "Off", "Closed", "Unarmed", "0")
     return bool(value)
 
 

@@ -230,7 +230,7 @@ class ADBaseGroup(NDArrayBaseGroup):
         if not is_on(value):
             await driver.stop_acquisition()
             return "Done"
-        task = driver.start_acquisition()
+        task = await driver.start_acquisition()
         if task is None:
             return "Done"
         await instance.write("Acquire", verify_value=False)  # a busy record reads 1 meanwhile
@@ -264,7 +264,7 @@ class PilatusDriverGroup(ADBaseGroup):
         self._task: asyncio.Task | None = None
         self._next_unique_id = 1
 
-    def start_acquisition(self) -> asyncio.Task | None:
+    async def start_acquisition(self) -> asyncio.Task | None:
         """Start acquiring (or return the running acquisition); None if refused."""
         if self._task is not None and not self._task.done():
             return self._task
@@ -272,11 +272,11 @@ class PilatusDriverGroup(ADBaseGroup):
         if mode != "Internal":
             log.error("Acquire refused: TriggerMode %s needs an external trigger source, "
                       "which the simulation does not have (use Internal)", mode)
-            asyncio.ensure_future(self.status_message.write(
-                f"TriggerMode {mode} not simulated: use Internal"))
+            await self.status_message.write(f"TriggerMode {mode} not simulated: use Internal")
             return None
         if self.frame_source is None:
             log.error("Acquire refused: no frame source attached")
+            await self.status_message.write("No frame source")
             return None
         self._task = asyncio.get_running_loop().create_task(self._acquire())
         return self._task

@@ -226,6 +226,13 @@ class NDFileHDF5Group(NDFileGroup):
                             {**array.attributes, **own})
         await self._run(self._stream.append, array)
 
+    def close_now(self) -> None:
+        """Close an open file at once (IOC shutdown), so it is left consistent."""
+        stream, self._stream = self._stream, None
+        if stream is not None:
+            stream.close()
+            log.info("%s closed %s at shutdown (%d frames)", self.prefix, stream.path, stream.n)
+
     async def close_file(self) -> None:
         stream, self._stream = self._stream, None
         if stream is not None:

@@ -84,7 +84,9 @@ class PilatusBase(PVGroup):
             await plugin.plugin_type.write(kind)
             await plugin.nd_array_port.setpoint.write(DRIVER_PORT, verify_value=False)
             await plugin.nd_array_port.readback.write(DRIVER_PORT)
-        # image1 is enabled at boot (as an autosaved IOC usually has it), HDF1 is not
+        # FilePath starts at the data root; image1 is enabled at boot (as an autosaved IOC
+        # usually has it), HDF1 is not
+        await self.hdf.file_path.setpoint.write(f"{self.data_root}/")
         await self.image.enable_callbacks.setpoint.write("Enable", verify_value=False)
         await self.image.enable_callbacks.readback.write("Enable")
 

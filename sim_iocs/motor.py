@@ -19,13 +19,23 @@ import asyncio
 import logging
 from typing import Any
 
-from caproto.server import PVGroup, pvproperty
+from caproto.server import PVGroup, PvpropertyDouble, pvproperty
 
-__all__ = ["MotorRecord"]
+__all__ = ["MotorRecord", "MotorValue"]
 
 log = logging.getLogger(__name__)
 
 TICK_S = 0.02
+
+
+class MotorValue(PvpropertyDouble):
+    """``VAL`` of a motor record: the record checks its soft limits itself (``LVIO``), so
+    caproto's control-limit check must not refuse the put first."""
+
+    async def verify_value(self, value: Any) -> Any:
+        if self.putter is not None:
+            return await self.putter(self, value)
+        return value
 
 
 class MotorRecord(PVGroup):
@@ -39,7 +49,7 @@ class MotorRecord(PVGroup):
         Initial dial position.
     """
 
-    motor = pvproperty(value=0.0, name="", record="motor", precision=3,
+    motor = pvproperty(value=0.0, name="", record="motor", dtype=MotorValue, precision=3,
                        doc="motor record (put VAL to move)")
 
     def __init__(self, *args: Any, units: str = "", velocity: float = 1.0,
@@ -154,6 +164,7 @@ class MotorRecord(PVGroup):
                     pos + step if dial_target > pos else pos - step)
                 await asyncio.sleep(TICK_S)
                 await self._set_readback(pos)
+            await self._set_readback(dial_target)  # arrived: exactly there, no rounding left
             await asyncio.sleep(TICK_S)  # the record always pulses DMOV, even for a null move
         except asyncio.CancelledError:
             await self.motor.write(self._to_user(self.dial_position), verify_value=False)

@@ -18,7 +18,7 @@ PVs below the prefix ``P:``:
 ``P:mon:Transmission``      ai: measured transmission of the last exposure
 ``P:sim:*``                 simulation only: ``Ready``, ``Shutter``, ``Flux`` and the faults
                             ``BeamDump``, ``HotPixels``, ``BeamCenterDrift`` (0..1),
-                            ``DetectorTimeout`` (On: Acquire never completes until put 0)
+                            ``DetectorTimeout`` (1: Acquire never completes until put 0)
 ==========================  ==================================================================
 
 Geometry is not a PV: ``--poni-out`` / ``--mask-out`` write the PONI file and the mask
@@ -33,12 +33,14 @@ import asyncio
 import dataclasses
 import logging
 import os
+import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import numpy as np
+from caproto import ChannelType
 from caproto.server import PVGroup, SubGroup, pvproperty, run
 
 from pbi_bluesky.simulate import (
@@ -52,7 +54,7 @@ from pbi_bluesky.simulate import (
     render_frame,
 )
 from pbi_bluesky.simulate.scattering import SampleState
-from sim_iocs.ad_common import enum_pv, is_on
+from sim_iocs.ad_common import is_on
 from sim_iocs.areadetector import PilatusBase, make_pilatus_class
 from sim_iocs.config import DETECTOR_DISTANCES_M, DETECTORS, SIM_DEFAULTS
 from sim_iocs.motor import MotorRecord
@@ -114,7 +116,8 @@ class SimGroup(PVGroup):
 
     ready = pvproperty(name="Ready", value=0, read_only=True,
                        doc="1 once the IOC is initialised")
-    shutter = enum_pv("Shutter", ("Closed", "Open"), 1, doc="closed: dark frames")
+    shutter = pvproperty(name="Shutter", value=1, dtype=ChannelType.INT, lower_ctrl_limit=0,
+                         upper_ctrl_limit=1, doc="1 open, 0 closed (dark frames)")
     flux = pvproperty(name="Flux", value=1e12, units="ph/s", read_only=True)
     beam_dump = pvproperty(name="BeamDump", value=0.0, lower_ctrl_limit=0.0,
                            upper_ctrl_limit=1.0, doc="fault severity 0..1 on next frames")
@@ -122,8 +125,9 @@ class SimGroup(PVGroup):
                             upper_ctrl_limit=1.0)
     beam_center_drift = pvproperty(name="BeamCenterDrift", value=0.0, lower_ctrl_limit=0.0,
                                    upper_ctrl_limit=1.0)
-    detector_timeout = enum_pv("DetectorTimeout", ("Off", "On"),
-                               doc="On: Acquire never completes (until put 0)")
+    detector_timeout = pvproperty(name="DetectorTimeout", value=0, dtype=ChannelType.INT,
+                                  lower_ctrl_limit=0, upper_ctrl_limit=1,
+                                  doc="1: Acquire never completes (until Acquire = 0)")
 
     @ready.startup
     async def ready(self, instance: Any, async_lib: Any) -> None:
@@ -216,6 +220,9 @@ class SAXSBeamlineBase(PVGroup):
             dark[inst.detector_mask] = -1
             return RenderedFrame(dark, 0.0, 0.0, exposure_s, {}, {"kind": "shutter_closed"})
         if slot is None:
+            if faults:
+                log.warning("faults %s are not simulated at the empty cell / between slots",
+                            faults)
             return render_empty_cell(inst, self.rng, exposure_s=exposure_s)
         return render_frame(self.states[slot], inst, self.rng, exposure_s=exposure_s,
                             faults=faults)
@@ -265,7 +272,6 @@ def build_ioc(prefix: str, tray: list[TraySlot] | None = None,
     instrument = make_instrument(detector)
     slots = tray or default_tray()
     root = Path(data_root or SIM_DEFAULTS.data_root)
-    root.mkdir(parents=True, exist_ok=True)
     cls = make_ioc_class(instrument.shape, DETECTORS[detector], root,
                          max(s.slot for s in slots))
     ioc = cls(prefix=prefix, tray=slots, instrument=instrument, seed=seed)
@@ -327,14 +333,25 @@ def main(argv: list[str] | None = None) -> None:
     if args.list_pvs:
         print("\n".join(sorted(ioc.pvdb)))
         return
+    ioc.detector.data_root.mkdir(parents=True, exist_ok=True)
     write_geometry(ioc.instrument, args.poni_out, args.mask_out)
     for what, path in (("PONI", args.poni_out), ("mask", args.mask_out)):
         if path is not None:
             log.info("wrote %s %s", what, path)
     log.info("serving %d PVs with prefix %s on %s (pid %d), data root %s", len(ioc.pvdb),
              ioc.prefix, " ".join(args.interfaces), os.getpid(), ioc.detector.data_root)
-    run(ioc.pvdb, module_name="caproto.asyncio.server", interfaces=args.interfaces,
-        log_pv_names=False)
+    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: files get closed
+    try:
+        run(ioc.pvdb, module_name="caproto.asyncio.server", interfaces=args.interfaces,
+            log_pv_names=False)
+    except KeyboardInterrupt:
+        log.info("stopping")
+    finally:
+        ioc.detector.hdf.close_now()
+
+
+def _interrupt(signum: int, frame: Any) -> None:
+    raise KeyboardInterrupt
 
 
 if __name__ == "__main__":
