@@ -184,33 +184,29 @@ def compact_from_csr(csr: sp.csr_matrix) -> CompactOperator:
         raise ReductionError(f"the compact operator holds at most {MAX_BINS - 1} bins, "
                              f"got {npt}")
     csc = csr.tocsc()
-    csc.sum_duplicates()
-    csc.sort_indices()
+    csc.sum_duplicates()  # also sorts the bins of every pixel
     csc.eliminate_zeros()
-    ptr = csc.indptr.astype(np.int64)
+    ptr, rows, data = csc.indptr, csc.indices, csc.data
     n = np.diff(ptr)
-    rows = csc.indices.astype(np.int64)
-    data = csc.data.astype(np.float64)
     start = ptr[:-1]
     code = np.full(size, SKIP, dtype=np.uint32)
-    safe = np.minimum(start, max(rows.size - 1, 0))  # index of each pixel's first entry
-    first = np.where(n > 0, rows[safe], 0) if rows.size else np.zeros(size, np.int64)
-    c0 = np.where(n > 0, data[safe], 0.0) if data.size else np.zeros(size)
-    one = (n == 1) & (np.abs(c0 - 1.0) <= SUM_TOL)
-    two = n == 2
-    if two.any():
-        i2 = start[two]
-        ok2 = (rows[i2 + 1] == rows[i2] + 1) & (np.abs(data[i2] + data[i2 + 1] - 1.0) <= SUM_TOL)
-        two[np.flatnonzero(two)[~ok2]] = False
-    # a one-bin pixel is f = 1; a pixel whose first bin is the last one must be one-bin
-    frac = np.where(one, 1.0, c0)
-    quant = np.rint(np.clip(frac, 0.0, 1.0) * FRACTION_SCALE).astype(np.uint32)
-    regular = one | two
-    code[regular] = first[regular].astype(np.uint32) | (quant[regular] << np.uint32(16))
+    # one bin with the whole pixel: f = 1 (exact)
+    p1 = np.flatnonzero(n == 1)
+    s1 = start[p1]
+    keep = np.abs(data[s1] - 1.0) <= SUM_TOL
+    code[p1[keep]] = rows[s1[keep]].astype(np.uint32) | np.uint32(FRACTION_SCALE << 16)
+    # two adjacent bins adding up to 1: f of the first, quantised
+    p2 = np.flatnonzero(n == 2)
+    s2 = start[p2]
+    keep = (rows[s2 + 1] == rows[s2] + 1) & (np.abs(data[s2] + data[s2 + 1] - 1.0) <= SUM_TOL)
+    p2, s2 = p2[keep], s2[keep]
+    quant = np.rint(np.clip(data[s2], 0.0, 1.0) * FRACTION_SCALE).astype(np.uint32)
+    code[p2] = rows[s2].astype(np.uint32) | (quant << np.uint32(16))
+    regular = (code & 0xFFFF) != SKIP
     exc = np.flatnonzero((n > 0) & ~regular)
-    ex_n = n[exc]
+    ex_n = n[exc].astype(np.int64)
     ex_ptr = np.concatenate(([0], np.cumsum(ex_n))).astype(np.int64)
-    take = (np.repeat(start[exc] - ex_ptr[:-1], ex_n) + np.arange(ex_ptr[-1])).astype(np.int64)
+    take = np.repeat(start[exc].astype(np.int64) - ex_ptr[:-1], ex_n) + np.arange(ex_ptr[-1])
     op = CompactOperator(npt, size, code, exc.astype(np.int64), ex_ptr,
                          rows[take].astype(np.int32), data[take].astype(np.float32))
     op.validate()
