@@ -29,6 +29,10 @@ Methods (``ms_per_frame`` each, under ``detectors.<name>.methods``):
 ``torch_device_batch``
     The torch engine's device-side ``integrate_tensor`` on frames already uploaded (what a
     GPU pipeline does); on a GPU it is compared with pyFAI's published OpenCL record.
+``torch_device_chain``
+    The same plus the model half on the same device (:class:`DeviceEmbedder`: resampling
+    onto the model grid, input channels, the shipped default model's CNN): frames to
+    embeddings without leaving the device.
 
 Also per detector: accuracy against ``integrate1d`` (max relative difference on every filled
 bin of every frame), bytes moved per frame (frame, compact operator, pyFAI's CSR) with the
@@ -125,6 +129,32 @@ def setup_times(name: str, npt: int, mask, dark, q_range, shape) -> dict:
     return out
 
 
+def device_chain(engine, folded):
+    """Frames -> I(q) -> model grid -> CNN embeddings on the torch engine's device, with the
+    shipped default model (``None`` if it cannot be loaded or its grid is not covered)."""
+    import torch
+
+    from pbi_bluesky.models.bundle import load_default_model
+    from pbi_bluesky.models.torch_head import DeviceEmbedder
+
+    try:
+        det = load_default_model()
+        core = det.members[0] if getattr(det, "members", None) else det
+        head = DeviceEmbedder(core, det.grid, folded.q, folded.count > 0, device=engine.device)
+    except Exception as exc:  # noqa: BLE001 - report, do not fail the benchmark
+        logging.warning("no device chain: %s", exc)
+        return None
+    recipes = np.zeros(1, dtype=np.int64)
+
+    def run(uploaded, monitors):
+        intensity, sigma = engine.integrate_tensor(uploaded, monitors)
+        emb = head(intensity, sigma, np.broadcast_to(recipes, (len(monitors),)))[0]
+        if engine.device.type == "cuda":
+            torch.cuda.synchronize()
+        return emb
+    return run
+
+
 def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
     scene = render(name, n_frames)
     ai, dark, frames, monitors = scene["ai"], scene["dark"], scene["frames"], scene["monitors"]
@@ -161,6 +191,12 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
             torch.cuda.synchronize()
         return i, s
 
+    # the default model's grid starts at q = 0.008 1/A, inside this beamstop's shadow: the
+    # chain gets its own torch integrator with the detector's gaps as the only mask
+    chain_fi = FoldedIntegrator(ai, shape, npt, (0.004, q_range[1]), mask=ai.detector.mask,
+                                dark=dark, polarization_factor=POL, engine="torch")
+    chain = device_chain(chain_fi._engine, chain_fi)
+
     pairs = list(zip(frames, monitors, strict=True))
     methods: dict[str, Callable[[], object]] = {
         "floor": lambda: [np.add.reduce(f, axis=None) for f in frames],
@@ -175,6 +211,9 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
         "torch_batch": lambda: torch_fi.integrate_many(frames, monitors),
         "torch_device_batch": device_batch,
     }
+    if chain is not None:
+        chain_frames = chain_fi._engine.upload(frames)
+        methods["torch_device_chain"] = lambda: chain(chain_frames, monitors)
     load_before = os.getloadavg()[0]
     runs = time_interleaved(methods, n_frames, repeats)
     load_after = os.getloadavg()[0]
