@@ -147,6 +147,10 @@ class TiledServer(_Process):
     database
         SQLAlchemy URI of the catalog database (default: SQLite in ``workdir``), e.g.
         ``postgresql+asyncpg://user@127.0.0.1:5432/db`` from :class:`PostgresServer`.
+    tables
+        Writable SQL storage for event tables (default: DuckDB in ``workdir``).
+    readable
+        Folders of external files (detector HDF5) the server may read.
     api_key
         The single-user key (default: a random one).
     """
@@ -154,12 +158,15 @@ class TiledServer(_Process):
     name = "tiled"
 
     def __init__(self, workdir: str | Path | None = None, *, database: str | None = None,
-                 api_key: str | None = None) -> None:
+                 api_key: str | None = None, tables: str | None = None,
+                 readable: list[str | Path] = ()) -> None:
         super().__init__(workdir)
         self.api_key = api_key or secrets.token_hex(16)
         self.data = self.workdir / "data"
         self.data.mkdir(exist_ok=True)
         self.database = database or f"sqlite:///{self.workdir / 'catalog.db'}"
+        self.tables = tables or f"duckdb:///{self.workdir / 'tables.duckdb'}"
+        self.readable = [str(r) for r in readable]
         self._initialised = False
 
     @property
@@ -168,7 +175,10 @@ class TiledServer(_Process):
 
     def command(self) -> list[str]:
         cmd = [_bin("tiled"), "serve", "catalog", self.database, "-w", str(self.data),
-               "--api-key", self.api_key, "--host", "127.0.0.1", "--port", str(self.port)]
+               "-w", self.tables, "--api-key", self.api_key, "--host", "127.0.0.1",
+               "--port", str(self.port)]
+        for folder in self.readable:
+            cmd += ["-r", folder]
         if not self._initialised:
             cmd.append("--init")
         return cmd

@@ -126,7 +126,8 @@ def build_session(
     beamline = make_beamline(cfg, mode)
     if cfg.tray:
         use_tray(cfg.tray)
-    catalog = Catalog(cfg.tiled.uri, api_key=cfg.tiled.api_key, data_dir=root / "catalog")
+    catalog = Catalog(cfg.tiled.uri, api_key=cfg.tiled.api_key, data_dir=root / "catalog",
+                      readable=cfg.data_roots)
     raw_spool = SpoolSink(root / "spool" / "raw", catalog.writer,
                           delete_partial=catalog.delete_partial)
     analysis_spool = SpoolSink(root / "spool" / "analysis", catalog.writer,

@@ -48,9 +48,12 @@ TEST_TRAY: list[dict[str, Any]] = [
      "severity": 1.0},
     {"slot": 9, "sample": "T50-ioc", "composition": "50:50", "faults": {"beam_dump": 0.8},
      "transient": True},
+    {"slot": 10, "sample": "T50-async", "composition": "50:50",
+     "faults": {"beam_dump": 0.8}, "transient": True},
 ]
-"""Slots 1-4: plan tests, 5: device tests, 6-8: live end-to-end, 9: IOC tests (one-shot faults
-on 4, 7, 9: expose those slots only in the tests they belong to). Position 0: empty cell."""
+"""Slots 1-4: plan tests, 5: device tests, 6-8: live end-to-end (ophyd), 6, 8, 10: live
+end-to-end (ophyd-async), 9: IOC tests (one-shot faults on 4, 7, 9, 10: expose those slots only
+in the tests they belong to). Position 0: empty cell."""
 
 
 EPICS_ENV: dict[str, str] = loopback_epics_env()

@@ -61,3 +61,37 @@ def tiny_model(training_set):
     profiles, recipes = training_set
     cfg = TrainingConfig(epochs=12, alpha=0.05, seed=0, calibration="split")
     return AnomalyDetector(training=cfg).fit(profiles, recipes, progress=False)
+
+
+SIM_EXPOSURE_S = 0.1
+"""Exposure of the frames the live end-to-end tests take on the sim IOC."""
+
+
+@pytest.fixture(scope="session")
+def instrument_300k():
+    """The test IOC's instrument: a Pilatus 300K at 3 m (q range outside the beamstop)."""
+    from pbi_bluesky.simulate import Instrument, make_geometry
+
+    return Instrument(geometry=make_geometry("Pilatus300k", 3.0), npt=200,
+                      q_range_inv_angstrom=(0.007, 0.085))
+
+
+@pytest.fixture(scope="session")
+def model_300k(instrument_300k):
+    """A small detector for the test IOC's q range (simulated profiles of that instrument)."""
+    from pbi_bluesky.models import AnomalyDetector, NetworkConfig, QGrid, TrainingConfig
+    from pbi_bluesky.simulate import PS_PMMA, nominal_state, simulate_profile
+
+    rng = np.random.default_rng(300)
+    profiles, recipes = [], []
+    for recipe in PS_PMMA.recipes:
+        for _ in range(60):
+            state = nominal_state(PS_PMMA, recipe, rng)
+            profiles.append(simulate_profile(state, instrument_300k, rng,
+                                             exposure_s=SIM_EXPOSURE_S))
+            recipes.append(recipe)
+    grid = QGrid(q_min=0.008, q_max=0.08, npt=128)
+    detector = AnomalyDetector(grid, NetworkConfig(length=128),
+                               TrainingConfig(epochs=12, alpha=0.02, seed=1,
+                                              calibration="split"))
+    return detector.fit(profiles, recipes, progress=False)

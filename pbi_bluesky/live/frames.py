@@ -24,10 +24,6 @@ from pbi_bluesky.reduction import ReductionError, read_hdf5_frame
 
 __all__ = ["AssetRegistry", "FrameError", "PathNotAllowed", "confine", "image_keys"]
 
-# the detector's HDF5 writer keeps files open while a scan runs; reading them must not take
-# (or wait for) HDF5's file lock. h5py reads this when a file is opened.
-os.environ.setdefault("HDF5_USE_FILE_LOCKING", "FALSE")
-
 HDF5_SPECS = ("AD_HDF5", "AD_HDF5_SWMR")
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1")
 
@@ -77,6 +73,43 @@ def path_from_uri(uri: str) -> str:
     return unquote(parsed.path)
 
 
+_HANDLERS: dict[str, type] = {}
+
+
+def _handlers() -> dict[str, type]:
+    """area-detector-handlers' AD_HDF5 handlers, opening files without HDF5 file locks.
+
+    The detector's HDF5 plugin holds its file open (and locked) for the whole run in Stream
+    mode; the stock handlers open with HDF5's default locking, which then fails with
+    "unable to lock file" (and a file written in SWMR mode needs an SWMR reader).
+    Everything else is the stock handler.
+    """
+    if not _HANDLERS:
+        import h5py
+        from area_detector_handlers.handlers import (
+            AreaDetectorHDF5Handler,
+            AreaDetectorHDF5SWMRHandler,
+        )
+
+        class Unlocked(AreaDetectorHDF5Handler):
+            def open(self) -> None:
+                if self._file:
+                    return
+                try:  # a writer in SWMR mode (SWMRMode = On) needs an SWMR reader
+                    self._file = h5py.File(self._filename, "r", swmr=True, locking=False)
+                except (OSError, ValueError):
+                    self._file = h5py.File(self._filename, "r", locking=False)
+
+        class UnlockedSWMR(AreaDetectorHDF5SWMRHandler):
+            def open(self) -> None:
+                if self._file:
+                    return
+                self._file = h5py.File(self._filename, "r", swmr=True, locking=False)
+
+        _HANDLERS.update({"AD_HDF5": Unlocked, "AD_HDF5_SWMR": UnlockedSWMR})
+    return _HANDLERS
+
+
 class AssetRegistry:
     """Resource/Datum and StreamResource documents of one run, resolved to frames.
 
@@ -122,13 +155,7 @@ class AssetRegistry:
 
     @staticmethod
     def _read_handler(spec: str, path: Path, kwargs: dict[str, Any], point: int) -> NDArray:
-        from area_detector_handlers.handlers import (
-            AreaDetectorHDF5Handler,
-            AreaDetectorHDF5SWMRHandler,
-        )
-
-        cls = {"AD_HDF5": AreaDetectorHDF5Handler,
-               "AD_HDF5_SWMR": AreaDetectorHDF5SWMRHandler}[spec]
+        cls = _handlers()[spec]
         if not path.is_file():
             raise FrameError(f"HDF5 file {path} not found")
         try:

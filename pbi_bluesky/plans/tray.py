@@ -88,6 +88,10 @@ def _slot_entry(entry: Any) -> tuple[int, dict[str, Any]]:
         slot, given = entry, {}
     if isinstance(slot, bool) or not isinstance(slot, (int, float)) or int(slot) != slot:
         raise ValueError(f"slot must be an integer or a mapping with 'slot', got {entry!r}")
+    if _SESSION_TRAY and int(slot) not in _SESSION_TRAY and not given:
+        raise TrayError(f"slot {int(slot)} is not in the session's sample list (slots "
+                        f"{sorted(_SESSION_TRAY)}); describe it: {{'slot': {int(slot)}, "
+                        "'sample': ..., 'composition': ..., 'thickness_cm': ...}")
     return int(slot), {**_SESSION_TRAY.get(int(slot), {}), **given}
 
 

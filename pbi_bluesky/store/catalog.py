@@ -39,8 +39,9 @@ def data_dir(explicit: str | Path | None = None) -> Path:
 RUNS = "runs"
 
 
-def embedded_client(data_dir: str | Path) -> Any:
-    """A Tiled client over a persistent local catalog served in-process."""
+def embedded_client(data_dir: str | Path, readable: tuple[str, ...] = ()) -> Any:
+    """A Tiled client over a persistent local catalog served in-process; ``readable``:
+    folders of external files (detector HDF5) it may serve."""
     from tiled.catalog import from_uri
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
@@ -50,6 +51,7 @@ def embedded_client(data_dir: str | Path) -> Any:
     catalog = from_uri(
         f"sqlite:///{root / 'catalog.db'}",
         writable_storage=[str(root / "data"), f"duckdb:///{root / 'tables.duckdb'}"],
+        readable_storage=[str(r) for r in readable] or None,
         init_if_not_exists=True,
     )
     context = Context.from_app(build_app(catalog))
@@ -95,7 +97,8 @@ def bound_tiled_retries(attempts: int = TILED_RETRY_ATTEMPTS,
 
 def open_runs(uri: str | None = None, *, api_key: str | None = None,
               data_dir: str | Path | None = None,
-              timeout_s: float = TILED_RETRY_TIMEOUT_S) -> Any:
+              timeout_s: float = TILED_RETRY_TIMEOUT_S, readable: tuple[str, ...] = ()
+              ) -> Any:
     """The runs container of the configured catalog (see module docstring).
 
     Requests to a server fail after at most ``timeout_s`` seconds (HTTP timeout and
@@ -113,7 +116,7 @@ def open_runs(uri: str | None = None, *, api_key: str | None = None,
                                        timeout=httpx.Timeout(timeout_s)))
     root = _data_dir(data_dir)
     logger.info("using the embedded Tiled catalog in %s", root)
-    return runs_container(embedded_client(root))
+    return runs_container(embedded_client(root, readable))
 
 
 class Catalog:
@@ -126,9 +129,11 @@ class Catalog:
 
     def __init__(self, uri: str | None = None, *, api_key: str | None = None,
                  data_dir: str | Path | None = None,
-                 timeout_s: float = TILED_RETRY_TIMEOUT_S) -> None:
+                 timeout_s: float = TILED_RETRY_TIMEOUT_S,
+                 readable: tuple[str, ...] = ()) -> None:
         self.uri, self._api_key, self.data_dir = uri, api_key, data_dir
         self.timeout_s = timeout_s
+        self.readable = tuple(readable)
         self._runs: Any = None
         self._lock = threading.Lock()
 
@@ -143,7 +148,8 @@ class Catalog:
             if self._runs is None:
                 try:
                     self._runs = open_runs(self.uri, api_key=self._api_key,
-                                           data_dir=self.data_dir, timeout_s=self.timeout_s)
+                                           data_dir=self.data_dir, timeout_s=self.timeout_s,
+                                           readable=self.readable)
                 except Exception as exc:  # noqa: BLE001 - one clear error type
                     raise CatalogUnavailable(f"Tiled catalog {self.uri or 'embedded'} not "
                                              f"reachable: {type(exc).__name__}: {exc}") from exc

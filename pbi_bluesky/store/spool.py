@@ -280,8 +280,12 @@ class SpoolSink:
     def _background_replay(self) -> None:
         self._replay_due = None
         outcomes = self.replay()
-        if any(o.startswith("failed") for o in outcomes.values()):
+        failed = {r: o for r, o in outcomes.items() if o.startswith("failed")}
+        if failed:
             self._replay_attempt += 1
+            logger.warning("spool %s: %d run(s) not replayed yet (attempt %d), e.g. %s: %s",
+                           self.root, len(failed), self._replay_attempt,
+                           next(iter(failed))[:8], next(iter(failed.values())))
             self._schedule_replay()
         else:
             self._replay_attempt = 0
@@ -329,6 +333,9 @@ class SpoolSink:
                         outcomes[run] = "open (run in progress here)"
                         continue
                 outcomes[run] = self._replay_one(run, path)
+                if outcomes[run].startswith("failed"):
+                    logger.info("spool %s: replay of %s %s", self.root.name, run[:8],
+                                outcomes[run])
         finally:
             big_lock.release()
         self.prune()

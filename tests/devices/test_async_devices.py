@@ -18,7 +18,8 @@ def async_beamline(sim_config):  # noqa: F811
 
     RE = RunEngine({})
     use_tray(sim_config.tray)
-    return RE, make_async_beamline(sim_config)
+    yield RE, make_async_beamline(sim_config)
+    use_tray(None)
 
 
 def _docs(RE, plan):

@@ -106,8 +106,11 @@ def test_stock_ophyd_devices_measure_a_slot_over_channel_access(beamline, sim_io
     use_tray(beamline.config.tray)  # the sample list: what a user knows of the tray
     docs = []
     RE = RunEngine({})
-    RE(measure_tray(beamline.readables, beamline.changer, [5], 0.1),
-       lambda n, d: docs.append((n, d)))
+    try:
+        RE(measure_tray(beamline.readables, beamline.changer, [5], 0.1),
+           lambda n, d: docs.append((n, d)))
+    finally:
+        use_tray(None)
     names = [n for n, _ in docs]
     assert names.count("resource") == 1 and names.count("datum") == 1
     resource = next(d for n, d in docs if n == "resource")

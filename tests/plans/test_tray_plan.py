@@ -3,12 +3,11 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.beamline_fixtures import REPO_ROOT, beamline, sim_ioc  # noqa: F401
+from tests.beamline_fixtures import beamline, sim_config, sim_ioc  # noqa: F401
 
 EXPOSURE = 0.1
 SLOTS = [1, 2, 3, 4, 4]  # normal 50:50, contaminated 50:50, PMMA, transient beam dump twice
@@ -64,27 +63,28 @@ def test_plan_with_sim_devices_records_caller_metadata():
     s = starts[0]
     assert (s["sample"], s["slot"], s["composition"], s["thickness_cm"]) == ("s3", 3, "25:75",
                                                                              0.2)
-    assert s["exposure_s"] == 0.5 and s["geometry"] is None and s["proposal"] == "p1"
+    assert s["exposure_s"] == 0.5 and "geometry" not in s and s["proposal"] == "p1"
     assert motor.position == 3
 
 
 # -- real runs over Channel Access -----------------------------------------------------------
 @pytest.fixture(scope="module")
-def tray_runs(beamline, tmp_path_factory):  # noqa: F811
-    """Run measure_tray over CA once; documents grouped by run, frames reduced."""
+def tray_runs(beamline, sim_ioc):  # noqa: F811
+    """Run measure_tray over CA once with the stock devices; frames read from HDF5, reduced."""
     from bluesky import RunEngine
 
-    from pbi_bluesky.datasets import absolute_monitor
-    from pbi_bluesky.plans import measure_tray
-    from pbi_bluesky.reduction import Reducer
-    from pbi_bluesky.simulate import Instrument
+    from pbi_bluesky.plans import measure_tray, use_tray
+    from pbi_bluesky.reduction import Reducer, absolute_monitor, read_hdf5_frame
+    from pbi_bluesky.session import beamline_metadata
 
+    use_tray(beamline.config.tray)
     RE = RunEngine({})
+    RE.md.update(beamline_metadata(beamline.config))
     docs: list[tuple[str, dict]] = []
     RE.subscribe(lambda name, doc: docs.append((name, doc)))
-    uids = RE(measure_tray(beamline.detector, beamline.changer, SLOTS, EXPOSURE,
+    uids = RE(measure_tray(beamline.readables, beamline.changer, SLOTS, EXPOSURE,
                            md={"operator": "pytest"}))
-    runs: dict[str, dict] = defaultdict(lambda: {"events": []})
+    runs: dict[str, dict] = defaultdict(lambda: {"events": [], "resources": {}, "datums": {}})
     descriptor_run: dict[str, str] = {}
     for name, doc in docs:
         if name == "start":
@@ -94,26 +94,31 @@ def tray_runs(beamline, tmp_path_factory):  # noqa: F811
             descriptor_run[doc["uid"]] = doc["run_start"]
         elif name == "event":
             runs[descriptor_run[doc["descriptor"]]]["events"].append(doc)
+        elif name == "resource":
+            runs[doc["run_start"]]["resources"][doc["uid"]] = doc
+        elif name == "datum":
+            for run in runs.values():
+                if doc["resource"] in run["resources"]:
+                    run["datums"][doc["datum_id"]] = doc
         elif name == "stop":
             runs[doc["run_start"]]["stop"] = doc
-    # reduce every frame with the geometry its run recorded
-    poni = tmp_path_factory.mktemp("poni") / "geometry.poni"
-    first = runs[uids[0]]
-    poni.write_text(first["descriptor"]["configuration"]["saxs"]["data"]["saxs_cam_poni"])
-    reducer = Reducer(poni, npt=NPT, q_range_inv_angstrom=Q_RANGE)
-    mask = Instrument(geometry=reducer.ai).mask
-    reducer = Reducer(poni, npt=NPT, q_range_inv_angstrom=Q_RANGE, mask=mask)
+    reducer = Reducer(sim_ioc.poni_path, npt=NPT, q_range_inv_angstrom=Q_RANGE,
+                      mask=sim_ioc.mask_path)
     profiles = []
     for uid in uids:
         run = runs[uid]
         data = run["events"][0]["data"]
+        datum = run["datums"][data["saxs_image"]]
+        resource = run["resources"][datum["resource"]]
+        frame = read_hdf5_frame(f"{resource['root']}/{resource['resource_path']}",
+                                index=datum["datum_kwargs"]["point_number"])
+        run["frame"] = frame
         profiles.append(reducer.reduce(
-            np.asarray(data["saxs_image"]),
-            monitor=absolute_monitor(data["saxs_i0"], reducer.ai),
-            transmission=data["saxs_transmission"],
-            thickness_cm=run["start"]["thickness_cm"],
+            frame, monitor=absolute_monitor(data["i0"], reducer.ai),
+            transmission=data["transmission"], thickness_cm=run["start"]["thickness_cm"],
         ))
-    return {"uids": uids, "runs": runs, "profiles": profiles}
+    yield {"uids": uids, "runs": runs, "profiles": profiles}
+    use_tray(None)
 
 
 def test_one_run_per_measurement_with_metadata(tray_runs, sim_ioc):  # noqa: F811
@@ -137,11 +142,11 @@ def test_one_run_per_measurement_with_metadata(tray_runs, sim_ioc):  # noqa: F81
         assert run["stop"]["exit_status"] == "success"
         assert len(run["events"]) == 1
         event = run["events"][0]
-        assert event["data"]["changer_readback"] == pytest.approx(slot)
-        assert np.asarray(event["data"]["saxs_image"]).shape == (619, 487)
+        assert event["data"]["changer"] == pytest.approx(slot)
+        assert run["frame"].shape == (619, 487)
+        assert run["descriptor"]["data_keys"]["saxs_image"]["external"] == "FILESTORE:"
         config = run["descriptor"]["configuration"]["saxs"]["data"]
         assert config["saxs_cam_acquire_time"] == pytest.approx(EXPOSURE)
-        assert config["saxs_cam_poni"] == start["geometry"]
 
 
 def _peak_ratio(intensity: np.ndarray) -> tuple[int, float]:
@@ -176,33 +181,26 @@ def test_transient_beam_dump_hits_only_the_first_exposure(tray_runs):
     assert drop < 0.6, drop
     recovered = np.nanmean(second.intensity[10:60] / normal.intensity[10:60])
     assert 0.7 < recovered < 1.4
-    i0 = [runs[u]["events"][0]["data"]["saxs_i0"] for u in uids[3:5]]
+    i0 = [runs[u]["events"][0]["data"]["i0"] for u in uids[3:5]]
     assert i0[0] == pytest.approx(i0[1], rel=0.02), "I0 is read before the dump"
 
 
-@pytest.mark.timeout(120)
-def test_profile_startup_files_run_headless(sim_ioc, monkeypatch, capsys,  # noqa: F811
-                                            tmp_path):
-    monkeypatch.setenv("PBI_PREFIX", sim_ioc.prefix)
-    monkeypatch.setenv("PBI_NO_PLOTS", "1")
-    monkeypatch.setenv("PBI_DATA_DIR", str(tmp_path / "pbi"))
-    startup = REPO_ROOT / "profiles" / "profile_saxs" / "startup"
-    files = sorted(startup.glob("*.py"))
-    assert [f.name for f in files] == ["00-config.py", "10-devices.py", "20-pbi-live.py"]
-    ns: dict = {"__name__": "__main__"}
-    for path in files:
-        ns["__file__"] = str(path)
-        exec(compile(Path(path).read_text(), str(path), "exec"), ns)
-    assert ns["BEAMLINE_CONFIG"]["prefix"] == sim_ioc.prefix
-    assert "measure_tray" in capsys.readouterr().out
-    uids = ns["RE"](ns["measure_tray"](ns["saxs"], ns["changer"], [5], 0.05))
-    assert len(uids) == 1
-    assert ns["changer"].position == pytest.approx(5.0)
-    # the live scorer saw the frame: accounted for (this Pilatus 300K covers too little q
-    # for the shipped Pilatus 1M model, so it is a failed record that says so)
-    assert ns["pbi"].flush(60)
-    (result,) = ns["pbi"].channel.results(uids[0])
-    assert result.status in ("scored", "failed")
-    assert result.status == "scored" or "covers" in result.reason
-    ns["_raw_writer"].shutdown(wait=True)  # drain the buffered raw writer
-    assert uids[0] in ns["runs"]  # the raw run reached the embedded Tiled catalog
+def test_rescan_records_what_it_rechecks_and_the_tray_fills_in_the_sample():
+    from bluesky import RunEngine
+    from ophyd.sim import det, motor
+
+    from pbi_bluesky.plans import TrayError, measure_tray, rescan, use_tray
+
+    use_tray([{"slot": 3, "sample": "s3", "composition": "25:75", "thickness_cm": 0.2}])
+    try:
+        RE = RunEngine({})
+        starts = []
+        RE.subscribe(lambda name, doc: starts.append(doc) if name == "start" else None)
+        RE(rescan([det], motor, 3, 1.0, rescan_of="raw-1", rescan_round=2))
+        s = starts[0]
+        assert (s["sample"], s["composition"], s["rescan_of"], s["rescan_round"],
+                s["purpose"], s["plan_name"]) == ("s3", "25:75", "raw-1", 2, "rescan", "rescan")
+        with pytest.raises(TrayError, match="slot 9 is not in the session's sample list"):
+            list(measure_tray(det, motor, [9], 1.0))
+    finally:
+        use_tray(None)
