@@ -277,6 +277,14 @@ def load_bundle(model_dir: str | Path, *, for_scoring: bool = True) -> AnomalyDe
         "training_data_sha256": doc.get("training_data_sha256"),
         "format_version": doc.get("format_version"),
     }
+    from pbi_bluesky.models.quantize import apply_inference
+
+    try:  # "inference": {"precision": "int8", ...}: quantised again from the float weights
+        apply_inference(detector, doc.get("inference"))
+    except (ValueError, RuntimeError) as exc:
+        raise BundleError(f"{root / 'model.json'} asks for inference settings this package "
+                          f"cannot use: {exc}") from exc
+    detector.bundle_info["inference"] = detector.inference
     if for_scoring:
         ensure_can_flag(detector)
     return detector
