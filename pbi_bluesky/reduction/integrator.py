@@ -407,3 +407,18 @@ class FoldedIntegrator:
             return np.empty((0, self.npt)), np.empty((0, self.npt))
         sums = self._engine.sums_many(frames.reshape(n, -1), self.dummy_for(frames.dtype))
         return self.finish(sums, mon)
+
+    def integrate_tensor(self, frames: Any, monitors: Any = 1.0):
+        """torch engine only: I and sigma ``(n, npt)`` of a batch as float64 *device* tensors
+        (frames: numpy ``(n, ny, nx)``, uploaded once, or a tensor already on the device),
+        for a model that runs on the same device (see ``models.torch_head``).
+        """
+        if self.engine != "torch":
+            raise ReductionError(f"integrate_tensor needs engine='torch' (this integrator "
+                                 f"uses {self.engine!r})")
+        return self._engine.integrate_tensor(frames, monitors)
+
+    @property
+    def device(self) -> str:
+        """Where the per-frame sums run: ``"cpu"`` or the torch engine's device."""
+        return str(self._engine.device) if self.engine == "torch" else "cpu"

@@ -25,9 +25,11 @@ def pair(scene):  # noqa: F811
 
 
 def test_torch_engine_reports_its_device(pair):
-    _, tor = pair
+    cpu, tor = pair
     assert tor.engine == "torch"
-    assert tor._engine.device.type == "cpu"
+    assert tor.device == "cpu" and cpu.device == "cpu"
+    with pytest.raises(ReductionError, match="engine='torch'"):
+        cpu.integrate_tensor(np.zeros((1, *cpu.shape), np.int32))
 
 
 def test_torch_cpu_matches_cpu_reducer_and_pyfai(scene, pair):  # noqa: F811
@@ -65,7 +67,7 @@ def test_torch_batch_with_dummy_pixels_matches_numba(scene, pair, dtype):  # noq
 def test_integrate_tensor_stays_on_the_device(scene, pair):  # noqa: F811
     cpu, tor = pair
     frames = np.stack([scene["frame"], scene["frame"]])
-    intensity, sigma = tor._engine.integrate_tensor(frames, torch.tensor([1.0, 2.0]))
+    intensity, sigma = tor.integrate_tensor(frames, torch.tensor([1.0, 2.0]))
     assert isinstance(intensity, torch.Tensor) and intensity.device.type == "cpu"
     assert intensity.shape == (2, NPT) and sigma.dtype == torch.float64
     ref = cpu.integrate(scene["frame"], 2.0)
