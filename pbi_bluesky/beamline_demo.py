@@ -113,24 +113,24 @@ class _Collector:
 
 
 def run_live_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 7,
-                  verdict_timeout: float = 60.0) -> LiveDemoReport:
+                  verdict_timeout: float = 60.0, device_api: str = "ophyd") -> LiveDemoReport:
     """Run the live demo (see module docstring); returns the report."""
     import shutil
 
     from sim_iocs.launch import loopback_epics_env, start_sim_ioc, stop_sim_ioc
 
     out = Path(out_dir)
-    for old in ("tiled", "spool", "ioc"):  # each demo starts from an empty catalog
+    for old in ("data", "ioc"):  # each demo starts from an empty catalog
         shutil.rmtree(out / old, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     env = loopback_epics_env()
-    os.environ.update(env)  # before ophyd's caproto client is created
+    os.environ.update(env)  # before ophyd's caproto client / libca is created
     os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
     t0 = time.perf_counter()
     ioc = start_sim_ioc(out / "ioc", DEMO_TRAY, detector="Pilatus1M", seed=seed, env=env)
     logger.info("sim IOC %s up (Pilatus 1M, %d slots)", ioc.prefix, len(DEMO_TRAY))
     try:
-        report = _survey(out, ioc.prefix, exposure_s, verdict_timeout)
+        report = _survey(out, ioc, exposure_s, verdict_timeout, device_api)
     finally:
         stop_sim_ioc(ioc)
     report.seconds = round(time.perf_counter() - t0, 1)
@@ -138,58 +138,45 @@ def run_live_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 7
     return report
 
 
-def _survey(out: Path, prefix: str, exposure_s: float, verdict_timeout: float
-            ) -> LiveDemoReport:
-    from bluesky import RunEngine
-    from bluesky.callbacks.buffer import BufferingWrapper
-    from bluesky_tiled_plugins import TiledWriter
-
-    from pbi_bluesky.devices import connect_beamline
-    from pbi_bluesky.live import LiveScorer
-    from pbi_bluesky.plans import survey_and_rescan
-    from pbi_bluesky.reduction import load_geometry_text
+def demo_session(out: Path, ioc: Any, exposure_s: float, device_api: str = "ophyd") -> Any:
+    """The demo's beamline session: the sim IOC's beamline.yaml, the shipped model, an
+    embedded catalog under ``out/data`` and the expected dark current of the exposure."""
+    from pbi_bluesky.reduction import load_geometry
+    from pbi_bluesky.session import build_session
     from pbi_bluesky.simulate import Instrument, expected_dark
-    from pbi_bluesky.store import SpoolSink, flagged_runs, open_runs
 
-    runs = open_runs(data_dir=out / "tiled")
+    cfg = sim_beamline_config(ioc, device_api=device_api)
+    instrument = Instrument(geometry=load_geometry(str(ioc.poni_path)))
+    return build_session(cfg, data_root=out / "data", plots=False, live_table=False,
+                         persistent_md=False,
+                         scorer_kwargs={"dark": expected_dark(instrument, exposure_s)})
 
-    def delete_partial(uid: str) -> None:
-        if uid in runs:
-            runs[uid].delete(recursive=True, external_only=False)
 
-    raw_sink = SpoolSink(out / "spool" / "raw", lambda: TiledWriter(runs),
-                         delete_partial=delete_partial)
-    analysis_sink = SpoolSink(out / "spool" / "analysis", lambda: TiledWriter(runs),
-                              delete_partial=delete_partial)
-    beamline = connect_beamline(prefix, timeout=10)
-    poni = beamline.detector.cam.poni.get()
-    instrument = Instrument(geometry=load_geometry_text(poni))
+def _survey(out: Path, ioc: Any, exposure_s: float, verdict_timeout: float,
+            device_api: str) -> LiveDemoReport:
+    from pbi_bluesky.plans import survey_and_rescan, use_tray
+    from pbi_bluesky.store import flagged_runs
+
+    session = demo_session(out, ioc, exposure_s, device_api)
     collector = _Collector()
-    scorer = LiveScorer(sinks=[analysis_sink, collector], mask=instrument.mask,
-                        dark=expected_dark(instrument, exposure_s))
-    RE = RunEngine({})
-    raw_writer = BufferingWrapper(raw_sink)
-    RE.subscribe(raw_writer)
-    RE.subscribe(scorer)
+    session.scorer.sinks.append(collector)
+    bl, scorer = session.beamline, session.scorer
     outcomes: list[Any] = []
 
     def plan():
         result = yield from survey_and_rescan(
-            beamline.detector, beamline.changer,
-            [s["slot"] for s in DEMO_TRAY], exposure_s, channel=scorer.channel,
-            reference_slots=[{"slot": 0, "sample_type": "empty_cell"}],
-            verdict_timeout=verdict_timeout,
-            md={"beamline": "pbi-sim", "proposal": "demo", "operator": "make demo"})
+            bl.readables, bl.changer, [s["slot"] for s in DEMO_TRAY], exposure_s,
+            channel=scorer.channel, reference_slots=[0], verdict_timeout=verdict_timeout,
+            md={"proposal": "demo", "operator": "make demo"})
         outcomes.extend(result)
 
-    RE(plan())
-    scorer.flush(120)
-    raw_writer.shutdown(wait=True)
-    for sink in (raw_sink, analysis_sink):
-        if sink.pending():
-            logger.warning("replaying %d spooled run(s)", len(sink.pending()))
-            sink.replay()
-    return _report(out, outcomes, scorer, collector, runs, flagged_runs)
+    try:
+        session.RE(plan())
+    finally:
+        if not session.close(120):
+            logger.warning("some runs are still in the spool (%s)", session.data_dir)
+        use_tray(None)
+    return _report(out, outcomes, scorer, collector, session.catalog.runs, flagged_runs)
 
 
 def _report(out, outcomes, scorer, collector, runs, flagged_runs) -> LiveDemoReport:

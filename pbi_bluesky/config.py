@@ -203,6 +203,17 @@ class BeamlineConfig:
                         "api_key_set": self.tiled.api_key is not None}
         return out
 
+    def to_yaml(self, path: str | Path) -> Path:
+        """Write this configuration as a ``beamline.yaml`` (absolute paths)."""
+        import yaml
+
+        data = dataclasses.asdict(self)
+        data.pop("source", None)
+        data["scorer"]["data_roots"] = list(data["scorer"]["data_roots"])
+        path = Path(path)
+        path.write_text(yaml.safe_dump(data, sort_keys=False))
+        return path
+
     def with_overrides(self, **sections: dict[str, Any]) -> BeamlineConfig:
         """A copy with some fields of some sections replaced, e.g.
         ``cfg.with_overrides(detector={"prefix": "P:"})``."""

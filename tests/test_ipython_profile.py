@@ -1,27 +1,48 @@
-"""The IPython profile starts for real: `ipython --profile-dir=...` against the sim IOC."""
+"""The IPython session starts for real (`pbi ipython`) against the sim IOC, from a
+beamline.yaml, and writes nothing into the repository's profile folder."""
 
 from __future__ import annotations
 
 import os
-import shutil
 import subprocess
 import sys
 from pathlib import Path
 
-from tests.beamline_fixtures import REPO_ROOT, sim_ioc  # noqa: F401
+from tests.beamline_fixtures import REPO_ROOT, sim_config, sim_ioc  # noqa: F401
 
 
-def test_ipython_starts_the_beamline_session(sim_ioc, tmp_path):  # noqa: F811
-    profile = tmp_path / "profile_saxs"  # a copy: IPython writes history and logs into it
-    shutil.copytree(REPO_ROOT / "profiles" / "profile_saxs", profile)
-    env = {**os.environ, **sim_ioc.env, "PBI_PREFIX": sim_ioc.prefix, "PBI_NO_PLOTS": "1",
-           "PBI_DATA_DIR": str(tmp_path / "data"), "MPLBACKEND": "Agg"}
-    code = ("uids = RE(measure_tray(saxs, changer, [6], 0.05)); pbi.flush(60); "
-            "print('RUNS', len(uids), type(pbi).__name__, uids[0] in runs or 'pending')")
-    ipython = Path(sys.executable).with_name("ipython")
-    proc = subprocess.run([str(ipython), f"--profile-dir={profile}", "--no-banner", "-c", code],
-                          env=env, capture_output=True, text=True, timeout=300, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    assert "connected" in proc.stdout  # the how-to printed by the startup files
-    assert "Live anomaly scoring is on" in proc.stdout
-    assert "RUNS 1 LiveScorer" in proc.stdout
+def _tree(folder: Path) -> set[str]:
+    return {str(p.relative_to(folder)) for p in folder.rglob("*")}
+
+
+def test_pbi_ipython_runs_the_session_from_beamline_yaml(sim_config, model_300k,  # noqa: F811
+                                                         tmp_path):
+    from pbi_bluesky.models import save_bundle
+
+    save_bundle(model_300k, tmp_path / "model")
+    cfg = sim_config.with_overrides(scorer={"model": str(tmp_path / "model")})
+    config = cfg.to_yaml(tmp_path / "beamline.yaml")
+    profile = REPO_ROOT / "profiles" / "profile_saxs"
+    before = _tree(profile)
+    env = {**os.environ, "MPLBACKEND": "Agg"}
+    code = ("uids = RE(measure_tray(dets, changer, [6], 0.1)); pbi.flush(60); "
+            "r = pbi.channel.results(uids[0])[0]; _session.close(60); "
+            "print('RESULT', type(pbi).__name__, r.status, r.reason, RE.md['scan_id'], "
+            "uids[0] in catalog.runs)")
+    cmd = [sys.executable, "-m", "pbi_bluesky.cli", "ipython", "--config", str(config),
+           "--data-dir", str(tmp_path / "data"), "--no-plots", "--", "-c", code]
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300,
+                          cwd=tmp_path)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    assert "pbi-sim" in proc.stdout and "Live anomaly scoring is on" in proc.stdout
+    result = next(line for line in proc.stdout.splitlines() if line.startswith("RESULT"))
+    assert result.startswith("RESULT LiveScorer scored"), result
+    assert result.endswith("True"), result  # the raw run reached the catalog
+    assert _tree(profile) == before  # no history, security or log files in the repo
+    assert (tmp_path / "data" / "ipython_profile").is_dir()
+    # scan_id persists across sessions (PersistentDict in the data folder)
+    proc2 = subprocess.run(cmd[:-1] + ["print('SCAN_ID', RE.md['scan_id'])"], env=env,
+                           capture_output=True, text=True, timeout=300, cwd=tmp_path)
+    assert proc2.returncode == 0, proc2.stderr[-3000:]
+    first_id = int(result.split()[-2])
+    assert f"SCAN_ID {first_id}" in proc2.stdout

@@ -19,6 +19,9 @@ def demo(
     offline: Annotated[bool, typer.Option(help="No beamline: simulate, reduce, plot.")] = False,
     exposure: Annotated[float, typer.Option(help="Survey exposure, s (live demo).")] = 0.2,
     as_json: Annotated[bool, typer.Option("--json", help="Print JSON instead of a table.")] = False,
+    device_api: Annotated[str, typer.Option(
+        help="ophyd (stock ophyd, Resource/Datum) or async (ophyd-async, StreamResource)."
+    )] = "ophyd",
 ) -> None:
     """Live demo: sim IOCs + embedded Tiled + a RunEngine survey with anomalies flagged.
 
@@ -38,7 +41,9 @@ def demo(
         return
     from pbi_bluesky.beamline_demo import format_report, run_live_demo
 
-    report = run_live_demo(out, exposure_s=exposure, seed=seed)
+    if device_api not in ("ophyd", "async"):
+        raise typer.BadParameter("--device-api must be 'ophyd' or 'async'")
+    report = run_live_demo(out, exposure_s=exposure, seed=seed, device_api=device_api)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), default=str))
     else:

@@ -15,8 +15,9 @@ from pbi_bluesky.cli.app import app
 PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs"
 
 
-@app.command()
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ipython(
+    ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(
         help="beamline.yaml (default: $PBI_BEAMLINE_CONFIG or the simulated beamline's).")]
     = None,
@@ -30,6 +31,7 @@ def ipython(
 
     The IPython profile (history, security files) lives in the data folder; the startup
     code is run from profiles/profile_saxs/startup, the same files the queue server runs.
+    Arguments after the options go to IPython: ``pbi ipython -- -c "print(RE)"``.
     """
     from pbi_bluesky.store import data_dir as resolve_data_dir
 
@@ -49,11 +51,5 @@ def ipython(
     if no_plots:
         env["PBI_NO_PLOTS"] = "1"
     ipython_bin = Path(sys.executable).with_name("ipython")
-    args = [str(ipython_bin), f"--profile-dir={profile_dir}", *_passthrough()]
+    args = [str(ipython_bin), f"--profile-dir={profile_dir}", *ctx.args]
     raise typer.Exit(subprocess.call(args, env=env))
-
-
-def _passthrough() -> list[str]:
-    """Arguments after ``--`` go to IPython (e.g. ``pbi ipython -- -c "print(RE)"``)."""
-    argv = sys.argv
-    return argv[argv.index("--") + 1:] if "--" in argv else []

@@ -21,13 +21,14 @@ from numpy.typing import NDArray
 from tqdm import tqdm
 
 from pbi_bluesky.models.augment import NEGATIVES, training_negatives
+from pbi_bluesky.models.likelihood import RecipeLikelihood
 from pbi_bluesky.models.network import EmbeddingCNN
 from pbi_bluesky.models.ocsvm import RBFOneClass
 from pbi_bluesky.models.representation import FeatureScaler, residual_z
 from pbi_bluesky.models.subspace import RecipeSubspace
 from pbi_bluesky.models.triplet import triplet_loss
 
-__all__ = ["ScoringCore", "EMBED_CHUNK", "RESIDUAL_WEIGHT", "epoch_progress"]
+__all__ = ["ScoringCore", "EMBED_CHUNK", "PART_NAMES", "RESIDUAL_WEIGHT", "epoch_progress"]
 
 logger = logging.getLogger(__name__)
 
@@ -35,6 +36,8 @@ RESIDUAL_WEIGHT = 1.0
 """Scale of the residual-chi-square feature: this many mean cluster radii per std."""
 EMBED_CHUNK = 256
 """Curves per network forward pass when embedding (see :meth:`ScoringCore._embed`)."""
+PART_NAMES = ("embedding", "subspace", "likelihood", "low_q")
+"""The parts of the anomaly score, in the column order of ``_score_parts``."""
 
 
 class epoch_progress:
@@ -77,6 +80,7 @@ class ScoringCore:
     history: list[float]
     residual_stats: NDArray
     subspaces: list[RecipeSubspace]
+    likelihoods: list[RecipeLikelihood]
     score_scale: NDArray
 
     # -- inputs -------------------------------------------------------------------------
@@ -198,10 +202,15 @@ class ScoringCore:
         self.subspaces = [RecipeSubspace.fit(features[labels == k],
                                              cfg.subspace_components)
                           for k in range(len(self.recipes))]
-        self.score_scale = np.tile([0.0, 1.0, 0.0, 1.0], (len(self.recipes), 1))
+        self.likelihoods = [RecipeLikelihood.fit(intensity[labels == k], sigma[labels == k],
+                                                 self.grid.q,  # type: ignore[attr-defined]
+                                                 cfg.likelihood_components)
+                            for k in range(len(self.recipes))]
+        n_parts = len(PART_NAMES)
+        self.score_scale = np.tile([0.0, 1.0], (len(self.recipes), n_parts))
         raw = self._score_parts(intensity, sigma, labels)
         for k in range(len(self.recipes)):
-            for j in range(2):
+            for j in range(n_parts):
                 q25, q50, q75 = np.percentile(raw[labels == k, j], [25, 50, 75])
                 self.score_scale[k, 2 * j : 2 * j + 2] = (q50, max(q75 - q25, 1e-6))
 
@@ -223,29 +232,55 @@ class ScoringCore:
         return np.hstack([emb, extra[:, None]])
 
     def _score_parts(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
-        """The parts of the anomaly score under each curve's recipe, shape (n, 2).
+        """The parts of the anomaly score under each curve's recipe, shape (n, 4)
+        (:data:`PART_NAMES`).
 
-        Column 0: the one-class SVM score of the (augmented) embedding; column 1: the
-        recipe subspace statistic (:mod:`~.subspace`). Each is centred on the median of
-        the recipe's training normals and divided by their interquartile range, so the
-        parts are commensurate and recipes can share a pooled calibration set.
+        0. ``embedding``: the one-class SVM score of the (augmented) embedding;
+        1. ``subspace``: the recipe subspace statistic (:mod:`~.subspace`, T2 + SPE of the
+           standardised curves);
+        2. ``likelihood``: T2 + noise-weighted SPE of the recipe's Gaussian model, each bin
+           against its batch scatter and the curve's own sigma (:mod:`~.likelihood`);
+        3. ``low_q``: the low-q upturn matched filter (:mod:`~.likelihood`).
+
+        Each is centred on the median of the recipe's training normals and divided by
+        their interquartile range, so the parts are commensurate and recipes can share a
+        pooled calibration set. Parts a model does not have (older bundles, the paper's
+        pipeline) are 0.
         """
         emb = self._augment(self._embed(intensity, sigma, recipe_idx),
                             self._log_chi2(intensity, sigma, recipe_idx), recipe_idx)
         features = self.scaler.transform(intensity) if self.subspaces else None
-        out = np.zeros((len(intensity), 2))
+        likelihoods = getattr(self, "likelihoods", [])
+        out = np.zeros((len(intensity), len(PART_NAMES)))
+        scale = self.score_scale
         for k in np.unique(recipe_idx):
             sel = recipe_idx == k
-            svm_loc, svm_spread, sub_loc, sub_spread = self.score_scale[k]
-            out[sel, 0] = (self.svms[k].score(emb[sel]) - svm_loc) / svm_spread
+            raw = np.zeros((int(sel.sum()), len(PART_NAMES)))
+            raw[:, 0] = self.svms[k].score(emb[sel])
             if features is not None:
-                out[sel, 1] = (self.subspaces[k].statistic(features[sel]) - sub_loc) / sub_spread
+                raw[:, 1] = self.subspaces[k].statistic(features[sel])
+            if likelihoods:
+                raw[:, 2], raw[:, 3] = likelihoods[k].statistics(intensity[sel], sigma[sel])
+            n = min(scale.shape[1] // 2, len(PART_NAMES))
+            out[sel, :n] = (raw[:, :n] - scale[k, 0:2 * n:2]) / scale[k, 1:2 * n:2]
         return out
 
-    def _combine(self, parts: NDArray) -> NDArray:
-        """Anomaly score from its parts: embedding part + weight x subspace part."""
-        weight = self.training.subspace_weight if self.subspaces else 0.0  # type: ignore
-        return parts[:, 0] + weight * parts[:, 1]
+    def part_weights(self) -> NDArray:
+        """Weight of each part in the score (0 for parts this model does not have)."""
+        cfg = self.training  # type: ignore[attr-defined]
+        has_lik = bool(getattr(self, "likelihoods", []))
+        return np.array([1.0, cfg.subspace_weight if self.subspaces else 0.0,
+                         cfg.likelihood_weight if has_lik else 0.0,
+                         cfg.low_q_weight if has_lik else 0.0])
+
+    def _combine(self, parts: NDArray, weights: NDArray | None = None) -> NDArray:
+        """Anomaly score from its parts: the weighted sum, the low-q part one-sided (only
+        an upturn counts, a dip below normal is the likelihood part's business)."""
+        w = self.part_weights() if weights is None else np.asarray(weights, dtype=np.float64)
+        p = np.zeros((len(parts), len(PART_NAMES)))
+        p[:, : parts.shape[1]] = parts[:, : len(PART_NAMES)]
+        p[:, 3] = np.maximum(p[:, 3], 0.0)
+        return p @ w
 
     def _single_scores(self, intensity: NDArray, sigma: NDArray,
                        recipe_idx: NDArray) -> NDArray:
@@ -281,6 +316,8 @@ class ScoringCore:
             arrays[f"svm{k}_intercept_gamma"] = np.array([svm.intercept, svm.gamma])
         for k, sub in enumerate(self.subspaces):
             arrays.update({f"extra_{n}": v for n, v in sub.to_arrays(f"subspace{k}").items()})
+        for k, lik in enumerate(getattr(self, "likelihoods", [])):
+            arrays.update({f"extra_{n}": v for n, v in lik.to_arrays(f"likelihood{k}").items()})
         return arrays
 
     def load_core_arrays(self, arrays: dict[str, Any]) -> None:
@@ -303,3 +340,5 @@ class ScoringCore:
         extras = {n[len("extra_"):]: v for n, v in arrays.items() if n.startswith("extra_")}
         self.subspaces = [RecipeSubspace.from_arrays(extras, f"subspace{j}")
                           for j in range(k) if f"subspace{j}_mean" in extras]
+        self.likelihoods = [RecipeLikelihood.from_arrays(extras, f"likelihood{j}")
+                            for j in range(k) if f"likelihood{j}_mean" in extras]

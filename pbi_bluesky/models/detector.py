@@ -89,6 +89,9 @@ class TrainingConfig:
     seed: int = 0
     subspace_components: int = 3
     subspace_weight: float = 3.0
+    likelihood_components: int = 5
+    likelihood_weight: float = 1.0
+    low_q_weight: float = 1.0
     calibration: str = "auto"
     folds: int = 5
     negatives: tuple[str, ...] | None = None
@@ -171,8 +174,10 @@ class AnomalyDetector(ScoringCore):
         # per recipe: median and interquartile range of the one-class score and of the
         # subspace statistic over its training normals
         self.score_scale = np.zeros((0, 4))
-        # calibration normals' (embedding, subspace) score parts, for ablations
-        self.calibration_parts = np.zeros((0, 2))
+        # per recipe: Gaussian model of its normals with their noise (likelihood, low-q)
+        self.likelihoods: list = []
+        # calibration normals' score parts (core.PART_NAMES), for ablations
+        self.calibration_parts = np.zeros((0, 4))
         # cross-conformal calibration: the K models, each trained without one fold
         self.members: list[AnomalyDetector] = []
         self.bundle_info: dict[str, Any] = {}

@@ -39,6 +39,10 @@ class EvaluationResult:
     metrics: dict[str, dict[str, Any]] = field(default_factory=dict)
     embedding: NDArray | None = None
     test_recipes: list[str] = field(default_factory=list)
+    test_index: NDArray | None = None
+    """Row of every test curve in the arrays given to :func:`evaluate_arrays`."""
+    alpha: float = 0.01
+    """The false-positive rate every detector was thresholded at."""
 
 
 def metrics_for(labels: NDArray, scores: NDArray, flagged: NDArray,
@@ -113,7 +117,7 @@ def evaluate_arrays(
     train, cal = normal_idx[tr], normal_idx[ca]
     test = np.sort(np.concatenate([normal_idx[te], np.nonzero(labels == 1)[0]]))
     result = EvaluationResult(labels[test], kinds[test],
-                              test_recipes=[recipes[i] for i in test])
+                              test_recipes=[recipes[i] for i in test], test_index=test)
     if detector is None:
         cfg = training or TrainingConfig(alpha=alpha, seed=seed)
         detector = AnomalyDetector(training=cfg)
@@ -121,21 +125,15 @@ def evaluate_arrays(
         grid_q = detector.grid.q
         profiles = [Profile(grid_q, intensity[i], sigma[i]) for i in fit_idx]
         detector.fit(profiles, [recipes[i] for i in fit_idx], progress=progress)
-    alpha = detector.alpha  # every detector is judged at the default detector's alpha
+    alpha = result.alpha = detector.alpha  # every detector is judged at the same alpha
     verdicts = detector.score_arrays(intensity[test], sigma[test],
                                      [recipes[i] for i in test], explain="none")
     result.scores["pbi"] = np.array([v.score for v in verdicts])
     result.flagged["pbi"] = np.array([v.is_anomaly for v in verdicts])
     det_idx = np.array([detector.recipes.index(recipes[i]) for i in test])
     if len(detector.calibration_parts) and detector.models[0].subspaces:
-        # ablations: each part of the default score alone, same calibration rule (for a
-        # cross-conformal detector, the parts averaged over its models, against the pooled
-        # out-of-fold parts: an approximation used for these rows only)
-        parts = detector.score_parts(intensity[test], sigma[test], det_idx)
-        for j, name in enumerate(("pbi_embedding_part", "pbi_subspace_part")):
-            result.scores[name] = parts[:, j]
-            result.flagged[name] = conformal_p_values(
-                parts[:, j], detector.calibration_parts[:, j]) <= detector.alpha
+        result.scores.update(ablations(detector, intensity[test], sigma[test], det_idx,
+                                       result.flagged))
     result.embedding = detector._embed(intensity[test], sigma[test], det_idx)
     for name in baselines:
         model = make_baseline(name)
@@ -150,15 +148,50 @@ def evaluate_arrays(
     return result
 
 
+def ablations(detector: AnomalyDetector, intensity: NDArray, sigma: NDArray,
+              recipe_idx: NDArray, flagged: dict[str, NDArray]) -> dict[str, NDArray]:
+    """Scores of each part of the default score alone (``pbi_<part>_part``) and of the score
+    without each part (``pbi_without_<part>``), thresholded by the same conformal rule
+    against the calibration normals' parts; ``flagged`` is filled in.
+
+    Every row reuses the trained models (parts are recombined, nothing is retrained). For a
+    cross-conformal detector the parts are averaged over its models and compared with the
+    pooled out-of-fold parts, an approximation used for these rows only.
+    """
+    from pbi_bluesky.models.core import PART_NAMES
+
+    parts = detector.score_parts(intensity, sigma, recipe_idx)
+    cal = detector.calibration_parts
+    weights = detector.models[0].part_weights()
+    out: dict[str, NDArray] = {}
+    for j, part in enumerate(PART_NAMES):
+        if weights[j] == 0 or cal.shape[1] <= j:
+            continue
+        out[f"pbi_{part}_part"] = parts[:, j]
+        flagged[f"pbi_{part}_part"] = conformal_p_values(parts[:, j], cal[:, j]) <= detector.alpha
+    if int((weights > 0).sum()) > 2:
+        combine = detector.models[0]._combine
+        for j, part in enumerate(PART_NAMES):
+            if weights[j] == 0:
+                continue
+            w = weights.copy()
+            w[j] = 0.0
+            scores = combine(parts, w)
+            out[f"pbi_without_{part}"] = scores
+            flagged[f"pbi_without_{part}"] = (
+                conformal_p_values(scores, combine(cal, w)) <= detector.alpha)
+    return out
+
+
 def format_report(result: EvaluationResult) -> str:
     """Text table of the overall metrics and per-kind AUC-ROC."""
     kinds = sorted(set(result.kinds) - {"normal"})
-    head = f"{'detector':18}{'AUC':>7}{'AUPRC':>7}{'prec':>7}{'recall':>7}{'F1':>7}{'FPR':>7}"
+    head = f"{'detector':22}{'AUC':>7}{'AUPRC':>7}{'prec':>7}{'recall':>7}{'F1':>7}{'FPR':>7}"
     head += "".join(f"{k[:11]:>12}" for k in kinds)
     lines = [head, "-" * len(head)]
     for name, m in result.metrics.items():
         o = m["overall"]
-        row = (f"{name:18}{o.get('auc_roc', float('nan')):7.3f}{o.get('auprc', float('nan')):7.3f}"
+        row = (f"{name:22}{o.get('auc_roc', float('nan')):7.3f}{o.get('auprc', float('nan')):7.3f}"
                f"{o['precision']:7.3f}{o['recall']:7.3f}{o['f1']:7.3f}{o['fpr']:7.3f}")
         row += "".join(f"{m['per_kind'][k].get('auc_roc', float('nan')):12.3f}" for k in kinds)
         lines.append(row)

@@ -67,11 +67,12 @@ class PaperPipeline(AnomalyDetector):
         pooled = RBFOneClass.fit(emb, nu=self.training.nu)
         self.svms = [pooled] * len(self.recipes)  # one SVM; stored once per recipe slot
         self.subspaces = []
+        self.likelihoods = []
         self.residual_stats = np.zeros((len(self.recipes), 3))
         self.score_scale = np.tile([0.0, 1.0, 0.0, 1.0], (len(self.recipes), 1))
 
     def _score_parts(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
-        out = np.zeros((len(intensity), 2))
+        out = np.zeros((len(intensity), 4))
         if len(intensity):
             out[:, 0] = self.svms[0].score(self._embed(intensity, sigma, recipe_idx))
         return out
