@@ -30,6 +30,16 @@ logger = logging.getLogger(__name__)
 Sink = Callable[[str, dict], Any]
 
 
+def _calibration(model: Any) -> dict[str, Any] | None:
+    summary = getattr(model, "calibration_summary", None)
+    if summary is None:
+        return None
+    try:
+        return json.loads(json.dumps(summary(), default=float))
+    except Exception:  # noqa: BLE001 - provenance is best effort, never fatal
+        return None
+
+
 class Emitter:
     """Calls every sink with each document, one document at a time (thread-safe); a sink
     that raises is logged and skipped, never allowed to stop scoring."""
@@ -115,6 +125,7 @@ class AnalysisRun:
             "package_version": model_info.get("package_version"),
             "alpha": model.alpha,
             "threshold": model.threshold,
+            "calibration": _calibration(model),
             "q_grid": {"q_min": model.grid.q_min, "q_max": model.grid.q_max,
                        "npt": model.grid.npt, "spacing": "log", "unit": "1/angstrom"},
             "reduction": {k: v for k, v in reduction.items()
@@ -149,7 +160,7 @@ class AnalysisRun:
         intensity, sigma = resampled if resampled is not None else (nan, nan)
         data = {
             "raw_seq_num": result.raw_seq_num, "status": result.status,
-            "reason": result.reason, "score": result.score, "threshold": self.threshold,
+            "reason": result.reason, "score": result.score, "threshold": result.threshold,
             "p_value": result.p_value, "hyperscore": result.hyperscore,
             "is_anomaly": result.is_anomaly,
             "predicted_composition": result.predicted_composition,

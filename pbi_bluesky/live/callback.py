@@ -37,7 +37,13 @@ from pbi_bluesky.live.streams import FrameJoiner, FrameParts, resolve_roles
 from pbi_bluesky.models import AnomalyDetector, ensure_can_flag, load_bundle
 from pbi_bluesky.models.bundle import load_default_model
 from pbi_bluesky.profile import Profile
-from pbi_bluesky.reduction import Reducer, absolute_monitor, as_frame, load_geometry_text
+from pbi_bluesky.reduction import (
+    AbsoluteScale,
+    Reducer,
+    as_frame,
+    load_absolute_scale,
+    load_geometry_text,
+)
 
 __all__ = ["ANALYSIS_STREAM", "ATTRIBUTION_STREAM", "LiveScorer"]
 
@@ -100,6 +106,9 @@ class LiveScorer(DocumentRouter):
         Images (paths or arrays) used with every geometry.
     polarization_factor
         pyFAI polarisation factor (``None``: no correction).
+    absolute_scale
+        The instrument's absolute-intensity factor (an ``AbsoluteScale`` or the file
+        ``pbi calibrate-absolute`` wrote); ``None``: factor 1, recorded as uncalibrated.
     background
         Empty-cell profile to subtract; runs with ``sample_type == "empty_cell"`` replace it.
     data_roots
@@ -132,6 +141,7 @@ class LiveScorer(DocumentRouter):
         dark: Any = None,
         flat: Any = None,
         polarization_factor: float | None = 0.99,
+        absolute_scale: AbsoluteScale | str | Path | None = None,
         background: Profile | None = None,
         data_roots: Iterable[str | Path] = (),
         transmission_required: bool = True,
@@ -156,6 +166,8 @@ class LiveScorer(DocumentRouter):
         self.dark = None if dark is None else as_frame(dark)
         self.flat = None if flat is None else as_frame(flat)
         self.polarization_factor = polarization_factor
+        self.absolute_scale = (load_absolute_scale(absolute_scale)
+                               if isinstance(absolute_scale, (str, Path)) else absolute_scale)
         self.npt = int(npt)
         self.background = background
         self.data_roots = tuple(str(Path(r)) for r in data_roots)
@@ -197,6 +209,7 @@ class LiveScorer(DocumentRouter):
             "transmission_required": bool(cfg.monitors.transmission),
             "poni": g.poni, "mask": g.mask, "dark": g.dark, "flat": g.flat,
             "polarization_factor": g.polarization_factor,
+            "absolute_scale": g.absolute_scale,
             "data_roots": cfg.data_roots, "queue_size": cfg.scorer.queue_size,
             "overflow": cfg.scorer.overflow, "put_timeout": cfg.scorer.put_timeout_s,
             "npt": cfg.scorer.npt,
@@ -396,7 +409,8 @@ class LiveScorer(DocumentRouter):
         if reducer is None:
             reducer = Reducer(load_geometry_text(poni_text), npt=self.npt, mask=self.mask,
                               dark=self.dark, flat=self.flat,
-                              polarization_factor=self.polarization_factor)
+                              polarization_factor=self.polarization_factor,
+                              absolute_scale=self.absolute_scale)
             self._reducers[key] = reducer
         return reducer
 
@@ -463,8 +477,8 @@ class LiveScorer(DocumentRouter):
             if thickness is None:
                 raise FrameError("no sample thickness ('thickness_cm') in the start "
                                  "document: absolute intensity unknown")
-        profile = reducer.reduce(
-            frame, monitor=absolute_monitor(monitor, reducer.ai), transmission=transmission,
+        profile = reducer.reduce_absolute(
+            frame, i0=monitor, transmission=transmission,
             thickness_cm=None if is_cell else float(thickness),
             background=None if is_cell else self.background)
         return result, profile, is_cell
@@ -518,7 +532,7 @@ class LiveScorer(DocumentRouter):
         for (item, base, profile, inten, sig), verdict in zip(rows, verdicts, strict=True):
             result = FrameResult(
                 item.run.uid, item.parts.seq_num, "scored", score=verdict.score,
-                is_anomaly=verdict.is_anomaly, p_value=verdict.p_value,
+                threshold=verdict.threshold, is_anomaly=verdict.is_anomaly, p_value=verdict.p_value,
                 hyperscore=verdict.hyperscore,
                 predicted_composition=verdict.predicted_composition,
                 expected_composition=verdict.expected_composition, metadata=base.metadata)

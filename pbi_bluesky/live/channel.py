@@ -19,6 +19,7 @@ class FrameResult:
     status: str  # "scored" | "failed" | "shed"
     reason: str = ""
     score: float = float("nan")
+    threshold: float = float("nan")
     is_anomaly: bool = False
     p_value: float = float("nan")
     hyperscore: float = float("nan")
