@@ -64,6 +64,8 @@ from pbi_bluesky.reduction import FoldedIntegrator, Reducer, expected_frame, mak
 THREADS = 2
 POL = 0.99
 DETECTORS = ("Pilatus1M", "Eiger4M")
+CORE_METHODS = ("floor", "pyfai_bbox_csr", "pyfai_no_csc", "reducer_single", "reducer_batch",
+                "folded_single", "folded_batch")
 PYFAI_OPENCL_EIGER4M_FPS = 1300.0
 """pyFAI's published record: about 1300 Eiger 4M frames/s integrated on one workstation GPU
 (OpenCL CSR), the figure issue 14 compares a GPU run against."""
@@ -155,7 +157,8 @@ def device_chain(engine, folded):
     return run
 
 
-def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
+def bench_detector(name: str, n_frames: int, npt: int, repeats: int,
+                   only: list[str] | None = None) -> dict:
     scene = render(name, n_frames)
     ai, dark, frames, monitors = scene["ai"], scene["dark"], scene["frames"], scene["monitors"]
     t0 = time.perf_counter()
@@ -214,6 +217,9 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
     if chain is not None:
         chain_frames = chain_fi._engine.upload(frames)
         methods["torch_device_chain"] = lambda: chain(chain_frames, monitors)
+    if only:
+        keep = {*CORE_METHODS, *only}
+        methods = {k: v for k, v in methods.items() if k in keep}
     load_before = os.getloadavg()[0]
     runs = time_interleaved(methods, n_frames, repeats)
     load_after = os.getloadavg()[0]
@@ -261,7 +267,7 @@ def bench_detector(name: str, n_frames: int, npt: int, repeats: int) -> dict:
         "batch_faster_than_single": paired(runs["reducer_single"], runs["reducer_batch"]),
         "goal": ">= 3x pyfai_no_csc and <= 4x floor; batch/single speed-up > 1",
     }
-    if torch_engine.device.type == "cuda" and name == "Eiger4M":
+    if torch_engine.device.type == "cuda" and name == "Eiger4M" and "torch_device_batch" in m:
         fps = m["torch_device_batch"]["frames_per_s"]
         out["gpu_vs_pyfai_opencl_record"] = {"frames_per_s": fps,
                                              "pyfai_opencl_record": PYFAI_OPENCL_EIGER4M_FPS,
@@ -326,6 +332,9 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=15,
                         help="timed round-robin rounds (median reported)")
     parser.add_argument("--detectors", nargs="+", default=list(DETECTORS))
+    parser.add_argument("--methods", nargs="+", default=None,
+                        help="time these besides the core rows (floor, pyFAI, reducer_*, "
+                             "folded_single/batch), e.g. --methods torch_batch")
     args = parser.parse_args()
     logging.basicConfig(level=logging.WARNING)
     import torch
@@ -344,7 +353,8 @@ def main() -> None:
             "cpus": len(os.sched_getaffinity(0)),
             "python": platform.python_version(),
             "command": " ".join(["python", *sys.argv]),
-            "detectors": {name: bench_detector(name, args.frames, args.npt, args.repeats)
+            "detectors": {name: bench_detector(name, args.frames, args.npt, args.repeats,
+                                               args.methods)
                           for name in args.detectors},
         }
     print_table(results)
