@@ -109,6 +109,9 @@ class SpoolSink:
         ``done/`` files older than this are deleted (``None``: keep all).
     max_queue
         Documents held in memory for forwarding; past it the run is left to a replay.
+    reject_after
+        A run the writer refuses this many times for something other than an outage
+        (a connection or timeout error) moves to ``rejected/`` with its reason.
     """
 
     def __init__(
@@ -123,6 +126,7 @@ class SpoolSink:
         max_queue: int = 10_000,
         replay_wait_initial: float = 0.5,
         replay_wait_max: float = 30.0,
+        reject_after: int = 3,
     ) -> None:
         self.root = Path(spool_dir)
         self.pending_dir = self.root / "pending"
@@ -146,7 +150,10 @@ class SpoolSink:
         self._replay_attempt = 0
         self._closing = threading.Event()
         self.stats = {"spooled": 0, "forwarded": 0, "write_failures": 0, "replays": 0,
-                      "replayed_runs": 0, "unattributed": 0}
+                      "replayed_runs": 0, "unattributed": 0, "rejected": 0}
+        self.rejected_dir = self.root / "rejected"
+        self.reject_after = int(reject_after)
+        self._refusals: dict[str, int] = {}
         self.prune()
         self._thread = threading.Thread(target=self._forward_loop, daemon=True,
                                         name=f"pbi-spool-{self.root.name}")
@@ -371,7 +378,12 @@ class SpoolSink:
                 for name, doc in docs:
                     writer(name, doc)
             except Exception as exc:  # noqa: BLE001
-                return f"failed: {type(exc).__name__}: {exc}"
+                reason = f"{type(exc).__name__}: {exc}"
+                if not _transient(exc):
+                    self._refusals[run] = self._refusals.get(run, 0) + 1
+                    if self._refusals[run] >= self.reject_after:
+                        return self._reject(run, path, reason)
+                return f"failed: {reason}"
             self._failed.discard(run)
             self.stats["replayed_runs"] += 1
             self._move_done(run)
@@ -380,6 +392,24 @@ class SpoolSink:
             run_lock.release()
             if not path.exists():
                 (self.pending_dir / f"{run}.lock").unlink(missing_ok=True)
+
+    def _reject(self, run: str, path: Path, reason: str) -> str:
+        """Move a run the writer keeps refusing (bad data, not an outage) to ``rejected/``
+        with its reason: kept on disk, no longer retried, counted."""
+        self.rejected_dir.mkdir(exist_ok=True)
+        target = self.rejected_dir / path.name
+        shutil.move(str(path), target)
+        (self.rejected_dir / f"{run}.reason.txt").write_text(reason + "\n")
+        _fsync_dir(self.rejected_dir)
+        self._failed.discard(run)
+        self.stats["rejected"] += 1
+        logger.error("spool %s: run %s refused by the writer %d times (%s); kept in %s, "
+                     "not retried", self.root.name, run[:8], self.reject_after, reason, target)
+        return f"rejected: {reason}"
+
+    def rejected(self) -> list[str]:
+        """Runs the writer refused for their content (kept in ``rejected/``)."""
+        return sorted(p.stem for p in self.rejected_dir.glob(f"*{SUFFIX}"))
 
     def prune(self) -> int:
         """Delete ``done/`` files older than ``retention_days``; returns how many."""
@@ -395,6 +425,16 @@ class SpoolSink:
             except OSError:
                 continue
         return removed
+
+
+def _transient(exc: BaseException) -> bool:
+    """Whether a writer error looks like an outage (retry) rather than refused content."""
+    names = {t.__name__ for t in type(exc).__mro__}
+    if names & {"ConnectionError", "TimeoutError", "ConnectError", "TimeoutException",
+                "NetworkError", "RemoteProtocolError", "CatalogUnavailable", "OSError"}:
+        return True
+    status = getattr(getattr(exc, "response", None), "status_code", None)
+    return status is not None and int(status) >= 500
 
 
 def _abort_stop(start: dict[str, Any]) -> dict[str, Any]:

@@ -211,3 +211,41 @@ def test_garbage_spool_files_are_reported_not_raised(tmp_path, junk):
     path.write_bytes(junk)
     spooled = read_spool_file(path)
     assert spooled.docs == [] and (spooled.error or not junk)
+
+
+def test_a_run_the_writer_keeps_refusing_is_set_aside_not_lost(tmp_path):
+    class Refusing(Memory):
+        def __call__(self, name, doc):
+            if name == "event":
+                raise ValueError("operands could not be broadcast together")
+            super().__call__(name, doc)
+
+    mem = Refusing()
+    sink = SpoolSink(tmp_path / "spool", mem.factory, delete_partial=mem.delete,
+                     auto_replay=False, reject_after=2)
+    docs = _analysis_run("raw-bad", "50:50", 0, 1.0, "B")
+    for name, doc in docs:
+        sink(name, doc)
+    sink.flush(10)
+    uid = docs[0][1]["uid"]
+    assert sink.replay()[uid].startswith("failed: ValueError")
+    assert sink.replay()[uid].startswith("rejected: ValueError")
+    assert sink.pending() == [] and sink.rejected() == [uid]
+    reason = (tmp_path / "spool" / "rejected" / f"{uid}.reason.txt").read_text()
+    assert "broadcast" in reason
+    assert len(read_spool_file(tmp_path / "spool" / "rejected" / f"{uid}.spool").docs) == 4
+    sink.close()
+
+
+def test_outages_are_retried_forever_not_rejected(tmp_path):
+    mem = Memory()
+    mem.up = False
+    sink = SpoolSink(tmp_path / "spool", mem.factory, auto_replay=False, reject_after=1)
+    docs = _analysis_run("raw-o", "50:50", 0, 1.0, "O")
+    for name, doc in docs:
+        sink(name, doc)
+    sink.flush(10)
+    for _ in range(3):
+        assert sink.replay()[docs[0][1]["uid"]].startswith("failed: ConnectionError")
+    assert sink.rejected() == []
+    sink.close()
