@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import threading
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -76,14 +77,33 @@ class SAXSPilatus(SingleTrigger, PilatusDetector):
             log.info("%s: warming up the HDF5 plugin (no array seen since IOC boot)", self.name)
             self.hdf1.warmup()
 
+    def _start_acquisition(self) -> Any:
+        """Stock ``SingleTrigger.trigger`` keeping its own reference to the status.
+
+        The stock method returns ``self._status``, which the Acquire monitor (a CA thread)
+        resets to ``None`` when the acquisition ends; a short exposure on a loaded machine
+        can end before the method returns, and bluesky then gets ``None`` (seen at 0.05 s
+        exposures). Same steps, same status class, no race.
+        """
+        from ophyd.device import Staged
+
+        if self._staged != Staged.yes:
+            raise RuntimeError("This detector is not ready to trigger. "
+                               "Call the stage() method before triggering.")
+        status = self._status_type(self)
+        self._status = status
+        self._acquisition_signal.put(1, wait=False)
+        self.generate_datum(self._image_name, time.time(), {})
+        return status
+
     def trigger(self) -> Any:
-        """Acquire one frame (stock ``SingleTrigger``), with a deadline.
+        """Acquire one frame (stock ``SingleTrigger`` steps), with a deadline.
 
         The status fails with :class:`DetectorTimeoutError` once exposure plus
         :attr:`timeout_margin` has passed without the acquisition ending; the acquisition is
         then stopped (``Acquire`` = 0).
         """
-        status = super().trigger()
+        status = self._start_acquisition()
         exposure = float(self.cam.acquire_time.get())
         frames = max(1, int(self.cam.num_images.get()))
         deadline = exposure * frames + self.timeout_margin
