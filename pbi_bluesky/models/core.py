@@ -183,7 +183,6 @@ class ScoringCore:
 
     def _fit_scorers(self, intensity: NDArray, sigma: NDArray, labels: NDArray) -> None:
         """Everything after the network: centroids, one-class SVMs, subspaces, scales."""
-        cfg = self.training  # type: ignore[attr-defined]
         emb = self._embed(intensity, sigma, labels)
         log_chi2 = self._log_chi2(intensity, sigma, labels)
         self.residual_stats = np.zeros((len(self.recipes), 3))
@@ -196,23 +195,52 @@ class ScoringCore:
                                       RESIDUAL_WEIGHT * max(radius, 1e-3))
         self.centroids = np.array(centroids)
         feats = self._augment(emb, log_chi2, labels)
-        self.svms = [RBFOneClass.fit(feats[labels == k], nu=cfg.nu)
-                     for k in range(len(self.recipes))]
         features = self.scaler.transform(intensity)
-        self.subspaces = [RecipeSubspace.fit(features[labels == k],
-                                             cfg.subspace_components)
-                          for k in range(len(self.recipes))]
-        self.likelihoods = [RecipeLikelihood.fit(intensity[labels == k], sigma[labels == k],
-                                                 self.grid.q,  # type: ignore[attr-defined]
-                                                 cfg.likelihood_components)
-                            for k in range(len(self.recipes))]
+        feature_sigma = self.scaler.transform_sigma(intensity, sigma)
+        fitted = [self._fit_recipe(feats[labels == k], features[labels == k],
+                                   feature_sigma[labels == k], intensity[labels == k],
+                                   sigma[labels == k]) for k in range(len(self.recipes))]
+        self.svms = [f[0] for f in fitted]
+        self.subspaces = [f[1] for f in fitted]
+        self.likelihoods = [f[2] for f in fitted]
+        # standardise each part by the spread it has on normals the recipe's models did not
+        # see (5-fold inside the training normals; in-sample spreads are too narrow, which
+        # would let the most flexible part dominate the sum); in-sample below 10 normals
         n_parts = len(PART_NAMES)
         self.score_scale = np.tile([0.0, 1.0], (len(self.recipes), n_parts))
-        raw = self._score_parts(intensity, sigma, labels)
         for k in range(len(self.recipes)):
+            sel = np.nonzero(labels == k)[0]
+            raw = self._out_of_fold(k, feats[sel], features[sel], feature_sigma[sel],
+                                    intensity[sel], sigma[sel])
             for j in range(n_parts):
-                q25, q50, q75 = np.percentile(raw[labels == k, j], [25, 50, 75])
+                q25, q50, q75 = np.percentile(raw[:, j], [25, 50, 75])
                 self.score_scale[k, 2 * j : 2 * j + 2] = (q50, max(q75 - q25, 1e-6))
+
+    def _fit_recipe(self, feats, features, feature_sigma, intensity, sigma):
+        """One recipe's one-class SVM, subspace and likelihood models."""
+        cfg = self.training  # type: ignore[attr-defined]
+        return (RBFOneClass.fit(feats, nu=cfg.nu),
+                RecipeSubspace.fit(features, cfg.subspace_components, feature_sigma),
+                RecipeLikelihood.fit(intensity, sigma, self.grid.q,  # type: ignore
+                                     cfg.likelihood_components))
+
+    def _out_of_fold(self, k: int, feats, features, feature_sigma, intensity,
+                     sigma) -> NDArray:
+        """Unstandardised score parts of recipe ``k``'s training normals, each from models
+        fitted without it (5 folds), or in-sample for fewer than 10 normals."""
+        n = len(feats)
+        raw = np.zeros((n, len(PART_NAMES)))
+        folds = [np.arange(n)] if n < 10 else [np.arange(f, n, 5) for f in range(5)]
+        for held in folds:
+            keep = np.setdiff1d(np.arange(n), held) if len(folds) > 1 else held
+            svm, sub, lik = (self._fit_recipe(feats[keep], features[keep],
+                                              feature_sigma[keep], intensity[keep], sigma[keep])
+                             if len(folds) > 1 else
+                             (self.svms[k], self.subspaces[k], self.likelihoods[k]))
+            raw[held, 0] = svm.score(feats[held])
+            raw[held, 1] = sub.statistic(features[held], feature_sigma[held])
+            raw[held, 2], raw[held, 3] = lik.statistics(intensity[held], sigma[held])
+        return raw
 
     # -- scoring ------------------------------------------------------------------------
     def _log_chi2(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
@@ -250,6 +278,8 @@ class ScoringCore:
         emb = self._augment(self._embed(intensity, sigma, recipe_idx),
                             self._log_chi2(intensity, sigma, recipe_idx), recipe_idx)
         features = self.scaler.transform(intensity) if self.subspaces else None
+        feature_sigma = (self.scaler.transform_sigma(intensity, sigma) if self.subspaces
+                         else None)
         likelihoods = getattr(self, "likelihoods", [])
         out = np.zeros((len(intensity), len(PART_NAMES)))
         scale = self.score_scale
@@ -258,7 +288,7 @@ class ScoringCore:
             raw = np.zeros((int(sel.sum()), len(PART_NAMES)))
             raw[:, 0] = self.svms[k].score(emb[sel])
             if features is not None:
-                raw[:, 1] = self.subspaces[k].statistic(features[sel])
+                raw[:, 1] = self.subspaces[k].statistic(features[sel], feature_sigma[sel])
             if likelihoods:
                 raw[:, 2], raw[:, 3] = likelihoods[k].statistics(intensity[sel], sigma[sel])
             n = min(scale.shape[1] // 2, len(PART_NAMES))

@@ -43,6 +43,8 @@ class EvaluationResult:
     """Row of every test curve in the arrays given to :func:`evaluate_arrays`."""
     alpha: float = 0.01
     """The false-positive rate every detector was thresholded at."""
+    detector: AnomalyDetector | None = None
+    """The default detector that was evaluated (trained here unless given)."""
 
 
 def metrics_for(labels: NDArray, scores: NDArray, flagged: NDArray,
@@ -126,6 +128,7 @@ def evaluate_arrays(
         profiles = [Profile(grid_q, intensity[i], sigma[i]) for i in fit_idx]
         detector.fit(profiles, [recipes[i] for i in fit_idx], progress=progress)
     alpha = result.alpha = detector.alpha  # every detector is judged at the same alpha
+    result.detector = detector
     verdicts = detector.score_arrays(intensity[test], sigma[test],
                                      [recipes[i] for i in test], explain="none")
     result.scores["pbi"] = np.array([v.score for v in verdicts])

@@ -165,6 +165,11 @@ class FeatureScaler:
         x = np.arcsinh(np.asarray(intensity) / self.noise_scale)
         return ((x - self.mean) / self.std).astype(np.float32)
 
+    def transform_sigma(self, intensity: NDArray, sigma: NDArray) -> NDArray[np.float64]:
+        """Measurement uncertainty in the units of :meth:`transform` (first order)."""
+        i = np.asarray(intensity, dtype=np.float64)
+        return np.asarray(sigma) / (self.std * np.sqrt(self.noise_scale**2 + i**2))
+
 
 def residual_z(
     intensity: NDArray, sigma: NDArray, reference: NDArray, scatter: NDArray

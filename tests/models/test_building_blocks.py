@@ -121,3 +121,58 @@ def test_recipe_subspace_needs_three_curves():
 
     with pytest.raises(ValueError, match="at least 3"):
         RecipeSubspace.fit(np.zeros((2, 5)))
+
+
+def _likelihood_population(n=300, seed=0):
+    rng = np.random.default_rng(seed)
+    q = np.geomspace(0.01, 0.2, 64)
+    base = 10 * q**-1.5
+    amp = rng.normal(1.0, 0.02, (n, 1))  # batch scatter: a 2 % scale
+    sigma = 0.01 * base * np.ones((n, 1))
+    curves = amp * base + rng.normal(0, 1, (n, len(q))) * sigma
+    return q, base, curves, sigma
+
+
+def test_likelihood_low_q_filter_is_a_z_score_and_sees_faint_upturns():
+    from pbi_bluesky.models.likelihood import RecipeLikelihood
+
+    q, base, curves, sigma = _likelihood_population()
+    model = RecipeLikelihood.fit(curves[:200], sigma[:200], q, components=2)
+    _, z = model.statistics(curves[200:], sigma[200:])
+    # normals: about a standard normal (max over 3 correlated exponents: mean a bit above 0)
+    assert -0.5 < np.mean(z) < 1.0 and 0.6 < np.std(z) < 1.6
+    # an upturn of 5 % of the curve at the lowest q, a few noise sigmas spread over bins
+    upturn = curves[200:] + 0.05 * base[0] * (q / q[0]) ** -3
+    _, z_up = model.statistics(upturn, sigma[200:])
+    assert np.mean(z_up > np.percentile(z, 99)) > 0.9
+    # a dip is not an upturn (one-sided)
+    _, z_dip = model.statistics(curves[200:] - 0.05 * base[0] * (q / q[0]) ** -3, sigma[200:])
+    assert np.mean(z_dip) < np.mean(z)
+
+
+def test_likelihood_and_subspace_take_each_curves_noise_into_account():
+    """A normal curve measured with twice the noise is not pushed out of the normal region
+    by the parts that use sigma; a plain residual statistic would be."""
+    from pbi_bluesky.models.likelihood import RecipeLikelihood
+    from pbi_bluesky.models.representation import FeatureScaler
+    from pbi_bluesky.models.subspace import RecipeSubspace
+
+    q, base, curves, sigma = _likelihood_population(seed=1)
+    rng = np.random.default_rng(2)
+    noisy = curves[200:] + rng.normal(0, 1, curves[200:].shape) * sigma[200:] * np.sqrt(3)
+    lik = RecipeLikelihood.fit(curves[:200], sigma[:200], q, components=2)
+    nll, _ = lik.statistics(curves[200:], sigma[200:])
+    nll_noisy_known, _ = lik.statistics(noisy, 2 * sigma[200:])
+    nll_noisy_hidden, _ = lik.statistics(noisy, sigma[200:])
+    assert np.median(nll_noisy_known) < np.median(nll_noisy_hidden)
+    scaler = FeatureScaler.fit(curves[:200], sigma[:200])
+    feats = scaler.transform(curves)
+    fsig = scaler.transform_sigma(curves, sigma)
+    sub = RecipeSubspace.fit(feats[:200], 2, fsig[:200])
+    plain = sub.statistic(scaler.transform(noisy))
+    aware = sub.statistic(scaler.transform(noisy), scaler.transform_sigma(noisy, 2 * sigma[200:]))
+    normal = sub.statistic(feats[200:], fsig[200:])
+    assert np.median(aware) < np.median(plain)
+    assert np.median(aware) - np.median(normal) < 0.5 * (np.median(plain) - np.median(normal))
+    again = RecipeLikelihood.from_arrays(lik.to_arrays("l0"), "l0")
+    np.testing.assert_array_equal(again.statistics(noisy, sigma[200:])[0], nll_noisy_hidden)

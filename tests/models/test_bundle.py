@@ -81,7 +81,8 @@ def test_format_1_bundle_without_subspaces_still_loads(tiny_model, bundle_dir, t
     with np.load(target / "arrays.npz", allow_pickle=False) as npz:
         arrays = {k: npz[k] for k in npz.files
                   if not k.startswith(("extra_score_scale", "extra_calibration_parts",
-                                       "extra_subspace"))}
+                                       "extra_subspace", "extra_likelihood",
+                                       "calibration_member", "calibration_group"))}
     np.savez(target / "arrays.npz", **arrays)
     doc = _rehash(target)
     doc["format_version"] = 1
