@@ -288,8 +288,10 @@ class SpoolSink:
         self._replay_due = None
         outcomes = self.replay()
         failed = {r: o for r, o in outcomes.items() if o.startswith("failed")}
+        progress = any(o.startswith(("written", "rejected")) for o in outcomes.values())
         if failed:
-            self._replay_attempt += 1
+            # back off while nothing gets through (an outage); retry soon while it does
+            self._replay_attempt = 0 if progress else self._replay_attempt + 1
             logger.warning("spool %s: %d run(s) not replayed yet (attempt %d), e.g. %s: %s",
                            self.root, len(failed), self._replay_attempt,
                            next(iter(failed))[:8], next(iter(failed.values())))
@@ -309,14 +311,23 @@ class SpoolSink:
     def close(self, timeout: float = 60.0) -> bool:
         """Forward what is queued, try one last replay (with ``auto_replay``), stop the
         thread; True if nothing is left pending."""
+        deadline = time.monotonic() + timeout
         self.flush(timeout)
         self._closing.set()
-        self._thread.join(timeout)
-        if self.auto_replay and self.writer_factory is not None and self.pending():
-            self.replay()
+        self._thread.join(max(0.0, deadline - time.monotonic()))
+        while (self.auto_replay and self.writer_factory is not None and self.pending()
+               and time.monotonic() < deadline):
+            outcomes = self.replay()
+            if not any(o.startswith(("written", "rejected")) for o in outcomes.values()):
+                break  # no progress: the writer is down; the runs stay spooled
         return not self.pending()
 
     # -- replay ----------------------------------------------------------------------------
+    @property
+    def backlog(self) -> int:
+        """Runs waiting for a replay (failed downstream, not yet written or rejected)."""
+        return len(self._failed)
+
     def replay(self, lock_timeout: float = 30.0) -> dict[str, str]:
         """Write every pending run downstream again; returns {run uid: outcome}.
 
