@@ -232,6 +232,8 @@ class SpoolSink:
             try:
                 if item is not None:
                     self._forward(*item)
+                if self._failed and self._replay_due is None:
+                    self._schedule_replay()  # a failed run is never left without a retry
                 if (self._replay_due is not None and time.monotonic() >= self._replay_due
                         and not self._closing.is_set()):
                     self._background_replay()
