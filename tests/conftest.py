@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import pytest
 import tests.beamline_fixtures  # noqa: F401, E402
 
 os.environ.setdefault("MPLBACKEND", "Agg")
+# reduction operators are cached on disk: keep the suite's out of the user's cache folder
+os.environ.setdefault("PBI_OPERATOR_CACHE", tempfile.mkdtemp(prefix="pbi-test-operators-"))
 
 
 @pytest.fixture(scope="session")

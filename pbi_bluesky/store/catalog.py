@@ -48,11 +48,14 @@ def embedded_client(data_dir: str | Path, readable: tuple[str, ...] = ()) -> Any
 
     root = Path(data_dir)
     (root / "data").mkdir(parents=True, exist_ok=True)
+    # init_if_not_exists runs `tiled catalog init` in a subprocess on every call (~5 s):
+    # only ask for it when there is no database yet
+    new = not (root / "catalog.db").exists()
     catalog = from_uri(
         f"sqlite:///{root / 'catalog.db'}",
         writable_storage=[str(root / "data"), f"duckdb:///{root / 'tables.duckdb'}"],
         readable_storage=[str(r) for r in readable] or None,
-        init_if_not_exists=True,
+        init_if_not_exists=new,
     )
     context = Context.from_app(build_app(catalog))
     return from_context(context)
