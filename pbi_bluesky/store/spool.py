@@ -143,6 +143,10 @@ class SpoolSink:
         self._writer: Writer | None = None
         self._run_of: dict[str, str] = {}
         self._open: dict[str, _Open] = {}
+        self._held: dict[str, filelock.BaseFileLock] = {}
+        """Run locks kept after the stop is appended, until the run is downstream."""
+        self._forwarding: set[str] = set()
+        """Runs of this process whose documents are still on their way downstream."""
         self._failed: set[str] = set()
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
@@ -205,15 +209,20 @@ class SpoolSink:
                 state.last_fsync = now
             if name == "stop":
                 state.fh.close()
-                state.lock.release()
                 del self._open[run]
+                if self.writer_factory is None or run in self._failed:
+                    state.lock.release()
+                else:  # still ours until it is downstream: no other replay may take it
+                    self._held[run] = state.lock
             self.stats["spooled"] += 1
             if self.writer_factory is None:
                 return
+            self._forwarding.add(run)
             if self._queue.qsize() >= self.max_queue and run not in self._failed:
                 logger.warning("spool: forwarding backlog of %d documents: run %s left to a "
                                "replay", self._queue.qsize(), run[:8])
                 self._failed.add(run)
+                self._forwarding.discard(run)
                 self._schedule_replay()
             self._queue.put((run, name, None if run in self._failed else doc))
 
@@ -245,6 +254,15 @@ class SpoolSink:
             if item is None and self._closing.is_set() and self._queue.empty():
                 return
 
+    def _mark_failed(self, run: str) -> None:
+        """Leave a run to the replay: forget it is being forwarded, release its lock."""
+        self._failed.add(run)
+        self._forwarding.discard(run)
+        with self._lock:
+            held = self._held.pop(run, None)
+        if held is not None:
+            held.release()
+
     def _forward(self, run: str, name: str, doc: dict | None) -> None:
         if run in self._failed or doc is None:
             if name == "stop":
@@ -255,7 +273,7 @@ class SpoolSink:
                 self._writer = self.writer_factory()
             self._writer(name, doc)
         except Exception as exc:  # noqa: BLE001 - the spool keeps everything
-            self._failed.add(run)
+            self._mark_failed(run)
             self._writer = None
             self.stats["write_failures"] += 1
             logger.warning("spool: downstream writer failed on %s of run %s (%s: %s); the run "
@@ -273,6 +291,11 @@ class SpoolSink:
             shutil.move(str(src), self.done_dir / src.name)
             _fsync_dir(self.done_dir)
             _fsync_dir(self.pending_dir)
+        self._forwarding.discard(run)
+        with self._lock:
+            held = self._held.pop(run, None)
+        if held is not None:
+            held.release()
         lock = self.pending_dir / f"{run}.lock"
         lock.unlink(missing_ok=True)
 
@@ -351,6 +374,9 @@ class SpoolSink:
                 with self._lock:
                     if run in self._open:
                         outcomes[run] = "open (run in progress here)"
+                        continue
+                    if run in self._forwarding and run not in self._failed:
+                        outcomes[run] = "forwarding (on its way downstream here)"
                         continue
                 outcomes[run] = self._replay_one(run, path)
                 if outcomes[run].startswith("failed"):
