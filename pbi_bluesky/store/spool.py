@@ -125,7 +125,7 @@ class SpoolSink:
         retention_days: float | None = 7.0,
         max_queue: int = 10_000,
         replay_wait_initial: float = 0.5,
-        replay_wait_max: float = 30.0,
+        replay_wait_max: float = 10.0,
         reject_after: int = 3,
     ) -> None:
         self.root = Path(spool_dir)
