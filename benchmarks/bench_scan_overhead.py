@@ -1,7 +1,8 @@
 """Scan overhead of the live scorer on a real (simulated) beamline, paced by exposure.
 
-Starts the caproto IOC with a Pilatus 1M, connects the ophyd devices over loopback Channel
-Access, and times the same N-frame ``bp.count`` scan (exposure ``--exposure`` s) with and
+Starts the caproto IOC with a Pilatus 1M, builds the stock ophyd devices from its
+beamline.yaml (HDF5 frames, Resource/Datum) over loopback Channel Access, and times the
+same N-frame ``bp.count`` scan (exposure ``--exposure`` s) with and
 without the :class:`~pbi_bluesky.live.LiveScorer` subscribed (default model), alternating
 the order over ``--repeats``. Reports the ratio of medians (target <= 1.05x) and the time
 the scorer needed after the scan to drain its queue. The last line is JSON.
@@ -38,26 +39,26 @@ def main() -> None:
         from bluesky import RunEngine
         from threadpoolctl import threadpool_limits
 
-        from pbi_bluesky.devices import connect_beamline
+        from pbi_bluesky.beamline_demo import sim_beamline_config
+        from pbi_bluesky.devices import make_ophyd_beamline
         from pbi_bluesky.live import LiveScorer
-        from pbi_bluesky.reduction import load_geometry_text
-        from pbi_bluesky.simulate import Instrument
 
         threadpool_limits(2)
-        line = connect_beamline(ioc.prefix, timeout=10)
-        line.detector.cam.acquire_time.set(args.exposure).wait(5)
-        mask = Instrument(geometry=load_geometry_text(line.detector.cam.poni.get())).mask
-        scorer = LiveScorer(mask=mask)
-        md = {"composition": "50:50", "thickness_cm": 0.1,
-              "geometry": line.detector.cam.poni.get()}
+        cfg = sim_beamline_config(ioc, connection_timeout_s=15.0)
         RE = RunEngine({})
-        RE(bp.count([line.detector], 2, md=md))  # warm up CA and the detector
+        line = make_ophyd_beamline(cfg)
+        line.detector.cam.acquire_time.set(args.exposure).wait(5)
+        line.detector.cam.acquire_period.set(args.exposure).wait(5)
+        scorer = LiveScorer.from_config(cfg)
+        md = {"composition": "50:50", "thickness_cm": 0.1}
+        dets = line.readables
+        RE(bp.count(dets, 2, md=md))  # warm up CA and the detector
         bare, scored, drain = [], [], []
         for repeat in range(args.repeats):
             for with_scorer in ((False, True) if repeat % 2 == 0 else (True, False)):
                 token = RE.subscribe(scorer) if with_scorer else None
                 t0 = time.perf_counter()
-                RE(bp.count([line.detector], args.frames, md=md))
+                RE(bp.count(dets, args.frames, md=md))
                 elapsed = time.perf_counter() - t0
                 if with_scorer:
                     t1 = time.perf_counter()
