@@ -34,6 +34,8 @@ from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig
 from pbi_bluesky.models.network import NetworkConfig
 from pbi_bluesky.models.paper import PaperPipeline
 from pbi_bluesky.models.representation import FeatureScaler, QGrid
+from pbi_bluesky.models.signing import SignatureError, sign
+from pbi_bluesky.models.signing import verify as verify_signature
 
 __all__ = [
     "BundleError",
@@ -147,6 +149,9 @@ def save_bundle(
         **(extra or {}),
     }
     (out / "model.json").write_text(json.dumps(doc, indent=1))
+    stale = out / "model.json.hmac"
+    if sign(out) is None and stale.exists():
+        stale.unlink()  # an old signature of another model.json would be refused
     return out / "model.json"
 
 
@@ -196,6 +201,10 @@ def load_bundle(model_dir: str | Path, *, for_scoring: bool = True) -> AnomalyDe
 
     root = Path(model_dir)
     doc = _read_json(root / "model.json")
+    try:
+        signed = verify_signature(root)
+    except SignatureError as exc:
+        raise BundleError(str(exc)) from exc
     files = doc.get("files", {})
     for name in (WEIGHTS, ARRAYS):
         path = root / name
@@ -273,6 +282,7 @@ def load_bundle(model_dir: str | Path, *, for_scoring: bool = True) -> AnomalyDe
     detector.bundle_info = {
         "path": str(root.resolve()),
         "model_sha256": sha256_file(root / "model.json"),
+        "signature": "hmac-sha256 verified" if signed else "none (no PBI_MODEL_KEY)",
         "package_version": doc.get("package_version"),
         "training_data_sha256": doc.get("training_data_sha256"),
         "format_version": doc.get("format_version"),
