@@ -176,11 +176,15 @@ def _survey(out: Path, ioc: Any, exposure_s: float, verdict_timeout: float,
         if not session.close(120):
             logger.warning("some runs are still in the spool (%s)", session.data_dir)
         use_tray(None)
-    return _report(out, outcomes, scorer, collector, session.catalog.runs, flagged_runs)
+    return _report(out, outcomes, scorer.channel.summaries.values(), collector.events,
+                   scorer.model, session.catalog.runs, flagged_runs)
 
 
-def _report(out, outcomes, scorer, collector, runs, flagged_runs) -> LiveDemoReport:
-    report = LiveDemoReport()
+def _report(out, outcomes, summaries, events, model, runs, flagged_runs,
+            report: LiveDemoReport | None = None) -> LiveDemoReport:
+    """Compare the outcomes (one per slot) with the hidden truth; ``summaries``: the
+    analysis runs' frame ledgers; ``events``: analysis events (with ``raw_uid``) to plot."""
+    report = report or LiveDemoReport()
     truth_of = {s["slot"]: s for s in DEMO_TRAY}
     tp = fp = fn = 0
     for o in outcomes:
@@ -204,7 +208,7 @@ def _report(out, outcomes, scorer, collector, runs, flagged_runs) -> LiveDemoRep
     report.precision = tp / (tp + fp) if tp + fp else 0.0
     report.recall = tp / (tp + fn) if tp + fn else 0.0
     counts = {"received": 0, "scored": 0, "failed": 0, "shed": 0}
-    for summary in scorer.channel.summaries.values():
+    for summary in summaries:
         counts["received"] += summary["frames"]
         for key in ("scored", "failed", "shed"):
             counts[key] += summary[key]
@@ -212,7 +216,7 @@ def _report(out, outcomes, scorer, collector, runs, flagged_runs) -> LiveDemoRep
     report.query = ("flagged_runs(runs)  # runs.search(Key('pbi_analysis') == True)"
                     ".search(Comparison('gt', 'stop.pbi_summary.flagged', 0))")
     report.flagged = flagged_runs(runs)
-    report.png = str(_plot(out, collector, scorer, truth_of, outcomes))
+    report.png = str(_plot(out, events, model, truth_of, outcomes))
     return report
 
 
@@ -222,7 +226,7 @@ def _hyperscore(p_value: float | None) -> float | None:
     return None if p_value is None else float(hyperscore(1.0 - p_value))
 
 
-def _plot(out: Path, collector: _Collector, scorer, truth_of, outcomes) -> Path:
+def _plot(out: Path, events: list[dict[str, Any]], model, truth_of, outcomes) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
@@ -232,7 +236,7 @@ def _plot(out: Path, collector: _Collector, scorer, truth_of, outcomes) -> Path:
     survey = {o.raw_uid: o for o in outcomes}
     fig, (ax, ax2) = plt.subplots(1, 2, figsize=(14, 5.5))
     curves, labels, flags = [], [], []
-    for event in collector.events:
+    for event in events:
         o = survey.get(event["raw_uid"])
         if o is None or event["status"] != "scored":
             continue
@@ -249,7 +253,6 @@ def _plot(out: Path, collector: _Collector, scorer, truth_of, outcomes) -> Path:
     ax.set_title("live-reduced survey frames (red: flagged)")
     ax.legend(fontsize=7)
     if len(curves) > 2:
-        model = scorer.model
         inten = np.array([c[0] for c in curves])
         sig = np.array([c[1] for c in curves])
         idx = np.array([model.recipes.index(c[2]) for c in curves])

@@ -50,10 +50,13 @@ TEST_TRAY: list[dict[str, Any]] = [
      "transient": True},
     {"slot": 10, "sample": "T50-async", "composition": "50:50",
      "faults": {"beam_dump": 0.8}, "transient": True},
+    {"slot": 11, "sample": "T50-agent", "composition": "50:50",
+     "faults": {"beam_dump": 0.8}, "transient": True},
 ]
 """Slots 1-4: plan tests, 5: device tests, 6-8: live end-to-end (ophyd), 6, 8, 10: live
-end-to-end (ophyd-async), 9: IOC tests (one-shot faults on 4, 7, 9, 10: expose those slots only
-in the tests they belong to). Position 0: empty cell."""
+end-to-end (ophyd-async), 9: IOC tests, 11: agent through the queue server (one-shot faults on
+4, 7, 9, 10, 11: expose those slots only in the tests they belong to). Position 0: empty
+cell."""
 
 
 EPICS_ENV: dict[str, str] = loopback_epics_env()

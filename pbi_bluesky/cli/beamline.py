@@ -22,12 +22,20 @@ def demo(
     device_api: Annotated[str, typer.Option(
         help="ophyd (stock ophyd, Resource/Datum) or async (ophyd-async, StreamResource)."
     )] = "ophyd",
+    queue: Annotated[bool, typer.Option(
+        "--queue", help="Through the queue server: Redis, Tiled and start-re-manager with "
+                        "the profile, one item per slot, `pbi agent` queueing the rescans."
+    )] = False,
+    policy: Annotated[Path | None, typer.Option(
+        help="Agent policy YAML (--queue; default profiles/profile_saxs/agent_policy.yaml)."
+    )] = None,
 ) -> None:
     """Live demo: sim IOCs + embedded Tiled + a RunEngine survey with anomalies flagged.
 
     Starts a caproto IOC (Pilatus 1M, sample changer, beam, faults) with a 14-sample tray,
     runs survey_and_rescan with the live scorer and the shipped model, prints verdicts vs
     the hidden truth and the Tiled query of flagged runs, writes a PNG, shuts down.
+    With --queue the same tray goes through the queue server and the agent decides.
     """
     if offline:
         from pbi_bluesky.demo import format_table, run_offline_demo
@@ -39,15 +47,29 @@ def demo(
         typer.echo(format_table(rows))
         typer.echo(f"\nwrote {out / 'demo_curves.png'}, {out / 'demo_summary.csv'}")
         return
-    from pbi_bluesky.beamline_demo import format_report, run_live_demo
-
     if device_api not in ("ophyd", "async"):
         raise typer.BadParameter("--device-api must be 'ophyd' or 'async'")
-    report = run_live_demo(out, exposure_s=exposure, seed=seed, device_api=device_api)
+    if queue:
+        from pbi_bluesky.agent import DEFAULT_POLICY_FILE, PolicyError, load_policy
+        from pbi_bluesky.beamline_queue import format_queue_report, run_queue_demo
+
+        try:
+            load_policy(policy)  # a bad policy is reported before anything starts
+        except PolicyError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
+        report = run_queue_demo(out, exposure_s=exposure, seed=seed, device_api=device_api,
+                                policy=policy or DEFAULT_POLICY_FILE)
+        text = format_queue_report(report)
+    else:
+        from pbi_bluesky.beamline_demo import format_report, run_live_demo
+
+        report = run_live_demo(out, exposure_s=exposure, seed=seed, device_api=device_api)
+        text = format_report(report)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), default=str))
     else:
-        typer.echo(format_report(report))
+        typer.echo(text)
     if not report.rows or report.frames.get("received") != (
         report.frames.get("scored", 0) + report.frames.get("failed", 0)
         + report.frames.get("shed", 0)

@@ -20,24 +20,32 @@ def flagged(
     composition: Annotated[str | None, typer.Option(help="Only this recipe.")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-24T08:00.")] = None,
     min_score: Annotated[float | None, typer.Option(help="Minimum max score.")] = None,
+    decision: Annotated[str | None, typer.Option(
+        help="Only raw runs with this decision: confirmed, transient, no verdict, skipped "
+             "(written by survey_and_rescan or `pbi agent`).")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """List the raw runs whose live analysis flagged them."""
     from pbi_bluesky.store import flagged_runs, open_runs
+    from pbi_bluesky.store.queries import DECISIONS
 
+    if decision is not None and decision not in DECISIONS:
+        raise typer.BadParameter(f"--decision must be one of {', '.join(DECISIONS)}")
     try:
         runs = open_runs(tiled, api_key=api_key, data_dir=data_dir)
     except Exception as exc:  # noqa: BLE001 - report any connection problem plainly
         typer.echo(f"error: cannot open the Tiled catalog: {exc}", err=True)
         raise typer.Exit(2) from exc
-    rows = flagged_runs(runs, composition=composition, since=since, min_score=min_score)
+    rows = flagged_runs(runs, composition=composition, since=since, min_score=min_score,
+                        decision=decision)
     if as_json:
         typer.echo(json.dumps(rows))
         return
     for r in rows:
         typer.echo(f"{r['raw_uid']}  slot={r['slot']} sample={r['sample']} "
                    f"recipe={r['composition']} verdict={r['verdict']} flagged={r['flagged']}/"
-                   f"{r['frames']} max_score={r['max_score']:.3g}")
+                   f"{r['frames']} max_score={r['max_score']:.3g} "
+                   f"decision={r['decision'] or '-'}")
     typer.echo(f"{len(rows)} flagged run(s)")
 
 

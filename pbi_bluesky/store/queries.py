@@ -5,7 +5,11 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-__all__ = ["flagged_runs", "analysis_of"]
+__all__ = ["DECISIONS", "analysis_of", "decisions_of", "flagged_runs"]
+
+DECISIONS = ("confirmed", "transient", "no verdict", "skipped", "failed")
+"""What a ``pbi_decision`` record may say about a flagged raw run (the in-plan
+``survey_and_rescan`` and the agent, ``pbi agent``, write them)."""
 
 
 def _to_epoch(since: datetime | float | str | None) -> float | None:
@@ -24,6 +28,7 @@ def flagged_runs(
     composition: str | None = None,
     since: datetime | float | str | None = None,
     min_score: float | None = None,
+    decision: str | None = None,
 ) -> list[dict[str, Any]]:
     """Raw runs whose live analysis flagged at least one frame, newest last.
 
@@ -37,7 +42,14 @@ def flagged_runs(
         Only analyses started at or after this time (datetime, ISO string or epoch s).
     min_score
         Only analyses whose highest frame score is at least this.
+    decision
+        Only raw runs with this decision (one of :data:`DECISIONS`, e.g. ``"confirmed"``).
+
+    Each row carries ``decision`` (``None`` while undecided) and ``decision_uid``, the
+    ``pbi_decision`` record linking the raw runs and analysis runs it rests on.
     """
+    if decision is not None and decision not in DECISIONS:
+        raise ValueError(f"decision must be one of {list(DECISIONS)}, got {decision!r}")
     from tiled.queries import Comparison, Key
 
     results = runs.search(Key("pbi_analysis") == True)  # noqa: E712 - a Tiled query
@@ -49,11 +61,15 @@ def flagged_runs(
         results = results.search(Comparison("ge", "start.time", epoch))
     if min_score is not None:
         results = results.search(Comparison("ge", "stop.pbi_summary.max_score", min_score))
+    decided = decisions_of(runs)
     out = []
-    for uid in list(results):
-        md = results[uid].metadata
+    for uid, node in results.items():
+        md = node.metadata
         start, stop = md["start"], md.get("stop") or {}
         summary = stop.get("pbi_summary", {})
+        record = decided.get(start.get("raw_uid"), {})
+        if decision is not None and record.get("classification") != decision:
+            continue
         out.append({
             "raw_uid": start.get("raw_uid"),
             "analysis_uid": uid,
@@ -66,14 +82,30 @@ def flagged_runs(
             "frames": summary.get("frames"),
             "max_score": summary.get("max_score"),
             "rescan": start.get("rescan_of"),
+            "decision": record.get("classification"),
+            "decision_uid": record.get("uid"),
         })
     return sorted(out, key=lambda r: r["time"] or 0)
+
+
+def decisions_of(runs: Any) -> dict[str, dict[str, Any]]:
+    """Raw run uid -> start document of its newest ``pbi_decision`` record."""
+    from tiled.queries import Key
+
+    out: dict[str, dict[str, Any]] = {}
+    for _, node in runs.search(Key("purpose") == "pbi_decision").items():
+        start = node.metadata.get("start") or {}
+        raw = start.get("raw_uid")
+        if raw and (raw not in out or start.get("time", 0) >= out[raw].get("time", 0)):
+            out[raw] = start
+    return out
 
 
 def analysis_of(runs: Any, raw_uid: str) -> Any | None:
     """The analysis run of a raw run, if there is one."""
     from tiled.queries import Key
 
-    results = runs.search(Key("raw_uid") == raw_uid)
+    results = runs.search(Key("pbi_analysis") == True)  # noqa: E712 - a Tiled query
+    results = results.search(Key("raw_uid") == raw_uid)
     uids = list(results)
     return results[uids[0]] if uids else None

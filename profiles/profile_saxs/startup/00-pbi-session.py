@@ -1,7 +1,9 @@
 """The SAXS beamline session, built from beamline.yaml by pbi_bluesky.session.
 
 The same file is the IPython startup (`pbi ipython`) and the queue server's startup code
-(`start-re-manager --startup-dir profiles/profile_saxs/startup --keep-re`).
+(`start-re-manager --startup-dir profiles/profile_saxs/startup`, see pbi_bluesky.queue).
+In the queue server's worker there is never a plot (no display), and the devices are in the
+namespace under their names from beamline.yaml (what queued items name them by).
 
 Environment: PBI_BEAMLINE_CONFIG selects the configuration (default: beamline.yaml next to
 this folder), PBI_NO_PLOTS=1 turns the live plot off, PBI_DEVICE_API=async uses the
@@ -15,7 +17,11 @@ from pathlib import Path
 import bluesky.plan_stubs as bps  # noqa: F401 - for the user
 import bluesky.plans as bp  # noqa: F401 - for the user
 
-from pbi_bluesky.plans import fly_slot, measure_tray, rescan, survey_and_rescan  # noqa: F401
+from bluesky_queueserver import is_re_worker_active
+
+from pbi_bluesky.plans import survey_and_rescan  # noqa: F401
+# the plans with annotations the queue server reads (same code as pbi_bluesky.plans)
+from pbi_bluesky.queue.plans import fly_slot, measure_tray, rescan  # noqa: F401
 from pbi_bluesky.session import build_session
 from pbi_bluesky.store import flagged_runs  # noqa: F401 - for the user
 
@@ -29,7 +35,7 @@ def _profile_dir() -> Path:
 
 
 _config = os.environ.get("PBI_BEAMLINE_CONFIG") or str(_profile_dir() / "beamline.yaml")
-_plots = None if not os.environ.get("PBI_NO_PLOTS") else False
+_plots = False if os.environ.get("PBI_NO_PLOTS") or is_re_worker_active() else None
 _session = build_session(_config, mode=os.environ.get("PBI_DEVICE_API") or None,
                          data_root=os.environ.get("PBI_DATA_DIR") or None, plots=_plots)
 logging.getLogger("pbi_bluesky").info("beamline configuration: %s", _session.config.public())
@@ -38,9 +44,18 @@ RE = _session.RE
 beamline = _session.beamline
 saxs, changer = beamline.detector, beamline.changer
 monitors = beamline.monitors
+globals().update(beamline.devices)  # by name: saxs, changer, i0, transmission
 dets = beamline.readables  # the detector and its I0 / transmission monitors
 pbi = _session.scorer
 catalog = _session.catalog  # catalog.runs: the Tiled runs container (connects on first use)
+
+
+def flush_session(timeout: float = 60.0) -> bool:
+    """Wait until every frame is scored and every document is written (True if so); the
+    queue server runs it as a function before its environment closes."""
+    ok = pbi.flush(timeout)
+    ok = _session.raw_spool.flush(timeout) and ok
+    return _session.analysis_spool.flush(timeout) and ok
 
 print(f"""SAXS beamline {_session.config.name!r} ({beamline.mode} devices) from {_config}
   detector {saxs.name}, changer {changer.name}, monitors {[m.name for m in monitors]}

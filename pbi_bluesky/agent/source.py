@@ -1,0 +1,191 @@
+"""What the agent follows: finished analysis runs in the Tiled catalog, found by polling.
+
+Why polling, not Tiled's streaming: in tiled 0.2.20 websocket subscriptions need a server
+started with a streaming cache (Redis) and only deliver what happens after subscribing, so
+a restarted agent must search the catalog anyway to rebuild its state; polling works
+against any Tiled (server or embedded), needs nothing else, and its cost (one search per
+poll over the last few seconds of runs) is measured in ``benchmarks/bench_queue.py``.
+
+:class:`TiledFollower` returns each analysis run once, when its stop document (the frame
+ledger ``pbi_summary``) is in the catalog. A poll searches analysis runs started since a
+watermark (a few seconds behind the newest one seen, and never after a run still open);
+every ``sweep_s`` a sweep searches the whole window since ``since`` again, which picks up
+runs that reached Tiled late (a spool replay after an outage keeps their old start time).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import stamina
+
+from pbi_bluesky.store import Catalog, CatalogUnavailable
+
+__all__ = ["AnalysisResult", "TiledFollower", "TILED_ERRORS"]
+
+logger = logging.getLogger(__name__)
+
+
+def _tiled_errors() -> tuple[type[BaseException], ...]:
+    import httpx
+
+    return (CatalogUnavailable, httpx.HTTPError, ConnectionError, TimeoutError, OSError)
+
+
+TILED_ERRORS = _tiled_errors()
+"""What a Tiled request raises when the server is down or slow (retried)."""
+
+WATERMARK_SLACK_S = 5.0
+
+
+@dataclass(frozen=True)
+class AnalysisResult:
+    """One finished analysis run (the live scorer's verdict on one raw run)."""
+
+    analysis_uid: str
+    raw_uid: str
+    time: float
+    slot: int | None
+    sample: str | None
+    sample_type: str | None
+    purpose: str | None
+    rescan_of: str | None
+    composition: str | None
+    frames: int
+    scored: int
+    flagged: int
+    verdict: str | None
+    max_score: float | None
+    stop_time: float | None = None
+    start: dict[str, Any] = field(default_factory=dict, repr=False, compare=False)
+
+    @property
+    def is_flagged(self) -> bool:
+        return self.flagged > 0
+
+    @property
+    def has_verdict(self) -> bool:
+        """At least one frame was scored (otherwise the run says nothing)."""
+        return self.scored > 0
+
+    @classmethod
+    def from_metadata(cls, uid: str, md: dict[str, Any]) -> AnalysisResult | None:
+        """From an analysis run's metadata; ``None`` while it has no stop document."""
+        start, stop = md.get("start") or {}, md.get("stop") or {}
+        summary = stop.get("pbi_summary")
+        if not stop or not isinstance(summary, dict):
+            return None
+        slot = start.get("slot")
+        return cls(
+            analysis_uid=uid, raw_uid=start.get("raw_uid") or "", time=float(start["time"]),
+            slot=int(slot) if isinstance(slot, (int, float)) else None,
+            sample=start.get("sample"), sample_type=start.get("sample_type"),
+            purpose=start.get("purpose"), rescan_of=start.get("rescan_of"),
+            composition=start.get("expected_composition"),
+            frames=int(summary.get("frames") or 0), scored=int(summary.get("scored") or 0),
+            flagged=int(summary.get("flagged") or 0), verdict=summary.get("verdict"),
+            max_score=summary.get("max_score"), stop_time=stop.get("time"), start=dict(start))
+
+
+def _retry(func):
+    return stamina.retry(on=TILED_ERRORS, attempts=3, timeout=15.0, wait_initial=0.2,
+                         wait_max=2.0)(func)
+
+
+class TiledFollower:
+    """Finished analysis runs and the agent's own records, from a Tiled catalog.
+
+    Parameters
+    ----------
+    catalog
+        A lazily connected :class:`~pbi_bluesky.store.Catalog` (reconnects after errors).
+    since
+        Epoch seconds: analyses older than this are ignored (a restarted agent picks up
+        everything since then).
+    sweep_s
+        Seconds between full sweeps of the window.
+    """
+
+    def __init__(self, catalog: Catalog, *, since: float, sweep_s: float = 30.0) -> None:
+        self.catalog = catalog
+        self.since = float(since)
+        self.sweep_s = float(sweep_s)
+        self._seen: set[str] = set()
+        self._open: dict[str, float] = {}
+        self._newest = self.since
+        self._last_sweep = float("-inf")
+        self._raw_starts: dict[str, dict[str, Any]] = {}
+
+    def _runs(self) -> Any:
+        try:
+            return self.catalog.runs
+        except Exception:
+            self.catalog.reset()
+            raise
+
+    def _search(self, query_since: float) -> Iterator[tuple[str, dict[str, Any]]]:
+        from tiled.queries import Comparison, Key
+
+        results = self._runs().search(Key("pbi_analysis") == True)  # noqa: E712 - a query
+        results = results.search(Comparison("ge", "start.time", query_since))
+        for uid, node in results.items():
+            yield uid, node.metadata
+
+    @_retry
+    def poll(self) -> list[AnalysisResult]:
+        """Analysis runs finished since the last poll (each returned once), oldest first."""
+        now = time.monotonic()
+        sweep = now - self._last_sweep >= self.sweep_s
+        if sweep:
+            query_since = self.since
+        else:
+            query_since = min([*self._open.values(), self._newest - WATERMARK_SLACK_S])
+            query_since = max(query_since, self.since)
+        try:
+            found = list(self._search(query_since))
+        except Exception:
+            self.catalog.reset()
+            raise
+        if sweep:
+            self._last_sweep = now
+        out = []
+        for uid, md in found:
+            if uid in self._seen:
+                continue
+            start_time = float((md.get("start") or {}).get("time") or 0.0)
+            result = AnalysisResult.from_metadata(uid, md)
+            if result is None:
+                self._open[uid] = start_time
+                continue
+            self._open.pop(uid, None)
+            self._seen.add(uid)
+            self._newest = max(self._newest, start_time)
+            out.append(result)
+        return sorted(out, key=lambda r: r.time)
+
+    @_retry
+    def raw_start(self, raw_uid: str) -> dict[str, Any] | None:
+        """The start document of a raw run (cached), ``None`` if it is not in the catalog."""
+        if raw_uid in self._raw_starts:
+            return self._raw_starts[raw_uid]
+        runs = self._runs()
+        if raw_uid not in runs:
+            return None
+        start = dict(runs[raw_uid].metadata.get("start") or {})
+        self._raw_starts[raw_uid] = start
+        return start
+
+    @_retry
+    def records(self, purpose: str) -> list[dict[str, Any]]:
+        """Start documents of the agent's records (``purpose`` ``pbi_decision`` or
+        ``pbi_agent_request``) since ``since``, oldest first."""
+        from tiled.queries import Comparison, Key
+
+        results = self._runs().search(Key("purpose") == purpose)
+        results = results.search(Comparison("ge", "start.time", self.since))
+        out = [dict(node.metadata.get("start") or {}) for _, node in results.items()]
+        return sorted(out, key=lambda s: s.get("time") or 0.0)

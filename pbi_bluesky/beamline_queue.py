@@ -1,0 +1,392 @@
+"""``pbi demo --queue``: the demo tray measured through the queue server, the agent deciding.
+
+What happens, all on this machine (loopback, free ports, everything stopped at the end):
+
+1. the simulated beamline IOC serves the demo tray (as in ``pbi demo``);
+2. a Redis server, a Tiled server and the RE Manager start
+   (:class:`~pbi_bluesky.queue.stack.QueueStack`); the worker runs the profile's startup file
+   (``profiles/profile_saxs/startup``) against a ``beamline.yaml`` for the IOC, so its
+   session scores every frame live and writes raw and analysis runs to Tiled;
+3. ``pbi agent`` runs as its own process with the shipped policy, following the analyses
+   in Tiled;
+4. the tray is queued as one ``measure_tray`` item per slot (the empty cell first), with
+   autostart on; the agent queues a ``rescan`` of each flagged sample (next in the queue) and
+   writes its decision to Tiled;
+5. the outcomes are read back from Tiled and compared with the hidden truth: the same table
+   and JSON keys as ``pbi demo`` (plus ``mode`` and ``rescans_queued``).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pbi_bluesky.agent import DEFAULT_POLICY_FILE, AnalysisResult
+from pbi_bluesky.beamline_demo import (
+    DEMO_TRAY,
+    LiveDemoReport,
+    _report,
+    format_report,
+    sim_beamline_config,
+)
+from pbi_bluesky.plans import SampleOutcome
+from pbi_bluesky.queue.stack import QueueStack
+
+__all__ = ["AgentProcess", "QueueDemoReport", "analysis_results", "format_queue_report",
+           "outcomes_from_catalog", "rescan_latencies", "run_queue_demo", "write_dark"]
+
+logger = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+
+@dataclass
+class QueueDemoReport(LiveDemoReport):
+    """:class:`~pbi_bluesky.beamline_demo.LiveDemoReport` plus what went through the queue."""
+
+    mode: str = "queue"
+    rescans_queued: int = 0
+    """Items the agent added to the queue."""
+    queue_items: dict[str, int] = field(default_factory=dict)
+    """Items the queue ran, by who added them and how they ended."""
+    latency_s: dict[str, Any] = field(default_factory=dict)
+    """Flagged frame -> start of its rescan (s), per flagged sample, median, p95."""
+
+
+class AgentProcess:
+    """``pbi agent`` as a subprocess following a :class:`QueueStack` (log and status file
+    in ``workdir``); :meth:`kill` is a SIGKILL, to test restarts."""
+
+    def __init__(self, stack: QueueStack, workdir: str | Path, *,
+                 policy: str | Path = DEFAULT_POLICY_FILE, poll_s: float = 0.5,
+                 since: float | None = None) -> None:
+        self.stack, self.policy, self.poll_s = stack, Path(policy), float(poll_s)
+        self.workdir = Path(workdir)
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.status_path = self.workdir / "agent_status.json"
+        self.log_path = self.workdir / "agent.log"
+        self.since = since
+        self.process: subprocess.Popen | None = None
+
+    def command(self) -> list[str]:
+        cmd = [sys.executable, "-m", "pbi_bluesky.cli", "agent",
+               "--queue", self.stack.zmq_control_addr, "--config", str(self.stack.config_path),
+               "--policy", str(self.policy), "--poll", str(self.poll_s),
+               "--status-file", str(self.status_path)]
+        if self.since is not None:
+            from datetime import datetime
+
+            cmd += ["--since", datetime.fromtimestamp(self.since).isoformat()]
+        return cmd
+
+    def start(self) -> AgentProcess:
+        self.status_path.unlink(missing_ok=True)
+        env = {**self.stack.agent_env(), "PYTHONUNBUFFERED": "1",
+               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT),
+                                                         os.environ.get("PYTHONPATH")) if p)}
+        env.pop("PBI_BEAMLINE_CONFIG", None)
+        with open(self.log_path, "ab") as log:
+            self.process = subprocess.Popen(self.command(), stdout=log,
+                                            stderr=subprocess.STDOUT, env=env,
+                                            start_new_session=True)
+        return self
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def status(self) -> dict[str, Any]:
+        """The agent's last status (``{}`` before its first poll)."""
+        try:
+            return json.loads(self.status_path.read_text())
+        except (OSError, ValueError):
+            return {}
+
+    def wait_running(self, timeout: float = 60.0) -> dict[str, Any]:
+        """Wait for the first completed step; raises with the log if it never comes."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            status = self.status()
+            if status.get("steps", 0) >= 1:
+                return status
+            if not self.alive():
+                break
+            time.sleep(0.2)
+        raise RuntimeError(f"pbi agent did not start; log:\n{self.log_tail()}")
+
+    def log_tail(self, n: int = 4000) -> str:
+        try:
+            return self.log_path.read_text(errors="replace")[-n:]
+        except OSError:
+            return "<no log>"
+
+    def stop(self, timeout: float = 20.0) -> int | None:
+        """SIGTERM (the agent finishes its step); returns the exit code."""
+        proc, self.process = self.process, None
+        if proc is None:
+            return None
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait(10)
+        return proc.returncode
+
+    def kill(self) -> None:
+        """SIGKILL: the agent dies wherever it is."""
+        if self.process is not None and self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(10)
+        self.process = None
+
+
+def write_dark(instrument: Any, exposure_s: float, path: str | Path) -> Path:
+    """The expected dark frame of an exposure as an EDF file (what ``geometry.dark`` of a
+    beamline.yaml names); the in-session demo passes the same frame to its scorer."""
+    from fabio.edfimage import EdfImage
+
+    from pbi_bluesky.simulate import expected_dark
+
+    path = Path(path)
+    EdfImage(data=np.asarray(expected_dark(instrument, exposure_s))).write(str(path))
+    return path
+
+
+def analysis_results(runs: Any, **equal: Any) -> list[AnalysisResult]:
+    """Finished analysis runs in the catalog whose start keys equal ``equal``."""
+    from tiled.queries import Key
+
+    results = runs.search(Key("pbi_analysis") == True)  # noqa: E712 - a Tiled query
+    for key, value in equal.items():
+        results = results.search(Key(key) == value)
+    out = [AnalysisResult.from_metadata(uid, node.metadata) for uid, node in results.items()]
+    return sorted((r for r in out if r is not None), key=lambda r: r.time)
+
+
+def _events(runs: Any, result: AnalysisResult) -> tuple[list[dict[str, Any]], str]:
+    run = runs[result.analysis_uid]
+    columns = _columns(run["pbi_anomaly"].read())
+    n = len(next(iter(columns.values()))) if columns else 0
+    events = [{"raw_uid": result.raw_uid, **{k: v[i] for k, v in columns.items()}}
+              for i in range(n)]
+    top = ""
+    if "pbi_attribution" in run:
+        explained = _columns(run["pbi_attribution"].read())
+        if len(explained.get("top_attribution", ())):
+            top = str(explained["top_attribution"][0])
+    return events, top
+
+
+def _columns(table: Any) -> dict[str, np.ndarray]:
+    """Columns of a stream read from Tiled (an xarray Dataset or a pandas DataFrame)."""
+    names = list(table.data_vars) if hasattr(table, "data_vars") else list(table.columns)
+    return {k: np.asarray(table[k]) for k in names}
+
+
+def outcomes_from_catalog(runs: Any) -> tuple[list[SampleOutcome], list[dict[str, Any]]]:
+    """One :class:`~pbi_bluesky.plans.SampleOutcome` per surveyed slot (classification
+    from the ``pbi_decision`` records), and the survey's analysis events (to plot)."""
+    from pbi_bluesky.store.queries import decisions_of
+
+    decided = decisions_of(runs)
+    outcomes, events = [], []
+    for result in analysis_results(runs, purpose="survey"):
+        rows, top = _events(runs, result)
+        events.extend(rows)
+        scored = [e for e in rows if e["status"] == "scored"]
+        worst = max(scored, key=lambda e: e["score"]) if scored else None
+        flagged = None if not scored else any(bool(e["is_anomaly"]) for e in scored)
+        classification = ("failed" if flagged is None else
+                          decided.get(result.raw_uid, {}).get("classification", "flagged")
+                          if flagged else "normal")
+        outcomes.append(SampleOutcome(
+            slot=int(result.slot), sample=result.sample, composition=result.composition,
+            raw_uid=result.raw_uid, flagged=flagged,
+            score=float(worst["score"]) if worst else None,
+            p_value=float(worst["p_value"]) if worst else None, top_attribution=top,
+            predicted_composition=str(worst["predicted_composition"]) if worst else "",
+            classification=classification))
+    return sorted(outcomes, key=lambda o: o.slot), events
+
+
+def _frame_time(runs: Any, raw_uid: str) -> float:
+    """When a one-frame raw run's frame was taken: its event time (else its stop time)."""
+    run = runs[raw_uid]
+    try:
+        times = run["primary"].read(["time"])["time"]
+        if len(times):
+            return float(np.asarray(times)[-1])
+    except Exception:  # noqa: BLE001 - older layouts: fall back to the stop document
+        pass
+    return float(run.metadata["stop"]["time"])
+
+
+def rescan_latencies(runs: Any) -> dict[str, Any]:
+    """Flagged frame -> start of its first rescan run, for every flagged survey
+    measurement that was rescanned (the same for the in-plan survey_and_rescan and the
+    agent: both record ``rescan_of`` in the rescan's start document)."""
+    from tiled.queries import Key
+
+    per_sample = []
+    for result in analysis_results(runs, purpose="survey"):
+        if not result.is_flagged:
+            continue
+        rescans = runs.search(Key("rescan_of") == result.raw_uid).search(
+            Key("purpose") == "rescan")
+        starts = [node.metadata["start"] for _, node in rescans.items()
+                  if not node.metadata["start"].get("pbi_analysis")]
+        if not starts:
+            continue
+        first = min(s["time"] for s in starts)
+        per_sample.append({"slot": result.slot, "sample": result.sample,
+                           "latency_s": round(first - _frame_time(runs, result.raw_uid), 3)})
+    values = np.array([r["latency_s"] for r in per_sample], dtype=float)
+    return {"n": int(values.size),
+            "median_s": round(float(np.median(values)), 3) if values.size else None,
+            "p95_s": round(float(np.percentile(values, 95)), 3) if values.size else None,
+            "per_sample": per_sample}
+
+
+def _wait_done(stack: QueueStack, agent: AgentProcess, n_slots: int, timeout: float) -> None:
+    """Until every slot is analysed, every flagged sample decided and the queue is empty."""
+    from pbi_bluesky.store.queries import decisions_of
+
+    runs = stack.runs()
+    api = stack.api()
+    deadline = time.monotonic() + timeout
+    try:
+        while time.monotonic() < deadline:
+            if not agent.alive():
+                raise RuntimeError(f"pbi agent exited; log:\n{agent.log_tail()}")
+            status = api.status()
+            survey = analysis_results(runs, purpose="survey")
+            decided = decisions_of(runs)
+            open_flags = [r for r in survey if r.is_flagged and r.raw_uid not in decided]
+            idle = status["manager_state"] == "idle" and status["items_in_queue"] == 0
+            if len(survey) >= n_slots and not open_flags and idle:
+                return
+            if status["manager_state"] == "idle" and status["items_in_queue"] and \
+                    not status["queue_autostart_enabled"]:
+                last = (api.history_get().get("items") or [{}])[-1]
+                raise RuntimeError(f"the queue stopped: {last.get('name')} ended "
+                                   f"{last.get('result', {}).get('exit_status')}: "
+                                   f"{last.get('result', {}).get('msg')}")
+            time.sleep(1.0)
+        raise TimeoutError(f"the tray was not measured and decided within {timeout:g} s")
+    finally:
+        api.close()
+
+
+def _queue_items(stack: QueueStack) -> tuple[int, dict[str, int]]:
+    api = stack.api()
+    try:
+        history = api.history_get().get("items") or []
+    finally:
+        api.close()
+    counts: dict[str, int] = {}
+    agent_items = 0
+    for item in history:
+        who = "agent" if (item.get("meta") or {}).get("pbi_agent") else "people"
+        agent_items += who == "agent"
+        key = f"{who} {item['name']} {item.get('result', {}).get('exit_status')}"
+        counts[key] = counts.get(key, 0) + 1
+    return agent_items, counts
+
+
+def run_queue_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 7,
+                   device_api: str = "ophyd", timeout: float = 1200.0,
+                   policy: str | Path = DEFAULT_POLICY_FILE, poll_s: float = 0.5
+                   ) -> QueueDemoReport:
+    """Run the queue demo (see module docstring); returns the report."""
+    from pbi_bluesky.models.bundle import load_default_model
+    from pbi_bluesky.reduction import load_geometry
+    from pbi_bluesky.simulate import Instrument
+    from pbi_bluesky.store import flagged_runs
+    from sim_iocs.launch import loopback_epics_env, start_sim_ioc, stop_sim_ioc
+
+    out = Path(out_dir).resolve()
+    for old in ("ioc", "queue", "agent"):
+        shutil.rmtree(out / old, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    env = loopback_epics_env()
+    os.environ.update(env)
+    env = {**env, "OPHYD_CONTROL_LAYER": os.environ.get("OPHYD_CONTROL_LAYER", "caproto")}
+    t0 = time.perf_counter()
+    ioc = start_sim_ioc(out / "ioc", DEMO_TRAY, detector="Pilatus1M", seed=seed, env=env)
+    instrument = Instrument(geometry=load_geometry(str(ioc.poni_path)))
+    dark = write_dark(instrument, exposure_s, out / "ioc" / "expected_dark.edf")
+    cfg = sim_beamline_config(ioc, device_api=device_api).with_overrides(
+        geometry={"dark": str(dark)})
+    stack = QueueStack(cfg, out / "queue", env=env)
+    agent = AgentProcess(stack, out / "agent", policy=policy, poll_s=poll_s)
+    try:
+        stack.start()
+        agent.start().wait_running()
+        _queue_tray(stack, exposure_s)
+        _wait_done(stack, agent, len(DEMO_TRAY), timeout)
+        runs = stack.runs()
+        outcomes, events = outcomes_from_catalog(runs)
+        summaries = [_ledger(runs, r) for r in analysis_results(runs)]
+        report = _report(out, outcomes, summaries, events, load_default_model(), runs,
+                         flagged_runs, QueueDemoReport())
+        report.rescans_queued, report.queue_items = _queue_items(stack)
+        report.latency_s = rescan_latencies(runs)
+    finally:
+        agent.stop()
+        stack.stop()
+        stop_sim_ioc(ioc)
+    report.seconds = round(time.perf_counter() - t0, 1)
+    (out / "demo_report.json").write_text(json.dumps(report.as_dict(), indent=1, default=str))
+    return report
+
+
+def _ledger(runs: Any, result: AnalysisResult) -> dict[str, int]:
+    summary = runs[result.analysis_uid].metadata["stop"]["pbi_summary"]
+    return {k: int(summary.get(k) or 0) for k in ("frames", "scored", "failed", "shed")}
+
+
+def _queue_tray(stack: QueueStack, exposure_s: float) -> None:
+    """One ``measure_tray`` item per slot, the empty cell first, as people would queue."""
+    from bluesky_queueserver_api import BPlan
+
+    cfg = stack.config
+    dets = [cfg.detector.name, cfg.monitors.i0_name]
+    if cfg.monitors.transmission:
+        dets.append(cfg.monitors.transmission_name)
+    md = {"proposal": "demo", "operator": "pbi demo --queue"}
+    items = [BPlan("measure_tray", dets, cfg.changer.name, [0], exposure_s,
+                   md={**md, "purpose": "reference"})]
+    items += [BPlan("measure_tray", dets, cfg.changer.name, [s["slot"]], exposure_s,
+                    md={**md, "purpose": "survey"}) for s in DEMO_TRAY]
+    api = stack.api()
+    try:
+        response = api.item_add_batch(items)
+        if not response.get("success"):
+            raise RuntimeError(f"the queue server refused the tray: {response.get('msg')}")
+        api.queue_autostart(True)
+    finally:
+        api.close()
+
+
+def format_queue_report(report: QueueDemoReport) -> str:
+    """The same table as ``pbi demo``, then what went through the queue."""
+    lines = [format_report(report), "",
+             f"through the queue server: {report.rescans_queued} rescan(s) queued by the "
+             f"agent; items run: {report.queue_items}"]
+    lat = report.latency_s
+    if lat.get("n"):
+        lines.append(f"flagged frame -> rescan start: median {lat['median_s']} s, p95 "
+                     f"{lat['p95_s']} s over {lat['n']} rescanned sample(s)")
+    return "\n".join(lines)

@@ -1,0 +1,196 @@
+"""``start-re-manager`` running the project's profile: the queue server of a beamline.
+
+:class:`REManager` starts bluesky-queueserver's RE Manager as a subprocess whose worker runs
+``profiles/profile_saxs/startup`` (the startup file ``pbi ipython`` runs too) against the
+``beamline.yaml`` named by ``PBI_BEAMLINE_CONFIG``::
+
+    start-re-manager --startup-dir profiles/profile_saxs/startup \\
+        --user-group-permissions profiles/profile_saxs/user_group_permissions.yaml \\
+        --existing-plans-devices DATA/queue/existing_plans_and_devices.yaml \\
+        --redis-addr 127.0.0.1:REDIS_PORT --zmq-control-addr tcp://127.0.0.1:PORT ...
+
+The list of existing plans and devices is written by the worker when its environment opens
+(``--update-existing-plans-devices ENVIRONMENT_OPEN``) into the data folder, never into the
+repository. The worker runs headless: ``PBI_NO_PLOTS=1`` and ``MPLBACKEND=Agg``. Control
+(0MQ, the API ``bluesky-queueserver-api`` and ``qserver`` use) and console output are bound
+to 127.0.0.1 on free ports; Redis is a real server (:class:`~pbi_bluesky.services.RedisServer`).
+``restart()`` keeps the ports, the Redis server and so the queue and its history.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from pbi_bluesky.services import ServiceError, _bin, _Process, free_port
+
+__all__ = ["PROFILE_DIR", "REManager", "connect_api"]
+
+logger = logging.getLogger(__name__)
+
+PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs"
+"""The profile folder: ``startup/``, ``user_group_permissions.yaml``, ``beamline.yaml``."""
+
+
+def connect_api(zmq_control_addr: str, *, timeout_s: float = 5.0) -> Any:
+    """A ``bluesky_queueserver_api.zmq.REManagerAPI`` for a control address (no HTTP
+    server needed); requests time out after ``timeout_s``."""
+    from bluesky_queueserver_api.zmq import REManagerAPI
+
+    return REManagerAPI(zmq_control_addr=zmq_control_addr, timeout_recv=float(timeout_s),
+                        timeout_send=float(timeout_s))
+
+
+class REManager(_Process):
+    """The RE Manager (``start-re-manager``) with this project's profile.
+
+    Parameters
+    ----------
+    workdir
+        Folder for the manager's log and the existing plans/devices list.
+    config
+        The ``beamline.yaml`` (``PBI_BEAMLINE_CONFIG`` of the worker).
+    redis_addr
+        ``host:port`` of the Redis server (e.g. ``RedisServer(...).start()``'s).
+    data_dir
+        ``PBI_DATA_DIR`` of the worker (catalog, spools, RunEngine metadata).
+    profile_dir
+        Folder with ``startup/`` and ``user_group_permissions.yaml``.
+    redis_prefix
+        Prefix of the manager's Redis keys (one Redis may serve several managers).
+    env
+        Extra environment for the worker (EPICS variables, the Tiled API key variable).
+    """
+
+    name = "re-manager"
+
+    def __init__(self, workdir: str | Path | None = None, *, config: str | Path,
+                 redis_addr: str, data_dir: str | Path | None = None,
+                 profile_dir: str | Path = PROFILE_DIR, redis_prefix: str = "pbi_qs",
+                 env: dict[str, str] | None = None) -> None:
+        super().__init__(workdir)
+        self.config = Path(config).resolve()
+        self.redis_addr = redis_addr
+        self.data_dir = Path(data_dir).resolve() if data_dir else None
+        self.profile_dir = Path(profile_dir).resolve()
+        self.redis_prefix = redis_prefix
+        self.info_port = free_port()
+        self.extra_env = dict(env or {})
+        self.existing_path = self.workdir / "existing_plans_and_devices.yaml"
+
+    @property
+    def zmq_control_addr(self) -> str:
+        """Where clients send requests (``REManagerAPI(zmq_control_addr=...)``,
+        ``qserver --zmq-control-addr``)."""
+        return f"tcp://127.0.0.1:{self.port}"
+
+    @property
+    def zmq_info_addr(self) -> str:
+        """Where the console output is published (``REManagerAPI(zmq_info_addr=...)``)."""
+        return f"tcp://127.0.0.1:{self.info_port}"
+
+    def command(self) -> list[str]:
+        for needed in (self.profile_dir / "startup", self.config,
+                       self.profile_dir / "user_group_permissions.yaml"):
+            if not needed.exists():
+                raise ServiceError(f"queue server: {needed} not found")
+        return [
+            _bin("start-re-manager"),
+            "--startup-dir", str(self.profile_dir / "startup"),
+            "--existing-plans-devices", str(self.existing_path),
+            "--update-existing-plans-devices", "ENVIRONMENT_OPEN",
+            "--user-group-permissions", str(self.profile_dir / "user_group_permissions.yaml"),
+            "--user-group-permissions-reload", "ON_STARTUP",
+            "--redis-addr", self.redis_addr, "--redis-name-prefix", self.redis_prefix,
+            "--zmq-control-addr", f"tcp://127.0.0.1:{self.port}",
+            "--zmq-info-addr", f"tcp://127.0.0.1:{self.info_port}",
+            "--zmq-publish-console", "ON",
+        ]
+
+    def env(self) -> dict[str, str]:
+        env = {**os.environ, **self.extra_env, "PBI_BEAMLINE_CONFIG": str(self.config),
+               "PBI_PROFILE_DIR": str(self.profile_dir), "PBI_NO_PLOTS": "1",
+               "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+        env.pop("DISPLAY", None)  # the worker never needs a display
+        env.pop("WAYLAND_DISPLAY", None)
+        if self.data_dir is not None:
+            env["PBI_DATA_DIR"] = str(self.data_dir)
+        # the worker imports pbi_bluesky from wherever this process does
+        root = str(Path(__file__).resolve().parents[2])
+        env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
+        return env
+
+    def ready(self) -> bool:
+        try:
+            api = connect_api(self.zmq_control_addr, timeout_s=1.0)
+            try:
+                api.status()
+                return True
+            finally:
+                api.close()
+        except Exception:  # noqa: BLE001 - not up yet
+            return False
+
+    def api(self, timeout_s: float = 5.0) -> Any:
+        """A fresh API client (close it when done)."""
+        return connect_api(self.zmq_control_addr, timeout_s=timeout_s)
+
+    def open_environment(self, timeout: float = 180.0) -> dict[str, Any]:
+        """Open the worker environment (runs the startup file); raises
+        :class:`ServiceError` with the end of the log if it fails. Returns the status."""
+        api = self.api()
+        try:
+            if not api.status()["worker_environment_exists"]:
+                response = api.environment_open()
+                if not response.get("success", False):
+                    raise ServiceError(f"environment_open refused: {response}")
+            deadline = time.monotonic() + timeout
+            while time.monotonic() < deadline:
+                status = api.status(reload=True)
+                if status["manager_state"] == "idle":
+                    if status["worker_environment_exists"]:
+                        return status
+                    raise ServiceError("the worker environment failed to open (startup "
+                                       f"code); log:\n{self.log_tail(6000)}")
+                if self.process is None or self.process.poll() is not None:
+                    break
+                time.sleep(0.2)
+            raise ServiceError(f"the worker environment did not open within {timeout:g} s; "
+                               f"log:\n{self.log_tail(6000)}")
+        finally:
+            api.close()
+
+    def close_environment(self, timeout: float = 60.0) -> None:
+        """Flush the session (every document written) and close the worker environment."""
+        api = self.api(timeout_s=max(5.0, timeout))
+        try:
+            status = api.status()
+            if not status["worker_environment_exists"]:
+                return
+            if status["manager_state"] != "idle":  # finish the running plan, no more
+                api.queue_autostart(False)
+                api.queue_stop()
+                api.wait_for_idle(timeout=timeout)
+            try:
+                from bluesky_queueserver_api import BFunc
+
+                api.function_execute(BFunc("flush_session", timeout), run_in_background=False)
+                api.wait_for_idle(timeout=timeout)
+            except Exception as exc:  # noqa: BLE001 - best effort before closing
+                logger.warning("flush_session in the worker failed: %s", exc)
+            api.environment_close()
+            api.wait_for_condition(lambda s: not s["worker_environment_exists"],
+                                   timeout=timeout)
+        finally:
+            api.close()
+
+    def start(self, timeout: float = 60.0) -> REManager:
+        super().start(timeout)
+        return self
+
+    def stop(self, timeout: float = 20.0) -> None:
+        super().stop(timeout)
+
