@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import sys
 
-from pbi_bluesky.cli import agent, beamline, catalog, data, model, session  # noqa: F401
+from pbi_bluesky.cli import agent, beamline, catalog, data, model, session, worker  # noqa: F401
 from pbi_bluesky.cli.app import app
 
 __all__ = ["app", "main"]

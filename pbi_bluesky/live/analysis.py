@@ -23,7 +23,7 @@ from event_model import compose_run
 
 from pbi_bluesky.live.channel import FrameResult, VerdictChannel
 
-__all__ = ["AnalysisRun", "Attributor", "Emitter"]
+__all__ = ["AnalysisRun", "Attributor", "Emitter", "explain_frame"]
 
 logger = logging.getLogger(__name__)
 
@@ -183,8 +183,15 @@ class AnalysisRun:
         return self.explanations.compose_event(
             data=data, timestamps=dict.fromkeys(data, time.time()), seq_num=self.explain_seq)
 
-    def stop_doc(self, received: int, raw_stop: dict[str, Any], dropped_control: int) -> dict:
-        """The stop document with the frame ledger."""
+    def explained(self, result: FrameResult, status: str, features: dict[str, Any]) -> dict:
+        """Count one attribution outcome (from :func:`explain_frame`) and compose its
+        event."""
+        self.counts["explained" if status == "explained" else "attribution_skipped"] += 1
+        return self.explanation(result, status, features)
+
+    def stop_doc(self, received: int, raw_stop: dict[str, Any], dropped_control: int,
+                 extra: dict[str, Any] | None = None) -> dict:
+        """The stop document with the frame ledger (``extra``: more summary entries)."""
         c = self.counts
         accounted = c["scored"] + c["failed"] + c["shed"]
         verdict = ("anomalous" if c["flagged"] else
@@ -196,6 +203,7 @@ class AnalysisRun:
             "max_score": self.max_score if np.isfinite(self.max_score) else None,
             "verdict": verdict, "raw_exit_status": raw_stop.get("exit_status"),
             "failures": self.reasons[:20], "control_documents_dropped": dropped_control,
+            **(extra or {}),
         }
         if accounted != received:
             logger.error("run %s: %d frames received but %d accounted for", self.raw_uid[:8],
@@ -204,6 +212,24 @@ class AnalysisRun:
             exit_status="success" if accounted == received else "fail",
             reason=json.dumps(summary))
         return {**stop, "pbi_summary": summary}
+
+
+def explain_frame(model: Any, result: FrameResult, intensity: np.ndarray, sigma: np.ndarray,
+                  recipe: str) -> tuple[str, dict[str, Any]]:
+    """Explain one flagged frame: fitted descriptors and exact Shapley values.
+
+    Fills ``result.attributions`` and ``result.top_attribution``; returns the status
+    (``"explained"`` or ``"failed: ..."``) and the features. Never raises.
+    """
+    try:
+        table = model.explain(intensity, sigma, recipe)
+    except Exception as exc:  # noqa: BLE001 - a failed fit is reported, not fatal
+        logger.info("attribution of frame %d failed: %s", result.raw_seq_num, exc)
+        return f"failed: {exc}", {}
+    result.attributions = {k: float(v["shapley"]) for k, v in table.items()}
+    result.top_attribution = next(iter(result.attributions), "")
+    features = {k: {"value": float(v["value"]), "z": float(v["z"])} for k, v in table.items()}
+    return "explained", features
 
 
 class Attributor:
@@ -276,19 +302,8 @@ class Attributor:
                     sigma: np.ndarray, recipe: str) -> None:
         with self._pending_lock:
             self._pending_explains -= 1
-        try:
-            table = self.model.explain(intensity, sigma, recipe)
-        except Exception as exc:  # noqa: BLE001 - a failed fit is reported, not fatal
-            logger.info("attribution of frame %d failed: %s", result.raw_seq_num, exc)
-            run.counts["attribution_skipped"] += 1
-            self.emitter.emit("event", run.explanation(result, f"failed: {exc}", {}))
-            return
-        result.attributions = {k: float(v["shapley"]) for k, v in table.items()}
-        result.top_attribution = next(iter(result.attributions), "")
-        features = {k: {"value": float(v["value"]), "z": float(v["z"])}
-                    for k, v in table.items()}
-        run.counts["explained"] += 1
-        self.emitter.emit("event", run.explanation(result, "explained", features))
+        status, features = explain_frame(self.model, result, intensity, sigma, recipe)
+        self.emitter.emit("event", run.explained(result, status, features))
 
     def _do_skipped(self, run: AnalysisRun, result: FrameResult) -> None:
         self.emitter.emit("event", run.explanation(result, "skipped: attribution backlog full",

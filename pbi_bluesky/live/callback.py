@@ -18,7 +18,6 @@ raised in here reaches the RunEngine.
 from __future__ import annotations
 
 import logging
-import math
 import threading
 import time
 from collections.abc import Callable, Iterable
@@ -26,32 +25,28 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 from event_model import DocumentRouter
 
 from pbi_bluesky.live.analysis import AnalysisRun, Attributor, Emitter
 from pbi_bluesky.live.channel import FrameResult, VerdictChannel
-from pbi_bluesky.live.frames import AssetRegistry, FrameError
-from pbi_bluesky.live.inbox import FRAME_DOCS, Inbox
-from pbi_bluesky.live.streams import FrameJoiner, FrameParts, resolve_roles
-from pbi_bluesky.models import AnomalyDetector, ensure_can_flag, load_bundle
-from pbi_bluesky.models.bundle import load_default_model
-from pbi_bluesky.profile import Profile
-from pbi_bluesky.reduction import (
-    AbsoluteScale,
-    Reducer,
-    as_frame,
-    load_absolute_scale,
-    load_geometry_text,
+from pbi_bluesky.live.core import (
+    ANALYSIS_STREAM,
+    ATTRIBUTION_STREAM,
+    FrameInput,
+    FrameScorer,
+    Outcome,
 )
+from pbi_bluesky.live.frames import AssetRegistry
+from pbi_bluesky.live.inbox import FRAME_DOCS, Inbox
+from pbi_bluesky.live.streams import FrameJoiner, FrameParts
+from pbi_bluesky.models import AnomalyDetector
+from pbi_bluesky.profile import Profile
+from pbi_bluesky.reduction import AbsoluteScale
 
 __all__ = ["ANALYSIS_STREAM", "ATTRIBUTION_STREAM", "LiveScorer"]
 
 logger = logging.getLogger(__name__)
 
-ANALYSIS_STREAM = "pbi_anomaly"
-ATTRIBUTION_STREAM = "pbi_attribution"
-MAX_TRANSMISSION = 1.5
 Sink = Callable[[str, dict], Any]
 
 
@@ -70,13 +65,6 @@ class _Item:
     run: _Run
     parts: FrameParts
     joiner: FrameJoiner
-
-
-def _load_model(model: AnomalyDetector | str | Path | None) -> AnomalyDetector:
-    """The model, refused (:class:`~pbi_bluesky.models.BundleError`) if it can never flag."""
-    if isinstance(model, AnomalyDetector):
-        return ensure_can_flag(model)
-    return load_bundle(model) if model is not None else load_default_model()
 
 
 class LiveScorer(DocumentRouter):
@@ -154,35 +142,51 @@ class LiveScorer(DocumentRouter):
         attribution_backlog: int = 256,
     ) -> None:
         super().__init__()
-        self.model = _load_model(model)
-        self.model_info = dict(self.model.bundle_info)
+        self.core = FrameScorer(
+            model, image_key=image_key, monitor_key=monitor_key,
+            transmission_key=transmission_key, poni=poni, mask=mask, dark=dark, flat=flat,
+            polarization_factor=polarization_factor, absolute_scale=absolute_scale,
+            background=background, data_roots=data_roots,
+            transmission_required=transmission_required,
+            monitor_from_start=monitor_from_start, npt=npt)
         self.channel = channel or VerdictChannel()
-        self.keys = {"image_key": image_key, "monitor_key": monitor_key,
-                     "transmission_key": transmission_key}
-        self.transmission_required = bool(transmission_required)
-        self.monitor_from_start = bool(monitor_from_start)
-        self.poni_text = self._poni_text(poni)
-        self.mask = None if mask is None else as_frame(mask).astype(bool)
-        self.dark = None if dark is None else as_frame(dark)
-        self.flat = None if flat is None else as_frame(flat)
-        self.polarization_factor = polarization_factor
-        self.absolute_scale = (load_absolute_scale(absolute_scale)
-                               if isinstance(absolute_scale, (str, Path)) else absolute_scale)
-        self.npt = int(npt)
-        self.background = background
-        self.data_roots = tuple(str(Path(r)) for r in data_roots)
         self.batch_size = max(1, int(batch_size))
         self._inbox = Inbox(queue_size, overflow=overflow, put_timeout=put_timeout)
         self._runs: dict[str, _Run] = {}
         self._descriptor_run: dict[str, str] = {}
-        self._reducers: dict[str, Reducer] = {}
         self._batch: list[_Item] = []
-        self._warned_no_background = False
         self.emitter = Emitter(list(sinks))
         self.attributor = Attributor(self.model, self.emitter, self.channel,
                                      backlog=attribution_backlog)
         self._worker = threading.Thread(target=self._work, name="pbi-live-scorer", daemon=True)
         self._worker.start()
+
+    @property
+    def model(self) -> AnomalyDetector:
+        """The detector that scores every frame."""
+        return self.core.model
+
+    @property
+    def model_info(self) -> dict[str, Any]:
+        return self.core.model_info
+
+    @property
+    def data_roots(self) -> tuple[str, ...]:
+        """Folders frame files named by documents may be read from."""
+        return self.core.data_roots
+
+    @property
+    def npt(self) -> int:
+        return self.core.npt
+
+    @property
+    def background(self) -> Profile | None:
+        """The running empty-cell background (replaced by each empty-cell frame)."""
+        return self.core.background
+
+    @background.setter
+    def background(self, profile: Profile | None) -> None:
+        self.core.background = profile
 
     @property
     def sinks(self) -> list[Sink]:
@@ -195,36 +199,9 @@ class LiveScorer(DocumentRouter):
         path of a ``beamline.yaml``): keys, geometry, mask, dark, flat, polarisation, data
         roots, model, queue settings. ``mode`` (``"ophyd"`` or ``"async"``) selects the
         image key the devices of that mode produce; ``overrides`` win."""
-        from pbi_bluesky.config import BeamlineConfig, load_config
-
-        cfg = config if isinstance(config, BeamlineConfig) else load_config(config)
-        name = cfg.detector.name
-        g = cfg.geometry
-        kwargs: dict[str, Any] = {
-            "model": cfg.scorer.model,
-            "image_key": f"{name}_image" if mode == "ophyd" else name,
-            "monitor_key": cfg.monitors.i0_name,
-            "transmission_key": cfg.monitors.transmission_name
-            if cfg.monitors.transmission else None,
-            "transmission_required": bool(cfg.monitors.transmission),
-            "poni": g.poni, "mask": g.mask, "dark": g.dark, "flat": g.flat,
-            "polarization_factor": g.polarization_factor,
-            "absolute_scale": g.absolute_scale,
-            "data_roots": cfg.data_roots, "queue_size": cfg.scorer.queue_size,
-            "overflow": cfg.scorer.overflow, "put_timeout": cfg.scorer.put_timeout_s,
-            "npt": cfg.scorer.npt,
-        }
+        kwargs = FrameScorer.config_kwargs(config, mode=mode)
         kwargs.update(overrides)
         return cls(**kwargs)
-
-    @staticmethod
-    def _poni_text(poni: str | Path | None) -> str | None:
-        if poni is None:
-            return None
-        text = str(poni)
-        if "Distance" in text and "\n" in text:
-            return text
-        return Path(poni).read_text()
 
     # -- RunEngine thread: never raise, never wait longer than put_timeout --------------
     def __call__(self, name: str, doc: dict, validate: bool = False) -> None:
@@ -290,17 +267,13 @@ class LiveScorer(DocumentRouter):
         run = self._runs.get(doc.get("run_start", ""))
         if run is None:
             return
-        roles = resolve_roles(doc, transmission_required=self.transmission_required
-                              and not self.monitor_from_start,
-                              monitor_required=not self.monitor_from_start, **self.keys)
+        roles = self.core.roles(doc)
         if roles is None:
             return
         self._descriptor_run[doc["uid"]] = run.uid
         run.joiners[doc["uid"]] = FrameJoiner(roles)
         if run.analysis is None:
-            run.analysis = AnalysisRun.begin(run.start, self.model, self.model_info,
-                                             self._reduction_provenance(run.start),
-                                             ANALYSIS_STREAM, ATTRIBUTION_STREAM)
+            run.analysis = self.core.begin_analysis(run.start)
             self.emitter.emit_run_start(run.analysis)
 
     def resource(self, doc):
@@ -374,187 +347,35 @@ class LiveScorer(DocumentRouter):
         for joiner in run.joiners.values():
             for parts in joiner.drain():
                 missing = [k for k in joiner.roles.required if k not in parts.values]
+                frame = FrameInput(run.uid, run.start, joiner.roles, parts, run.assets)
                 if parts.shed:
-                    self._record(run, FrameResult(run.uid, parts.seq_num, "shed",
-                                                  reason="work queue full: frame not "
-                                                         "scored"), None)
+                    result = FrameResult(run.uid, parts.seq_num, "shed",
+                                         reason="work queue full: frame not scored")
                 else:
-                    self._record(run, FrameResult(
+                    result = FrameResult(
                         run.uid, parts.seq_num, "failed",
-                        reason=f"incomplete frame: {', '.join(missing)} never arrived"), None)
+                        reason=f"incomplete frame: {', '.join(missing)} never arrived")
+                self._record(run, Outcome(frame, result))
         received = sum(j.received for j in run.joiners.values())
         self.attributor.finish_run(run.uid, run.analysis, received, dict(doc),
                                    self._inbox.dropped_control)
 
     # -- frames (worker thread) -----------------------------------------------------------
-    def _reduction_provenance(self, start: dict[str, Any]) -> dict[str, Any]:
-        poni = self.poni_text or start.get("geometry")
-        info: dict[str, Any] = {"geometry_source": "configured" if self.poni_text else
-                                "start document" if poni else "missing",
-                                "npt": self.npt, "polarization_factor": self.polarization_factor,
-                                "mask": self.mask is not None, "dark": self.dark is not None,
-                                "flat": self.flat is not None}
-        if poni:
-            try:
-                info.update(self._reducer(poni).provenance())
-            except Exception as exc:  # noqa: BLE001 - frames will fail with the reason
-                info["geometry_error"] = str(exc)
-        return info
-
-    def _reducer(self, poni_text: str) -> Reducer:
-        import hashlib
-
-        key = hashlib.sha256(poni_text.encode()).hexdigest()
-        reducer = self._reducers.get(key)
-        if reducer is None:
-            reducer = Reducer(load_geometry_text(poni_text), npt=self.npt, mask=self.mask,
-                              dark=self.dark, flat=self.flat,
-                              polarization_factor=self.polarization_factor,
-                              absolute_scale=self.absolute_scale)
-            self._reducers[key] = reducer
-        return reducer
-
-    def _value(self, run: _Run, value: Any, what: str) -> Any:
-        kind, payload = value
-        if kind == "inline":
-            return payload
-        if kind == "datum":
-            return run.assets.frame_from_datum(payload)
-        return run.assets.value_from_stream(*payload)
-
-    def _reading(self, run: _Run, parts: FrameParts, key: str | None, what: str,
-                 start_key: str) -> float | None:
-        if key is None:
-            if self.monitor_from_start and run.start.get(start_key) is not None:
-                return float(run.start[start_key])
-            return None
-        raw = np.asarray(self._value(run, parts.values[key], what), dtype=float)
-        if raw.size != 1:
-            raise FrameError(f"{what} reading {key!r} has {raw.size} values, expected 1")
-        return float(raw.reshape(-1)[0])
-
-    def _prepare(self, item: _Item) -> tuple[FrameResult, Profile | None, bool]:
-        """Read and reduce one frame: (result so far, profile, is empty cell)."""
-        run, parts, roles = item.run, item.parts, item.joiner.roles
-        start = run.start
-        result = FrameResult(run.uid, parts.seq_num, "failed",
-                             expected_composition=str(start.get("composition") or ""),
-                             metadata={"sample": start.get("sample"), "slot": start.get("slot")})
-        if roles.problem:
-            raise FrameError(roles.problem)
-        monitor = self._reading(run, parts, roles.monitor, "I0", "i0")
-        if monitor is None:
-            raise FrameError("no incident-flux (I0) reading for this frame")
-        if not (math.isfinite(monitor) and monitor > 0):
-            raise FrameError(f"I0 reading {monitor!r} is not a positive number")
-        transmission = self._reading(run, parts, roles.transmission, "transmission",
-                                     "transmission")
-        if transmission is None:
-            if self.transmission_required:
-                raise FrameError("no transmission reading for this frame")
-            transmission = 1.0
-        if not (math.isfinite(transmission) and 0 < transmission <= MAX_TRANSMISSION):
-            raise FrameError(f"transmission {transmission!r} is not in (0, {MAX_TRANSMISSION}]")
-        poni = self.poni_text or start.get("geometry")
-        if not poni:
-            raise FrameError("no geometry: configure poni= (beamline.yaml geometry.poni) or "
-                             "record PONI text as 'geometry' in the start document")
-        reducer = self._reducer(poni)
-        frame = np.asarray(self._value(run, parts.values[roles.image], "image"))
-        if frame.ndim == 1 and roles.shape and len(roles.shape) >= 2:
-            frame = frame.reshape(roles.shape[-2:])
-        if frame.ndim == 3 and frame.shape[0] == 1:
-            frame = frame[0]
-        if frame.size == 0:
-            raise FrameError("frame is empty")
-        is_cell = start.get("sample_type") == "empty_cell"
-        thickness = start.get("thickness_cm")
-        if not is_cell:
-            expected = start.get("composition")
-            if expected is not None and expected not in self.model.recipes:
-                raise FrameError(f"expected recipe {expected!r} unknown to the model "
-                                 f"({self.model.recipes})")
-            if thickness is None:
-                raise FrameError("no sample thickness ('thickness_cm') in the start "
-                                 "document: absolute intensity unknown")
-        profile = reducer.reduce_absolute(
-            frame, i0=monitor, transmission=transmission,
-            thickness_cm=None if is_cell else float(thickness),
-            background=None if is_cell else self.background)
-        return result, profile, is_cell
-
     def _flush_batch(self) -> None:
         batch, self._batch = self._batch, []
         if not batch:
             return
-        to_score: list[tuple[_Item, FrameResult, Profile, np.ndarray, np.ndarray]] = []
-        for item in batch:
-            profile = None
-            try:
-                result, profile, is_cell = self._prepare(item)
-                if is_cell:
-                    self.background = profile
-                    result.status, result.reason = "reference", "empty cell: background updated"
-                    self._record(item.run, result, profile)
-                    continue
-                if self.background is None and not self._warned_no_background:
-                    self._warned_no_background = True
-                    logger.warning("no empty-cell background yet (measure a run with "
-                                   "sample_type='empty_cell' or pass background=): profiles "
-                                   "include the cell's scattering")
-                intensity, sigma = self.model.resample([profile])
-                to_score.append((item, result, profile, intensity[0], sigma[0]))
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a record
-                self._fail(item, exc, profile)
-        if to_score:
-            self._score(to_score)
+        frames = [FrameInput(item.run.uid, item.run.start, item.joiner.roles, item.parts,
+                             item.run.assets) for item in batch]
+        for item, outcome in zip(batch, self.core.process(frames), strict=True):
+            self._record(item.run, outcome)
 
-    def _fail(self, item: _Item, exc: Exception, profile: Profile | None) -> None:
-        start = item.run.start
-        reason = f"{type(exc).__name__}: {exc}"
-        logger.info("frame %d of run %s failed: %s", item.parts.seq_num, item.run.uid[:8],
-                    reason)
-        self._record(item.run, FrameResult(
-            item.run.uid, item.parts.seq_num, "failed", reason=reason,
-            expected_composition=str(start.get("composition") or ""),
-            metadata={"sample": start.get("sample"), "slot": start.get("slot")}), profile)
-
-    def _score(self, rows: list) -> None:
-        intensity = np.stack([r[3] for r in rows])
-        sigma = np.stack([r[4] for r in rows])
-        expected = [r[0].run.start.get("composition") for r in rows]
-        try:
-            verdicts = self.model.score_arrays(intensity, sigma, expected, explain="none")
-        except Exception as exc:  # noqa: BLE001 - fail the batch, frame by frame
-            for item, _res, profile, _i, _s in rows:
-                self._fail(item, exc, profile)
-            return
-        for (item, base, profile, inten, sig), verdict in zip(rows, verdicts, strict=True):
-            result = FrameResult(
-                item.run.uid, item.parts.seq_num, "scored", score=verdict.score,
-                threshold=verdict.threshold, is_anomaly=verdict.is_anomaly, p_value=verdict.p_value,
-                hyperscore=verdict.hyperscore,
-                predicted_composition=verdict.predicted_composition,
-                expected_composition=verdict.expected_composition, metadata=base.metadata)
-            self._record(item.run, result, profile, (inten, sig))
-            if verdict.is_anomaly:
-                logger.warning(
-                    "ANOMALY run %s frame %d sample %s: score %.3g p %.3g (expected %s, looks "
-                    "like %s)", item.run.uid[:8], item.parts.seq_num,
-                    item.run.start.get("sample"), verdict.score, verdict.p_value,
-                    verdict.expected_composition, verdict.predicted_composition)
-                self.attributor.submit(item.run.uid, item.run.analysis, result, inten, sig,
-                                       verdict.expected_composition)
-
-    def _record(self, run: _Run, result: FrameResult, profile: Profile | None,
-                resampled: tuple[np.ndarray, np.ndarray] | None = None) -> None:
-        if resampled is None and profile is not None:
-            try:
-                inten, sig = self.model.resample([profile])
-                resampled = (inten[0], sig[0])
-            except Exception:  # noqa: BLE001 - the curve does not cover the grid
-                resampled = None
+    def _record(self, run: _Run, outcome: Outcome) -> None:
+        result = outcome.result
         if run.analysis is not None:
-            event = run.analysis.record(result, resampled)
-            self.emitter.emit("event", event)
+            self.emitter.emit("event", run.analysis.record(result, outcome.resampled))
         self.channel.put(result)
+        if outcome.explain and outcome.resampled is not None:
+            inten, sig = outcome.resampled
+            self.attributor.submit(run.uid, run.analysis, result, inten, sig,
+                                   result.expected_composition)

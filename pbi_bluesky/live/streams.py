@@ -42,6 +42,13 @@ class Roles:
             return self.images[:1] if self.image is None else (self.image,)
         return tuple(k for k in (self.image, self.monitor, self.transmission) if k)
 
+    def complete(self, keys: Any) -> bool:
+        """Whether a frame holding parts for ``keys`` can be reduced (or, for a stream
+        with a problem, failed)."""
+        if self.problem:
+            return any(k in keys for k in self.images)
+        return all(k in keys for k in self.required)
+
     @property
     def relevant(self) -> set[str]:
         """Keys this stream's frames are made of."""
@@ -162,9 +169,7 @@ class FrameJoiner:
     def _pop_if_complete(self, parts: FrameParts) -> FrameParts | None:
         if parts.shed:
             return None
-        if self.roles.problem and any(k in parts.values for k in self.roles.images):
-            return self.pending.pop(parts.seq_num)
-        if not self.roles.problem and all(k in parts.values for k in self.roles.required):
+        if self.roles.complete(parts.values):
             return self.pending.pop(parts.seq_num)
         return None
 

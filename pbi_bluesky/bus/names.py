@@ -1,0 +1,133 @@
+"""Redis key names of one beamline's document bus, and the broker connection.
+
+Only the documents stream follows the facility's layout (NSLS-II's Kafka topics):
+``{beamline}.bluesky.runengine.documents``, each entry keyed by its run's start uid. The
+rest is this package's own working state, under ``{beamline}.pbi.``:
+
+==============================  ===============================================================
+``….pbi.frames``                 per-frame work items (consumer group ``pbi-scorers``)
+``….pbi.results``                notifications: a run began, a frame's result is in, a run ended
+``….pbi.dead``                   dead letters: the entry, where it came from, why
+``….pbi.run.<uid>``              the run ledger: context documents, frame counts, state
+``….pbi.run.<uid>.results``      results by frame key (``<stream>/<seq_num>``): write-once
+``….pbi.run.<uid>.parts``        parts of frames not yet complete (the dispatcher's join)
+``….pbi.run.<uid>.emitted``      frame keys already dispatched (duplicate documents)
+``….pbi.run.<uid>.datums``       Datum documents by datum id
+``….pbi.open``                   runs not yet closed
+``….pbi.cells`` / ``background``  empty-cell frames in order, and the resolved background
+``….pbi.coordinator``            the coordinator lease (one worker dispatches and assembles)
+``….pbi.stats`` / ``errors``      counters; last unexpected error per work item
+``….pbi.workers``                worker name -> time of its last heartbeat
+==============================  ===============================================================
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+__all__ = ["COORDINATOR_GROUP", "SCORER_GROUP", "BusNames", "connect", "frame_key"]
+
+COORDINATOR_GROUP = "pbi-coordinator"
+"""The coordinator's group on the documents and results streams (one consumer at a time)."""
+SCORER_GROUP = "pbi-scorers"
+"""The scorer workers' group on the frames stream."""
+
+
+def frame_key(stream: str, seq_num: int) -> str:
+    """The identity of a frame within its raw run: bluesky numbers events per stream."""
+    return f"{stream}/{int(seq_num)}"
+
+
+@dataclass(frozen=True)
+class BusNames:
+    """Key names for one beamline (see the module docstring)."""
+
+    beamline: str
+
+    def __post_init__(self) -> None:
+        if not self.beamline or any(c.isspace() for c in self.beamline):
+            raise ValueError(f"beamline name {self.beamline!r} must be a non-empty word")
+
+    @property
+    def documents(self) -> str:
+        return f"{self.beamline}.bluesky.runengine.documents"
+
+    def _pbi(self, suffix: str) -> str:
+        return f"{self.beamline}.pbi.{suffix}"
+
+    @property
+    def frames(self) -> str:
+        return self._pbi("frames")
+
+    @property
+    def results(self) -> str:
+        return self._pbi("results")
+
+    @property
+    def dead(self) -> str:
+        return self._pbi("dead")
+
+    @property
+    def open_runs(self) -> str:
+        return self._pbi("open")
+
+    @property
+    def cells(self) -> str:
+        return self._pbi("cells")
+
+    @property
+    def background(self) -> str:
+        return self._pbi("background")
+
+    @property
+    def lease(self) -> str:
+        return self._pbi("coordinator")
+
+    @property
+    def stats(self) -> str:
+        return self._pbi("stats")
+
+    @property
+    def workers(self) -> str:
+        """Worker name -> time of its last heartbeat."""
+        return self._pbi("workers")
+
+    @property
+    def errors(self) -> str:
+        return self._pbi("errors")
+
+    @property
+    def cursor(self) -> str:
+        """Last results-stream entry the assembler has written."""
+        return self._pbi("assembler.cursor")
+
+    def run(self, uid: str) -> str:
+        return self._pbi(f"run.{uid}")
+
+    def run_results(self, uid: str) -> str:
+        return self._pbi(f"run.{uid}.results")
+
+    def run_parts(self, uid: str) -> str:
+        return self._pbi(f"run.{uid}.parts")
+
+    def run_emitted(self, uid: str) -> str:
+        return self._pbi(f"run.{uid}.emitted")
+
+    def run_datums(self, uid: str) -> str:
+        return self._pbi(f"run.{uid}.datums")
+
+    def run_keys(self, uid: str) -> list[str]:
+        """Every key of one run (for expiry once it is closed)."""
+        return [self.run(uid), self.run_results(uid), self.run_parts(uid),
+                self.run_emitted(uid), self.run_datums(uid)]
+
+
+def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0) -> Any:
+    """A Redis client (binary replies) with bounded timeouts: a broker that is down is an
+    error after ``connect_timeout`` seconds, never a hang."""
+    import redis
+
+    return redis.Redis.from_url(url, socket_timeout=socket_timeout,
+                                socket_connect_timeout=connect_timeout,
+                                health_check_interval=10, decode_responses=False)

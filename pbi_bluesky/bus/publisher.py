@@ -1,0 +1,282 @@
+"""``RE.subscribe(BusPublisher(...))``: bluesky documents onto the beamline's Redis stream.
+
+The RunEngine thread only appends ``(name, doc)`` to an in-memory queue (no I/O, no lock
+held for longer than an append, never an exception): the scan never waits for the broker.
+A sender thread then, in document order,
+
+* finds the run uid of each document (the entry's key),
+* refuses inline arrays above ``inline_limit_bytes``: the array is removed from the event
+  and the refusal recorded in it (``pbi_refused``: key -> reason), so the frame still
+  reaches the scorers and is accounted for as failed, with a reason that says to publish
+  large frames by reference (Resource/Datum or StreamResource/StreamDatum pointing at HDF5
+  on shared storage); :attr:`stats` ``["refused"]`` counts them;
+* encodes it (:mod:`pbi_bluesky.codec`, msgpack, never pickle) and ``XADD``\\ s it to
+  ``{beamline}.bluesky.runengine.documents`` with fields ``run``, ``name``, ``doc``.
+
+While the broker is unreachable, documents go to the local :class:`~.outbox.Outbox` file
+instead; the sender retries the broker with exponential backoff and, once it answers,
+sends the outbox first (in order, resuming after a partial attempt), then carries on. An
+outbox left by a previous process is sent the same way at start. Delivery is at least
+once: a send cut off mid-way may be repeated, and consumers drop duplicates.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from pbi_bluesky.bus.names import BusNames, connect
+from pbi_bluesky.bus.outbox import Outbox
+from pbi_bluesky.codec import EncodeError, encode
+
+__all__ = ["DEFAULT_INLINE_LIMIT", "BusPublisher"]
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_INLINE_LIMIT = 1 << 20
+"""Largest inline array (bytes) put on the bus; larger frames must travel by reference."""
+_RUN_OF_UID = ("descriptor", "resource", "stream_resource")
+_FRAME_DOCS = ("event", "event_page", "stream_datum", "stream_datum_page")
+
+
+def _nbytes(value: Any) -> int:
+    if isinstance(value, np.ndarray):
+        return int(value.nbytes)
+    if isinstance(value, (list, tuple)) and value and not isinstance(value[0], (str, bytes)):
+        try:
+            return int(np.asarray(value).nbytes)
+        except (ValueError, TypeError):
+            return 0
+    return 0
+
+
+class BusPublisher:
+    """Publish a RunEngine's documents to the beamline's document stream.
+
+    Parameters
+    ----------
+    url
+        Redis URL, e.g. ``redis://broker:6379/0``.
+    beamline
+        Beamline name: the stream is ``{beamline}.bluesky.runengine.documents``.
+    outbox_dir
+        Folder of the local outbox file (``{beamline}.outbox``).
+    inline_limit_bytes
+        Largest inline array; larger ones are refused (see the module docstring).
+    maxlen
+        Approximate cap on the stream's length (``None``: no trimming).
+    retry_initial_s, retry_max_s
+        Backoff between attempts to reach the broker.
+    """
+
+    def __init__(self, url: str, beamline: str, *, outbox_dir: str | Path,
+                 inline_limit_bytes: int = DEFAULT_INLINE_LIMIT, maxlen: int | None = None,
+                 retry_initial_s: float = 0.2, retry_max_s: float = 5.0,
+                 socket_timeout: float = 2.0) -> None:
+        self.url, self.names = url, BusNames(beamline)
+        self.inline_limit = int(inline_limit_bytes)
+        self.maxlen = maxlen
+        self.retry = (float(retry_initial_s), float(retry_max_s))
+        self.outbox = Outbox(Path(outbox_dir) / f"{beamline}.outbox")
+        self._client = connect(url, socket_timeout=socket_timeout,
+                               connect_timeout=min(1.0, socket_timeout))
+        self._queue: deque[tuple[str, dict]] = deque()
+        self._cond = threading.Condition()
+        self._run_of: dict[str, str] = {}
+        self._busy = False
+        self._closing = False
+        self._down_since: float | None = None
+        self._next_try = 0.0
+        self._attempt = 0
+        self.stats = {"queued": 0, "published": 0, "outboxed": 0, "refused": 0,
+                      "from_outbox": 0, "reconnects": 0, "unencodable": 0}
+        self._thread = threading.Thread(target=self._loop, daemon=True,
+                                        name=f"pbi-bus-publisher-{beamline}")
+        self._thread.start()
+
+    # -- RunEngine thread ---------------------------------------------------------------
+    def __call__(self, name: str, doc: dict, *args: Any) -> None:
+        """Queue one document; returns at once, never raises."""
+        try:
+            with self._cond:
+                self._queue.append((name, doc))
+                self.stats["queued"] += 1
+                self._cond.notify()
+        except Exception:  # noqa: BLE001 - the scan must never die because of us
+            logger.exception("bus publisher could not queue a %r document", name)
+
+    # -- control ----------------------------------------------------------------------------
+    @property
+    def connected(self) -> bool:
+        """Whether the last attempt to reach the broker succeeded."""
+        return self._down_since is None
+
+    def flush(self, timeout: float = 30.0) -> bool:
+        """Wait until every queued document is on the broker; False on timeout (what is
+        not sent is in the outbox)."""
+        deadline = time.monotonic() + timeout
+        with self._cond:
+            self._cond.notify()
+        while time.monotonic() < deadline:
+            with self._cond:
+                idle = not self._queue and not self._busy
+            if idle and not self.outbox.pending:
+                return True
+            time.sleep(0.01)
+        return False
+
+    def close(self, timeout: float = 30.0) -> bool:
+        """Send what can be sent within ``timeout``, keep the rest in the outbox, stop."""
+        ok = self.flush(timeout)
+        with self._cond:
+            self._closing = True
+            self._cond.notify()
+        self._thread.join(timeout)
+        self.outbox.close()
+        return ok
+
+    # -- sender thread --------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._queue and not self._closing and not (
+                        self.outbox.pending and time.monotonic() >= self._next_try):
+                    self._cond.wait(0.1)
+                if self._closing and not self._queue:
+                    return
+                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
+                self._busy = True
+            try:
+                self._send(batch)
+            except Exception:  # noqa: BLE001 - never let the sender die
+                logger.exception("bus publisher: unexpected error; documents kept in %s",
+                                 self.outbox.path)
+            finally:
+                with self._cond:
+                    self._busy = False
+
+    def _send(self, batch: list[tuple[str, dict]]) -> None:
+        records = [self._record(name, doc) for name, doc in batch]
+        if self.outbox.pending or self._down_since is not None:
+            self.outbox.append(records)
+            self.stats["outboxed"] += len(records)
+            if time.monotonic() >= self._next_try:
+                self._drain_outbox()
+            return
+        try:
+            self._xadd(records)
+            self.stats["published"] += len(records)
+        except Exception as exc:  # noqa: BLE001 - the broker is unreachable: keep locally
+            self._went_down(exc)
+            self.outbox.append(records)
+            self.stats["outboxed"] += len(records)
+
+    def _drain_outbox(self) -> None:
+        try:
+            n = self.outbox.drain(self._xadd)
+        except Exception as exc:  # noqa: BLE001 - still down: back off
+            self._went_down(exc)
+            return
+        if self._down_since is not None:
+            logger.warning("bus publisher: broker %s reachable again after %.1f s; %d "
+                           "document(s) sent from the outbox", self.url,
+                           time.monotonic() - self._down_since, n)
+            self.stats["reconnects"] += 1
+        self.stats["from_outbox"] += n
+        self.stats["published"] += n
+        self._down_since, self._attempt = None, 0
+
+    def _went_down(self, exc: Exception) -> None:
+        if self._down_since is None:
+            self._down_since = time.monotonic()
+            logger.warning("bus publisher: broker %s unreachable (%s: %s); documents go to "
+                           "the outbox %s until it answers", self.url, type(exc).__name__, exc,
+                           self.outbox.path)
+        lo, hi = self.retry
+        self._next_try = time.monotonic() + min(hi, lo * 2 ** self._attempt)
+        self._attempt += 1
+
+    def _xadd(self, records: list[dict[str, Any]]) -> None:
+        pipe = self._client.pipeline(transaction=False)
+        for r in records:
+            pipe.xadd(self.names.documents, {"run": r["run"], "name": r["name"],
+                                             "doc": r["doc"]},
+                      maxlen=self.maxlen, approximate=True)
+        pipe.execute()
+
+    # -- documents --------------------------------------------------------------------------
+    def _run_uid(self, name: str, doc: dict) -> str:
+        if name == "start":
+            return str(doc.get("uid", ""))
+        if name in _RUN_OF_UID or name == "stop":
+            run = str(doc.get("run_start") or "")
+            if name in _RUN_OF_UID and doc.get("uid"):
+                self._run_of[doc["uid"]] = run
+            if name == "stop":
+                self._run_of = {k: v for k, v in self._run_of.items() if v != run}
+            return run
+        if name in _FRAME_DOCS:
+            return self._run_of.get(doc.get("descriptor", ""), "")
+        if name in ("datum", "datum_page"):
+            return self._run_of.get(doc.get("resource", ""), "")
+        return ""
+
+    def _refuse_large(self, name: str, doc: dict) -> dict:
+        if name not in ("event", "event_page"):
+            return doc
+        data = doc.get("data") or {}
+        refused = {}
+        for key, value in data.items():
+            values = value if name == "event_page" and isinstance(value, list) else [value]
+            size = max((_nbytes(v) for v in values), default=0)
+            if size > self.inline_limit:
+                refused[key] = (f"inline array {key!r} of {size} bytes is over the bus limit "
+                                f"of {self.inline_limit} bytes: not published; publish large "
+                                "frames by reference (Resource/Datum or StreamResource "
+                                "pointing at HDF5 on shared storage)")
+        if not refused:
+            return doc
+        self.stats["refused"] += len(refused) * (len(doc.get("seq_num", [])) if
+                                                 name == "event_page" else 1)
+        if self.stats["refused"] <= 3 or self.stats["refused"] % 100 == 0:
+            logger.warning("bus publisher: %s (%d refused so far)",
+                           next(iter(refused.values())), self.stats["refused"])
+        new_data = {k: (([None] * len(v) if name == "event_page" else None)
+                        if k in refused else v) for k, v in data.items()}
+        return {**doc, "data": new_data, "pbi_refused": refused}
+
+    def _record(self, name: str, doc: dict) -> dict[str, Any]:
+        run = self._run_uid(name, doc)
+        doc = self._refuse_large(name, doc)
+        try:
+            payload = encode(doc)
+        except EncodeError as exc:
+            # still published, so the consumers see it: values the wire cannot carry become
+            # their repr(), listed in "pbi_unencodable"
+            self.stats["unencodable"] += 1
+            paths: list[str] = []
+            doc = {**_sanitize(doc, "", paths), "pbi_unencodable": paths}
+            logger.error("bus publisher: %s document of run %s holds values the wire cannot "
+                         "carry (%s): published with %s as text", name, run[:8], exc, paths)
+            payload = encode(doc)
+        return {"run": run, "name": name, "doc": payload}
+
+
+def _sanitize(value: Any, path: str, paths: list[str]) -> Any:
+    if isinstance(value, dict):
+        return {k: _sanitize(v, f"{path}.{k}" if path else str(k), paths)
+                for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v, f"{path}[{i}]", paths) for i, v in enumerate(value)]
+    try:
+        encode(value)
+        return value
+    except EncodeError:
+        paths.append(path)
+        return repr(value)
