@@ -60,6 +60,7 @@ class Outbox:
         if not records:
             return
         if self._fh is None:
+            self._truncate_torn()
             self._fh = open(self.path, "ab")
         for record in records:
             self._fh.write(msgpack.packb(record, use_bin_type=True))
@@ -70,11 +71,26 @@ class Outbox:
             self._last_fsync = now
         self.appended += len(records)
 
+    def _truncate_torn(self) -> None:
+        """Cut a torn last record off before appending (records after it would be
+        unreadable)."""
+        try:
+            size = self.path.stat().st_size
+        except FileNotFoundError:
+            return
+        _records, end = self._scan()
+        if end < size:
+            with open(self.path, "r+b") as fh:
+                fh.truncate(end)
+
     def _records(self) -> list[dict[str, Any]]:
+        return self._scan()[0]
+
+    def _scan(self) -> tuple[list[dict[str, Any]], int]:
         try:
             data = self.path.read_bytes()
         except FileNotFoundError:
-            return []
+            return [], 0
         up = unpacker()
         up.feed(data)
         out: list[dict[str, Any]] = []
@@ -92,7 +108,7 @@ class Outbox:
             self.torn += 1
             logger.warning("outbox %s: torn or corrupt last record dropped (%d bytes)",
                            self.path, len(data) - end)
-        return out
+        return out, end
 
     def _sent(self) -> int:
         try:
