@@ -78,6 +78,12 @@ def test_qserver_and_the_api_add_and_run_the_plans(queue_stack):  # noqa: F811
     from bluesky_queueserver_api import BPlan
 
     stack = queue_stack
+    api = stack.api()
+    try:  # held: the item waits in the queue until `qserver queue start`
+        api.queue_autostart(False)
+        api.queue_clear()
+    finally:
+        api.close()
     item = {"name": "measure_tray", "args": [DETECTORS, "changer", [1], 0.1],
             "kwargs": {"md": {"operator": "qserver test"}}}
     _qserver(stack, "queue", "add", "plan", json.dumps(item))
