@@ -12,11 +12,11 @@ variances, ``sigma`` **the curve's own measurement uncertainty** and ``tau^2`` t
 variance the ``m`` directions leave per bin (what the training normals show beyond their
 mean counting noise). Two statistics follow, both using ``sigma``:
 
-* ``nll`` -- the curve's negative log-likelihood under the normal model (Mahalanobis
-  distance with the full covariance ``S B^T Lambda B S + diag(sigma^2 + tau^2)`` plus its
-  log-determinant): one number that weighs every bin by how well it is measured and how
-  much normal batches scatter there. A noisier curve (shorter exposure) is not called
-  anomalous for its noise; a small coherent change in well-measured bins is.
+* ``log(T2 / m + SPE)`` -- Hotelling's T-squared along the ``m`` normal directions plus
+  the squared residual off them, each bin taken against its batch variance ``tau^2`` plus
+  the curve's own ``sigma^2``: it weighs every bin by how well it is measured and how much
+  normal batches scatter there. A noisier curve (shorter exposure) is not called anomalous
+  for its noise; a small coherent change in well-measured bins is.
 * ``low_q`` -- a one-sided matched filter for a low-q upturn (dust, aggregates, voids,
   beam damage): the largest whitened projection of the residual onto power laws
   ``(q / q_min)^-p``, p in {2, 3, 4}, in units of its null standard deviation (a z-score:
@@ -48,6 +48,7 @@ class RecipeLikelihood:
     variance: NDArray[np.float64]  # (m,) Lambda
     batch_variance: NDArray[np.float64]  # (npt,) tau^2 / S^2 (standardised units)
     templates: NDArray[np.float64]  # (k, npt) upturn shapes / S
+    noise_variance: NDArray[np.float64]  # (npt,) the training normals' mean sigma^2 / S^2
 
     @classmethod
     def fit(cls, intensity: NDArray, sigma: NDArray, q: NDArray,
@@ -74,7 +75,7 @@ class RecipeLikelihood:
         batch = np.maximum(left - noise, 0.1 * left)
         qq = np.asarray(q, dtype=np.float64)
         templates = np.array([(qq / qq[0]) ** -p for p in UPTURN_EXPONENTS]) / spread
-        return cls(mean, spread, basis, variance, batch, templates)
+        return cls(mean, spread, basis, variance, batch, templates, noise)
 
     def _solve(self, intensity: NDArray, sigma: NDArray):
         """Standardised residuals z, noise diagonals d and C^-1 applied via Woodbury."""
@@ -103,27 +104,36 @@ class RecipeLikelihood:
         return w - inv_d[:, None, :] * np.einsum("nmk,mi->nki", coef, b)
 
     def statistics(self, intensity: NDArray, sigma: NDArray) -> tuple[NDArray, NDArray]:
-        """(nll per bin, low-q upturn z-score) of each curve."""
+        """(``log(T2 / m + SPE)``, low-q upturn z-score) of each curve.
+
+        T2 is the curve's Hotelling distance along the normal directions, SPE the mean
+        squared residual off them, each bin against its batch variance plus the curve's
+        own noise. (No log-determinant term: a noisier measurement of a normal specimen is
+        not less normal, and under the null both terms do not grow with sigma.)"""
         z, d, inv_d, k = self._solve(intensity, sigma)
-        cz = self._apply_inverse(z, inv_d, k)
-        quad = np.einsum("ni,ni->n", z, cz)
-        _, logdet_k = np.linalg.slogdet(k)
-        logdet = np.log(d).sum(1) + logdet_k + np.log(self.variance).sum()
-        nll = (quad + logdet) / z.shape[1]
+        coords = z @ self.basis.T
+        m = max(len(self.variance), 1)
+        # a curve noisier than the training normals scatters more along every direction
+        excess = np.maximum((np.atleast_2d(sigma) / self.spread) ** 2 - self.noise_variance, 0)
+        t2 = (coords**2 / (self.variance + excess @ (self.basis**2).T)).sum(1) / m
+        spe = ((z - coords @ self.basis) ** 2 / d).mean(1)
+        stat = np.log(t2 + spe + 1e-12)
         t = np.broadcast_to(self.templates, (len(z), *self.templates.shape))
         ct = self._apply_inverse(np.array(t), inv_d, k)  # (n, k, npt)
         num = np.einsum("nki,ni->nk", ct, z)
         den = np.sqrt(np.maximum(np.einsum("nki,ki->nk", ct, self.templates), 1e-300))
-        return nll, (num / den).max(1)
+        return stat, (num / den).max(1)
 
     def to_arrays(self, prefix: str) -> dict[str, NDArray]:
         return {f"{prefix}_mean": self.mean, f"{prefix}_spread": self.spread,
                 f"{prefix}_basis": self.basis, f"{prefix}_variance": self.variance,
                 f"{prefix}_batch_variance": self.batch_variance,
-                f"{prefix}_templates": self.templates}
+                f"{prefix}_templates": self.templates,
+                f"{prefix}_noise_variance": self.noise_variance}
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, NDArray], prefix: str) -> RecipeLikelihood:
         return cls(arrays[f"{prefix}_mean"], arrays[f"{prefix}_spread"],
                    arrays[f"{prefix}_basis"], arrays[f"{prefix}_variance"],
-                   arrays[f"{prefix}_batch_variance"], arrays[f"{prefix}_templates"])
+                   arrays[f"{prefix}_batch_variance"], arrays[f"{prefix}_templates"],
+                   arrays[f"{prefix}_noise_variance"])

@@ -64,17 +64,20 @@ class RecipeSubspace:
                   feature_sigma: NDArray | None = None) -> NDArray[np.float64]:
         """``log(T2 / m + SPE)`` of each curve (higher = further from normal).
 
-        With ``feature_sigma`` (and a model fitted with it), the SPE of each bin is taken
-        against the left-over variance plus the curve's noise beyond the training normals'
-        mean noise: a short exposure of a normal sample is not an anomaly."""
+        With ``feature_sigma`` (and a model fitted with it), the curve's noise beyond the
+        training normals' mean noise is added to the variance of each bin (SPE) and, as
+        projected, of each direction (T2): a short exposure of a normal sample is not an
+        anomaly."""
         centred = np.atleast_2d(np.asarray(features, dtype=np.float64)) - self.mean
         coords = centred @ self.basis.T
         m = max(len(self.variance), 1)
-        t2 = (coords**2 / self.variance).sum(1) / m
-        var = self.residual_variance
+        var, along = self.residual_variance, self.variance
         if feature_sigma is not None and self.noise_variance is not None:
-            excess = np.atleast_2d(np.asarray(feature_sigma)) ** 2 - self.noise_variance
-            var = var + np.maximum(excess, 0.0)
+            excess = np.maximum(
+                np.atleast_2d(np.asarray(feature_sigma)) ** 2 - self.noise_variance, 0.0)
+            var = var + excess
+            along = along + excess @ (self.basis**2).T  # the extra noise along each direction
+        t2 = (coords**2 / along).sum(1) / m
         spe = ((centred - coords @ self.basis) ** 2 / var).mean(1)
         return np.log(t2 + spe + 1e-12)
 
