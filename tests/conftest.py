@@ -16,6 +16,19 @@ os.environ.setdefault("MPLBACKEND", "Agg")
 os.environ.setdefault("PBI_OPERATOR_CACHE", tempfile.mkdtemp(prefix="pbi-test-operators-"))
 
 
+def simulated_normals(instrument, per_recipe: int, rng, **kwargs):
+    """Simulated normal PS/PMMA profiles of ``instrument``: (profiles, recipes)."""
+    from pbi_bluesky.simulate import PS_PMMA, nominal_state, simulate_profile
+
+    profiles, recipes = [], []
+    for recipe in PS_PMMA.recipes:
+        for _ in range(per_recipe):
+            profiles.append(simulate_profile(nominal_state(PS_PMMA, recipe, rng), instrument,
+                                             rng, **kwargs))
+            recipes.append(recipe)
+    return profiles, recipes
+
+
 @pytest.fixture(scope="session")
 def instrument():
     """The default simulated beamline: Pilatus 1M at 3 m, 1 A, beamstop, 400 q bins."""
@@ -41,15 +54,7 @@ def rng():
 @pytest.fixture(scope="session")
 def training_set(instrument):
     """Simulated normal profiles: 40 per PS/PMMA recipe (seeded)."""
-    from pbi_bluesky.simulate import PS_PMMA, nominal_state, simulate_profile
-
-    r = np.random.default_rng(1234)
-    profiles, recipes = [], []
-    for recipe in PS_PMMA.recipes:
-        for _ in range(40):
-            profiles.append(simulate_profile(nominal_state(PS_PMMA, recipe, r), instrument, r))
-            recipes.append(recipe)
-    return profiles, recipes
+    return simulated_normals(instrument, 40, np.random.default_rng(1234))
 
 
 @pytest.fixture(scope="session")
@@ -83,16 +88,9 @@ def instrument_300k():
 def model_300k(instrument_300k):
     """A small detector for the test IOC's q range (simulated profiles of that instrument)."""
     from pbi_bluesky.models import AnomalyDetector, NetworkConfig, QGrid, TrainingConfig
-    from pbi_bluesky.simulate import PS_PMMA, nominal_state, simulate_profile
 
-    rng = np.random.default_rng(300)
-    profiles, recipes = [], []
-    for recipe in PS_PMMA.recipes:
-        for _ in range(60):
-            state = nominal_state(PS_PMMA, recipe, rng)
-            profiles.append(simulate_profile(state, instrument_300k, rng,
-                                             exposure_s=SIM_EXPOSURE_S))
-            recipes.append(recipe)
+    profiles, recipes = simulated_normals(instrument_300k, 60, np.random.default_rng(300),
+                                          exposure_s=SIM_EXPOSURE_S)
     grid = QGrid(q_min=0.008, q_max=0.08, npt=128)
     detector = AnomalyDetector(grid, NetworkConfig(length=128),
                                TrainingConfig(epochs=12, alpha=0.02, seed=1,
