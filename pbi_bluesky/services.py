@@ -276,9 +276,45 @@ class PostgresServer:
 
     @property
     def asyncpg_uri(self) -> str:
-        """The SQLAlchemy URI Tiled wants (asyncpg driver)."""
-        uri = self.uri
-        return uri.replace("postgresql://", "postgresql+asyncpg://", 1)
+        """The SQLAlchemy URI Tiled wants for its catalog (asyncpg driver)."""
+        return self.uri_for(None, driver="asyncpg")
+
+    def uri_for(self, database: str | None, *, driver: str | None = None) -> str:
+        """The URI of one database of this server (``driver="asyncpg"``: for SQLAlchemy).
+        The server listens on a Unix socket in its own folder (no TCP port at all):
+        ``postgresql://postgres:@/db?host=/socket/dir``."""
+        uri = self._server.get_uri(database)
+        return uri.replace("postgresql://", f"postgresql+{driver}://", 1) if driver else uri
+
+    def tables_uri(self, database: str) -> str:
+        """A database as Tiled's tabular storage wants it (``-w`` / ``writable_storage``),
+        created if missing. Tiled's storage parser needs a host in the URI itself
+        (``postgres@localhost``); libpq still connects through ``?host=`` (the socket)."""
+        return self.create_database(database).replace(":@/", "@localhost/", 1)
+
+    @property
+    def log_path(self) -> Path:
+        """The server's log file."""
+        return self.workdir / "log"
+
+    def create_database(self, name: str) -> str:
+        """Create a database if it does not exist yet; returns its URI."""
+        import asyncio
+
+        import asyncpg
+
+        async def create() -> None:
+            conn = await asyncpg.connect(self.uri)
+            try:
+                if not await conn.fetchval("SELECT 1 FROM pg_database WHERE datname = $1", name):
+                    await conn.execute(f'CREATE DATABASE "{name}"')
+            finally:
+                await conn.close()
+
+        if not name.replace("_", "").isalnum():
+            raise ValueError(f"database name {name!r}: letters, digits and _ only")
+        asyncio.run(create())
+        return self.uri_for(name)
 
     def stop(self) -> None:
         server, self._server = self._server, None

@@ -4,7 +4,16 @@ from __future__ import annotations
 
 import sys
 
-from pbi_bluesky.cli import agent, beamline, catalog, data, model, session, worker  # noqa: F401
+from pbi_bluesky.cli import (  # noqa: F401 - the commands register themselves
+    agent,
+    beamline,
+    catalog,
+    data,
+    model,
+    scale,
+    session,
+    worker,
+)
 from pbi_bluesky.cli.app import app
 
 __all__ = ["app", "main"]

@@ -1,5 +1,6 @@
 """Storage at the edge: Tiled catalogs (embedded or server), the spool, flagged-run queries."""
 
+from pbi_bluesky.store.bulk import bulk_create_runs
 from pbi_bluesky.store.catalog import (
     DEFAULT_DATA_DIR,
     Catalog,
@@ -10,6 +11,7 @@ from pbi_bluesky.store.catalog import (
     open_runs,
     runs_container,
 )
+from pbi_bluesky.store.postgres import catalog_indexes, create_catalog_indexes
 from pbi_bluesky.store.queries import analysis_of, flagged_runs
 from pbi_bluesky.store.spool import SpoolFile, SpoolSink, read_spool_file
 
@@ -20,6 +22,9 @@ __all__ = [
     "SpoolFile",
     "SpoolSink",
     "bound_tiled_retries",
+    "bulk_create_runs",
+    "catalog_indexes",
+    "create_catalog_indexes",
     "data_dir",
     "analysis_of",
     "embedded_client",
