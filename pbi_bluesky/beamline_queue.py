@@ -236,7 +236,10 @@ def _frame_time(runs: Any, raw_uid: str) -> float:
 def rescan_latencies(runs: Any) -> dict[str, Any]:
     """Flagged frame -> start of its first rescan run, for every flagged survey
     measurement that was rescanned (the same for the in-plan survey_and_rescan and the
-    agent: both record ``rescan_of`` in the rescan's start document)."""
+    agent: both record ``rescan_of`` in the rescan's start document). Also, per sample:
+    ``analysis_done_s`` (the analysis run's stop document, composed by the scorer) and, for
+    the agent, ``requested_s`` (its request record, written right after the item was
+    added: when the agent had seen the verdict in Tiled)."""
     from tiled.queries import Key
 
     per_sample = []
@@ -250,13 +253,25 @@ def rescan_latencies(runs: Any) -> dict[str, Any]:
         if not starts:
             continue
         first = min(s["time"] for s in starts)
-        per_sample.append({"slot": result.slot, "sample": result.sample,
-                           "latency_s": round(first - _frame_time(runs, result.raw_uid), 3)})
-    values = np.array([r["latency_s"] for r in per_sample], dtype=float)
-    return {"n": int(values.size),
-            "median_s": round(float(np.median(values)), 3) if values.size else None,
-            "p95_s": round(float(np.percentile(values, 95)), 3) if values.size else None,
-            "per_sample": per_sample}
+        frame = _frame_time(runs, result.raw_uid)
+        row = {"slot": result.slot, "sample": result.sample,
+               "latency_s": round(first - frame, 3),
+               "analysis_done_s": round((result.stop_time or frame) - frame, 3)}
+        requests = runs.search(Key("purpose") == "pbi_agent_request").search(
+            Key("rescan_of") == result.raw_uid)
+        asked = [node.metadata["start"]["time"] for _, node in requests.items()]
+        if asked:  # when the agent's request was recorded (just after its item_add)
+            row["requested_s"] = round(min(asked) - frame, 3)
+        per_sample.append(row)
+    out: dict[str, Any] = {"n": len(per_sample), "per_sample": per_sample}
+    for key in ("latency_s", "analysis_done_s", "requested_s"):
+        values = np.array([r[key] for r in per_sample if key in r], dtype=float)
+        name = key.removesuffix("_s")
+        out[f"{name}_median_s"] = round(float(np.median(values)), 3) if values.size else None
+        out[f"{name}_p95_s"] = (round(float(np.percentile(values, 95)), 3) if values.size
+                                else None)
+    out["median_s"], out["p95_s"] = out.pop("latency_median_s"), out.pop("latency_p95_s")
+    return out
 
 
 def _wait_done(stack: QueueStack, agent: AgentProcess, n_slots: int, timeout: float) -> None:

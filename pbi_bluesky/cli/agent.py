@@ -33,7 +33,8 @@ def agent(
     since: Annotated[str | None, typer.Option(
         help="Follow analyses from this ISO time (default: --lookback-h ago).")] = None,
     lookback_h: Annotated[float, typer.Option(
-        help="Hours of analyses a (re)started agent looks back over.")] = 24.0,
+        help="Hours a (re)started agent looks back: flags it has not decided in that "
+             "window are handled, rescans in it count toward a sample's budget.")] = 2.0,
     poll: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
     status_file: Annotated[Path | None, typer.Option(
         help="Write the agent's state (JSON) here after every poll.")] = None,
