@@ -169,10 +169,17 @@ class Agent:
 
     def _ingest(self, result: AnalysisResult) -> None:
         if result.rescan_of:
-            self._rescans[result.rescan_of].append(result)
             start = self.follower.raw_start(result.raw_uid) or {}
-            self._rescan_request[result.analysis_uid] = (start.get("pbi_agent") or {}).get(
-                "request_uid")
+            meta = start.get("pbi_agent") or {}
+            self._rescans[result.rescan_of].append(result)
+            self._rescan_request[result.analysis_uid] = meta.get("request_uid")
+            rnd = meta.get("round")
+            if isinstance(rnd, int) and rnd not in self._requests[result.rescan_of]:
+                # an agent's rescan neither the records nor the queue remember (its history
+                # was cleared): it still counts
+                self._requests[result.rescan_of][rnd] = Request(
+                    result.rescan_of, rnd, str(meta.get("request_uid")), None, result.time,
+                    _sample_key(meta.get("sample"), meta.get("slot")), recorded=True)
         elif result.is_flagged and result.raw_uid not in self._decided:
             self._cases.setdefault(result.raw_uid, _Case(result))
             logger.info("pbi agent: slot %s (%s) flagged in run %s (max score %.3g)",
