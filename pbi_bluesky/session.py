@@ -139,6 +139,8 @@ def build_session(
 
         table = LiveTable(["raw_seq_num", "status", "score", "p_value", "is_anomaly",
                            "predicted_composition"], stream_name=ANALYSIS_STREAM)
+        # analysis runs have no plan_type/scan_id: name the raw run they analyse instead
+        table.water_mark = "pbi analysis ['{st[uid]:.8s}'] of raw run ['{st[raw_uid]:.8s}']"
         sinks.append(table)
         extras["table"] = table
     if cfg.plots if plots is None else plots:

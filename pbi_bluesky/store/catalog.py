@@ -66,7 +66,11 @@ def runs_container(client: Any) -> Any:
     from tiled.structures.core import Spec
 
     if RUNS not in client:
-        client.create_container(RUNS, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
+        try:
+            client.create_container(RUNS, specs=[Spec("CatalogOfBlueskyRuns", version="3.0")])
+        except Exception:  # noqa: BLE001 - another process created it first (409)
+            if RUNS not in client:
+                raise
     return client[RUNS]
 
 

@@ -239,9 +239,10 @@ def test_unsupported_settings_are_refused_loudly(sim_ioc):  # noqa: F811
 
 def test_motor_record_limits_and_set_mode(sim_ioc):  # noqa: F811
     m = f"{sim_ioc.prefix}changer"
+    last = float(max(s.slot for s in sim_ioc.tray))  # limits: empty cell .. last slot
     move_changer(sim_ioc.prefix, 1)
-    assert (float(ca_get(m + ".LLM")), float(ca_get(m + ".HLM"))) == (0.0, 9.0)
-    _write(m + ".VAL", 11.0, timeout=5)  # outside: refused, nothing moves
+    assert (float(ca_get(m + ".LLM")), float(ca_get(m + ".HLM"))) == (0.0, last)
+    _write(m + ".VAL", last + 2.0, timeout=5)  # outside: refused, nothing moves
     assert int(ca_get(m + ".LVIO")) == 1
     assert float(ca_get(m + ".RBV")) == 1.0 and float(ca_get(m + ".VAL")) == 1.0
     # SET mode: redefine the user position without moving (the dial stays)
@@ -253,10 +254,10 @@ def test_motor_record_limits_and_set_mode(sim_ioc):  # noqa: F811
     try:
         assert float(ca_get(m + ".RBV")) == 101.0 and float(ca_get(m + ".DRBV")) == 1.0
         assert float(ca_get(m + ".OFF")) == 100.0
-        assert (float(ca_get(m + ".LLM")), float(ca_get(m + ".HLM"))) == (100.0, 109.0)
+        assert (float(ca_get(m + ".LLM")), float(ca_get(m + ".HLM"))) == (100.0, 100.0 + last)
     finally:
         _write(m + ".OFF", 0.0)
-    assert float(ca_get(m + ".RBV")) == 1.0 and float(ca_get(m + ".HLM")) == 9.0
+    assert float(ca_get(m + ".RBV")) == 1.0 and float(ca_get(m + ".HLM")) == last
     move_changer(sim_ioc.prefix, 0)
 
 
