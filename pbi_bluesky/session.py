@@ -79,8 +79,18 @@ def beamline_metadata(cfg: BeamlineConfig) -> dict[str, Any]:
         "mask_file": g.mask,
         "mask_sha256": _sha256(g.mask),
         "polarization_factor": g.polarization_factor,
+        "absolute_scale": _scale(g.absolute_scale),
         "beamline_config": cfg.source,
     }
+
+
+def _scale(path: str | None) -> dict[str, Any] | None:
+    """The absolute-scale record (``pbi calibrate-absolute``) for the start documents."""
+    if not path:
+        return None
+    from pbi_bluesky.reduction import load_absolute_scale
+
+    return load_absolute_scale(path).to_dict()
 
 
 def build_session(
