@@ -160,6 +160,7 @@ class Assembler:
         """Handle entries of the results stream; returns how many."""
         touched: set[str] = set()
         ops = Ops()
+        blobs = self._prefetch(entries)
         for entry_id, fields in entries:
             ops.add("XACK", self.names.results, COORDINATOR_GROUP, entry_id)
             if not fields:
@@ -181,7 +182,9 @@ class Assembler:
                         analysis = self._runs.get(uid)
                     key = _s(fields[b"key"])
                     if analysis is not None and key not in analysis.written:
-                        blob = self.client.hget(self.names.run_results(uid), key)
+                        blob = blobs.get((uid, key))
+                        if blob is None:
+                            blob = self.client.hget(self.names.run_results(uid), key)
                         if blob is not None:
                             self._add(analysis, key, blob)
             except Exception as exc:  # noqa: BLE001 - Tiled down: rewrite later
@@ -190,6 +193,22 @@ class Assembler:
             self._maybe_close(uid)
         self.ledger.apply(self.holder, ops)
         return len(entries)
+
+    def _prefetch(self, entries: list) -> dict[tuple[str, str], bytes]:
+        """The result records a batch of notifications points at, one HMGET per run."""
+        wanted: dict[str, list[str]] = {}
+        for _entry_id, fields in entries:
+            if fields and fields.get(b"kind") == b"result":
+                wanted.setdefault(_s(fields[b"run"]), []).append(_s(fields[b"key"]))
+        if not wanted:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for uid, keys in wanted.items():
+            pipe.hmget(self.names.run_results(uid), keys)
+        out = {}
+        for (uid, keys), blobs in zip(wanted.items(), pipe.execute(), strict=True):
+            out.update({(uid, k): b for k, b in zip(keys, blobs, strict=True) if b is not None})
+        return out
 
     def _begin(self, uid: str, start: dict[str, Any]) -> _Analysis:
         run = self.core.begin_analysis(start)

@@ -56,7 +56,12 @@ def worker(
     lease: Annotated[float, typer.Option(help="Coordinator lease, seconds.")] = 10.0,
     no_coordinate: Annotated[bool, typer.Option(
         "--no-coordinate", help="Only score; never dispatch or write Tiled.")] = False,
-    tiled_batch: Annotated[int, typer.Option(help="Analysis events per Tiled write.")] = 64,
+    no_score: Annotated[bool, typer.Option(
+        "--no-score", help="Only coordinate (dispatch, write Tiled); score nothing.")]
+    = False,
+    tiled_batch: Annotated[int, typer.Option(
+        help="Analysis events per Tiled write (each write costs ~0.4 s of server time "
+             "here, whatever its size).")] = 256,
     threads: Annotated[int, typer.Option(help="CPU threads for torch and pyFAI.")] = 1,
 ) -> None:
     """Score frames from the beamline's document bus; several workers share the work.
@@ -102,12 +107,16 @@ def worker(
     except Exception as exc:  # noqa: BLE001 - a bad model or geometry, said plainly
         typer.echo(f"error: {type(exc).__name__}: {exc}", err=True)
         raise typer.Exit(2) from exc
+    if no_coordinate and no_score:
+        typer.echo("error: --no-coordinate and --no-score leave nothing to do", err=True)
+        raise typer.Exit(2)
     catalog = None if no_coordinate else Catalog(tiled, api_key=api_key)
     bus_worker = BusWorker(
         broker, beamline_name, core, name=name, batch_size=batch_size,
         claim_idle_s=claim_idle, max_deliveries=max_deliveries, lease_s=lease,
         writer_factory=None if catalog is None else tiled_writer_factory(catalog, tiled_batch),
-        delete_partial=None if catalog is None else catalog.delete_partial)
+        delete_partial=None if catalog is None else catalog.delete_partial,
+        score=not no_score)
     signal.signal(signal.SIGTERM, lambda *_: bus_worker.stop())
     try:
         bus_worker.start()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import math
+import threading
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -158,6 +159,7 @@ class FrameScorer:
         self.data_roots = tuple(str(Path(r)) for r in data_roots)
         self.min_batch_rows = max(1, int(min_batch_rows))
         self._reducers: dict[str, Reducer] = {}
+        self._reducer_lock = threading.Lock()
         self._warned_no_background = False
 
     @staticmethod
@@ -216,15 +218,18 @@ class FrameScorer:
         return info
 
     def reducer(self, poni: str) -> Reducer:
-        """The reducer of one geometry (built once per PONI text)."""
+        """The reducer of one geometry (built once per PONI text, by one thread at a time:
+        a bus worker's coordinator thread asks for it too, and two concurrent builds of the
+        same operator crashed a worker natively)."""
         key = hashlib.sha256(poni.encode()).hexdigest()
-        reducer = self._reducers.get(key)
-        if reducer is None:
-            reducer = Reducer(load_geometry_text(poni), npt=self.npt, mask=self.mask,
-                              dark=self.dark, flat=self.flat,
-                              polarization_factor=self.polarization_factor,
-                              absolute_scale=self.absolute_scale)
-            self._reducers[key] = reducer
+        with self._reducer_lock:
+            reducer = self._reducers.get(key)
+            if reducer is None:
+                reducer = Reducer(load_geometry_text(poni), npt=self.npt, mask=self.mask,
+                                  dark=self.dark, flat=self.flat,
+                                  polarization_factor=self.polarization_factor,
+                                  absolute_scale=self.absolute_scale)
+                self._reducers[key] = reducer
         return reducer
 
     # -- one frame ------------------------------------------------------------------------

@@ -121,7 +121,8 @@ class WorkerProcess:
                "--dark", str(files["dark"]), "--npt", "64", "--data-root", str(files["data"]),
                "--name", name, "--claim-idle", "1.5", "--lease", "2", "--tiled-batch", "8",
                *extra]
-        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", "OMP_NUM_THREADS": "1",
+               "PYTHONFAULTHANDLER": "1"}
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
                                          env=env)

@@ -29,7 +29,7 @@ NAMES = BusNames(BEAMLINE)
 
 @pytest.fixture(scope="module")
 def pair(start_workers):
-    return start_workers(BEAMLINE, "w1", "w2", extra=("--batch-size", "4"))
+    return start_workers(BEAMLINE, "w1", "w2", extra=("--batch-size", "2"))
 
 
 @pytest.fixture(scope="module")
@@ -94,7 +94,7 @@ def test_two_workers_split_the_frames_and_match_the_live_scorer(
         for _uid, docs in runs:
             feed(publisher, docs)
             feed(live, docs)
-        frames = shots(bus_instrument, rng, 24)
+        frames = shots(bus_instrument, rng, 36)
         RE = RunEngine({})
         RE.subscribe(publisher)
         RE.subscribe(live)
@@ -130,7 +130,7 @@ def test_two_workers_split_the_frames_and_match_the_live_scorer(
                 workers_seen[who] = workers_seen.get(who, 0) + 1
         big = {decode_result(b)["worker"] for b in client.hvals(NAMES.run_results(raw_uid))}
         assert {"w1", "w2"} <= big, f"one run's frames were not split: {big}"
-        assert sum(workers_seen.values()) == 1 + 24 + 4 + 5 + 5
+        assert sum(workers_seen.values()) == 1 + 36 + 4 + 5 + 5
         flagged = [r for r in live.channel.results(raw_uid) if r.is_anomaly]
         assert flagged and any(not r.is_anomaly for r in live.channel.results(raw_uid))
         explained = analysis_attributions(runs_client, raw_uid)

@@ -66,3 +66,26 @@ def test_a_bad_frame_fails_alone_with_its_reason(tiny_model, instrument, frames)
     outcomes = core.process([frames[0], bad, frames[1]])
     assert [o.result.status for o in outcomes] == ["scored", "failed", "scored"]
     assert "too big for the bus" in outcomes[1].result.reason
+
+
+def test_analysis_documents_follow_the_event_model_schema(tiny_model, instrument, frames):
+    """Events are composed without event_model's per-event jsonschema check (8 ms of CPU
+    per frame); the layout is checked here instead, with event_model's own validators."""
+    from event_model import DocumentNames, schema_validators
+
+    core = FrameScorer(tiny_model, mask=instrument.mask, dark=expected_dark(instrument),
+                       npt=instrument.npt)
+    outcomes = core.process(frames[:3])
+    run = core.begin_analysis(frames[0].start)
+    docs = [("start", run.bundle.start_doc), ("descriptor", run.verdicts.descriptor_doc),
+            ("descriptor", run.explanations.descriptor_doc)]
+    for o in outcomes:
+        docs.append(("event", run.record(o.result, o.resampled)))
+    docs.append(("event", run.record(core.base_result(frames[0], "failed", "why"), None)))
+    docs.append(("event", run.explained(outcomes[0].result, "explained",
+                                        {"peak": {"value": 1.0, "z": 2.0}})))
+    docs.append(("stop", run.stop_doc(4, {"exit_status": "success"}, 0)))
+    for name, doc in docs:
+        schema_validators[DocumentNames[name]].validate(
+            {k: v for k, v in doc.items() if k != "pbi_summary"})
+    assert docs[-1][1]["pbi_summary"]["accounted"] == 4
