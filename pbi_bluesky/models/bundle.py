@@ -270,7 +270,8 @@ def load_bundle(model_dir: str | Path, *, for_scoring: bool = True) -> AnomalyDe
         cal = doc.get("calibration") or {}
         detector.calibration = Calibration.from_arrays(
             arrays, method=cal.get("method", "split"), mondrian=bool(cal.get("mondrian")),
-            n_members=max(n_members, 1), alpha_source=cal.get("alpha_source", "given"))
+            n_members=max(n_members, 1), alpha_source=cal.get("alpha_source", "given"),
+            tolerance=cal.get("fpr_tolerance"))  # older bundles: the marginal rule
     except KeyError as exc:
         raise BundleError(f"{root / ARRAYS} lacks array {exc}") from exc
     except ValueError as exc:

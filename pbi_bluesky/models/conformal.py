@@ -26,6 +26,13 @@ be flagged. :func:`plan_calibration` therefore chooses, from the normals at hand
     (``benchmarks/bench_calibration.py``, ``tests/models/test_calibration.py``). It costs
     K trainings and K networks in the bundle.
 
+Verdicts are **training-conditional**: a curve is flagged when ``p <= J / (n + 1)`` with
+the largest ``J <= floor(alpha (n + 1))`` for which the false-positive rate of the trained
+model exceeds ``alpha + 0.02`` with probability at most 5 % (:data:`FPR_TOLERANCE`,
+:data:`FPR_RISK`). The marginal guarantee (on average over calibration sets) holds either
+way; this one is about the model the user has, and it matters only below ~150
+calibration normals, where the rate of one model scatters widely around alpha.
+
 Either plan is **Mondrian** (per recipe: a curve is compared with the calibration normals
 of its own recipe only, so the false-positive rate holds for every recipe, not just for
 the recipe mix) when every recipe has enough calibration normals for alpha, and pooled
@@ -63,6 +70,14 @@ MAX_CALIBRATION_FRACTION = 0.5
 """Largest share of the normals a split may hold out for calibration."""
 MIN_TRAINING_NORMALS = 3
 """Fewest training normals per recipe any one model needs."""
+FPR_TOLERANCE = 0.02
+FPR_RISK = 0.05
+"""Training-conditional calibration: the flagging level is lowered (never raised) until the
+false-positive rate of *this* trained model exceeds ``alpha + FPR_TOLERANCE`` with
+probability at most ``FPR_RISK`` over calibration sets (the rate of a split-calibrated
+model is Beta(J, n + 1 - J)-distributed when it flags p <= J / (n + 1); Vovk 2012). It
+only bites below ~150 calibration normals; where even J = 1 cannot meet it, J = 1 is used
+and the achieved risk is recorded."""
 MIN_SPLIT_CALIBRATION = 100
 """With ``auto``, a split is used only when it holds out at least this many normals
 (and enough for alpha). The false-positive rate of *one* split-calibrated model scatters
@@ -95,6 +110,28 @@ def _n_flaggable(alpha: float, n: int) -> int:
     """How many of ``n`` calibration scores a flagged curve may lie at or below: the J with
     p <= alpha  <=>  #{calibration >= s} <= J - 1 (J = 0: nothing can be flagged)."""
     return int(math.floor(alpha * (n + 1) + 1e-9))
+
+
+def fpr_risk(j: int, n: int, alpha: float, tolerance: float = FPR_TOLERANCE) -> float:
+    """P(false-positive rate > alpha + tolerance) of a model flagging p <= j / (n + 1)."""
+    from scipy.stats import beta
+
+    if j <= 0:
+        return 0.0
+    return float(beta.sf(alpha + tolerance, j, n + 1 - j))
+
+
+def conditional_flaggable(alpha: float, n: int, tolerance: float | None = FPR_TOLERANCE,
+                          risk: float = FPR_RISK) -> int:
+    """The J used for flagging: the largest j <= floor(alpha (n + 1)) whose false-positive
+    rate exceeds ``alpha + tolerance`` with probability <= ``risk``; at least 1 where
+    alpha is reachable. ``tolerance=None``: the marginal rule, J = floor(alpha (n + 1))."""
+    j = _n_flaggable(alpha, n)
+    if tolerance is None:
+        return j
+    while j > 1 and fpr_risk(j, n, alpha, tolerance) > risk:
+        j -= 1
+    return j
 
 
 @dataclass(frozen=True)
@@ -286,6 +323,8 @@ class Calibration:
     group: NDArray[np.int64]
     n_members: int = 1
     alpha_source: str = "given"
+    tolerance: float | None = FPR_TOLERANCE
+    """Training-conditional tolerance (:data:`FPR_TOLERANCE`); None: marginal rule."""
     _sorted: dict[tuple[int, int], NDArray] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -319,6 +358,19 @@ class Calibration:
         """The calibration sets' recipe indices (``[-1]`` when pooled)."""
         return sorted(set(self.group.tolist())) if self.mondrian else [-1]
 
+    def flaggable(self, group: int, alpha: float) -> int:
+        """J of the calibration set of ``group``: flag when p <= J / (n + 1)."""
+        return conditional_flaggable(alpha, self.size(group), self.tolerance)
+
+    def levels(self, groups: NDArray, alpha: float) -> NDArray[np.float64]:
+        """The p-value level each curve is flagged at: J / (n + 1) of its calibration set
+        (<= alpha; below it where the training-conditional rule lowers J)."""
+        groups = np.asarray(groups, dtype=np.int64)
+        out = np.empty(len(groups))
+        for g in np.unique(groups):
+            out[groups == g] = self.flaggable(int(g), alpha) / (self.size(int(g)) + 1.0)
+        return out
+
     # -- p-values and thresholds ----------------------------------------------------------
     def p_values(self, member_scores: NDArray, groups: NDArray) -> NDArray[np.float64]:
         """Conformal p-values of curves with scores ``member_scores`` (K, m) under every
@@ -351,7 +403,7 @@ class Calibration:
         out = np.empty(s.shape[1])
         for g in np.unique(groups):
             cols = np.nonzero(groups == g)[0]
-            j = _n_flaggable(alpha, self.size(int(g)))
+            j = self.flaggable(int(g), alpha)
             if j == 0:
                 out[cols] = np.inf
                 continue
@@ -370,7 +422,7 @@ class Calibration:
         """Threshold on the score for recipe ``group`` when all models agree on a score
         (for a split, the one threshold)."""
         sel = self._select(group)
-        j = _n_flaggable(alpha, int(sel.sum()))
+        j = self.flaggable(group, alpha)
         if j == 0:
             return float("inf")
         cal = np.sort(self.scores[sel])
@@ -399,6 +451,12 @@ class Calibration:
             "smallest_p": self.smallest_p(),
             "can_flag": self.can_flag(alpha),
             "validity": VALIDITY.get(self.method, ""),
+            "fpr_tolerance": self.tolerance,
+            "flag_level": {("all" if g < 0 else recipes[g]): self.flaggable(g, alpha)
+                           / (self.size(g) + 1.0) for g in self.groups()},
+            "fpr_risk": {("all" if g < 0 else recipes[g]): fpr_risk(
+                self.flaggable(g, alpha), self.size(g), alpha, self.tolerance or 0.0)
+                for g in self.groups()},
         }
         if self.mondrian:
             out["threshold_per_recipe"] = {recipes[g]: self.group_threshold(g, alpha)
@@ -412,8 +470,10 @@ class Calibration:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, NDArray], *, method: str, mondrian: bool,
-                    n_members: int, alpha_source: str = "given") -> Calibration:
+                    n_members: int, alpha_source: str = "given",
+                    tolerance: float | None = None) -> Calibration:
         scores = arrays["calibration_scores"]
         member = arrays.get("calibration_member", np.zeros(len(scores), dtype=np.int64))
         group = arrays.get("calibration_group", np.zeros(len(scores), dtype=np.int64))
-        return cls(method, mondrian, scores, member, group, n_members, alpha_source)
+        return cls(method, mondrian, scores, member, group, n_members, alpha_source,
+                   tolerance)

@@ -408,7 +408,8 @@ class AnomalyDetector(ScoringCore):
         if self.calibration is None:
             raise ValueError("this detector is not trained (no calibration)")
         p = self.calibration.p_values(member_scores, recipe_idx)
-        flagged = benjamini_hochberg(p, self.alpha) if fdr else p <= self.alpha
+        level = self.calibration.levels(recipe_idx, self.alpha)
+        flagged = benjamini_hochberg(p, self.alpha) if fdr else p <= level * (1 + 1e-12)
         thr = self.calibration.thresholds(member_scores, recipe_idx, self.alpha)
         return p, flagged, thr
 

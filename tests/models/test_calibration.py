@@ -166,7 +166,8 @@ def test_default_model_sized_data_keeps_a_pooled_split():
 def test_cross_conformal_p_values_and_thresholds_by_hand():
     # two models; model 0 calibrated on scores 1..4, model 1 on 10..13 (n = 8)
     cal = Calibration("cross", False, np.array([1, 2, 3, 4, 10, 11, 12, 13.0]),
-                      np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.zeros(8, dtype=int), 2)
+                      np.array([0, 0, 0, 0, 1, 1, 1, 1]), np.zeros(8, dtype=int), 2,
+                      tolerance=None)  # the marginal rule: flag at p <= alpha
     member_scores = np.array([[2.5, 5.0, 0.0], [12.5, 14.0, 10.0]])
     # curve 0: model 0 sees 2 scores >= 2.5, model 1 sees 1 >= 12.5 -> p = 4/9
     np.testing.assert_allclose(cal.p_values(member_scores, 0), [4 / 9, 1 / 9, 9 / 9])
@@ -178,9 +179,28 @@ def test_cross_conformal_p_values_and_thresholds_by_hand():
     assert not cal.can_flag(0.1)
 
 
+def test_training_conditional_level_only_bites_for_small_calibration_sets():
+    from scipy.stats import beta
+
+    from pbi_bluesky.models.conformal import conditional_flaggable, fpr_risk
+
+    # 50 calibration normals at alpha 0.05: flagging p <= 2/51 leaves a 12 % chance that
+    # this model's rate exceeds 0.07; p <= 1/51 only 2.7 %
+    assert fpr_risk(2, 50, 0.05) == pytest.approx(beta.sf(0.07, 2, 49))
+    assert fpr_risk(2, 50, 0.05) > 0.05 > fpr_risk(1, 50, 0.05)
+    assert conditional_flaggable(0.05, 50) == 1
+    assert conditional_flaggable(0.05, 50, tolerance=None) == 2
+    assert conditional_flaggable(0.01, 150) == 1  # nothing to lower
+    assert conditional_flaggable(0.05, 1000) == 50  # plenty of normals: the marginal level
+    assert conditional_flaggable(0.01, 80) == 0  # out of reach stays out of reach
+    cal = Calibration("split", False, np.arange(50.0), np.zeros(50, int), np.zeros(50, int))
+    assert cal.levels(np.zeros(3, int), 0.05).tolist() == [1 / 51] * 3
+    assert cal.summary(0.05, ["r"])["flag_level"] == {"all": 1 / 51}
+
+
 def test_mondrian_compares_each_recipe_with_its_own_normals():
     cal = Calibration("split", True, np.array([1.0, 2, 3, 100, 200, 300]), np.zeros(6, int),
-                      np.array([0, 0, 0, 1, 1, 1]))
+                      np.array([0, 0, 0, 1, 1, 1]), tolerance=None)
     np.testing.assert_allclose(cal.p_values(np.array([[50.0, 50.0]]), np.array([0, 1])),
                                [1 / 4, 4 / 4])
     assert cal.group_threshold(0, 0.25) == 3 and cal.group_threshold(1, 0.25) == 300
