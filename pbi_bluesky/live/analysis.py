@@ -106,10 +106,15 @@ class AnalysisRun:
 
     @classmethod
     def begin(cls, start: dict[str, Any], model: Any, model_info: dict[str, Any],
-              reduction: dict[str, Any], stream: str, explain_stream: str) -> AnalysisRun:
-        """Compose the start document and both descriptors."""
+              reduction: dict[str, Any], stream: str, explain_stream: str, *,
+              live: bool = True, extra: dict[str, Any] | None = None) -> AnalysisRun:
+        """Compose the start document and both descriptors.
+
+        ``live=False`` (a re-scoring of an archived run) leaves out ``pbi_analysis``, the
+        key ``pbi flagged`` and the agent select live analyses by; ``extra`` adds keys.
+        """
         metadata = {
-            "pbi_analysis": True,
+            "pbi_analysis": True if live else None,
             "raw_uid": start["uid"],
             "raw_scan_id": start.get("scan_id"),
             "sample": start.get("sample"),
@@ -130,6 +135,7 @@ class AnalysisRun:
                        "npt": model.grid.npt, "spacing": "log", "unit": "1/angstrom"},
             "reduction": {k: v for k, v in reduction.items()
                           if isinstance(v, (str, int, float, bool, type(None), list, dict))},
+            **(extra or {}),
         }
         bundle = compose_run(metadata={k: v for k, v in metadata.items() if v is not None})
         config = {"pbi": {"data": {"model_sha256": model_info.get("model_sha256") or "",

@@ -196,11 +196,13 @@ class FrameScorer:
                              and not self.monitor_from_start,
                              monitor_required=not self.monitor_from_start, **self.keys)
 
-    def begin_analysis(self, start: dict[str, Any]) -> AnalysisRun:
-        """The analysis run (start document and descriptors) of a raw run."""
+    def begin_analysis(self, start: dict[str, Any], *, live: bool = True,
+                       extra: dict[str, Any] | None = None) -> AnalysisRun:
+        """The analysis run (start document and descriptors) of a raw run (``live`` and
+        ``extra``: see :meth:`AnalysisRun.begin`)."""
         return AnalysisRun.begin(start, self.model, self.model_info,
                                  self.reduction_provenance(start), ANALYSIS_STREAM,
-                                 ATTRIBUTION_STREAM)
+                                 ATTRIBUTION_STREAM, live=live, extra=extra)
 
     def reduction_provenance(self, start: dict[str, Any]) -> dict[str, Any]:
         """Reduction settings and geometry provenance recorded in the analysis start."""

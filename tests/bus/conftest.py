@@ -1,5 +1,6 @@
-"""Fixtures of the document-bus tests: a real Redis and Tiled on loopback, a tiny detector
-(128 x 128 pixels) with a model trained for its q range, and worker processes."""
+"""Fixtures of the document-bus tests: a real Redis and Tiled on loopback and worker
+processes (the tiny detector and its model, ``bus_instrument`` / ``bus_files``, are in
+tests/conftest.py: the re-scoring tests use them too)."""
 
 from __future__ import annotations
 
@@ -10,87 +11,11 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 import pytest
 
 from pbi_bluesky.services import RedisServer, TiledServer
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-@pytest.fixture(scope="session")
-def bus_instrument():
-    """A 128 x 128 detector (172 um pixels) at 1 m, 1 A: 64 q bins in 0.019-0.062 1/A."""
-    from pyFAI.detectors import Detector
-    from pyFAI.integrator.azimuthal import AzimuthalIntegrator
-
-    from pbi_bluesky.simulate import Instrument
-
-    ai = AzimuthalIntegrator(detector=Detector(pixel1=172e-6, pixel2=172e-6,
-                                               max_shape=(128, 128)), wavelength=1e-10)
-    ai.setFit2D(1000.0, 64.3, 64.7)
-    return Instrument(geometry=ai, npt=64, q_range_inv_angstrom=(0.019, 0.062),
-                      beamstop_radius_px=10)
-
-
-@pytest.fixture(scope="session")
-def bus_files(bus_instrument, tmp_path_factory):
-    """PONI text, mask and dark files, a trained model bundle and a data root."""
-    import torch
-
-    from pbi_bluesky.models import AnomalyDetector, NetworkConfig, QGrid, TrainingConfig
-    from pbi_bluesky.models.bundle import save_bundle
-    from pbi_bluesky.reduction import Reducer
-    from pbi_bluesky.simulate import (
-        PS_PMMA,
-        expected_dark,
-        nominal_state,
-        render_empty_cell,
-        render_frame,
-    )
-
-    torch.set_num_threads(2)
-    root = tmp_path_factory.mktemp("bus")
-    poni = root / "tiny.poni"
-    bus_instrument.write_poni(poni)
-    np.save(root / "mask.npy", bus_instrument.mask.astype(np.uint8))
-    np.save(root / "dark.npy", expected_dark(bus_instrument))
-    # trained on rendered frames reduced like the scorers reduce them (on a detector this
-    # small, simulate_profile's statistics differ enough to flag every rendered frame)
-    rng = np.random.default_rng(5)
-    inst = bus_instrument
-    reducer = Reducer(inst.geometry, npt=inst.npt, mask=inst.mask, dark=expected_dark(inst),
-                      polarization_factor=0.99)
-    cell = render_empty_cell(inst, rng)
-    background = reducer.reduce_absolute(cell.frame, i0=cell.monitor,
-                                         transmission=cell.transmission)
-    profiles, recipes = [], []
-    for recipe in PS_PMMA.recipes:
-        for _ in range(30):
-            shot = render_frame(nominal_state(PS_PMMA, recipe, rng), inst, rng)
-            profiles.append(reducer.reduce_absolute(
-                shot.frame, i0=shot.monitor, transmission=shot.transmission,
-                thickness_cm=0.1, background=background))
-            recipes.append(recipe)
-    model = AnomalyDetector(
-        QGrid(q_min=0.02, q_max=0.06, npt=32),
-        NetworkConfig(length=32, channels=(8, 16), hidden=32, embedding_dim=16),
-        TrainingConfig(epochs=4, alpha=0.05, seed=0, calibration="split"),
-    ).fit(profiles, recipes, progress=False)
-    save_bundle(model, root / "model")
-    data = root / "data"
-    data.mkdir()
-    return {"root": root, "poni": poni, "poni_text": poni.read_text(),
-            "mask": root / "mask.npy", "dark": root / "dark.npy", "model": root / "model",
-            "data": data}
-
-
-@pytest.fixture(scope="session")
-def core_kwargs(bus_files, bus_instrument):
-    """FrameScorer / LiveScorer settings of the tiny detector (what the workers get)."""
-    return {"model": bus_files["model"], "mask": np.load(bus_files["mask"]),
-            "dark": np.load(bus_files["dark"]), "npt": bus_instrument.npt,
-            "data_roots": [bus_files["data"]]}
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,300 @@
+"""Re-score an archive of raw runs with a new model on a Dask cluster (``pbi rescore``).
+
+The client selects raw runs in Tiled (``--since``/``--until`` on the start time, ``--query
+KEY=VALUE`` equality on start-document keys), drops those this model has already
+re-scored (an analysis run tagged with the model's sha256 that has its stop document),
+deletes partial ones (an earlier attempt that died) and submits one task per raw run to a
+``dask.distributed`` cluster (a ``LocalCluster`` or a scheduler address, e.g. one
+dask-jobqueue started on SLURM).
+
+A task runs on a worker process: it reads the run's frames, I0 and transmission back from
+Tiled (inline arrays, or the detector's HDF5 that Tiled serves), scores them in chunks with
+the same :class:`~pbi_bluesky.live.core.FrameScorer` as the live scorer, and writes a new
+analysis run with ``TiledWriter``: linked to the raw run (``raw_uid``, ``rescore_of``),
+tagged with the model's sha256 (``model_sha256``, ``pbi_rescore``), every frame an event,
+flagged frames explained, and the stop document with the frame ledger. It carries no
+``pbi_analysis`` key: ``pbi flagged`` and the agent keep acting on live analyses only.
+
+Each worker process loads the model bundle once (safetensors, no pickle); tasks and
+results travel between the scheduler and its workers with Dask's own serialisation
+(a trusted cluster), and nothing read from Tiled is ever unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import threading
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any
+
+import numpy as np
+
+__all__ = ["RescoreJob", "rescore", "rescore_run", "select_runs"]
+
+logger = logging.getLogger(__name__)
+
+RECORD_PURPOSES = ("pbi_decision", "pbi_request")
+"""Start-document ``purpose`` values of records that are not raw runs."""
+
+
+@dataclass(frozen=True)
+class RescoreJob:
+    """What every task needs (plain data: it travels to the workers).
+
+    Parameters
+    ----------
+    model
+        Path of the new model bundle.
+    tiled_uri, api_key
+        The catalog (``None``: ``PBI_TILED_URI`` or the embedded one).
+    scorer
+        Further :class:`~pbi_bluesky.live.core.FrameScorer` settings (mask/dark/poni paths,
+        keys, npt, ...).
+    chunk
+        Frames read and scored at a time.
+    tiled_batch
+        Analysis events per Tiled write.
+    """
+
+    model: str
+    tiled_uri: str | None = None
+    api_key: str | None = None
+    scorer: dict[str, Any] = field(default_factory=dict)
+    chunk: int = 16
+    tiled_batch: int = 256
+
+    @property
+    def key(self) -> str:
+        return json.dumps([self.model, self.tiled_uri, self.scorer], sort_keys=True,
+                          default=str)
+
+
+def _epoch(value: datetime | float | str | None) -> float | None:
+    if value is None:
+        return None
+    if isinstance(value, datetime):
+        return value.timestamp()
+    if isinstance(value, str):
+        return datetime.fromisoformat(value).timestamp()
+    return float(value)
+
+
+def _parse_query(item: str) -> tuple[str, Any]:
+    if "=" not in item:
+        raise ValueError(f"query {item!r}: expected KEY=VALUE")
+    key, value = item.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def select_runs(runs: Any, *, since: Any = None, until: Any = None,
+                query: list[str] | tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """Raw runs (not analyses, not decision/request records) matching the selection,
+    oldest first, as (uid, start document)."""
+    from tiled.queries import Comparison, Key
+
+    results = runs
+    if (t := _epoch(since)) is not None:
+        results = results.search(Comparison("ge", "start.time", t))
+    if (t := _epoch(until)) is not None:
+        results = results.search(Comparison("le", "start.time", t))
+    for item in query:
+        key, value = _parse_query(item)
+        results = results.search(Key(key) == value)
+    out = []
+    for uid, node in results.items():
+        start = node.metadata.get("start") or {}
+        if start.get("pbi_analysis") or start.get("pbi_rescore") or \
+                start.get("purpose") in RECORD_PURPOSES or start.get("raw_uid"):
+            continue
+        out.append((start.get("time") or 0.0, uid, start))
+    return [(uid, start) for _t, uid, start in sorted(out, key=lambda r: (r[0], r[1]))]
+
+
+def cells_before(runs: Any, selected: list[tuple[str, dict]]) -> dict[str, str]:
+    """For each selected sample run, the latest empty-cell run started before it (the
+    background the live scorer would have subtracted), searched in the whole catalog."""
+    from tiled.queries import Key
+
+    cells = sorted((node.metadata["start"].get("time") or 0.0, uid) for uid, node in
+                   runs.search(Key("sample_type") == "empty_cell").items()
+                   if not node.metadata["start"].get("raw_uid"))
+    out = {}
+    for uid, start in selected:
+        if start.get("sample_type") == "empty_cell":
+            continue
+        before = [c for t, c in cells if t < (start.get("time") or 0.0)]
+        if before:
+            out[uid] = before[-1]
+    return out
+
+
+def rescored(runs: Any, model_sha256: str) -> tuple[set[str], list[str]]:
+    """(raw uids this model has completely re-scored, uids of partial re-scorings)."""
+    from tiled.queries import Key
+
+    done, partial = set(), []
+    for uid, node in runs.search(Key("pbi_rescore") == True).search(  # noqa: E712
+            Key("model_sha256") == model_sha256).items():
+        md = node.metadata
+        if md.get("stop"):
+            done.add(md["start"].get("rescore_of"))
+        else:
+            partial.append(uid)
+    return done, partial
+
+
+# -- on a worker ----------------------------------------------------------------------------
+_STATE: dict[str, Any] = {}
+_STATE_LOCK = threading.Lock()
+
+
+def _scorer_and_runs(job: RescoreJob) -> tuple[Any, Any]:
+    """This process's scorer and catalog for the job (built once per process)."""
+    with _STATE_LOCK:
+        state = _STATE.get(job.key)
+        if state is None:
+            import torch
+
+            from pbi_bluesky.live.core import FrameScorer
+            from pbi_bluesky.store import Catalog
+
+            torch.set_num_threads(1)
+            state = _STATE[job.key] = (FrameScorer(job.model, **job.scorer),
+                                       Catalog(job.tiled_uri, api_key=job.api_key))
+        return state
+
+
+def _frames(core: Any, raw: Any, raw_uid: str, chunk: int, background: Any):
+    """The raw run's frames as FrameInputs, ``chunk`` at a time, read from Tiled."""
+    from pbi_bluesky.live.core import FrameInput
+    from pbi_bluesky.live.frames import AssetRegistry
+    from pbi_bluesky.live.streams import FrameParts
+
+    start = dict(raw.metadata["start"])
+    for stream_name in list(raw):
+        stream = raw[stream_name]
+        roles = core.roles({"data_keys": dict(stream.metadata.get("data_keys") or {})})
+        if roles is None:
+            continue
+        keys = [k for k in (roles.image, roles.monitor, roles.transmission) if k]
+        seq_nums = [int(s) for s in np.asarray(stream["seq_num"].read())]
+        scalars = {k: np.asarray(stream[k].read()) for k in keys if k != roles.image}
+        image = stream[roles.image] if roles.image else None
+        for lo in range(0, len(seq_nums), chunk):
+            hi = min(lo + chunk, len(seq_nums))
+            block = np.asarray(image[lo:hi]) if image is not None else None
+            batch = []
+            for i in range(lo, hi):
+                values = {k: ("inline", v[i]) for k, v in scalars.items()}
+                if block is not None:
+                    values[roles.image] = ("inline", block[i - lo])
+                batch.append(FrameInput(raw_uid, start, roles, FrameParts(seq_nums[i], values),
+                                        AssetRegistry(), background=background))
+            yield batch
+
+
+def _background(job: RescoreJob, cell_uid: str | None) -> Any:
+    """The background profile of an empty-cell run (its last frame reduced), cached."""
+    if cell_uid is None:
+        return None
+    key = f"{job.key}|{cell_uid}"
+    if key not in _STATE:
+        core, catalog = _scorer_and_runs(job)
+        profile = None
+        for batch in _frames(core, catalog.runs[cell_uid], cell_uid, job.chunk, None):
+            for outcome in core.process(batch):
+                if outcome.result.status == "reference":
+                    profile = outcome.profile
+        _STATE[key] = profile
+    return _STATE[key]
+
+
+def rescore_run(job: RescoreJob, raw_uid: str, cell_uid: str | None = None) -> dict[str, Any]:
+    """Re-score one raw run and write its analysis run (see the module docstring);
+    ``cell_uid``: the empty-cell run whose background to subtract."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    from pbi_bluesky.live.analysis import explain_frame
+
+    core, catalog = _scorer_and_runs(job)
+    background = _background(job, cell_uid)
+    runs = catalog.runs
+    raw = runs[raw_uid]
+    start = dict(raw.metadata["start"])
+    analysis = core.begin_analysis(start, live=False, extra={
+        "pbi_rescore": True, "rescore_of": raw_uid,
+        "rescored_at": datetime.now().isoformat(timespec="seconds")})
+    writer = TiledWriter(runs, batch_size=job.tiled_batch, normalizer=None)
+    writer("start", analysis.bundle.start_doc)
+    writer("descriptor", analysis.verdicts.descriptor_doc)
+    writer("descriptor", analysis.explanations.descriptor_doc)
+    frames = 0
+    for batch in _frames(core, raw, raw_uid, job.chunk, background):
+        for outcome in core.process(batch):
+            result = outcome.result
+            writer("event", analysis.record(result, outcome.resampled))
+            if outcome.explain and outcome.resampled is not None and \
+                    getattr(core.model, "population", None) is not None:
+                status, features = explain_frame(core.model, result, *outcome.resampled,
+                                                 result.expected_composition)
+                writer("event", analysis.explained(result, status, features))
+        frames += len(batch)
+    stop = analysis.stop_doc(frames, raw.metadata.get("stop") or {}, 0,
+                             extra={"rescore_of": raw_uid})
+    writer("stop", stop)
+    return {"raw_uid": raw_uid, "analysis_uid": analysis.bundle.start_doc["uid"],
+            **{k: stop["pbi_summary"][k] for k in ("frames", "scored", "failed", "flagged",
+                                                    "verdict")}}
+
+
+# -- the client ----------------------------------------------------------------------------
+def rescore(job: RescoreJob, client: Any, *, since: Any = None, until: Any = None,
+            query: tuple[str, ...] = (), progress: bool = True) -> dict[str, Any]:
+    """Re-score every selected raw run not yet done by this model, on ``client``'s cluster.
+
+    Returns a summary: runs selected, skipped (already done), re-scored, failed (with the
+    reason), and each run's ledger.
+    """
+    from distributed import as_completed
+    from tqdm import tqdm
+
+    from pbi_bluesky.models import load_bundle
+    from pbi_bluesky.store import Catalog
+
+    model = load_bundle(job.model)
+    sha = model.bundle_info["model_sha256"]
+    catalog = Catalog(job.tiled_uri, api_key=job.api_key)
+    runs = catalog.runs
+    selected = select_runs(runs, since=since, until=until, query=query)
+    cells = cells_before(runs, selected)
+    done, partial = rescored(runs, sha)
+    for uid in partial:  # an earlier attempt died mid-run: start that run again
+        catalog.delete_partial(uid)
+    todo = [u for u, _start in selected if u not in done]
+    summary: dict[str, Any] = {"model_sha256": sha, "selected": len(selected),
+                               "skipped": len(selected) - len(todo),
+                               "partial_deleted": len(partial), "rescored": [],
+                               "failed": {}}
+    if not todo:
+        return summary
+    futures = {client.submit(rescore_run, job, uid, cells.get(uid),
+                             key=f"pbi-rescore-{uid}-{sha[:12]}", pure=False): uid
+               for uid in todo}
+    bar = tqdm(total=len(futures), desc="rescoring", unit="run", disable=not progress)
+    try:
+        for future in as_completed(futures):
+            uid = futures[future]
+            try:
+                summary["rescored"].append(future.result())
+            except Exception as exc:  # noqa: BLE001 - reported per run, the rest go on
+                summary["failed"][uid] = f"{type(exc).__name__}: {exc}"
+                logger.error("rescoring %s failed: %s", uid[:8], exc)
+            bar.update(1)
+    finally:
+        bar.close()
+    return summary
