@@ -27,7 +27,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 test: lint
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q --durations=30
 
 bench: venv
 	$(PY) benchmarks/bench_reduction.py

@@ -125,6 +125,12 @@ def describe_calibration(detector) -> str:
     lines = [f"calibration: {method}, {scope}; {c['n_calibration']} calibration normals "
              f"({per}); smallest reachable p {c['smallest_p']:.4g}; {alpha}; threshold "
              f"{c['threshold']:.4g}"]
+    levels, marginal = c.get("flag_level", {}), c.get("flag_level_marginal", {})
+    if any(v < marginal.get(k, v) - 1e-12 for k, v in levels.items()):
+        lv = ", ".join(f"{k} p <= {v:.4g} (P(FPR > alpha + {c['fpr_tolerance']:g}) = "
+                       f"{c['fpr_risk'][k]:.2g})" for k, v in levels.items())
+        lines.append(f"flagged at (lowered so that this model's rate stays near alpha, "
+                     f"training-conditional): {lv}")
     if c.get("threshold_per_recipe"):
         lines.append("thresholds per recipe: " + ", ".join(
             f"{k} {v:.4g}" for k, v in c["threshold_per_recipe"].items()))

@@ -10,6 +10,7 @@ import h5py
 import numpy as np
 import pytest
 
+from sim_iocs.ad_driver import DEFAULT_ATTRIBUTES_FILE
 from tests.beamline_fixtures import (
     ca_get,
     ca_get_array,
@@ -40,6 +41,8 @@ def hdf(sim_ioc):  # noqa: F811
     _write(p + "FilePath", str(folder))
     _write(f"{sim_ioc.prefix}cam1:AcquireTime", EXPOSURE_S)
     _write(f"{sim_ioc.prefix}cam1:AcquirePeriod", 0.0)
+    # the IOC is shared: an ophyd-async test may have loaded its own attribute XML
+    _write(f"{sim_ioc.prefix}cam1:NDAttributesFile", DEFAULT_ATTRIBUTES_FILE)
     yield p, folder
     _write(p + "Capture", 0)
     for pv, value in (("EnableCallbacks", 0), ("FileWriteMode", 2), ("AutoSave", 0),
@@ -132,8 +135,6 @@ def test_capture_and_single_modes(hdf, sim_ioc):  # noqa: F811
 
 
 def test_ndattributes_xml_replaces_the_set(hdf, sim_ioc):  # noqa: F811
-    from sim_iocs.ad_driver import DEFAULT_ATTRIBUTES_FILE
-
     p, _ = hdf
     cam = f"{sim_ioc.prefix}cam1:"
     xml = ('<Attributes><Attribute name="AcqTime" type="PARAM" source="ACQ_TIME" '

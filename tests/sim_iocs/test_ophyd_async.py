@@ -67,7 +67,7 @@ def test_motor_moves_the_changer_within_its_limits(oa, sim_ioc):  # noqa: F811
     assert RE(bps.rd(changer)).plan_result == pytest.approx(2.0)
     assert ca_get(f"{sim_ioc.prefix}changer.DMOV") == 1
     with pytest.raises(FailedStatus) as info:
-        RE(bps.mv(changer, 10.5))
+        RE(bps.mv(changer, float(max(s.slot for s in sim_ioc.tray)) + 0.5))
     assert isinstance(info.value.__cause__, MotorLimitsError)
     assert RE(bps.rd(changer.motor_egu)).plan_result == "slot"
 

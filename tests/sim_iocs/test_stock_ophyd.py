@@ -133,15 +133,16 @@ def _integrated(det) -> float:
     return float(frame[frame >= 0].sum())
 
 
-def test_epics_motor_moves_the_changer_and_frames_follow_the_slot(stock):
+def test_epics_motor_moves_the_changer_and_frames_follow_the_slot(stock, sim_ioc):  # noqa: F811
     import bluesky.plans as bp
     from ophyd.utils import LimitError
 
     det, changer = stock
     assert changer.egu == "slot"
-    assert changer.limits == (0.0, 9.0)
+    last = float(max(s.slot for s in sim_ioc.tray))  # limits: empty cell .. last slot
+    assert changer.limits == (0.0, last)
     with pytest.raises(LimitError):
-        changer.move(12, wait=True)
+        changer.move(last + 1.0, wait=True)
     counts = {}
     for slot in (0, 1, 3):
         status = changer.set(slot)

@@ -16,10 +16,10 @@ from pathlib import Path
 
 import bluesky.plan_stubs as bps  # noqa: F401 - for the user
 import bluesky.plans as bp  # noqa: F401 - for the user
-
 from bluesky_queueserver import is_re_worker_active
 
 from pbi_bluesky.plans import survey_and_rescan  # noqa: F401
+
 # the plans with annotations the queue server reads (same code as pbi_bluesky.plans)
 from pbi_bluesky.queue.plans import fly_slot, measure_tray, rescan  # noqa: F401
 from pbi_bluesky.session import build_session
