@@ -182,6 +182,15 @@ def test_train_with_an_alpha_the_data_cannot_reach_is_a_clear_error(trained, tmp
     assert not (tmp_path / "m" / "model.json").exists()
 
 
+def test_train_nproc_is_refused_for_the_paper_pipeline(trained, tmp_path):
+    result = runner.invoke(app, ["train", "--manifest", str(trained / "train" / "manifest.csv"),
+                                 "--out", str(tmp_path / "m"), "--nproc", "2",
+                                 "--detector", "paper"])
+    assert result.exit_code == 2
+    assert "--nproc is for --detector pbi" in result.output
+    assert not (tmp_path / "m").exists()
+
+
 def test_score_refuses_a_model_that_can_never_flag(trained, tmp_path):
     import shutil
 

@@ -48,6 +48,10 @@ def train(
     detector_name: Annotated[str, typer.Option(
         "--detector", help="pbi (default) or paper (the seed paper's pipeline, literally)."
     )] = "pbi",
+    nproc: Annotated[int, typer.Option(
+        help="Train the network data-parallel in N local processes (torch "
+             "DistributedDataParallel: gloo on CPU, nccl with a GPU per process).",
+        min=1)] = 1,
 ) -> None:
     """Train a detector on normal profiles (every manifest row is a normal sample)."""
     from dataclasses import replace
@@ -82,6 +86,10 @@ def train(
         typer.echo(f"error: --detector must be one of {', '.join(kinds)}", err=True)
         raise typer.Exit(2)
     kind = kinds[detector_name]
+    if nproc > 1 and detector_name != "pbi":
+        typer.echo("error: --nproc is for --detector pbi (the paper's pipeline trains in one "
+                   "process)", err=True)
+        raise typer.Exit(2)
     try:
         cfg = replace(kind.default_training(), seed=seed, alpha=alpha, margin=margin,
                       mining=mining, calibration=calibration, folds=folds,
@@ -96,13 +104,16 @@ def train(
                        f"the model grid is q = {grid.q_min:.4g}..{grid.q_max:.4g} 1/A "
                        "(every profile scored later must cover it)", err=True)
         detector = kind(grid, training=cfg)
-        detector.fit(loaded, recipes)
+        detector.fit(loaded, recipes, **({"nproc": nproc} if nproc > 1 else {}))
     except CoverageError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    except RuntimeError as exc:  # a data-parallel training process failed
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
     intensity, sigma = detector.resample(loaded)
     path = save_bundle(
         detector, out, training_data_sha256=training_data_hash(intensity, sigma, recipes),

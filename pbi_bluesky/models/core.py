@@ -114,8 +114,13 @@ class ScoringCore:
         self.scatter = np.array([intensity[labels == k].std(0) for k in range(n_rec)])
 
     def _fit_core(self, intensity: NDArray, sigma: NDArray, labels: NDArray,
-                  rng: np.random.Generator, seed: int, progress: bool) -> float:
-        """Fit every part from training normals; returns the network training time (s)."""
+                  rng: np.random.Generator, seed: int, progress: bool,
+                  nproc: int = 1) -> float:
+        """Fit every part from training normals; returns the network training time (s).
+
+        ``nproc`` > 1 trains the network with torch DistributedDataParallel in that many
+        processes (:mod:`~.distributed`); everything else is fitted here.
+        """
         torch.manual_seed(seed)
         # fresh weights drawn under the seed: the constructor's draw depends on whatever
         # used torch's global generator before, so refitting was not reproducible
@@ -123,7 +128,13 @@ class ScoringCore:
         self.inference_network = None  # an int8 copy of old weights would be stale
         self._fit_references(intensity, sigma, labels)
         t0 = time.perf_counter()
-        self._train_network(intensity, sigma, labels, rng, progress)
+        if nproc > 1:
+            from pbi_bluesky.models.distributed import train_network_ddp
+
+            self.ddp_info = train_network_ddp(self, intensity, sigma, labels,
+                                              int(rng.integers(2**62)), nproc, progress)
+        else:
+            self._train_network(intensity, sigma, labels, rng, progress)
         elapsed = time.perf_counter() - t0
         self._fit_scorers(intensity, sigma, labels)
         return elapsed
@@ -151,10 +162,22 @@ class ScoringCore:
 
     def _train_network(
         self, intensity: NDArray, sigma: NDArray, labels: NDArray, rng: np.random.Generator,
-        progress: bool,
+        progress: bool, *, network: torch.nn.Module | None = None,
+        shard: tuple[int, int] = (0, 1), device: torch.device | None = None,
+        mean_loss: Any = None,
     ) -> None:
+        """Triplet training of the embedding network.
+
+        One process: ``network`` is ``self.network``. Data-parallel (:mod:`~.distributed`):
+        every rank draws the same training set and order from an identically seeded
+        ``rng``, takes its ``shard = (rank, world)`` of each batch, and ``network`` is the
+        DistributedDataParallel wrapper that averages the gradients; ``mean_loss`` averages
+        the epoch loss over the ranks.
+        """
         cfg = self.training  # type: ignore[attr-defined]
-        opt = torch.optim.Adam(self.network.parameters(), lr=cfg.learning_rate)
+        net = self.network if network is None else network
+        rank, world = shard
+        opt = torch.optim.Adam(net.parameters(), lr=cfg.learning_rate)
         # cosine decay to zero over the run: the last epochs settle instead of bouncing
         schedule = torch.optim.lr_scheduler.CosineAnnealingLR(opt, T_max=max(cfg.epochs, 1))
         self.history = []
@@ -165,18 +188,25 @@ class ScoringCore:
                 inputs = self._inputs(x, s, r)
                 targets = torch.from_numpy(tl)
                 order = torch.from_numpy(rng.permutation(len(x)))
-                self.network.train()
+                net.train()
                 losses = []
                 for start in range(0, len(x), cfg.batch_size):
                     idx = order[start : start + cfg.batch_size]
-                    loss = triplet_loss(self.network(inputs[idx]), targets[idx], cfg.margin,
-                                        cfg.mining)
+                    if world > 1:
+                        if len(idx) < 2 * world:  # the same decision on every rank
+                            continue
+                        idx = idx[rank::world]
+                    batch, batch_targets = inputs[idx], targets[idx]
+                    if device is not None:
+                        batch, batch_targets = batch.to(device), batch_targets.to(device)
+                    loss = triplet_loss(net(batch), batch_targets, cfg.margin, cfg.mining)
                     opt.zero_grad()
                     loss.backward()
                     opt.step()
                     losses.append(float(loss.detach()))
                 schedule.step()
-                self.history.append(float(np.mean(losses)))
+                epoch_loss = float(np.mean(losses))
+                self.history.append(epoch_loss if mean_loss is None else mean_loss(epoch_loss))
                 bar.update(epoch, self.history[-1])
         finally:
             bar.close()

@@ -242,9 +242,14 @@ class AnomalyDetector(ScoringCore):
 
     # -- training -----------------------------------------------------------------------
     def fit(
-        self, profiles: list[Profile], recipes: list[str], *, progress: bool = True
+        self, profiles: list[Profile], recipes: list[str], *, progress: bool = True,
+        nproc: int = 1,
     ) -> AnomalyDetector:
         """Train on normal profiles labelled with their recipe; returns self.
+
+        ``nproc`` > 1 trains the embedding network data-parallel with torch
+        DistributedDataParallel in that many local processes (gloo on CPU, nccl when
+        there is a CUDA device per process; :mod:`~.distributed`).
 
         Raises
         ------
@@ -280,7 +285,7 @@ class AnomalyDetector(ScoringCore):
             self.members = []
             train = plan.training_indices(0)
             train_s = self._fit_core(intensity[train], sigma[train], labels[train], rng,
-                                     cfg.seed, progress)
+                                     cfg.seed, progress, nproc)
         else:
             self.members = []
             for k in range(len(plan.folds)):
@@ -290,7 +295,7 @@ class AnomalyDetector(ScoringCore):
                 logger.info("cross-conformal calibration: model %d of %d on %d normals",
                             k + 1, len(plan.folds), len(train))
                 train_s += member._fit_core(intensity[train], sigma[train], labels[train],
-                                            rng, int(rng.integers(2**31)), progress)
+                                            rng, int(rng.integers(2**31)), progress, nproc)
                 self.members.append(member)
             # shared by every model: references for the recipe shortlist, on all normals
             self._fit_references(intensity, sigma, labels)
@@ -322,6 +327,10 @@ class AnomalyDetector(ScoringCore):
             "train_seconds": round(train_s, 2),
             "final_loss": float(self.history[-1]) if self.history else None,
         }
+        if nproc > 1:  # recorded only then: a one-process model.json is unchanged
+            info = getattr(self.models[0], "ddp_info", {})
+            self.metrics["training_processes"] = {
+                k: info.get(k) for k in ("processes", "backend", "device")}
         return self
 
     def _validate(self, intensity: NDArray, sigma: NDArray, labels: NDArray,

@@ -99,9 +99,11 @@ def evaluate_arrays(
     intensity: NDArray, sigma: NDArray, recipes: list[str], labels: NDArray, kinds: NDArray,
     *, detector: AnomalyDetector | None = None, training: TrainingConfig | None = None,
     baselines: tuple[str, ...] = tuple(BASELINES), alpha: float | None = None, seed: int = 0,
-    progress: bool = False, n_fit_per_recipe: int | None = None,
+    progress: bool = False, n_fit_per_recipe: int | None = None, nproc: int = 1,
 ) -> EvaluationResult:
     """Run the comparison on curves already resampled to the model grid.
+
+    ``nproc`` > 1 trains the network data-parallel in that many processes (DDP).
 
     Normals are split per recipe 60/20/20 into training, calibration and test, or, with
     ``n_fit_per_recipe``, that many per recipe go to training + calibration (3:1) and the
@@ -126,7 +128,7 @@ def evaluate_arrays(
         fit_idx = np.concatenate([train, cal])
         grid_q = detector.grid.q
         profiles = [Profile(grid_q, intensity[i], sigma[i]) for i in fit_idx]
-        detector.fit(profiles, [recipes[i] for i in fit_idx], progress=progress)
+        detector.fit(profiles, [recipes[i] for i in fit_idx], progress=progress, nproc=nproc)
     alpha = result.alpha = detector.alpha  # every detector is judged at the same alpha
     result.detector = detector
     verdicts = detector.score_arrays(intensity[test], sigma[test],
