@@ -63,6 +63,21 @@ ENGINE_ENV = "PBI_REDUCTION_ENGINE"
 """Environment variable choosing the default engine (``numba``, ``scipy`` or ``torch``)."""
 
 
+def settle_numexpr() -> None:
+    """Import ``blosc2`` (when installed) before pyFAI evaluates numexpr formulas.
+
+    ``blosc2``'s import calls ``numexpr.set_num_threads``; run in one thread while another
+    thread is inside ``numexpr.evaluate`` (pyFAI's geometry arrays), both hang for good
+    (seen: a session's spool thread importing Tiled's writer while the live scorer built
+    its reducer). Importing it here first makes the later import elsewhere a no-op, and a
+    concurrent import holds the module lock until its ``set_num_threads`` is done.
+    """
+    try:
+        import blosc2  # noqa: F401
+    except ImportError:  # pragma: no cover - blosc2 comes with tiled
+        pass
+
+
 def numba_available() -> bool:
     """Whether the fused numba engine can be used."""
     return kernels.available()
@@ -157,6 +172,7 @@ class FoldedIntegrator:
         cache: str | Path | bool | None = None,
         device: str | None = None,
     ) -> None:
+        settle_numexpr()
         t0 = time.perf_counter()
         self.shape = (int(shape[0]), int(shape[1]))
         self.npt = int(npt)

@@ -25,7 +25,7 @@ from .absolute import UNCALIBRATED, AbsoluteScale, find_absolute_scale, load_abs
 from .errors import ReductionError
 from .geometry import absolute_monitor, geometry_provenance, load_geometry
 from .images import as_frame
-from .integrator import UNIT, FoldedIntegrator
+from .integrator import UNIT, FoldedIntegrator, settle_numexpr
 
 __all__ = ["METHODS", "PYFAI_METHOD", "Reducer", "ReductionError"]
 
@@ -96,6 +96,7 @@ class Reducer:
     ) -> None:
         if method not in METHODS:
             raise ReductionError(f"method must be one of {METHODS}, got {method!r}")
+        settle_numexpr()  # before any numexpr formula of pyFAI's (see its docstring)
         self.ai = load_geometry(geometry)
         self.source = str(geometry) if isinstance(geometry, (str, Path)) else "AzimuthalIntegrator"
         self.shape: tuple[int, int] = tuple(int(s) for s in self.ai.detector.shape)
