@@ -10,7 +10,7 @@ int32 Pilatus 1M frames (1043 x 981) of simulated PS/PMMA 50:50 specimens from a
 trigger hands out a *fresh copy* of a pool frame, as a real detector delivers a new buffer,
 so the memory held by the scorer's queue is real.
 
-Three measurements:
+Four measurements:
 
 1. **Latency** at 10 frames/s (``--frames``, default 100): for each event the time the
    RunEngine dispatched the event document (a spy callback subscribed before the scorer)
@@ -26,6 +26,14 @@ Three measurements:
    ``overflow="shed"`` and a small queue to show shedding is counted. Peak RSS growth is
    measured with ``/proc/self/status`` VmHWM after resetting it via
    ``/proc/self/clear_refs`` (falls back to a 20 ms VmRSS sampler).
+
+4. **Sustained HDF5 chain** (``--hdf5-frames``, default 400 Pilatus 1M and 120 Eiger 4M):
+   frames written once to an areaDetector-layout HDF5 file and referenced by
+   StreamResource/StreamDatum, pushed into a ``LiveScorer`` as fast as possible
+   (:mod:`live_hdf5`): frames/s from the first document to the last verdict, every frame
+   accounted for, and paced (10 Hz) document-to-verdict latency. JSON keys
+   ``sustained_hdf5_frames_per_s`` ``{"Pilatus1M": x, "Eiger4M": y}`` and ``latency_ms``
+   ``{"p50", "p95"}`` (from measurement 1).
 
 Threads: ``threadpool_limits(2)`` (BLAS/OpenMP) and ``torch.set_num_threads(1)`` (the model
 is a small 1D network; intra-op threads do not help it and would compete with the
@@ -49,6 +57,9 @@ import time
 from pathlib import Path
 
 import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import live_hdf5  # noqa: E402 - benchmarks/live_hdf5.py
 
 THREADS_BLAS = 2
 THREADS_TORCH = 1
@@ -110,6 +121,9 @@ def main() -> int:
     parser.add_argument("--queue-size", type=int, default=32, help="queue bound (3, block)")
     parser.add_argument("--shed-queue-size", type=int, default=8, help="queue bound (3, shed)")
     parser.add_argument("--pool", type=int, default=12, help="pre-rendered frames")
+    parser.add_argument("--hdf5-frames", type=int, nargs=2, default=[400, 120],
+                        metavar=("PILATUS1M", "EIGER4M"),
+                        help="frames of the sustained HDF5 chain per detector (4); 0 skips")
     args = parser.parse_args()
 
     import torch
@@ -422,6 +436,19 @@ def main() -> int:
     print(f"[3b] sustained: {args.stream_frames} frames, no sleep, overflow=shed, "
           f"queue {args.shed_queue_size} ...", flush=True)
     figures["stream_shed"] = stream("shed", args.shed_queue_size)
+    # -- 4. sustained HDF5 chain (StreamResource/StreamDatum, as ophyd-async writes) --------
+    figures["sustained_hdf5"] = {}
+    for det, n in zip(("Pilatus1M", "Eiger4M"), args.hdf5_frames, strict=True):
+        if n <= 0:
+            continue
+        print(f"[4] sustained HDF5 chain: {n} {det} frames ...", flush=True)
+        with tempfile.TemporaryDirectory(prefix="pbi-bench-hdf5-") as tmp:
+            figures["sustained_hdf5"][det] = live_hdf5.measure(det, n, Path(tmp))
+    figures["sustained_hdf5_frames_per_s"] = {
+        k: v["frames_per_s"] for k, v in figures["sustained_hdf5"].items()}
+    figures["sustained_hdf5_targets"] = {"Pilatus1M": 250, "Eiger4M": 60}
+    figures["latency_ms"] = {"p50": figures["latency"]["emit_to_result_ms"]["median"],
+                             "p95": figures["latency"]["emit_to_result_ms"]["p95"]}
     figures["final_rss_mb"] = round(_status_kb("VmRSS") / 1024, 1)
     figures["final_vmhwm_mb"] = round(_status_kb("VmHWM") / 1024, 1)
 
@@ -472,6 +499,17 @@ def main() -> int:
             ("", "peak RSS growth (VmHWM / sampled)",
              f"{r['peak_rss_growth_mb_vmhwm']} / {r['peak_rss_growth_mb_sampled']} MB",
              f"RSS before {r['rss_before_mb']} MB"),
+        ]
+    for det, r in figures["sustained_hdf5"].items():
+        target = figures["sustained_hdf5_targets"][det]
+        rows += [
+            (f"4 HDF5 {det}", "frames/s sustained", f"{r['frames_per_s']}",
+             f">= {target}: {yes[r['frames_per_s'] >= target]}"),
+            ("", "scored+failed+shed / frames",
+             f"{r['scored']}+{r['failed']}+{r['shed']} / {r['frames']}",
+             f"accounted {r['accounted']}"),
+            ("", "paced latency p50 / p95", f"{r['latency_ms']['p50']} / "
+             f"{r['latency_ms']['p95']} ms", f"first frame {r['first_frame_s']} s"),
         ]
     w = [max(len(str(row[i])) for row in rows) for i in range(4)]
     print()

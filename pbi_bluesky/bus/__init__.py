@@ -6,8 +6,7 @@
   reclaims a dead worker's frames, dead-letters poison; one worker at a time (the lease
   holder) dispatches documents into frames and assembles the analysis runs in Tiled.
 
-Why Redis Streams, and how the layout maps onto Kafka: see ``/work/notes/scale_notes.md``
-(README section "Scaling out").
+Why Redis Streams, and how the layout maps onto Kafka: README, section "Scaling out".
 """
 
 from pbi_bluesky.bus.assembler import Assembler

@@ -9,6 +9,7 @@ import os
 import numpy as np
 import pytest
 
+from sim_iocs.ad_driver import DEFAULT_ATTRIBUTES_FILE
 from tests.beamline_fixtures import ca_put, sim_ioc  # noqa: F401 - pytest fixture
 
 EXPOSURE_S = 0.1  # SingleTrigger races a trigger shorter than its own put + bookkeeping
@@ -37,6 +38,8 @@ def stock(sim_ioc):  # noqa: F811
     # file opens (and FileNumber advances) at the first frame, not at Capture = 1, and stock
     # ophyd's file name (FileNumber_RBV - 1) would be wrong - on a real IOC too.
     ca_put(f"{sim_ioc.prefix}HDF1:LazyOpen", 0)
+    # ... and its own NDAttributes XML in place of the IOC's built-in I0/Transmission set
+    ca_put(f"{sim_ioc.prefix}cam1:NDAttributesFile", DEFAULT_ATTRIBUTES_FILE)
     det = Det(sim_ioc.prefix, name="det")
     changer = EpicsMotor(f"{sim_ioc.prefix}changer", name="changer")
     det.wait_for_connection(timeout=15)
