@@ -78,6 +78,25 @@ def _assert_same(bus_rows: dict, live_results: list, uid: str) -> None:
         assert row["predicted_composition"] == ref.predicted_composition
 
 
+def _warm_both(publisher, client, pair, bus_instrument, rng, poni) -> None:
+    """Small runs until each worker has scored a frame of this geometry: a worker builds
+    its reducer on its first frame (seconds on a loaded machine), and meanwhile a warm one
+    can take every frame of a short run, which would say nothing about splitting."""
+    want = {w.name for w in pair}
+    seen: set[str] = set()
+    for _ in range(12):
+        uid, docs = run_docs(sample_md(poni, sample="warm-up"), shots(bus_instrument, rng, 4))
+        feed(publisher, docs)
+        assert publisher.flush(30)
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and len(client.hvals(NAMES.run_results(uid))) < 4:
+            time.sleep(0.1)
+        seen |= {decode_result(b)["worker"] for b in client.hvals(NAMES.run_results(uid))}
+        if want <= seen:
+            return
+    raise AssertionError(f"only {seen} of {want} scored warm-up frames")
+
+
 def test_two_workers_split_the_frames_and_match_the_live_scorer(
         pair, client, publisher, runs_client, bus_instrument, bus_files, core_kwargs):
     """A real RunEngine publishes; both workers score frames of the same run; every frame
@@ -94,6 +113,7 @@ def test_two_workers_split_the_frames_and_match_the_live_scorer(
         for _uid, docs in runs:
             feed(publisher, docs)
             feed(live, docs)
+        _warm_both(publisher, client, pair, bus_instrument, rng, poni)
         frames = shots(bus_instrument, rng, 36)
         RE = RunEngine({})
         RE.subscribe(publisher)
