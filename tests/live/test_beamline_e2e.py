@@ -39,12 +39,12 @@ def test_survey_flags_defect_tells_transient_and_lands_in_tiled(
     def plan():
         result = yield from survey_and_rescan(
             bl.readables, bl.changer, [6, transient, 8], EXPOSURE, channel=scorer.channel,
-            verdict_timeout=60, reference_slots=[0])
+            verdict_timeout=180, reference_slots=[0])
         outcomes.extend(result)
 
     try:
         session.RE(plan())
-        assert session.close(60)
+        assert session.close(300)
     finally:
         use_tray(None)
     by_slot = {o.slot: o for o in outcomes}
@@ -86,7 +86,7 @@ def test_bad_metadata_and_a_raising_model_never_abort_the_scan(
     try:
         (uid,) = session.RE(measure_tray(bl.readables, bl.changer,
                                          [{"slot": 6, "composition": "33:67"}], EXPOSURE))
-        assert scorer.flush(60)
+        assert scorer.flush(300)
         (result,) = scorer.channel.results(uid)
         assert result.status == "failed" and "unknown to the model" in result.reason
 
@@ -95,14 +95,14 @@ def test_bad_metadata_and_a_raising_model_never_abort_the_scan(
 
         monkeypatch.setattr(scorer.model, "score_arrays", explode)
         uids = session.RE(measure_tray(bl.readables, bl.changer, [6, 6], EXPOSURE))
-        assert scorer.flush(60)
+        assert scorer.flush(300)
         results = [r for u in uids for r in scorer.channel.results(u)]
         assert len(results) == 2
         assert all(r.status == "failed" and "model exploded" in r.reason for r in results), \
             [r.reason for r in results]
     finally:
         monkeypatch.undo()
-        session.close(60)
+        session.close(300)
         use_tray(None)
 
 
@@ -125,15 +125,15 @@ def test_tiled_down_at_start_and_mid_scan_loses_nothing(
     bl, RE = session.beamline, session.RE
     try:
         first = RE(measure_tray(bl.readables, bl.changer, [8], EXPOSURE))  # Tiled not up
-        assert session.scorer.flush(60)
+        assert session.scorer.flush(300)
         assert session.raw_spool.pending() == list(first)
         server.start()
         second = RE(measure_tray(bl.readables, bl.changer, [6], EXPOSURE))
         server.kill()  # mid-session crash
         third = RE(measure_tray(bl.readables, bl.changer, [8], EXPOSURE))
-        assert session.scorer.flush(60)
+        assert session.scorer.flush(300)
         server.start()
-        assert session.close(120)  # the background replay wrote everything
+        assert session.close(300)  # the background replay wrote everything
         runs = session.catalog.runs
         for uid in (*first, *second, *third):
             assert uid in runs
