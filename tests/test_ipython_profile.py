@@ -25,8 +25,8 @@ def test_pbi_ipython_runs_the_session_from_beamline_yaml(sim_config, model_300k,
     profile = REPO_ROOT / "profiles" / "profile_saxs"
     before = _tree(profile)
     env = {**os.environ, "MPLBACKEND": "Agg"}
-    code = ("uids = RE(measure_tray(dets, changer, [6], 0.1)); pbi.flush(60); "
-            "r = pbi.channel.results(uids[0])[0]; _session.close(60); "
+    code = ("uids = RE(measure_tray(dets, changer, [6], 0.1)); pbi.flush(300); "
+            "r = pbi.channel.results(uids[0])[0]; _session.close(300); "
             "print('RESULT', type(pbi).__name__, r.status, r.reason, RE.md['scan_id'], "
             "uids[0] in catalog.runs)")
     cmd = [sys.executable, "-m", "pbi_bluesky.cli", "ipython", "--config", str(config),

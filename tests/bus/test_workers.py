@@ -191,7 +191,7 @@ def test_redelivered_frames_and_repeated_documents_are_written_once(
         time.sleep(0.1)
     assert int(client.hget(NAMES.run(uid), "done")) == 6
     assert client.xpending(NAMES.frames, SCORER_GROUP)["pending"] == 0
-    rows = frame_table(wait_for_analysis(runs_client, uid, 10)[0])
+    rows = frame_table(wait_for_analysis(runs_client, uid, 120)[0])
     assert all(r["count"] == 1 for r in rows.values()) and len(rows) == 6
 
 
