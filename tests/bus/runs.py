@@ -98,7 +98,13 @@ def analysis_runs(runs, raw_uid: str) -> list:
     from tiled.queries import Key
 
     results = runs.search(Key("raw_uid") == raw_uid)
-    return [results[uid] for uid in list(results)]
+    found = []
+    for uid in list(results):
+        try:
+            found.append(results[uid])
+        except KeyError:  # listed, then deleted: a new coordinator is rewriting the run
+            continue
+    return found
 
 
 def wait_for_analysis(runs, raw_uid: str, timeout: float = 120.0, *, diagnose=None):
