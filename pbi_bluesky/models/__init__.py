@@ -7,11 +7,12 @@ from pbi_bluesky.models.bundle import BundleError, ensure_can_flag, load_bundle,
 from pbi_bluesky.models.calibration import benjamini_hochberg, conformal_p_values, hyperscore
 from pbi_bluesky.models.conformal import Calibration, CalibrationError, plan_calibration
 from pbi_bluesky.models.descriptors import DESCRIPTORS, fit_descriptors
-from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig, Verdict
+from pbi_bluesky.models.detector import AnomalyDetector
 from pbi_bluesky.models.network import EmbeddingCNN, NetworkConfig
 from pbi_bluesky.models.ocsvm import RBFOneClass
 from pbi_bluesky.models.paper import PaperPipeline
 from pbi_bluesky.models.representation import CoverageError, FeatureScaler, QGrid
+from pbi_bluesky.models.settings import TrainingConfig, Verdict
 from pbi_bluesky.models.triplet import triplet_loss
 
 __all__ = [

@@ -30,10 +30,11 @@ import numpy as np
 
 from pbi_bluesky.models.attribution import DescriptorPopulation
 from pbi_bluesky.models.conformal import Calibration
-from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig
+from pbi_bluesky.models.detector import AnomalyDetector
 from pbi_bluesky.models.network import NetworkConfig
 from pbi_bluesky.models.paper import PaperPipeline
 from pbi_bluesky.models.representation import FeatureScaler, QGrid
+from pbi_bluesky.models.settings import TrainingConfig
 from pbi_bluesky.models.signing import SignatureError, sign
 from pbi_bluesky.models.signing import verify as verify_signature
 

@@ -35,7 +35,6 @@ mean over the models of a cross-conformal detector), its conformal p-value, a ve
 from __future__ import annotations
 
 import logging
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -54,83 +53,15 @@ from pbi_bluesky.models.descriptors import fit_descriptors
 from pbi_bluesky.models.network import EmbeddingCNN, NetworkConfig
 from pbi_bluesky.models.ocsvm import RBFOneClass
 from pbi_bluesky.models.representation import FeatureScaler, QGrid
+from pbi_bluesky.models.settings import TrainingConfig, Verdict
 from pbi_bluesky.models.subspace import RecipeSubspace
 from pbi_bluesky.models.validation import synthetic_check
 from pbi_bluesky.profile import Profile
 
-__all__ = ["TrainingConfig", "Verdict", "AnomalyDetector", "CalibrationError",
-           "EMBED_CHUNK", "MIN_TRAINING_NORMALS", "RESIDUAL_WEIGHT"]
+__all__ = ["AnomalyDetector", "CalibrationError", "EMBED_CHUNK", "MIN_TRAINING_NORMALS",
+           "RESIDUAL_WEIGHT"]
 
 logger = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class TrainingConfig:
-    """Hyper-parameters of :meth:`AnomalyDetector.fit` (stored in the bundle).
-
-    ``alpha=None`` is the default false-positive rate: 0.01 where the normals reach it,
-    else the smallest of 0.02, 0.05, 0.1 they reach (see :mod:`~.conformal`); an alpha
-    given explicitly that the normals cannot reach is a :class:`CalibrationError`.
-    ``calibration`` is ``"auto"``, ``"split"`` or ``"cross"``; ``folds`` the K of
-    cross-conformal calibration; ``negatives`` the synthetic negative kinds used in
-    training (None: all of :data:`~.augment.NEGATIVES`); ``attributions=False`` skips the
-    descriptor fits (no Shapley explanations, faster training).
-    """
-
-    epochs: int = 80
-    batch_size: int = 128
-    learning_rate: float = 1e-3
-    margin: float = 0.3
-    mining: str = "semi-hard"
-    synthetic_per_normal: float = 1.0
-    calibration_fraction: float = 0.3
-    nu: float = 0.05
-    alpha: float | None = None
-    seed: int = 0
-    subspace_components: int = 3
-    subspace_weight: float = 3.0
-    likelihood_components: int = 5
-    likelihood_weight: float = 1.0
-    # the low-q part counts one-sided (max(z, 0)): its spread on normals is about half that
-    # of the two-sided parts, so weight 2 gives it the same say
-    low_q_weight: float = 2.0
-    calibration: str = "auto"
-    folds: int = 5
-    negatives: tuple[str, ...] | None = None
-    attributions: bool = True
-
-    def __post_init__(self) -> None:
-        from pbi_bluesky.models.augment import NEGATIVES
-
-        if self.negatives is not None:
-            kinds = tuple(self.negatives)
-            unknown = sorted(set(kinds) - set(NEGATIVES))
-            if unknown:
-                raise ValueError(f"unknown negative kind(s) {unknown}; known: {NEGATIVES}")
-            object.__setattr__(self, "negatives", kinds)
-
-    def to_dict(self) -> dict[str, Any]:
-        out = asdict(self)
-        if self.negatives is not None:
-            out["negatives"] = list(self.negatives)
-        return out
-
-
-@dataclass
-class Verdict:
-    """The result of scoring one profile."""
-
-    score: float
-    threshold: float
-    is_anomaly: bool
-    p_value: float
-    hyperscore: float
-    predicted_composition: str
-    expected_composition: str
-    details: dict[str, Any] = field(default_factory=dict)
-
-    def as_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 class AnomalyDetector(ScoringCore):

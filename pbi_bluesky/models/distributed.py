@@ -137,9 +137,10 @@ def _rank_main(rank: int, folder: str) -> None:
     from safetensors.torch import load_file, save_file
     from torch.nn.parallel import DistributedDataParallel
 
-    from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig
+    from pbi_bluesky.models.detector import AnomalyDetector
     from pbi_bluesky.models.network import NetworkConfig
     from pbi_bluesky.models.representation import QGrid
+    from pbi_bluesky.models.settings import TrainingConfig
 
     root = Path(folder)
     spec = json.loads((root / "spec.json").read_text())

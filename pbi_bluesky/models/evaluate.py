@@ -21,7 +21,8 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 
 from pbi_bluesky.models.baselines import BASELINES, make_baseline
 from pbi_bluesky.models.calibration import conformal_p_values
-from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig
+from pbi_bluesky.models.detector import AnomalyDetector
+from pbi_bluesky.models.settings import TrainingConfig
 
 __all__ = ["EvaluationResult", "metrics_for", "evaluate_arrays", "format_report"]
 

@@ -21,8 +21,9 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
-from pbi_bluesky.models.detector import AnomalyDetector, TrainingConfig, Verdict
+from pbi_bluesky.models.detector import AnomalyDetector
 from pbi_bluesky.models.ocsvm import RBFOneClass
+from pbi_bluesky.models.settings import TrainingConfig, Verdict
 
 __all__ = ["PaperPipeline"]
 
