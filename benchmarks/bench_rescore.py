@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
@@ -29,7 +28,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scale import datum_run, make_frames  # noqa: E402
+from bench_scale import datum_run, make_frames, workdir  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -51,16 +50,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     from pbi_bluesky.rescore import RescoreJob, rescore
     from pbi_bluesky.services import TiledServer
-    from pbi_bluesky.simulate import Instrument, expected_dark
     from pbi_bluesky.store import runs_container
 
-    work = Path(tempfile.mkdtemp(prefix="pbi-bench-rescore-"))
-    (work / "data").mkdir()
-    inst = Instrument()
-    inst.write_poni(work / "p1m.poni")
-    poni = (work / "p1m.poni").read_text()
-    np.save(work / "mask.npy", inst.mask.astype(np.uint8))
-    np.save(work / "dark.npy", expected_dark(inst))
+    work, inst, poni = workdir("pbi-bench-rescore-")
     log(f"rendering {args.frames} Pilatus 1M frames ...")
     frames = make_frames(inst, args.frames, work / "data", np.random.default_rng(3))
     server = TiledServer(work / "tiled", readable=[work / "data"]).start()

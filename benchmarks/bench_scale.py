@@ -60,6 +60,20 @@ def log(msg: str) -> None:
 
 
 # -- frames -------------------------------------------------------------------------------
+def workdir(prefix: str) -> tuple[Path, Any, str]:
+    """A fresh work folder with ``data/``, the default Pilatus 1M instrument, its PONI
+    (``p1m.poni``, also returned as text), ``mask.npy`` and ``dark.npy``."""
+    from pbi_bluesky.simulate import Instrument, expected_dark
+
+    work = Path(tempfile.mkdtemp(prefix=prefix))
+    (work / "data").mkdir()
+    inst = Instrument()
+    inst.write_poni(work / "p1m.poni")
+    np.save(work / "mask.npy", inst.mask.astype(np.uint8))
+    np.save(work / "dark.npy", expected_dark(inst))
+    return work, inst, (work / "p1m.poni").read_text()
+
+
 def make_frames(instrument: Any, n: int, folder: Path, rng: Any) -> dict[str, Any]:
     """n distinct normal frames in one HDF5 file (AD_HDF5 layout), with I0/transmission."""
     import h5py
@@ -390,17 +404,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from pbi_bluesky.bus import BusNames, connect
     from pbi_bluesky.models.bundle import load_default_model
     from pbi_bluesky.services import RedisServer, TiledServer
-    from pbi_bluesky.simulate import Instrument, expected_dark, make_geometry
+    from pbi_bluesky.simulate import Instrument, make_geometry
 
-    work = Path(tempfile.mkdtemp(prefix="pbi-bench-scale-"))
-    (work / "data").mkdir()
+    work, inst, poni = workdir("pbi-bench-scale-")
     (work / "logs").mkdir()
     rng = np.random.default_rng(13)
-    inst = Instrument()
-    inst.write_poni(work / "p1m.poni")
-    poni = (work / "p1m.poni").read_text()
-    np.save(work / "mask.npy", inst.mask.astype(np.uint8))
-    np.save(work / "dark.npy", expected_dark(inst))
     log(f"rendering {args.distinct} Pilatus 1M frames ...")
     frames = make_frames(inst, args.distinct, work / "data", rng)
     inline = [(f, r[0], r[1]) for f, r in zip(frames["frames"], frames["readings"],

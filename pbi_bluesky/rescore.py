@@ -71,16 +71,6 @@ class RescoreJob:
                           default=str)
 
 
-def _epoch(value: datetime | float | str | None) -> float | None:
-    if value is None:
-        return None
-    if isinstance(value, datetime):
-        return value.timestamp()
-    if isinstance(value, str):
-        return datetime.fromisoformat(value).timestamp()
-    return float(value)
-
-
 def _parse_query(item: str) -> tuple[str, Any]:
     if "=" not in item:
         raise ValueError(f"query {item!r}: expected KEY=VALUE")
@@ -97,10 +87,12 @@ def select_runs(runs: Any, *, since: Any = None, until: Any = None,
     oldest first, as (uid, start document)."""
     from tiled.queries import Comparison, Key
 
+    from pbi_bluesky.store.queries import to_epoch
+
     results = runs
-    if (t := _epoch(since)) is not None:
+    if (t := to_epoch(since)) is not None:
         results = results.search(Comparison("ge", "start.time", t))
-    if (t := _epoch(until)) is not None:
+    if (t := to_epoch(until)) is not None:
         results = results.search(Comparison("le", "start.time", t))
     for item in query:
         key, value = _parse_query(item)

@@ -12,7 +12,8 @@ DECISIONS = ("confirmed", "transient", "no verdict", "skipped", "failed")
 ``survey_and_rescan`` and the agent, ``pbi agent``, write them)."""
 
 
-def _to_epoch(since: datetime | float | str | None) -> float | None:
+def to_epoch(since: datetime | float | str | None) -> float | None:
+    """A time given as a datetime, an ISO string or epoch seconds, in epoch seconds."""
     if since is None:
         return None
     if isinstance(since, datetime):
@@ -56,7 +57,7 @@ def flagged_runs(
     results = results.search(Comparison("gt", "stop.pbi_summary.flagged", 0))
     if composition is not None:
         results = results.search(Key("expected_composition") == composition)
-    epoch = _to_epoch(since)
+    epoch = to_epoch(since)
     if epoch is not None:
         results = results.search(Comparison("ge", "start.time", epoch))
     if min_score is not None:
