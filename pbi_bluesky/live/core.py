@@ -32,6 +32,7 @@ import numpy as np
 from pbi_bluesky.live.analysis import AnalysisRun
 from pbi_bluesky.live.channel import FrameResult
 from pbi_bluesky.live.frames import AssetRegistry, FrameError
+from pbi_bluesky.live.reads import FrameBuffers, ReadCache
 from pbi_bluesky.live.streams import FrameParts, Roles, resolve_roles
 from pbi_bluesky.models import AnomalyDetector, ensure_can_flag, load_bundle
 from pbi_bluesky.models.bundle import load_default_model
@@ -45,7 +46,8 @@ from pbi_bluesky.reduction import (
 )
 
 __all__ = ["ANALYSIS_STREAM", "ATTRIBUTION_STREAM", "INHERIT", "MIN_BATCH_ROWS",
-           "FrameInput", "FrameScorer", "Outcome", "load_model", "poni_text"]
+           "FrameInput", "FrameScorer", "Outcome", "Reading", "load_model", "poni_text",
+           "stack_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -92,6 +94,40 @@ class Outcome:
     def explain(self) -> bool:
         """Whether the frame was flagged (and so wants an attribution)."""
         return self.result.status == "scored" and bool(self.result.is_anomaly)
+
+
+@dataclass
+class Reading:
+    """One frame read and checked, ready to reduce (:meth:`FrameScorer.read`)."""
+
+    result: FrameResult
+    reducer: Reducer
+    image: np.ndarray
+    i0: float
+    transmission: float
+    thickness: float | None
+    is_cell: bool
+
+
+def stack_rows(images: list[np.ndarray]) -> np.ndarray:
+    """The frames as one ``(n, ny, nx)`` array: a view when they are consecutive rows of
+    one stack (as :meth:`AssetRegistry.prefetch` reads them), else a copy."""
+    first = images[0]
+    base = first.base
+    if (isinstance(base, np.ndarray) and base.ndim == 3 and base.flags.c_contiguous
+            and base.shape[1:] == first.shape and base.dtype == first.dtype
+            and first.nbytes):
+        size = first.nbytes
+        origin = base.__array_interface__["data"][0]
+        offset = first.__array_interface__["data"][0] - origin
+        row0, rest = divmod(offset, size)
+        if not rest and row0 + len(images) <= base.shape[0] and all(
+            im.base is base and im.shape == first.shape and im.flags.c_contiguous
+            and im.__array_interface__["data"][0] == origin + (row0 + k) * size
+            for k, im in enumerate(images)
+        ):
+            return base[row0:row0 + len(images)]
+    return np.stack(images)
 
 
 def load_model(model: AnomalyDetector | str | Path | None) -> AnomalyDetector:
@@ -161,6 +197,7 @@ class FrameScorer:
         self._reducers: dict[str, Reducer] = {}
         self._reducer_lock = threading.Lock()
         self._warned_no_background = False
+        self._buffers = FrameBuffers()
 
     @staticmethod
     def config_kwargs(config: Any, *, mode: str = "ophyd") -> dict[str, Any]:
@@ -236,23 +273,23 @@ class FrameScorer:
 
     # -- one frame ------------------------------------------------------------------------
     @staticmethod
-    def _value(frame: FrameInput, value: Any) -> Any:
+    def _value(frame: FrameInput, value: Any, cache: ReadCache | None = None) -> Any:
         kind, payload = value
         if kind == "inline":
             return payload
         if kind == "refused":
             raise FrameError(str(payload))
         if kind == "datum":
-            return frame.assets.frame_from_datum(payload)
-        return frame.assets.value_from_stream(*payload)
+            return frame.assets.frame_from_datum(payload, cache)
+        return frame.assets.value_from_stream(*payload, cache=cache)
 
     def _reading(self, frame: FrameInput, key: str | None, what: str,
-                 start_key: str) -> float | None:
+                 start_key: str, cache: ReadCache | None = None) -> float | None:
         if key is None:
             if self.monitor_from_start and frame.start.get(start_key) is not None:
                 return float(frame.start[start_key])
             return None
-        raw = np.asarray(self._value(frame, frame.parts.values[key]), dtype=float)
+        raw = np.asarray(self._value(frame, frame.parts.values[key], cache), dtype=float)
         if raw.size != 1:
             raise FrameError(f"{what} reading {key!r} has {raw.size} values, expected 1")
         return float(raw.reshape(-1)[0])
@@ -266,20 +303,19 @@ class FrameScorer:
                            expected_composition=str(start.get("composition") or ""),
                            metadata={"sample": start.get("sample"), "slot": start.get("slot")})
 
-    def prepare(self, frame: FrameInput, background: Profile | None
-                ) -> tuple[FrameResult, Profile, bool]:
-        """Read and reduce one frame: (result so far, profile, is empty cell)."""
+    def read(self, frame: FrameInput, cache: ReadCache | None = None) -> Reading:
+        """Read and check one frame and its readings (no reduction yet); raises with the
+        reason the frame cannot be reduced."""
         roles, start = frame.roles, frame.start
-        result = self.base_result(frame)
         if roles.problem:
             raise FrameError(roles.problem)
-        monitor = self._reading(frame, roles.monitor, "I0", "i0")
+        monitor = self._reading(frame, roles.monitor, "I0", "i0", cache)
         if monitor is None:
             raise FrameError("no incident-flux (I0) reading for this frame")
         if not (math.isfinite(monitor) and monitor > 0):
             raise FrameError(f"I0 reading {monitor!r} is not a positive number")
         transmission = self._reading(frame, roles.transmission, "transmission",
-                                     "transmission")
+                                     "transmission", cache)
         if transmission is None:
             if self.transmission_required:
                 raise FrameError("no transmission reading for this frame")
@@ -291,7 +327,7 @@ class FrameScorer:
             raise FrameError("no geometry: configure poni= (beamline.yaml geometry.poni) or "
                              "record PONI text as 'geometry' in the start document")
         reducer = self.reducer(poni)
-        image = np.asarray(self._value(frame, frame.parts.values[roles.image]))
+        image = np.asarray(self._value(frame, frame.parts.values[roles.image], cache))
         if image.ndim == 1 and roles.shape and len(roles.shape) >= 2:
             image = image.reshape(roles.shape[-2:])
         if image.ndim == 3 and image.shape[0] == 1:
@@ -308,11 +344,8 @@ class FrameScorer:
             if thickness is None:
                 raise FrameError("no sample thickness ('thickness_cm') in the start "
                                  "document: absolute intensity unknown")
-        profile = reducer.reduce_absolute(
-            image, i0=monitor, transmission=transmission,
-            thickness_cm=None if is_cell else float(thickness),
-            background=None if is_cell else background)
-        return result, profile, is_cell
+        return Reading(self.base_result(frame), reducer, image, monitor, transmission,
+                       None if is_cell else float(thickness), is_cell)
 
     def resampled(self, profile: Profile | None) -> tuple[np.ndarray, np.ndarray] | None:
         """A profile on the model's grid, or ``None`` if it does not cover the grid."""
@@ -333,39 +366,102 @@ class FrameScorer:
 
     # -- a batch ----------------------------------------------------------------------------
     def process(self, frames: list[FrameInput]) -> list[Outcome]:
-        """Reduce every frame, then score the sample frames in one model pass.
+        """Read the batch (each file opened once, neighbouring frames in one slice), reduce
+        its sample frames together with the batch integrator, then score them in one model
+        pass.
 
         Frames are handled in order: an empty-cell frame replaces the running background
         (:attr:`background`) for the later frames that inherit it. Every frame gets one
-        outcome, in the order given; nothing raises.
+        outcome, in the order given; nothing raises. A frame's numbers do not depend on the
+        batch it came in (the batch reducer equals the single-frame one bit for bit).
         """
         outcomes: list[Outcome | None] = [None] * len(frames)
         to_score: list[tuple[int, FrameResult, Profile, np.ndarray, np.ndarray]] = []
-        for i, frame in enumerate(frames):
-            profile = None
-            try:
+        group: list[tuple[int, Reading]] = []
+        group_bg: Profile | None = None
+        with ReadCache(self._buffers) as cache:
+            self._prefetch(frames, cache)
+            for i, frame in enumerate(frames):
+                try:
+                    reading = self.read(frame, cache)
+                except Exception as exc:  # noqa: BLE001 - every failure becomes a record
+                    outcomes[i] = self._failed(frame, exc, None)
+                    continue
                 background = (self.background if frame.background is INHERIT
                               else frame.background)
-                result, profile, is_cell = self.prepare(frame, background)
-                if is_cell:
-                    if frame.background is INHERIT:
-                        self.background = profile
-                    result.status, result.reason = "reference", "empty cell: background updated"
-                    outcomes[i] = Outcome(frame, result, profile, self.resampled(profile))
+                if group and (reading.is_cell or reading.reducer is not group[0][1].reducer
+                              or background is not group_bg):
+                    self._reduce_group(frames, group, group_bg, outcomes, to_score)
+                    group = []
+                if reading.is_cell:
+                    self._reference(i, frame, reading, outcomes)
                     continue
-                if background is None and not self._warned_no_background:
-                    self._warned_no_background = True
-                    logger.warning("no empty-cell background yet (measure a run with "
-                                   "sample_type='empty_cell' or pass background=): profiles "
-                                   "include the cell's scattering")
-                intensity, sigma = self.model.resample([profile])
-                to_score.append((i, result, profile, intensity[0], sigma[0]))
-            except Exception as exc:  # noqa: BLE001 - every failure becomes a record
-                outcomes[i] = self._failed(frame, exc, profile)
+                group.append((i, reading))
+                group_bg = background
+            self._reduce_group(frames, group, group_bg, outcomes, to_score)
         if to_score:
             for i, outcome in self._score(frames, to_score):
                 outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
+
+    @staticmethod
+    def _prefetch(frames: list[FrameInput], cache: ReadCache) -> None:
+        wanted: dict[int, tuple[AssetRegistry, list[tuple[str, int]]]] = {}
+        for frame in frames:
+            value = frame.parts.values.get(frame.roles.image) if frame.roles.image else None
+            if value is not None and value[0] == "stream":
+                entry = wanted.setdefault(id(frame.assets), (frame.assets, []))
+                entry[1].append(tuple(value[1]))
+        for assets, items in wanted.values():
+            assets.prefetch(items, cache)
+
+    def _reference(self, i: int, frame: FrameInput, reading: Reading,
+                   outcomes: list[Outcome | None]) -> None:
+        try:
+            profile = reading.reducer.reduce_absolute(
+                reading.image, i0=reading.i0, transmission=reading.transmission)
+        except Exception as exc:  # noqa: BLE001
+            outcomes[i] = self._failed(frame, exc, None)
+            return
+        if frame.background is INHERIT:
+            self.background = profile
+        result = reading.result
+        result.status, result.reason = "reference", "empty cell: background updated"
+        outcomes[i] = Outcome(frame, result, profile, self.resampled(profile))
+
+    def _reduce_group(self, frames: list[FrameInput], group: list[tuple[int, Reading]],
+                      background: Profile | None, outcomes: list[Outcome | None],
+                      to_score: list) -> None:
+        """Reduce frames of one geometry and background in one batch call (frame by frame
+        if the batch call fails, so the reason lands on the right frame)."""
+        if not group:
+            return
+        if background is None and not self._warned_no_background:
+            self._warned_no_background = True
+            logger.warning("no empty-cell background yet (measure a run with "
+                           "sample_type='empty_cell' or pass background=): profiles "
+                           "include the cell's scattering")
+        reducer = group[0][1].reducer
+        profiles: list[Profile] | None = None
+        if len(group) > 1:
+            try:
+                profiles = reducer.reduce_absolute_many(
+                    stack_rows([r.image for _, r in group]), i0=[r.i0 for _, r in group],
+                    transmission=[r.transmission for _, r in group],
+                    thickness_cm=[r.thickness for _, r in group], background=background)
+            except Exception:  # noqa: BLE001 - retried frame by frame below
+                logger.debug("batch reduction failed; reducing frame by frame", exc_info=True)
+        for k, (i, r) in enumerate(group):
+            profile = None
+            try:
+                profile = profiles[k] if profiles is not None else reducer.reduce_absolute(
+                    r.image, i0=r.i0, transmission=r.transmission, thickness_cm=r.thickness,
+                    background=background)
+                intensity, sigma = self.model.resample([profile])
+            except Exception as exc:  # noqa: BLE001 - every failure becomes a record
+                outcomes[i] = self._failed(frames[i], exc, profile)
+                continue
+            to_score.append((i, r.result, profile, intensity[0], sigma[0]))
 
     def _score(self, frames: list[FrameInput], rows: list) -> list[tuple[int, Outcome]]:
         intensity = np.stack([r[3] for r in rows])

@@ -5,6 +5,10 @@
 * StreamResource/StreamDatum (ophyd-async) are read with
   :func:`pbi_bluesky.reduction.read_hdf5_frame` (event_model's ``Filler`` only caches them).
 
+A :class:`~pbi_bluesky.live.reads.ReadCache` serves one batch of frames (see
+:mod:`pbi_bluesky.live.reads`); :meth:`AssetRegistry.prefetch` reads a batch's stack
+entries into it.
+
 Paths come from documents, so they are untrusted: every file must resolve (symlinks followed)
 inside one of the configured data roots, ``file://`` URIs must name this host, and anything
 else is a :class:`FrameError` that names the path. Nothing here executes code from a document.
@@ -12,6 +16,7 @@ else is a :class:`FrameError` that names the path. Nothing here executes code fr
 
 from __future__ import annotations
 
+import logging
 import os
 from pathlib import Path
 from typing import Any
@@ -20,9 +25,13 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from numpy.typing import NDArray
 
+from pbi_bluesky.live.reads import ReadCache, read_rows
 from pbi_bluesky.reduction import ReductionError, read_hdf5_frame
 
-__all__ = ["AssetRegistry", "FrameError", "PathNotAllowed", "confine", "image_keys"]
+__all__ = ["AssetRegistry", "FrameError", "PathNotAllowed", "ReadCache", "confine",
+           "image_keys"]
+
+logger = logging.getLogger(__name__)
 
 HDF5_SPECS = ("AD_HDF5", "AD_HDF5_SWMR")
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1")
@@ -134,8 +143,10 @@ class AssetRegistry:
     def add_stream_resource(self, doc: dict[str, Any]) -> None:
         self.stream_resources[doc["uid"]] = doc
 
-    def frame_from_datum(self, datum_id: str) -> NDArray:
-        """The frame of one datum, read with the spec's area-detector handler."""
+    def frame_from_datum(self, datum_id: str, cache: ReadCache | None = None) -> NDArray:
+        """The frame of one datum, read with the spec's area-detector handler (kept open
+        for the batch in ``cache``; SWMR handlers are made per frame, as the stock one
+        refreshes only on a new handler)."""
         datum = self.datums.get(datum_id)
         if datum is None:
             raise FrameError(f"datum {datum_id} was never received")
@@ -151,31 +162,45 @@ class AssetRegistry:
                        if resource.get("root") else rel, self.roots)
         kwargs = dict(resource.get("resource_kwargs", {}))
         point = int(datum.get("datum_kwargs", {}).get("point_number", 0))
-        return self._read_handler(spec, path, kwargs, point)
+        return self._read_handler(spec, path, kwargs, point,
+                                  cache if spec == "AD_HDF5" else None)
 
     @staticmethod
-    def _read_handler(spec: str, path: Path, kwargs: dict[str, Any], point: int) -> NDArray:
-        cls = _handlers()[spec]
-        if not path.is_file():
-            raise FrameError(f"HDF5 file {path} not found")
-        try:
-            handler = cls(str(path), frame_per_point=int(kwargs.get("frame_per_point", 1)))
-        except (OSError, TypeError, ValueError) as exc:
-            raise FrameError(f"cannot open {path} with the {spec} handler: {exc}") from exc
+    def _read_handler(spec: str, path: Path, kwargs: dict[str, Any], point: int,
+                      cache: ReadCache | None = None) -> NDArray:
+        fpp = int(kwargs.get("frame_per_point", 1))
+        handler = None if cache is None else cache.handlers.get((spec, path, fpp))
+        if handler is None:
+            if not path.is_file():
+                raise FrameError(f"HDF5 file {path} not found")
+            try:
+                handler = _handlers()[spec](str(path), frame_per_point=fpp)
+            except (OSError, TypeError, ValueError) as exc:
+                raise FrameError(f"cannot open {path} with the {spec} handler: {exc}") from exc
+            if cache is not None:
+                cache.handlers[(spec, path, fpp)] = handler
         try:
             block = np.asarray(handler(point))
         except (OSError, KeyError, ValueError, IndexError) as exc:
             raise FrameError(f"{path}: point {point} unreadable: {exc}") from exc
         finally:
-            handler.close()
+            if cache is None:
+                handler.close()
         if block.ndim == 3:
             if block.shape[0] < 1:
                 raise FrameError(f"{path}: point {point} holds no frame")
             return block[0]
         return block
 
-    def value_from_stream(self, stream_resource: str, index: int) -> NDArray:
-        """Entry ``index`` of the dataset a StreamResource describes (frame or attribute)."""
+    def _stream_location(self, stream_resource: str, cache: ReadCache | None = None
+                         ) -> tuple[Path, str]:
+        """The confined file and dataset of a StreamResource (resolved once per batch)."""
+        if cache is not None:
+            found = cache.locations.get((id(self), stream_resource))
+            if found is None:
+                found = cache.locations[(id(self), stream_resource)] = \
+                    self._stream_location(stream_resource)
+            return found
         res = self.stream_resources.get(stream_resource)
         if res is None:
             raise FrameError(f"stream resource {stream_resource} never received")
@@ -183,8 +208,31 @@ class AssetRegistry:
         if mimetype not in ("application/x-hdf5", "application/x-hdf5-swmr"):
             raise FrameError(f"stream resource mimetype {mimetype!r} is not HDF5")
         path = confine(path_from_uri(res["uri"]), self.roots)
-        dataset = res.get("parameters", {}).get("dataset", "/entry/data/data")
+        return path, res.get("parameters", {}).get("dataset", "/entry/data/data")
+
+    def value_from_stream(self, stream_resource: str, index: int,
+                          cache: ReadCache | None = None) -> NDArray:
+        """Entry ``index`` of the dataset a StreamResource describes (frame or attribute),
+        through ``cache`` when given."""
+        path, dataset = self._stream_location(stream_resource, cache)
         try:
-            return read_hdf5_frame(path, dataset, index)
+            if cache is None:
+                return read_hdf5_frame(path, dataset, index)
+            return cache.entry(path, dataset, int(index))
         except ReductionError as exc:
             raise FrameError(str(exc)) from exc
+
+    def prefetch(self, wanted: list[tuple[str, int]], cache: ReadCache) -> None:
+        """Read the stack entries ``(stream resource, index)`` of a batch into ``cache``
+        (:func:`~pbi_bluesky.live.reads.read_rows`: runs of consecutive indices into
+        reused memory). Anything unreadable is left to the frame-by-frame read, which
+        fails that frame with the reason."""
+        by_resource: dict[str, set[int]] = {}
+        for uid, index in wanted:
+            by_resource.setdefault(uid, set()).add(int(index))
+        for uid, indices in by_resource.items():
+            try:
+                path, dataset = self._stream_location(uid, cache)
+                read_rows(cache, path, dataset, sorted(indices))
+            except Exception:  # noqa: BLE001 - the frame-by-frame read reports it
+                logger.debug("prefetch of stream resource %s failed", uid, exc_info=True)

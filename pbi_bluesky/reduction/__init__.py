@@ -24,7 +24,7 @@ from .geometry import (
     load_geometry_text,
     make_geometry,
 )
-from .images import as_frame, read_hdf5_frame, read_image
+from .images import as_frame, hdf5_dataset, hdf5_entry, open_hdf5, read_hdf5_frame, read_image
 from .integrator import FoldedIntegrator
 from .io1d import (
     read_ascii,
@@ -55,6 +55,9 @@ __all__ = [
     "load_geometry",
     "make_geometry",
     "read_ascii",
+    "hdf5_dataset",
+    "hdf5_entry",
+    "open_hdf5",
     "read_hdf5_frame",
     "read_image",
     "read_cansas_xml",

@@ -12,7 +12,8 @@ from numpy.typing import NDArray
 
 from .errors import ReductionError
 
-__all__ = ["DEFAULT_HDF5_DATASET", "HDF5_SUFFIXES", "as_frame", "read_hdf5_frame", "read_image"]
+__all__ = ["DEFAULT_HDF5_DATASET", "HDF5_SUFFIXES", "as_frame", "hdf5_dataset", "hdf5_entry",
+           "open_hdf5", "read_hdf5_frame", "read_image"]
 
 logger = logging.getLogger(__name__)
 
@@ -105,45 +106,84 @@ def as_frame(obj: str | Path | NDArray) -> NDArray:
     return arr
 
 
-def read_hdf5_frame(path: str | Path, dataset: str = DEFAULT_HDF5_DATASET,
-                    index: int | None = None) -> NDArray:
-    """One element of an HDF5 dataset: frame ``index`` of an ``(n, ny, nx)`` stack, a 2D
-    dataset (``index`` None or 0), or value ``index`` of a 1D one (an NDAttribute).
+def open_hdf5(path: str | Path) -> h5py.File:
+    """``path`` opened read-only without HDF5 file locking (SWMR mode when the writer uses
+    it), so frames can be read while a detector's HDF5 writer still holds the file.
 
-    The file is opened read-only without HDF5 file locking, so frames can be read while the
-    detector's HDF5 writer still has the file open (it flushes each frame; SWMR files are
-    opened in SWMR mode). This is the project's one HDF5 frame reader.
+    A plain open is tried first: SWMR mode only where a writer holds the file in SWMR mode
+    (HDF5 refuses the plain open then). Measured with HDF5 2.0 / h5py 3.16: two SWMR-mode
+    handles on one file in one process, one of them refreshing a dataset, corrupt each
+    other (reads fail with "can't retrieve B-tree's shared ref. count object", closing
+    crashed the process), so SWMR mode is never used where it is not needed.
 
     Raises
     ------
     ReductionError
-        File missing or unreadable, dataset missing, index out of range (with the sizes).
+        File missing or not readable as HDF5.
     """
     path = Path(path)
     if not path.is_file():
         raise ReductionError(f"HDF5 file {path} not found")
     try:
         try:
-            fh = h5py.File(path, "r", locking=False, swmr=True)
-        except (OSError, ValueError):
-            fh = h5py.File(path, "r", locking=False)
+            return h5py.File(path, "r", locking=False)
+        except (OSError, ValueError):  # open by a writer in SWMR mode: read it so
+            return h5py.File(path, "r", locking=False, swmr=True)
+    except OSError as exc:
+        raise ReductionError(f"cannot read {path}: {exc}") from exc
+
+
+def hdf5_dataset(fh: h5py.File, dataset: str = DEFAULT_HDF5_DATASET) -> h5py.Dataset:
+    """Dataset ``dataset`` of an open file (refreshed first in SWMR mode)."""
+    if dataset not in fh:
+        raise ReductionError(f"HDF5 file {fh.filename} has no dataset {dataset}")
+    node = fh[dataset]
+    if not isinstance(node, h5py.Dataset):
+        raise ReductionError(f"{dataset} in {fh.filename} is not a dataset")
+    if fh.swmr_mode:
+        node.refresh()
+    if node.ndim not in (1, 2, 3):
+        raise ReductionError(f"{fh.filename}:{dataset} has shape {node.shape}; expected a "
+                             "frame stack (n, ny, nx), a frame or a 1D attribute")
+    return node
+
+
+def hdf5_entry(node: h5py.Dataset, index: int | None = None) -> NDArray:
+    """Element ``index`` of a dataset from :func:`hdf5_dataset`: frame ``index`` of a
+    stack, a 2D dataset (``index`` None or 0), or value ``index`` of a 1D one."""
+    try:
+        if node.ndim == 2:
+            if index:
+                raise ReductionError(f"{node.file.filename}:{node.name} is one 2D frame, "
+                                     f"index {index} asked")
+            return np.asarray(node[()])
+        i = 0 if index is None else int(index)
+        if not 0 <= i < node.shape[0]:
+            raise ReductionError(f"{node.file.filename}:{node.name} holds {node.shape[0]} "
+                                 f"entries, index {i} asked")
+        return np.asarray(node[i])
+    except OSError as exc:
+        raise ReductionError(f"cannot read {node.name} from {node.file.filename}: "
+                             f"{exc}") from exc
+
+
+def read_hdf5_frame(path: str | Path, dataset: str = DEFAULT_HDF5_DATASET,
+                    index: int | None = None) -> NDArray:
+    """One element of an HDF5 dataset: frame ``index`` of an ``(n, ny, nx)`` stack, a 2D
+    dataset (``index`` None or 0), or value ``index`` of a 1D one (an NDAttribute).
+
+    The file is opened with :func:`open_hdf5` (no file locking, SWMR when written so) and
+    closed again. This is the project's one HDF5 frame reader (``live.frames.ReadCache``
+    keeps the same files open for a batch of frames).
+
+    Raises
+    ------
+    ReductionError
+        File missing or unreadable, dataset missing, index out of range (with the sizes).
+    """
+    fh = open_hdf5(path)
+    try:
         with fh:
-            if dataset not in fh:
-                raise ReductionError(f"HDF5 file {path} has no dataset {dataset}")
-            node = fh[dataset]
-            if not isinstance(node, h5py.Dataset):
-                raise ReductionError(f"{dataset} in {path} is not a dataset")
-            if fh.swmr_mode:
-                node.refresh()
-            if node.ndim == 2 and not index:
-                return np.asarray(node[()])
-            if node.ndim not in (1, 3):
-                raise ReductionError(f"{path}:{dataset} has shape {node.shape}; expected a "
-                                     "frame stack (n, ny, nx) or a 1D attribute")
-            i = 0 if index is None else int(index)
-            if not 0 <= i < node.shape[0]:
-                raise ReductionError(f"{path}:{dataset} holds {node.shape[0]} entries, "
-                                     f"index {i} asked")
-            return np.asarray(node[i])
+            return hdf5_entry(hdf5_dataset(fh, dataset), index)
     except OSError as exc:
         raise ReductionError(f"cannot read {dataset} from {path}: {exc}") from exc

@@ -89,3 +89,81 @@ def test_analysis_documents_follow_the_event_model_schema(tiny_model, instrument
         schema_validators[DocumentNames[name]].validate(
             {k: v for k, v in doc.items() if k != "pbi_summary"})
     assert docs[-1][1]["pbi_summary"]["accounted"] == 4
+
+
+@pytest.fixture(scope="module")
+def stream_file(instrument, tmp_path_factory):
+    """Seven frames in an areaDetector-layout HDF5 file, I0 and transmission beside them
+    as NDAttribute datasets; the fourth frame's readings are bad (zero I0, NaN T)."""
+    import h5py
+
+    root = tmp_path_factory.mktemp("stream")
+    rng = np.random.default_rng(32)
+    shots = [render_frame(nominal_state(PS_PMMA, "50:50", rng), instrument, rng)
+             for _ in range(7)]
+    i0 = [s.monitor for s in shots]
+    trans = [s.transmission for s in shots]
+    i0[3], trans[4] = 0.0, float("nan")
+    with h5py.File(root / "scan.h5", "w") as fh:
+        fh.create_dataset("/entry/data/data", data=np.stack([s.frame for s in shots]),
+                          chunks=(1, *instrument.shape))
+        fh["/entry/instrument/NDAttributes/I0"] = np.array(i0)
+        fh["/entry/instrument/NDAttributes/T"] = np.array(trans)
+        fh["/entry/other/small"] = np.zeros((8, 8, 8), dtype=np.int32)
+    return root
+
+
+def _stream_frames(stream_file, instrument, indices, image_resource="img"):
+    path = stream_file / "scan.h5"
+    start = {"uid": "raw", "geometry": None, "thickness_cm": 0.1, "composition": "50:50"}
+    assets = AssetRegistry((str(stream_file),))
+    for uid, dataset in (("img", "/entry/data/data"), ("i0", "/entry/instrument/NDAttributes/I0"),
+                         ("t", "/entry/instrument/NDAttributes/T"),
+                         ("small", "/entry/other/small")):
+        assets.add_stream_resource({"uid": uid, "uri": f"file://localhost{path}",
+                                    "mimetype": "application/x-hdf5",
+                                    "parameters": {"dataset": dataset}})
+    roles = Roles("det_image", "beam_i0", "beam_transmission")
+    out = []
+    for seq, index in enumerate(indices, start=1):
+        resource = image_resource if seq == 3 else "img"
+        parts = FrameParts(seq, {"det_image": ("stream", (resource, index)),
+                                 "beam_i0": ("stream", ("i0", index)),
+                                 "beam_transmission": ("stream", ("t", index))})
+        out.append(FrameInput("raw", start, roles, parts, assets, background=None))
+    return out
+
+
+@pytest.mark.parametrize("bad", ["none", "frame-not-written", "wrong-shape"])
+def test_a_batch_read_from_hdf5_equals_frame_by_frame_reads(tiny_model, instrument,
+                                                            stream_file, tmp_path, bad):
+    """One batch (files opened once, neighbouring frames read in one go, reduced by the
+    batch integrator) gives each frame exactly the profile and score it gets alone; bad
+    frames (zero I0, NaN transmission, and per case a frame never written or of another
+    shape) fail alone with their reason."""
+    poni = tmp_path / "g.poni"
+    instrument.write_poni(poni)
+    core = FrameScorer(tiny_model, poni=poni, mask=instrument.mask,
+                       dark=expected_dark(instrument), npt=instrument.npt,
+                       data_roots=[stream_file])
+    indices = [0, 1, 2, 3, 4, 5, 6, 9] if bad == "frame-not-written" else list(range(7))
+    image = "small" if bad == "wrong-shape" else "img"
+    whole = core.process(_stream_frames(stream_file, instrument, indices, image))
+    alone = [core.process([f])[0]
+             for f in _stream_frames(stream_file, instrument, indices, image)]
+    expected = {4: "I0 reading 0.0 is not a positive number",
+                5: "transmission nan is not in"}
+    if bad == "frame-not-written":
+        expected[8] = "holds 7 entries, index 9 asked"
+    if bad == "wrong-shape":
+        expected[3] = "does not match detector shape"
+    for w, a in zip(whole, alone, strict=True):
+        seq = w.result.raw_seq_num
+        assert w.result.status == a.result.status == ("failed" if seq in expected else
+                                                       "scored"), (seq, w.result.reason)
+        if seq in expected:
+            assert expected[seq] in w.result.reason and w.result.reason == a.result.reason
+            continue
+        assert np.array_equal(w.profile.intensity, a.profile.intensity, equal_nan=True)
+        assert np.array_equal(w.profile.sigma, a.profile.sigma, equal_nan=True)
+        assert w.result.score == a.result.score and w.result.p_value == a.result.p_value
