@@ -16,6 +16,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 from numpy.typing import NDArray
@@ -45,10 +46,18 @@ class QGrid:
     npt: int = 256
     min_coverage: float = 1.0
 
-    @property
+    @cached_property
     def q(self) -> NDArray[np.float64]:
-        """Grid points."""
-        return np.geomspace(self.q_min, self.q_max, self.npt)
+        """Grid points (computed once; read-only)."""
+        q = np.geomspace(self.q_min, self.q_max, self.npt)
+        q.flags.writeable = False
+        return q
+
+    @cached_property
+    def _log_q(self) -> NDArray[np.float64]:
+        log_q = np.log(self.q)
+        log_q.flags.writeable = False
+        return log_q
 
     @classmethod
     def for_profiles(cls, profiles: list[Profile], *, npt: int = 256,
@@ -106,7 +115,7 @@ class QGrid:
                 "must be measured (nothing is extrapolated): measure the full range or train "
                 "a model on a grid this data covers (pbi train --qmin/--qmax)")
         self._check_gaps(q_all, ok, grid)
-        log_src, log_grid = np.log(q_src), np.log(grid)
+        log_src, log_grid = np.log(q_src), self._log_q
         intensity = np.interp(log_grid, log_src, profile.intensity[ok])
         sigma = np.interp(log_grid, log_src, profile.sigma[ok])
         return intensity, sigma
