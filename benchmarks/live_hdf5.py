@@ -14,8 +14,10 @@ chain at a paced rate for event-to-verdict latency.
 
 from __future__ import annotations
 
+import contextlib
 import statistics
 import time
+from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
@@ -40,6 +42,40 @@ class _Timed:
             original(result)
 
         channel.put = put
+
+
+@contextlib.contextmanager
+def _stage_timer(totals: dict[str, float]):
+    """Time the worker's stages (class attributes wrapped for the block, then restored):
+    read = ``_prefetch`` + ``read``, reduction = ``reduce_absolute_many`` (and single-frame
+    ``reduce_absolute`` inside ``_reduce_group``), profiles = the rest of ``_reduce_group``
+    (profiles, resampling), score = ``_score`` (CNN and scores)."""
+    from pbi_bluesky.live.core import FrameScorer
+    from pbi_bluesky.reduction import Reducer
+
+    targets = [(FrameScorer, "_prefetch"), (FrameScorer, "read"),
+               (FrameScorer, "_reduce_group"), (FrameScorer, "_score"),
+               (Reducer, "reduce_absolute_many")]
+    saved = [(cls, name, cls.__dict__[name]) for cls, name in targets]
+
+    def wrap(cls, name, raw):
+        fn = raw.__func__ if isinstance(raw, staticmethod) else raw
+
+        def timed(*args, **kwargs):
+            t = time.perf_counter()
+            try:
+                return fn(*args, **kwargs)
+            finally:
+                totals[name] += time.perf_counter() - t
+        return staticmethod(timed) if isinstance(raw, staticmethod) else timed
+
+    for cls, name, raw in saved:
+        setattr(cls, name, wrap(cls, name, raw))
+    try:
+        yield
+    finally:
+        for cls, name, raw in saved:
+            setattr(cls, name, raw)
 
 
 def _write_file(path: Path, instrument: Any, n_frames: int, pool: int, rng: Any) -> None:
@@ -144,6 +180,19 @@ def measure(detector: str, n_frames: int, workdir: Path, *, chunk: int = 10,
         assert scorer.flush(900)
         scans.append((time.perf_counter() - t0, scorer.channel.summaries[uid]))
     (cold, cold_summary), (wall, summary) = scans
+    # a third scan with the stages timed (the timers cost a little: not the figure above)
+    totals: dict[str, float] = defaultdict(float)
+    uid3, docs3 = _stream_docs(md, uri, n_frames, list(instrument.shape), chunk)
+    with _stage_timer(totals):
+        for name, doc in docs3:
+            scorer(name, doc)
+        assert scorer.flush(900)
+    per = {k: 1000 * v / n_frames for k, v in totals.items()}
+    stages = {"read": per["_prefetch"] + per["read"],
+              "reduction": per["reduce_absolute_many"],
+              "profiles_and_resampling": per["_reduce_group"] - per["reduce_absolute_many"],
+              "cnn_and_scores": per["_score"]}
+    stages = {k: round(v, 2) for k, v in stages.items()}
     # paced: one frame per StreamDatum at rate_hz, latency from its document to its verdict
     n_lat = min(latency_frames, n_frames)
     uid2, docs2 = _stream_docs(md, uri, n_lat, list(instrument.shape), 1)
@@ -168,6 +217,7 @@ def measure(detector: str, n_frames: int, workdir: Path, *, chunk: int = 10,
         "frames_per_s": round(n_frames / wall, 1), "accounted": summary["accounted"],
         "scored": summary["scored"], "failed": summary["failed"], "shed": summary["shed"],
         "first_scan_frames_per_s": round(n_frames / cold, 1),
+        "stages_ms_per_frame": stages,
         "first_scan_accounted": cold_summary["accounted"],
         "first_frame_s": round(first_frame_s, 2),
         "latency_ms": {"p50": round(statistics.median(lat), 1),
