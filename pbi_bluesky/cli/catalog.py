@@ -32,7 +32,7 @@ def flagged(
     if decision is not None and decision not in DECISIONS:
         raise typer.BadParameter(f"--decision must be one of {', '.join(DECISIONS)}")
     try:
-        runs = open_runs(tiled, api_key=api_key, data_dir=data_dir)
+        runs = open_runs(tiled, api_key=api_key, data_dir=data_dir, metadata_only=True)
     except Exception as exc:  # noqa: BLE001 - report any connection problem plainly
         typer.echo(f"error: cannot open the Tiled catalog: {exc}", err=True)
         raise typer.Exit(2) from exc

@@ -53,10 +53,10 @@ def flagged_runs(
         raise ValueError(f"decision must be one of {list(DECISIONS)}, got {decision!r}")
     from tiled.queries import Comparison, Key
 
-    results = runs.search(Key("pbi_analysis") == True)  # noqa: E712 - a Tiled query
+    results = runs.search(Key("start.pbi_analysis") == True)  # noqa: E712 - a Tiled query
     results = results.search(Comparison("gt", "stop.pbi_summary.flagged", 0))
     if composition is not None:
-        results = results.search(Key("expected_composition") == composition)
+        results = results.search(Key("start.expected_composition") == composition)
     epoch = to_epoch(since)
     if epoch is not None:
         results = results.search(Comparison("ge", "start.time", epoch))
@@ -94,7 +94,7 @@ def decisions_of(runs: Any) -> dict[str, dict[str, Any]]:
     from tiled.queries import Key
 
     out: dict[str, dict[str, Any]] = {}
-    for _, node in runs.search(Key("purpose") == "pbi_decision").items():
+    for _, node in runs.search(Key("start.purpose") == "pbi_decision").items():
         start = node.metadata.get("start") or {}
         raw = start.get("raw_uid")
         if raw and (raw not in out or start.get("time", 0) >= out[raw].get("time", 0)):
@@ -106,7 +106,7 @@ def analysis_of(runs: Any, raw_uid: str) -> Any | None:
     """The analysis run of a raw run, if there is one."""
     from tiled.queries import Key
 
-    results = runs.search(Key("pbi_analysis") == True)  # noqa: E712 - a Tiled query
-    results = results.search(Key("raw_uid") == raw_uid)
+    results = runs.search(Key("start.pbi_analysis") == True)  # noqa: E712 - a Tiled query
+    results = results.search(Key("start.raw_uid") == raw_uid)
     uids = list(results)
     return results[uids[0]] if uids else None

@@ -61,6 +61,15 @@ def test_flagged_runs_query(runs, tmp_path):
     assert run.metadata["stop"]["pbi_summary"]["verdict"] == "normal"
     table = run["pbi_anomaly"].read()
     assert len(table["score"]) == 1
+    # `pbi flagged` opens the catalog with plain containers (no BlueskyRun clients): the
+    # same queries give the same rows
+    from tiled.client.container import Container
+
+    light = runs_container(embedded_client(tmp_path / "tiled", metadata_only=True))
+    assert type(light) is Container and type(runs) is not Container
+    for kwargs in ({}, {"composition": "25:75"}, {"min_score": 5.0}):
+        assert flagged_runs(light, **kwargs) == flagged_runs(runs, **kwargs)
+    assert analysis_of(light, "raw-b").metadata == run.metadata
 
 
 def test_spool_keeps_everything_while_the_writer_is_down_then_replays(runs, tmp_path):
