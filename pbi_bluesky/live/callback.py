@@ -4,8 +4,10 @@
 puts documents into a bounded :class:`~pbi_bluesky.live.inbox.Inbox` (it never waits longer
 than ``put_timeout`` per document). One worker thread owns all state: it follows the runs,
 joins each frame's parts (image, I0, transmission: :mod:`~pbi_bluesky.live.streams`), and
-works in batches: it drains what is queued, reduces each frame with the run's pyFAI
-geometry, then scores the whole batch in one model pass. A second thread computes the Shapley
+works in batches: it drains what is queued, reads the batch (each HDF5 file opened once,
+neighbouring frames read together: :mod:`~pbi_bluesky.live.reads`), reduces its frames
+with the run's pyFAI geometry in one batch-integrator call, then scores them in one model
+pass (:meth:`~pbi_bluesky.live.core.FrameScorer.process`). A second thread computes the Shapley
 attributions of flagged frames, which arrive later as their own events (stream
 ``pbi_attribution``), so they never delay the next verdict.
 
