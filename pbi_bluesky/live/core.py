@@ -32,7 +32,7 @@ import numpy as np
 from pbi_bluesky.live.analysis import AnalysisRun
 from pbi_bluesky.live.channel import FrameResult
 from pbi_bluesky.live.frames import AssetRegistry, FrameError
-from pbi_bluesky.live.reads import FrameBuffers, ReadCache
+from pbi_bluesky.live.reads import FrameBuffers, ReadCache, stack_rows
 from pbi_bluesky.live.streams import FrameParts, Roles, resolve_roles
 from pbi_bluesky.models import AnomalyDetector, ensure_can_flag, load_bundle
 from pbi_bluesky.models.bundle import load_default_model
@@ -46,8 +46,7 @@ from pbi_bluesky.reduction import (
 )
 
 __all__ = ["ANALYSIS_STREAM", "ATTRIBUTION_STREAM", "INHERIT", "MIN_BATCH_ROWS",
-           "FrameInput", "FrameScorer", "Outcome", "Reading", "load_model", "poni_text",
-           "stack_rows"]
+           "FrameInput", "FrameScorer", "Outcome", "Reading", "load_model", "poni_text"]
 
 logger = logging.getLogger(__name__)
 
@@ -107,27 +106,6 @@ class Reading:
     transmission: float
     thickness: float | None
     is_cell: bool
-
-
-def stack_rows(images: list[np.ndarray]) -> np.ndarray:
-    """The frames as one ``(n, ny, nx)`` array: a view when they are consecutive rows of
-    one stack (as :meth:`AssetRegistry.prefetch` reads them), else a copy."""
-    first = images[0]
-    base = first.base
-    if (isinstance(base, np.ndarray) and base.ndim == 3 and base.flags.c_contiguous
-            and base.shape[1:] == first.shape and base.dtype == first.dtype
-            and first.nbytes):
-        size = first.nbytes
-        origin = base.__array_interface__["data"][0]
-        offset = first.__array_interface__["data"][0] - origin
-        row0, rest = divmod(offset, size)
-        if not rest and row0 + len(images) <= base.shape[0] and all(
-            im.base is base and im.shape == first.shape and im.flags.c_contiguous
-            and im.__array_interface__["data"][0] == origin + (row0 + k) * size
-            for k, im in enumerate(images)
-        ):
-            return base[row0:row0 + len(images)]
-    return np.stack(images)
 
 
 def load_model(model: AnomalyDetector | str | Path | None) -> AnomalyDetector:
@@ -406,12 +384,12 @@ class FrameScorer:
 
     @staticmethod
     def _prefetch(frames: list[FrameInput], cache: ReadCache) -> None:
-        wanted: dict[int, tuple[AssetRegistry, list[tuple[str, int]]]] = {}
+        wanted: dict[int, tuple[AssetRegistry, list[tuple[str, Any]]]] = {}
         for frame in frames:
             value = frame.parts.values.get(frame.roles.image) if frame.roles.image else None
-            if value is not None and value[0] == "stream":
+            if value is not None and value[0] in ("stream", "datum"):
                 entry = wanted.setdefault(id(frame.assets), (frame.assets, []))
-                entry[1].append(tuple(value[1]))
+                entry[1].append(value)
         for assets, items in wanted.values():
             assets.prefetch(items, cache)
 

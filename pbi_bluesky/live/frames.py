@@ -34,6 +34,8 @@ __all__ = ["AssetRegistry", "FrameError", "PathNotAllowed", "ReadCache", "confin
 logger = logging.getLogger(__name__)
 
 HDF5_SPECS = ("AD_HDF5", "AD_HDF5_SWMR")
+AD_DATASET = "/entry/data/data"
+"""Where the AD_HDF5 handlers read a datum's frames (their hard-coded key)."""
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1")
 
 
@@ -143,10 +145,8 @@ class AssetRegistry:
     def add_stream_resource(self, doc: dict[str, Any]) -> None:
         self.stream_resources[doc["uid"]] = doc
 
-    def frame_from_datum(self, datum_id: str, cache: ReadCache | None = None) -> NDArray:
-        """The frame of one datum, read with the spec's area-detector handler (kept open
-        for the batch in ``cache``; SWMR handlers are made per frame, as the stock one
-        refreshes only on a new handler)."""
+    def _datum_location(self, datum_id: str) -> tuple[str, Path, dict[str, Any], int]:
+        """(spec, confined file, resource kwargs, point number) of a datum."""
         datum = self.datums.get(datum_id)
         if datum is None:
             raise FrameError(f"datum {datum_id} was never received")
@@ -162,6 +162,18 @@ class AssetRegistry:
                        if resource.get("root") else rel, self.roots)
         kwargs = dict(resource.get("resource_kwargs", {}))
         point = int(datum.get("datum_kwargs", {}).get("point_number", 0))
+        return spec, path, kwargs, point
+
+    def frame_from_datum(self, datum_id: str, cache: ReadCache | None = None) -> NDArray:
+        """The frame of one datum: the row :meth:`prefetch` read into ``cache``, else read
+        with the spec's area-detector handler (kept open for the batch in ``cache``; SWMR
+        handlers are made per frame, as the stock one refreshes only on a new handler)."""
+        spec, path, kwargs, point = self._datum_location(datum_id)
+        fpp = int(kwargs.get("frame_per_point", 1))
+        if cache is not None:
+            row = cache.rows.get((path, AD_DATASET, point * fpp))
+            if row is not None:
+                return row
         return self._read_handler(spec, path, kwargs, point,
                                   cache if spec == "AD_HDF5" else None)
 
@@ -222,17 +234,29 @@ class AssetRegistry:
         except ReductionError as exc:
             raise FrameError(str(exc)) from exc
 
-    def prefetch(self, wanted: list[tuple[str, int]], cache: ReadCache) -> None:
-        """Read the stack entries ``(stream resource, index)`` of a batch into ``cache``
-        (:func:`~pbi_bluesky.live.reads.read_rows`: runs of consecutive indices into
-        reused memory). Anything unreadable is left to the frame-by-frame read, which
-        fails that frame with the reason."""
-        by_resource: dict[str, set[int]] = {}
-        for uid, index in wanted:
-            by_resource.setdefault(uid, set()).add(int(index))
-        for uid, indices in by_resource.items():
+    def prefetch(self, wanted: list[tuple[str, Any]], cache: ReadCache) -> None:
+        """Read the frames of a batch into ``cache`` (:func:`~pbi_bluesky.live.reads.
+        read_rows`: runs of consecutive frames into reused memory). ``wanted``: ``("stream",
+        (stream resource, index))`` or ``("datum", datum id)`` values. A datum's frame is
+        the first of its point in ``/entry/data/data``, where the AD_HDF5 handlers slice it
+        (``point * frame_per_point``; the test suite checks the rows against the handler).
+        Anything unreadable is left to the frame-by-frame read, which fails that frame with
+        the reason."""
+        by_location: dict[tuple[Path, str], set[int]] = {}
+        for kind, payload in wanted:
             try:
-                path, dataset = self._stream_location(uid, cache)
+                if kind == "stream":
+                    path, dataset = self._stream_location(payload[0], cache)
+                    index = int(payload[1])
+                else:
+                    _spec, path, kwargs, point = self._datum_location(payload)
+                    dataset = AD_DATASET
+                    index = point * int(kwargs.get("frame_per_point", 1))
+            except Exception:  # noqa: BLE001 - the frame-by-frame read reports it
+                continue
+            by_location.setdefault((path, dataset), set()).add(index)
+        for (path, dataset), indices in by_location.items():
+            try:
                 read_rows(cache, path, dataset, sorted(indices))
             except Exception:  # noqa: BLE001 - the frame-by-frame read reports it
-                logger.debug("prefetch of stream resource %s failed", uid, exc_info=True)
+                logger.debug("prefetch from %s:%s failed", path, dataset, exc_info=True)

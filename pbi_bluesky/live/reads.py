@@ -30,7 +30,7 @@ from numpy.typing import NDArray
 
 from pbi_bluesky.reduction import hdf5_dataset, hdf5_entry, open_hdf5
 
-__all__ = ["FrameBuffers", "ReadCache", "read_rows"]
+__all__ = ["FrameBuffers", "ReadCache", "read_rows", "stack_rows"]
 
 logger = logging.getLogger(__name__)
 
@@ -177,3 +177,24 @@ def read_rows(cache: ReadCache, path: Path, dataset: str, indices: list[int]) ->
             node.read_direct(rows, np.s_[run[0]:run[-1] + 1])
         for k, i in enumerate(run):
             cache.rows[(path, dataset, i)] = rows[k]
+
+
+def stack_rows(images: list[np.ndarray]) -> np.ndarray:
+    """The frames as one ``(n, ny, nx)`` array: a view when they are consecutive rows of
+    one stack (as :func:`read_rows` reads them), else a copy."""
+    first = images[0]
+    base = first.base
+    if (isinstance(base, np.ndarray) and base.ndim == 3 and base.flags.c_contiguous
+            and base.shape[1:] == first.shape and base.dtype == first.dtype
+            and first.nbytes):
+        size = first.nbytes
+        origin = base.__array_interface__["data"][0]
+        offset = first.__array_interface__["data"][0] - origin
+        row0, rest = divmod(offset, size)
+        if not rest and row0 + len(images) <= base.shape[0] and all(
+            im.base is base and im.shape == first.shape and im.flags.c_contiguous
+            and im.__array_interface__["data"][0] == origin + (row0 + k) * size
+            for k, im in enumerate(images)
+        ):
+            return base[row0:row0 + len(images)]
+    return np.stack(images)

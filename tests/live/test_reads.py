@@ -6,8 +6,7 @@ import h5py
 import numpy as np
 import pytest
 
-from pbi_bluesky.live.core import stack_rows
-from pbi_bluesky.live.reads import FrameBuffers, ReadCache, read_rows
+from pbi_bluesky.live.reads import FrameBuffers, ReadCache, read_rows, stack_rows
 from pbi_bluesky.reduction import ReductionError, read_hdf5_frame
 
 SHAPE = (24, 20)
@@ -98,3 +97,27 @@ def test_a_file_held_by_an_swmr_writer_is_read_batch_after_batch(tmp_path):
                 assert cache.node(path, DATASET).file.swmr_mode
                 for i in range(lo, hi):
                     assert np.array_equal(cache.rows[(path, DATASET, i)], frames[i])
+
+
+@pytest.mark.parametrize("frame_per_point", [1, 2])
+def test_datum_frames_read_ahead_equal_the_area_detector_handler(tmp_path, frame_per_point):
+    """Resource/Datum frames (stock ophyd, spec AD_HDF5): the batch read takes the frame
+    where the AD_HDF5 handler slices it, and gets the handler's numbers."""
+    from pbi_bluesky.live.frames import AssetRegistry
+
+    _write(tmp_path / "f.h5", "one-chunk-per-frame")
+    reg = AssetRegistry((str(tmp_path),))
+    reg.add_resource({"uid": "r", "spec": "AD_HDF5", "root": str(tmp_path),
+                      "resource_path": "f.h5",
+                      "resource_kwargs": {"frame_per_point": frame_per_point}})
+    points = range(10 // frame_per_point)
+    for p in points:
+        reg.add_datum({"datum_id": f"r/{p}", "resource": "r",
+                       "datum_kwargs": {"point_number": p}})
+    with ReadCache(FrameBuffers()) as cache:
+        reg.prefetch([("datum", f"r/{p}") for p in points], cache)
+        assert len(cache.rows) == len(points)
+        for p in points:
+            ahead = reg.frame_from_datum(f"r/{p}", cache)
+            assert any(ahead is row for row in cache.rows.values())
+            assert np.array_equal(ahead, reg.frame_from_datum(f"r/{p}"))  # the handler
