@@ -155,36 +155,14 @@ def _batch_block(lo, hi, elo, ehi, code, xs, dlo, dhi, round32, weight, dark, ex
 
 
 def _finish(part, aux, npt):  # pragma: no cover - numba
-    """Add the blocks in a fixed order; returns ``(npt + 1, 8)`` per-first-bin sums and
-    ``(4, npt)`` extras: exception signal, exception variance, dropped weight, dropped dark
-    (the dummy drops of regular pixels split over their two bins).
+    """Add each frame's blocks in a fixed order; returns ``(n, npt + 1, 8)`` per-first-bin
+    sums and ``(n, 4, npt)`` extras: exception signal, exception variance, dropped weight,
+    dropped dark (the dummy drops of regular pixels split over their two bins).
 
-    ``part`` and ``aux`` are ``(nblock, (npt + 1) * 8)`` (any layout).
+    ``part`` and ``aux`` are ``(nblock, n, (npt + 1) * 8)``: ``n`` frames of a chunk, or
+    one (``part[:, None]``) for a single frame, so both paths share this code and give the
+    same numbers bit for bit.
     """
-    width = (npt + 1) * 8
-    sums = np.zeros(width)
-    tot = np.zeros(width)
-    for g in range(part.shape[0]):  # explicit loops: no temporary arrays
-        for i in range(width):
-            sums[i] += part[g, i]
-            tot[i] += aux[g, i]
-    extra = np.zeros((4, npt))
-    for b in range(npt):
-        o = 8 * b
-        extra[0, b] = tot[o + 4]
-        extra[1, b] = tot[o + 5]
-        extra[2, b] = tot[o + 1] + tot[o + 6]
-        extra[3, b] = tot[o + 3] + tot[o + 7]
-        if b > 0:  # 1 - f of bin b - 1's dummy pixels
-            extra[2, b] += tot[o - 8] - tot[o - 7]
-            extra[3, b] += tot[o - 6] - tot[o - 5]
-    return sums.reshape((npt + 1, 8)), extra
-
-
-def _finish_many(part, aux, npt):  # pragma: no cover - numba
-    """:func:`_finish` for every frame of a chunk: ``part``/``aux`` are ``(nblock, n,
-    (npt + 1) * 8)``; returns ``(n, npt + 1, 8)`` sums and ``(n, 4, npt)`` extras, each
-    frame's blocks added in the same order as :func:`_finish` (bit for bit equal)."""
     width = (npt + 1) * 8
     nf = part.shape[1]
     sums = np.zeros((nf, width))
@@ -192,7 +170,7 @@ def _finish_many(part, aux, npt):  # pragma: no cover - numba
     tot = np.zeros(width)
     for t in range(nf):
         tot[:] = 0.0
-        for g in range(part.shape[0]):
+        for g in range(part.shape[0]):  # explicit loops: no temporary arrays
             for i in range(width):
                 sums[t, i] += part[g, t, i]
                 tot[i] += aux[g, t, i]
@@ -202,7 +180,7 @@ def _finish_many(part, aux, npt):  # pragma: no cover - numba
             extra[t, 1, b] = tot[o + 5]
             extra[t, 2, b] = tot[o + 1] + tot[o + 6]
             extra[t, 3, b] = tot[o + 3] + tot[o + 7]
-            if b > 0:
+            if b > 0:  # 1 - f of bin b - 1's dummy pixels
                 extra[t, 2, b] += tot[o - 8] - tot[o - 7]
                 extra[t, 3, b] += tot[o - 6] - tot[o - 5]
     return sums.reshape((nf, npt + 1, 8)), extra
@@ -220,7 +198,6 @@ def _compile(fn):
 _FRAME = _compile(_frame_block)
 _BATCH = _compile(_batch_block)
 _FINISH = _compile(_finish)
-_FINISH_MANY = _compile(_finish_many)
 WARM_DTYPES = (np.int32, np.uint32)  # compiled at construction (detector frame types)
 
 
@@ -360,8 +337,6 @@ class NumbaEngine:
     def warm_up(self, dtypes=WARM_DTYPES, dummy=None) -> None:
         """Compile (or load from numba's cache) the kernels for frames of ``dtypes`` and
         this engine's settings: no slow first frame. ``dummy(dtype)`` gives the dummy."""
-        width = 8 * (self.npt + 1)
-        strided = np.zeros((BLOCKS, 2, width))[:, 0]
         for dtype in dtypes:
             corr = self._corr(dummy(dtype) if dummy is not None else None)
             x = np.zeros(self._code.size, dtype=dtype)
@@ -369,9 +344,7 @@ class NumbaEngine:
             _BATCH(0, 0, 0, 0, self._code, x[None], *corr, *self._ex, self._part[:1],
                    self._aux[:1])
         self._part[:] = 0.0
-        _FINISH(self._part, self._part, self.npt)
-        _FINISH(strided, strided, self.npt)
-        _FINISH_MANY(np.zeros((BLOCKS, 1, width)), np.zeros((BLOCKS, 1, width)), self.npt)
+        _FINISH(self._part[:, None], self._part[:, None], self.npt)
 
     def _corr(self, dummy) -> tuple:
         """Kernel arguments of the per-frame corrections; ``None`` removes a branch from the
@@ -395,7 +368,8 @@ class NumbaEngine:
             _FRAME(*bounds[g], *args, part[g], aux[g])
 
         run_units(BLOCKS, unit, self.threads)
-        return self._assemble(*_FINISH(part, aux, self.npt))
+        sums, extra = _FINISH(part[:, None], aux[:, None], self.npt)
+        return self._assemble(sums[0], extra[0])
 
     @staticmethod
     def _assemble(sums: NDArray, extra: NDArray) -> NDArray:
@@ -427,7 +401,7 @@ class NumbaEngine:
         out = np.empty((n, 4, self.npt))
         row = 0
         for xs, part, aux in zip(chunks, parts, auxes, strict=True):
-            sums, extra = _FINISH_MANY(part, aux, self.npt)
+            sums, extra = _FINISH(part, aux, self.npt)
             signal, var = unfold(sums[..., :5])
             extra[:, 0] += signal
             extra[:, 1] += var
