@@ -35,7 +35,8 @@ logger = logging.getLogger(__name__)
 
 HDF5_SPECS = ("AD_HDF5", "AD_HDF5_SWMR")
 AD_DATASET = "/entry/data/data"
-"""Where the AD_HDF5 handlers read a datum's frames (their hard-coded key)."""
+"""areaDetector's frame dataset: where the AD_HDF5 handlers read a datum's frames (their
+hard-coded key), and the dataset of a StreamResource that names none."""
 LOCAL_HOSTS = ("", "localhost", "127.0.0.1")
 
 
@@ -145,8 +146,8 @@ class AssetRegistry:
     def add_stream_resource(self, doc: dict[str, Any]) -> None:
         self.stream_resources[doc["uid"]] = doc
 
-    def _datum_location(self, datum_id: str) -> tuple[str, Path, dict[str, Any], int]:
-        """(spec, confined file, resource kwargs, point number) of a datum."""
+    def _datum_location(self, datum_id: str) -> tuple[str, Path, int, int]:
+        """(spec, confined file, frames per point, point number) of a datum."""
         datum = self.datums.get(datum_id)
         if datum is None:
             raise FrameError(f"datum {datum_id} was never received")
@@ -160,44 +161,34 @@ class AssetRegistry:
         rel = str(resource.get("resource_path", ""))
         path = confine(Path(resource.get("root", "") or "/") / rel.lstrip("/")
                        if resource.get("root") else rel, self.roots)
-        kwargs = dict(resource.get("resource_kwargs", {}))
+        fpp = int(resource.get("resource_kwargs", {}).get("frame_per_point", 1))
         point = int(datum.get("datum_kwargs", {}).get("point_number", 0))
-        return spec, path, kwargs, point
+        return spec, path, fpp, point
 
     def frame_from_datum(self, datum_id: str, cache: ReadCache | None = None) -> NDArray:
         """The frame of one datum: the row :meth:`prefetch` read into ``cache``, else read
-        with the spec's area-detector handler (kept open for the batch in ``cache``; SWMR
-        handlers are made per frame, as the stock one refreshes only on a new handler)."""
-        spec, path, kwargs, point = self._datum_location(datum_id)
-        fpp = int(kwargs.get("frame_per_point", 1))
+        with the spec's area-detector handler."""
+        spec, path, fpp, point = self._datum_location(datum_id)
         if cache is not None:
             row = cache.rows.get((path, AD_DATASET, point * fpp))
             if row is not None:
                 return row
-        return self._read_handler(spec, path, kwargs, point,
-                                  cache if spec == "AD_HDF5" else None)
+        return self._read_handler(spec, path, fpp, point)
 
     @staticmethod
-    def _read_handler(spec: str, path: Path, kwargs: dict[str, Any], point: int,
-                      cache: ReadCache | None = None) -> NDArray:
-        fpp = int(kwargs.get("frame_per_point", 1))
-        handler = None if cache is None else cache.handlers.get((spec, path, fpp))
-        if handler is None:
-            if not path.is_file():
-                raise FrameError(f"HDF5 file {path} not found")
-            try:
-                handler = _handlers()[spec](str(path), frame_per_point=fpp)
-            except (OSError, TypeError, ValueError) as exc:
-                raise FrameError(f"cannot open {path} with the {spec} handler: {exc}") from exc
-            if cache is not None:
-                cache.handlers[(spec, path, fpp)] = handler
+    def _read_handler(spec: str, path: Path, fpp: int, point: int) -> NDArray:
+        if not path.is_file():
+            raise FrameError(f"HDF5 file {path} not found")
+        try:
+            handler = _handlers()[spec](str(path), frame_per_point=fpp)
+        except (OSError, TypeError, ValueError) as exc:
+            raise FrameError(f"cannot open {path} with the {spec} handler: {exc}") from exc
         try:
             block = np.asarray(handler(point))
         except (OSError, KeyError, ValueError, IndexError) as exc:
             raise FrameError(f"{path}: point {point} unreadable: {exc}") from exc
         finally:
-            if cache is None:
-                handler.close()
+            handler.close()
         if block.ndim == 3:
             if block.shape[0] < 1:
                 raise FrameError(f"{path}: point {point} holds no frame")
@@ -207,20 +198,20 @@ class AssetRegistry:
     def _stream_location(self, stream_resource: str, cache: ReadCache | None = None
                          ) -> tuple[Path, str]:
         """The confined file and dataset of a StreamResource (resolved once per batch)."""
-        if cache is not None:
-            found = cache.locations.get((id(self), stream_resource))
-            if found is None:
-                found = cache.locations[(id(self), stream_resource)] = \
-                    self._stream_location(stream_resource)
-            return found
+        key = (id(self), stream_resource)
+        if cache is not None and key in cache.locations:
+            return cache.locations[key]
         res = self.stream_resources.get(stream_resource)
         if res is None:
             raise FrameError(f"stream resource {stream_resource} never received")
         mimetype = res.get("mimetype", "application/x-hdf5")
         if mimetype not in ("application/x-hdf5", "application/x-hdf5-swmr"):
             raise FrameError(f"stream resource mimetype {mimetype!r} is not HDF5")
-        path = confine(path_from_uri(res["uri"]), self.roots)
-        return path, res.get("parameters", {}).get("dataset", "/entry/data/data")
+        found = (confine(path_from_uri(res["uri"]), self.roots),
+                 res.get("parameters", {}).get("dataset", AD_DATASET))
+        if cache is not None:
+            cache.locations[key] = found
+        return found
 
     def value_from_stream(self, stream_resource: str, index: int,
                           cache: ReadCache | None = None) -> NDArray:
@@ -249,9 +240,8 @@ class AssetRegistry:
                     path, dataset = self._stream_location(payload[0], cache)
                     index = int(payload[1])
                 else:
-                    _spec, path, kwargs, point = self._datum_location(payload)
-                    dataset = AD_DATASET
-                    index = point * int(kwargs.get("frame_per_point", 1))
+                    _spec, path, fpp, point = self._datum_location(payload)
+                    dataset, index = AD_DATASET, point * fpp
             except Exception:  # noqa: BLE001 - the frame-by-frame read reports it
                 continue
             by_location.setdefault((path, dataset), set()).add(index)

@@ -83,7 +83,6 @@ class ReadCache:
         self._nodes: dict[tuple[Path, str], Any] = {}
         self._columns: dict[tuple[Path, str], NDArray] = {}
         self.rows: dict[tuple[Path, str, int], NDArray] = {}
-        self.handlers: dict[tuple[str, Path, int], Any] = {}
         self.locations: dict[tuple[int, str], tuple[Path, str]] = {}
         """Confined (file, dataset) of each stream resource, resolved once a batch."""
 
@@ -113,21 +112,15 @@ class ReadCache:
         return hdf5_entry(node, index)
 
     def close(self) -> None:
-        for handler in self.handlers.values():
-            try:
-                handler.close()
-            except Exception:  # noqa: BLE001 - closing what was read; nothing is lost
-                logger.debug("closing a frame handler failed", exc_info=True)
         for fh in self._files.values():
             try:
                 fh.close()
-            except Exception:  # noqa: BLE001
+            except Exception:  # noqa: BLE001 - closing what was read; nothing is lost
                 logger.debug("closing an HDF5 file failed", exc_info=True)
         self._files.clear()
         self._nodes.clear()
         self._columns.clear()
         self.rows.clear()
-        self.handlers.clear()
         self.locations.clear()
 
     def __enter__(self) -> ReadCache:
