@@ -41,7 +41,8 @@ from typing import Any
 
 import numpy as np
 from caproto import ChannelType
-from caproto.server import PVGroup, SubGroup, pvproperty, run
+from caproto.asyncio.server import start_server
+from caproto.server import PVGroup, SubGroup, pvproperty
 
 from pbi_bluesky.simulate import (
     PS_PMMA,
@@ -340,14 +341,27 @@ def main(argv: list[str] | None = None) -> None:
             log.info("wrote %s %s", what, path)
     log.info("serving %d PVs with prefix %s on %s (pid %d), data root %s", len(ioc.pvdb),
              ioc.prefix, " ".join(args.interfaces), os.getpid(), ioc.detector.data_root)
-    signal.signal(signal.SIGTERM, _interrupt)  # stop like Ctrl-C: files get closed
+    signal.signal(signal.SIGTERM, _interrupt)  # before the loop runs: stop like Ctrl-C
     try:
-        run(ioc.pvdb, module_name="caproto.asyncio.server", interfaces=args.interfaces,
-            log_pv_names=False)
+        asyncio.run(_serve(ioc.pvdb, args.interfaces))
     except KeyboardInterrupt:
         log.info("stopping")
     finally:
         ioc.detector.hdf.close_now()
+
+
+async def _serve(pvdb: dict, interfaces: list[str]) -> None:
+    """Serve until SIGTERM, which cancels the server task so that caproto shuts down in order.
+
+    A ``KeyboardInterrupt`` raised from a plain signal handler lands in whatever coroutine
+    runs at that moment; inside a client's ``tcp_handler`` caproto turns it into an
+    unretrieved ``ServerExit`` and the server keeps serving (seen in CI: the IOC then had to
+    be killed).
+    """
+    main = asyncio.current_task()
+    asyncio.get_running_loop().add_signal_handler(signal.SIGTERM, main.cancel)
+    await start_server(pvdb, interfaces=interfaces, log_pv_names=False)
+    log.info("stopping")
 
 
 def _interrupt(signum: int, frame: Any) -> None:
