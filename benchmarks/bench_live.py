@@ -501,22 +501,7 @@ def main() -> int:
              f"{r['peak_rss_growth_mb_vmhwm']} / {r['peak_rss_growth_mb_sampled']} MB",
              f"RSS before {r['rss_before_mb']} MB"),
         ]
-    for det, r in figures["sustained_hdf5"].items():
-        target = figures["sustained_hdf5_targets"][det]
-        rows += [
-            (f"4 HDF5 {det}", "frames/s sustained", f"{r['frames_per_s']}",
-             f">= {target}: {yes[r['frames_per_s'] >= target]}"),
-            ("", "frames/s, first scan", f"{r['first_scan_frames_per_s']}",
-             f"accounted {r['first_scan_accounted']}"),
-            ("", "ms/frame read/reduce/profiles/score",
-             " / ".join(str(v) for v in r["stages_ms_per_frame"].values()),
-             "third scan, stages timed"),
-            ("", "scored+failed+shed / frames",
-             f"{r['scored']}+{r['failed']}+{r['shed']} / {r['frames']}",
-             f"accounted {r['accounted']}"),
-            ("", "paced latency p50 / p95", f"{r['latency_ms']['p50']} / "
-             f"{r['latency_ms']['p95']} ms", f"first frame {r['first_frame_s']} s"),
-        ]
+    rows += live_hdf5.table_rows(figures["sustained_hdf5"], figures["sustained_hdf5_targets"])
     w = [max(len(str(row[i])) for row in rows) for i in range(4)]
     print()
     print(f"pbi_bluesky live scorer, Pilatus 1M {FRAME_SHAPE} int32, {figures['cpus']} CPUs, "
