@@ -391,7 +391,10 @@ class FrameScorer:
                 entry = wanted.setdefault(id(frame.assets), (frame.assets, []))
                 entry[1].append(value)
         for assets, items in wanted.values():
-            assets.prefetch(items, cache)
+            try:
+                assets.prefetch(items, cache)
+            except Exception:  # noqa: BLE001 - only a speed-up: each frame's read reports
+                logger.debug("prefetch failed; frames are read one by one", exc_info=True)
 
     def _reference(self, i: int, frame: FrameInput, reading: Reading,
                    outcomes: list[Outcome | None]) -> None:

@@ -166,14 +166,17 @@ class AssetRegistry:
         return spec, path, fpp, point
 
     def frame_from_datum(self, datum_id: str, cache: ReadCache | None = None) -> NDArray:
-        """The frame of one datum: the row :meth:`prefetch` read into ``cache``, else read
-        with the spec's area-detector handler."""
+        """The frame of one datum: through ``cache`` (the row :meth:`prefetch` read, else
+        read from the batch's open file), or with the spec's area-detector handler when no
+        cache is given."""
         spec, path, fpp, point = self._datum_location(datum_id)
-        if cache is not None:
-            row = cache.rows.get((path, AD_DATASET, point * fpp))
-            if row is not None:
-                return row
-        return self._read_handler(spec, path, fpp, point)
+        if cache is None:
+            return self._read_handler(spec, path, fpp, point)
+        # through the batch's open file: a handler would open a second (SWMR) handle on it
+        try:
+            return cache.entry(path, AD_DATASET, point * fpp)
+        except ReductionError as exc:
+            raise FrameError(str(exc)) from exc
 
     @staticmethod
     def _read_handler(spec: str, path: Path, fpp: int, point: int) -> NDArray:
@@ -207,8 +210,15 @@ class AssetRegistry:
         mimetype = res.get("mimetype", "application/x-hdf5")
         if mimetype not in ("application/x-hdf5", "application/x-hdf5-swmr"):
             raise FrameError(f"stream resource mimetype {mimetype!r} is not HDF5")
-        found = (confine(path_from_uri(res["uri"]), self.roots),
-                 res.get("parameters", {}).get("dataset", AD_DATASET))
+        params = res.get("parameters") or {}
+        if not isinstance(params, dict):
+            raise FrameError(f"stream resource {stream_resource}: parameters {params!r} are "
+                             "not a mapping")
+        dataset = params.get("dataset", AD_DATASET)
+        if not isinstance(dataset, str):
+            raise FrameError(f"stream resource {stream_resource}: dataset {dataset!r} is not "
+                             "a string")
+        found = (confine(path_from_uri(res["uri"]), self.roots), dataset)
         if cache is not None:
             cache.locations[key] = found
         return found

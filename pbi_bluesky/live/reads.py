@@ -28,7 +28,7 @@ from typing import Any
 import numpy as np
 from numpy.typing import NDArray
 
-from pbi_bluesky.reduction import hdf5_dataset, hdf5_entry, open_hdf5
+from pbi_bluesky.reduction import frame_stored, hdf5_dataset, hdf5_entry, open_hdf5
 
 __all__ = ["FrameBuffers", "ReadCache", "read_rows", "stack_rows"]
 
@@ -138,14 +138,16 @@ def _one_chunk_per_frame(node: Any) -> bool:
 
 def read_rows(cache: ReadCache, path: Path, dataset: str, indices: list[int]) -> None:
     """Read frames ``indices`` (sorted) of a ``(n, ny, nx)`` stack into ``cache.rows``,
-    one block of consecutive rows per run of consecutive indices. Indices out of range are
-    left out (their frame-by-frame read reports it)."""
+    one block of consecutive rows per run of consecutive indices. Indices out of range and
+    frames whose chunk is not stored yet (an SWMR writer extended the dataset first:
+    :func:`~pbi_bluesky.reduction.frame_stored`) are left out; their frame-by-frame read
+    reports it."""
     node = cache.node(path, dataset)
     if node.ndim != 3:
         return
     runs: list[list[int]] = []
     for i in indices:
-        if not 0 <= i < node.shape[0]:
+        if not 0 <= i < node.shape[0] or not frame_stored(node, i):
             continue
         if runs and i == runs[-1][-1] + 1:
             runs[-1].append(i)

@@ -24,7 +24,15 @@ from .geometry import (
     load_geometry_text,
     make_geometry,
 )
-from .images import as_frame, hdf5_dataset, hdf5_entry, open_hdf5, read_hdf5_frame, read_image
+from .images import (
+    as_frame,
+    frame_stored,
+    hdf5_dataset,
+    hdf5_entry,
+    open_hdf5,
+    read_hdf5_frame,
+    read_image,
+)
 from .integrator import FoldedIntegrator
 from .io1d import (
     read_ascii,
@@ -56,6 +64,7 @@ __all__ = [
     "make_geometry",
     "read_ascii",
     "hdf5_dataset",
+    "frame_stored",
     "hdf5_entry",
     "open_hdf5",
     "read_hdf5_frame",

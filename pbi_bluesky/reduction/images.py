@@ -12,7 +12,8 @@ from numpy.typing import NDArray
 
 from .errors import ReductionError
 
-__all__ = ["DEFAULT_HDF5_DATASET", "HDF5_SUFFIXES", "as_frame", "hdf5_dataset", "hdf5_entry",
+__all__ = ["DEFAULT_HDF5_DATASET", "HDF5_SUFFIXES", "as_frame", "frame_stored", "hdf5_dataset",
+           "hdf5_entry",
            "open_hdf5", "read_hdf5_frame", "read_image"]
 
 logger = logging.getLogger(__name__)
@@ -148,9 +149,34 @@ def hdf5_dataset(fh: h5py.File, dataset: str = DEFAULT_HDF5_DATASET) -> h5py.Dat
     return node
 
 
+def frame_stored(node: h5py.Dataset, index: int) -> bool:
+    """Whether frame ``index`` of a chunked stack has its chunk stored in the file.
+
+    An SWMR reader can see a dataset extended before the writer stored the new frame's
+    chunk; reading it then returns the fill value (zeros), which must not be scored as a
+    frame. Datasets that are not chunked, and chunks holding several frames of which only
+    some were written, cannot be told apart this way (``True``).
+    """
+    chunks = node.chunks
+    if chunks is None or node.ndim < 2:
+        return True
+    origin = (index - index % chunks[0],) + (0,) * (node.ndim - 1)
+    try:
+        return node.id.get_chunk_info_by_coord(origin).byte_offset is not None
+    except Exception:  # noqa: BLE001 - an HDF5 without the chunk query: let the read decide
+        return True
+
+
 def hdf5_entry(node: h5py.Dataset, index: int | None = None) -> NDArray:
     """Element ``index`` of a dataset from :func:`hdf5_dataset`: frame ``index`` of a
-    stack, a 2D dataset (``index`` None or 0), or value ``index`` of a 1D one."""
+    stack, a 2D dataset (``index`` None or 0), or value ``index`` of a 1D one.
+
+    Raises
+    ------
+    ReductionError
+        Index out of range, or a frame of the stack whose chunk is not stored yet
+        (:func:`frame_stored`), or HDF5 failing to read it.
+    """
     try:
         if node.ndim == 2:
             if index:
@@ -161,6 +187,9 @@ def hdf5_entry(node: h5py.Dataset, index: int | None = None) -> NDArray:
         if not 0 <= i < node.shape[0]:
             raise ReductionError(f"{node.file.filename}:{node.name} holds {node.shape[0]} "
                                  f"entries, index {i} asked")
+        if node.ndim == 3 and not frame_stored(node, i):
+            raise ReductionError(f"{node.file.filename}:{node.name} frame {i} is not written "
+                                 "yet (its chunk is not stored)")
         return np.asarray(node[i])
     except OSError as exc:
         raise ReductionError(f"cannot read {node.name} from {node.file.filename}: "

@@ -113,7 +113,7 @@ def stream_file(instrument, tmp_path_factory):
     return root
 
 
-def _stream_frames(stream_file, instrument, indices, image_resource="img"):
+def _stream_frames(stream_file, instrument, indices, image_resource="img", bad_params=None):
     path = stream_file / "scan.h5"
     start = {"uid": "raw", "geometry": None, "thickness_cm": 0.1, "composition": "50:50"}
     assets = AssetRegistry((str(stream_file),))
@@ -123,6 +123,8 @@ def _stream_frames(stream_file, instrument, indices, image_resource="img"):
         assets.add_stream_resource({"uid": uid, "uri": f"file://localhost{path}",
                                     "mimetype": "application/x-hdf5",
                                     "parameters": {"dataset": dataset}})
+    assets.add_stream_resource({"uid": "bad", "uri": f"file://localhost{path}",
+                                "mimetype": "application/x-hdf5", "parameters": bad_params})
     roles = Roles("det_image", "beam_i0", "beam_transmission")
     out = []
     for seq, index in enumerate(indices, start=1):
@@ -167,3 +169,28 @@ def test_a_batch_read_from_hdf5_equals_frame_by_frame_reads(tiny_model, instrume
         assert np.array_equal(w.profile.intensity, a.profile.intensity, equal_nan=True)
         assert np.array_equal(w.profile.sigma, a.profile.sigma, equal_nan=True)
         assert w.result.score == a.result.score and w.result.p_value == a.result.p_value
+
+
+@pytest.mark.parametrize(("params", "reason"), [
+    ({"dataset": ["/entry/data/data"]}, "is not a string"),
+    ({"dataset": {"name": "/entry/data/data"}}, "is not a string"),
+    ({"dataset": 5}, "is not a string"),
+    (["/entry/data/data"], "are not a mapping"),
+    ("/entry/data/data", "are not a mapping"),
+])
+def test_a_malformed_stream_resource_fails_its_frames_not_the_batch(
+        tiny_model, instrument, stream_file, tmp_path, params, reason):
+    """A StreamResource whose dataset is not a string (unhashable ones once escaped the
+    batch read-ahead and lost the whole batch): its frame fails with the reason, the rest
+    of the batch is scored."""
+    poni = tmp_path / "g.poni"
+    instrument.write_poni(poni)
+    core = FrameScorer(tiny_model, poni=poni, mask=instrument.mask,
+                       dark=expected_dark(instrument), npt=instrument.npt,
+                       data_roots=[stream_file])
+    frames = _stream_frames(stream_file, instrument, [0, 1, 2], "bad", bad_params=params)
+    outcomes = core.process(frames)
+    assert [o.result.raw_seq_num for o in outcomes] == [1, 2, 3]
+    by_seq = {o.result.raw_seq_num: o.result for o in outcomes}
+    assert by_seq[3].status == "failed" and reason in by_seq[3].reason
+    assert by_seq[1].status == by_seq[2].status == "scored"

@@ -121,3 +121,42 @@ def test_datum_frames_read_ahead_equal_the_area_detector_handler(tmp_path, frame
             ahead = reg.frame_from_datum(f"r/{p}", cache)
             assert any(ahead is row for row in cache.rows.values())
             assert np.array_equal(ahead, reg.frame_from_datum(f"r/{p}"))  # the handler
+
+
+def test_a_frame_whose_chunk_is_not_stored_yet_fails_instead_of_reading_zeros(tmp_path):
+    """An SWMR reader can see the dataset extended before the writer stored the frame;
+    HDF5 would return the fill value (zeros) for it, which must never be scored."""
+    path = tmp_path / "f.h5"
+    frames = np.random.default_rng(5).integers(1, 1000, (3, *SHAPE)).astype("<i4")
+    with h5py.File(path, "w") as fh:
+        data = fh.create_dataset(DATASET, shape=(5, *SHAPE), chunks=(1, *SHAPE), dtype="<i4")
+        data[:3] = frames
+    with ReadCache(FrameBuffers()) as cache:
+        read_rows(cache, path, DATASET, [1, 2, 3, 4])
+        assert {k[2] for k in cache.rows} == {1, 2}
+        assert np.array_equal(cache.entry(path, DATASET, 2), frames[2])
+        with pytest.raises(ReductionError, match="frame 3 is not written yet"):
+            cache.entry(path, DATASET, 3)
+    with pytest.raises(ReductionError, match="frame 4 is not written yet"):
+        read_hdf5_frame(path, DATASET, 4)
+
+
+def test_a_datum_frame_not_read_ahead_is_read_through_the_batch_file(tmp_path):
+    """With a batch cache, a datum's frame missing from the read-ahead is read from the
+    file the batch already holds open (an area-detector handler would open a second,
+    SWMR, handle on it), and a point beyond the file fails with the sizes."""
+    from pbi_bluesky.live.frames import AssetRegistry, FrameError
+
+    frames = _write(tmp_path / "f.h5", "one-chunk-per-frame")
+    reg = AssetRegistry((str(tmp_path),))
+    reg.add_resource({"uid": "r", "spec": "AD_HDF5_SWMR", "root": str(tmp_path),
+                      "resource_path": "f.h5", "resource_kwargs": {"frame_per_point": 1}})
+    for p in (4, 12):
+        reg.add_datum({"datum_id": f"r/{p}", "resource": "r",
+                       "datum_kwargs": {"point_number": p}})
+    with ReadCache(FrameBuffers()) as cache:
+        frame = reg.frame_from_datum("r/4", cache)
+        assert np.array_equal(frame, frames[4])
+        assert list(cache._files) == [tmp_path / "f.h5"]
+        with pytest.raises(FrameError, match="holds 10 entries, index 12 asked"):
+            reg.frame_from_datum("r/12", cache)
