@@ -227,7 +227,10 @@ class NDFileHDF5Group(NDFileGroup):
         await self._run(self._stream.append, array)
 
     def close_now(self) -> None:
-        """Close an open file at once (IOC shutdown), so it is left consistent."""
+        """Close an open file at once (IOC shutdown), so it is left consistent: a write
+        still running on the file thread (its task was cancelled, the thread was not) ends
+        first, or the file would be closed under it."""
+        self._executor.shutdown(wait=True)
         stream, self._stream = self._stream, None
         if stream is not None:
             stream.close()

@@ -344,9 +344,10 @@ def main(argv: list[str] | None = None) -> None:
     signal.signal(signal.SIGTERM, _interrupt)  # before the loop runs: stop like Ctrl-C
     try:
         asyncio.run(_serve(ioc.pvdb, args.interfaces))
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, asyncio.CancelledError):  # SIGTERM before serving began
         log.info("stopping")
     finally:
+        signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the close
         ioc.detector.hdf.close_now()
 
 
