@@ -13,8 +13,7 @@ from numpy.typing import NDArray
 from .errors import ReductionError
 
 __all__ = ["DEFAULT_HDF5_DATASET", "HDF5_SUFFIXES", "as_frame", "frame_stored", "hdf5_dataset",
-           "hdf5_entry",
-           "open_hdf5", "read_hdf5_frame", "read_image"]
+           "hdf5_entry", "open_hdf5", "read_hdf5_frame", "read_image"]
 
 logger = logging.getLogger(__name__)
 
