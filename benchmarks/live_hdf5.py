@@ -247,6 +247,7 @@ def baselines(path: Path, poni: Path, mask: Any, dark: Any, *, npt: int,
     """Median ms per frame of ``floor`` and pyFAI ``integrate1d`` no/csc on ``frames``
     frames of the file (one warm-up call each; ``rounds`` passes, interleaved)."""
     import pyFAI
+    from bench_reduction import time_interleaved  # benchmarks/: the same interleaved timer
 
     with h5py.File(path, "r") as fh:
         stack = fh["/entry/data/data"][:frames]
@@ -264,15 +265,8 @@ def baselines(path: Path, poni: Path, mask: Any, dark: Any, *, npt: int,
                            correctSolidAngle=True, normalization_factor=float(m),
                            error_model="poisson")
 
-    methods = {"floor": floor, "pyfai_no_csc": pyfai_no_csc}
-    times: dict[str, list[float]] = {k: [] for k in methods}
-    for fn in methods.values():
-        fn()
-    for _ in range(rounds):
-        for key, fn in methods.items():
-            t = time.perf_counter()
-            fn()
-            times[key].append(1000.0 * (time.perf_counter() - t) / len(stack))
+    times = time_interleaved({"floor": floor, "pyfai_no_csc": pyfai_no_csc}, len(stack),
+                             rounds)
     return {k: round(statistics.median(v), 3) for k, v in times.items()}
 
 
