@@ -280,10 +280,20 @@ def test_evaluate_compares_detectors(trained, tmp_path):
 
 def test_live_demo_end_to_end(tmp_path):
     """`make demo`'s command, in its own process (its own Channel Access ports)."""
-    proc = subprocess.run([sys.executable, "-m", "pbi_bluesky.cli", "demo", "--json", "--out",
-                           str(tmp_path)], capture_output=True, text=True, timeout=600)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    report = json.loads(proc.stdout.strip().splitlines()[-1])
+    import os
+    import signal
+
+    proc = subprocess.Popen([sys.executable, "-m", "pbi_bluesky.cli", "demo", "--json", "--out",
+                             str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+    try:
+        stdout, stderr = proc.communicate(timeout=480)
+    except subprocess.TimeoutExpired:  # SIGABRT: faulthandler prints every thread's stack
+        proc.send_signal(signal.SIGABRT)
+        stdout, stderr = proc.communicate(timeout=60)
+        pytest.fail(f"pbi demo still running after 480 s; its threads:\n{stderr[-12000:]}")
+    assert proc.returncode == 0, stderr[-3000:]
+    report = json.loads(stdout.strip().splitlines()[-1])
     frames = report["frames"]
     assert frames["received"] == frames["scored"] + frames["failed"] + frames["shed"] > 14
     assert report["transient_correct"] is True

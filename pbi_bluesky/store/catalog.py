@@ -2,7 +2,8 @@
 
 * ``open_runs()`` with no URI (and no ``PBI_TILED_URI``) opens a persistent local catalog
   (SQLite + files + DuckDB tables under ``PBI_DATA_DIR``, default
-  ``~/.local/share/pbi_bluesky``) served in-process: no port, no server process.
+  ``~/.local/share/pbi_bluesky``) served in-process: no port, no server process. Its
+  requests are served one at a time (see :func:`embedded_client`).
 * With ``uri``/``PBI_TILED_URI`` (and ``api_key``/``PBI_TILED_API_KEY``) it connects to a real
   Tiled server, e.g. one started with
   ``tiled serve catalog --temp --api-key SECRET --host 127.0.0.1 -w DIR``.
@@ -48,11 +49,48 @@ def _metadata_clients() -> dict[str, Any]:
     return {"container": Container}
 
 
+_EMBEDDED_LOCKS: dict[str, threading.Lock] = {}
+_EMBEDDED_LOCKS_GUARD = threading.Lock()
+
+
+def _embedded_lock(root: Path) -> threading.Lock:
+    """The one lock of every in-process client of the catalog in ``root``."""
+    key = str(root.resolve())
+    with _EMBEDDED_LOCKS_GUARD:
+        return _EMBEDDED_LOCKS.setdefault(key, threading.Lock())
+
+
+class _OneAtATime:
+    """An httpx transport that passes one request at a time to the wrapped one.
+
+    The embedded catalog serves requests from several threads of this process (the raw
+    and the analysis spools write while a plan or a query reads). Tiled 0.2.20 served
+    in-process does not survive overlapping requests: its DuckDB tables share one
+    connection across request threads (500 "Attempting to execute an unsuccessful or
+    closed pending query result"), and some requests never return
+    (``benchmarks/stress_catalog.py --unserialised``). A server process is not affected
+    by this lock.
+    """
+
+    def __init__(self, transport: Any, lock: threading.Lock) -> None:
+        self.transport, self.lock = transport, lock
+
+    def handle_request(self, request: Any) -> Any:
+        with self.lock:
+            return self.transport.handle_request(request)
+
+    def close(self) -> None:
+        self.transport.close()
+
+
 def embedded_client(data_dir: str | Path, readable: tuple[str, ...] = (),
                     metadata_only: bool = False) -> Any:
     """A Tiled client over a persistent local catalog served in-process; ``readable``:
     folders of external files (detector HDF5) it may serve; ``metadata_only``: plain
-    containers (see :func:`open_runs`)."""
+    containers (see :func:`open_runs`).
+
+    Every client of one catalog folder in this process sends its requests one at a time
+    (:class:`_OneAtATime`), whatever thread they come from."""
     from tiled.catalog import from_uri
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
@@ -69,6 +107,8 @@ def embedded_client(data_dir: str | Path, readable: tuple[str, ...] = (),
         init_if_not_exists=new,
     )
     context = Context.from_app(build_app(catalog))
+    cached = context.http_client._transport  # tiled's caching Transport around the app's
+    cached.transport = _OneAtATime(cached.transport, _embedded_lock(root))
     if metadata_only:
         return from_context(context, structure_clients=_metadata_clients())
     return from_context(context)

@@ -83,6 +83,7 @@ def test_bad_metadata_and_a_raising_model_never_abort_the_scan(
 
     session = _session(sim_config, model_300k, instrument_300k, tmp_path)
     bl, scorer = session.beamline, session.scorer
+    closed = False
     try:
         (uid,) = session.RE(measure_tray(bl.readables, bl.changer,
                                          [{"slot": 6, "composition": "33:67"}], EXPOSURE))
@@ -100,9 +101,14 @@ def test_bad_metadata_and_a_raising_model_never_abort_the_scan(
         assert len(results) == 2
         assert all(r.status == "failed" and "model exploded" in r.reason for r in results), \
             [r.reason for r in results]
+        monkeypatch.undo()
+        closed = session.close(300)
+        assert closed, f"runs left in the spools: {session.raw_spool.pending()} " \
+                       f"{session.analysis_spool.pending()}"
     finally:
         monkeypatch.undo()
-        session.close(300)
+        if not closed:
+            session.close(30)
         use_tray(None)
 
 

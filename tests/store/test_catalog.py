@@ -1,0 +1,94 @@
+"""The embedded catalog under requests from several threads (the two spools, a reader)."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import numpy as np
+import pytest
+from event_model import compose_run
+
+
+def _write_run(runs, k: int, i: int) -> str:
+    from bluesky_tiled_plugins import TiledWriter
+
+    writer = TiledWriter(runs)
+    bundle = compose_run(metadata={"writer": k, "n": i})
+    writer("start", bundle.start_doc)
+    desc = bundle.compose_descriptor(name="primary", data_keys={
+        "x": {"dtype": "number", "shape": [], "source": "sim"},
+        "y": {"dtype": "array", "shape": [16], "source": "sim"}})
+    writer("descriptor", desc.descriptor_doc)
+    for j in range(3):
+        now = time.time()
+        writer("event", desc.compose_event(data={"x": float(j), "y": np.full(16, j).tolist()},
+                                           timestamps={"x": now, "y": now}))
+    writer("stop", bundle.compose_stop())
+    return bundle.start_doc["uid"]
+
+
+@pytest.mark.timeout(300)
+def test_threads_sharing_the_embedded_catalog_never_overlap_and_lose_nothing(
+    tmp_path, monkeypatch
+):
+    """Tiled served in-process breaks when requests overlap (500 'closed pending query
+    result', requests that never return: benchmarks/stress_catalog.py --unserialised), so
+    every request of every client of one catalog folder goes through one at a time,
+    whatever thread sends it: measured here at the app's own transport, with a pause inside
+    each request that would let unserialised requests overlap."""
+    from starlette.testclient import _TestClientTransport
+
+    from pbi_bluesky.store import open_runs
+
+    inside, most, guard = [0], [0], threading.Lock()
+    original = _TestClientTransport.handle_request
+
+    def probe(self, request):
+        with guard:
+            inside[0] += 1
+            most[0] = max(most[0], inside[0])
+        try:
+            time.sleep(0.002)  # lets another thread's request in, were it not serialised
+            return original(self, request)
+        finally:
+            with guard:
+                inside[0] -= 1
+
+    monkeypatch.setattr(_TestClientTransport, "handle_request", probe)
+    writer_runs = [open_runs(data_dir=tmp_path) for _ in range(2)]  # two clients, one folder
+    reader_runs = open_runs(data_dir=tmp_path)
+    written: list[list[str]] = [[], []]
+    errors: list[str] = []
+    done = threading.Event()
+
+    def write(k: int) -> None:
+        try:
+            for i in range(4):
+                written[k].append(_write_run(writer_runs[k], k, i))
+        except Exception as exc:  # noqa: BLE001 - reported below
+            errors.append(f"writer {k}: {type(exc).__name__}: {exc}")
+
+    def read() -> None:
+        while not done.is_set():
+            try:
+                for uid in list(reader_runs)[-2:]:
+                    reader_runs[uid]["primary"].read()
+            except Exception as exc:  # noqa: BLE001 - reported below
+                errors.append(f"reader: {type(exc).__name__}: {exc}")
+                return
+
+    threads = [threading.Thread(target=write, args=(k,)) for k in (0, 1)]
+    reader = threading.Thread(target=read)
+    for t in (*threads, reader):
+        t.start()
+    for t in threads:
+        t.join(240)
+    done.set()
+    reader.join(60)
+    assert not errors, errors
+    assert most[0] == 1, f"{most[0]} requests were inside the app at once"
+    for uid in written[0] + written[1]:
+        events = reader_runs[uid]["primary"].read()
+        assert list(np.asarray(events["x"])) == [0.0, 1.0, 2.0]
+    assert len(written[0]) == len(written[1]) == 4
