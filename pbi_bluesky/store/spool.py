@@ -467,10 +467,12 @@ class SpoolSink:
 
 
 def _transient(exc: BaseException) -> bool:
-    """Whether a writer error looks like an outage (retry) rather than refused content."""
+    """Whether a writer error looks like an outage (retry) rather than refused content
+    (a database's ``OperationalError``, e.g. "database is locked", is an outage)."""
     names = {t.__name__ for t in type(exc).__mro__}
     if names & {"ConnectionError", "TimeoutError", "ConnectError", "TimeoutException",
-                "NetworkError", "RemoteProtocolError", "CatalogUnavailable", "OSError"}:
+                "NetworkError", "RemoteProtocolError", "CatalogUnavailable", "OSError",
+                "OperationalError"}:
         return True
     status = getattr(getattr(exc, "response", None), "status_code", None)
     return status is not None and int(status) >= 500

@@ -22,17 +22,18 @@ class Memory:
 
     def __init__(self):
         self.up = True
+        self.error: Exception = ConnectionError("downstream is down")
         self.docs: list[tuple[str, dict]] = []
         self.deleted: list[str] = []
 
     def factory(self):
         if not self.up:
-            raise ConnectionError("downstream is down")
+            raise self.error
         return self
 
     def __call__(self, name, doc):
         if not self.up:
-            raise ConnectionError("downstream is down")
+            raise self.error
         self.docs.append((name, doc))
 
     def delete(self, uid):
@@ -237,15 +238,30 @@ def test_a_run_the_writer_keeps_refusing_is_set_aside_not_lost(tmp_path):
     sink.close()
 
 
-def test_outages_are_retried_forever_not_rejected(tmp_path):
+def _locked() -> Exception:
+    import sqlite3
+
+    import sqlalchemy.exc
+
+    return sqlalchemy.exc.OperationalError("INSERT INTO nodes", {},
+                                           sqlite3.OperationalError("database is locked"))
+
+
+@pytest.mark.parametrize("error", [
+    pytest.param(lambda: ConnectionError("downstream is down"), id="connection"),
+    pytest.param(_locked, id="database-locked"),
+])
+def test_outages_are_retried_forever_not_rejected(tmp_path, error):
     mem = Memory()
     mem.up = False
+    mem.error = error()
     sink = SpoolSink(tmp_path / "spool", mem.factory, auto_replay=False, reject_after=1)
     docs = _analysis_run("raw-o", "50:50", 0, 1.0, "O")
     for name, doc in docs:
         sink(name, doc)
     sink.flush(10)
     for _ in range(3):
-        assert sink.replay()[docs[0][1]["uid"]].startswith("failed: ConnectionError")
+        assert sink.replay()[docs[0][1]["uid"]].startswith(
+            f"failed: {type(mem.error).__name__}")
     assert sink.rejected() == []
     sink.close()
