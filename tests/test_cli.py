@@ -280,17 +280,21 @@ def test_evaluate_compares_detectors(trained, tmp_path):
 
 def test_live_demo_end_to_end(tmp_path):
     """`make demo`'s command, in its own process (its own Channel Access ports)."""
+    import contextlib
     import os
     import signal
 
     proc = subprocess.Popen([sys.executable, "-m", "pbi_bluesky.cli", "demo", "--json", "--out",
                              str(tmp_path)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"})
+                            text=True, env={**os.environ, "PYTHONFAULTHANDLER": "1"},
+                            start_new_session=True)  # its group holds its IOC too
     try:
         stdout, stderr = proc.communicate(timeout=480)
     except subprocess.TimeoutExpired:  # SIGABRT: faulthandler prints every thread's stack
         proc.send_signal(signal.SIGABRT)
         stdout, stderr = proc.communicate(timeout=60)
+        with contextlib.suppress(ProcessLookupError):  # the IOC the demo could not stop
+            os.killpg(proc.pid, signal.SIGKILL)
         pytest.fail(f"pbi demo still running after 480 s; its threads:\n{stderr[-12000:]}")
     assert proc.returncode == 0, stderr[-3000:]
     report = json.loads(stdout.strip().splitlines()[-1])
