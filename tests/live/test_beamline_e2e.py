@@ -12,6 +12,7 @@ import pytest
 
 from tests.beamline_fixtures import sim_config, sim_ioc  # noqa: F401 - pytest fixtures
 from tests.conftest import SIM_EXPOSURE_S as EXPOSURE
+from tests.queue_fixtures import wait_for
 
 
 def _session(cfg, model, instrument, tmp_path, mode="ophyd", **kwargs):
@@ -101,7 +102,6 @@ def test_bad_metadata_and_a_raising_model_never_abort_the_scan(
         assert len(results) == 2
         assert all(r.status == "failed" and "model exploded" in r.reason for r in results), \
             [r.reason for r in results]
-        monkeypatch.undo()
         closed = session.close(300)
         assert closed, f"runs left in the spools: {session.raw_spool.pending()} " \
                        f"{session.analysis_spool.pending()}"
@@ -110,18 +110,6 @@ def test_bad_metadata_and_a_raising_model_never_abort_the_scan(
         if not closed:
             session.close(30)
         use_tray(None)
-
-
-def _spools_drained(session, timeout: float) -> bool:
-    """Wait until both spools have every run downstream (False after ``timeout`` s)."""
-    import time
-
-    deadline = time.monotonic() + timeout
-    while session.raw_spool.pending() or session.analysis_spool.pending():
-        if time.monotonic() > deadline:
-            return False
-        time.sleep(0.1)
-    return True
 
 
 def test_tiled_down_at_start_and_mid_scan_loses_nothing(
@@ -150,7 +138,8 @@ def test_tiled_down_at_start_and_mid_scan_loses_nothing(
         assert session.scorer.flush(300)
         # killed between writes: a kill inside an array write leaves zarr files the
         # catalog does not list, and the server refuses that run's replay (README gap)
-        assert _spools_drained(session, 300), "the first runs never reached Tiled"
+        wait_for(lambda: not (session.raw_spool.pending() or session.analysis_spool.pending()),
+                 300, "the first runs to reach Tiled")
         server.kill()  # mid-session crash
         third = RE(measure_tray(bl.readables, bl.changer, [8], EXPOSURE))
         assert session.scorer.flush(300)
