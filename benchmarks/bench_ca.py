@@ -40,7 +40,7 @@ REPO = Path(__file__).resolve().parents[1]
 
 def _configure_env() -> dict[str, str]:
     """Loopback CA on free ports; must run before ophyd is imported."""
-    from sim_iocs.launch import loopback_epics_env
+    from pbi_bluesky.testing.iocs import loopback_epics_env
 
     env = loopback_epics_env()
     os.environ.update(env)
@@ -87,13 +87,13 @@ def _bench_detector(detector: str, args: argparse.Namespace, env: dict[str, str]
     import bluesky.plans as bp
     from bluesky import RunEngine
 
-    from pbi_bluesky.beamline_demo import sim_beamline_config
+    from pbi_bluesky.demos.beamline import sim_beamline_config
     from pbi_bluesky.devices import make_async_beamline, make_ophyd_beamline
     from pbi_bluesky.live import LiveScorer
     from pbi_bluesky.plans import fly_slot, use_tray
     from pbi_bluesky.reduction import load_geometry
     from pbi_bluesky.simulate import Instrument
-    from sim_iocs.launch import start_sim_ioc, stop_sim_ioc
+    from pbi_bluesky.testing.iocs import start_sim_ioc, stop_sim_ioc
     from sim_iocs.tray import default_tray
 
     ioc = start_sim_ioc(workdir / detector, default_tray(), detector=detector, seed=1, env=env)

@@ -46,7 +46,7 @@ FRAMES_PER_RUN = 10
 
 
 def _configure_env() -> dict[str, str]:
-    from sim_iocs.launch import loopback_epics_env
+    from pbi_bluesky.testing.iocs import loopback_epics_env
 
     env = loopback_epics_env()
     os.environ.update(env)
@@ -63,7 +63,7 @@ class FrameCounter:
         self.exit_status: Counter = Counter()
 
     def __call__(self, name: str, doc: dict) -> None:
-        from pbi_bluesky.live import image_keys
+        from pbi_bluesky.scoring import image_keys
 
         if name == "descriptor" and image_keys(doc):
             self.image_descriptors.add(doc["uid"])
@@ -214,13 +214,13 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     import bluesky.plan_stubs as bps
     import bluesky.plans as bp
 
-    from pbi_bluesky.beamline_demo import sim_beamline_config
+    from pbi_bluesky.demos.beamline import sim_beamline_config
     from pbi_bluesky.plans import use_tray
     from pbi_bluesky.reduction import load_geometry
-    from pbi_bluesky.services import TiledServer
     from pbi_bluesky.session import build_session
     from pbi_bluesky.simulate import Instrument, expected_dark
-    from sim_iocs.launch import start_sim_ioc, stop_sim_ioc
+    from pbi_bluesky.testing.iocs import start_sim_ioc, stop_sim_ioc
+    from pbi_bluesky.testing.services import TiledServer
     from sim_iocs.tray import default_tray
 
     env = _configure_env()

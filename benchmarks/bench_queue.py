@@ -19,7 +19,7 @@ the other, in this run:
 
 The time measured, per flagged sample, is the flagged frame's event time to its first
 rescan run's start document, both read back from the catalog with the same function
-(:func:`pbi_bluesky.beamline_queue.rescan_latencies`), so the two paths are timed alike.
+(:func:`pbi_bluesky.demos.queue.rescan_latencies`), so the two paths are timed alike.
 For the queue path it is split into: the analysis run's stop document (composed by the
 scorer in the worker), the agent's request record (written right after its ``item_add``,
 so the time the agent had the verdict from Tiled), and the rescan's start. The decisions
@@ -40,8 +40,8 @@ sys.path.insert(0, str(REPO))
 
 
 def _in_plan(out: Path, exposure: float) -> dict:
-    from pbi_bluesky.beamline_demo import run_live_demo
-    from pbi_bluesky.beamline_queue import rescan_latencies
+    from pbi_bluesky.demos.beamline import run_live_demo
+    from pbi_bluesky.demos.queue import rescan_latencies
     from pbi_bluesky.store import open_runs
 
     t0 = time.perf_counter()
@@ -55,7 +55,7 @@ def _in_plan(out: Path, exposure: float) -> dict:
 
 
 def _queue(out: Path, exposure: float) -> dict:
-    from pbi_bluesky.beamline_queue import run_queue_demo
+    from pbi_bluesky.demos.queue import run_queue_demo
 
     t0 = time.perf_counter()
     report = run_queue_demo(out, exposure_s=exposure)

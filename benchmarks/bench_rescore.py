@@ -49,8 +49,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     from tiled.queries import Key
 
     from pbi_bluesky.rescore import RescoreJob, rescore
-    from pbi_bluesky.services import TiledServer
     from pbi_bluesky.store import runs_container
+    from pbi_bluesky.testing.services import TiledServer
 
     work, inst, poni = workdir("pbi-bench-rescore-")
     log(f"rendering {args.frames} Pilatus 1M frames ...")

@@ -189,9 +189,9 @@ def core_time(instrument: Any, frames: list, poni: str, repeats: int = 2,
     import torch
     from threadpoolctl import threadpool_limits
 
-    from pbi_bluesky.live.core import FrameInput, FrameScorer
-    from pbi_bluesky.live.frames import AssetRegistry
-    from pbi_bluesky.live.streams import FrameParts, Roles
+    from pbi_bluesky.scoring.engine import FrameInput, FrameScorer
+    from pbi_bluesky.scoring.frames import AssetRegistry
+    from pbi_bluesky.scoring.streams import FrameParts, Roles
     from pbi_bluesky.simulate import expected_dark
 
     torch.set_num_threads(1)
@@ -382,9 +382,9 @@ def workers_needed(per_worker: dict[str, float], coordinator_events_s: float,
 
 
 def explain_time(frames: list, poni: str, instrument: Any) -> float:
-    from pbi_bluesky.live.analysis import explain_frame
-    from pbi_bluesky.live.channel import FrameResult
-    from pbi_bluesky.live.core import FrameScorer
+    from pbi_bluesky.scoring.analysis import explain_frame
+    from pbi_bluesky.scoring.engine import FrameScorer
+    from pbi_bluesky.scoring.result import FrameResult
     from pbi_bluesky.simulate import expected_dark
 
     core = FrameScorer(None, mask=instrument.mask, dark=expected_dark(instrument))
@@ -403,8 +403,8 @@ def explain_time(frames: list, poni: str, instrument: Any) -> float:
 def run(args: argparse.Namespace) -> dict[str, Any]:
     from pbi_bluesky.bus import BusNames, connect
     from pbi_bluesky.models.bundle import load_default_model
-    from pbi_bluesky.services import RedisServer, TiledServer
     from pbi_bluesky.simulate import Instrument, make_geometry
+    from pbi_bluesky.testing.services import RedisServer, TiledServer
 
     work, inst, poni = workdir("pbi-bench-scale-")
     (work / "logs").mkdir()

@@ -28,7 +28,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
 
-    from sim_iocs.launch import loopback_epics_env, start_sim_ioc, stop_sim_ioc
+    from pbi_bluesky.testing.iocs import loopback_epics_env, start_sim_ioc, stop_sim_ioc
 
     env = loopback_epics_env()
     os.environ.update(env)
@@ -39,7 +39,7 @@ def main() -> None:
         from bluesky import RunEngine
         from threadpoolctl import threadpool_limits
 
-        from pbi_bluesky.beamline_demo import sim_beamline_config
+        from pbi_bluesky.demos.beamline import sim_beamline_config
         from pbi_bluesky.devices import make_ophyd_beamline
         from pbi_bluesky.live import LiveScorer
 

@@ -59,8 +59,8 @@ def _stage_timer(totals: dict[str, float]):
     read = ``_prefetch`` + ``read``, reduction = ``reduce_absolute_many`` (and single-frame
     ``reduce_absolute`` inside ``_reduce_group``), profiles = the rest of ``_reduce_group``
     (profiles, resampling), score = ``_score`` (CNN and scores)."""
-    from pbi_bluesky.live.core import FrameScorer
     from pbi_bluesky.reduction import Reducer
+    from pbi_bluesky.scoring.engine import FrameScorer
 
     targets = [(FrameScorer, "_prefetch"), (FrameScorer, "read"),
                (FrameScorer, "_reduce_group"), (FrameScorer, "_score"),

@@ -41,8 +41,8 @@ RECIPES = ("25:75", "50:50", "75:25")
 
 def _start_docs(n_runs: int, model: Any, poni: str) -> tuple[list[dict], int]:
     """Metadata of n raw runs and their analysis runs (realistic sizes), 5 % flagged."""
-    from pbi_bluesky.live.analysis import AnalysisRun
-    from pbi_bluesky.live.core import ANALYSIS_STREAM, ATTRIBUTION_STREAM
+    from pbi_bluesky.scoring.analysis import AnalysisRun
+    from pbi_bluesky.scoring.engine import ANALYSIS_STREAM, ATTRIBUTION_STREAM
 
     template = AnalysisRun.begin({"uid": "x", "composition": "50:50", "sample": "s"}, model,
                                  model.bundle_info, {"npt": 400, "geometry": poni[:400]},
@@ -108,9 +108,9 @@ def _bulk_postgres(uri: str, records: list[dict]) -> None:
 
 
 def _analysis_docs(model: Any, i: int, frames: int) -> list[tuple[str, dict]]:
-    from pbi_bluesky.live import FrameResult
-    from pbi_bluesky.live.analysis import AnalysisRun
-    from pbi_bluesky.live.core import ANALYSIS_STREAM, ATTRIBUTION_STREAM
+    from pbi_bluesky.scoring import FrameResult
+    from pbi_bluesky.scoring.analysis import AnalysisRun
+    from pbi_bluesky.scoring.engine import ANALYSIS_STREAM, ATTRIBUTION_STREAM
 
     run = AnalysisRun.begin({"uid": f"w-{i}-{time.monotonic_ns()}", "composition": "50:50"},
                             model, model.bundle_info, {"npt": 400}, ANALYSIS_STREAM,
@@ -152,8 +152,8 @@ def measure_backend(backend: str, *, n_runs: int, write_runs: int, write_frames:
     """Write rate and query times on one backend (see the module docstring)."""
     from bluesky_tiled_plugins import TiledWriter
 
-    from pbi_bluesky.services import PostgresServer, TiledServer
     from pbi_bluesky.store import create_catalog_indexes, flagged_runs, runs_container
+    from pbi_bluesky.testing.services import PostgresServer, TiledServer
 
     work = Path(tempfile.mkdtemp(prefix=f"pbi-bench-{backend}-"))
     pg = None

@@ -54,7 +54,7 @@ def _clients(args, root: Path, n: int) -> tuple[list, object | None]:
     from pbi_bluesky.store import open_runs
 
     if args.target == "server":
-        from pbi_bluesky.services import TiledServer
+        from pbi_bluesky.testing.services import TiledServer
 
         tables = (f"duckdb:///{root / 'tables.duckdb'}" if args.tables == "duckdb"
                   else f"sqlite:///{root / 'tables.sqlite'}")

@@ -9,7 +9,7 @@ dask-jobqueue started on SLURM).
 
 A task runs on a worker process: it reads the run's frames, I0 and transmission back from
 Tiled (inline arrays, or the detector's HDF5 that Tiled serves), scores them in chunks with
-the same :class:`~pbi_bluesky.live.core.FrameScorer` as the live scorer, and writes a new
+the same :class:`~pbi_bluesky.scoring.engine.FrameScorer` as the live scorer, and writes a new
 analysis run with ``TiledWriter``: linked to the raw run (``raw_uid``, ``rescore_of``),
 tagged with the model's sha256 (``model_sha256``, ``pbi_rescore``), every frame an event,
 flagged frames explained, and the stop document with the frame ledger. It carries no
@@ -50,7 +50,7 @@ class RescoreJob:
     tiled_uri, api_key
         The catalog (``None``: ``PBI_TILED_URI`` or the embedded one).
     scorer
-        Further :class:`~pbi_bluesky.live.core.FrameScorer` settings (mask/dark/poni paths,
+        Further :class:`~pbi_bluesky.scoring.engine.FrameScorer` settings (mask/dark/poni paths,
         keys, npt, ...).
     chunk
         Frames read and scored at a time.
@@ -152,7 +152,7 @@ def _scorer_and_runs(job: RescoreJob) -> tuple[Any, Any]:
         if state is None:
             import torch
 
-            from pbi_bluesky.live.core import FrameScorer
+            from pbi_bluesky.scoring.engine import FrameScorer
             from pbi_bluesky.store import Catalog
 
             torch.set_num_threads(1)
@@ -163,9 +163,9 @@ def _scorer_and_runs(job: RescoreJob) -> tuple[Any, Any]:
 
 def _frames(core: Any, raw: Any, raw_uid: str, chunk: int, background: Any):
     """The raw run's frames as FrameInputs, ``chunk`` at a time, read from Tiled."""
-    from pbi_bluesky.live.core import FrameInput
-    from pbi_bluesky.live.frames import AssetRegistry
-    from pbi_bluesky.live.streams import FrameParts
+    from pbi_bluesky.scoring.engine import FrameInput
+    from pbi_bluesky.scoring.frames import AssetRegistry
+    from pbi_bluesky.scoring.streams import FrameParts
 
     start = dict(raw.metadata["start"])
     for stream_name in list(raw):
@@ -211,7 +211,7 @@ def rescore_run(job: RescoreJob, raw_uid: str, cell_uid: str | None = None) -> d
     ``cell_uid``: the empty-cell run whose background to subtract."""
     from bluesky_tiled_plugins import TiledWriter
 
-    from pbi_bluesky.live.analysis import explain_frame
+    from pbi_bluesky.scoring.analysis import explain_frame
 
     core, catalog = _scorer_and_runs(job)
     background = _background(job, cell_uid)

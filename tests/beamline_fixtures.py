@@ -21,12 +21,12 @@ from typing import Any
 
 import pytest
 
-from sim_iocs.launch import (
+from pbi_bluesky.testing.iocs import (
     SimIOC,
     _terminate,  # noqa: F401 - used by the fixture
     loopback_epics_env,
 )
-from sim_iocs.launch import start_sim_ioc as _start
+from pbi_bluesky.testing.iocs import start_sim_ioc as _start
 
 log = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def sim_ioc(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SimIOC]:
 @pytest.fixture(scope="session")
 def sim_config(sim_ioc: SimIOC) -> Any:
     """The :class:`pbi_bluesky.config.BeamlineConfig` of the session's IOC."""
-    from pbi_bluesky.beamline_demo import sim_beamline_config
+    from pbi_bluesky.demos.beamline import sim_beamline_config
 
     return sim_beamline_config(sim_ioc, connection_timeout_s=15.0)
 

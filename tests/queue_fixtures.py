@@ -28,13 +28,13 @@ DETECTORS = ["saxs", "i0", "transmission"]
 
 @pytest.fixture(scope="session")
 def queue_stack(sim_config, model_300k, instrument_300k, tmp_path_factory) -> Iterator[Any]:
-    """A running :class:`pbi_bluesky.queue.stack.QueueStack` whose worker environment is
+    """A running :class:`pbi_bluesky.testing.qserver.QueueStack` whose worker environment is
     open: the session's IOC, the ``model_300k`` bundle, the expected dark of the test
     exposure; always stopped at the end of the session."""
     if _SHARED["stack"] is None:
-        from pbi_bluesky.beamline_queue import write_dark
+        from pbi_bluesky.demos.queue import write_dark
         from pbi_bluesky.models import save_bundle
-        from pbi_bluesky.queue.stack import QueueStack
+        from pbi_bluesky.testing.qserver import QueueStack
 
         root = tmp_path_factory.mktemp("queue_stack")
         save_bundle(model_300k, root / "model")

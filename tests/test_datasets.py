@@ -8,12 +8,6 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pbi_bluesky.datasets import (
-    MANIFEST_COLUMNS,
-    generate_dataset,
-    load_profiles,
-    read_manifest,
-)
 from pbi_bluesky.reduction import Reducer, read_profile
 from pbi_bluesky.simulate import (
     INSTRUMENT_FAULTS,
@@ -25,6 +19,12 @@ from pbi_bluesky.simulate import (
     render_empty_cell,
     render_frame,
     simulate_profile,
+)
+from pbi_bluesky.training.datasets import (
+    MANIFEST_COLUMNS,
+    generate_dataset,
+    load_profiles,
+    read_manifest,
 )
 
 

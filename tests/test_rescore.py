@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pbi_bluesky.services import TiledServer
+from pbi_bluesky.testing.services import TiledServer
 from tests.bus.runs import cell_run, sample_md, shots
 from tests.live.docs import feed, run_docs
 

@@ -10,7 +10,7 @@ therefore enforced before Tiled, in Redis: a frame's result is written once, key
 event.)
 
 The analysis run is composed as in-process (:meth:`FrameScorer.begin_analysis`,
-:class:`~pbi_bluesky.live.analysis.AnalysisRun`): start with provenance, stream
+:class:`~pbi_bluesky.scoring.analysis.AnalysisRun`): start with provenance, stream
 ``pbi_anomaly`` (one event per frame) and ``pbi_attribution`` (flagged frames), and the stop
 document with the frame ledger, written once, when the raw run has stopped and every frame
 has a result.
@@ -32,8 +32,8 @@ from typing import Any
 from pbi_bluesky.bus.ledger import Ledger, Ops, decode_result
 from pbi_bluesky.bus.names import COORDINATOR_GROUP, BusNames
 from pbi_bluesky.codec import decode
-from pbi_bluesky.live.analysis import AnalysisRun
-from pbi_bluesky.live.core import FrameScorer
+from pbi_bluesky.scoring.analysis import AnalysisRun
+from pbi_bluesky.scoring.engine import FrameScorer
 
 __all__ = ["Assembler"]
 

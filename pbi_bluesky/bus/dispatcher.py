@@ -4,7 +4,7 @@ Documents of one beamline arrive in RunEngine order on one stream. The dispatche
 a time: the holder of the coordinator lease) follows them like the in-process scorer does:
 it stores each run's context (start, descriptors, resources, datums) in the run ledger,
 joins each frame's parts (image, I0, transmission may come in one event or in separate
-StreamDatum documents: :meth:`~pbi_bluesky.live.streams.Roles.complete`), and emits one
+StreamDatum documents: :meth:`~pbi_bluesky.scoring.streams.Roles.complete`), and emits one
 work item per complete frame onto ``{beamline}.pbi.frames``, which the scorer workers share.
 
 Each batch of documents is applied in one fenced Lua call together with its
@@ -31,9 +31,9 @@ from event_model import unpack_datum_page, unpack_event_page
 from pbi_bluesky.bus.ledger import Ledger, NotLeader, Ops, encode_result
 from pbi_bluesky.bus.names import COORDINATOR_GROUP, BusNames, frame_key
 from pbi_bluesky.codec import DecodeError, decode, encode
-from pbi_bluesky.live import FrameResult
-from pbi_bluesky.live.core import FrameScorer
-from pbi_bluesky.live.streams import Roles
+from pbi_bluesky.scoring import FrameResult
+from pbi_bluesky.scoring.engine import FrameScorer
+from pbi_bluesky.scoring.streams import Roles
 
 __all__ = ["Dispatcher", "PoisonDocument"]
 

@@ -24,8 +24,8 @@ import numpy as np
 
 from pbi_bluesky.bus.names import SCORER_GROUP, BusNames
 from pbi_bluesky.codec import decode, encode
-from pbi_bluesky.live import FrameResult
 from pbi_bluesky.profile import Profile
+from pbi_bluesky.scoring import FrameResult
 
 __all__ = ["Lease", "Ledger", "NotLeader", "Ops", "decode_result", "encode_result",
            "profile_from_dict", "profile_to_dict"]

@@ -4,7 +4,7 @@ Each worker
 
 * scores: it reads per-frame work items from ``{beamline}.pbi.frames`` in the shared
   consumer group ``pbi-scorers`` (so the frames of one run are split between all workers),
-  reduces and scores them with the same :class:`~pbi_bluesky.live.core.FrameScorer` as the
+  reduces and scores them with the same :class:`~pbi_bluesky.scoring.engine.FrameScorer` as the
   in-process scorer, explains flagged frames, and records each result with
   :data:`~.ledger.RECORD`: written once, then acknowledged, atomically (at least once
   delivery, exactly one result);
@@ -40,11 +40,11 @@ from pbi_bluesky.bus.ledger import (
 )
 from pbi_bluesky.bus.names import COORDINATOR_GROUP, SCORER_GROUP, BusNames, connect
 from pbi_bluesky.codec import DecodeError, decode
-from pbi_bluesky.live import FrameResult
-from pbi_bluesky.live.analysis import explain_frame
-from pbi_bluesky.live.core import FrameInput, FrameScorer, Outcome
-from pbi_bluesky.live.frames import AssetRegistry
-from pbi_bluesky.live.streams import FrameParts, Roles
+from pbi_bluesky.scoring import FrameResult
+from pbi_bluesky.scoring.analysis import explain_frame
+from pbi_bluesky.scoring.engine import FrameInput, FrameScorer, Outcome
+from pbi_bluesky.scoring.frames import AssetRegistry
+from pbi_bluesky.scoring.streams import FrameParts, Roles
 
 __all__ = ["BusWorker", "ensure_groups", "tiled_writer_factory"]
 

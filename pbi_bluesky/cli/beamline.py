@@ -9,7 +9,7 @@ from typing import Annotated
 import typer
 
 from pbi_bluesky.cli.app import app
-from sim_iocs.config import SIM_DEFAULTS
+from pbi_bluesky.demos.iocs import SIM_DEFAULTS
 
 
 @app.command()
@@ -38,7 +38,7 @@ def demo(
     With --queue the same tray goes through the queue server and the agent decides.
     """
     if offline:
-        from pbi_bluesky.demo import format_table, run_offline_demo
+        from pbi_bluesky.demos.offline import format_table, run_offline_demo
 
         rows = run_offline_demo(out, seed=seed, progress=not as_json)
         if as_json:
@@ -51,7 +51,7 @@ def demo(
         raise typer.BadParameter("--device-api must be 'ophyd' or 'async'")
     if queue:
         from pbi_bluesky.agent import DEFAULT_POLICY_FILE, PolicyError, load_policy
-        from pbi_bluesky.beamline_queue import format_queue_report, run_queue_demo
+        from pbi_bluesky.demos.queue import format_queue_report, run_queue_demo
 
         try:
             load_policy(policy)  # a bad policy is reported before anything starts
@@ -62,7 +62,7 @@ def demo(
                                 policy=policy or DEFAULT_POLICY_FILE)
         text = format_queue_report(report)
     else:
-        from pbi_bluesky.beamline_demo import format_report, run_live_demo
+        from pbi_bluesky.demos.beamline import format_report, run_live_demo
 
         report = run_live_demo(out, exposure_s=exposure, seed=seed, device_api=device_api)
         text = format_report(report)
@@ -98,7 +98,7 @@ def iocs(
     Same defaults as ``python -m sim_iocs.saxs_beamline`` (``sim_iocs.config.SIM_DEFAULTS``):
     loopback only unless ``--interfaces`` says otherwise.
     """
-    from sim_iocs.saxs_beamline import main as ioc_main
+    from pbi_bluesky.demos.iocs import serve_sim_beamline
 
     argv = ["--prefix", prefix, "--detector", detector, "--data-root", str(data_root),
             "--interfaces", *(interfaces or SIM_DEFAULTS.interfaces)]
@@ -112,4 +112,4 @@ def iocs(
         argv += ["--mask-out", str(mask_out)]
     if list_pvs:
         argv.append("--list-pvs")
-    ioc_main(argv)
+    serve_sim_beamline(argv)

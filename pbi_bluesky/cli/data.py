@@ -31,8 +31,8 @@ def simulate(
     seed: Annotated[int, typer.Option(help="Random seed (datasets are reproducible).")] = 0,
 ) -> None:
     """Write a labelled simulated dataset: profiles (and frames), manifest.csv, PONI."""
-    from pbi_bluesky.datasets import generate_dataset
     from pbi_bluesky.simulate import PS_PMMA, Instrument, load_blend_system, make_geometry
+    from pbi_bluesky.training.datasets import generate_dataset
 
     system = load_blend_system(blend) if blend else PS_PMMA
     instrument = Instrument(

@@ -13,7 +13,7 @@ from pbi_bluesky.cli.app import app
 
 def _load_manifest_profiles(manifest: Path, poni: Path | None, mask: Path | None,
                             dark: Path | None):
-    from pbi_bluesky.datasets import load_profiles, read_manifest
+    from pbi_bluesky.training.datasets import load_profiles, read_manifest
 
     rows = read_manifest(manifest)
     return rows, load_profiles(rows, poni=poni, mask=mask, dark=dark)
@@ -176,7 +176,7 @@ def score(
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
 ) -> None:
     """Score profiles: one JSON line each (score, threshold, verdict, p-value, ...)."""
-    from pbi_bluesky.datasets import load_profiles
+    from pbi_bluesky.training.datasets import load_profiles
 
     if bool(files) == bool(manifest):
         raise typer.BadParameter("give FILES or --manifest (one of them)")

@@ -74,7 +74,7 @@ def worker(
     from threadpoolctl import threadpool_limits
 
     from pbi_bluesky.bus import BusWorker, tiled_writer_factory
-    from pbi_bluesky.live.core import FrameScorer
+    from pbi_bluesky.scoring.engine import FrameScorer
     from pbi_bluesky.store import Catalog
 
     torch.set_num_threads(max(1, threads))

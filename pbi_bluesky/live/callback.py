@@ -3,11 +3,11 @@
 ``RE.subscribe(LiveScorer.from_config(cfg))`` is all a user does. The RunEngine thread only
 puts documents into a bounded :class:`~pbi_bluesky.live.inbox.Inbox` (it never waits longer
 than ``put_timeout`` per document). One worker thread owns all state: it follows the runs,
-joins each frame's parts (image, I0, transmission: :mod:`~pbi_bluesky.live.streams`), and
+joins each frame's parts (image, I0, transmission: :mod:`~pbi_bluesky.scoring.streams`), and
 works in batches: it drains what is queued, reads the batch (each HDF5 file opened once,
-neighbouring frames read together: :mod:`~pbi_bluesky.live.reads`), reduces its frames
+neighbouring frames read together: :mod:`~pbi_bluesky.scoring.reads`), reduces its frames
 with the run's pyFAI geometry in one batch-integrator call, then scores them in one model
-pass (:meth:`~pbi_bluesky.live.core.FrameScorer.process`). A second thread computes the Shapley
+pass (:meth:`~pbi_bluesky.scoring.engine.FrameScorer.process`). A second thread computes the Shapley
 attributions of flagged frames, which arrive later as their own events (stream
 ``pbi_attribution``), so they never delay the next verdict.
 
@@ -22,34 +22,35 @@ from __future__ import annotations
 import logging
 import threading
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from event_model import DocumentRouter
 
-from pbi_bluesky.live.analysis import AnalysisRun, Attributor, Emitter
-from pbi_bluesky.live.channel import FrameResult, VerdictChannel
-from pbi_bluesky.live.core import (
+from pbi_bluesky.live.attributor import Attributor, Emitter, Sink
+from pbi_bluesky.live.channel import VerdictChannel
+from pbi_bluesky.live.inbox import FRAME_DOCS, Inbox
+from pbi_bluesky.models import AnomalyDetector
+from pbi_bluesky.profile import Profile
+from pbi_bluesky.reduction import AbsoluteScale
+from pbi_bluesky.scoring.analysis import AnalysisRun
+from pbi_bluesky.scoring.engine import (
     ANALYSIS_STREAM,
     ATTRIBUTION_STREAM,
     FrameInput,
     FrameScorer,
     Outcome,
 )
-from pbi_bluesky.live.frames import AssetRegistry
-from pbi_bluesky.live.inbox import FRAME_DOCS, Inbox
-from pbi_bluesky.live.streams import FrameJoiner, FrameParts
-from pbi_bluesky.models import AnomalyDetector
-from pbi_bluesky.profile import Profile
-from pbi_bluesky.reduction import AbsoluteScale
+from pbi_bluesky.scoring.frames import AssetRegistry
+from pbi_bluesky.scoring.result import FrameResult
+from pbi_bluesky.scoring.streams import FrameJoiner, FrameParts
 
 __all__ = ["ANALYSIS_STREAM", "ATTRIBUTION_STREAM", "LiveScorer"]
 
 logger = logging.getLogger(__name__)
 
-Sink = Callable[[str, dict], Any]
 
 
 @dataclass

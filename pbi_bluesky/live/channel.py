@@ -4,30 +4,11 @@ from __future__ import annotations
 
 import threading
 import time
-from dataclasses import dataclass, field
 from typing import Any
 
-__all__ = ["FrameResult", "VerdictChannel"]
+from pbi_bluesky.scoring.result import FrameResult
 
-
-@dataclass
-class FrameResult:
-    """What happened to one frame: scored (with its verdict) or failed (with why)."""
-
-    raw_uid: str
-    raw_seq_num: int
-    status: str  # "scored" | "failed" | "shed"
-    reason: str = ""
-    score: float = float("nan")
-    threshold: float = float("nan")
-    is_anomaly: bool = False
-    p_value: float = float("nan")
-    hyperscore: float = float("nan")
-    predicted_composition: str = ""
-    expected_composition: str = ""
-    top_attribution: str = ""
-    attributions: dict[str, float] = field(default_factory=dict)
-    metadata: dict[str, Any] = field(default_factory=dict)
+__all__ = ["VerdictChannel"]
 
 
 class VerdictChannel:

@@ -40,6 +40,7 @@ from pbi_bluesky.models.signing import verify as verify_signature
 
 __all__ = [
     "BundleError",
+    "set_bundle_precision",
     "FORMAT",
     "FORMAT_VERSION",
     "DEFAULT_MODEL_DIR",
@@ -347,3 +348,44 @@ def training_data_hash(intensity: np.ndarray, sigma: np.ndarray, recipes: list[s
     digest.update(np.ascontiguousarray(sigma, dtype=np.float64).tobytes())
     digest.update("\n".join(recipes).encode())
     return digest.hexdigest()
+
+
+def set_bundle_precision(model_dir: str, precision: str, scheme: str = "static") -> dict:
+    """Select ``precision`` for an existing bundle: writes the ``"inference"`` section of its
+    ``model.json`` (atomically); the weights file is not touched. Returns the section."""
+    import os
+    import tempfile
+
+    from pbi_bluesky.models.quantize import apply_inference, inference_settings
+
+    root = Path(model_dir)
+    detector = load_bundle(root)
+    settings = inference_settings(detector, precision, scheme)
+    apply_inference(detector, settings)  # refuse settings that would not load
+    doc = json.loads((root / "model.json").read_text())
+    doc["inference"] = settings
+    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".json", dir=root)
+    with os.fdopen(fd, "w") as fh:
+        json.dump(doc, fh, indent=1)
+    os.replace(tmp, root / "model.json")
+    return settings
+
+
+def main(argv: list[str] | None = None) -> None:
+    """``python -m pbi_bluesky.models.bundle BUNDLE --precision int8``."""
+    import argparse
+
+    from pbi_bluesky.models.quantize import PRECISIONS, SCHEMES
+
+    parser = argparse.ArgumentParser(description="Select a model bundle's inference precision.")
+    parser.add_argument("bundle")
+    parser.add_argument("--precision", choices=PRECISIONS, default="int8")
+    parser.add_argument("--scheme", choices=SCHEMES, default="static")
+    args = parser.parse_args(argv)
+    settings = set_bundle_precision(args.bundle, args.precision, args.scheme)
+    print(f"{args.bundle}: inference precision {settings['precision']}"
+          + (f" ({settings['scheme']})" if "scheme" in settings else ""))
+
+
+if __name__ == "__main__":
+    main()

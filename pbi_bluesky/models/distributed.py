@@ -22,7 +22,6 @@ import hashlib
 import json
 import logging
 import os
-import socket
 import sys
 import tempfile
 from pathlib import Path
@@ -32,15 +31,11 @@ import numpy as np
 import torch
 from numpy.typing import NDArray
 
+from pbi_bluesky.infra.ports import free_port
+
 __all__ = ["train_network_ddp"]
 
 logger = logging.getLogger(__name__)
-
-
-def _free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
 
 
 def _backend(nproc: int) -> str:
@@ -100,7 +95,7 @@ def train_network_ddp(model: Any, intensity: NDArray, sigma: NDArray, labels: ND
                   str(root / "initial.safetensors"))
         grid = model.grid
         spec = {
-            "nproc": nproc, "backend": backend, "port": _free_port(), "seed": int(seed),
+            "nproc": nproc, "backend": backend, "port": free_port(), "seed": int(seed),
             "progress": bool(progress), "recipes": list(model.recipes),
             "threads": max(1, torch.get_num_threads() // nproc),
             "grid": {"q_min": grid.q_min, "q_max": grid.q_max, "npt": grid.npt,
@@ -114,8 +109,11 @@ def train_network_ddp(model: Any, intensity: NDArray, sigma: NDArray, labels: ND
             os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only: nothing leaves here
         logger.info("training the network in %d processes (%s)", nproc, backend)
         try:
-            mp.start_processes(_rank_main, args=(str(root),), nprocs=nproc, join=True,
-                               start_method="spawn")
+            # the model's class travels to the ranks as a reference (spawn pickles it by its
+            # qualified name, as it does _rank_main), so this module never imports the
+            # detector that calls it
+            mp.start_processes(_rank_main, args=(str(root), type(model)), nprocs=nproc,
+                               join=True, start_method="spawn")
         except Exception as exc:  # ProcessRaisedException / ProcessExitedException
             raise RuntimeError(f"data-parallel training failed: {exc}") from exc
         finally:
@@ -131,13 +129,12 @@ def train_network_ddp(model: Any, intensity: NDArray, sigma: NDArray, labels: ND
     return result
 
 
-def _rank_main(rank: int, folder: str) -> None:
+def _rank_main(rank: int, folder: str, model_class: type) -> None:
     """One training process (spawned): rebuild, train its share, write the result."""
     import torch.distributed as dist
     from safetensors.torch import load_file, save_file
     from torch.nn.parallel import DistributedDataParallel
 
-    from pbi_bluesky.models.detector import AnomalyDetector
     from pbi_bluesky.models.network import NetworkConfig
     from pbi_bluesky.models.representation import QGrid
     from pbi_bluesky.models.settings import TrainingConfig
@@ -153,7 +150,7 @@ def _rank_main(rank: int, folder: str) -> None:
         with np.load(root / "data.npz", allow_pickle=False) as data:
             intensity, sigma = data["intensity"], data["sigma"]
             labels = data["labels"]
-        model = AnomalyDetector(QGrid(**spec["grid"]),
+        model = model_class(QGrid(**spec["grid"]),
                                 NetworkConfig.from_dict(spec["network"]),
                                 TrainingConfig(**spec["training"]))
         model.recipes = list(spec["recipes"])

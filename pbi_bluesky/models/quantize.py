@@ -40,7 +40,7 @@ from pbi_bluesky.models.augment import TRANSFORMS, synthetic_anomaly
 from pbi_bluesky.models.network import EmbeddingCNN
 
 __all__ = ["PRECISIONS", "SCHEMES", "apply_inference", "calibrate", "inference_settings",
-           "quantize_network", "set_bundle_precision"]
+           "quantize_network"]
 
 logger = logging.getLogger(__name__)
 
@@ -237,44 +237,3 @@ def apply_inference(detector: Any, settings: dict[str, Any] | None) -> None:
     detector.inference = {k: v for k, v in settings.items() if k != "activation_ranges"}
     logger.info("int8 inference (%s, engine %s) for %d model(s)", scheme, _engine(),
                 len(models))
-
-
-def set_bundle_precision(model_dir: str, precision: str, scheme: str = "static") -> dict:
-    """Select ``precision`` for an existing bundle: writes the ``"inference"`` section of its
-    ``model.json`` (atomically); the weights file is not touched. Returns the section."""
-    import json
-    import os
-    import tempfile
-    from pathlib import Path
-
-    from pbi_bluesky.models.bundle import load_bundle
-
-    root = Path(model_dir)
-    detector = load_bundle(root)
-    settings = inference_settings(detector, precision, scheme)
-    apply_inference(detector, settings)  # refuse settings that would not load
-    doc = json.loads((root / "model.json").read_text())
-    doc["inference"] = settings
-    fd, tmp = tempfile.mkstemp(prefix=".model-", suffix=".json", dir=root)
-    with os.fdopen(fd, "w") as fh:
-        json.dump(doc, fh, indent=1)
-    os.replace(tmp, root / "model.json")
-    return settings
-
-
-def main(argv: list[str] | None = None) -> None:
-    """``python -m pbi_bluesky.models.quantize BUNDLE --precision int8``."""
-    import argparse
-
-    parser = argparse.ArgumentParser(description="Select a model bundle's inference precision.")
-    parser.add_argument("bundle")
-    parser.add_argument("--precision", choices=PRECISIONS, default="int8")
-    parser.add_argument("--scheme", choices=SCHEMES, default="static")
-    args = parser.parse_args(argv)
-    settings = set_bundle_precision(args.bundle, args.precision, args.scheme)
-    print(f"{args.bundle}: inference precision {settings['precision']}"
-          + (f" ({settings['scheme']})" if "scheme" in settings else ""))
-
-
-if __name__ == "__main__":
-    main()

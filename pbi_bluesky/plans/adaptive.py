@@ -22,8 +22,9 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
-from pbi_bluesky.live.channel import FrameResult, VerdictChannel
+from pbi_bluesky.live.channel import VerdictChannel
 from pbi_bluesky.plans.tray import measure_tray, rescan, resolve_slots
+from pbi_bluesky.scoring.result import FrameResult
 
 __all__ = ["SampleOutcome", "survey_and_rescan", "wait_for_verdict"]
 

@@ -1,7 +1,7 @@
-"""The beamline through bluesky-queueserver: the RE Manager running the project's profile
-(:class:`REManager`) and the plans as the queue server offers them
-(:mod:`pbi_bluesky.queue.plans`)."""
+"""The beamline through bluesky-queueserver: the plans as the queue server offers them
+(:mod:`pbi_bluesky.queue.plans`), the profile folder and an API client. The RE Manager
+process itself is started by :class:`pbi_bluesky.testing.REManager`."""
 
-from pbi_bluesky.queue.server import PROFILE_DIR, REManager, connect_api
+from pbi_bluesky.queue.api import PROFILE_DIR, connect_api
 
-__all__ = ["PROFILE_DIR", "REManager", "connect_api"]
+__all__ = ["PROFILE_DIR", "connect_api"]

@@ -31,7 +31,7 @@ TIMEOUT = 120.0
 
 
 def _agent(stack, tmp_path, since, name="agent"):
-    from pbi_bluesky.beamline_queue import AgentProcess
+    from pbi_bluesky.demos.queue import AgentProcess
 
     agent = AgentProcess(stack, tmp_path / name, poll_s=0.3, since=since).start()
     agent.wait_running()
@@ -50,7 +50,7 @@ def _agent_items(stack, since):
 
 def _survey(stack, since):
     """Slot -> finished survey analysis (pbi_bluesky.agent.AnalysisResult) since ``since``."""
-    from pbi_bluesky.beamline_queue import analysis_results
+    from pbi_bluesky.demos.queue import analysis_results
 
     return {r.slot: r for r in analysis_results(stack.runs(), purpose="survey")
             if r.time >= since}

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from pbi_bluesky.services import RedisServer, TiledServer
+from pbi_bluesky.testing.services import RedisServer, TiledServer
 
 ROOT = Path(__file__).resolve().parents[2]
 

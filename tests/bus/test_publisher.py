@@ -7,7 +7,7 @@ import numpy as np
 
 from pbi_bluesky.bus import BusNames, BusPublisher, Outbox, connect
 from pbi_bluesky.codec import decode
-from pbi_bluesky.services import free_port
+from pbi_bluesky.testing import free_port
 from tests.live.docs import feed, run_docs
 
 

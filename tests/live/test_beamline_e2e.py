@@ -119,8 +119,8 @@ def test_tiled_down_at_start_and_mid_scan_loses_nothing(
     import os
 
     from pbi_bluesky.plans import measure_tray, use_tray
-    from pbi_bluesky.services import TiledServer
     from pbi_bluesky.store import flagged_runs
+    from pbi_bluesky.testing.services import TiledServer
 
     server = TiledServer(tmp_path / "tiled", readable=[sim_config.detector.local_path])
     # (port chosen, server not started yet)

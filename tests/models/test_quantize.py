@@ -8,13 +8,14 @@ import numpy as np
 import pytest
 import torch
 
-from pbi_bluesky.models.bundle import BundleError, load_bundle, save_bundle, sha256_file
-from pbi_bluesky.models.quantize import (
-    apply_inference,
-    inference_settings,
-    quantize_network,
+from pbi_bluesky.models.bundle import (
+    BundleError,
+    load_bundle,
+    save_bundle,
     set_bundle_precision,
+    sha256_file,
 )
+from pbi_bluesky.models.quantize import apply_inference, inference_settings, quantize_network
 
 
 @pytest.fixture(scope="module")

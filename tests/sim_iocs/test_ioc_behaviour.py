@@ -264,7 +264,7 @@ def test_motor_record_limits_and_set_mode(sim_ioc):  # noqa: F811
 
 def test_stopping_the_ioc_closes_an_open_file(tmp_path, monkeypatch):
     """SIGTERM while a file is being written: the IOC closes it, nothing is lost."""
-    from sim_iocs.launch import loopback_epics_env, start_sim_ioc, stop_sim_ioc
+    from pbi_bluesky.testing.iocs import loopback_epics_env, start_sim_ioc, stop_sim_ioc
 
     env = loopback_epics_env()  # its own ports: two servers on one UDP port share searches
     for key, value in env.items():

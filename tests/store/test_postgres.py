@@ -12,9 +12,8 @@ import numpy as np
 import pytest
 from typer.testing import CliRunner
 
-from pbi_bluesky.live import ANALYSIS_STREAM, ATTRIBUTION_STREAM, FrameResult
-from pbi_bluesky.live.analysis import AnalysisRun
-from pbi_bluesky.services import PostgresServer, TiledServer
+from pbi_bluesky.scoring import ANALYSIS_STREAM, ATTRIBUTION_STREAM, FrameResult
+from pbi_bluesky.scoring.analysis import AnalysisRun
 from pbi_bluesky.store import (
     analysis_of,
     bulk_create_runs,
@@ -24,6 +23,7 @@ from pbi_bluesky.store import (
     runs_container,
 )
 from pbi_bluesky.store.postgres import index_name
+from pbi_bluesky.testing.services import PostgresServer, TiledServer
 from tests.live.docs import run_docs
 
 

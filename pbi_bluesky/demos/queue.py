@@ -4,7 +4,7 @@ What happens, all on this machine (loopback, free ports, everything stopped at t
 
 1. the simulated beamline IOC serves the demo tray (as in ``pbi demo``);
 2. a Redis server, a Tiled server and the RE Manager start
-   (:class:`~pbi_bluesky.queue.stack.QueueStack`); the worker runs the profile's startup file
+   (:class:`~pbi_bluesky.testing.qserver.QueueStack`); the worker runs the profile's startup file
    (``profiles/profile_saxs/startup``) against a ``beamline.yaml`` for the IOC, so its
    session scores every frame live and writes raw and analysis runs to Tiled;
 3. ``pbi agent`` runs as its own process with the shipped policy, following the analyses
@@ -22,9 +22,6 @@ import json
 import logging
 import os
 import shutil
-import signal
-import subprocess
-import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from pbi_bluesky.agent import DEFAULT_POLICY_FILE, AnalysisResult
-from pbi_bluesky.beamline_demo import (
+from pbi_bluesky.demos.beamline import (
     DEMO_TRAY,
     LiveDemoReport,
     _report,
@@ -41,19 +38,19 @@ from pbi_bluesky.beamline_demo import (
     sim_beamline_config,
 )
 from pbi_bluesky.plans import SampleOutcome
-from pbi_bluesky.queue.stack import QueueStack
+from pbi_bluesky.testing.agent import AgentProcess
+from pbi_bluesky.testing.qserver import QueueStack
 
-__all__ = ["AgentProcess", "QueueDemoReport", "analysis_results", "format_queue_report",
+__all__ = ["QueueDemoReport", "analysis_results", "format_queue_report",
            "outcomes_from_catalog", "rescan_latencies", "run_queue_demo", "write_dark"]
 
 logger = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 
 
 @dataclass
 class QueueDemoReport(LiveDemoReport):
-    """:class:`~pbi_bluesky.beamline_demo.LiveDemoReport` plus what went through the queue."""
+    """:class:`~pbi_bluesky.demos.beamline.LiveDemoReport` plus what went through the queue."""
 
     mode: str = "queue"
     rescans_queued: int = 0
@@ -62,94 +59,6 @@ class QueueDemoReport(LiveDemoReport):
     """Items the queue ran, by who added them and how they ended."""
     latency_s: dict[str, Any] = field(default_factory=dict)
     """Flagged frame -> start of its rescan (s), per flagged sample, median, p95."""
-
-
-class AgentProcess:
-    """``pbi agent`` as a subprocess following a :class:`QueueStack` (log and status file
-    in ``workdir``); :meth:`kill` is a SIGKILL, to test restarts."""
-
-    def __init__(self, stack: QueueStack, workdir: str | Path, *,
-                 policy: str | Path = DEFAULT_POLICY_FILE, poll_s: float = 0.5,
-                 since: float | None = None) -> None:
-        self.stack, self.policy, self.poll_s = stack, Path(policy), float(poll_s)
-        self.workdir = Path(workdir)
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.status_path = self.workdir / "agent_status.json"
-        self.log_path = self.workdir / "agent.log"
-        self.since = since
-        self.process: subprocess.Popen | None = None
-
-    def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "pbi_bluesky.cli", "agent",
-               "--queue", self.stack.zmq_control_addr, "--config", str(self.stack.config_path),
-               "--policy", str(self.policy), "--poll", str(self.poll_s),
-               "--status-file", str(self.status_path)]
-        if self.since is not None:
-            from datetime import datetime
-
-            cmd += ["--since", datetime.fromtimestamp(self.since).isoformat()]
-        return cmd
-
-    def start(self) -> AgentProcess:
-        self.status_path.unlink(missing_ok=True)
-        env = {**self.stack.agent_env(), "PYTHONUNBUFFERED": "1",
-               "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT),
-                                                         os.environ.get("PYTHONPATH")) if p)}
-        env.pop("PBI_BEAMLINE_CONFIG", None)
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log,
-                                            stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
-        return self
-
-    def alive(self) -> bool:
-        return self.process is not None and self.process.poll() is None
-
-    def status(self) -> dict[str, Any]:
-        """The agent's last status (``{}`` before its first poll)."""
-        try:
-            return json.loads(self.status_path.read_text())
-        except (OSError, ValueError):
-            return {}
-
-    def wait_running(self, timeout: float = 60.0) -> dict[str, Any]:
-        """Wait for the first completed step; raises with the log if it never comes."""
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            status = self.status()
-            if status.get("steps", 0) >= 1:
-                return status
-            if not self.alive():
-                break
-            time.sleep(0.2)
-        raise RuntimeError(f"pbi agent did not start; log:\n{self.log_tail()}")
-
-    def log_tail(self, n: int = 4000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return "<no log>"
-
-    def stop(self, timeout: float = 20.0) -> int | None:
-        """SIGTERM (the agent finishes its step); returns the exit code."""
-        proc, self.process = self.process, None
-        if proc is None:
-            return None
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-                proc.wait(10)
-        return proc.returncode
-
-    def kill(self) -> None:
-        """SIGKILL: the agent dies wherever it is."""
-        if self.process is not None and self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(10)
-        self.process = None
 
 
 def write_dark(instrument: Any, exposure_s: float, path: str | Path) -> Path:
@@ -329,7 +238,7 @@ def run_queue_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 
     from pbi_bluesky.reduction import load_geometry
     from pbi_bluesky.simulate import Instrument
     from pbi_bluesky.store import flagged_runs
-    from sim_iocs.launch import loopback_epics_env, start_sim_ioc, stop_sim_ioc
+    from pbi_bluesky.testing.iocs import loopback_epics_env, start_sim_ioc, stop_sim_ioc
 
     out = Path(out_dir).resolve()
     for old in ("ioc", "queue", "agent"):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbi_bluesky.live.frames import image_keys
+from pbi_bluesky.scoring.frames import image_keys
 
 __all__ = ["FrameJoiner", "FrameParts", "Roles", "resolve_roles"]
 

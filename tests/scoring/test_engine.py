@@ -5,9 +5,9 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from pbi_bluesky.live.core import FrameInput, FrameScorer
-from pbi_bluesky.live.frames import AssetRegistry
-from pbi_bluesky.live.streams import FrameParts, Roles
+from pbi_bluesky.scoring.engine import FrameInput, FrameScorer
+from pbi_bluesky.scoring.frames import AssetRegistry
+from pbi_bluesky.scoring.streams import FrameParts, Roles
 from pbi_bluesky.simulate import (
     PS_PMMA,
     apply_anomaly,

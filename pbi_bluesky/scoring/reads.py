@@ -1,6 +1,6 @@
 """Reading the frames of one batch: files opened once, frames into reused memory.
 
-The live scorer works in batches (:meth:`~pbi_bluesky.live.core.FrameScorer.process`).
+The live scorer works in batches (:meth:`~pbi_bluesky.scoring.engine.FrameScorer.process`).
 Reading a batch frame by frame cost more than reducing it (measured on a Pilatus 1M stack:
 ``dataset[i]`` 2.8-3.9 ms a frame, mostly the page faults of a fresh 4 MB array, and three
 file opens a frame for image, I0 and transmission). Here:

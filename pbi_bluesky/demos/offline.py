@@ -22,10 +22,10 @@ from typing import Any
 import numpy as np
 from scipy.signal import find_peaks
 
-from pbi_bluesky.datasets import generate_dataset, read_manifest
 from pbi_bluesky.profile import Profile
 from pbi_bluesky.reduction import read_profile
 from pbi_bluesky.simulate import PS_PMMA, Instrument, intensity_inv_cm, nominal_state
+from pbi_bluesky.training.datasets import generate_dataset, read_manifest
 
 __all__ = ["DemoRow", "run_offline_demo"]
 

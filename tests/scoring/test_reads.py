@@ -6,8 +6,8 @@ import h5py
 import numpy as np
 import pytest
 
-from pbi_bluesky.live.reads import FrameBuffers, ReadCache, read_rows, stack_rows
 from pbi_bluesky.reduction import ReductionError, read_hdf5_frame
+from pbi_bluesky.scoring.reads import FrameBuffers, ReadCache, read_rows, stack_rows
 
 SHAPE = (24, 20)
 DATASET = "/entry/data/data"
@@ -103,7 +103,7 @@ def test_a_file_held_by_an_swmr_writer_is_read_batch_after_batch(tmp_path):
 def test_datum_frames_read_ahead_equal_the_area_detector_handler(tmp_path, frame_per_point):
     """Resource/Datum frames (stock ophyd, spec AD_HDF5): the batch read takes the frame
     where the AD_HDF5 handler slices it, and gets the handler's numbers."""
-    from pbi_bluesky.live.frames import AssetRegistry
+    from pbi_bluesky.scoring.frames import AssetRegistry
 
     _write(tmp_path / "f.h5", "one-chunk-per-frame")
     reg = AssetRegistry((str(tmp_path),))
@@ -145,7 +145,7 @@ def test_a_datum_frame_not_read_ahead_is_read_through_the_batch_file(tmp_path):
     """With a batch cache, a datum's frame missing from the read-ahead is read from the
     file the batch already holds open (an area-detector handler would open a second,
     SWMR, handle on it), and a point beyond the file fails with the sizes."""
-    from pbi_bluesky.live.frames import AssetRegistry, FrameError
+    from pbi_bluesky.scoring.frames import AssetRegistry, FrameError
 
     frames = _write(tmp_path / "f.h5", "one-chunk-per-frame")
     reg = AssetRegistry((str(tmp_path),))

@@ -29,11 +29,6 @@ from typing import Any
 
 import numpy as np
 
-from pbi_bluesky.live.analysis import AnalysisRun
-from pbi_bluesky.live.channel import FrameResult
-from pbi_bluesky.live.frames import AssetRegistry, FrameError
-from pbi_bluesky.live.reads import FrameBuffers, ReadCache, stack_rows
-from pbi_bluesky.live.streams import FrameParts, Roles, resolve_roles
 from pbi_bluesky.models import AnomalyDetector, ensure_can_flag, load_bundle
 from pbi_bluesky.models.bundle import load_default_model
 from pbi_bluesky.profile import Profile
@@ -44,6 +39,11 @@ from pbi_bluesky.reduction import (
     load_absolute_scale,
     load_geometry_text,
 )
+from pbi_bluesky.scoring.analysis import AnalysisRun
+from pbi_bluesky.scoring.frames import AssetRegistry, FrameError
+from pbi_bluesky.scoring.reads import FrameBuffers, ReadCache, stack_rows
+from pbi_bluesky.scoring.result import FrameResult
+from pbi_bluesky.scoring.streams import FrameParts, Roles, resolve_roles
 
 __all__ = ["ANALYSIS_STREAM", "ATTRIBUTION_STREAM", "INHERIT", "MIN_BATCH_ROWS",
            "FrameInput", "FrameScorer", "Outcome", "Reading", "load_model", "poni_text"]

@@ -60,7 +60,7 @@ class LiveDemoReport:
 def sim_beamline_config(ioc: Any, *, name: str = "pbi-sim", device_api: str = "ophyd",
                         data_dir: str | Path | None = None, **sections: Any) -> Any:
     """The :class:`~pbi_bluesky.config.BeamlineConfig` of a running simulated IOC
-    (:class:`sim_iocs.launch.SimIOC`): its prefix, data root, PONI and mask files, and a
+    (:class:`pbi_bluesky.testing.iocs.SimIOC`): its prefix, data root, PONI and mask files, and a
     sample list with what a user knows of its tray (no hidden truth)."""
     import yaml
 
@@ -117,7 +117,7 @@ def run_live_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 7
     """Run the live demo (see module docstring); returns the report."""
     import shutil
 
-    from sim_iocs.launch import loopback_epics_env, start_sim_ioc, stop_sim_ioc
+    from pbi_bluesky.testing.iocs import loopback_epics_env, start_sim_ioc, stop_sim_ioc
 
     out = Path(out_dir)
     for old in ("data", "ioc"):  # each demo starts from an empty catalog

@@ -9,8 +9,9 @@ import numpy as np
 import pytest
 from event_model import compose_run
 
-from pbi_bluesky.live import AssetRegistry, FrameError, LiveScorer, PathNotAllowed
-from pbi_bluesky.live.frames import confine, path_from_uri
+from pbi_bluesky.live import LiveScorer
+from pbi_bluesky.scoring import AssetRegistry, FrameError, PathNotAllowed
+from pbi_bluesky.scoring.frames import confine, path_from_uri
 from tests.live.docs import feed, stream_run_docs
 
 

@@ -9,8 +9,6 @@ from __future__ import annotations
 
 import atexit
 import os
-import random
-import socket
 import subprocess
 import sys
 import time
@@ -19,54 +17,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pbi_bluesky.infra.ports import free_port
 from sim_iocs.config import SIM_DEFAULTS
 from sim_iocs.tray import TraySlot, dump_tray, parse_tray
 
 __all__ = ["SimIOC", "loopback_epics_env", "start_sim_ioc", "stop_sim_ioc"]
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
 STARTUP_DEADLINE_S = 60.0
-
-
-def _ephemeral_range() -> tuple[int, int]:
-    try:
-        lo, hi = (int(v) for v in
-                  Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split())
-        return lo, hi
-    except (OSError, ValueError):
-        return 32768, 60999  # Linux's default
-
-
-def _free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1, outside the kernel's ephemeral range.
-
-    A port the kernel handed out once (``bind(0)``) can be handed out again to any later
-    socket. The CA repeater port is only sent to (beacons, clients registering with a
-    repeater): when the kernel gave the same number to a CA client's search socket, that
-    socket received a RepeaterRegister datagram and caproto's sync client raised
-    ``RemoteProtocolError: bad command ID 0x18`` (seen once in a 2-process test run).
-    """
-    lo, hi = _ephemeral_range()
-    rng = random.SystemRandom()
-    for _ in range(200):
-        port = rng.randrange(20000, 32000) if lo > 32000 else rng.randrange(hi + 1, 65000)
-        try:
-            with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as tcp:
-                tcp.bind(("127.0.0.1", port))
-            with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as udp:
-                udp.bind(("127.0.0.1", port))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no free TCP+UDP port found on 127.0.0.1")
 
 
 def loopback_epics_env() -> dict[str, str]:
     """Channel Access on 127.0.0.1 only, on a free server and a free repeater port."""
-    server = _free_port()
-    repeater = _free_port()
+    server = free_port()
+    repeater = free_port()
     while repeater == server:
-        repeater = _free_port()
+        repeater = free_port()
     return {
         "EPICS_CA_ADDR_LIST": "127.0.0.1",
         "EPICS_CA_AUTO_ADDR_LIST": "NO",
@@ -167,7 +132,7 @@ def start_sim_ioc(directory: Path, tray: list[dict[str, Any]] | list[TraySlot],
            "--data-root", str(root), "--poni-out", str(poni), "--mask-out", str(mask),
            "--interfaces", "127.0.0.1"]
     with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, cwd=REPO_ROOT, env=full_env, stdout=log_file,
+        proc = subprocess.Popen(cmd, cwd=directory, env=full_env, stdout=log_file,
                                 stderr=subprocess.STDOUT)
     ioc = SimIOC(prefix, dict(epics), list(slots), tray_path, log_path, proc,
                  data_root=root, poni_path=poni, mask_path=mask, detector=detector)

@@ -1,0 +1,137 @@
+"""The live scorer's output side: the document emitter and the attribution thread.
+
+:class:`Emitter` hands each analysis document to every sink, one at a time; a sink that
+raises is logged and skipped. :class:`Attributor` explains flagged frames (fitted
+descriptors and exact Shapley values, :func:`~pbi_bluesky.scoring.analysis.explain_frame`)
+on its own thread and closes analysis runs once their explanations are out, so attributions
+never delay the next verdict.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+import numpy as np
+
+from pbi_bluesky.live.channel import VerdictChannel
+from pbi_bluesky.scoring.analysis import AnalysisRun, explain_frame
+from pbi_bluesky.scoring.result import FrameResult
+
+__all__ = ["Attributor", "Emitter", "Sink"]
+
+logger = logging.getLogger(__name__)
+
+Sink = Callable[[str, dict], Any]
+
+
+class Emitter:
+    """Calls every sink with each document, one document at a time (thread-safe); a sink
+    that raises is logged and skipped, never allowed to stop scoring."""
+
+    def __init__(self, sinks: list[Sink]) -> None:
+        self.sinks = sinks
+        self._lock = threading.Lock()
+
+    def emit(self, name: str, doc: dict) -> None:
+        with self._lock:
+            for sink in self.sinks:
+                try:
+                    sink(name, doc)
+                except Exception:  # noqa: BLE001 - a sink failing must not stop scoring
+                    logger.exception("pbi live scorer: sink %r failed on %s", sink, name)
+
+    def emit_run_start(self, run: AnalysisRun) -> None:
+        self.emit("start", run.bundle.start_doc)
+        self.emit("descriptor", run.verdicts.descriptor_doc)
+        self.emit("descriptor", run.explanations.descriptor_doc)
+
+
+class Attributor:
+    """Thread that explains flagged frames (fitted descriptors + exact Shapley values) and
+    closes analysis runs once their explanations are out.
+
+    Parameters
+    ----------
+    backlog
+        Flagged frames waiting at most; past it a frame is marked ``attribution skipped``
+        (it stays scored and flagged).
+    """
+
+    def __init__(self, model: Any, emitter: Emitter, channel: VerdictChannel, *,
+                 backlog: int = 256) -> None:
+        self.model, self.emitter, self.channel = model, emitter, channel
+        self.backlog = int(backlog)
+        self._queue: queue.Queue = queue.Queue()
+        self._pending_explains = 0
+        self._pending_lock = threading.Lock()
+        self._thread = threading.Thread(target=self._work, name="pbi-attribution",
+                                        daemon=True)
+        self._thread.start()
+
+    def submit(self, run_uid: str, run: AnalysisRun | None, result: FrameResult,
+               intensity: np.ndarray, sigma: np.ndarray, recipe: str) -> None:
+        """Queue a flagged frame for explanation (worker thread)."""
+        if run is None or getattr(self.model, "population", None) is None:
+            return
+        with self._pending_lock:
+            full = self._pending_explains >= self.backlog
+            if not full:
+                self._pending_explains += 1
+        if full:
+            run.counts["attribution_skipped"] += 1
+            self._queue.put(("skipped", run, result))
+            return
+        self._queue.put(("explain", run, result, intensity, sigma, recipe))
+
+    def finish_run(self, run_uid: str, run: AnalysisRun | None, received: int,
+                   raw_stop: dict[str, Any], dropped_control: int) -> None:
+        """Close the analysis run after its queued explanations (worker thread)."""
+        self._queue.put(("stop", run_uid, run, received, raw_stop, dropped_control))
+
+    def join(self, timeout: float) -> bool:
+        deadline = time.monotonic() + timeout
+        while self._queue.unfinished_tasks:
+            if time.monotonic() > deadline:
+                return False
+            time.sleep(0.005)
+        return True
+
+    def close(self, timeout: float = 10.0) -> None:
+        self._queue.put(None)
+        self._thread.join(timeout)
+
+    def _work(self) -> None:
+        while True:
+            task = self._queue.get()
+            try:
+                if task is None:
+                    return
+                getattr(self, f"_do_{task[0]}")(*task[1:])
+            except Exception:  # noqa: BLE001
+                logger.exception("pbi attribution thread failed on %s", task[0])
+            finally:
+                self._queue.task_done()
+
+    def _do_explain(self, run: AnalysisRun, result: FrameResult, intensity: np.ndarray,
+                    sigma: np.ndarray, recipe: str) -> None:
+        with self._pending_lock:
+            self._pending_explains -= 1
+        status, features = explain_frame(self.model, result, intensity, sigma, recipe)
+        self.emitter.emit("event", run.explained(result, status, features))
+
+    def _do_skipped(self, run: AnalysisRun, result: FrameResult) -> None:
+        self.emitter.emit("event", run.explanation(result, "skipped: attribution backlog full",
+                                                   {}))
+
+    def _do_stop(self, run_uid: str, run: AnalysisRun | None, received: int,
+                 raw_stop: dict[str, Any], dropped_control: int) -> None:
+        if run is not None:
+            stop = run.stop_doc(received, raw_stop, dropped_control)
+            self.emitter.emit("stop", stop)
+            self.channel.summaries[run_uid] = stop["pbi_summary"]
+        self.channel.finish(run_uid)

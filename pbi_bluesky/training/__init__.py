@@ -1,0 +1,2 @@
+"""Training data: simulated data sets and manifests of measured frames
+(:mod:`~pbi_bluesky.training.datasets`)."""
