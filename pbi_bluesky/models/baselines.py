@@ -132,15 +132,17 @@ class PaperDetector:
 
     def fit(self, intensity, sigma, recipe_idx, n_recipes):
         from pbi_bluesky.models.paper import PaperPipeline
+        from pbi_bluesky.models.training import PaperTrainer
 
         cfg = replace(PaperPipeline.default_training(), epochs=self.epochs, seed=self.seed)
         torch.manual_seed(self.seed)
         self.pipeline = PaperPipeline(QGrid(npt=intensity.shape[1]), training=cfg)
         self.pipeline.recipes = [str(k) for k in range(n_recipes)]
         labels = np.asarray(recipe_idx)
-        self.pipeline._train_network(intensity, sigma, labels,
-                                     np.random.default_rng(self.seed), progress=False)
-        self.pipeline._fit_scorers(intensity, sigma, labels)
+        trainer = PaperTrainer(self.pipeline)
+        trainer.train_network(intensity, sigma, labels, np.random.default_rng(self.seed),
+                              progress=False)
+        trainer.fit_scorers(intensity, sigma, labels)
 
     def score(self, intensity, sigma, recipe_idx):
         return self.pipeline._scores(intensity, sigma, np.asarray(recipe_idx))

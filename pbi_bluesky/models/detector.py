@@ -1,30 +1,19 @@
-"""The default detector: triplet-trained CNN embedding + recipe-aware one-class SVM.
+"""The default detector: triplet-trained CNN embedding + recipe-aware one-class scoring.
 
-Training (:meth:`AnomalyDetector.fit`) takes normal profiles with their recipe labels:
+:class:`AnomalyDetector` is the fitted scorer: one :class:`~.fitted.FittedModel` (a split
+calibration) or K of them (``members``, cross-conformal calibration, :mod:`~.conformal`),
+with the calibration that turns scores into conformal p-values and verdicts, and the
+descriptor population that explains flagged curves. :meth:`AnomalyDetector.fit` trains it
+(:func:`~.fitting.fit_detector`: calibration plan, :class:`~.training.Trainer` per model,
+calibration scores).
 
-1. resample to the model grid;
-2. choose the conformal calibration (:func:`~.conformal.plan_calibration`): a split of
-   the normals (stratified by recipe) where it reaches ``alpha``, otherwise K-fold
-   cross-conformal calibration, per recipe (Mondrian) where every recipe has enough
-   calibration normals;
-3. for each model (one for a split, K for cross-conformal), on its training normals
-   (:class:`~.core.ScoringCore`): fit the feature scaler and each recipe's reference curve
-   (mean) and batch-to-batch scatter (std); train :class:`~.network.EmbeddingCNN` with
-   triplet loss on two input channels (the standardised asinh intensity, and the residual
-   to the expected recipe's reference); labels are the recipes plus synthetic negatives
-   (:mod:`~.augment`), each kind per recipe its own class; fit one
-   :class:`~.ocsvm.RBFOneClass` per recipe on the embeddings of its normals (plus the
-   standardised log residual chi-square) and one :class:`~.subspace.RecipeSubspace` (PCA
-   of its normal curves, Hotelling T-squared + SPE); standardise both parts per recipe on
-   the training normals (median, interquartile range); the anomaly score is
-   ``svm part + subspace_weight * subspace part``;
-4. score the calibration normals with the model that did not train on them: their scores
-   define the conformal p-values (:class:`~.conformal.Calibration`).
-
-Why two parts: measured by ``make bench-models``, the embedding part alone is best on
-shape changes (contamination upturns, thickness) but weaker on a few wt% of composition
-drift, which the subspace part catches; both ablations are reported by
-:func:`~.evaluate.evaluate_arrays`.
+The anomaly score of a curve under its recipe is the weighted sum of standardised parts
+(:data:`~.fitted.PART_NAMES`): the one-class SVM of the network embedding (plus the
+residual chi-square), the recipe subspace (PCA: Hotelling T-squared + SPE), the recipe
+likelihood and the low-q upturn. Why several parts: measured by ``make bench-models``, the
+embedding part alone is best on shape changes (contamination upturns, thickness) but
+weaker on a few wt% of composition drift, which the subspace part catches; the ablations
+are reported by :func:`~.evaluate.evaluate_arrays`.
 
 Scoring a profile against its expected recipe gives a score (higher = more anomalous; the
 mean over the models of a cross-conformal detector), its conformal p-value, a verdict at
@@ -42,20 +31,13 @@ from numpy.typing import NDArray
 
 from pbi_bluesky.models.attribution import DescriptorPopulation
 from pbi_bluesky.models.calibration import benjamini_hochberg, hyperscore
-from pbi_bluesky.models.conformal import (
-    MIN_TRAINING_NORMALS,
-    Calibration,
-    CalibrationError,
-    plan_calibration,
-)
-from pbi_bluesky.models.core import EMBED_CHUNK, RESIDUAL_WEIGHT, ScoringCore
+from pbi_bluesky.models.conformal import MIN_TRAINING_NORMALS, Calibration, CalibrationError
 from pbi_bluesky.models.descriptors import fit_descriptors
-from pbi_bluesky.models.network import EmbeddingCNN, NetworkConfig
-from pbi_bluesky.models.ocsvm import RBFOneClass
-from pbi_bluesky.models.representation import FeatureScaler, QGrid
+from pbi_bluesky.models.fitted import EMBED_CHUNK, RESIDUAL_WEIGHT, FittedModel
+from pbi_bluesky.models.fitting import fit_detector
+from pbi_bluesky.models.network import NetworkConfig
+from pbi_bluesky.models.representation import QGrid
 from pbi_bluesky.models.settings import TrainingConfig, Verdict
-from pbi_bluesky.models.subspace import RecipeSubspace
-from pbi_bluesky.models.validation import synthetic_check
 from pbi_bluesky.profile import Profile
 
 __all__ = ["AnomalyDetector", "CalibrationError", "EMBED_CHUNK", "MIN_TRAINING_NORMALS",
@@ -64,12 +46,16 @@ __all__ = ["AnomalyDetector", "CalibrationError", "EMBED_CHUNK", "MIN_TRAINING_N
 logger = logging.getLogger(__name__)
 
 
-class AnomalyDetector(ScoringCore):
-    """Recipe-aware SAXS anomaly detector (see module docstring)."""
+class AnomalyDetector(FittedModel):
+    """Recipe-aware SAXS anomaly detector (see module docstring).
+
+    Parameters
+    ----------
+    grid, network_config, training
+        As for :class:`~.fitted.FittedModel`.
+    """
 
     name = "pbi"
-    in_channels = 2
-    """Network input channels (see :meth:`_inputs`)."""
     preprocessing = {
         "resample": "linear interpolation in log q onto q_grid (every grid point measured)",
         "channels": ["standardised asinh(I / noise_scale)",
@@ -82,43 +68,17 @@ class AnomalyDetector(ScoringCore):
         network_config: NetworkConfig | None = None,
         training: TrainingConfig | None = None,
     ) -> None:
-        self.grid = grid or QGrid()
-        self.training = training or self.default_training()
-        cfg = network_config or NetworkConfig(in_channels=self.in_channels,
-                                              length=self.grid.npt)
-        if cfg.length != self.grid.npt:
-            raise ValueError(f"network length {cfg.length} != grid npt {self.grid.npt}")
-        self.network = EmbeddingCNN(cfg)
-        self.recipes: list[str] = []
-        self.scaler: FeatureScaler | None = None
-        self.references = np.zeros((0, self.grid.npt))
-        self.scatter = np.zeros((0, self.grid.npt))
-        self.svms: list[RBFOneClass] = []
-        self.centroids = np.zeros((0, cfg.embedding_dim))
+        super().__init__(grid, network_config, training)
         self.alpha = self.training.alpha if self.training.alpha is not None else 0.01
         self.calibration: Calibration | None = None
-        self.history: list[float] = []
         self.metrics: dict[str, Any] = {}
         self.population: DescriptorPopulation | None = None
-        # per recipe: mean and std of log chi-square to the reference, and its weight
-        self.residual_stats = np.zeros((0, 3))
-        # per recipe: PCA model of its normal curves (T2 + SPE)
-        self.subspaces: list[RecipeSubspace] = []
-        # per recipe: median and interquartile range of the one-class score and of the
-        # subspace statistic over its training normals
-        self.score_scale = np.zeros((0, 4))
-        # per recipe: Gaussian model of its normals with their noise (likelihood, low-q)
-        self.likelihoods: list = []
-        # calibration normals' score parts (core.PART_NAMES), for ablations
+        # calibration normals' score parts (fitted.PART_NAMES), for ablations
         self.calibration_parts = np.zeros((0, 4))
         # cross-conformal calibration: the K models, each trained without one fold
         self.members: list[AnomalyDetector] = []
         self.bundle_info: dict[str, Any] = {}
-
-    @classmethod
-    def default_training(cls) -> TrainingConfig:
-        """The training settings this detector uses unless told otherwise."""
-        return TrainingConfig()
+        self.inference: dict[str, Any] = {"precision": "float32"}
 
     # -- calibration ----------------------------------------------------------------------
     @property
@@ -176,7 +136,8 @@ class AnomalyDetector(ScoringCore):
         self, profiles: list[Profile], recipes: list[str], *, progress: bool = True,
         nproc: int = 1,
     ) -> AnomalyDetector:
-        """Train on normal profiles labelled with their recipe; returns self.
+        """Train on normal profiles labelled with their recipe; returns self
+        (:func:`~.fitting.fit_detector`).
 
         ``nproc`` > 1 trains the embedding network data-parallel with torch
         DistributedDataParallel in that many local processes (gloo on CPU, nccl when
@@ -188,86 +149,8 @@ class AnomalyDetector(ScoringCore):
             If the normals cannot calibrate the requested alpha (the message says how
             many are needed), or a recipe has too few normals to train on.
         """
-        cfg = self.training
-        if len(profiles) != len(recipes):
-            raise ValueError("profiles and recipes differ in length")
-        if len(profiles) < 10:
-            raise ValueError(f"need at least 10 normal profiles to train, got {len(profiles)}")
-        rng = np.random.default_rng(cfg.seed)
-        intensity, sigma = self.resample(profiles)
-        self.recipes = sorted(set(recipes))
-        labels = np.array([self.recipes.index(r) for r in recipes])
-        counts = np.bincount(labels, minlength=len(self.recipes))
-        few = [f"{self.recipes[k]} ({counts[k]})" for k in range(len(self.recipes))
-               if counts[k] < MIN_TRAINING_NORMALS + 1]
-        if few:
-            raise CalibrationError(
-                f"too few normal profiles for recipe(s) {', '.join(few)}: each recipe needs "
-                f"{MIN_TRAINING_NORMALS} for training plus at least 1 for calibration "
-                f"(give 5 or more per recipe)")
-        plan = plan_calibration(labels, len(self.recipes), alpha=cfg.alpha,
-                                method=cfg.calibration, fraction=cfg.calibration_fraction,
-                                n_folds=cfg.folds, rng=rng, recipe_names=self.recipes)
-        self.alpha = plan.alpha
-        if plan.alpha_source not in ("given", "default"):
-            logger.warning("alpha: %s", plan.alpha_source)
-        train_s = 0.0
-        if plan.method == "split":
-            self.members = []
-            train = plan.training_indices(0)
-            train_s = self._fit_core(intensity[train], sigma[train], labels[train], rng,
-                                     cfg.seed, progress, nproc)
-        else:
-            self.members = []
-            for k in range(len(plan.folds)):
-                member = type(self)(self.grid, self.network.config, self.training)
-                member.recipes = self.recipes
-                train = plan.training_indices(k)
-                logger.info("cross-conformal calibration: model %d of %d on %d normals",
-                            k + 1, len(plan.folds), len(train))
-                train_s += member._fit_core(intensity[train], sigma[train], labels[train],
-                                            rng, int(rng.integers(2**31)), progress, nproc)
-                self.members.append(member)
-            # shared by every model: references for the recipe shortlist, on all normals
-            self._fit_references(intensity, sigma, labels)
-        parts, scores, member_of, order = [], [], [], []
-        for k, (model, cal) in enumerate(zip(self.models, plan.folds, strict=True)):
-            part = model._score_parts(intensity[cal], sigma[cal], labels[cal])
-            parts.append(part)
-            scores.append(model._combine(part))
-            member_of.append(np.full(len(cal), k))
-            order.append(cal)
-        cal_idx = np.concatenate(order)
-        self.calibration_parts = np.concatenate(parts)
-        self.calibration = Calibration(plan.method, plan.mondrian, np.concatenate(scores),
-                                       np.concatenate(member_of), labels[cal_idx],
-                                       len(self.models), plan.alpha_source)
-        self.population = None
-        if cfg.attributions:
-            desc_idx = (plan.training_indices(0) if plan.method == "split"
-                        else np.arange(len(labels)))
-            descriptors = np.array([fit_descriptors(self.grid.q, intensity[i], sigma[i])
-                                    for i in desc_idx])
-            self.population = DescriptorPopulation.fit(descriptors, labels[desc_idx],
-                                                       len(self.recipes))
-        self.history = list(self.models[0].history)
-        self.metrics = {
-            "validation": self._validate(intensity, sigma, labels, plan.folds),
-            "n_train": int(len(plan.training_indices(0))),
-            "n_calibration": int(len(cal_idx)),
-            "train_seconds": round(train_s, 2),
-            "final_loss": float(self.history[-1]) if self.history else None,
-        }
-        if nproc > 1:  # recorded only then: a one-process model.json is unchanged
-            info = getattr(self.models[0], "ddp_info", {})
-            self.metrics["training_processes"] = {
-                k: info.get(k) for k in ("processes", "backend", "device")}
+        fit_detector(self, profiles, recipes, progress=progress, nproc=nproc)
         return self
-
-    def _validate(self, intensity: NDArray, sigma: NDArray, labels: NDArray,
-                  folds: list[NDArray]) -> dict[str, Any]:
-        """A sanity check on synthetic anomalies (:func:`~.validation.synthetic_check`)."""
-        return synthetic_check(self, intensity, sigma, labels, folds)
 
     # -- scores of the models ---------------------------------------------------------------
     def member_scores(self, intensity: NDArray, sigma: NDArray,

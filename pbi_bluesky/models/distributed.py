@@ -5,11 +5,13 @@ local processes, ``gloo`` on CPU, ``nccl`` when there is one CUDA device per pro
 
 Every rank rebuilds the same training state from files in a private temporary folder
 (curves as an ``allow_pickle=False`` npz, the initial weights as safetensors, settings as
-JSON: nothing is unpickled), draws the same synthetic negatives and batch order from an
-identically seeded generator, trains on its 1/N share of each batch, and DDP averages the
-gradients, so one optimisation step sees the whole batch as in one process. Rank 0 writes
-the trained weights back as safetensors. Only the network is trained in parallel; the
-one-class models, subspaces and calibration are fitted afterwards in the calling process.
+JSON, the model's kind and input encoding by name: nothing is unpickled, no class is sent),
+builds the kind's :class:`~.training.Trainer` (:data:`~.training.TRAINERS`), draws the
+same synthetic negatives and batch order from an identically seeded generator, trains on
+its 1/N share of each batch, and DDP averages the gradients, so one optimisation step sees
+the whole batch as in one process. Rank 0 writes the trained weights back as safetensors.
+Only the network is trained in parallel; the one-class models, subspaces and calibration
+are fitted afterwards in the calling process (:func:`~.fitting.fit_model`).
 
 The result is not bit-identical to one process (triplets are mined within each rank's
 share of a batch, and float sums are reduced in another order); ``benchmarks/bench_ddp.py``
@@ -32,6 +34,11 @@ import torch
 from numpy.typing import NDArray
 
 from pbi_bluesky.infra.ports import free_port
+from pbi_bluesky.models.fitted import FittedModel
+from pbi_bluesky.models.network import NetworkConfig
+from pbi_bluesky.models.representation import QGrid
+from pbi_bluesky.models.settings import TrainingConfig
+from pbi_bluesky.models.training import TRAINERS, Trainer
 
 __all__ = ["train_network_ddp"]
 
@@ -52,15 +59,16 @@ def _state_sha256(state: dict[str, torch.Tensor]) -> str:
     return h.hexdigest()
 
 
-def train_network_ddp(model: Any, intensity: NDArray, sigma: NDArray, labels: NDArray,
+def train_network_ddp(trainer: Trainer, intensity: NDArray, sigma: NDArray, labels: NDArray,
                       seed: int, nproc: int, progress: bool) -> dict[str, Any]:
-    """Train ``model.network`` in ``nproc`` processes; the trained weights are loaded back.
+    """Train ``trainer.model.network`` in ``nproc`` processes; the trained weights and the
+    epoch losses are loaded back into the model.
 
     Parameters
     ----------
-    model
-        An :class:`~pbi_bluesky.models.AnomalyDetector` (or one of its cross-conformal
-        members) whose references are fitted and whose network holds its initial weights.
+    trainer
+        The :class:`~.training.Trainer` of a model whose references are fitted and whose
+        network holds its initial weights.
     intensity, sigma, labels
         The training normals on the model grid and their recipe indices.
     seed
@@ -88,6 +96,7 @@ def train_network_ddp(model: Any, intensity: NDArray, sigma: NDArray, labels: ND
     if nproc < 2:
         raise ValueError(f"nproc must be >= 2 for data-parallel training, got {nproc}")
     backend = _backend(nproc)
+    model = trainer.model
     with tempfile.TemporaryDirectory(prefix="pbi-ddp-") as tmp:
         root = Path(tmp)
         np.savez(root / "data.npz", intensity=intensity, sigma=sigma, labels=labels)
@@ -97,6 +106,7 @@ def train_network_ddp(model: Any, intensity: NDArray, sigma: NDArray, labels: ND
         spec = {
             "nproc": nproc, "backend": backend, "port": free_port(), "seed": int(seed),
             "progress": bool(progress), "recipes": list(model.recipes),
+            "trainer": trainer.name, "encoding": model.encoding,
             "threads": max(1, torch.get_num_threads() // nproc),
             "grid": {"q_min": grid.q_min, "q_max": grid.q_max, "npt": grid.npt,
                      "min_coverage": grid.min_coverage},
@@ -109,11 +119,8 @@ def train_network_ddp(model: Any, intensity: NDArray, sigma: NDArray, labels: ND
             os.environ["GLOO_SOCKET_IFNAME"] = "lo"  # loopback only: nothing leaves here
         logger.info("training the network in %d processes (%s)", nproc, backend)
         try:
-            # the model's class travels to the ranks as a reference (spawn pickles it by its
-            # qualified name, as it does _rank_main), so this module never imports the
-            # detector that calls it
-            mp.start_processes(_rank_main, args=(str(root), type(model)), nprocs=nproc,
-                               join=True, start_method="spawn")
+            mp.start_processes(_rank_main, args=(str(root),), nprocs=nproc, join=True,
+                               start_method="spawn")
         except Exception as exc:  # ProcessRaisedException / ProcessExitedException
             raise RuntimeError(f"data-parallel training failed: {exc}") from exc
         finally:
@@ -129,15 +136,11 @@ def train_network_ddp(model: Any, intensity: NDArray, sigma: NDArray, labels: ND
     return result
 
 
-def _rank_main(rank: int, folder: str, model_class: type) -> None:
+def _rank_main(rank: int, folder: str) -> None:
     """One training process (spawned): rebuild, train its share, write the result."""
     import torch.distributed as dist
     from safetensors.torch import load_file, save_file
     from torch.nn.parallel import DistributedDataParallel
-
-    from pbi_bluesky.models.network import NetworkConfig
-    from pbi_bluesky.models.representation import QGrid
-    from pbi_bluesky.models.settings import TrainingConfig
 
     root = Path(folder)
     spec = json.loads((root / "spec.json").read_text())
@@ -150,11 +153,11 @@ def _rank_main(rank: int, folder: str, model_class: type) -> None:
         with np.load(root / "data.npz", allow_pickle=False) as data:
             intensity, sigma = data["intensity"], data["sigma"]
             labels = data["labels"]
-        model = model_class(QGrid(**spec["grid"]),
-                                NetworkConfig.from_dict(spec["network"]),
-                                TrainingConfig(**spec["training"]))
+        model = FittedModel(QGrid(**spec["grid"]), NetworkConfig.from_dict(spec["network"]),
+                            TrainingConfig(**spec["training"]), encoding=spec["encoding"])
         model.recipes = list(spec["recipes"])
-        model._fit_references(intensity, sigma, labels)
+        trainer = TRAINERS[spec["trainer"]](model)
+        trainer.fit_references(intensity, sigma, labels)
         model.network.load_state_dict(load_file(str(root / "initial.safetensors")))
         device = torch.device(f"cuda:{rank}") if backend == "nccl" else None
         if device is not None:
@@ -169,9 +172,9 @@ def _rank_main(rank: int, folder: str, model_class: type) -> None:
             return float(t.item()) / world
 
         rng = np.random.default_rng(int(spec["seed"]))
-        model._train_network(intensity, sigma, labels, rng,
-                             bool(spec["progress"]) and rank == 0, network=net,
-                             shard=(rank, world), device=device, mean_loss=mean_loss)
+        trainer.train_network(intensity, sigma, labels, rng,
+                              bool(spec["progress"]) and rank == 0, network=net,
+                              shard=(rank, world), device=device, mean_loss=mean_loss)
         state = {k: v.detach().cpu().contiguous()
                  for k, v in model.network.state_dict().items()}
         (root / f"rank{rank}.json").write_text(

@@ -22,6 +22,7 @@ from sklearn.metrics import average_precision_score, roc_auc_score, roc_curve
 from pbi_bluesky.models.baselines import BASELINES, make_baseline
 from pbi_bluesky.models.calibration import conformal_p_values
 from pbi_bluesky.models.detector import AnomalyDetector
+from pbi_bluesky.models.fitted import PART_NAMES
 from pbi_bluesky.models.settings import TrainingConfig
 
 __all__ = ["EvaluationResult", "metrics_for", "evaluate_arrays", "format_report"]
@@ -164,8 +165,6 @@ def ablations(detector: AnomalyDetector, intensity: NDArray, sigma: NDArray,
     cross-conformal detector the parts are averaged over its models and compared with the
     pooled out-of-fold parts, an approximation used for these rows only.
     """
-    from pbi_bluesky.models.core import PART_NAMES
-
     parts = detector.score_parts(intensity, sigma, recipe_idx)
     cal = detector.calibration_parts
     weights = detector.models[0].part_weights()

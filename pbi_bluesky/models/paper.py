@@ -12,17 +12,17 @@ any other bundle. What it does (and why it loses to the default, see ``make benc
 * the predicted recipe is the nearest recipe centroid in embedding space.
 
 For a fair comparison, verdicts use the same conformal p-values at ``alpha`` from a
-held-out calibration split as the default detector, and the same HyperScore display.
+held-out calibration split as the default detector, and the same HyperScore display. Its
+training steps are :class:`~.training.PaperTrainer`; its input encoding is ``"minmax"``
+(:data:`~.fitted.ENCODINGS`).
 """
 
 from __future__ import annotations
 
 import numpy as np
-import torch
 from numpy.typing import NDArray
 
 from pbi_bluesky.models.detector import AnomalyDetector
-from pbi_bluesky.models.ocsvm import RBFOneClass
 from pbi_bluesky.models.settings import TrainingConfig, Verdict
 
 __all__ = ["PaperPipeline"]
@@ -36,8 +36,7 @@ class PaperPipeline(AnomalyDetector):
         "resample": "linear interpolation in log q onto q_grid",
         "channels": ["(I - min I) / (max I - min I) per curve (the paper's scaling)"],
     }
-
-    in_channels = 1
+    encoding = "minmax"
 
     @classmethod
     def default_training(cls) -> TrainingConfig:
@@ -52,25 +51,6 @@ class PaperPipeline(AnomalyDetector):
                              "the default detector)")
         super().fit(profiles, recipes, progress=progress)
         return self
-
-    def _inputs(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> torch.Tensor:
-        lo = intensity.min(1, keepdims=True)
-        span = np.maximum(intensity.max(1, keepdims=True) - lo, 1e-30)
-        return torch.from_numpy(((intensity - lo) / span).astype(np.float32)[:, None, :])
-
-    def _training_set(self, intensity: NDArray, sigma: NDArray, labels: NDArray,
-                      rng: np.random.Generator) -> tuple[NDArray, NDArray, NDArray, NDArray]:
-        return intensity, sigma, labels, labels  # recipe labels only
-
-    def _fit_scorers(self, intensity: NDArray, sigma: NDArray, labels: NDArray) -> None:
-        emb = self._embed(intensity, sigma, labels)
-        self.centroids = np.array([emb[labels == k].mean(0) for k in range(len(self.recipes))])
-        pooled = RBFOneClass.fit(emb, nu=self.training.nu)
-        self.svms = [pooled] * len(self.recipes)  # one SVM; stored once per recipe slot
-        self.subspaces = []
-        self.likelihoods = []
-        self.residual_stats = np.zeros((len(self.recipes), 3))
-        self.score_scale = np.tile([0.0, 1.0, 0.0, 1.0], (len(self.recipes), 1))
 
     def _score_parts(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
         out = np.zeros((len(intensity), 4))

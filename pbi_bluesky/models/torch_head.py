@@ -9,7 +9,7 @@ the same device (same CUDA stream), with no copy through the host:
   over the reducer's filled bins, exactly what :meth:`QGrid.resample` computes with
   ``np.interp`` for that set of bins); a curve whose valid bins differ (a bin emptied by
   dummy pixels) is reported in ``needs_host`` for the ordinary path;
-* the two input channels follow :meth:`ScoringCore._inputs` (standardised ``asinh(I /
+* the two input channels follow :meth:`FittedModel._inputs` (standardised ``asinh(I /
   noise)``, and ``asinh(z / 3)`` of the residual to the expected recipe's reference), in
   float64, cast to float32 for the network, as the host path does.
 
