@@ -12,17 +12,19 @@ Example (``profiles/profile_saxs/agent_policy.yaml``)::
 
 A flagged measurement is ``confirmed`` as soon as one of its rescans is flagged too and
 ``transient`` when its rescans (at most ``max_rescans`` for the sample) are all clean; rescans
-never trigger rescans of their own. Unknown keys and bad values are a :class:`PolicyError`
-that names the file and the key.
+never trigger rescans of their own. The policy is a pydantic model with ``extra="forbid"``:
+unknown keys and bad values are a :class:`PolicyError` that names the file and the key.
 """
 
 from __future__ import annotations
 
-import dataclasses
 from collections.abc import Mapping
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
+
+from pydantic import BeforeValidator, Field, StrictStr, field_validator
+
+from pbi_bluesky.config.strict import Float, Int, StrictModel, ValidationError, explain
 
 __all__ = ["DEFAULT_POLICY_FILE", "AgentPolicy", "PolicyError", "load_policy"]
 
@@ -36,55 +38,72 @@ class PolicyError(ValueError):
     """The policy is malformed; the message says where and which key."""
 
 
-@dataclass(frozen=True)
-class AgentPolicy:
-    """What the agent may do (see the module docstring for each key)."""
+def _int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
+        raise ValueError(f"{value!r} is not a slot number")
+    return int(value)
 
-    max_rescans: int = 1
-    reference_slots: tuple[int, ...] = (0,)
-    reference_sample_types: tuple[str, ...] = ("empty_cell", "reference", "standard",
-                                               "calibrant")
-    position: str = "front"
-    cooldown_s: float = 0.0
-    exposure_factor: float = 2.0
-    min_max_score: float | None = None
-    user: str = "pbi agent"
-    user_group: str = "agent"
-    source: str = field(default="<defaults>", compare=False)
 
-    def __post_init__(self) -> None:
-        where = self.source
+def _slot(value: Any) -> int:
+    try:
+        return _int(value)
+    except ValueError:
+        raise ValueError("must be a slot number (an integer)") from None
 
-        def bad(key: str, why: str) -> PolicyError:
-            return PolicyError(f"{where}: {key}: {why}")
 
-        if isinstance(self.max_rescans, bool) or not isinstance(self.max_rescans, int) \
-                or self.max_rescans < 0:
-            raise bad("max_rescans", f"must be an integer >= 0, got {self.max_rescans!r}")
-        if self.position not in POSITIONS:
-            raise bad("position", f"must be one of {sorted(POSITIONS)}, got {self.position!r}")
-        object.__setattr__(self, "position", POSITIONS[self.position])
-        for key in ("cooldown_s", "exposure_factor"):
-            value = getattr(self, key)
-            if isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0:
-                raise bad(key, f"must be a number >= 0, got {value!r}")
-        if not self.exposure_factor > 0:
-            raise bad("exposure_factor", "must be > 0")
-        if self.min_max_score is not None and (isinstance(self.min_max_score, bool) or
-                                               not isinstance(self.min_max_score, (int, float))):
-            raise bad("min_max_score", f"must be a number or null, got {self.min_max_score!r}")
+def _listed(value: Any) -> Any:
+    """A YAML list (``null``: an empty one); a bare string is not a list of one."""
+    if value is None:
+        return ()
+    if not isinstance(value, (list, tuple)):
+        raise ValueError("must be a list")
+    return tuple(value)
+
+
+Slot = Annotated[int, BeforeValidator(_slot)]
+Name = Annotated[StrictStr, Field(min_length=1)]
+
+
+class AgentPolicy(StrictModel):
+    """What the agent may do (see the module docstring for each key).
+
+    Built from keywords, a bad value raises :class:`PolicyError` naming the key.
+    ``source`` (where the policy came from) is recorded but not compared.
+    """
+
+    max_rescans: Annotated[Int, Field(ge=0)] = 1
+    reference_slots: Annotated[tuple[Slot, ...], BeforeValidator(_listed)] = (0,)
+    reference_sample_types: Annotated[tuple[StrictStr, ...], BeforeValidator(_listed)] = (
+        "empty_cell", "reference", "standard", "calibrant")
+    position: Literal["front", "back"] = "front"
+    cooldown_s: Annotated[Float, Field(ge=0)] = 0.0
+    exposure_factor: Annotated[Float, Field(gt=0)] = 2.0
+    min_max_score: Float | None = None
+    user: Name = "pbi agent"
+    user_group: Name = "agent"
+    source: str = "<defaults>"
+
+    def __init__(self, **data: Any) -> None:
         try:
-            slots = tuple(_int(s) for s in self.reference_slots)
-        except (TypeError, ValueError) as exc:
-            raise bad("reference_slots", f"must be a list of slot numbers: {exc}") from None
-        object.__setattr__(self, "reference_slots", slots)
-        if isinstance(self.reference_sample_types, str) or not all(
-                isinstance(t, str) for t in self.reference_sample_types):
-            raise bad("reference_sample_types", "must be a list of strings")
-        object.__setattr__(self, "reference_sample_types", tuple(self.reference_sample_types))
-        for key in ("user", "user_group"):
-            if not isinstance(getattr(self, key), str) or not getattr(self, key):
-                raise bad(key, "must be a non-empty string")
+            super().__init__(**data)
+        except ValidationError as exc:
+            where = str(data.get("source", "<policy>"))
+            raise PolicyError(explain(exc, AgentPolicy, where)) from None
+
+    @field_validator("position", mode="before")
+    @classmethod
+    def _alias(cls, value: Any) -> Any:
+        if not isinstance(value, str) or value not in POSITIONS:
+            raise ValueError(f"must be one of {sorted(POSITIONS)}")
+        return POSITIONS[value]
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, AgentPolicy):
+            return NotImplemented
+        return self.as_dict(source=False) == other.as_dict(source=False)
+
+    def __hash__(self) -> int:
+        return hash(repr(sorted(self.as_dict(source=False).items())))
 
     def is_reference(self, slot: Any, sample_type: Any, purpose: Any = None) -> bool:
         """True for what is never rescanned: a reference slot, a reference sample type, or a
@@ -95,18 +114,10 @@ class AgentPolicy:
             in_slots = False
         return in_slots or sample_type in self.reference_sample_types or purpose == "reference"
 
-    def as_dict(self) -> dict[str, Any]:
-        """Plain data (recorded with every decision)."""
-        out = dataclasses.asdict(self)
-        out["reference_slots"] = list(self.reference_slots)
-        out["reference_sample_types"] = list(self.reference_sample_types)
-        return out
-
-
-def _int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or int(value) != value:
-        raise ValueError(f"{value!r} is not a slot number")
-    return int(value)
+    def as_dict(self, *, source: bool = True) -> dict[str, Any]:
+        """Plain data (recorded with every decision); ``source=False`` leaves out where the
+        policy came from."""
+        return self.model_dump(mode="json", exclude=None if source else {"source"})
 
 
 def load_policy(source: str | Path | Mapping[str, Any] | None = None) -> AgentPolicy:
@@ -135,17 +146,7 @@ def load_policy(source: str | Path | Mapping[str, Any] | None = None) -> AgentPo
     if not isinstance(data, Mapping):
         raise PolicyError(f"{where}: expected a mapping of policy keys, got "
                           f"{type(data).__name__}")
-    known = {f.name for f in dataclasses.fields(AgentPolicy) if f.name != "source"}
-    unknown = set(data) - known
-    if unknown:
-        raise PolicyError(f"{where}: unknown key(s) {sorted(unknown)}; known: {sorted(known)}")
-    values = dict(data)
-    for key in ("reference_slots", "reference_sample_types"):
-        if key in values:
-            if values[key] is None:
-                values[key] = ()
-            elif isinstance(values[key], (list, tuple)):
-                values[key] = tuple(values[key])
-            else:
-                raise PolicyError(f"{where}: {key}: must be a list, got {values[key]!r}")
-    return AgentPolicy(**values, source=where)
+    if "source" in data:  # where the policy came from is not the file's to say
+        known = sorted(k for k in AgentPolicy.model_fields if k != "source")
+        raise PolicyError(f"{where}: source: unknown key; known: {known}")
+    return AgentPolicy(**{str(k): v for k, v in data.items()}, source=where)

@@ -60,3 +60,28 @@ def test_references_are_never_rescanned():
     assert not policy.is_reference(3, "sample", "survey")
     assert not policy.is_reference(None, None)
     assert policy.as_dict()["reference_slots"] == [0, 7]
+
+
+@pytest.mark.parametrize("data, key", [
+    ({"exposure_factor": float("inf")}, "exposure_factor"),
+    ({"cooldown_s": float("nan")}, "cooldown_s"),
+    ({"min_max_score": float("nan")}, "min_max_score"),
+    ({"reference_slots": [0, True]}, "reference_slots.1"),
+    ({"source": "elsewhere"}, "source: unknown key"),
+])
+def test_numbers_are_finite_and_the_faulty_item_is_named(data, key):
+    with pytest.raises(PolicyError, match=f"<policy mapping>: {key}"):
+        load_policy(data)
+
+
+def test_every_fault_is_named_at_once_and_keywords_are_checked_too(tmp_path):
+    path = tmp_path / "policy.yaml"
+    path.write_text("max_rescans: -1\nposition: middle\ncooldown_s: soon\n")
+    with pytest.raises(PolicyError) as info:
+        load_policy(path)
+    message = str(info.value)
+    for key in ("max_rescans", "position", "cooldown_s"):
+        assert f"{path}: {key}: " in message, message
+    with pytest.raises(PolicyError, match="<policy>: user: String should have"):
+        AgentPolicy(user="")
+    assert AgentPolicy(source="a") == AgentPolicy(source="b")  # where it came from is no part
