@@ -43,13 +43,15 @@ class PaperPipeline(AnomalyDetector):
         """30 epochs (as benchmarked) and no subspace part."""
         return TrainingConfig(epochs=30, subspace_weight=0.0)
 
-    def fit(self, profiles: list, recipes: list[str], *, progress: bool = True) -> PaperPipeline:
-        """Train as the paper does; needs at least two recipes (its triplets are recipes)."""
+    def fit(self, profiles: list, recipes: list[str], *, progress: bool = True,
+            nproc: int = 1) -> PaperPipeline:
+        """Train as the paper does; needs at least two recipes (its triplets are recipes).
+        ``nproc`` > 1 trains the network data-parallel, as for the default detector."""
         if len(set(recipes)) < 2:
             raise ValueError("the paper's pipeline learns from recipe labels only and needs "
                              "at least 2 recipes; with one recipe it has no negatives (use "
                              "the default detector)")
-        super().fit(profiles, recipes, progress=progress)
+        super().fit(profiles, recipes, progress=progress, nproc=nproc)
         return self
 
     def _score_parts(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:

@@ -56,7 +56,28 @@ def test_ddp_model_detects_like_the_one_process_model(kind, ddp_model, tiny_mode
 
 def test_nproc_one_is_refused_by_the_parallel_trainer(tiny_model):
     from pbi_bluesky.models.distributed import train_network_ddp
+    from pbi_bluesky.models.training import Trainer
 
     with pytest.raises(ValueError, match="nproc must be >= 2"):
-        train_network_ddp(tiny_model, np.zeros((2, 256)), np.ones((2, 256)),
+        train_network_ddp(Trainer(tiny_model), np.zeros((2, 256)), np.ones((2, 256)),
                           np.zeros(2, dtype=int), 0, 1, False)
+
+
+def test_the_papers_pipeline_trains_data_parallel_from_names(instrument):
+    """The ranks rebuild the model's kind from names (trainer ``paper``, encoding
+    ``minmax``: one input channel), not from a class sent through spawn; a rank that built
+    the default kind could not load the one-channel initial weights."""
+    from pbi_bluesky.models import NetworkConfig, PaperPipeline, QGrid
+
+    profiles, recipes = simulated_normals(instrument, 8, np.random.default_rng(8))
+    pipeline = PaperPipeline(QGrid(npt=64),
+                             NetworkConfig(in_channels=1, length=64, channels=(8, 16),
+                                           hidden=32, embedding_dim=16),
+                             TrainingConfig(epochs=2, alpha=0.2, seed=0, calibration="split",
+                                            subspace_weight=0.0))
+    pipeline.fit(profiles, recipes, progress=False, nproc=2)
+    info = pipeline.ddp_info
+    assert info["processes"] == 2 and len(set(info["rank_weights_sha256"])) == 1
+    assert len(pipeline.history) == 2 and pipeline.network.config.in_channels == 1
+    verdicts = pipeline.score(profiles[:5], recipes[:5], explain="none")
+    assert all(np.isfinite(v.score) for v in verdicts)
