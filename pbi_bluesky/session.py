@@ -7,7 +7,8 @@ The IPython profile (``pbi ipython``), the queue server's worker (``start-re-man
 * a ``RunEngine`` whose metadata (``scan_id`` included) persists across sessions
   (``bluesky.utils.PersistentDict`` in the data folder) and carries the beamline's geometry
   (PONI text from the configured file), mask file and name in every start document;
-* the devices (stock ophyd or ophyd-async, ``device_api``);
+* the devices (stock ophyd or ophyd-async, ``device_api``), after the file's ``epics``
+  section set the Channel Access client environment (variables already set win);
 * the session tray (:func:`~pbi_bluesky.plans.use_tray`);
 * a lazily connected Tiled catalog behind two crash-safe spools (raw and analysis runs):
   a session that starts while Tiled is down still works and writes later;
@@ -121,7 +122,7 @@ def build_session(
     persistent_md
         Keep ``RE.md`` (``scan_id``...) across sessions in the data folder.
     scorer_kwargs
-        Overrides for :meth:`LiveScorer.from_config`.
+        Overrides for :meth:`LiveScorer.from_settings`.
     """
     from bluesky import RunEngine
     from bluesky.utils import PersistentDict
@@ -133,6 +134,10 @@ def build_session(
     md: Any = PersistentDict(str(root / "runengine-metadata")) if persistent_md else {}
     RE = RunEngine(md)
     RE.md.update(beamline_metadata(cfg))
+    applied = cfg.epics.apply()
+    if applied:
+        logger.info("Channel Access environment from %s: %s", cfg.source,
+                    " ".join(f"{k}={v}" for k, v in applied.items()))
     beamline = make_beamline(cfg, mode)
     if cfg.tray:
         use_tray(cfg.tray)
@@ -158,7 +163,7 @@ def build_session(
 
         extras["plot"] = ScorePlot()
         sinks.append(extras["plot"])
-    scorer = LiveScorer.from_config(cfg, mode=mode, sinks=sinks, **(scorer_kwargs or {}))
+    scorer = LiveScorer.from_settings(cfg, mode=mode, sinks=sinks, **(scorer_kwargs or {}))
     RE.subscribe(raw_spool)
     RE.subscribe(scorer)
     logger.info("session for beamline %s (%s devices) from %s; data in %s", cfg.name, mode,

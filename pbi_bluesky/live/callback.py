@@ -1,14 +1,16 @@
 """The live scorer: a bluesky callback that reduces and scores every frame off-thread.
 
-``RE.subscribe(LiveScorer.from_config(cfg))`` is all a user does. The RunEngine thread only
-puts documents into a bounded :class:`~pbi_bluesky.live.inbox.Inbox` (it never waits longer
-than ``put_timeout`` per document). One worker thread owns all state: it follows the runs,
-joins each frame's parts (image, I0, transmission: :mod:`~pbi_bluesky.scoring.streams`), and
-works in batches: it drains what is queued, reads the batch (each HDF5 file opened once,
-neighbouring frames read together: :mod:`~pbi_bluesky.scoring.reads`), reduces its frames
-with the run's pyFAI geometry in one batch-integrator call, then scores them in one model
-pass (:meth:`~pbi_bluesky.scoring.engine.FrameScorer.process`). A second thread computes the Shapley
-attributions of flagged frames, which arrive later as their own events (stream
+``RE.subscribe(LiveScorer.from_settings(cfg))`` is all a user does (``cfg``: the beamline's
+:class:`~pbi_bluesky.config.BeamlineConfig`, or the path of its ``beamline.yaml``). The
+RunEngine thread only puts documents into a bounded :class:`~pbi_bluesky.live.inbox.Inbox`
+(it never waits longer than ``put_timeout`` per document). One worker thread owns all
+state: it follows the runs, joins each frame's parts (image, I0, transmission:
+:mod:`~pbi_bluesky.scoring.streams`), and works in batches: it drains what is queued, reads
+the batch (each HDF5 file opened once, neighbouring frames read together:
+:mod:`~pbi_bluesky.scoring.reads`), reduces its frames with the run's pyFAI geometry in one
+batch-integrator call, then scores them in one model pass
+(:meth:`~pbi_bluesky.scoring.engine.FrameScorer.process`). A second thread computes the
+Shapley attributions of flagged frames, which arrive later as their own events (stream
 ``pbi_attribution``), so they never delay the next verdict.
 
 Every frame is accounted for: it ends up ``scored``, ``failed`` (with the reason: NaN frame,
@@ -29,6 +31,7 @@ from typing import Any
 
 from event_model import DocumentRouter
 
+from pbi_bluesky.config import BeamlineConfig, load_config
 from pbi_bluesky.live.attributor import Attributor, Emitter, Sink
 from pbi_bluesky.live.channel import VerdictChannel
 from pbi_bluesky.live.inbox import FRAME_DOCS, Inbox
@@ -50,7 +53,6 @@ from pbi_bluesky.scoring.streams import FrameJoiner, FrameParts
 __all__ = ["ANALYSIS_STREAM", "ATTRIBUTION_STREAM", "LiveScorer"]
 
 logger = logging.getLogger(__name__)
-
 
 
 @dataclass
@@ -197,14 +199,26 @@ class LiveScorer(DocumentRouter):
         return self.emitter.sinks
 
     @classmethod
-    def from_config(cls, config: Any, *, mode: str = "ophyd", **overrides: Any) -> LiveScorer:
-        """A scorer configured from a :class:`~pbi_bluesky.config.BeamlineConfig` (or the
-        path of a ``beamline.yaml``): keys, geometry, mask, dark, flat, polarisation, data
-        roots, model, queue settings. ``mode`` (``"ophyd"`` or ``"async"``) selects the
-        image key the devices of that mode produce; ``overrides`` win."""
-        kwargs = FrameScorer.config_kwargs(config, mode=mode)
+    def from_settings(cls, settings: Any, *, mode: str | None = None,
+                      **overrides: Any) -> LiveScorer:
+        """A scorer configured from a beamline's settings (a
+        :class:`~pbi_bluesky.config.BeamlineConfig` or the path of a ``beamline.yaml``):
+        what :meth:`FrameScorer.from_settings` takes (keys, geometry, mask, dark, flat,
+        polarisation, data roots, model, q bins) plus the ``scorer`` section's queue and
+        batch. ``mode`` (``"ophyd"`` or ``"async"``; default the settings' ``device_api``)
+        selects the image key the devices of that mode produce; ``overrides`` win."""
+        cfg = settings if isinstance(settings, BeamlineConfig) else load_config(settings)
+        kwargs = FrameScorer.settings_kwargs(cfg, mode=mode)
+        kwargs.update(queue_size=cfg.scorer.queue_size, overflow=cfg.scorer.overflow,
+                      put_timeout=cfg.scorer.put_timeout_s, batch_size=cfg.scorer.batch_size)
         kwargs.update(overrides)
         return cls(**kwargs)
+
+    @classmethod
+    def from_config(cls, config: Any, *, mode: str | None = None,
+                    **overrides: Any) -> LiveScorer:
+        """The same as :meth:`from_settings` (its former name)."""
+        return cls.from_settings(config, mode=mode, **overrides)
 
     # -- RunEngine thread: never raise, never wait longer than put_timeout --------------
     def __call__(self, name: str, doc: dict, validate: bool = False) -> None:

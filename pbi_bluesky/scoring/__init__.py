@@ -6,6 +6,8 @@ the bus workers (:mod:`pbi_bluesky.bus`) and re-scoring (:mod:`pbi_bluesky.resco
 * :mod:`~pbi_bluesky.scoring.frames`: getting frames out of documents (inline arrays,
   Resource/Datum, StreamResource/StreamDatum), with paths confined to the data roots;
 * :mod:`~pbi_bluesky.scoring.reads`: batch reads of HDF5 frames into reused memory;
+* :mod:`~pbi_bluesky.scoring.reader`: :class:`FrameReader`, a frame and its I0 and
+  transmission out of documents and files, checked;
 * :mod:`~pbi_bluesky.scoring.engine`: :class:`FrameScorer`, reduce and score a batch;
 * :mod:`~pbi_bluesky.scoring.analysis`: the analysis run written for each raw run;
 * :mod:`~pbi_bluesky.scoring.result`: :class:`FrameResult`, what happened to one frame.
@@ -20,6 +22,7 @@ from pbi_bluesky.scoring.engine import (
     Outcome,
 )
 from pbi_bluesky.scoring.frames import AssetRegistry, FrameError, PathNotAllowed, image_keys
+from pbi_bluesky.scoring.reader import FrameReader
 from pbi_bluesky.scoring.result import FrameResult
 from pbi_bluesky.scoring.streams import FrameParts, Roles
 
@@ -31,6 +34,7 @@ __all__ = [
     "FrameError",
     "FrameInput",
     "FrameParts",
+    "FrameReader",
     "FrameResult",
     "FrameScorer",
     "Outcome",

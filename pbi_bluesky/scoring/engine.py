@@ -1,13 +1,19 @@
-"""The per-frame core of live scoring: read, reduce and score frames, whoever feeds them.
+"""The per-frame core of live scoring: reduce and score batches of frames, whoever feeds them.
 
 :class:`FrameScorer` holds the model and the reduction settings; it turns joined frames
-(:class:`FrameInput`: the run's start document, the stream's key roles, the frame's parts
-and the run's assets) into :class:`Outcome` records (a :class:`FrameResult` with its
-profile and resampled curve). Two callers share it, so they give the same results:
+(:class:`~pbi_bluesky.scoring.reader.FrameInput`: the run's start document, the stream's
+key roles, the frame's parts and the run's assets) into :class:`Outcome` records (a
+:class:`FrameResult` with its profile and resampled curve). Reading a frame and its
+readings out of documents and files, and refusing what cannot be reduced, is its
+:class:`~pbi_bluesky.scoring.reader.FrameReader`'s job; here a batch is reduced (one
+batch-integrator call per geometry and background) and scored (one model pass).
+:meth:`FrameScorer.from_settings` builds one from ``beamline.yaml``. The callers share it,
+so they give the same results:
 
 * :class:`~pbi_bluesky.live.LiveScorer`, in-process, fed by a RunEngine;
 * the scorer workers of the document bus (:mod:`pbi_bluesky.bus`), fed per frame by a
-  broker.
+  broker;
+* re-scoring (:mod:`pbi_bluesky.rescore`), fed from Tiled.
 
 Batch invariance: the CNN runs in float32, and oneDNN picks its convolution kernels by
 batch size, so the same curve scored in a batch of 3 or alone differs from a batch of 16
@@ -21,7 +27,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import math
 import threading
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,6 +34,7 @@ from typing import Any
 
 import numpy as np
 
+from pbi_bluesky.config import BeamlineConfig, load_config
 from pbi_bluesky.models import AnomalyDetector, ensure_can_flag, load_bundle
 from pbi_bluesky.models.bundle import load_default_model
 from pbi_bluesky.profile import Profile
@@ -40,43 +46,28 @@ from pbi_bluesky.reduction import (
     load_geometry_text,
 )
 from pbi_bluesky.scoring.analysis import AnalysisRun
-from pbi_bluesky.scoring.frames import AssetRegistry, FrameError
+from pbi_bluesky.scoring.reader import (
+    INHERIT,
+    FrameInput,
+    FrameReader,
+    Reading,
+    base_result,
+    poni_text,
+)
 from pbi_bluesky.scoring.reads import FrameBuffers, ReadCache, stack_rows
 from pbi_bluesky.scoring.result import FrameResult
-from pbi_bluesky.scoring.streams import FrameParts, Roles, resolve_roles
+from pbi_bluesky.scoring.streams import Roles
 
 __all__ = ["ANALYSIS_STREAM", "ATTRIBUTION_STREAM", "INHERIT", "MIN_BATCH_ROWS",
-           "FrameInput", "FrameScorer", "Outcome", "Reading", "load_model", "poni_text"]
+           "FrameInput", "FrameScorer", "Outcome", "Reading", "load_model", "poni_text",
+           "settings_kwargs"]
 
 logger = logging.getLogger(__name__)
 
 ANALYSIS_STREAM = "pbi_anomaly"
 ATTRIBUTION_STREAM = "pbi_attribution"
-MAX_TRANSMISSION = 1.5
 MIN_BATCH_ROWS = 16
 """Fewest curves per model call (see the module docstring)."""
-
-
-class _Inherit:
-    def __repr__(self) -> str:
-        return "INHERIT"
-
-
-INHERIT: Any = _Inherit()
-"""A frame's background: the scorer's running one (updated by empty-cell frames)."""
-
-
-@dataclass
-class FrameInput:
-    """One joined frame and what is needed to read it."""
-
-    raw_uid: str
-    start: dict[str, Any]
-    roles: Roles
-    parts: FrameParts
-    assets: AssetRegistry
-    background: Any = INHERIT
-    """Empty-cell profile to subtract: a Profile, ``None`` (none), or :data:`INHERIT`."""
 
 
 @dataclass
@@ -95,19 +86,6 @@ class Outcome:
         return self.result.status == "scored" and bool(self.result.is_anomaly)
 
 
-@dataclass
-class Reading:
-    """One frame read and checked, ready to reduce (:meth:`FrameScorer.read`)."""
-
-    result: FrameResult
-    reducer: Reducer
-    image: np.ndarray
-    i0: float
-    transmission: float
-    thickness: float | None
-    is_cell: bool
-
-
 def load_model(model: AnomalyDetector | str | Path | None) -> AnomalyDetector:
     """The model, refused (:class:`~pbi_bluesky.models.BundleError`) if it can never flag."""
     if isinstance(model, AnomalyDetector):
@@ -115,14 +93,31 @@ def load_model(model: AnomalyDetector | str | Path | None) -> AnomalyDetector:
     return load_bundle(model) if model is not None else load_default_model()
 
 
-def poni_text(poni: str | Path | None) -> str | None:
-    """PONI text from a path or from the text itself."""
-    if poni is None:
-        return None
-    text = str(poni)
-    if "Distance" in text and "\n" in text:
-        return text
-    return Path(poni).read_text()
+def settings_kwargs(settings: BeamlineConfig | str | Path, *, mode: str | None = None
+                    ) -> dict[str, Any]:
+    """:class:`FrameScorer` keyword arguments from a beamline's settings (a
+    :class:`~pbi_bluesky.config.BeamlineConfig` or the path of a ``beamline.yaml``): the
+    model, the data keys, geometry, mask, dark, flat, polarisation, absolute scale, data
+    roots and q bins. ``mode`` (``"ophyd"`` or ``"async"``; default the settings'
+    ``device_api``) selects the image key the devices of that mode produce."""
+    cfg = settings if isinstance(settings, BeamlineConfig) else load_config(settings)
+    mode = mode or cfg.device_api
+    if mode not in ("ophyd", "async"):
+        raise ValueError(f"mode must be 'ophyd' or 'async', got {mode!r}")
+    name = cfg.detector.name
+    g = cfg.geometry
+    return {
+        "model": cfg.scorer.model,
+        "image_key": f"{name}_image" if mode == "ophyd" else name,
+        "monitor_key": cfg.monitors.i0_name,
+        "transmission_key": cfg.monitors.transmission_name
+        if cfg.monitors.transmission else None,
+        "transmission_required": bool(cfg.monitors.transmission),
+        "poni": g.poni, "mask": g.mask, "dark": g.dark, "flat": g.flat,
+        "polarization_factor": g.polarization_factor,
+        "absolute_scale": g.absolute_scale,
+        "data_roots": cfg.data_roots, "npt": cfg.scorer.npt,
+    }
 
 
 class FrameScorer:
@@ -157,11 +152,11 @@ class FrameScorer:
     ) -> None:
         self.model = load_model(model)
         self.model_info = dict(self.model.bundle_info)
-        self.keys = {"image_key": image_key, "monitor_key": monitor_key,
-                     "transmission_key": transmission_key}
-        self.transmission_required = bool(transmission_required)
-        self.monitor_from_start = bool(monitor_from_start)
-        self.poni_text = poni_text(poni)
+        self.reader = FrameReader(self.model.recipes, image_key=image_key,
+                                  monitor_key=monitor_key, transmission_key=transmission_key,
+                                  poni=poni, data_roots=data_roots,
+                                  transmission_required=transmission_required,
+                                  monitor_from_start=monitor_from_start)
         self.mask = None if mask is None else as_frame(mask).astype(bool)
         self.dark = None if dark is None else as_frame(dark)
         self.flat = None if flat is None else as_frame(flat)
@@ -170,46 +165,51 @@ class FrameScorer:
                                if isinstance(absolute_scale, (str, Path)) else absolute_scale)
         self.npt = int(npt)
         self.background = background
-        self.data_roots = tuple(str(Path(r)) for r in data_roots)
         self.min_batch_rows = max(1, int(min_batch_rows))
         self._reducers: dict[str, Reducer] = {}
         self._reducer_lock = threading.Lock()
         self._warned_no_background = False
         self._buffers = FrameBuffers()
 
-    @staticmethod
-    def config_kwargs(config: Any, *, mode: str = "ophyd") -> dict[str, Any]:
-        """Keyword arguments from a :class:`~pbi_bluesky.config.BeamlineConfig` (or the
-        path of a ``beamline.yaml``): keys, geometry, mask, dark, flat, polarisation, data
-        roots, model, q bins, queue settings (``queue_size``, ``overflow``,
-        ``put_timeout``: for the LiveScorer only). ``mode`` (``"ophyd"`` or ``"async"``)
-        selects the image key the devices of that mode produce."""
-        from pbi_bluesky.config import BeamlineConfig, load_config
+    @classmethod
+    def from_settings(cls, settings: BeamlineConfig | str | Path, *, mode: str | None = None,
+                      **overrides: Any) -> FrameScorer:
+        """A scorer configured from a beamline's settings (:func:`settings_kwargs`);
+        ``overrides`` win."""
+        kwargs = settings_kwargs(settings, mode=mode)
+        kwargs.update(overrides)
+        return cls(**kwargs)
 
-        cfg = config if isinstance(config, BeamlineConfig) else load_config(config)
-        name = cfg.detector.name
-        g = cfg.geometry
-        return {
-            "model": cfg.scorer.model,
-            "image_key": f"{name}_image" if mode == "ophyd" else name,
-            "monitor_key": cfg.monitors.i0_name,
-            "transmission_key": cfg.monitors.transmission_name
-            if cfg.monitors.transmission else None,
-            "transmission_required": bool(cfg.monitors.transmission),
-            "poni": g.poni, "mask": g.mask, "dark": g.dark, "flat": g.flat,
-            "polarization_factor": g.polarization_factor,
-            "absolute_scale": g.absolute_scale,
-            "data_roots": cfg.data_roots, "queue_size": cfg.scorer.queue_size,
-            "overflow": cfg.scorer.overflow, "put_timeout": cfg.scorer.put_timeout_s,
-            "npt": cfg.scorer.npt,
-        }
+    settings_kwargs = staticmethod(settings_kwargs)
+
+    # -- what the reader holds --------------------------------------------------------------
+    @property
+    def keys(self) -> dict[str, str | None]:
+        """The configured data keys (``image_key``, ``monitor_key``, ``transmission_key``)."""
+        return self.reader.keys
+
+    @property
+    def poni_text(self) -> str | None:
+        """The configured geometry (PONI text), or None (each run's start document)."""
+        return self.reader.poni_text
+
+    @property
+    def data_roots(self) -> tuple[str, ...]:
+        """Folders frame files named by documents may be read from."""
+        return self.reader.data_roots
+
+    @property
+    def transmission_required(self) -> bool:
+        return self.reader.transmission_required
+
+    @property
+    def monitor_from_start(self) -> bool:
+        return self.reader.monitor_from_start
 
     # -- streams and runs -----------------------------------------------------------------
     def roles(self, descriptor: dict[str, Any]) -> Roles | None:
         """The key roles of a descriptor (``None``: not an image stream)."""
-        return resolve_roles(descriptor, transmission_required=self.transmission_required
-                             and not self.monitor_from_start,
-                             monitor_required=not self.monitor_from_start, **self.keys)
+        return self.reader.roles(descriptor)
 
     def begin_analysis(self, start: dict[str, Any], *, live: bool = True,
                        extra: dict[str, Any] | None = None) -> AnalysisRun:
@@ -250,80 +250,17 @@ class FrameScorer:
         return reducer
 
     # -- one frame ------------------------------------------------------------------------
-    @staticmethod
-    def _value(frame: FrameInput, value: Any, cache: ReadCache | None = None) -> Any:
-        kind, payload = value
-        if kind == "inline":
-            return payload
-        if kind == "refused":
-            raise FrameError(str(payload))
-        if kind == "datum":
-            return frame.assets.frame_from_datum(payload, cache)
-        return frame.assets.value_from_stream(*payload, cache=cache)
-
-    def _reading(self, frame: FrameInput, key: str | None, what: str,
-                 start_key: str, cache: ReadCache | None = None) -> float | None:
-        if key is None:
-            if self.monitor_from_start and frame.start.get(start_key) is not None:
-                return float(frame.start[start_key])
-            return None
-        raw = np.asarray(self._value(frame, frame.parts.values[key], cache), dtype=float)
-        if raw.size != 1:
-            raise FrameError(f"{what} reading {key!r} has {raw.size} values, expected 1")
-        return float(raw.reshape(-1)[0])
-
-    @staticmethod
-    def base_result(frame: FrameInput, status: str = "failed", reason: str = ""
-                    ) -> FrameResult:
-        """A result carrying the run's sample metadata (no verdict yet)."""
-        start = frame.start
-        return FrameResult(frame.raw_uid, frame.parts.seq_num, status, reason=reason,
-                           expected_composition=str(start.get("composition") or ""),
-                           metadata={"sample": start.get("sample"), "slot": start.get("slot")})
+    base_result = staticmethod(base_result)
 
     def read(self, frame: FrameInput, cache: ReadCache | None = None) -> Reading:
-        """Read and check one frame and its readings (no reduction yet); raises with the
-        reason the frame cannot be reduced."""
-        roles, start = frame.roles, frame.start
-        if roles.problem:
-            raise FrameError(roles.problem)
-        monitor = self._reading(frame, roles.monitor, "I0", "i0", cache)
-        if monitor is None:
-            raise FrameError("no incident-flux (I0) reading for this frame")
-        if not (math.isfinite(monitor) and monitor > 0):
-            raise FrameError(f"I0 reading {monitor!r} is not a positive number")
-        transmission = self._reading(frame, roles.transmission, "transmission",
-                                     "transmission", cache)
-        if transmission is None:
-            if self.transmission_required:
-                raise FrameError("no transmission reading for this frame")
-            transmission = 1.0
-        if not (math.isfinite(transmission) and 0 < transmission <= MAX_TRANSMISSION):
-            raise FrameError(f"transmission {transmission!r} is not in (0, {MAX_TRANSMISSION}]")
-        poni = self.poni_text or start.get("geometry")
-        if not poni:
-            raise FrameError("no geometry: configure poni= (beamline.yaml geometry.poni) or "
-                             "record PONI text as 'geometry' in the start document")
-        reducer = self.reducer(poni)
-        image = np.asarray(self._value(frame, frame.parts.values[roles.image], cache))
-        if image.ndim == 1 and roles.shape and len(roles.shape) >= 2:
-            image = image.reshape(roles.shape[-2:])
-        if image.ndim == 3 and image.shape[0] == 1:
-            image = image[0]
-        if image.size == 0:
-            raise FrameError("frame is empty")
-        is_cell = start.get("sample_type") == "empty_cell"
-        thickness = start.get("thickness_cm")
-        if not is_cell:
-            expected = start.get("composition")
-            if expected is not None and expected not in self.model.recipes:
-                raise FrameError(f"expected recipe {expected!r} unknown to the model "
-                                 f"({self.model.recipes})")
-            if thickness is None:
-                raise FrameError("no sample thickness ('thickness_cm') in the start "
-                                 "document: absolute intensity unknown")
-        return Reading(self.base_result(frame), reducer, image, monitor, transmission,
-                       None if is_cell else float(thickness), is_cell)
+        """Read and check one frame (:meth:`~pbi_bluesky.scoring.reader.FrameReader.read`)."""
+        return self.reader.read(frame, cache)
+
+    @staticmethod
+    def _prefetch(frames: list[FrameInput], cache: ReadCache) -> None:
+        # the batch's read-ahead (FrameReader.prefetch), a step of its own for the stage
+        # timer of benchmarks/live_hdf5.py (read = _prefetch + read)
+        FrameReader.prefetch(frames, cache)
 
     def resampled(self, profile: Profile | None) -> tuple[np.ndarray, np.ndarray] | None:
         """A profile on the model's grid, or ``None`` if it does not cover the grid."""
@@ -356,50 +293,40 @@ class FrameScorer:
         outcomes: list[Outcome | None] = [None] * len(frames)
         to_score: list[tuple[int, FrameResult, Profile, np.ndarray, np.ndarray]] = []
         group: list[tuple[int, Reading]] = []
+        group_reducer: Reducer | None = None
         group_bg: Profile | None = None
         with ReadCache(self._buffers) as cache:
             self._prefetch(frames, cache)
             for i, frame in enumerate(frames):
                 try:
                     reading = self.read(frame, cache)
+                    reducer = self.reducer(reading.geometry)
                 except Exception as exc:  # noqa: BLE001 - every failure becomes a record
                     outcomes[i] = self._failed(frame, exc, None)
                     continue
                 background = (self.background if frame.background is INHERIT
                               else frame.background)
-                if group and (reading.is_cell or reading.reducer is not group[0][1].reducer
+                if group and (reading.is_cell or reducer is not group_reducer
                               or background is not group_bg):
-                    self._reduce_group(frames, group, group_bg, outcomes, to_score)
+                    self._reduce_group(frames, group, group_reducer, group_bg, outcomes,
+                                       to_score)
                     group = []
                 if reading.is_cell:
-                    self._reference(i, frame, reading, outcomes)
+                    self._reference(i, frame, reading, reducer, outcomes)
                     continue
                 group.append((i, reading))
-                group_bg = background
-            self._reduce_group(frames, group, group_bg, outcomes, to_score)
+                group_reducer, group_bg = reducer, background
+            if group and group_reducer is not None:
+                self._reduce_group(frames, group, group_reducer, group_bg, outcomes, to_score)
         if to_score:
             for i, outcome in self._score(frames, to_score):
                 outcomes[i] = outcome
         return [o for o in outcomes if o is not None]
 
-    @staticmethod
-    def _prefetch(frames: list[FrameInput], cache: ReadCache) -> None:
-        wanted: dict[int, tuple[AssetRegistry, list[tuple[str, Any]]]] = {}
-        for frame in frames:
-            value = frame.parts.values.get(frame.roles.image) if frame.roles.image else None
-            if value is not None and value[0] in ("stream", "datum"):
-                entry = wanted.setdefault(id(frame.assets), (frame.assets, []))
-                entry[1].append(value)
-        for assets, items in wanted.values():
-            try:
-                assets.prefetch(items, cache)
-            except Exception:  # noqa: BLE001 - only a speed-up: each frame's read reports
-                logger.debug("prefetch failed; frames are read one by one", exc_info=True)
-
-    def _reference(self, i: int, frame: FrameInput, reading: Reading,
+    def _reference(self, i: int, frame: FrameInput, reading: Reading, reducer: Reducer,
                    outcomes: list[Outcome | None]) -> None:
         try:
-            profile = reading.reducer.reduce_absolute(
+            profile = reducer.reduce_absolute(
                 reading.image, i0=reading.i0, transmission=reading.transmission)
         except Exception as exc:  # noqa: BLE001
             outcomes[i] = self._failed(frame, exc, None)
@@ -411,18 +338,15 @@ class FrameScorer:
         outcomes[i] = Outcome(frame, result, profile, self.resampled(profile))
 
     def _reduce_group(self, frames: list[FrameInput], group: list[tuple[int, Reading]],
-                      background: Profile | None, outcomes: list[Outcome | None],
-                      to_score: list) -> None:
+                      reducer: Reducer, background: Profile | None,
+                      outcomes: list[Outcome | None], to_score: list) -> None:
         """Reduce frames of one geometry and background in one batch call (frame by frame
         if the batch call fails, so the reason lands on the right frame)."""
-        if not group:
-            return
         if background is None and not self._warned_no_background:
             self._warned_no_background = True
             logger.warning("no empty-cell background yet (measure a run with "
                            "sample_type='empty_cell' or pass background=): profiles "
                            "include the cell's scattering")
-        reducer = group[0][1].reducer
         profiles: list[Profile] | None = None
         if len(group) > 1:
             try:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -225,3 +226,27 @@ def test_stream_frames_with_ndattribute_readings(tiny_model, instrument, poni_te
         assert result.status == "scored", result.reason
     finally:
         opt_in.close()
+
+
+def test_a_live_scorer_from_the_settings_takes_the_scorer_section(tiny_model):
+    """``from_settings`` (``from_config`` is its former name) takes queue, overflow, put
+    timeout and batch from the ``scorer`` section, and the image key of the file's
+    ``device_api`` unless a mode is given."""
+    from pbi_bluesky.config import load_config
+
+    sim = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs" / "beamline.yaml"
+    cfg = load_config(sim).with_overrides(
+        device_api="async", scorer={"queue_size": 5, "overflow": "shed", "batch_size": 3,
+                                    "put_timeout_s": 0.25})
+    scorer = LiveScorer.from_settings(cfg, model=tiny_model)
+    try:
+        assert scorer.batch_size == 3 and scorer.inbox.frame_limit == 5
+        assert scorer.inbox.overflow == "shed" and scorer.inbox.put_timeout == 0.25
+        assert scorer.core.keys["image_key"] == "saxs"
+    finally:
+        scorer.close(5)
+    ophyd = LiveScorer.from_config(cfg, mode="ophyd", model=tiny_model)
+    try:
+        assert ophyd.core.keys["image_key"] == "saxs_image"
+    finally:
+        ophyd.close(5)

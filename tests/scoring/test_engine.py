@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 
@@ -194,3 +196,54 @@ def test_a_malformed_stream_resource_fails_its_frames_not_the_batch(
     by_seq = {o.result.raw_seq_num: o.result for o in outcomes}
     assert by_seq[3].status == "failed" and reason in by_seq[3].reason
     assert by_seq[1].status == by_seq[2].status == "scored"
+
+
+@pytest.fixture(scope="module")
+def settings(instrument, tmp_path_factory):
+    """The settings of a beamline whose keys, geometry, mask and dark are those of the
+    ``frames`` above (the model is passed as an override: no bundle file)."""
+    from pbi_bluesky.config import load_config
+
+    root = tmp_path_factory.mktemp("settings")
+    instrument.write_poni(root / "geometry.poni")
+    np.save(root / "mask.npy", instrument.mask.astype(np.uint8))
+    np.save(root / "dark.npy", expected_dark(instrument))
+    sim = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs" / "beamline.yaml"
+    return load_config(sim).with_overrides(
+        detector={"name": "det"}, monitors={"i0_name": "beam_i0",
+                                            "transmission_name": "beam_transmission"},
+        geometry={"poni": str(root / "geometry.poni"), "mask": str(root / "mask.npy"),
+                  "dark": str(root / "dark.npy")},
+        scorer={"npt": instrument.npt, "data_roots": [str(root)]})
+
+
+def test_a_scorer_from_the_settings_scores_as_one_given_each_setting(tiny_model, instrument,
+                                                                     frames, settings):
+    core = FrameScorer.from_settings(settings, model=tiny_model)
+    assert core.keys == {"image_key": "det_image", "monitor_key": "beam_i0",
+                         "transmission_key": "beam_transmission"}
+    assert core.data_roots == ("/tmp/pbi_sim_data", settings.scorer.data_roots[0])
+    assert FrameScorer.settings_kwargs(settings, mode="async")["image_key"] == "det"
+    explicit = FrameScorer(tiny_model, poni=settings.geometry.poni, mask=instrument.mask,
+                           dark=expected_dark(instrument), npt=instrument.npt)
+    for a, b in zip(core.process(frames), explicit.process(frames), strict=True):
+        assert a.result.status == b.result.status == "scored"
+        assert a.result.score == b.result.score and a.result.p_value == b.result.p_value
+    no_t = settings.with_overrides(monitors={"transmission": None})
+    kwargs = FrameScorer.settings_kwargs(no_t)
+    assert kwargs["transmission_key"] is None and kwargs["transmission_required"] is False
+
+
+def test_reading_is_apart_from_scoring(frames):
+    """A frame is read and checked without a model or a reducer; what cannot be reduced
+    fails there with its reason."""
+    from pbi_bluesky.scoring.frames import FrameError
+    from pbi_bluesky.scoring.reader import FrameReader
+
+    reader = FrameReader(["50:50"])
+    reading = reader.read(frames[0])
+    assert reading.geometry == frames[0].start["geometry"] and reading.i0 > 0
+    assert 0 < reading.transmission <= 1.5 and reading.thickness == 0.1
+    assert reading.image.shape == frames[0].parts.values["det_image"][1].shape
+    with pytest.raises(FrameError, match="expected recipe '50:50' unknown to the model"):
+        FrameReader(["25:75"]).read(frames[0])
