@@ -46,9 +46,12 @@ from pbi_bluesky.scoring.engine import FrameInput, FrameScorer, Outcome
 from pbi_bluesky.scoring.frames import AssetRegistry
 from pbi_bluesky.scoring.streams import FrameParts, Roles
 
-__all__ = ["BusWorker", "ensure_groups", "tiled_writer_factory"]
+__all__ = ["WORKER_ROLES", "BusWorker", "ensure_groups", "tiled_writer_factory"]
 
 logger = logging.getLogger(__name__)
+
+WORKER_ROLES = ("both", "score", "coordinate")
+"""What a worker does: score and coordinate (when it holds the lease), or one of them."""
 
 
 class _Permanent(ValueError):
@@ -140,6 +143,51 @@ class BusWorker:
         self._next_claim = 0.0
         self._next_beat = 0.0
         self.stats = {"scored": 0, "claimed": 0, "dead": 0, "errors": 0, "batches": 0}
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, url: str | None = None, name: str | None = None,
+                      role: str = "both", core: FrameScorer | None = None,
+                      catalog: Any = None) -> BusWorker:
+        """A worker configured from a beamline's settings
+        (:class:`~pbi_bluesky.config.BeamlineConfig`): its frame scorer
+        (:meth:`FrameScorer.from_settings`), the ``bus`` section (broker, reclaiming, lease,
+        retention, Tiled batch), ``scorer.batch_size``, and the ``tiled`` section for the
+        analysis runs (the embedded catalog under ``data_dir`` when ``tiled.uri`` is null).
+
+        Parameters
+        ----------
+        settings
+            The beamline's settings.
+        url
+            The broker (default ``bus.url``).
+        name
+            Consumer name (default ``host-pid-random``).
+        role
+            ``"both"`` (score, and coordinate when holding the lease), ``"score"`` (never
+            dispatch or write Tiled) or ``"coordinate"`` (score nothing).
+        core, catalog
+            A frame scorer or catalog built already (default: from ``settings``).
+        """
+        from pbi_bluesky.store import Catalog, data_dir
+
+        if role not in WORKER_ROLES:
+            raise ValueError(f"role must be one of {WORKER_ROLES}, got {role!r}")
+        url = url or settings.bus.url
+        if not url:
+            raise ValueError("no broker: set bus.url in beamline.yaml or give one per worker")
+        bus = settings.bus
+        coordinates = role != "score"
+        if coordinates and catalog is None:
+            catalog = Catalog(settings.tiled.uri, api_key=settings.tiled.api_key,
+                              data_dir=data_dir(settings.data_dir) / "catalog",
+                              readable=settings.data_roots)
+        return cls(
+            url, settings.name, core if core is not None else FrameScorer.from_settings(settings),
+            writer_factory=tiled_writer_factory(catalog, bus.tiled_batch) if coordinates
+            else None, delete_partial=catalog.delete_partial if coordinates else None,
+            name=name, batch_size=settings.scorer.batch_size, claim_idle_s=bus.claim_idle_s,
+            claim_every_s=bus.claim_every_s, max_deliveries=bus.max_deliveries,
+            lease_s=bus.lease_s, retention_s=bus.retention_s, score=role != "coordinate")
 
     def _leader(self) -> bool:
         return self.lease is not None and self.lease.held.is_set() and not self._stop.is_set()

@@ -108,7 +108,8 @@ def test_overrides_are_checked_like_the_file():
 
 def test_the_shipped_files_load_and_the_settings_are_frozen():
     sim, example = load_config(SIM), load_config(EXAMPLE)
-    assert sim.device_api == "ophyd" and example.bus.url is None
+    assert sim.device_api == "ophyd" and sim.bus.url is None
+    assert example.bus.url == "redis://xf12id2-bus.nsls2.bnl.gov:6379/0"
     assert Path(sim.geometry.poni).is_absolute() and Path(sim.geometry.poni).is_file()
     with pytest.raises(ValueError, match="frozen"):
         sim.name = "other"
