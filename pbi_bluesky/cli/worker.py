@@ -182,7 +182,7 @@ def worker(
 
 def _from_settings(config: Path, flags: dict[str, Any], broker: str | None,
                    name: str | None, role: str) -> Any:
-    """The worker of a beamline file (with any deprecated flags applied on top)."""
+    """Build the worker of a beamline file (with any deprecated flags applied on top)."""
     from pbi_bluesky.bus.worker import BusWorker
     from pbi_bluesky.config import load_config
     from pbi_bluesky.scoring.engine import FrameScorer
@@ -202,8 +202,11 @@ def _from_settings(config: Path, flags: dict[str, Any], broker: str | None,
 
 def _from_flags(flags: dict[str, Any], broker: str | None, name: str | None,
                 role: str) -> Any:
-    """Without a beamline file: the deprecated flags alone, as ``pbi worker`` took them
-    before the settings file (kept so that no script breaks; each flag says where it went)."""
+    """Build a worker from the deprecated flags alone, without a beamline file.
+
+    As ``pbi worker`` took them before the settings file: kept so that no script breaks;
+    each flag says where it went.
+    """
     from pbi_bluesky.bus import BusWorker, tiled_writer_factory
     from pbi_bluesky.scoring.engine import FrameScorer
     from pbi_bluesky.store import Catalog

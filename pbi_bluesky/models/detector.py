@@ -139,9 +139,16 @@ class AnomalyDetector(FittedModel):
         """Train on normal profiles labelled with their recipe; returns self
         (:func:`~.fitting.fit_detector`).
 
-        ``nproc`` > 1 trains the embedding network data-parallel with torch
-        DistributedDataParallel in that many local processes (gloo on CPU, nccl when
-        there is a CUDA device per process; :mod:`~.distributed`).
+        Parameters
+        ----------
+        profiles, recipes
+            The normal profiles and the recipe of each.
+        progress
+            Show the epoch progress.
+        nproc
+            > 1: train the embedding network data-parallel with torch
+            DistributedDataParallel in that many local processes (gloo on CPU, nccl when
+            there is a CUDA device per process; :mod:`~.distributed`).
 
         Raises
         ------

@@ -80,8 +80,19 @@ def fit_model(trainer: Trainer, intensity: NDArray, sigma: NDArray, labels: NDAr
 
 def fit_detector(detector: Any, profiles: list[Profile], recipes: list[str], *,
                  progress: bool = True, nproc: int = 1) -> Any:
-    """Train ``detector`` (an :class:`~.detector.AnomalyDetector`) on normal profiles
-    labelled with their recipe (see the module docstring); returns it.
+    """Train ``detector`` on normal profiles labelled with their recipe; returns it.
+
+    Parameters
+    ----------
+    detector
+        An untrained :class:`~.detector.AnomalyDetector` (or a subclass: its ``name``
+        selects the trainer, :data:`~.training.TRAINERS`).
+    profiles, recipes
+        The normal profiles and the recipe of each.
+    progress
+        Show the epoch progress.
+    nproc
+        Processes the network trains in (> 1: data-parallel, :mod:`~.distributed`).
 
     Raises
     ------

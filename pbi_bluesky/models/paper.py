@@ -46,7 +46,16 @@ class PaperPipeline(AnomalyDetector):
     def fit(self, profiles: list, recipes: list[str], *, progress: bool = True,
             nproc: int = 1) -> PaperPipeline:
         """Train as the paper does; needs at least two recipes (its triplets are recipes).
-        ``nproc`` > 1 trains the network data-parallel, as for the default detector."""
+
+        Parameters
+        ----------
+        profiles, recipes
+            The normal profiles and the recipe of each.
+        progress
+            Show the epoch progress.
+        nproc
+            > 1: train the network data-parallel, as for the default detector.
+        """
         if len(set(recipes)) < 2:
             raise ValueError("the paper's pipeline learns from recipe labels only and needs "
                              "at least 2 recipes; with one recipe it has no negatives (use "

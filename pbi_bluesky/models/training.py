@@ -258,8 +258,15 @@ class Trainer:
     def out_of_fold(self, k: int, feats: NDArray, features: NDArray, feature_sigma: NDArray,
                     intensity: NDArray, sigma: NDArray) -> NDArray:
         """Unstandardised score parts of recipe ``k``'s training normals, each from models
-        fitted without it (5 folds), or in-sample for fewer than 10 normals (the arrays
-        as for :meth:`fit_recipe`)."""
+        fitted without it (5 folds), or in-sample for fewer than 10 normals.
+
+        Parameters
+        ----------
+        k
+            The recipe's index.
+        feats, features, feature_sigma, intensity, sigma
+            The recipe's training normals, as for :meth:`fit_recipe`.
+        """
         m = self.model
         n = len(feats)
         raw = np.zeros((n, len(PART_NAMES)))
