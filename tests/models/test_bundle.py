@@ -208,8 +208,8 @@ def golden(model, intensity, sigma, recipes) -> dict[str, np.ndarray]:
 def test_the_shipped_model_scores_fixed_curves_as_it_did_before_the_split():
     """A regression guard, not a fix: the same bundle gives the recorded numbers. Exact for
     what does not pass the float32 network (thresholds, p-values, flags, predictions);
-    to 1e-6 relative where it does (another CPU's float32 kernels may differ near 1e-7;
-    on the recording machine everything was identical, max difference 0.0)."""
+    to 1e-5 of each array's scale where it does (another CPU's float32 kernels differ near
+    3e-7 of the scale; on the recording machine everything was identical)."""
     from pbi_bluesky.models.bundle import load_default_model
 
     with np.load(GOLDEN, allow_pickle=False) as data:
@@ -220,5 +220,9 @@ def test_the_shipped_model_scores_fixed_curves_as_it_did_before_the_split():
                 "unknown_predicted", "predict_all"):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
     for key in ("score", "parts", "embedding", "attributions", "unknown_score"):
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-6, atol=1e-9, err_msg=key)
+        # Scaled to the array: CI's CPU gave embedding differences of 4.8e-8 on values
+        # up to 0.15 (3e-7 of the scale) where small entries differ by 2e-5 relative.
+        scale = float(np.max(np.abs(want[key])))
+        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5 * scale,
+                                   err_msg=key)
     assert want["is_anomaly"].any() and not want["is_anomaly"].all()
