@@ -38,8 +38,8 @@ bench-models: venv
 # Rebuild the default model bundle shipped in the package (simulated PS/PMMA, seeded).
 model: venv
 	rm -rf build/model_training
-	$(VENV)/bin/pbi simulate --out build/model_training --normals 100 --anomalies 0 --seed 0
-	$(VENV)/bin/pbi train --manifest build/model_training/manifest.csv \
+	$(VENV)/bin/pbi data simulate --out build/model_training --normals 100 --anomalies 0 --seed 0
+	$(VENV)/bin/pbi model train --manifest build/model_training/manifest.csv \
 		--out pbi_bluesky/data/default_model --seed 0 --epochs 80
 
 clean-venv:

@@ -15,8 +15,10 @@ runner = CliRunner()
 
 
 @pytest.mark.parametrize(
-    "command", [[], ["simulate"], ["reduce"], ["demo"], ["train"], ["score"], ["evaluate"],
-                ["calibrate-absolute"]]
+    "command", [[], ["data"], ["data", "simulate"], ["data", "reduce"], ["demo"],
+                ["model", "train"], ["model", "score"], ["model", "evaluate"],
+                ["data", "calibrate-absolute"], ["catalog", "flagged"], ["bus", "worker"],
+                ["queue", "agent"], ["sim", "iocs"], ["catalog", "index"]]
 )
 def test_help_on_every_command(command):
     result = runner.invoke(app, [*command, "--help"])
@@ -24,21 +26,52 @@ def test_help_on_every_command(command):
     assert "Usage" in result.output
 
 
+def _listed(help_text: str) -> set[str]:
+    """Command names in the boxes of a typer help screen."""
+    names = set()
+    for line in help_text.splitlines():
+        parts = line.strip("│ ").split()
+        if parts and parts[0].replace("-", "").isalpha() and line.startswith("│ "):
+            names.add(parts[0])
+    return names
+
+
+def test_at_most_ten_top_level_entries_and_every_old_name_still_works():
+    listed = _listed(runner.invoke(app, ["--help"], terminal_width=200).output)
+    assert {"data", "model", "catalog", "sim", "bus", "queue", "demo", "ipython"} <= listed
+    assert len(listed - {"--verbose", "--help", "-v"}) <= 10
+    old = ["simulate", "reduce", "calibrate-absolute", "train", "score", "evaluate", "flagged",
+           "replay-spool", "index-catalog", "rescore", "worker", "dead-letters", "agent", "iocs"]
+    assert not listed & set(old)  # hidden from the help screen ...
+    for name in old:  # ... but every script using them still runs
+        result = runner.invoke(app, [name, "--help"])
+        assert result.exit_code == 0 and "Usage" in result.output, (name, result.output)
+
+
+def test_an_old_name_runs_the_command_and_says_where_it_moved(tmp_path, caplog):
+    with caplog.at_level("WARNING", logger="pbi_bluesky.cli"):
+        result = runner.invoke(app, ["simulate", "--out", str(tmp_path), "--normals", "1",
+                                     "--anomalies", "0", "--seed", "1"])
+    assert result.exit_code == 0, result.output
+    assert any("is now 'pbi data simulate'" in r.getMessage() for r in caplog.records)
+    assert list(tmp_path.glob("*.csv"))
+
+
 def test_console_script_is_installed():
     out = subprocess.run([sys.executable, "-m", "pbi_bluesky.cli", "--help"],
                          capture_output=True, text=True, check=True)
-    assert "simulate" in out.stdout and "reduce" in out.stdout
+    assert "data" in out.stdout and "model" in out.stdout
 
 
 def test_simulate_then_reduce_frames(tmp_path):
     data = tmp_path / "data"
-    result = runner.invoke(app, ["simulate", "--out", str(data), "--normals", "1",
+    result = runner.invoke(app, ["data", "simulate", "--out", str(data), "--normals", "1",
                                  "--anomalies", "0", "--frames", "--seed", "3"])
     assert result.exit_code == 0, result.output
     frames = sorted((data / "frames").glob("s*.cbf"))
     assert len(frames) == 5
     out = tmp_path / "reduced"
-    result = runner.invoke(app, ["reduce", *map(str, frames[:2]), "--poni",
+    result = runner.invoke(app, ["data", "reduce", *map(str, frames[:2]), "--poni",
                                  str(data / "geometry.poni"), "--mask", str(data / "mask.edf"),
                                  "--dark", str(data / "dark.edf"), "--out", str(out),
                                  "--format", "h5"])
@@ -48,13 +81,13 @@ def test_simulate_then_reduce_frames(tmp_path):
 
 def test_reduce_reports_bad_files_and_keeps_going(tmp_path):
     data = tmp_path / "data"
-    runner.invoke(app, ["simulate", "--out", str(data), "--normals", "1", "--anomalies", "0",
+    runner.invoke(app, ["data", "simulate", "--out", str(data), "--normals", "1", "--anomalies", "0",
                         "--frames", "--seed", "3"])
     empty = tmp_path / "empty.cbf"
     empty.write_bytes(b"")
     good = sorted((data / "frames").glob("s*.cbf"))[0]
     out = tmp_path / "reduced"
-    result = runner.invoke(app, ["reduce", str(empty), str(good), "--poni",
+    result = runner.invoke(app, ["data", "reduce", str(empty), str(good), "--poni",
                                  str(data / "geometry.poni"), "--out", str(out)])
     assert result.exit_code == 1
     assert "empty" in result.output
@@ -98,19 +131,19 @@ def test_calibrate_absolute_then_reduce_applies_the_factor(tmp_path):
     doc = json.loads((tmp_path / "geometry.absolute.json").read_text())
     assert abs(doc["factor"] / 0.8 - 1) < 0.02 and doc["uncertainty"] < 0.02 * doc["factor"]
     assert "absolute scale factor 0.79" in result.output and "wrote" in result.output
-    again = runner.invoke(app, ["calibrate-absolute", str(tmp_path / "water.cbf"), *common,
+    again = runner.invoke(app, ["data", "calibrate-absolute", str(tmp_path / "water.cbf"), *common,
                                 "--i0", "1", "--transmission", "0.7", "--thickness", "0.1",
                                 "--empty-cell", str(tmp_path / "cell.cbf"),
                                 "--empty-cell-i0", "1", "--empty-cell-transmission", "0.9"])
     assert again.exit_code == 2 and "exists" in again.output
-    warm = runner.invoke(app, ["calibrate-absolute", str(tmp_path / "water.cbf"), *common,
+    warm = runner.invoke(app, ["data", "calibrate-absolute", str(tmp_path / "water.cbf"), *common,
                                "--i0", "1", "--transmission", "0.7", "--thickness", "0.1",
                                "--empty-cell", str(tmp_path / "cell.cbf"), "--empty-cell-i0",
                                "1", "--empty-cell-transmission", "0.9", "--temperature", "25",
                                "--force"])
     assert warm.exit_code == 2 and "at 20 C" in warm.output
     out = tmp_path / "reduced"
-    result = runner.invoke(app, ["reduce", str(tmp_path / "water.cbf"), *common, "--npt", "120",
+    result = runner.invoke(app, ["data", "reduce", str(tmp_path / "water.cbf"), *common, "--npt", "120",
                                  "--i0", str(water.monitor), "--transmission",
                                  str(water.transmission), "--thickness", "0.1",
                                  "--background", str(tmp_path / "cell.cbf"), "--background-i0",
@@ -125,7 +158,7 @@ def test_calibrate_absolute_then_reduce_applies_the_factor(tmp_path):
 
 
 def test_reduce_with_missing_poni_is_a_clear_error(tmp_path):
-    result = runner.invoke(app, ["reduce", "x.cbf", "--poni", str(tmp_path / "none.poni"),
+    result = runner.invoke(app, ["data", "reduce", "x.cbf", "--poni", str(tmp_path / "none.poni"),
                                  "--out", str(tmp_path)])
     assert result.exit_code == 2
     assert "not found" in result.output
@@ -146,10 +179,10 @@ def test_offline_demo_json(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_model")
-    result = runner.invoke(app, ["simulate", "--out", str(root / "train"), "--normals", "15",
+    result = runner.invoke(app, ["data", "simulate", "--out", str(root / "train"), "--normals", "15",
                                  "--anomalies", "0", "--seed", "1"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["train", "--manifest", str(root / "train" / "manifest.csv"),
+    result = runner.invoke(app, ["model", "train", "--manifest", str(root / "train" / "manifest.csv"),
                                  "--out", str(root / "model"), "--epochs", "3"])
     assert result.exit_code == 0, result.output
     (root / "train_output.txt").write_text(result.output)
@@ -173,7 +206,7 @@ def test_train_writes_a_bundle(trained):
 
 
 def test_train_with_an_alpha_the_data_cannot_reach_is_a_clear_error(trained, tmp_path):
-    result = runner.invoke(app, ["train", "--manifest", str(trained / "train" / "manifest.csv"),
+    result = runner.invoke(app, ["model", "train", "--manifest", str(trained / "train" / "manifest.csv"),
                                  "--out", str(tmp_path / "m"), "--epochs", "1",
                                  "--alpha", "0.01"])
     assert result.exit_code == 2
@@ -183,7 +216,7 @@ def test_train_with_an_alpha_the_data_cannot_reach_is_a_clear_error(trained, tmp
 
 
 def test_train_nproc_is_refused_for_the_paper_pipeline(trained, tmp_path):
-    result = runner.invoke(app, ["train", "--manifest", str(trained / "train" / "manifest.csv"),
+    result = runner.invoke(app, ["model", "train", "--manifest", str(trained / "train" / "manifest.csv"),
                                  "--out", str(tmp_path / "m"), "--nproc", "2",
                                  "--detector", "paper"])
     assert result.exit_code == 2
@@ -208,7 +241,7 @@ def test_score_refuses_a_model_that_can_never_flag(trained, tmp_path):
     doc["files"]["arrays.npz"] = sha256_file(target / "arrays.npz")
     (target / "model.json").write_text(json.dumps(doc))
     good = sorted((trained / "train" / "profiles").glob("*.dat"))[:1]
-    result = runner.invoke(app, ["score", str(good[0]), "--model", str(target), "--json"])
+    result = runner.invoke(app, ["model", "score", str(good[0]), "--model", str(target), "--json"])
     assert result.exit_code == 2
     assert "can never flag a curve" in result.output and "threshold is infinite" in result.output
 
@@ -219,7 +252,7 @@ def test_score_mix_of_good_and_broken_files(trained, tmp_path):
     empty.write_text("")
     short = tmp_path / "short.dat"
     short.write_text("# q I sigma\n0.1 1 0.1\n0.15 1 0.1\n0.2 1 0.1\n")
-    result = runner.invoke(app, ["score", *map(str, [good[0], empty, short, good[1]]),
+    result = runner.invoke(app, ["model", "score", *map(str, [good[0], empty, short, good[1]]),
                                  "--model", str(trained / "model"), "--expected", "0:100",
                                  "--json"])
     assert result.exit_code == 1
@@ -236,26 +269,26 @@ def test_score_mix_of_good_and_broken_files(trained, tmp_path):
 
 def test_train_and_score_the_papers_detector(trained, tmp_path):
     """`--detector paper` trains the paper's pipeline into a bundle `pbi score` reads."""
-    result = runner.invoke(app, ["train", "--manifest", str(trained / "train" / "manifest.csv"),
+    result = runner.invoke(app, ["model", "train", "--manifest", str(trained / "train" / "manifest.csv"),
                                  "--out", str(tmp_path / "paper"), "--epochs", "2",
                                  "--detector", "paper"])
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "paper" / "model.json").read_text())
     assert doc["detector"] == "paper" and doc["network"]["in_channels"] == 1
     good = sorted((trained / "train" / "profiles").glob("*.dat"))[:3]
-    result = runner.invoke(app, ["score", *map(str, good), "--model", str(tmp_path / "paper"),
+    result = runner.invoke(app, ["model", "score", *map(str, good), "--model", str(tmp_path / "paper"),
                                  "--json"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in result.output.strip().splitlines() if x.startswith("{")]
     assert len(lines) == 3
     assert all(r["predicted_composition"] in doc["recipes"] for r in lines)
-    bad = runner.invoke(app, ["train", "--manifest", str(trained / "train" / "manifest.csv"),
+    bad = runner.invoke(app, ["model", "train", "--manifest", str(trained / "train" / "manifest.csv"),
                               "--out", str(tmp_path / "x"), "--detector", "nope"])
     assert bad.exit_code == 2 and "--detector" in bad.output
 
 
 def test_score_manifest_and_bad_model(trained, tmp_path):
-    result = runner.invoke(app, ["score", "--manifest",
+    result = runner.invoke(app, ["model", "score", "--manifest",
                                  str(trained / "train" / "manifest.csv"), "--model",
                                  str(tmp_path), "--json"])
     assert result.exit_code == 2
@@ -264,9 +297,9 @@ def test_score_manifest_and_bad_model(trained, tmp_path):
 
 def test_evaluate_compares_detectors(trained, tmp_path):
     data = tmp_path / "eval"
-    runner.invoke(app, ["simulate", "--out", str(data), "--normals", "12", "--anomalies", "3",
+    runner.invoke(app, ["data", "simulate", "--out", str(data), "--normals", "12", "--anomalies", "3",
                         "--seed", "2"])
-    result = runner.invoke(app, ["evaluate", "--manifest", str(data / "manifest.csv"),
+    result = runner.invoke(app, ["model", "evaluate", "--manifest", str(data / "manifest.csv"),
                                  "--model", str(trained / "model"), "--out", str(tmp_path / "r"),
                                  "--json"])
     assert result.exit_code == 0, result.output

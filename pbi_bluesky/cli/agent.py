@@ -10,10 +10,10 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import app
+from pbi_bluesky.cli.app import command, queue_app
 
 
-@app.command()
+@command(queue_app, "agent", old="agent")
 def agent(
     queue: Annotated[str, typer.Option(
         help="The RE Manager's 0MQ control address (default: "

@@ -14,13 +14,16 @@ everything at DEBUG.
 
 from __future__ import annotations
 
+import functools
 import logging
 import warnings
-from typing import Annotated
+from collections.abc import Callable
+from typing import Annotated, Any
 
 import typer
 
-__all__ = ["OWN_PREFIX", "QuietThirdParty", "app"]
+__all__ = ["OWN_PREFIX", "SUBAPPS", "QuietThirdParty", "app", "bus_app", "catalog_app",
+           "command", "data_app", "model_app", "queue_app", "sim_app"]
 
 OWN_PREFIX = "pbi_bluesky"
 # loggers that attach a handler of their own on import (seen in tiled 0.2.20)
@@ -33,6 +36,59 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
 )
+
+
+def _sub(name: str, help_text: str) -> typer.Typer:
+    sub = typer.Typer(name=name, help=help_text, no_args_is_help=True, add_completion=False)
+    app.add_typer(sub, name=name)
+    return sub
+
+
+# Sub-apps by what the user does (tiled's CLI is the model). With demo, ipython and review
+# at the top that makes 9 top-level entries; every older name stays as a hidden alias.
+data_app = _sub("data", "Simulated and measured data: simulate, reduce, calibrate-absolute.")
+model_app = _sub("model", "Model bundles: train, score, evaluate and the model registry.")
+catalog_app = _sub("catalog", "The Tiled catalog: flagged runs, labels, rescoring, the spool.")
+sim_app = _sub("sim", "The simulated beamline: caproto IOCs serving standard PV names.")
+bus_app = _sub("bus", "Scale-out scoring over a Redis bus: workers and dead letters.")
+queue_app = _sub("queue", "The queue server side: the rescan agent.")
+SUBAPPS = {"data": data_app, "model": model_app, "catalog": catalog_app, "sim": sim_app,
+           "bus": bus_app, "queue": queue_app}
+
+
+def command(sub: typer.Typer | None, name: str, *, old: str | None = None,
+            **settings: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """Register a command on a sub-app (or the top level), with a hidden alias under its old name.
+
+    Parameters
+    ----------
+    sub : typer.Typer or None
+        The sub-app (``model_app`` ...); ``None`` for a top-level command.
+    name : str
+        The command's name within ``sub``.
+    old : str, optional
+        The top-level name the command had before the sub-apps (``pbi train``): it keeps
+        working, hidden from ``--help``, and logs where the command lives now, so no
+        user's script breaks.
+    **settings
+        Passed to :meth:`typer.Typer.command` (``context_settings`` ...).
+    """
+
+    def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        (sub or app).command(name, **settings)(func)
+        if old is not None:
+            where = f"pbi {sub.info.name} {name}" if sub is not None else f"pbi {name}"
+
+            @functools.wraps(func)
+            def alias(*args: Any, **kwargs: Any) -> Any:
+                logging.getLogger(OWN_PREFIX + ".cli").warning(
+                    "'pbi %s' is now '%s'; the old name keeps working", old, where)
+                return func(*args, **kwargs)
+
+            app.command(old, hidden=True, **settings)(alias)
+        return func
+
+    return register
 
 
 class QuietThirdParty(logging.Filter):

@@ -8,11 +8,11 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import app
+from pbi_bluesky.cli.app import command, sim_app
 from pbi_bluesky.demos.iocs import SIM_DEFAULTS
 
 
-@app.command()
+@command(None, "demo")
 def demo(
     out: Annotated[Path, typer.Option(help="Output folder.")] = Path("demo_output"),
     seed: Annotated[int, typer.Option(help="Random seed.")] = 7,
@@ -77,7 +77,7 @@ def demo(
         raise typer.Exit(1)
 
 
-@app.command()
+@command(sim_app, "iocs", old="iocs")
 def iocs(
     prefix: Annotated[str, typer.Option(help="PV prefix.")] = SIM_DEFAULTS.prefix,
     tray: Annotated[Path | None, typer.Option(help="Tray YAML/JSON (default: built in).")] = None,

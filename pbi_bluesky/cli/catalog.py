@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import app
+from pbi_bluesky.cli.app import catalog_app, command
 
 
-@app.command()
+@command(catalog_app, "flagged", old="flagged")
 def flagged(
     tiled: Annotated[str | None, typer.Option(help="Tiled URI (default: PBI_TILED_URI or "
                                                "the embedded catalog).")] = None,
@@ -49,7 +49,7 @@ def flagged(
     typer.echo(f"{len(rows)} flagged run(s)")
 
 
-@app.command("replay-spool")
+@command(catalog_app, "replay-spool", old="replay-spool")
 def replay_spool(
     spool: Annotated[Path, typer.Argument(help="Spool folder (pending/ and done/ inside).")],
     tiled: Annotated[str | None, typer.Option(help="Tiled URI (default: PBI_TILED_URI or "

@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import app
+from pbi_bluesky.cli.app import command, data_app
 
 
-@app.command()
+@command(data_app, "simulate", old="simulate")
 def simulate(
     out: Annotated[Path, typer.Option(help="Output folder for the dataset.")],
     normals: Annotated[int, typer.Option(help="Normal specimens per recipe.")] = 20,
@@ -52,7 +52,7 @@ def simulate(
     typer.echo(str(manifest))
 
 
-@app.command()
+@command(data_app, "reduce", old="reduce")
 def reduce(
     frames: Annotated[list[Path], typer.Argument(help="Image files (TIFF, EDF, CBF, HDF5).")],
     poni: Annotated[Path, typer.Option(help="pyFAI PONI geometry file.")],
@@ -128,7 +128,7 @@ def reduce(
         raise typer.Exit(1)
 
 
-@app.command("calibrate-absolute")
+@command(data_app, "calibrate-absolute", old="calibrate-absolute")
 def calibrate_absolute(
     frames: Annotated[list[Path], typer.Argument(help="Frames of the standard (water).")],
     poni: Annotated[Path, typer.Option(help="pyFAI PONI geometry file.")],

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import app
+from pbi_bluesky.cli.app import command, model_app
 
 
 def _load_manifest_profiles(manifest: Path, poni: Path | None, mask: Path | None,
@@ -19,7 +19,7 @@ def _load_manifest_profiles(manifest: Path, poni: Path | None, mask: Path | None
     return rows, load_profiles(rows, poni=poni, mask=mask, dark=dark)
 
 
-@app.command()
+@command(model_app, "train", old="train")
 def train(
     manifest: Annotated[Path, typer.Option(help="CSV with columns path, composition.")],
     out: Annotated[Path, typer.Option(help="Output model bundle folder.")],
@@ -163,7 +163,7 @@ def _open_model(model: Path | None, *, for_scoring: bool = True):
         raise typer.Exit(2) from exc
 
 
-@app.command()
+@command(model_app, "score", old="score")
 def score(
     files: Annotated[list[Path] | None, typer.Argument(help="Profiles or frames.")] = None,
     manifest: Annotated[Path | None, typer.Option(help="CSV with path, composition.")] = None,
@@ -228,7 +228,7 @@ def score(
         raise typer.Exit(1)
 
 
-@app.command()
+@command(model_app, "evaluate", old="evaluate")
 def evaluate(
     manifest: Annotated[Path, typer.Option(help="CSV with path, composition, anomaly, kind.")],
     model: Annotated[Path | None, typer.Option(help="Use this bundle for the default.")] = None,

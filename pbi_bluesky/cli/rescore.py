@@ -8,10 +8,10 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import app
+from pbi_bluesky.cli.app import catalog_app, command
 
 
-@app.command()
+@command(catalog_app, "rescore", old="rescore")
 def rescore(
     model: Annotated[Path, typer.Option(help="The new model bundle.")],
     since: Annotated[str | None, typer.Option(help="Runs started at or after (ISO time).")]

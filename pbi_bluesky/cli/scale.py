@@ -7,10 +7,10 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import app
+from pbi_bluesky.cli.app import catalog_app, command
 
 
-@app.command("index-catalog")
+@command(catalog_app, "index", old="index-catalog")
 def index_catalog(
     database: Annotated[str, typer.Argument(
         help="The catalog database tiled serves, postgresql://... or "

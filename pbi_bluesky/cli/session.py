@@ -10,12 +10,12 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import app
+from pbi_bluesky.cli.app import command
 
 PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs"
 
 
-@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command(None, "ipython", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ipython(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pbi_bluesky.cli.app import app
+from pbi_bluesky.cli.app import bus_app, command
 
 
 class Role(StrEnum):
@@ -110,7 +110,7 @@ def deprecated_flags(cfg: Any, flags: dict[str, Any]) -> tuple[Any, dict[str, An
     return cfg, scorer, notes
 
 
-@app.command()
+@command(bus_app, "worker", old="worker")
 def worker(
     config: Annotated[Path | None, _opt(
         "beamline.yaml: the model, geometry, data roots, Tiled, and the bus section (broker, "
@@ -238,7 +238,7 @@ def _from_flags(flags: dict[str, Any], broker: str | None, name: str | None,
         score=role != "coordinate")
 
 
-@app.command("dead-letters")
+@command(bus_app, "dead-letters", old="dead-letters")
 def dead_letters(
     broker: Annotated[str, typer.Option(help="Redis URL of the bus.")],
     beamline: Annotated[str, typer.Option(help="Beamline.")],

@@ -35,7 +35,7 @@ class AgentProcess:
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
-        cmd = [sys.executable, "-m", "pbi_bluesky.cli", "agent",
+        cmd = [sys.executable, "-m", "pbi_bluesky.cli", "queue", "agent",
                "--queue", self.stack.zmq_control_addr, "--config", str(self.stack.config_path),
                "--policy", str(self.policy), "--poll", str(self.poll_s),
                "--status-file", str(self.status_path)]

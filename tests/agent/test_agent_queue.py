@@ -113,7 +113,7 @@ def test_flagged_samples_get_one_rescan_each_and_are_decided(queue_stack, tmp_pa
         items)
     # queryable from the command line
     env = {**stack.agent_env(), "PBI_TILED_API_KEY": stack.tiled.api_key}
-    out = subprocess.run([sys.executable, "-m", "pbi_bluesky.cli", "flagged", "--tiled",
+    out = subprocess.run([sys.executable, "-m", "pbi_bluesky.cli", "catalog", "flagged", "--tiled",
                           stack.tiled.uri, "--decision", "confirmed", "--since",
                           _iso(t0), "--json"], env=env, capture_output=True, text=True,
                          timeout=120)

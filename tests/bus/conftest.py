@@ -40,7 +40,7 @@ class WorkerProcess:
                  files: dict, log_dir: Path, *extra: str) -> None:
         self.name = name
         self.log = log_dir / f"{name}.log"
-        cmd = [sys.executable, "-m", "pbi_bluesky.cli", "worker", "--broker", redis.url,
+        cmd = [sys.executable, "-m", "pbi_bluesky.cli", "bus", "worker", "--broker", redis.url,
                "--tiled", tiled.uri, "--api-key", tiled.api_key, "--beamline", beamline,
                "--model", str(files["model"]), "--mask", str(files["mask"]),
                "--dark", str(files["dark"]), "--npt", "64", "--data-root", str(files["data"]),

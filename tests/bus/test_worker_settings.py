@@ -38,7 +38,7 @@ def test_pbi_worker_options_are_the_file_and_what_is_per_worker():
 
     from pbi_bluesky.cli import app
 
-    result = CliRunner().invoke(app, ["worker", "--help"], env={"COLUMNS": "200"})
+    result = CliRunner().invoke(app, ["bus", "worker", "--help"], env={"COLUMNS": "200"})
     assert result.exit_code == 0, result.output
     shown = {w.strip("│ ") for w in result.output.split() if w.startswith("--")}
     assert shown == {"--config", "--role", "--name", "--broker", "--threads", "--help"}
@@ -91,7 +91,7 @@ def test_a_worker_started_with_the_file_scores_a_run(settings, tiled_server, bus
            "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
     env.pop("PBI_BEAMLINE_CONFIG", None)
     with open(log, "wb") as fh:
-        proc = subprocess.Popen([sys.executable, "-m", "pbi_bluesky.cli", "worker",
+        proc = subprocess.Popen([sys.executable, "-m", "pbi_bluesky.cli", "bus", "worker",
                                  "--config", str(path), "--name", "from-file"],
                                 stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT, env=env)
     publisher = BusPublisher(settings.bus.url, settings.name, outbox_dir=tmp_path / "outbox")
@@ -134,9 +134,9 @@ def test_a_worker_without_its_file_or_broker_is_refused_up_front(tmp_path):
     from pbi_bluesky.cli import app
 
     unset = {"PBI_BEAMLINE_CONFIG": None}
-    result = CliRunner().invoke(app, ["worker", "--beamline", "b", "--lease", "3"], env=unset)
+    result = CliRunner().invoke(app, ["bus", "worker", "--beamline", "b", "--lease", "3"], env=unset)
     assert result.exit_code == 2
     assert "give the beamline's file (--config or PBI_BEAMLINE_CONFIG" in result.output
-    result = CliRunner().invoke(app, ["worker", "--config", str(tmp_path / "none.yaml")],
+    result = CliRunner().invoke(app, ["bus", "worker", "--config", str(tmp_path / "none.yaml")],
                                 env=unset)
     assert result.exit_code == 2 and "beamline configuration not found" in result.output

@@ -100,7 +100,7 @@ def test_ioc_and_pbi_iocs_share_the_defaults(tmp_path):
     assert (args.prefix, args.detector, tuple(args.interfaces), args.data_root) == (
         SIM_DEFAULTS.prefix, "Pilatus1M", ("127.0.0.1",), SIM_DEFAULTS.data_root)
     assert _parser().parse_args(["--print-pvs"]).list_pvs  # the old flag still works
-    result = CliRunner().invoke(app, ["iocs", "--detector", "Pilatus300k", "--data-root",
+    result = CliRunner().invoke(app, ["sim", "iocs", "--detector", "Pilatus300k", "--data-root",
                                       str(tmp_path), "--list-pvs"])
     assert result.exit_code == 0, result.output
     names = result.output.split()

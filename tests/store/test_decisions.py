@@ -55,11 +55,11 @@ def test_decision_filter_and_fields(catalog):
 def test_cli_decision_option(catalog):
     _, folder = catalog
     runner = CliRunner()
-    result = runner.invoke(app, ["flagged", "--data-dir", str(folder), "--decision",
+    result = runner.invoke(app, ["catalog", "flagged", "--data-dir", str(folder), "--decision",
                                  "confirmed", "--json"])
     assert result.exit_code == 0, result.output
     assert [r["raw_uid"] for r in json.loads(result.output)] == ["raw-defect"]
-    text = runner.invoke(app, ["flagged", "--data-dir", str(folder)])
+    text = runner.invoke(app, ["catalog", "flagged", "--data-dir", str(folder)])
     assert "decision=transient" in text.output and "3 flagged run(s)" in text.output
-    bad = runner.invoke(app, ["flagged", "--data-dir", str(folder), "--decision", "maybe"])
+    bad = runner.invoke(app, ["catalog", "flagged", "--data-dir", str(folder), "--decision", "maybe"])
     assert bad.exit_code == 2 and "confirmed" in bad.output

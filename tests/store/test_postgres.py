@@ -119,7 +119,7 @@ def test_tiledwriter_runs_and_pbi_flagged_on_postgresql(tiled_pg, model):
     def flagged(*args):
         from pbi_bluesky.cli import app
 
-        out = cli.invoke(app, ["flagged", "--tiled", tiled_pg.uri, "--api-key",
+        out = cli.invoke(app, ["catalog", "flagged", "--tiled", tiled_pg.uri, "--api-key",
                                tiled_pg.api_key, "--json", *args])
         assert out.exit_code == 0, out.output
         return [r["raw_uid"] for r in json.loads(out.output.strip().splitlines()[-1])]
