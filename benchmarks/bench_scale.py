@@ -123,7 +123,8 @@ class Worker:
     def __init__(self, name: str, beamline: str, env: dict[str, Any], logs: Path) -> None:
         self.name = name
         self.log = logs / f"{name}.log"
-        cmd = [sys.executable, "-m", "pbi_bluesky.cli", "bus", "worker", "--broker", env["redis"].url,
+        cmd = [sys.executable, "-m", "pbi_bluesky.cli", "bus", "worker",
+               "--broker", env["redis"].url,
                "--tiled", env["tiled"].uri, "--api-key", env["tiled"].api_key,
                "--beamline", beamline, "--mask", str(env["mask"]), "--dark", str(env["dark"]),
                "--data-root", str(env["data"]), "--name", name, "--threads", "1",

@@ -137,7 +137,8 @@ def _median_time(fn: Any, repeats: int) -> tuple[float, Any]:
 
 
 def _cli_time(uri: str, key: str, args: list[str], repeats: int) -> float:
-    cmd = [sys.executable, "-m", "pbi_bluesky.cli", "catalog", "flagged", "--tiled", uri, "--api-key",
+    cmd = [sys.executable, "-m", "pbi_bluesky.cli", "catalog", "flagged",
+           "--tiled", uri, "--api-key",
            key, "--json", *args]
     times = []
     for _ in range(repeats):

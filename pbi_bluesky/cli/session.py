@@ -15,7 +15,8 @@ from pbi_bluesky.cli.app import command
 PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs"
 
 
-@command(None, "ipython", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command(None, "ipython",
+         context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ipython(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(

@@ -134,7 +134,8 @@ def test_a_worker_without_its_file_or_broker_is_refused_up_front(tmp_path):
     from pbi_bluesky.cli import app
 
     unset = {"PBI_BEAMLINE_CONFIG": None}
-    result = CliRunner().invoke(app, ["bus", "worker", "--beamline", "b", "--lease", "3"], env=unset)
+    result = CliRunner().invoke(app, ["bus", "worker", "--beamline", "b", "--lease", "3"],
+                                env=unset)
     assert result.exit_code == 2
     assert "give the beamline's file (--config or PBI_BEAMLINE_CONFIG" in result.output
     result = CliRunner().invoke(app, ["bus", "worker", "--config", str(tmp_path / "none.yaml")],

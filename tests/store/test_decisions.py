@@ -61,5 +61,6 @@ def test_cli_decision_option(catalog):
     assert [r["raw_uid"] for r in json.loads(result.output)] == ["raw-defect"]
     text = runner.invoke(app, ["catalog", "flagged", "--data-dir", str(folder)])
     assert "decision=transient" in text.output and "3 flagged run(s)" in text.output
-    bad = runner.invoke(app, ["catalog", "flagged", "--data-dir", str(folder), "--decision", "maybe"])
+    bad = runner.invoke(app, ["catalog", "flagged", "--data-dir", str(folder),
+                               "--decision", "maybe"])
     assert bad.exit_code == 2 and "confirmed" in bad.output
