@@ -80,13 +80,14 @@ class AbsoluteScale:
         return self.standard is not None
 
     def provenance(self) -> dict[str, Any]:
-        """What a profile records about the scale it was reduced with."""
+        """Return what a profile records about the scale it was reduced with."""
         return {"factor": self.factor, "uncertainty": self.uncertainty,
                 "standard": self.standard, "reference_inv_cm": self.reference_inv_cm,
                 "temperature_c": self.temperature_c, "source": self.source or None,
                 "calibrated": self.calibrated}
 
     def to_dict(self) -> dict[str, Any]:
+        """Return every field as a plain dict (the inverse of :meth:`from_dict`)."""
         return asdict(self)
 
     @classmethod
@@ -161,7 +162,7 @@ def load_absolute_scale(path: str | Path) -> AbsoluteScale:
 
 
 def find_absolute_scale(poni: str | Path) -> AbsoluteScale | None:
-    """The scale stored beside ``poni``, or None when there is none."""
+    """Return the scale stored beside ``poni``, or None when there is none."""
     path = absolute_scale_path(poni)
     return load_absolute_scale(path) if path.is_file() else None
 

@@ -148,7 +148,7 @@ def _plain(value: Any) -> Any:
 
 
 def geometry_provenance(ai: AzimuthalIntegrator) -> dict[str, Any]:
-    """The PONI content of ``ai`` as a JSON-friendly dict, plus detector name and shape."""
+    """Return the PONI content of ``ai`` as a JSON-friendly dict, plus detector name and shape."""
     out: dict[str, Any] = _plain(ai.get_config())
     out["detector_name"] = ai.detector.name
     out["detector_shape"] = [int(s) for s in ai.detector.shape]
@@ -192,7 +192,7 @@ def absolute_monitor(i0_photons: float, ai: AzimuthalIntegrator) -> float:
 
 
 def load_geometry_text(poni_text: str) -> AzimuthalIntegrator:
-    """A geometry from PONI file *text* (as recorded in run metadata)."""
+    """Build a geometry from PONI file *text* (as recorded in run metadata)."""
     import tempfile
 
     if not poni_text or "Distance" not in poni_text:

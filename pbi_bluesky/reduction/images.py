@@ -107,8 +107,10 @@ def as_frame(obj: str | Path | NDArray) -> NDArray:
 
 
 def open_hdf5(path: str | Path) -> h5py.File:
-    """``path`` opened read-only without HDF5 file locking (SWMR mode when the writer uses
-    it), so frames can be read while a detector's HDF5 writer still holds the file.
+    """Open ``path`` read-only without HDF5 file locking.
+
+    SWMR mode is used when the writer uses it, so frames can be read while a detector's
+    HDF5 writer still holds the file.
 
     A plain open is tried first: SWMR mode only where a writer holds the file in SWMR mode
     (HDF5 refuses the plain open then). Measured with HDF5 2.0 / h5py 3.16: two SWMR-mode
@@ -167,8 +169,10 @@ def frame_stored(node: h5py.Dataset, index: int) -> bool:
 
 
 def hdf5_entry(node: h5py.Dataset, index: int | None = None) -> NDArray:
-    """Element ``index`` of a dataset from :func:`hdf5_dataset`: frame ``index`` of a
-    stack, a 2D dataset (``index`` None or 0), or value ``index`` of a 1D one.
+    """Return element ``index`` of a dataset from :func:`hdf5_dataset`.
+
+    That is frame ``index`` of a stack, a 2D dataset (``index`` None or 0), or value
+    ``index`` of a 1D one.
 
     Raises
     ------
@@ -197,8 +201,10 @@ def hdf5_entry(node: h5py.Dataset, index: int | None = None) -> NDArray:
 
 def read_hdf5_frame(path: str | Path, dataset: str = DEFAULT_HDF5_DATASET,
                     index: int | None = None) -> NDArray:
-    """One element of an HDF5 dataset: frame ``index`` of an ``(n, ny, nx)`` stack, a 2D
-    dataset (``index`` None or 0), or value ``index`` of a 1D one (an NDAttribute).
+    """Read one element of an HDF5 dataset.
+
+    That is frame ``index`` of an ``(n, ny, nx)`` stack, a 2D dataset (``index`` None or
+    0), or value ``index`` of a 1D one (an NDAttribute).
 
     The file is opened with :func:`open_hdf5` (no file locking, SWMR when written so) and
     closed again. This is the project's one HDF5 frame reader (``live.frames.ReadCache``

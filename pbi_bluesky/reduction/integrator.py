@@ -247,7 +247,7 @@ class FoldedIntegrator:
     # -- construction -------------------------------------------------------------------
     def _build(self, ai, mask_arr, flat, polarization_factor, correct_solid_angle,
                split) -> dict[str, NDArray]:
-        """The pyFAI sparse build (slow, cached) and every static sum, as plain arrays."""
+        """Run the pyFAI sparse build (slow, cached) and every static sum, as plain arrays."""
         size = self.shape[0] * self.shape[1]
         engine = ai.setup_sparse_integrator(
             self.shape, self.npt, mask=mask_arr.astype(np.int8), pos0_range=self.q_range,
@@ -338,7 +338,7 @@ class FoldedIntegrator:
 
     # -- per frame ----------------------------------------------------------------------
     def dummy_for(self, dtype: np.dtype) -> Dummy | None:
-        """Dummy value as pyFAI computes it for a frame of this dtype."""
+        """Return the dummy value as pyFAI computes it for a frame of this dtype."""
         if self._dummy is None:
             return None
         value = np.float32(np.dtype(dtype).type(np.int64(self._dummy[0])))
@@ -425,9 +425,11 @@ class FoldedIntegrator:
         return self.finish(sums, mon)
 
     def integrate_tensor(self, frames: Any, monitors: Any = 1.0):
-        """torch engine only: I and sigma ``(n, npt)`` of a batch as float64 *device* tensors
-        (frames: numpy ``(n, ny, nx)``, uploaded once, or a tensor already on the device),
-        for a model that runs on the same device (see ``models.torch_head``).
+        """Integrate a batch to I and sigma ``(n, npt)`` as float64 *device* tensors.
+
+        Torch engine only. ``frames`` is numpy ``(n, ny, nx)``, uploaded once, or a tensor
+        already on the device; the result is for a model that runs on the same device (see
+        ``models.torch_head``).
         """
         if self.engine != "torch":
             raise ReductionError(f"integrate_tensor needs engine='torch' (this integrator "

@@ -242,15 +242,18 @@ def _xml_sigma(row: ElementTree.Element, path: Path) -> float:
 
 
 def _unit(text: str | None, default: str) -> str:
-    """Unit string normalised for lookup: lower case, no spaces or braces."""
+    """Normalise a unit string for lookup: lower case, no spaces or braces."""
     return (text or default).strip().lower().replace(" ", "").replace("{", "").replace("}", "")
 
 
 def _merge_duplicate_q(
     q: NDArray, intensity: NDArray, sigma: NDArray
 ) -> tuple[NDArray, NDArray, NDArray]:
-    """Sort by q; rows with the same q (merged detector banks) become their
-    inverse-variance weighted mean (plain mean where a sigma is 0)."""
+    """Sort by q and merge rows with the same q.
+
+    Rows with the same q (merged detector banks) become their inverse-variance weighted
+    mean (plain mean where a sigma is 0).
+    """
     order = np.argsort(q, kind="stable")
     q, intensity, sigma = q[order], intensity[order], sigma[order]
     unique, start = np.unique(q, return_index=True)

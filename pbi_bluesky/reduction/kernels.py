@@ -39,8 +39,9 @@ BATCH_CHUNK = 8  # frames per pass of the batch kernel (8 x 32 KiB accumulators:
 
 def _frame_block(lo, hi, elo, ehi, code, x, dlo, dhi, round32, weight, dark, ex_pixel,
                  ex_ptr, ex_bin, ex_coef, acc, aux):  # pragma: no cover - numba
-    """Pixels ``lo:hi`` (and exception pixels ``elo:ehi``) of one frame into the block's
-    accumulators, zeroed here.
+    """Add pixels ``lo:hi`` (and exception pixels ``elo:ehi``) of one frame to a block.
+
+    The block's accumulators are zeroed here.
 
     ``acc`` is ``(npt + 1) * 8`` doubles: per first bin ``x, f x, m, f m, f^2 m``. ``aux``
     is ``(npt + 1) * 8`` too: slots 0-3 hold weight, f weight, dark, f dark of regular
@@ -100,8 +101,11 @@ def _frame_block(lo, hi, elo, ehi, code, x, dlo, dhi, round32, weight, dark, ex_
 
 def _batch_block(lo, hi, elo, ehi, code, xs, dlo, dhi, round32, weight, dark, ex_pixel,
                  ex_ptr, ex_bin, ex_coef, acc, aux):  # pragma: no cover - numba
-    """:func:`_frame_block` for a ``(n, pixels)`` stack: the code of a pixel is read once
-    and applied to every frame; ``acc`` / ``aux`` have one row per frame."""
+    """Run :func:`_frame_block` for a ``(n, pixels)`` stack.
+
+    The code of a pixel is read once and applied to every frame; ``acc`` / ``aux`` have
+    one row per frame.
+    """
     acc[:] = 0.0
     aux[:] = 0.0
     nf = xs.shape[0]
@@ -155,9 +159,11 @@ def _batch_block(lo, hi, elo, ehi, code, xs, dlo, dhi, round32, weight, dark, ex
 
 
 def _finish(part, aux, npt):  # pragma: no cover - numba
-    """Add each frame's blocks in a fixed order; returns ``(n, npt + 1, 8)`` per-first-bin
-    sums and ``(n, 4, npt)`` extras: exception signal, exception variance, dropped weight,
-    dropped dark (the dummy drops of regular pixels split over their two bins).
+    """Add each frame's blocks in a fixed order.
+
+    Returns ``(n, npt + 1, 8)`` per-first-bin sums and ``(n, 4, npt)`` extras: exception
+    signal, exception variance, dropped weight, dropped dark (the dummy drops of regular
+    pixels split over their two bins).
 
     ``part`` and ``aux`` are ``(nblock, n, (npt + 1) * 8)``: ``n`` frames of a chunk, or
     one (``part[:, None]``) for a single frame, so both paths share this code and give the
@@ -218,7 +224,9 @@ def kernel_frame(flat: NDArray) -> NDArray:
 
 
 def dummy_bounds(value: float, delta: float) -> tuple[np.float32, np.float32]:
-    """float32 ``[lo, hi]`` with ``lo <= v <= hi`` exactly when pyFAI's float32 test
+    """Return float32 bounds equivalent to pyFAI's dummy test.
+
+    ``[lo, hi]`` with ``lo <= v <= hi`` exactly when pyFAI's float32 test
     ``abs(v - value) <= delta`` holds (``v`` float32; NaN fails both).
 
     ``|fl32(v - value)|`` is monotone on each side of ``value``, so the accepted values form
@@ -254,7 +262,7 @@ _POOL_LOCK = threading.Lock()
 
 
 def _helper() -> ThreadPoolExecutor:
-    """The one helper thread shared by every engine (process-wide, started on first use)."""
+    """Return the one helper thread shared by every engine (process-wide, started on first use)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
@@ -263,8 +271,10 @@ def _helper() -> ThreadPoolExecutor:
 
 
 def run_units(count: int, fn, threads: int) -> None:
-    """Call ``fn(u)`` for ``u in range(count)`` on the calling thread and, with ``threads
-    == 2``, the shared helper thread, which take the next unit as they become free.
+    """Call ``fn(u)`` for ``u in range(count)`` on up to two threads.
+
+    The calling thread and, with ``threads == 2``, the shared helper thread take the next
+    unit as they become free.
 
     No thread waits for work another has not started: when the caller runs out of units
     and the helper never picked the job up (busy for another engine), the job is
@@ -335,8 +345,11 @@ class NumbaEngine:
         self._bounds_cache: dict[tuple[float, float], tuple] = {}
 
     def warm_up(self, dtypes=WARM_DTYPES, dummy=None) -> None:
-        """Compile (or load from numba's cache) the kernels for frames of ``dtypes`` and
-        this engine's settings: no slow first frame. ``dummy(dtype)`` gives the dummy."""
+        """Compile (or load from numba's cache) the kernels, so no first frame is slow.
+
+        Kernels are built for frames of ``dtypes`` and this engine's settings;
+        ``dummy(dtype)`` gives the dummy.
+        """
         for dtype in dtypes:
             corr = self._corr(dummy(dtype) if dummy is not None else None)
             x = np.zeros(self._code.size, dtype=dtype)
@@ -347,8 +360,11 @@ class NumbaEngine:
         _FINISH(self._part[:, None], self._part[:, None], self.npt)
 
     def _corr(self, dummy) -> tuple:
-        """Kernel arguments of the per-frame corrections; ``None`` removes a branch from the
-        compiled loop (numba prunes ``is None`` tests on arguments)."""
+        """Return the kernel arguments of the per-frame corrections.
+
+        ``None`` removes a branch from the compiled loop (numba prunes ``is None`` tests on
+        arguments).
+        """
         if dummy is None:
             lo = hi = None
         else:

@@ -41,7 +41,10 @@ _OFF = {"", "0", "off", "none", "false", "no"}
 
 
 def default_cache_dir() -> Path | None:
-    """The cache folder from ``$PBI_OPERATOR_CACHE`` or the user cache dir; ``None`` = off."""
+    """Return the cache folder from ``$PBI_OPERATOR_CACHE`` or the user cache dir.
+
+    ``None`` means the cache is off.
+    """
     env = os.environ.get(ENV_VAR)
     if env is not None:
         if env.strip().lower() in _OFF:
@@ -85,10 +88,11 @@ class OperatorCache:
         self.folder = Path(folder)
 
     def path(self, key: str) -> Path:
+        """Return the file that holds the arrays stored under ``key``."""
         return self.folder / f"op-{key}.npz"
 
     def load(self, key: str, settings_text: str) -> dict[str, NDArray] | None:
-        """The arrays stored under ``key``, or ``None`` if absent or unusable (warned)."""
+        """Return the arrays stored under ``key``, or ``None`` if absent or unusable (warned)."""
         path = self.path(key)
         if not path.is_file():
             return None
@@ -109,8 +113,11 @@ class OperatorCache:
         return arrays
 
     def store(self, key: str, settings_text: str, arrays: dict[str, NDArray]) -> Path | None:
-        """Write atomically; returns the path, or ``None`` (warned) if the folder is not
-        writable -- a cache that cannot be written never stops a reduction."""
+        """Write the arrays under ``key`` atomically.
+
+        Returns the path, or ``None`` (warned) if the folder is not writable -- a cache that
+        cannot be written never stops a reduction.
+        """
         path = self.path(key)
         tmp: str | None = None
         try:

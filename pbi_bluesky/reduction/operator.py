@@ -71,23 +71,27 @@ class CompactOperator:
     # -- structure ------------------------------------------------------------------------
     @property
     def first_bin(self) -> NDArray[np.int64]:
+        """First q bin of each pixel (:data:`SKIP` where not in the main loop)."""
         return (self.code & 0xFFFF).astype(np.int64)
 
     @property
     def fraction(self) -> NDArray[np.float64]:
+        """Dequantised fraction of each pixel that falls in its first bin."""
         return (self.code >> 16).astype(np.float64) / FRACTION_SCALE
 
     @property
     def regular(self) -> NDArray[np.bool_]:
+        """True for pixels in the main loop (not masked, in range, not an exception)."""
         return (self.code & 0xFFFF) != SKIP
 
     @property
     def nbytes(self) -> int:
+        """Bytes held by the code and exception arrays."""
         return int(self.code.nbytes + self.ex_pixel.nbytes + self.ex_ptr.nbytes
                    + self.ex_bin.nbytes + self.ex_coef.nbytes)
 
     def to_csr(self, dtype: np.dtype | type = np.float64) -> sp.csr_matrix:
-        """The (quantised) operator as a bins x pixels CSR matrix, entries of ``dtype``.
+        """Return the (quantised) operator as a bins x pixels CSR matrix, entries of ``dtype``.
 
         Same coefficients the kernels use: every engine built from it gives the same sums.
         """
@@ -128,6 +132,7 @@ class CompactOperator:
 
     # -- persistence ----------------------------------------------------------------------
     def to_arrays(self) -> dict[str, NDArray]:
+        """Return the arrays that :meth:`from_arrays` rebuilds the operator from."""
         return {"code": self.code, "ex_pixel": self.ex_pixel, "ex_ptr": self.ex_ptr,
                 "ex_bin": self.ex_bin, "ex_coef": self.ex_coef,
                 "shape_info": np.array([self.npt, self.size], dtype=np.int64)}

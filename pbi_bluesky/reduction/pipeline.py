@@ -165,8 +165,10 @@ class Reducer:
 
     # -- provenance -----------------------------------------------------------------------
     def provenance(self, **corrections: Any) -> dict[str, Any]:
-        """Provenance dict common to every profile made by this reducer (a fresh copy;
-        the parts that do not change are built once)."""
+        """Return the provenance dict common to every profile made by this reducer.
+
+        A fresh copy each call; the parts that do not change are built once.
+        """
         if self._provenance is None:
             self._provenance = {
                 "package": "pbi_bluesky",
@@ -370,8 +372,11 @@ class Reducer:
 
     def _profile(self, intensity, sigma, monitor, transmission, thickness_cm, term,
                  metadata, units, corrections) -> Profile:
-        """The corrections after integration (the same arithmetic for one frame or a row
-        of a batch, so both give the same numbers bit for bit)."""
+        """Apply the corrections after integration.
+
+        The same arithmetic for one frame or a row of a batch, so both give the same
+        numbers bit for bit.
+        """
         intensity = intensity / transmission
         sigma = sigma / transmission
         bkg_info: dict[str, Any] | None = None
@@ -451,8 +456,9 @@ class Reducer:
         background: Profile | None = None,
         metadata: dict[str, Any] | None = None,
     ) -> list[Profile]:
-        """:meth:`reduce_absolute` for a stack of frames with the batch integrator: the
-        same Profiles, bit for bit, faster per frame.
+        """Run :meth:`reduce_absolute` for a stack of frames with the batch integrator.
+
+        The same Profiles, bit for bit, faster per frame.
 
         ``i0``, ``transmission`` and ``thickness_cm`` are one value for all frames or one
         per frame; ``background`` (the empty cell) is a Profile shared by all frames.
@@ -482,7 +488,7 @@ class Reducer:
 
 def _check_same_normalisation(background: dict[str, Any],
                               wanted: dict[str, Any] | None) -> None:
-    """A background profile must be on the same scale as the frame it is subtracted from."""
+    """Check a background profile is on the same scale as the frame it is subtracted from."""
     if wanted is None:
         return
     have = background.get("normalisation", "monitor")

@@ -58,7 +58,7 @@ _POOL_LOCK = threading.Lock()
 
 
 def _helper_pool() -> ThreadPoolExecutor:
-    """The one helper thread shared by every engine (computes the variance product)."""
+    """Return the one helper thread shared by every engine (computes the variance product)."""
     global _POOL
     with _POOL_LOCK:
         if _POOL is None:
@@ -176,6 +176,9 @@ class ScipyEngine:
         return np.stack([signal, var, dropped_w, dropped_d])
 
     def sums_many(self, stack: NDArray, dummy: Dummy | None) -> NDArray[np.float64]:
-        """``(n, 4, npt)`` for a ``(n, pixels)`` stack, frame by frame: scipy's multi-vector
-        product costs more per frame than two single mat-vecs and needs a transposed copy."""
+        """Return the ``(n, 4, npt)`` sums of a ``(n, pixels)`` stack, frame by frame.
+
+        Frame by frame because scipy's multi-vector product costs more per frame than two
+        single mat-vecs and needs a transposed copy.
+        """
         return np.stack([self.sums(row, dummy) for row in stack])

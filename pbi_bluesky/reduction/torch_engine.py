@@ -86,8 +86,10 @@ class TorchEngine:
 
     # -- device-side API --------------------------------------------------------------
     def upload(self, frames: NDArray | torch.Tensor) -> torch.Tensor:
-        """Frames ``(n, ny, nx)`` or ``(n, pixels)`` on the device, in their own dtype
-        (an int32 frame travels as 4 bytes per pixel)."""
+        """Put frames ``(n, ny, nx)`` or ``(n, pixels)`` on the device, in their own dtype.
+
+        An int32 frame travels as 4 bytes per pixel.
+        """
         if isinstance(frames, torch.Tensor):
             return frames.to(self.device, non_blocking=True)
         arr = np.asarray(frames)
@@ -101,8 +103,10 @@ class TorchEngine:
         return tensor.to(self.device, non_blocking=True)
 
     def sums_tensor(self, frames: torch.Tensor, dummy) -> torch.Tensor:
-        """``(n, 4, npt)`` sums (signal, variance, dropped weight, dropped dark) of device
-        frames ``(n, pixels)``, in the engine's dtype."""
+        """Return the ``(n, 4, npt)`` sums of device frames ``(n, pixels)``.
+
+        Signal, variance, dropped weight and dropped dark, in the engine's dtype.
+        """
         n = frames.shape[0]
         x32 = frames.reshape(n, -1).to(torch.float32)
         x = x32 if self.dtype == torch.float32 else frames.reshape(n, -1).to(self.dtype)
