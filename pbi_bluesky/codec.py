@@ -65,7 +65,7 @@ def _ext_hook(code: int, data: bytes) -> Any:
 
 
 def encode(obj: Any) -> bytes:
-    """msgpack bytes of plain data with numpy arrays."""
+    """Msgpack bytes of plain data with numpy arrays."""
     try:
         return msgpack.packb(obj, default=_default, use_bin_type=True)
     except EncodeError:
@@ -99,6 +99,6 @@ def decode_document(data: bytes) -> tuple[str, dict[str, Any]]:
 
 
 def unpacker() -> msgpack.Unpacker:
-    """A streaming unpacker for a file of concatenated records (the spool)."""
+    """Return a streaming unpacker for a file of concatenated records (the spool)."""
     return msgpack.Unpacker(ext_hook=_ext_hook, raw=False, strict_map_key=False,
                             max_buffer_size=1 << 31)

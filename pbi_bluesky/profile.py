@@ -92,7 +92,7 @@ class Profile:
         return np.isfinite(self.intensity) & np.isfinite(self.sigma)
 
     def with_metadata(self, **updates: Any) -> Profile:
-        """A copy with ``metadata`` updated."""
+        """Return a copy with ``metadata`` updated."""
         return Profile(
             self.q_inv_angstrom,
             self.intensity,

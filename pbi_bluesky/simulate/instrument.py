@@ -33,7 +33,7 @@ def make_geometry(
     wavelength_angstrom: float = 1.0,
     beam_center_px: tuple[float, float] | None = None,
 ):
-    """A pyFAI ``AzimuthalIntegrator`` for a real detector with no tilt.
+    """Build a pyFAI ``AzimuthalIntegrator`` for a real detector with no tilt.
 
     Parameters
     ----------
@@ -125,7 +125,7 @@ class Instrument:
 
     @cached_property
     def q_map_inv_angstrom(self) -> NDArray[np.float64]:
-        """q at every pixel centre, 1/angstrom (float64, from a private copy of the geometry).
+        """Q at every pixel centre, 1/angstrom (float64, from a private copy of the geometry).
 
         A copy, because pyFAI caches its pixel arrays on the integrator and an integrator
         set up for reduction first may cache them at lower precision (~1e-4 relative).

@@ -65,11 +65,23 @@ def simulate_profile(
     *,
     exposure_s: float | None = None,
 ) -> Profile:
-    """A reduced, empty-cell-subtracted, absolute profile of ``state`` with counting noise.
+    """Simulate a reduced, empty-cell-subtracted, absolute profile of ``state`` with noise.
 
-    Each q bin is one Poisson variable with the expected counts of all its unmasked pixels,
-    so the result has the statistics of a rendered-and-integrated frame at a fraction of
-    the cost. The empty cell is measured with the same exposure and subtracted.
+    The noise is counting noise: each q bin is one Poisson variable with the expected
+    counts of all its unmasked pixels, so the result has the statistics of a
+    rendered-and-integrated frame at a fraction of the cost. The empty cell is measured
+    with the same exposure and subtracted.
+
+    Parameters
+    ----------
+    state
+        The specimen to simulate.
+    instrument
+        Beamline model: q bins, flux, detector and exposure.
+    rng
+        Source of the counting noise.
+    exposure_s
+        Exposure time; default ``instrument.exposure_s``.
     """
     t = instrument.exposure_s if exposure_s is None else exposure_s
     q = instrument.q_centers_inv_angstrom

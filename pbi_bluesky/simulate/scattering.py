@@ -83,7 +83,7 @@ class SampleState:
 def nominal_state(
     system: BlendSystem, recipe: str, rng: np.random.Generator | None = None
 ) -> SampleState:
-    """A normal specimen of ``recipe``: nominal structure plus batch-to-batch scatter.
+    """Draw a normal specimen of ``recipe``: nominal structure plus batch-to-batch scatter.
 
     With ``rng=None`` the exact nominal state is returned (no scatter).
     """
@@ -192,23 +192,31 @@ def intensity_inv_cm(
 
 @runtime_checkable
 class Specimen(Protocol):
-    """What the renderer needs of any specimen (a blend :class:`SampleState`, or a state
-    of another physics family that computes its own I(q))."""
+    """What the renderer needs of any specimen.
+
+    A blend :class:`SampleState`, or a state of another physics family that computes its
+    own I(q).
+    """
 
     label: str
     thickness_cm: float
     kind: str
 
     @property
-    def transmission(self) -> float: ...
+    def transmission(self) -> float:
+        """X-ray transmission of the specimen."""
 
-    def truth(self) -> dict[str, Any]: ...
+    def truth(self) -> dict[str, Any]:
+        """Flat, JSON-ready description of the true state."""
 
 
 def specimen_intensity_inv_cm(state: Any, q_inv_angstrom: NDArray[np.float64]
                               ) -> NDArray[np.float64]:
-    """Absolute I(q) in 1/cm of any specimen: its own ``intensity_inv_cm(q)`` method if it
-    has one (other physics families), else :func:`intensity_inv_cm` (the blends)."""
+    """Return the absolute I(q) in 1/cm of any specimen.
+
+    Its own ``intensity_inv_cm(q)`` method if it has one (other physics families), else
+    :func:`intensity_inv_cm` (the blends).
+    """
     own = getattr(state, "intensity_inv_cm", None)
     if callable(own):
         return np.asarray(own(np.asarray(q_inv_angstrom, dtype=np.float64)), dtype=np.float64)

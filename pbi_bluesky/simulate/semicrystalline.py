@@ -1,5 +1,6 @@
-"""A second physics family, written independently of the blends: filled semicrystalline
-polyethylene (HDPE with fumed-silica filler).
+"""A second physics family: filled semicrystalline polyethylene.
+
+HDPE with fumed-silica filler, written independently of the blends.
 
 It exists to test the detector on physics and anomalies its training never mirrored
 (the synthetic negatives of :mod:`pbi_bluesky.models.augment` copy the blend catalogue
@@ -99,6 +100,7 @@ class FilledPolymer:
 
     @property
     def labels(self) -> tuple[str, ...]:
+        """Recipe names, in order."""
         return tuple(self.recipes)
 
 
@@ -135,16 +137,19 @@ class FilledState:
 
     @property
     def is_anomaly(self) -> bool:
+        """True unless the specimen is normal."""
         return self.kind != "normal"
 
     @property
     def transmission(self) -> float:
+        """X-ray transmission exp(-mu * t) of the specimen (matrix and filler)."""
         s = self.system
         mu = ((1 - self.filler_fraction) * s.attenuation_matrix_inv_cm
               + self.filler_fraction * s.attenuation_filler_inv_cm)
         return float(np.exp(-mu * self.thickness_cm))
 
     def truth(self) -> dict[str, Any]:
+        """Flat, JSON-ready description of the true state (without the system)."""
         data = asdict(self)
         data.pop("system")
         data["system"] = self.system.name
@@ -152,10 +157,13 @@ class FilledState:
 
     # -- scattering ---------------------------------------------------------------------
     def _lamellae(self, q: NDArray, period: float, fraction: float) -> NDArray:
-        """Long-period scattering of crystalline lamellae: a first- and a weaker
-        second-order peak (``broad_peak``, squared-Lorentzian shape), scaled so that their
-        invariant is the two-phase value 2 pi^2 phi_c (1 - phi_c) drho^2 of this fraction
-        of the specimen (``fraction`` of its volume in stacks of crystallinity phi_c)."""
+        """Return the long-period scattering of crystalline lamellae.
+
+        A first- and a weaker second-order peak (``broad_peak``, squared-Lorentzian shape),
+        scaled so that their invariant is the two-phase value 2 pi^2 phi_c (1 - phi_c)
+        drho^2 of this fraction of the specimen (``fraction`` of its volume in stacks of
+        crystallinity phi_c).
+        """
         s = self.system
         q0 = 2 * np.pi / period
         shape = _lamellar_shape(q, q0, s.peak_width_A)
@@ -269,7 +277,7 @@ def _smeared(fn, q: NDArray, sigma_q: float) -> NDArray:
 
 def nominal_filled_state(system: FilledPolymer, recipe: str,
                          rng: np.random.Generator | None = None) -> FilledState:
-    """A normal specimen of ``recipe`` with batch-to-batch scatter (none with rng=None)."""
+    """Draw a normal specimen of ``recipe`` with batch-to-batch scatter (none with rng=None)."""
     if recipe not in system.recipes:
         raise ValueError(f"unknown recipe {recipe!r}; known: {', '.join(system.recipes)}")
     sc = system.batch_scatter
@@ -322,9 +330,12 @@ def apply_filled_anomaly(state: FilledState, kind: str, severity: float,
 
 
 def damage_series(state: FilledState, severity: float, n_frames: int) -> list[FilledState]:
-    """``n_frames`` repeated exposures of one specimen: frame 0 is undamaged, then the
-    aggregate scattering grows linearly with dose to ``0.1 + 1.9 * severity`` times the
-    clean curve at q = 0.01 1/A, and up to 10 % of the crystallinity is lost."""
+    """Return ``n_frames`` repeated exposures of one specimen under radiation damage.
+
+    Frame 0 is undamaged, then the aggregate scattering grows linearly with dose to
+    ``0.1 + 1.9 * severity`` times the clean curve at q = 0.01 1/A, and up to 10 % of the
+    crystallinity is lost.
+    """
     if n_frames < 2:
         raise ValueError("a damage series needs at least 2 frames")
     final = 0.1 + 1.9 * float(severity)
