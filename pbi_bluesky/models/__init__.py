@@ -1,5 +1,8 @@
-"""Anomaly models: triplet-loss CNN embedding, recipe-aware one-class scoring, calibrated
-verdicts, physical attributions, and pickle-free model bundles."""
+"""Anomaly models.
+
+Triplet-loss CNN embedding, recipe-aware one-class scoring, calibrated verdicts, physical
+attributions, and pickle-free model bundles.
+"""
 
 from pbi_bluesky.models.attribution import DescriptorPopulation, exact_shapley
 from pbi_bluesky.models.baselines import BASELINES, Scorer, make_baseline

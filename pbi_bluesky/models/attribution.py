@@ -50,6 +50,20 @@ class DescriptorPopulation:
     @classmethod
     def fit(cls, descriptors: NDArray, recipe_idx: NDArray, n_recipes: int,
             shrinkage: float = 0.3) -> DescriptorPopulation:
+        """Fit each recipe's descriptor mean, spread and shrunk correlation precision.
+
+        Parameters
+        ----------
+        descriptors
+            Descriptors of the normal profiles, shape (n, n_desc).
+        recipe_idx
+            Recipe index of each profile.
+        n_recipes
+            Number of recipes; one with fewer than 3 profiles keeps mean 0, std 1 and an
+            identity precision.
+        shrinkage
+            Weight of the identity in the correlation matrix before it is inverted.
+        """
         n_desc = descriptors.shape[1]
         mean = np.zeros((n_recipes, n_desc))
         std = np.ones((n_recipes, n_desc))

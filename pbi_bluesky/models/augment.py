@@ -33,7 +33,7 @@ NEGATIVES = (*TRANSFORMS, *RECIPE_NEGATIVES)
 def synthetic_anomaly(
     q: NDArray, intensity: NDArray, sigma: NDArray, kind: str, rng: np.random.Generator
 ) -> NDArray[np.float64]:
-    """A transformed copy of one resampled curve (same grid), with fresh noise added."""
+    """Return a transformed copy of one resampled curve (same grid), with fresh noise added."""
     i = np.asarray(intensity, dtype=np.float64)
     level = np.median(np.abs(i[-len(i) // 8 :])) + 1e-12
     if kind == "scale":
@@ -57,7 +57,7 @@ def training_negatives(
     q: NDArray, intensity: NDArray, sigma: NDArray, labels: NDArray, references: NDArray,
     nearest: NDArray, kinds: tuple[str, ...], per_normal: float, rng: np.random.Generator,
 ) -> tuple[NDArray, NDArray, NDArray, NDArray]:
-    """Normals plus synthetic negatives, with triplet labels.
+    """Return normals plus synthetic negatives, with triplet labels.
 
     Returns curves, sigmas, the recipe each curve is presented as, and triplet labels:
     normals carry their recipe index ``r``; a negative of kind ``j`` presented as recipe

@@ -38,9 +38,11 @@ class Scorer(Protocol):
     name: str
 
     def fit(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray,
-            n_recipes: int) -> None: ...
+            n_recipes: int) -> None:
+        """Fit on normal curves labelled with their recipe index."""
 
-    def score(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray: ...
+    def score(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
+        """Return one anomaly score per curve under its recipe (higher: more anomalous)."""
 
 
 class _RecipeReference:
@@ -122,8 +124,10 @@ class OCSVMRaw(_Standardised):
 
 
 class PaperDetector:
-    """The seed paper's pipeline, literally (:class:`~.paper.PaperPipeline`), fitted on the
-    evaluation's training split and scored like the other baselines."""
+    """The seed paper's pipeline, literally (:class:`~.paper.PaperPipeline`).
+
+    Fitted on the evaluation's training split and scored like the other baselines.
+    """
 
     name = "paper"
 
@@ -155,7 +159,7 @@ BASELINES = {
 
 
 def make_baseline(name: str) -> Scorer:
-    """A fresh baseline detector by name (see :data:`BASELINES`)."""
+    """Return a fresh baseline detector by name (see :data:`BASELINES`)."""
     try:
         return BASELINES[name]()
     except KeyError:

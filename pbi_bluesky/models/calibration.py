@@ -48,7 +48,10 @@ def benjamini_hochberg(p_values: ArrayLike, alpha: float) -> NDArray[np.bool_]:
 def hyperscore(
     confidence: ArrayLike, beta: float = 5.0, gamma: float = -np.log(2.0), kappa: float = 2.0
 ) -> NDArray[np.float64]:
-    """The paper's HyperScore of a confidence V in (0, 1]: a display scale in [100, 111.1]."""
+    """Return the paper's HyperScore of a confidence V in (0, 1].
+
+    A display scale in [100, 111.1].
+    """
     v = np.clip(np.asarray(confidence, dtype=np.float64), 1e-12, 1.0)
     sig = 1.0 / (1.0 + np.exp(-(beta * np.log(v) + gamma)))
     return 100.0 * (1.0 + sig**kappa)

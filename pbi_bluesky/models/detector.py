@@ -111,7 +111,7 @@ class AnomalyDetector(FittedModel):
         return self.calibration is not None and self.calibration.can_flag(self.alpha)
 
     def calibration_summary(self) -> dict[str, Any]:
-        """Method, sizes, smallest reachable p and threshold (for model.json, pbi train)."""
+        """Return method, sizes, smallest reachable p and threshold (for model.json, pbi train)."""
         if self.calibration is None:
             return {}
         return {**self.calibration.summary(self.alpha, self.recipes),
@@ -136,8 +136,9 @@ class AnomalyDetector(FittedModel):
         self, profiles: list[Profile], recipes: list[str], *, progress: bool = True,
         nproc: int = 1,
     ) -> AnomalyDetector:
-        """Train on normal profiles labelled with their recipe; returns self
-        (:func:`~.fitting.fit_detector`).
+        """Train on normal profiles labelled with their recipe; return self.
+
+        See :func:`~.fitting.fit_detector`.
 
         Parameters
         ----------
@@ -170,7 +171,7 @@ class AnomalyDetector(FittedModel):
         return self.member_scores(intensity, sigma, recipe_idx).mean(0)
 
     def score_parts(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
-        """The score parts (embedding, subspace), averaged over the models, shape (n, 2)."""
+        """Return the score parts (embedding, subspace), averaged over the models, shape (n, 2)."""
         return np.mean([m._score_parts(intensity, sigma, recipe_idx) for m in self.models],
                        axis=0)
 
@@ -182,8 +183,11 @@ class AnomalyDetector(FittedModel):
     # -- prediction and verdicts ----------------------------------------------------------
     def _shortlist(self, intensity: NDArray, sigma: NDArray, expected_idx: NDArray,
                    size: int) -> list[list[int]]:
-        """Candidate recipes per curve: the ``size`` recipes whose reference curves are
-        nearest in residual chi-square, plus the expected recipe (when given)."""
+        """Return candidate recipes per curve.
+
+        The ``size`` recipes whose reference curves are nearest in residual chi-square, plus
+        the expected recipe (when given).
+        """
         nearest = np.argsort(self._reference_chi2(intensity, sigma), axis=1)[:, :size]
         out = []
         for row, exp in zip(nearest, expected_idx, strict=True):
@@ -195,8 +199,10 @@ class AnomalyDetector(FittedModel):
 
     def _candidate_scores(self, intensity: NDArray, sigma: NDArray,
                           candidates: list[list[int]]) -> list[dict[int, NDArray]]:
-        """Every model's score of each curve under each of its candidate recipes (one
-        pass); values are arrays of shape (K,)."""
+        """Return every model's score of each curve under each of its candidate recipes.
+
+        One pass; values are arrays of shape (K,).
+        """
         rows = np.array([i for i, c in enumerate(candidates) for _ in c], dtype=np.int64)
         idx = np.array([k for c in candidates for k in c], dtype=np.int64)
         scores = self.member_scores(intensity[rows], sigma[rows], idx)
@@ -211,8 +217,9 @@ class AnomalyDetector(FittedModel):
 
     def predict_recipe(self, intensity: NDArray, sigma: NDArray,
                        shortlist: int | None = None) -> NDArray[np.int64]:
-        """Index of the most plausible recipe for each curve (nearest class in embedding
-        space).
+        """Return the index of the most plausible recipe for each curve.
+
+        That is the nearest class in embedding space.
 
         Each candidate recipe is assumed in turn; the curve's embedding under that
         assumption is scored by that recipe's one-class SVM, and the recipe whose normal

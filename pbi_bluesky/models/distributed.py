@@ -61,8 +61,9 @@ def _state_sha256(state: dict[str, torch.Tensor]) -> str:
 
 def train_network_ddp(trainer: Trainer, intensity: NDArray, sigma: NDArray, labels: NDArray,
                       seed: int, nproc: int, progress: bool) -> dict[str, Any]:
-    """Train ``trainer.model.network`` in ``nproc`` processes; the trained weights and the
-    epoch losses are loaded back into the model.
+    """Train ``trainer.model.network`` in ``nproc`` processes.
+
+    The trained weights and the epoch losses are loaded back into the model.
 
     Parameters
     ----------

@@ -157,9 +157,11 @@ def evaluate_arrays(
 
 def ablations(detector: AnomalyDetector, intensity: NDArray, sigma: NDArray,
               recipe_idx: NDArray, flagged: dict[str, NDArray]) -> dict[str, NDArray]:
-    """Scores of each part of the default score alone (``pbi_<part>_part``) and of the score
-    without each part (``pbi_without_<part>``), thresholded by the same conformal rule
-    against the calibration normals' parts; ``flagged`` is filled in.
+    """Return ablation scores: each part of the default score alone, and the score without it.
+
+    Rows are ``pbi_<part>_part`` (one part alone) and ``pbi_without_<part>`` (the score
+    without that part), thresholded by the same conformal rule against the calibration
+    normals' parts; ``flagged`` is filled in.
 
     Every row reuses the trained models (parts are recombined, nothing is retrained). For a
     cross-conformal detector the parts are averaged over its models and compared with the

@@ -104,7 +104,7 @@ class FittedModel:
 
     @classmethod
     def default_training(cls) -> TrainingConfig:
-        """The training settings this kind of model uses unless told otherwise."""
+        """Return the training settings this kind of model uses unless told otherwise."""
         return TrainingConfig()
 
     # -- inputs -------------------------------------------------------------------------
@@ -151,8 +151,9 @@ class FittedModel:
         return np.hstack([emb, extra[:, None]])
 
     def _score_parts(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
-        """The parts of the anomaly score under each curve's recipe, shape (n, 4)
-        (:data:`PART_NAMES`).
+        """Return the parts of the anomaly score under each curve's recipe, shape (n, 4).
+
+        The parts, in the order of :data:`PART_NAMES`:
 
         0. ``embedding``: the one-class SVM score of the (augmented) embedding;
         1. ``subspace``: the recipe subspace statistic (:mod:`~.subspace`, T2 + SPE of the
@@ -196,8 +197,11 @@ class FittedModel:
                          cfg.low_q_weight if has_lik else 0.0])
 
     def _combine(self, parts: NDArray, weights: NDArray | None = None) -> NDArray:
-        """Anomaly score from its parts: the weighted sum, the low-q part one-sided (only
-        an upturn counts, a dip below normal is the likelihood part's business)."""
+        """Return the anomaly score from its parts: their weighted sum.
+
+        The low-q part counts one-sided (only an upturn counts, a dip below normal is the
+        likelihood part's business).
+        """
         w = self.part_weights() if weights is None else np.asarray(weights, dtype=np.float64)
         p = np.zeros((len(parts), len(PART_NAMES)))
         p[:, : parts.shape[1]] = parts[:, : len(PART_NAMES)]

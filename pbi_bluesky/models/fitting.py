@@ -46,8 +46,9 @@ logger = logging.getLogger(__name__)
 
 def fit_model(trainer: Trainer, intensity: NDArray, sigma: NDArray, labels: NDArray,
               rng: np.random.Generator, seed: int, progress: bool, nproc: int = 1) -> float:
-    """Fit every part of ``trainer.model`` from training normals; returns the network
-    training time (s).
+    """Fit every part of ``trainer.model`` from training normals.
+
+    Returns the network training time (s).
 
     Parameters
     ----------
@@ -168,8 +169,10 @@ def fit_detector(detector: Any, profiles: list[Profile], recipes: list[str], *,
 
 def _calibrate(detector: Any, plan: Any, intensity: NDArray, sigma: NDArray,
                labels: NDArray) -> None:
-    """Conformal calibration: each calibration normal scored by the model that did not
-    train on it."""
+    """Calibrate the conformal threshold.
+
+    Each calibration normal is scored by the model that did not train on it.
+    """
     parts, scores, member_of, order = [], [], [], []
     for k, (model, cal) in enumerate(zip(detector.models, plan.folds, strict=True)):
         part = model._score_parts(intensity[cal], sigma[cal], labels[cal])

@@ -53,8 +53,10 @@ class RecipeLikelihood:
     @classmethod
     def fit(cls, intensity: NDArray, sigma: NDArray, q: NDArray,
             components: int = 5) -> RecipeLikelihood:
-        """Fit on one recipe's training normals, arrays (n, npt); ``components`` is capped
-        at n - 2."""
+        """Fit on one recipe's training normals, arrays (n, npt).
+
+        ``components`` is capped at n - 2.
+        """
         x = np.asarray(intensity, dtype=np.float64)
         s = np.asarray(sigma, dtype=np.float64)
         if x.ndim != 2 or len(x) < 3:
@@ -109,7 +111,8 @@ class RecipeLikelihood:
         T2 is the curve's Hotelling distance along the normal directions, SPE the mean
         squared residual off them, each bin against its batch variance plus the curve's
         own noise. (No log-determinant term: a noisier measurement of a normal specimen is
-        not less normal, and under the null both terms do not grow with sigma.)"""
+        not less normal, and under the null both terms do not grow with sigma.)
+        """
         z, d, inv_d, k = self._solve(intensity, sigma)
         coords = z @ self.basis.T
         m = max(len(self.variance), 1)
@@ -125,6 +128,7 @@ class RecipeLikelihood:
         return stat, (num / den).max(1)
 
     def to_arrays(self, prefix: str) -> dict[str, NDArray]:
+        """Return the fitted arrays, named ``<prefix>_<field>`` (for a model bundle)."""
         return {f"{prefix}_mean": self.mean, f"{prefix}_spread": self.spread,
                 f"{prefix}_basis": self.basis, f"{prefix}_variance": self.variance,
                 f"{prefix}_batch_variance": self.batch_variance,
@@ -133,6 +137,7 @@ class RecipeLikelihood:
 
     @classmethod
     def from_arrays(cls, arrays: dict[str, NDArray], prefix: str) -> RecipeLikelihood:
+        """Rebuild from the arrays :meth:`to_arrays` wrote under ``prefix``."""
         return cls(arrays[f"{prefix}_mean"], arrays[f"{prefix}_spread"],
                    arrays[f"{prefix}_basis"], arrays[f"{prefix}_variance"],
                    arrays[f"{prefix}_batch_variance"], arrays[f"{prefix}_templates"],

@@ -26,10 +26,12 @@ class NetworkConfig:
     embedding_dim: int = 128
 
     def to_dict(self) -> dict:
+        """Return the settings as a plain dict (for model.json)."""
         return asdict(self)
 
     @classmethod
     def from_dict(cls, data: dict) -> NetworkConfig:
+        """Rebuild from :meth:`to_dict` output (``channels`` back to a tuple)."""
         data = dict(data)
         data["channels"] = tuple(data["channels"])
         return cls(**data)
@@ -63,4 +65,5 @@ class EmbeddingCNN(nn.Module):
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        """Embed a batch of curves as unit-length vectors."""
         return nn.functional.normalize(self.head(self.features(x)), dim=1)

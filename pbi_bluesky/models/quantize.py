@@ -91,7 +91,7 @@ def _fusion_groups(net: _Quantizable) -> list[list[str]]:
 
 
 def _prepared(network: EmbeddingCNN, engine: str) -> nn.Module:
-    """A float copy with fused conv/linear+ReLU and min/max activation observers."""
+    """Return a float copy with fused conv/linear+ReLU and min/max activation observers."""
     from torch.ao.quantization import (
         MinMaxObserver,
         QConfig,
@@ -136,7 +136,7 @@ def calibrate(network: EmbeddingCNN, inputs: torch.Tensor) -> dict[str, list[flo
 
 def quantize_network(network: EmbeddingCNN, ranges: dict[str, list[float]] | None = None,
                      scheme: str = "static") -> nn.Module:
-    """An int8 copy of ``network`` (its float weights are left untouched).
+    """Return an int8 copy of ``network`` (its float weights are left untouched).
 
     ``scheme="static"`` needs the activation ``ranges`` of :func:`calibrate`;
     ``"dynamic"`` quantises the fully connected layers only.
@@ -190,7 +190,7 @@ def _calibration_inputs(core: Any, grid_q: NDArray, rng: np.random.Generator) ->
 
 def inference_settings(detector: Any, precision: str = "int8", scheme: str = "static",
                        seed: int = 0) -> dict[str, Any]:
-    """The ``"inference"`` section of ``model.json`` for ``precision`` (calibrates int8)."""
+    """Return the ``"inference"`` section of ``model.json`` for ``precision`` (calibrates int8)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float32":

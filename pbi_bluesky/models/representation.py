@@ -63,8 +63,10 @@ class QGrid:
     def for_profiles(cls, profiles: list[Profile], *, npt: int = 256,
                      preferred: tuple[float, float] = (0.008, 0.19),
                      min_span: float = 4.0) -> QGrid:
-        """The ``preferred`` grid if every profile covers it, else the widest range inside
-        it that every profile covers (at least a factor ``min_span`` in q).
+        """Return a grid every profile covers.
+
+        The ``preferred`` grid if every profile covers it, else the widest range inside it
+        that every profile covers (at least a factor ``min_span`` in q).
 
         Raises
         ------

@@ -1,6 +1,8 @@
-"""The settings of a fit and the record of a score: :class:`TrainingConfig` (stored in
-every model bundle) and :class:`Verdict` (one scored profile). Shared by the default
-detector, the paper's pipeline and the bundle reader."""
+"""The settings of a fit and the record of a score.
+
+:class:`TrainingConfig` (stored in every model bundle) and :class:`Verdict` (one scored
+profile). Shared by the default detector, the paper's pipeline and the bundle reader.
+"""
 
 from __future__ import annotations
 
@@ -56,6 +58,7 @@ class TrainingConfig:
             object.__setattr__(self, "negatives", kinds)
 
     def to_dict(self) -> dict[str, Any]:
+        """Return the settings as a plain, JSON-ready dict (``negatives`` as a list)."""
         out = asdict(self)
         if self.negatives is not None:
             out["negatives"] = list(self.negatives)
@@ -76,4 +79,5 @@ class Verdict:
     details: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
+        """Return the verdict as a plain dict."""
         return asdict(self)

@@ -45,7 +45,8 @@ class RecipeSubspace:
 
         ``feature_sigma`` (same shape): each curve's measurement uncertainty in feature
         units; with it, :meth:`statistic` counts a curve noisier than the training normals
-        against its own noise, not as an anomaly."""
+        against its own noise, not as an anomaly.
+        """
         x = np.asarray(features, dtype=np.float64)
         if x.ndim != 2 or len(x) < 3:
             raise ValueError(f"need at least 3 curves of shape (n, npt), got {x.shape}")
@@ -67,7 +68,8 @@ class RecipeSubspace:
         With ``feature_sigma`` (and a model fitted with it), the curve's noise beyond the
         training normals' mean noise is added to the variance of each bin (SPE) and, as
         projected, of each direction (T2): a short exposure of a normal sample is not an
-        anomaly."""
+        anomaly.
+        """
         centred = np.atleast_2d(np.asarray(features, dtype=np.float64)) - self.mean
         coords = centred @ self.basis.T
         m = max(len(self.variance), 1)

@@ -30,9 +30,12 @@ __all__ = ["DeviceEmbedder", "resample_matrix"]
 
 
 def resample_matrix(q_source: NDArray, valid: NDArray, grid: QGrid) -> NDArray[np.float64]:
-    """``(grid.npt, len(q_source))`` matrix ``R`` with ``R @ y`` equal to
+    """Return the resampling onto ``grid`` as a matrix.
+
+    ``(grid.npt, len(q_source))`` matrix ``R`` with ``R @ y`` equal to
     ``np.interp(log grid, log q[valid], y[valid])`` (raises ``CoverageError`` if the valid
-    bins do not cover the grid)."""
+    bins do not cover the grid).
+    """
     q_source = np.asarray(q_source, dtype=np.float64)
     ok = np.asarray(valid, dtype=bool)
     if ok.sum() < 2:
@@ -92,8 +95,11 @@ class DeviceEmbedder:
 
     def resample(self, intensity: torch.Tensor, sigma: torch.Tensor
                  ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Curves ``(n, npt_src)`` on the model grid, and ``needs_host`` ``(n,)``: the
-        curves whose valid bins differ from the reducer's static ones."""
+        """Resample curves ``(n, npt_src)`` onto the model grid.
+
+        Also returns ``needs_host`` ``(n,)``: the curves whose valid bins differ from the
+        reducer's static ones.
+        """
         intensity = intensity.to(self.device, torch.float64)
         sigma = sigma.to(self.device, torch.float64)
         ok = torch.isfinite(intensity) & torch.isfinite(sigma)

@@ -48,9 +48,12 @@ logger = logging.getLogger(__name__)
 
 
 class epoch_progress:
-    """Progress over training epochs: a tqdm bar on a terminal (redrawn at most once a
-    second), otherwise one log line every ``max(1, epochs // 10)`` epochs, so a log file
-    gets about ten lines per training rather than one per update."""
+    """Progress over training epochs.
+
+    A tqdm bar on a terminal (redrawn at most once a second), otherwise one log line every
+    ``max(1, epochs // 10)`` epochs, so a log file gets about ten lines per training rather
+    than one per update.
+    """
 
     def __init__(self, epochs: int, *, enabled: bool, desc: str = "training") -> None:
         self.epochs, self.desc = epochs, desc
@@ -92,9 +95,11 @@ class Trainer:
         self.model = model
 
     def reset_network(self, seed: int) -> None:
-        """Fresh network weights drawn under ``seed`` (the constructor's draw depends on
-        whatever used torch's global generator before, so refitting was not
-        reproducible); any int8 copy of the old weights is dropped."""
+        """Draw fresh network weights under ``seed``; any int8 copy of the old ones is dropped.
+
+        The constructor's draw depends on whatever used torch's global generator before,
+        so refitting was not reproducible.
+        """
         torch.manual_seed(seed)
         self.model.network = EmbeddingCNN(self.model.network.config)
         self.model.inference_network = None
@@ -111,8 +116,11 @@ class Trainer:
     def training_set(
         self, intensity: NDArray, sigma: NDArray, labels: NDArray, rng: np.random.Generator
     ) -> tuple[NDArray, NDArray, NDArray, NDArray]:
-        """Normals + synthetic negatives with triplet labels (:func:`~.augment.
-        training_negatives`, kinds from ``TrainingConfig.negatives``)."""
+        """Return normals + synthetic negatives with triplet labels.
+
+        See :func:`~.augment.training_negatives`; kinds come from
+        ``TrainingConfig.negatives``.
+        """
         m = self.model
         cfg = m.training
         kinds = tuple(cfg.negatives) if cfg.negatives is not None else NEGATIVES
@@ -137,8 +145,9 @@ class Trainer:
         shard: tuple[int, int] = (0, 1), device: torch.device | None = None,
         mean_loss: Callable[[float], float] | None = None,
     ) -> None:
-        """Triplet training of the embedding network; the epoch losses go to
-        ``model.history``.
+        """Train the embedding network on triplets.
+
+        The epoch losses go to ``model.history``.
 
         Parameters
         ----------
@@ -257,8 +266,10 @@ class Trainer:
 
     def out_of_fold(self, k: int, feats: NDArray, features: NDArray, feature_sigma: NDArray,
                     intensity: NDArray, sigma: NDArray) -> NDArray:
-        """Unstandardised score parts of recipe ``k``'s training normals, each from models
-        fitted without it (5 folds), or in-sample for fewer than 10 normals.
+        """Return out-of-fold, unstandardised score parts of recipe ``k``'s training normals.
+
+        Each comes from models fitted without it (5 folds), or in-sample for fewer than 10
+        normals.
 
         Parameters
         ----------
@@ -284,14 +295,17 @@ class Trainer:
 
 
 class PaperTrainer(Trainer):
-    """The seed paper's training: triplets on recipe labels only (no synthetic negatives),
-    then one OneClassSVM on the embeddings of all normals (not per recipe)."""
+    """The seed paper's training.
+
+    Triplets on recipe labels only (no synthetic negatives), then one OneClassSVM on the
+    embeddings of all normals (not per recipe).
+    """
 
     name = "paper"
 
     def training_set(self, intensity: NDArray, sigma: NDArray, labels: NDArray,
                      rng: np.random.Generator) -> tuple[NDArray, NDArray, NDArray, NDArray]:
-        """The normals themselves, their recipes as triplet labels."""
+        """Return the normals themselves, their recipes as triplet labels."""
         return intensity, sigma, labels, labels
 
     def fit_scorers(self, intensity: NDArray, sigma: NDArray, labels: NDArray) -> None:
