@@ -46,14 +46,18 @@ Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
 
 
 class ConfigError(ValueError):
-    """The beamline configuration is missing, malformed or inconsistent; the message says
-    which file and which key."""
+    """The beamline configuration is missing, malformed or inconsistent.
+
+    The message says which file and which key.
+    """
 
 
 def _expand(value: Any, info: ValidationInfo) -> Any:
-    """A path from the file: ``~`` and ``$VARS`` expanded, relative to the file's folder.
+    """Expand a path from the file: ``~`` and ``$VARS``, relative to the file's folder.
+
     Only when read from a file (``info.context["base"]``); objects built in code keep their
-    paths as given."""
+    paths as given.
+    """
     base = (info.context or {}).get("base") if info.context else None
     if value is None or base is None:
         return value
@@ -129,8 +133,10 @@ class ChangerConfig(StrictModel):
 
 
 class MonitorConfig(StrictModel):
-    """Incident-flux (I0) and transmission readings: plain analog PVs (scaler channel,
-    electrometer, calculated transmission)."""
+    """Incident-flux (I0) and transmission readings.
+
+    Plain analog PVs (scaler channel, electrometer, calculated transmission).
+    """
 
     i0: str
     transmission: str | None = None
@@ -167,7 +173,7 @@ class GeometryConfig(StrictModel):
     _paths = field_validator("poni", "mask", "dark", "flat", "absolute_scale")(_expand)
 
     def poni_text(self) -> str:
-        """The PONI file's text (raises :class:`ConfigError` if it cannot be read)."""
+        """Return the PONI file's text (raises :class:`ConfigError` if it cannot be read)."""
         try:
             return Path(self.poni).read_text()
         except OSError as exc:
@@ -175,9 +181,12 @@ class GeometryConfig(StrictModel):
 
 
 class TiledConfig(StrictModel):
-    """Where runs are written: a Tiled server, or the embedded catalog when ``uri`` is
-    null. The API key is read from the environment variable ``api_key_env``; it is never
-    a field, so it appears in no repr, dump or log line."""
+    """Where runs are written.
+
+    A Tiled server, or the embedded catalog when ``uri`` is null. The API key is read from
+    the environment variable ``api_key_env``; it is never a field, so it appears in no
+    repr, dump or log line.
+    """
 
     uri: str | None = None
     api_key_env: EnvName = "PBI_TILED_API_KEY"
@@ -293,7 +302,7 @@ class EpicsConfig(StrictModel):
     ca_max_array_bytes: Count | None = None
 
     def environment(self) -> dict[str, str]:
-        """The ``EPICS_CA_*`` variables this section sets (unset keys are left out)."""
+        """Return the ``EPICS_CA_*`` variables this section sets (unset keys are left out)."""
         out = {}
         for key, value in self.model_dump().items():
             if value is None:
@@ -303,8 +312,10 @@ class EpicsConfig(StrictModel):
         return out
 
     def apply(self, environ: Any = None) -> dict[str, str]:
-        """Set the variables of :meth:`environment` that ``environ`` (default
-        ``os.environ``) does not set yet; returns those it set."""
+        """Set the variables of :meth:`environment` that ``environ`` does not set yet.
+
+        ``environ`` defaults to ``os.environ``; returns the variables it set.
+        """
         environ = os.environ if environ is None else environ
         applied = {}
         for name, value in self.environment().items():
@@ -346,20 +357,27 @@ class BeamlineConfig(StrictModel):
 
     @property
     def data_roots(self) -> tuple[str, ...]:
-        """Folders the live scorer may read frames from (the detector's read path, plus any
-        configured under ``scorer.data_roots``)."""
+        """Folders the live scorer may read frames from.
+
+        The detector's read path, plus any configured under ``scorer.data_roots``.
+        """
         return (self.detector.local_path, *self.scorer.data_roots)
 
     def public(self) -> dict[str, Any]:
-        """Plain data safe to log or to record in a start document (no secrets: the API
-        key is never part of the configuration)."""
+        """Return plain data safe to log or to record in a start document.
+
+        No secrets: the API key is never part of the configuration.
+        """
         out = self.model_dump(mode="json")
         out["tiled"]["api_key_set"] = self.tiled.api_key is not None
         return out
 
     def to_yaml(self, path: str | Path) -> Path:
-        """Write this configuration as a ``beamline.yaml`` (every key, absolute paths as
-        held) that :func:`load_config` reads back to an equal object."""
+        """Write this configuration as a ``beamline.yaml``.
+
+        Every key, absolute paths as held; :func:`load_config` reads it back to an equal
+        object.
+        """
         import yaml
 
         path = Path(path)
@@ -368,8 +386,9 @@ class BeamlineConfig(StrictModel):
         return path
 
     def with_overrides(self, **sections: Any) -> BeamlineConfig:
-        """A copy with some fields of some sections replaced, validated like the file,
-        e.g. ``cfg.with_overrides(detector={"prefix": "P:"}, connection_timeout_s=1.0)``.
+        """Return a copy with some fields of some sections replaced, validated like the file.
+
+        E.g. ``cfg.with_overrides(detector={"prefix": "P:"}, connection_timeout_s=1.0)``.
 
         Raises
         ------
@@ -394,8 +413,10 @@ def _validate(data: dict[str, Any], where: str, base: Path | None = None) -> Bea
 
 
 def config_path(explicit: str | Path | None = None, default: str | Path | None = None) -> Path:
-    """The configuration file: ``explicit``, else ``$PBI_BEAMLINE_CONFIG``, else
-    ``default``."""
+    """Return the configuration file path.
+
+    ``explicit``, else ``$PBI_BEAMLINE_CONFIG``, else ``default``.
+    """
     chosen = explicit or os.environ.get(ENV_VAR) or default
     if not chosen:
         raise ConfigError(f"no beamline configuration: pass a file or set {ENV_VAR}")

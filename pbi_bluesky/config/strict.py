@@ -32,8 +32,10 @@ Count = Annotated[StrictInt, Field(ge=1)]
 
 
 class KeyFault(ValueError):
-    """Raised by a section's validator about one of its keys (``key``): :func:`explain`
-    names it as ``section.key``."""
+    """Raised by a section's validator about one of its keys (``key``).
+
+    :func:`explain` names it as ``section.key``.
+    """
 
     def __init__(self, key: str, message: str) -> None:
         super().__init__(message)
@@ -47,7 +49,7 @@ class StrictModel(BaseModel):
 
 
 def _submodel(annotation: Any) -> type[BaseModel] | None:
-    """The model class inside an annotation (``X``, ``X | None``, ``Annotated[X, ...]``)."""
+    """Return the model class inside an annotation (``X``, ``X | None``, ``Annotated[X, ...]``)."""
     if isinstance(annotation, type) and issubclass(annotation, BaseModel):
         return annotation
     if get_origin(annotation) in (Union, types.UnionType, Annotated):

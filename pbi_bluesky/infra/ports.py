@@ -1,5 +1,8 @@
-"""Free ports on loopback: the one ``free_port`` of the project (services, IOCs, agents,
-torch's data-parallel rendezvous)."""
+"""Free ports on loopback.
+
+The one ``free_port`` of the project (services, IOCs, agents, torch's data-parallel
+rendezvous).
+"""
 
 from __future__ import annotations
 
@@ -20,7 +23,7 @@ def _ephemeral_range() -> tuple[int, int]:
 
 
 def free_port() -> int:
-    """A port free for both TCP and UDP on 127.0.0.1, outside the kernel's ephemeral range.
+    """Return a port free for both TCP and UDP on 127.0.0.1, outside the ephemeral range.
 
     A port the kernel handed out once (``bind(0)``) can be handed out again to any later
     socket. The CA repeater port is only sent to (beacons, clients registering with a

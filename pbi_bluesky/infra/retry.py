@@ -50,8 +50,11 @@ def _redis_errors() -> tuple[type[BaseException], ...]:
 
 
 def should_retry(exc: BaseException) -> bool | float:
-    """Whether ``exc`` is an outage worth retrying (``True``, or the seconds to wait that a
-    429's ``Retry-After`` asked for) or a refusal (``False``). See the module docstring."""
+    """Tell whether ``exc`` is an outage worth retrying or a refusal.
+
+    ``True``, or the seconds to wait that a 429's ``Retry-After`` asked for, for an outage;
+    ``False`` for a refusal. See the module docstring.
+    """
     try:
         from tiled.client.utils import should_retry as tiled_should_retry
     except ImportError:  # pragma: no cover - tiled[client] is a core dependency
@@ -93,5 +96,9 @@ def retrying(policy: RetryPolicy = SERVICE, **overrides: Any) -> Iterator[Any]:
 
 
 def retry(policy: RetryPolicy = SERVICE, **overrides: Any) -> Callable[[F], F]:
-    """Decorator: retry a function on :func:`should_retry` errors under ``policy``."""
+    """Return a decorator that retries a function on :func:`should_retry` errors.
+
+    The attempts and waits follow ``policy``; ``overrides`` (stamina keywords such as
+    ``attempts``) replace its settings.
+    """
     return stamina.retry(on=should_retry, **{**policy.kwargs, **overrides})
