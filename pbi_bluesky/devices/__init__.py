@@ -39,8 +39,10 @@ def make_async_beamline(cfg: BeamlineConfig, *, connect: bool = True, **kwargs) 
 
 def make_beamline(cfg: BeamlineConfig, mode: str = "ophyd", *, connect: bool = True
                   ) -> Beamline:
-    """The beamline's devices in ``mode`` ``"ophyd"`` (Resource/Datum) or ``"async"``
-    (StreamResource/StreamDatum)."""
+    """Build the beamline's devices in ``mode``.
+
+    ``"ophyd"`` (Resource/Datum) or ``"async"`` (StreamResource/StreamDatum).
+    """
     if mode == "ophyd":
         return make_ophyd_beamline(cfg, connect=connect)
     if mode == "async":

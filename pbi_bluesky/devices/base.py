@@ -64,9 +64,11 @@ class Beamline:
 
     @property
     def readables(self) -> list[Any]:
-        """What a step scan measures at each point: the detector and the monitors. (With
-        ophyd-async the plans have the IOC record the monitors with every frame as
-        NDAttributes, which arrive under the monitors' names.)"""
+        """What a step scan measures at each point: the detector and the monitors.
+
+        (With ophyd-async the plans have the IOC record the monitors with every frame as
+        NDAttributes, which arrive under the monitors' names.)
+        """
         return [self.detector, *self.monitors]
 
     @property
@@ -82,7 +84,7 @@ class Beamline:
 
 
 def connection_help(prefix_or_pv: str) -> str:
-    """The CA settings in use, for error messages."""
+    """Describe the CA settings in use, for error messages."""
     addr = os.environ.get("EPICS_CA_ADDR_LIST", "<unset>")
     port = os.environ.get("EPICS_CA_SERVER_PORT", "5064")
     return (f"Is the IOC serving {prefix_or_pv} running and reachable "

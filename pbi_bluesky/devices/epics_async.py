@@ -22,7 +22,7 @@ __all__ = ["make_async_beamline", "ndattributes", "setup_monitor_ndattributes"]
 
 
 def ndattributes(monitors: list[Any]) -> list[Any]:
-    """The NDAttribute declarations that record I0 and transmission with every frame.
+    """Return the NDAttribute declarations that record I0 and transmission with every frame.
 
     Their names are the monitors' names, so frame, I0 and transmission arrive under the
     same data keys (``i0``, ``transmission``) in both modes.
@@ -35,8 +35,10 @@ def ndattributes(monitors: list[Any]) -> list[Any]:
 
 
 def setup_monitor_ndattributes(detector: Any, monitors: list[Any]):  # noqa: ANN201 - a plan
-    """Plan stub: write the NDAttributes XML (I0, transmission) to the detector driver, so
-    the IOC records them with every frame."""
+    """Write the NDAttributes XML (I0, transmission) to the detector driver (a plan stub).
+
+    The IOC then records them with every frame.
+    """
     from ophyd_async.epics.adcore import setup_ndattributes
 
     yield from setup_ndattributes(detector.driver, ndattributes(monitors))
@@ -44,8 +46,9 @@ def setup_monitor_ndattributes(detector: Any, monitors: list[Any]):  # noqa: ANN
 
 def make_async_beamline(cfg: BeamlineConfig, *, connect: bool = True,
                         path_provider: Any = None) -> Beamline:
-    """The beamline's devices as stock ophyd-async objects (connected unless
-    ``connect=False``; a ``RunEngine`` must exist for that).
+    """Build the beamline's devices as stock ophyd-async objects.
+
+    They are connected unless ``connect=False``; a ``RunEngine`` must exist for that.
 
     Parameters
     ----------

@@ -71,8 +71,10 @@ class SAXSPilatus(SingleTrigger, PilatusDetector):
         self.stage_sigs["hdf1_lazy_open"] = "No"
 
     def ensure_warm(self) -> None:
-        """Push one array through the HDF5 plugin if it has never seen one (after an IOC
-        boot ``ArraySize*_RBV`` are 0 and the stock plugin refuses to stage)."""
+        """Push one array through the HDF5 plugin if it has never seen one.
+
+        After an IOC boot ``ArraySize*_RBV`` are 0 and the stock plugin refuses to stage.
+        """
         if 0 in tuple(self.hdf1.array_size.get()):
             log.info("%s: warming up the HDF5 plugin (no array seen since IOC boot)", self.name)
             self.hdf1.warmup()
@@ -147,8 +149,11 @@ def _detector_class(cam: str, image: str | None, hdf: str) -> type[SAXSPilatus]:
 
 @contextlib.contextmanager
 def _no_lazy_wait() -> Iterator[None]:
-    """Build without waiting for PVs: stock areaDetector classes touch lazy signals in their
-    constructors, which otherwise waits for each (and fails with a bare timeout)."""
+    """Build without waiting for PVs.
+
+    Stock areaDetector classes touch lazy signals in their constructors, which otherwise
+    waits for each (and fails with a bare timeout).
+    """
     orig = Device.lazy_wait_for_connection
     Device.lazy_wait_for_connection = False
     try:
@@ -158,8 +163,10 @@ def _no_lazy_wait() -> Iterator[None]:
 
 
 def make_ophyd_beamline(cfg: BeamlineConfig, *, connect: bool = True) -> Beamline:
-    """The beamline's devices as stock ophyd objects, connected (unless ``connect=False``:
-    then nothing waits for a PV, e.g. to check the names a configuration gives).
+    """Build the beamline's devices as stock ophyd objects, connected.
+
+    With ``connect=False`` nothing waits for a PV, e.g. to check the names a configuration
+    gives.
 
     Raises
     ------

@@ -48,6 +48,7 @@ class SampleOutcome:
     rescans: list[dict[str, Any]] = field(default_factory=list)
 
     def as_dict(self) -> dict[str, Any]:
+        """Return the outcome as a plain dict."""
         return asdict(self)
 
 
@@ -184,7 +185,7 @@ def survey_and_rescan(
 
 def _decision_run(outcome: SampleOutcome, evidence: dict[str, Any],
                   user_md: dict[str, Any]) -> MsgGenerator[str]:
-    """A detector-less run recording the decision and its evidence (queryable)."""
+    """Record the decision and its evidence in a detector-less run (queryable)."""
     md = {**user_md, "purpose": "pbi_decision", "plan_name": "survey_and_rescan",
           "raw_uid": outcome.raw_uid, "slot": outcome.slot, "sample": outcome.sample,
           "composition": outcome.composition, "classification": outcome.classification,

@@ -40,8 +40,11 @@ class TrayError(ValueError):
 
 
 def load_sample_list(path: str | Path) -> list[dict[str, Any]]:
-    """Read a sample list (YAML/JSON: a list of slots, or ``{"slots": [...]}``) keeping only
-    :data:`SLOT_KEYS` (anomaly truth in a simulator's tray file is dropped)."""
+    """Read a sample list, keeping only :data:`SLOT_KEYS`.
+
+    YAML/JSON: a list of slots, or ``{"slots": [...]}``; anomaly truth in a simulator's
+    tray file is dropped.
+    """
     import json
 
     import yaml
@@ -110,8 +113,11 @@ def _is_async(device: Any) -> bool:
 
 
 def set_exposure(detector: Any, exposure: float) -> MsgGenerator[None]:
-    """Set one detector's exposure: ``cam.acquire_time`` (+ period) for stock ophyd, a
-    one-frame ``TriggerInfo`` for ophyd-async; nothing for devices without either."""
+    """Set one detector's exposure.
+
+    ``cam.acquire_time`` (+ period) for stock ophyd, a one-frame ``TriggerInfo`` for
+    ophyd-async; nothing for devices without either.
+    """
     if _is_async(detector):
         from ophyd_async.core import TriggerInfo
 
@@ -142,7 +148,9 @@ def _run_md(slot: int, known: dict[str, Any], exposure: float, detectors: list[A
 
 
 def split_monitors(detectors: list[Any]) -> tuple[list[Any], list[Any]]:
-    """(what to read, monitors recorded as NDAttributes by ophyd-async detectors).
+    """Split into what to read and the monitors recorded as NDAttributes.
+
+    Returns ``(what to read, monitors recorded as NDAttributes by ophyd-async detectors)``.
 
     With an ophyd-async area detector among ``detectors``, the other scalar readables (I0,
     transmission) are recorded by the IOC with every frame instead of being read beside it
