@@ -66,7 +66,7 @@ class FrameSource(Protocol):
 
 
 def _string(name: str, value: str = "") -> pvproperty:
-    """A read-only DBR_STRING (stringin record)."""
+    """Return a read-only DBR_STRING (stringin record)."""
     return pvproperty(name=name, value=value, dtype=ChannelType.STRING, read_only=True,
                       doc=name)
 
@@ -117,6 +117,7 @@ class NDArrayBaseGroup(PVGroup):
 
     @data_type.setpoint.putter
     async def data_type(obj: Any, instance: Any, value: str) -> str:
+        """Keep Int32 whatever is put (the simulated Pilatus delivers Int32 only)."""
         if value != "Int32":
             log.error("%s: DataType %s refused: the simulated Pilatus delivers Int32 only",
                       instance.pvname, value)
@@ -124,6 +125,7 @@ class NDArrayBaseGroup(PVGroup):
 
     @color_mode.setpoint.putter
     async def color_mode(obj: Any, instance: Any, value: str) -> str:
+        """Keep Mono whatever is put (the simulated Pilatus is Mono)."""
         if value != "Mono":
             log.error("%s: ColorMode %s refused: the simulated Pilatus is Mono", instance.pvname,
                       value)
@@ -131,6 +133,7 @@ class NDArrayBaseGroup(PVGroup):
 
     @nd_attributes_file.putter
     async def nd_attributes_file(self, instance: Any, value: str) -> str:
+        """Load the attribute set the put names (:meth:`load_attributes`)."""
         await self.load_attributes(value)
         return value
 
@@ -171,7 +174,7 @@ class NDArrayBaseGroup(PVGroup):
             return "", 1
 
     def attributes_now(self) -> dict[str, tuple[Any, str, str, str, str]]:
-        """The attribute values at this moment."""
+        """Return the attribute values at this moment."""
         return evaluate(self.attribute_specs, self.ioc_prefix, self.pv_lookup)
 
     async def describe_array(self, array: NDArray) -> None:
@@ -226,6 +229,7 @@ class ADBaseGroup(NDArrayBaseGroup):
 
     @acquire.setpoint.putter
     async def acquire(obj: Any, instance: Any, value: str) -> str:
+        """Start an acquisition and complete the put when it ends, or stop it."""
         driver: PilatusDriverGroup = obj.parent
         if not is_on(value):
             await driver.stop_acquisition()

@@ -175,10 +175,12 @@ class NDFileHDF5Group(NDFileGroup):
 
     @property
     def file_is_open(self) -> bool:  # type: ignore[override]
+        """True while a file is open for writing."""
         return self._stream is not None
 
     @flush_now.putter
     async def flush_now(self, instance: Any, value: str) -> str:
+        """Flush the open file to disk (FlushNow), then read Done."""
         if value != "Done" and self._stream is not None:
             async with self._io_lock:
                 if self._stream is not None:
@@ -187,6 +189,7 @@ class NDFileHDF5Group(NDFileGroup):
 
     @xml_file_name.setpoint.putter
     async def xml_file_name(obj: Any, instance: Any, value: str) -> str:
+        """Accept the name; a custom layout is logged as not simulated and XMLValid reads No."""
         if value.strip():
             log.error("%sXMLFileName %r: custom HDF5 layouts are not simulated; the default "
                       "areaDetector layout is written", obj.parent.prefix, value)
@@ -200,6 +203,7 @@ class NDFileHDF5Group(NDFileGroup):
         return await asyncio.get_running_loop().run_in_executor(self._executor, func, *args)
 
     async def open_file(self, path: Path, shape: tuple[int, int]) -> None:
+        """Open ``path`` for frames of ``shape`` with the plugin's current settings."""
         codec = str(self.compression.readback.value)
         if codec not in ("None", "zlib"):
             log.warning("%sCompression %s is not available in the simulation: writing "
@@ -218,6 +222,7 @@ class NDFileHDF5Group(NDFileGroup):
         log.info("%s opened %s (SWMR %s)", self.prefix, path, "on" if swmr else "off")
 
     async def write_array(self, array: NDArray) -> None:
+        """Append one frame, with this plugin's own attributes, to the open file."""
         if self._stream is None:
             raise OSError("no file open")
         own = self.attributes_now()
@@ -227,9 +232,11 @@ class NDFileHDF5Group(NDFileGroup):
         await self._run(self._stream.append, array)
 
     def close_now(self) -> None:
-        """Close an open file at once (IOC shutdown), so it is left consistent: a write
-        still running on the file thread (its task was cancelled, the thread was not) ends
-        first, or the file would be closed under it."""
+        """Close an open file at once (IOC shutdown), so it is left consistent.
+
+        A write still running on the file thread (its task was cancelled, the thread was
+        not) ends first, or the file would be closed under it.
+        """
         self._executor.shutdown(wait=True)
         stream, self._stream = self._stream, None
         if stream is not None:
@@ -237,6 +244,7 @@ class NDFileHDF5Group(NDFileGroup):
             log.info("%s closed %s at shutdown (%d frames)", self.prefix, stream.path, stream.n)
 
     async def close_file(self) -> None:
+        """Close the open file, if any, on the file thread."""
         stream, self._stream = self._stream, None
         if stream is not None:
             await self._run(stream.close)

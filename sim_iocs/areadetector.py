@@ -92,7 +92,10 @@ class PilatusBase(PVGroup):
 
 
 def make_pilatus_class(shape: tuple[int, int]) -> type[PilatusBase]:
-    """The Pilatus IOC class for frames of ``shape`` (the image waveform length is static)."""
+    """Return the Pilatus IOC class for frames of ``shape``.
+
+    One class per shape because the image waveform length is static.
+    """
     ny, nx = shape
     std_arrays = make_std_arrays_class(nx * ny)
 

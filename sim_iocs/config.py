@@ -1,5 +1,8 @@
-"""The simulated beamline's defaults, shared by ``python -m sim_iocs.saxs_beamline``,
-``pbi iocs`` and :func:`pbi_bluesky.testing.iocs.start_sim_ioc`."""
+"""The simulated beamline's defaults.
+
+Shared by ``python -m sim_iocs.saxs_beamline``, ``pbi iocs`` and
+:func:`pbi_bluesky.testing.iocs.start_sim_ioc`.
+"""
 
 from __future__ import annotations
 

@@ -29,10 +29,14 @@ TICK_S = 0.02
 
 
 class MotorValue(PvpropertyDouble):
-    """``VAL`` of a motor record: the record checks its soft limits itself (``LVIO``), so
-    caproto's control-limit check must not refuse the put first."""
+    """``VAL`` of a motor record.
+
+    The record checks its soft limits itself (``LVIO``), so caproto's control-limit check
+    must not refuse the put first.
+    """
 
     async def verify_value(self, value: Any) -> Any:
+        """Pass the value to the putter without caproto's limit check."""
         if self.putter is not None:
             return await self.putter(self, value)
         return value
@@ -123,6 +127,7 @@ class MotorRecord(PVGroup):
     # -- VAL: move (the put completes when the move is done) ---------------------------------
     @motor.putter
     async def motor(self, instance: Any, value: float) -> float:  # noqa: F811
+        """Move to ``value`` (or redefine the position with SET = Set); done when the move is."""
         f = self.fields
         target = float(value)
         if str(f.set_use_switch.value) == "Set":
@@ -194,12 +199,14 @@ class MotorRecord(PVGroup):
     # -- fields with behaviour -------------------------------------------------------------
     @motor.fields.stop.putter
     async def motor(fields: Any, instance: Any, value: int) -> int:  # noqa: F811
+        """STOP: stop a move in progress."""
         if value:
             await fields.parent.group.stop()
         return 0
 
     @motor.fields.stop_pause_move_go.putter
     async def motor(fields: Any, instance: Any, value: str) -> str:  # noqa: F811
+        """SPMG: Stop or Pause stops a move in progress."""
         if value in ("Stop", "Pause"):
             await fields.parent.group.stop()
         return value
@@ -214,28 +221,33 @@ class MotorRecord(PVGroup):
 
     @motor.fields.user_high_limit.putter
     async def motor(fields: Any, instance: Any, value: float) -> float:  # noqa: F811
+        """HLM: set the user high limit through the dial limit it maps to."""
         await fields.parent.group._user_limit("high", float(value))
         return float(fields.user_high_limit.value)
 
     @motor.fields.user_low_limit.putter
     async def motor(fields: Any, instance: Any, value: float) -> float:  # noqa: F811
+        """LLM: set the user low limit through the dial limit it maps to."""
         await fields.parent.group._user_limit("low", float(value))
         return float(fields.user_low_limit.value)
 
     @motor.fields.dial_high_limit.putter
     async def motor(fields: Any, instance: Any, value: float) -> float:  # noqa: F811
+        """DHLM: set the dial high limit and update the user limits."""
         await instance.write(value, verify_value=False)
         await fields.parent.group._user_limits_from_dial()
         return value
 
     @motor.fields.dial_low_limit.putter
     async def motor(fields: Any, instance: Any, value: float) -> float:  # noqa: F811
+        """DLLM: set the dial low limit and update the user limits."""
         await instance.write(value, verify_value=False)
         await fields.parent.group._user_limits_from_dial()
         return value
 
     @motor.fields.user_offset.putter
     async def motor(fields: Any, instance: Any, value: float) -> float:  # noqa: F811
+        """OFF: change the user offset; the motor stays put, user values shift."""
         group: MotorRecord = fields.parent.group
         dial_target = group._to_dial(float(group.motor.value))
         await instance.write(float(value), verify_value=False)
@@ -246,6 +258,7 @@ class MotorRecord(PVGroup):
 
     @motor.fields.velocity.putter
     async def motor(fields: Any, instance: Any, value: float) -> float:  # noqa: F811
+        """VELO: set the speed, capped at VMAX; a speed <= 0 is refused."""
         vmax = float(fields.max_velocity.value)
         v = min(float(value), vmax) if vmax > 0 else float(value)
         if v <= 0:

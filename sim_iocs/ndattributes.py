@@ -173,7 +173,7 @@ def _convert(value: Any, spec: AttributeSpec) -> Any:
 
 
 def attributes_xml(specs: list[tuple[str, str, str]]) -> str:
-    """An NDAttributes XML of ``(name, pv, description)`` EPICS_PV DBR_DOUBLE attributes."""
+    """Return an NDAttributes XML of ``(name, pv, description)`` EPICS_PV DBR_DOUBLE attributes."""
     root = ElementTree.Element("Attributes")
     for name, pv, desc in specs:
         ElementTree.SubElement(root, "Attribute", name=name, type="EPICS_PV", source=pv,

@@ -169,7 +169,7 @@ def parse_tray(data: Any, source: str = "<tray>") -> list[TraySlot]:
 
 
 def public_tray(slots: Iterable[TraySlot]) -> list[dict[str, Any]]:
-    """What a plan may know of a tray: slot, sample, composition, thickness, sample type.
+    """Return what a plan may know of a tray: slot, sample, composition, thickness, type.
 
     The first entry is the empty cell at position 0; the hidden truth (kind, severity,
     faults) is left out.
@@ -213,8 +213,11 @@ def dump_tray(slots: Iterable[TraySlot], path: str | Path) -> Path:
 
 
 def default_tray() -> list[TraySlot]:
-    """Fourteen slots: normals of every recipe, each anomaly kind, and one normal specimen
-    hit by a one-shot beam dump (the tray of ``make demo``)."""
+    """Return the tray of ``make demo``: fourteen slots.
+
+    Normals of every recipe, each anomaly kind, and one normal specimen hit by a one-shot
+    beam dump.
+    """
     rows: list[dict[str, Any]] = [
     {"slot": 1, "sample": "PSPMMA-25-a", "composition": "25:75"},
     {"slot": 2, "sample": "PSPMMA-50-a", "composition": "50:50"},
