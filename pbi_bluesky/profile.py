@@ -76,7 +76,20 @@ class Profile:
         sigma: ArrayLike | None = None,
         **kwargs: Any,
     ) -> Profile:
-        """Build a profile; a missing ``sigma`` becomes all zeros (unknown noise)."""
+        """Build a profile; a missing ``sigma`` becomes all zeros (unknown noise).
+
+        Parameters
+        ----------
+        q_inv_angstrom, intensity, sigma
+            Array-likes converted to float64 (see :class:`Profile`).
+        **kwargs
+            Further fields: ``metadata``, ``provenance``.
+
+        Raises
+        ------
+        ProfileError
+            If the arrays do not make a valid profile (shapes, q order, negative sigma).
+        """
         i = np.asarray(intensity, dtype=np.float64)
         s = np.zeros_like(i) if sigma is None else np.asarray(sigma, dtype=np.float64)
         return cls(np.asarray(q_inv_angstrom, dtype=np.float64), i, s, **kwargs)

@@ -169,6 +169,21 @@ def expected_frame(
     ``counts = flux * I(q) * solid_angle * polarization + dark``, with pyFAI's own
     (relative) solid-angle and polarization arrays, so that reducing the frame recovers
     ``flux * I(q) / monitor``.
+
+    Parameters
+    ----------
+    ai
+        The geometry: detector shape and the q of every pixel centre.
+    intensity_fn
+        I(q), called once with the array of pixel q values.
+    flux
+        Factor on I(q).
+    polarization_factor
+        As pyFAI defines it; ``None`` leaves polarization out.
+    correct_solid_angle
+        Multiply by pyFAI's relative solid angle of each pixel.
+    dark
+        Added to every pixel (a number or a frame).
     """
     shape = ai.detector.shape
     q = ai.array_from_unit(shape, "center", "q_A^-1", scale=True)

@@ -426,6 +426,20 @@ class Reducer:
         """Reduce a stack of frames ``(n, ny, nx)`` with the batch integrator.
 
         Same corrections as :meth:`reduce`; ``background`` must be a Profile here.
+
+        Parameters
+        ----------
+        frames
+            Raw frames: an ``(n, ny, nx)`` array or a sequence of frames or image paths.
+        monitors
+            Incident-flux normalisation: one value for all frames or one per frame.
+        transmission, thickness_cm
+            Sample transmission and thickness in cm, shared by all frames (as for
+            :meth:`reduce`).
+        background
+            Empty-cell Profile reduced by this reducer, shared by all frames.
+        metadata
+            Copied into every profile's metadata.
         """
         stack = self._stack(frames)
         n = stack.shape[0]
@@ -460,8 +474,18 @@ class Reducer:
 
         The same Profiles, bit for bit, faster per frame.
 
-        ``i0``, ``transmission`` and ``thickness_cm`` are one value for all frames or one
-        per frame; ``background`` (the empty cell) is a Profile shared by all frames.
+        Parameters
+        ----------
+        frames
+            Raw frames: an ``(n, ny, nx)`` array or a sequence of frames or image paths.
+        i0, transmission, thickness_cm
+            As for :meth:`reduce_absolute`; each is one value for all frames or one per
+            frame.
+        background
+            The empty cell: a Profile made by :meth:`reduce_absolute`, shared by all
+            frames.
+        metadata
+            Copied into every profile's metadata.
         """
         stack = self._stack(frames)
         n = stack.shape[0]
