@@ -66,7 +66,31 @@ def _check_severity(severity: float) -> float:
 def apply_anomaly(
     state: SampleState, kind: str, severity: float, rng: np.random.Generator
 ) -> SampleState:
-    """Return ``state`` changed by anomaly ``kind`` at ``severity`` (0 subtle, 1 obvious)."""
+    """Return ``state`` changed by anomaly ``kind`` at ``severity`` (0 subtle, 1 obvious).
+
+    Parameters
+    ----------
+    state
+        A normal specimen (e.g. from :func:`~.scattering.nominal_state`).
+    kind
+        One of :data:`SAMPLE_ANOMALIES` that applies to the specimen's recipe
+        (:func:`applicable_anomalies`).
+    severity
+        In [0, 1].
+    rng
+        Draws the random parts of the change (drift direction, contaminant exponent,
+        actual recipe...).
+
+    Returns
+    -------
+    SampleState
+        The changed specimen, with ``kind``, ``severity`` and ``anomaly_params`` set.
+
+    Raises
+    ------
+    ValueError
+        For a severity outside [0, 1], an unknown kind, or one that does not apply.
+    """
     s = _check_severity(severity)
     system = state.system
     if kind not in SAMPLE_ANOMALIES:

@@ -252,8 +252,18 @@ def render_frame(
 ) -> RenderedFrame:
     """Render a detector frame of ``state`` in its cell (int32 counts, gaps = -1).
 
-    ``faults`` maps instrument-fault names (:data:`INSTRUMENT_FAULTS`) to a severity in
-    [0, 1].
+    Parameters
+    ----------
+    state
+        The specimen; the cell's own scattering is added.
+    instrument
+        Beamline model: detector, flux, exposure, beamstop, dark and flat field.
+    rng
+        Source of the counting noise.
+    exposure_s
+        Exposure time (> 0); default ``instrument.exposure_s``.
+    faults
+        Instrument-fault names (:data:`INSTRUMENT_FAULTS`) mapped to a severity in [0, 1].
     """
     faults = _check_faults(faults)
     t = instrument.exposure_s if exposure_s is None else float(exposure_s)
@@ -293,6 +303,17 @@ def render_standard(
 
     Water scatters ``WATER_INV_CM`` (1/cm) at every SAXS q; the frame holds the cell's own
     scattering as well, so it is calibrated against :func:`render_empty_cell`.
+
+    Parameters
+    ----------
+    instrument
+        Beamline model.
+    rng
+        Source of the counting noise.
+    thickness_cm
+        Water thickness (> 0).
+    exposure_s
+        Exposure time (> 0).
     """
     if thickness_cm <= 0 or exposure_s <= 0:
         raise ValueError("thickness and exposure must be > 0")

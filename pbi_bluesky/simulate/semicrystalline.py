@@ -303,6 +303,22 @@ def apply_filled_anomaly(state: FilledState, kind: str, severity: float,
 
     ``radiation_damage`` here is the last frame of a series; :func:`damage_series` gives
     every frame.
+
+    Parameters
+    ----------
+    state
+        A normal specimen (:func:`nominal_filled_state`).
+    kind
+        One of :data:`FILLED_ANOMALIES`.
+    severity
+        In [0, 1].
+    rng
+        Draws the random parts of the change (peak position and width, window hump...).
+
+    Raises
+    ------
+    ValueError
+        For a severity outside [0, 1] or an unknown kind.
     """
     s = float(severity)
     if not 0.0 <= s <= 1.0:
