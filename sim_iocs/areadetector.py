@@ -52,7 +52,19 @@ class PilatusBase(PVGroup):
 
     def wire(self, frame_source: FrameSource, pv_lookup: Callable[[str], Any],
              ioc_prefix: str, default_attributes_xml: str) -> None:
-        """Attach the simulation and the IOC's PV lookup (for NDAttributes)."""
+        """Attach the simulation and the IOC's PV lookup (for NDAttributes).
+
+        Parameters
+        ----------
+        frame_source
+            Gives the driver its frames.
+        pv_lookup
+            IOC PV name -> channel, for EPICS_PV NDAttributes.
+        ioc_prefix
+            The IOC prefix: ``PARAM`` NDAttributes read driver PVs below it.
+        default_attributes_xml
+            The NDAttributes XML the built-in attributes file name stands for.
+        """
         self.cam.frame_source = frame_source
         self.cam.plugins = self.plugins
         self.hdf.attribute_layout = lambda: self.cam.attributes_now()

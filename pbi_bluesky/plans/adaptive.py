@@ -55,7 +55,25 @@ class SampleOutcome:
 def wait_for_verdict(
     channel: VerdictChannel, raw_uid: str, timeout: float, poll: float = 0.05
 ) -> MsgGenerator[list[FrameResult] | None]:
-    """Wait (yielding to the RunEngine) until the run's frames are all scored."""
+    """Wait (yielding to the RunEngine) until the run's frames are all scored.
+
+    Parameters
+    ----------
+    channel
+        The live scorer's verdict channel.
+    raw_uid
+        Uid of the raw run whose verdicts are awaited.
+    timeout
+        Seconds to wait before giving up (logged as a warning).
+    poll
+        Seconds between looks at the channel (a ``bps.sleep``, so the RunEngine stays
+        responsive).
+
+    Returns
+    -------
+    list of FrameResult or None
+        Every frame's result once the run is finished, ``None`` after ``timeout``.
+    """
     deadline = time.monotonic() + timeout
     while True:
         results = channel.wait_for_run(raw_uid, 0)

@@ -88,6 +88,21 @@ def plan_samples(
 
     Severities are drawn uniformly in [0, 1]. Instrument faults (``n_per_fault`` > 0) are
     put on otherwise normal specimens and only make sense for 2D frames.
+
+    Parameters
+    ----------
+    system
+        The blend system whose recipes are planned.
+    rng
+        Draws the severities.
+    n_normal_per_recipe
+        Normal specimens of every recipe.
+    n_per_anomaly_kind
+        Specimens of each anomaly kind, spread round-robin over the recipes it applies to.
+    kinds
+        Anomaly kinds to plan; default every kind that applies to some recipe.
+    n_per_fault
+        Specimens of each instrument fault (:data:`INSTRUMENT_FAULTS`).
     """
     specs: list[SampleSpec] = []
     for recipe in system.recipes:
@@ -139,6 +154,25 @@ def generate_dataset(
     also reduced with :class:`~pbi_bluesky.reduction.Reducer` (mask, dark, solid angle,
     polarisation, monitor, transmission, empty cell, thickness) into a profile; ``path``
     then names the reduced profile and ``frame`` the raw image.
+
+    Parameters
+    ----------
+    out_dir
+        Folder to write (created if missing): ``manifest.csv``, ``geometry.poni``,
+        ``profiles/`` and, with ``frames=True``, ``frames/``, ``mask.edf`` and ``dark.edf``.
+    system
+        The blend system to simulate.
+    instrument
+        Beamline model; default :class:`~pbi_bluesky.simulate.Instrument` ``()``.
+    n_normal_per_recipe, n_per_anomaly_kind, kinds, n_per_fault
+        What to measure, as for :func:`plan_samples`; instrument faults only with
+        ``frames=True``.
+    frames
+        Render and reduce 2D frames instead of simulating profiles directly.
+    seed
+        Seed of the one generator behind the plan and every measurement.
+    progress
+        Show a progress bar (on a terminal only).
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
