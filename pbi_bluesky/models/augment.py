@@ -33,7 +33,24 @@ NEGATIVES = (*TRANSFORMS, *RECIPE_NEGATIVES)
 def synthetic_anomaly(
     q: NDArray, intensity: NDArray, sigma: NDArray, kind: str, rng: np.random.Generator
 ) -> NDArray[np.float64]:
-    """Return a transformed copy of one resampled curve (same grid), with fresh noise added."""
+    """Return a transformed copy of one resampled curve (same grid), with fresh noise added.
+
+    Parameters
+    ----------
+    q
+        The model grid (1/angstrom).
+    intensity, sigma
+        One curve and its uncertainty on that grid; the added noise is half of ``sigma``.
+    kind
+        One of :data:`TRANSFORMS`.
+    rng
+        Draws the transform's size and the noise.
+
+    Raises
+    ------
+    ValueError
+        For a kind not in :data:`TRANSFORMS`.
+    """
     i = np.asarray(intensity, dtype=np.float64)
     level = np.median(np.abs(i[-len(i) // 8 :])) + 1e-12
     if kind == "scale":
@@ -66,6 +83,23 @@ def training_negatives(
     near-identical inputs stalled training). Recipe-level kinds are skipped with one
     recipe. Drift steps of 15 % and less were tried: they overlap normal scatter and one
     seed's training then stalled at a high loss; 30-80 % is used.
+
+    Parameters
+    ----------
+    q
+        The model grid (1/angstrom).
+    intensity, sigma, labels
+        The training normals on that grid and their recipe indices.
+    references
+        Reference curve of each recipe, shape (n_recipes, npt).
+    nearest
+        Index of the nearest other recipe of each recipe (the target of ``drift``).
+    kinds
+        Negative kinds to draw from (:data:`NEGATIVES`).
+    per_normal
+        Synthetic negatives per normal curve.
+    rng
+        Draws which curves are transformed, the kinds and the transforms.
     """
     n_rec = len(references)
     usable = [k for k in kinds if k in TRANSFORMS or n_rec > 1]

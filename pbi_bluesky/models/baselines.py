@@ -39,7 +39,17 @@ class Scorer(Protocol):
 
     def fit(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray,
             n_recipes: int) -> None:
-        """Fit on normal curves labelled with their recipe index."""
+        """Fit on normal curves labelled with their recipe index.
+
+        Parameters
+        ----------
+        intensity, sigma
+            Resampled normal curves and their uncertainties, shape (n, npt).
+        recipe_idx
+            Recipe index of each curve.
+        n_recipes
+            Number of recipes.
+        """
 
     def score(self, intensity: NDArray, sigma: NDArray, recipe_idx: NDArray) -> NDArray:
         """Return one anomaly score per curve under its recipe (higher: more anomalous)."""

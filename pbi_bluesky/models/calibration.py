@@ -50,7 +50,14 @@ def hyperscore(
 ) -> NDArray[np.float64]:
     """Return the paper's HyperScore of a confidence V in (0, 1].
 
-    A display scale in [100, 111.1].
+    A display scale in [100, 111.1]: ``100 * (1 + sigmoid(beta * ln V + gamma) ** kappa)``.
+
+    Parameters
+    ----------
+    confidence
+        V, clipped to [1e-12, 1].
+    beta, gamma, kappa
+        The paper's constants.
     """
     v = np.clip(np.asarray(confidence, dtype=np.float64), 1e-12, 1.0)
     sig = 1.0 / (1.0 + np.exp(-(beta * np.log(v) + gamma)))

@@ -263,6 +263,22 @@ class AnomalyDetector(FittedModel):
         prediction: ``predicted_composition`` is then empty; every expected recipe must be
         given. With per-recipe (Mondrian) calibration a curve is compared with the
         calibration normals of its expected recipe (the predicted one where none is given).
+
+        Parameters
+        ----------
+        intensity, sigma
+            Curves on the model grid and their uncertainties, shape (n, npt).
+        expected
+            Expected recipe of each curve, or None where unknown.
+        fdr
+            Flag by Benjamini-Hochberg at ``alpha`` over the batch instead of each p-value
+            against ``alpha``.
+        explain
+            As for :meth:`score`.
+        predict
+            Predict each curve's recipe.
+        shortlist
+            Number of chi-square-nearest recipes tried as the predicted recipe.
         """
         exp_idx = np.array([-1 if e is None else self._recipe_index(e) for e in expected],
                            dtype=np.int64)
@@ -323,8 +339,17 @@ class AnomalyDetector(FittedModel):
     ) -> list[Verdict]:
         """Score profiles against their expected recipes (a list, one recipe, or None).
 
-        ``explain``: ``"flagged"`` (default) adds features and Shapley attributions to
-        flagged profiles, ``"all"`` to every profile, ``"none"`` to none.
+        Parameters
+        ----------
+        profiles
+            Reduced profiles, resampled here onto the model grid.
+        expected
+            One recipe per profile, one recipe for all, or None (predicted).
+        fdr
+            As for :meth:`score_arrays`.
+        explain
+            ``"flagged"`` (default) adds features and Shapley attributions to flagged
+            profiles, ``"all"`` to every profile, ``"none"`` to none.
         """
         if isinstance(expected, str) or expected is None:
             expected = [expected] * len(profiles)

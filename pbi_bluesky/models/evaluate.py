@@ -51,7 +51,20 @@ class EvaluationResult:
 
 def metrics_for(labels: NDArray, scores: NDArray, flagged: NDArray,
                 kinds: NDArray) -> dict[str, Any]:
-    """AUC-ROC, AUPRC, precision, recall, F1 and FPR, overall and per anomaly kind."""
+    """Return AUC-ROC, AUPRC, precision, recall, F1 and FPR, overall and per anomaly kind.
+
+    Parameters
+    ----------
+    labels
+        1 for an anomaly, 0 for a normal.
+    scores
+        Anomaly scores (higher: more anomalous), for the AUCs.
+    flagged
+        The detector's decisions, for precision, recall, F1 and FPR.
+    kinds
+        Anomaly kind of each curve (``"normal"`` for normals); each kind is scored
+        against all normals.
+    """
 
     def block(y, s, f):
         tp = int(np.sum(f & (y == 1)))
@@ -110,6 +123,32 @@ def evaluate_arrays(
     Normals are split per recipe 60/20/20 into training, calibration and test, or, with
     ``n_fit_per_recipe``, that many per recipe go to training + calibration (3:1) and the
     rest to the test split.
+
+    Parameters
+    ----------
+    intensity, sigma
+        Curves on the model grid and their uncertainties, shape (n, npt).
+    recipes
+        Recipe of each curve.
+    labels, kinds
+        1 for an anomaly, 0 for a normal, and the anomaly kind (``"normal"`` for normals).
+    detector
+        A fitted detector to judge; default: one is trained on the training and
+        calibration normals with ``training``.
+    training
+        Settings of that detector; default ``TrainingConfig(alpha=alpha, seed=seed)``.
+    baselines
+        Names of the baselines compared (:data:`~.baselines.BASELINES`).
+    alpha
+        Level of the trained detector; every method is judged at the detector's alpha.
+    seed
+        Seed of the split (and of the default training).
+    progress
+        Show the training progress.
+    n_fit_per_recipe
+        See above.
+    nproc
+        See above.
     """
     from pbi_bluesky.profile import Profile
 

@@ -55,7 +55,14 @@ class RecipeLikelihood:
             components: int = 5) -> RecipeLikelihood:
         """Fit on one recipe's training normals, arrays (n, npt).
 
-        ``components`` is capped at n - 2.
+        Parameters
+        ----------
+        intensity, sigma
+            The recipe's training normals and their uncertainties.
+        q
+            The model grid (1/angstrom), for the low-q upturn templates.
+        components
+            Principal directions of the standardised batch scatter kept; capped at n - 2.
         """
         x = np.asarray(intensity, dtype=np.float64)
         s = np.asarray(sigma, dtype=np.float64)

@@ -190,7 +190,24 @@ def _calibration_inputs(core: Any, grid_q: NDArray, rng: np.random.Generator) ->
 
 def inference_settings(detector: Any, precision: str = "int8", scheme: str = "static",
                        seed: int = 0) -> dict[str, Any]:
-    """Return the ``"inference"`` section of ``model.json`` for ``precision`` (calibrates int8)."""
+    """Return the ``"inference"`` section of ``model.json`` for ``precision``.
+
+    Parameters
+    ----------
+    detector
+        The fitted detector; its networks are calibrated for static int8.
+    precision
+        One of :data:`PRECISIONS`.
+    scheme
+        int8 scheme: ``"static"`` (activation ranges calibrated here) or ``"dynamic"``.
+    seed
+        Seed of the calibration curves.
+
+    Raises
+    ------
+    ValueError
+        For an unknown precision.
+    """
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {PRECISIONS}, got {precision!r}")
     if precision == "float32":

@@ -68,6 +68,17 @@ class QGrid:
         The ``preferred`` grid if every profile covers it, else the widest range inside it
         that every profile covers (at least a factor ``min_span`` in q).
 
+        Parameters
+        ----------
+        profiles
+            The profiles to cover.
+        npt
+            Number of grid points.
+        preferred
+            The q range wanted (1/angstrom).
+        min_span
+            Smallest acceptable ratio of the range's ends.
+
         Raises
         ------
         CoverageError

@@ -120,6 +120,13 @@ class Trainer:
 
         See :func:`~.augment.training_negatives`; kinds come from
         ``TrainingConfig.negatives``.
+
+        Parameters
+        ----------
+        intensity, sigma, labels
+            The training normals on the model grid and their recipe indices.
+        rng
+            Draws the synthetic negatives.
         """
         m = self.model
         cfg = m.training

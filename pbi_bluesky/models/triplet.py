@@ -24,7 +24,26 @@ def pairwise_distances(emb: torch.Tensor) -> torch.Tensor:
 def triplet_loss(
     emb: torch.Tensor, labels: torch.Tensor, margin: float = 0.2, mining: str = "semi-hard"
 ) -> torch.Tensor:
-    """Mean triplet loss over the mined triplets of a batch (0 if none exist)."""
+    """Return the mean triplet loss over the mined triplets of a batch (0 if none exist).
+
+    Parameters
+    ----------
+    emb
+        Embeddings of the batch, shape (n, dim).
+    labels
+        Triplet label of each embedding.
+    margin
+        Margin between positive and negative distances.
+    mining
+        ``"semi-hard"``: for each anchor-positive pair the nearest negative farther than
+        the positive (the hardest negative where none is); ``"hard"``: each anchor's
+        farthest positive and nearest negative.
+
+    Raises
+    ------
+    ValueError
+        For an unknown ``mining``.
+    """
     dist = pairwise_distances(emb)
     same = labels.unsqueeze(0) == labels.unsqueeze(1)
     eye = torch.eye(len(labels), dtype=torch.bool, device=emb.device)

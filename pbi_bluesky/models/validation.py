@@ -25,6 +25,15 @@ def synthetic_check(detector: Any, intensity: NDArray, sigma: NDArray, labels: N
     scored by the model that did not train on the original curve (``folds[k]`` are the
     calibration normals of ``detector.models[k]``); recall uses the pooled threshold (the
     models agreeing on a score).
+
+    Parameters
+    ----------
+    detector
+        The fitted cross-conformal detector.
+    intensity, sigma, labels
+        Curves on the model grid, their uncertainties and recipe indices.
+    folds
+        Indices of the calibration normals of each of ``detector.models``.
     """
     from sklearn.metrics import roc_auc_score
 
