@@ -209,8 +209,6 @@ def _background(job: RescoreJob, cell_uid: str | None) -> Any:
 def rescore_run(job: RescoreJob, raw_uid: str, cell_uid: str | None = None) -> dict[str, Any]:
     """Re-score one raw run and write its analysis run (see the module docstring);
     ``cell_uid``: the empty-cell run whose background to subtract."""
-    from bluesky_tiled_plugins import TiledWriter
-
     from pbi_bluesky.scoring.analysis import explain_frame
 
     core, catalog = _scorer_and_runs(job)
@@ -221,7 +219,7 @@ def rescore_run(job: RescoreJob, raw_uid: str, cell_uid: str | None = None) -> d
     analysis = core.begin_analysis(start, live=False, extra={
         "pbi_rescore": True, "rescore_of": raw_uid,
         "rescored_at": datetime.now().isoformat(timespec="seconds")})
-    writer = TiledWriter(runs, batch_size=job.tiled_batch, normalizer=None)
+    writer = catalog.writer(job.tiled_batch, composed=True)
     writer("start", analysis.bundle.start_doc)
     writer("descriptor", analysis.verdicts.descriptor_doc)
     writer("descriptor", analysis.explanations.descriptor_doc)

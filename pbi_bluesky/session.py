@@ -18,6 +18,7 @@ The IPython profile (``pbi ipython``), the queue server's worker (``start-re-man
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import logging
 from dataclasses import dataclass, field
@@ -145,7 +146,10 @@ def build_session(
                       readable=cfg.data_roots)
     raw_spool = SpoolSink(root / "spool" / "raw", catalog.writer,
                           delete_partial=catalog.delete_partial)
-    analysis_spool = SpoolSink(root / "spool" / "analysis", catalog.writer,
+    # analysis documents are composed here in the current schema: no normalizer (~10 ms of
+    # CPU per event saved on the spool's thread, issue 22)
+    analysis_spool = SpoolSink(root / "spool" / "analysis",
+                               functools.partial(catalog.writer, composed=True),
                                delete_partial=catalog.delete_partial)
     sinks: list[Any] = [analysis_spool]
     extras: dict[str, Any] = {}

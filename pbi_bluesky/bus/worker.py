@@ -20,6 +20,7 @@ Each worker
 
 from __future__ import annotations
 
+import functools
 import logging
 import os
 import socket
@@ -458,18 +459,9 @@ class BusWorker:
 
 
 def tiled_writer_factory(catalog: Any, batch_size: int = 256) -> Any:
-    """A factory of ``TiledWriter``\\ s for a :class:`~pbi_bluesky.store.Catalog`'s runs
-    container, writing events in batches of ``batch_size``."""
-    def factory() -> Any:
-        from bluesky_tiled_plugins import TiledWriter
+    """Return a factory of analysis-run writers for a :class:`~pbi_bluesky.store.Catalog`.
 
-        try:
-            # normalizer=None: analysis documents are composed in the current schema, and
-            # the normalizer's jsonschema check of every event (three 400-point curves) cost
-            # ~10 ms of CPU per event, on the thread the worker scores on
-            return TiledWriter(catalog.runs, batch_size=batch_size, normalizer=None)
-        except Exception:
-            catalog.reset()
-            raise
-
-    return factory
+    ``Catalog.writer`` is the one ``TiledWriter`` factory; the coordinator writes events in
+    batches of ``batch_size`` and skips the normalizer (its documents are composed here).
+    """
+    return functools.partial(catalog.writer, batch_size, composed=True)
