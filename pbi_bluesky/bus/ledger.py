@@ -111,6 +111,7 @@ class Ops:
         return self.count
 
     def add(self, op: str, *args: Any) -> Ops:
+        """Append one allowed Redis write ``op args...`` and return the batch (chainable)."""
         if op not in _ALLOWED and op != "RESULT":
             raise ValueError(f"operation {op} is not allowed in a ledger batch")
         self.args += [op, len(args), *args]
@@ -220,12 +221,14 @@ class Lease:
 
 # -- result records -----------------------------------------------------------------------
 def profile_to_dict(profile: Profile) -> dict[str, Any]:
+    """Return a profile as a mapping the wire codec carries (arrays, metadata, provenance)."""
     return {"q": profile.q_inv_angstrom, "intensity": profile.intensity,
             "sigma": profile.sigma, "metadata": _plain(profile.metadata),
             "provenance": _plain(profile.provenance)}
 
 
 def profile_from_dict(d: dict[str, Any]) -> Profile:
+    """Return the profile of a mapping written by :func:`profile_to_dict`."""
     return Profile(np.asarray(d["q"]), np.asarray(d["intensity"]), np.asarray(d["sigma"]),
                    metadata=dict(d.get("metadata") or {}),
                    provenance=dict(d.get("provenance") or {}))
@@ -260,8 +263,10 @@ def encode_result(result: FrameResult, resampled: tuple[np.ndarray, np.ndarray] 
 
 
 def decode_result(blob: bytes) -> dict[str, Any]:
-    """Inverse of :func:`encode_result`: ``result`` becomes a FrameResult, ``resampled``
-    an (intensity, sigma) pair or None."""
+    """Decode a record written by :func:`encode_result`.
+
+    ``result`` becomes a FrameResult, ``resampled`` an (intensity, sigma) pair or None.
+    """
     record = decode(blob)
     record["result"] = FrameResult(**record["result"])
     record["resampled"] = ((record.pop("intensity"), record.pop("sigma"))
