@@ -119,7 +119,19 @@ class Ops:
         return self
 
     def result(self, names: BusNames, run_uid: str, key: str, blob: bytes) -> Ops:
-        """Write one frame's result (write-once; see :data:`RECORD`)."""
+        """Write one frame's result (write-once; see :data:`RECORD`).
+
+        Parameters
+        ----------
+        names
+            The beamline's key names.
+        run_uid
+            Start uid of the raw run the frame belongs to.
+        key
+            The frame's key, :func:`~pbi_bluesky.bus.names.frame_key`.
+        blob
+            The record, :func:`encode_result`.
+        """
         return self.add("RESULT", names.run_results(run_uid), names.run(run_uid),
                         names.results, names.stats, key, blob, run_uid, names.frames,
                         SCORER_GROUP, "")
@@ -137,7 +149,21 @@ class Ledger:
 
     def record(self, run_uid: str, key: str, blob: bytes, entry_id: str | bytes,
                pipe: Any = None) -> Any:
-        """Write a result once and acknowledge its work item (see :data:`RECORD`)."""
+        """Write a result once and acknowledge its work item (see :data:`RECORD`).
+
+        Parameters
+        ----------
+        run_uid
+            Start uid of the raw run the frame belongs to.
+        key
+            The frame's key, :func:`~pbi_bluesky.bus.names.frame_key`.
+        blob
+            The record, :func:`encode_result`.
+        entry_id
+            The work item's entry on the frames stream, acknowledged (``""``: none).
+        pipe
+            A Redis pipeline to queue the call on (default: run it now).
+        """
         n = self.names
         return self._record(keys=[n.run_results(run_uid), n.run(run_uid), n.results, n.stats,
                                   n.frames],
@@ -248,7 +274,23 @@ def _plain(value: Any) -> Any:
 def encode_result(result: FrameResult, resampled: tuple[np.ndarray, np.ndarray] | None, *,
                   profile: Profile | None = None, explanation: tuple[str, dict] | None = None,
                   worker: str = "", extra: dict[str, Any] | None = None) -> bytes:
-    """One frame's result as stored in ``run.<uid>.results``."""
+    """Return one frame's result as stored in ``run.<uid>.results``.
+
+    Parameters
+    ----------
+    result
+        The frame's verdict (stored as a plain mapping).
+    resampled
+        The frame's (intensity, sigma) on the model's q grid, or None.
+    profile
+        A reduced profile to keep with it (the worker keeps reference frames').
+    explanation
+        ``(status, features)`` of the frame's attribution, or None.
+    worker
+        Name of the worker that made it.
+    extra
+        More entries for the record.
+    """
     record: dict[str, Any] = {"result": _plain(asdict(result)), "worker": worker,
                               "t": time.time()}
     if resampled is not None:
