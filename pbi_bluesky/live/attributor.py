@@ -81,7 +81,21 @@ class Attributor:
 
     def submit(self, run_uid: str, run: AnalysisRun | None, result: FrameResult,
                intensity: np.ndarray, sigma: np.ndarray, recipe: str) -> None:
-        """Queue a flagged frame for explanation (worker thread)."""
+        """Queue a flagged frame for explanation (worker thread).
+
+        Parameters
+        ----------
+        run_uid
+            Start uid of the raw run (not used here: ``run`` carries what is needed).
+        run
+            The analysis run the explanation goes into; None: nothing is queued.
+        result
+            The frame's verdict; the explanation fills its attributions.
+        intensity, sigma
+            The frame resampled on the model's q grid.
+        recipe
+            The frame's expected composition.
+        """
         if run is None or getattr(self.model, "population", None) is None:
             return
         with self._pending_lock:
@@ -96,7 +110,21 @@ class Attributor:
 
     def finish_run(self, run_uid: str, run: AnalysisRun | None, received: int,
                    raw_stop: dict[str, Any], dropped_control: int) -> None:
-        """Close the analysis run after its queued explanations (worker thread)."""
+        """Close the analysis run after its queued explanations (worker thread).
+
+        Parameters
+        ----------
+        run_uid
+            Start uid of the raw run; its verdict channel entry is finished.
+        run
+            The analysis run, whose stop document is emitted (None: only the channel).
+        received
+            Frames received from the raw run.
+        raw_stop
+            The raw run's stop document.
+        dropped_control
+            Control documents the inbox dropped, for the run's summary.
+        """
         self._queue.put(("stop", run_uid, run, received, raw_stop, dropped_control))
 
     def join(self, timeout: float) -> bool:
