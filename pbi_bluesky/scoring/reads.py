@@ -150,6 +150,17 @@ def read_rows(cache: ReadCache, path: Path, dataset: str, indices: list[int]) ->
     range and frames whose chunk is not stored yet (an SWMR writer extended the dataset
     first: :func:`~pbi_bluesky.reduction.frame_stored`) are left out; their frame-by-frame
     read reports it.
+
+    Parameters
+    ----------
+    cache
+        The batch's cache: its open file, its reused buffers, and ``rows`` filled here.
+    path
+        The HDF5 file (already confined to the data roots).
+    dataset
+        The ``(n, ny, nx)`` dataset in it; any other shape reads nothing.
+    indices
+        Frame numbers to read, sorted.
     """
     node = cache.node(path, dataset)
     if node.ndim != 3:
