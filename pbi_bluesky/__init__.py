@@ -1,0 +1,1 @@
+"""PolyBlendInsight for Bluesky: live SAXS anomaly detection for polymer blends."""

@@ -65,7 +65,7 @@ class NDPluginBaseGroup(NDArrayBaseGroup):
         self._worker: asyncio.Task | None = None
 
     async def receive(self, array: NDArray, port: str) -> None:
-        """An array from ``port``: process it now, queue it, or ignore it."""
+        """Take an array from ``port``: process it now, queue it, or ignore it."""
         if str(self.nd_array_port.readback.value) != port:
             return
         if not is_on(self.enable_callbacks.readback.value):
@@ -112,11 +112,11 @@ class NDPluginBaseGroup(NDArrayBaseGroup):
         await self.execution_time.write(1e3 * (time.perf_counter() - t0))
 
     async def process(self, array: NDArray) -> None:
-        """What the plugin does with an array (override)."""
+        """Do what the plugin does with an array (override)."""
 
 
 def make_std_arrays_class(n_pixels: int) -> type[NDPluginBaseGroup]:
-    """The NDStdArrays plugin class for frames of ``n_pixels`` (waveform length is static)."""
+    """Return the NDStdArrays plugin class for frames of ``n_pixels`` (static waveform length)."""
 
     class NDStdArraysGroup(NDPluginBaseGroup):
         """``NDStdArrays.template``: the last array as a flat int32 waveform (``ArrayData``)."""
@@ -204,6 +204,7 @@ class NDFileGroup(NDPluginBaseGroup):
     # -- setpoints with behaviour ------------------------------------------------------------
     @file_path.setpoint.putter
     async def file_path(obj: Any, instance: Any, value: str) -> str:
+        """Set FilePath: add the trailing '/', confine it to the data root, set FilePathExists."""
         plugin: NDFileGroup = obj.parent
         text = value.strip()
         if text and not text.endswith("/"):
@@ -220,6 +221,7 @@ class NDFileGroup(NDPluginBaseGroup):
 
     @capture.setpoint.putter
     async def capture(obj: Any, instance: Any, value: str) -> str:
+        """Start (Capture) or stop (Done) capturing; stays Done if the start is refused."""
         plugin: NDFileGroup = obj.parent
         log.info("%sCapture = %s (%s mode)", plugin.prefix, value, plugin._mode())
         if is_on(value):
@@ -229,6 +231,7 @@ class NDFileGroup(NDPluginBaseGroup):
 
     @write_file.setpoint.putter
     async def write_file(obj: Any, instance: Any, value: str) -> str:
+        """Write the captured arrays, else the last array, into one new file (WriteFile)."""
         plugin: NDFileGroup = obj.parent
         if is_on(value):
             arrays = plugin._buffer if plugin._buffer else (
@@ -249,7 +252,7 @@ class NDFileGroup(NDPluginBaseGroup):
         await self.write_status.write("Write error" if error else "Write OK")
 
     async def next_file_name(self) -> Path | None:
-        """The next file's path from FileTemplate (None, reported, when it cannot be made)."""
+        """Return the next file's path from FileTemplate (None, reported, if it cannot be made)."""
         if self._directory is None:
             await self.report(f"FilePath {self.file_path.readback.value!r} is not usable "
                               "(FilePathExists_RBV = No): nothing written", error=True)
@@ -353,12 +356,18 @@ class NDFileGroup(NDPluginBaseGroup):
         await self.report(f"wrote {len(arrays)} frame(s) to {self.full_file_name.value}")
 
     async def describe_array(self, array: NDArray) -> None:
+        """Publish the array's description, and its width and height as ArraySize0/1."""
         await super().describe_array(array)
         ny, nx = array.data.shape
         await self.array_size0_w.write(nx)
         await self.array_size1_w.write(ny)
 
     async def process(self, array: NDArray) -> None:
+        """Keep the array as the last one, and file it as FileWriteMode says.
+
+        Single: saved when AutoSave is on. While capturing: buffered (Capture) or written
+        (Stream), and capturing stops after NumCapture arrays.
+        """
         self._last = array
         mode = self._mode()
         if mode == "Single":
@@ -389,10 +398,13 @@ class NDFileGroup(NDPluginBaseGroup):
 
     # -- format hooks ----------------------------------------------------------------------
     async def open_file(self, path: Path, shape: tuple[int, int]) -> None:  # pragma: no cover
+        """Open a new file at ``path`` for frames of ``shape`` (format hook)."""
         raise NotImplementedError
 
     async def write_array(self, array: NDArray) -> None:  # pragma: no cover
+        """Append one array to the open file (format hook)."""
         raise NotImplementedError
 
     async def close_file(self) -> None:  # pragma: no cover
+        """Close the open file (format hook)."""
         raise NotImplementedError

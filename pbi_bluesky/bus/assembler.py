@@ -80,6 +80,7 @@ class Assembler:
         self.reset()
 
     def reset(self) -> None:
+        """Forget the writer and the in-memory runs (before :meth:`recover` rebuilds them)."""
         self._writer: Any = None
         self._runs: dict[str, _Analysis] = {}
         self._dirty: set[str] = set()
@@ -107,8 +108,11 @@ class Assembler:
 
     # -- recovery ---------------------------------------------------------------------------
     def recover(self) -> None:
-        """Rewrite every open run (after taking the lease over), then take over the
-        notifications a previous coordinator left unacknowledged."""
+        """Rewrite every open run, then take over unacknowledged notifications.
+
+        Called after taking the lease over: the notifications are those a previous
+        coordinator left unacknowledged.
+        """
         for uid in sorted(_s(u) for u in self.client.smembers(self.names.open_runs)):
             self._rewrite(uid)
         cursor = "0-0"
@@ -195,7 +199,7 @@ class Assembler:
         return len(entries)
 
     def _prefetch(self, entries: list) -> dict[tuple[str, str], bytes]:
-        """The result records a batch of notifications points at, one HMGET per run."""
+        """Return the result records a batch of notifications points at, one HMGET per run."""
         wanted: dict[str, list[str]] = {}
         for _entry_id, fields in entries:
             if fields and fields.get(b"kind") == b"result":

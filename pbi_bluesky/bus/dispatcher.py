@@ -349,7 +349,7 @@ class Dispatcher:
         return self._cells_len
 
     def _background(self, ops: Ops, batch_ops: Ops) -> str | None:
-        """The latest successful empty-cell frame before now (waits for pending ones)."""
+        """Return the latest successful empty-cell frame before now (waits for pending ones)."""
         n = self._cells()
         if self._bg_upto >= n:
             return self._bg_ref

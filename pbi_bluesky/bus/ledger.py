@@ -111,6 +111,7 @@ class Ops:
         return self.count
 
     def add(self, op: str, *args: Any) -> Ops:
+        """Append one allowed Redis write ``op args...`` and return the batch (chainable)."""
         if op not in _ALLOWED and op != "RESULT":
             raise ValueError(f"operation {op} is not allowed in a ledger batch")
         self.args += [op, len(args), *args]
@@ -118,7 +119,19 @@ class Ops:
         return self
 
     def result(self, names: BusNames, run_uid: str, key: str, blob: bytes) -> Ops:
-        """Write one frame's result (write-once; see :data:`RECORD`)."""
+        """Write one frame's result (write-once; see :data:`RECORD`).
+
+        Parameters
+        ----------
+        names
+            The beamline's key names.
+        run_uid
+            Start uid of the raw run the frame belongs to.
+        key
+            The frame's key, :func:`~pbi_bluesky.bus.names.frame_key`.
+        blob
+            The record, :func:`encode_result`.
+        """
         return self.add("RESULT", names.run_results(run_uid), names.run(run_uid),
                         names.results, names.stats, key, blob, run_uid, names.frames,
                         SCORER_GROUP, "")
@@ -136,7 +149,21 @@ class Ledger:
 
     def record(self, run_uid: str, key: str, blob: bytes, entry_id: str | bytes,
                pipe: Any = None) -> Any:
-        """Write a result once and acknowledge its work item (see :data:`RECORD`)."""
+        """Write a result once and acknowledge its work item (see :data:`RECORD`).
+
+        Parameters
+        ----------
+        run_uid
+            Start uid of the raw run the frame belongs to.
+        key
+            The frame's key, :func:`~pbi_bluesky.bus.names.frame_key`.
+        blob
+            The record, :func:`encode_result`.
+        entry_id
+            The work item's entry on the frames stream, acknowledged (``""``: none).
+        pipe
+            A Redis pipeline to queue the call on (default: run it now).
+        """
         n = self.names
         return self._record(keys=[n.run_results(run_uid), n.run(run_uid), n.results, n.stats,
                                   n.frames],
@@ -220,12 +247,14 @@ class Lease:
 
 # -- result records -----------------------------------------------------------------------
 def profile_to_dict(profile: Profile) -> dict[str, Any]:
+    """Return a profile as a mapping the wire codec carries (arrays, metadata, provenance)."""
     return {"q": profile.q_inv_angstrom, "intensity": profile.intensity,
             "sigma": profile.sigma, "metadata": _plain(profile.metadata),
             "provenance": _plain(profile.provenance)}
 
 
 def profile_from_dict(d: dict[str, Any]) -> Profile:
+    """Return the profile of a mapping written by :func:`profile_to_dict`."""
     return Profile(np.asarray(d["q"]), np.asarray(d["intensity"]), np.asarray(d["sigma"]),
                    metadata=dict(d.get("metadata") or {}),
                    provenance=dict(d.get("provenance") or {}))
@@ -245,7 +274,23 @@ def _plain(value: Any) -> Any:
 def encode_result(result: FrameResult, resampled: tuple[np.ndarray, np.ndarray] | None, *,
                   profile: Profile | None = None, explanation: tuple[str, dict] | None = None,
                   worker: str = "", extra: dict[str, Any] | None = None) -> bytes:
-    """One frame's result as stored in ``run.<uid>.results``."""
+    """Return one frame's result as stored in ``run.<uid>.results``.
+
+    Parameters
+    ----------
+    result
+        The frame's verdict (stored as a plain mapping).
+    resampled
+        The frame's (intensity, sigma) on the model's q grid, or None.
+    profile
+        A reduced profile to keep with it (the worker keeps reference frames').
+    explanation
+        ``(status, features)`` of the frame's attribution, or None.
+    worker
+        Name of the worker that made it.
+    extra
+        More entries for the record.
+    """
     record: dict[str, Any] = {"result": _plain(asdict(result)), "worker": worker,
                               "t": time.time()}
     if resampled is not None:
@@ -260,8 +305,10 @@ def encode_result(result: FrameResult, resampled: tuple[np.ndarray, np.ndarray] 
 
 
 def decode_result(blob: bytes) -> dict[str, Any]:
-    """Inverse of :func:`encode_result`: ``result`` becomes a FrameResult, ``resampled``
-    an (intensity, sigma) pair or None."""
+    """Decode a record written by :func:`encode_result`.
+
+    ``result`` becomes a FrameResult, ``resampled`` an (intensity, sigma) pair or None.
+    """
     record = decode(blob)
     record["result"] = FrameResult(**record["result"])
     record["resampled"] = ((record.pop("intensity"), record.pop("sigma"))

@@ -35,7 +35,7 @@ SCORER_GROUP = "pbi-scorers"
 
 
 def frame_key(stream: str, seq_num: int) -> str:
-    """The identity of a frame within its raw run: bluesky numbers events per stream."""
+    """Return the identity of a frame within its raw run: bluesky numbers events per stream."""
     return f"{stream}/{int(seq_num)}"
 
 
@@ -51,6 +51,7 @@ class BusNames:
 
     @property
     def documents(self) -> str:
+        """The documents stream, in the facility's layout (entries keyed by start uid)."""
         return f"{self.beamline}.bluesky.runengine.documents"
 
     def _pbi(self, suffix: str) -> str:
@@ -58,34 +59,42 @@ class BusNames:
 
     @property
     def frames(self) -> str:
+        """Per-frame work items (consumer group ``pbi-scorers``)."""
         return self._pbi("frames")
 
     @property
     def results(self) -> str:
+        """Notifications: a run began, a frame's result is in, a run ended."""
         return self._pbi("results")
 
     @property
     def dead(self) -> str:
+        """Dead letters: the entry, where it came from, why."""
         return self._pbi("dead")
 
     @property
     def open_runs(self) -> str:
+        """Runs not yet closed."""
         return self._pbi("open")
 
     @property
     def cells(self) -> str:
+        """Empty-cell frames, in order."""
         return self._pbi("cells")
 
     @property
     def background(self) -> str:
+        """The resolved background."""
         return self._pbi("background")
 
     @property
     def lease(self) -> str:
+        """The coordinator lease (one worker dispatches and assembles)."""
         return self._pbi("coordinator")
 
     @property
     def stats(self) -> str:
+        """Counters."""
         return self._pbi("stats")
 
     @property
@@ -95,6 +104,7 @@ class BusNames:
 
     @property
     def errors(self) -> str:
+        """Last unexpected error per work item."""
         return self._pbi("errors")
 
     @property
@@ -103,18 +113,23 @@ class BusNames:
         return self._pbi("assembler.cursor")
 
     def run(self, uid: str) -> str:
+        """Return the run ledger's key: context documents, frame counts, state."""
         return self._pbi(f"run.{uid}")
 
     def run_results(self, uid: str) -> str:
+        """Return the key of a run's results by frame key (write-once)."""
         return self._pbi(f"run.{uid}.results")
 
     def run_parts(self, uid: str) -> str:
+        """Return the key of a run's parts of frames not yet complete (the dispatcher's join)."""
         return self._pbi(f"run.{uid}.parts")
 
     def run_emitted(self, uid: str) -> str:
+        """Return the key of a run's frame keys already dispatched (duplicate documents)."""
         return self._pbi(f"run.{uid}.emitted")
 
     def run_datums(self, uid: str) -> str:
+        """Return the key of a run's Datum documents by datum id."""
         return self._pbi(f"run.{uid}.datums")
 
     def run_keys(self, uid: str) -> list[str]:
@@ -124,8 +139,10 @@ class BusNames:
 
 
 def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0) -> Any:
-    """A Redis client (binary replies) with bounded timeouts: a broker that is down is an
-    error after ``connect_timeout`` seconds, never a hang."""
+    """Return a Redis client (binary replies) with bounded timeouts.
+
+    A broker that is down is an error after ``connect_timeout`` seconds, never a hang.
+    """
     import redis
 
     return redis.Redis.from_url(url, socket_timeout=socket_timeout,

@@ -1,5 +1,8 @@
-"""``pbi simulate``, ``pbi reduce`` and ``pbi calibrate-absolute``: labelled datasets,
-2D -> 1D reduction, and the absolute-intensity scale factor from a measured standard."""
+"""``pbi simulate``, ``pbi reduce`` and ``pbi calibrate-absolute``.
+
+Labelled datasets, 2D -> 1D reduction, and the absolute-intensity scale factor from a
+measured standard.
+"""
 
 from __future__ import annotations
 
@@ -157,8 +160,11 @@ def calibrate_absolute(
         help="Scale file to write (default: beside the PONI, <stem>.absolute.json).")] = None,
     force: Annotated[bool, typer.Option(help="Replace an existing scale file.")] = False,
 ) -> None:
-    """Absolute-intensity scale factor from a measured standard (water), stored beside the
-    PONI; `pbi reduce`, training, scoring and the live scorer apply it from then on."""
+    """Compute the absolute-intensity scale factor from a measured standard (water).
+
+    It is stored beside the PONI; `pbi reduce`, training, scoring and the live
+    scorer apply it from then on.
+    """
     from pbi_bluesky.reduction import (
         WATER_INV_CM_20C,
         Reducer,

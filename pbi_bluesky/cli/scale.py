@@ -1,5 +1,7 @@
-"""``pbi index-catalog``: indexes for the keys ``pbi flagged`` compares, on a Tiled catalog
-in PostgreSQL."""
+"""``pbi index-catalog``: indexes for the keys ``pbi flagged`` compares.
+
+They are made on a Tiled catalog in PostgreSQL.
+"""
 
 from __future__ import annotations
 
@@ -16,9 +18,11 @@ def index_catalog(
         help="The catalog database tiled serves, postgresql://... or "
              "postgresql+asyncpg://... (not the HTTP URI).")],
 ) -> None:
-    """Create the B-tree expression indexes that serve ``pbi flagged`` comparisons on a
-    Tiled catalog in PostgreSQL (idempotent; restart tiled afterwards so its connections
-    pick up plan_cache_mode). SQLite catalogs need none."""
+    """Create the B-tree expression indexes that serve ``pbi flagged`` comparisons.
+
+    For a Tiled catalog in PostgreSQL; idempotent. Restart tiled afterwards so its
+    connections pick up plan_cache_mode. SQLite catalogs need none.
+    """
     from pbi_bluesky.store import catalog_indexes, create_catalog_indexes
 
     try:

@@ -46,6 +46,7 @@ class DemoRow:
     chi2_vs_reference: float
 
     def as_dict(self) -> dict[str, Any]:
+        """Return the row's fields as a new dict."""
         return dict(self.__dict__)
 
 
@@ -135,7 +136,7 @@ def run_offline_demo(out_dir: str | Path, *, seed: int = 7, progress: bool = Tru
 
 
 def format_table(rows: list[DemoRow]) -> str:
-    """The summary as a fixed-width text table."""
+    """Return the summary as a fixed-width text table."""
     head = f"{'sample':8} {'label':7} {'truth':18} {'sev':>5} {'q*(1/A)':>8} {'d(A)':>7} " \
            f"{'Q':>10} {'chi2/ref':>9}"
     lines = [head, "-" * len(head)]

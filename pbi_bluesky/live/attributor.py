@@ -30,14 +30,17 @@ Sink = Callable[[str, dict], Any]
 
 
 class Emitter:
-    """Calls every sink with each document, one document at a time (thread-safe); a sink
-    that raises is logged and skipped, never allowed to stop scoring."""
+    """Calls every sink with each document, one document at a time (thread-safe).
+
+    A sink that raises is logged and skipped, never allowed to stop scoring.
+    """
 
     def __init__(self, sinks: list[Sink]) -> None:
         self.sinks = sinks
         self._lock = threading.Lock()
 
     def emit(self, name: str, doc: dict) -> None:
+        """Hand one document to every sink, in order."""
         with self._lock:
             for sink in self.sinks:
                 try:
@@ -46,14 +49,17 @@ class Emitter:
                     logger.exception("pbi live scorer: sink %r failed on %s", sink, name)
 
     def emit_run_start(self, run: AnalysisRun) -> None:
+        """Emit an analysis run's start and its two descriptors (verdicts, explanations)."""
         self.emit("start", run.bundle.start_doc)
         self.emit("descriptor", run.verdicts.descriptor_doc)
         self.emit("descriptor", run.explanations.descriptor_doc)
 
 
 class Attributor:
-    """Thread that explains flagged frames (fitted descriptors + exact Shapley values) and
-    closes analysis runs once their explanations are out.
+    """Thread that explains flagged frames and closes analysis runs.
+
+    A flagged frame is explained by fitted descriptors and exact Shapley values; an
+    analysis run is closed once its explanations are out.
 
     Parameters
     ----------
@@ -75,7 +81,21 @@ class Attributor:
 
     def submit(self, run_uid: str, run: AnalysisRun | None, result: FrameResult,
                intensity: np.ndarray, sigma: np.ndarray, recipe: str) -> None:
-        """Queue a flagged frame for explanation (worker thread)."""
+        """Queue a flagged frame for explanation (worker thread).
+
+        Parameters
+        ----------
+        run_uid
+            Start uid of the raw run (not used here: ``run`` carries what is needed).
+        run
+            The analysis run the explanation goes into; None: nothing is queued.
+        result
+            The frame's verdict; the explanation fills its attributions.
+        intensity, sigma
+            The frame resampled on the model's q grid.
+        recipe
+            The frame's expected composition.
+        """
         if run is None or getattr(self.model, "population", None) is None:
             return
         with self._pending_lock:
@@ -90,10 +110,25 @@ class Attributor:
 
     def finish_run(self, run_uid: str, run: AnalysisRun | None, received: int,
                    raw_stop: dict[str, Any], dropped_control: int) -> None:
-        """Close the analysis run after its queued explanations (worker thread)."""
+        """Close the analysis run after its queued explanations (worker thread).
+
+        Parameters
+        ----------
+        run_uid
+            Start uid of the raw run; its verdict channel entry is finished.
+        run
+            The analysis run, whose stop document is emitted (None: only the channel).
+        received
+            Frames received from the raw run.
+        raw_stop
+            The raw run's stop document.
+        dropped_control
+            Control documents the inbox dropped, for the run's summary.
+        """
         self._queue.put(("stop", run_uid, run, received, raw_stop, dropped_control))
 
     def join(self, timeout: float) -> bool:
+        """Wait until every queued task is done; False on timeout."""
         deadline = time.monotonic() + timeout
         while self._queue.unfinished_tasks:
             if time.monotonic() > deadline:
@@ -102,6 +137,7 @@ class Attributor:
         return True
 
     def close(self, timeout: float = 10.0) -> None:
+        """Stop the thread after the tasks already queued (waits at most ``timeout`` s)."""
         self._queue.put(None)
         self._thread.join(timeout)
 

@@ -27,7 +27,7 @@ FRAME_DOCS = frozenset({"event", "event_page", "stream_datum", "stream_datum_pag
 
 
 def shed_marker(name: str, doc: dict[str, Any]) -> dict[str, Any]:
-    """What the worker needs to account for the frames of a document it never gets."""
+    """Return what the worker needs to account for the frames of a document it never gets."""
     marker: dict[str, Any] = {"name": name, "descriptor": doc.get("descriptor")}
     if name == "event":
         marker["seq_nums"] = [doc.get("seq_num")]
@@ -111,7 +111,7 @@ class Inbox:
             return name != "shed"
 
     def get(self, timeout: float | None = None) -> tuple[str, dict[str, Any]] | None:
-        """The next document (``None`` after ``timeout`` s with nothing queued)."""
+        """Return the next document (``None`` after ``timeout`` s with nothing queued)."""
         with self._cond:
             if not self._items:
                 self._cond.wait(timeout)
@@ -126,7 +126,7 @@ class Inbox:
             return name, doc
 
     def task_done(self) -> None:
-        """The consumer finished one document."""
+        """Mark one document as finished by the consumer."""
         with self._cond:
             self.unfinished -= 1
             self._cond.notify_all()

@@ -60,14 +60,17 @@ class ScorePlot(QtAwareCallback):
         return self._fig.axes[0], self._fig.axes[1]
 
     def start(self, doc: dict[str, Any]) -> None:
+        """Take the sample label and the threshold from an analysis run's start."""
         self._label = f"{doc.get('sample') or ''} slot {doc.get('slot')}"
         self._threshold = doc.get("threshold")
 
     def descriptor(self, doc: dict[str, Any]) -> None:
+        """Remember the descriptors of the verdict stream (others are not plotted)."""
         if doc.get("name") == self.stream:
             self._descriptors.add(doc["uid"])
 
     def event(self, doc: dict[str, Any]) -> None:
+        """Plot a scored frame's score and its I(q) (other statuses are skipped)."""
         if doc.get("descriptor") not in self._descriptors:
             return
         data = doc["data"]

@@ -47,7 +47,7 @@ DOCUMENT_NAMES = frozenset({"start", "descriptor", "event", "event_page", "stop"
 
 
 def decode_payload(payload: bytes) -> dict[str, Any]:
-    """The deserializer of the remote end: a msgpack mapping, or :class:`DecodeError`."""
+    """Decode a message at the remote end: a msgpack mapping, or :class:`DecodeError`."""
     doc = decode(payload)
     if not isinstance(doc, dict):
         raise DecodeError(f"a document must be a mapping, got {type(doc).__name__}")
@@ -55,7 +55,7 @@ def decode_payload(payload: bytes) -> dict[str, Any]:
 
 
 def _safe_dispatcher(address: Any, prefix: bytes) -> Any:
-    """bluesky's ``RemoteDispatcher`` with msgpack, and messages checked before dispatch.
+    """Return bluesky's ``RemoteDispatcher`` with msgpack, and messages checked before dispatch.
 
     bluesky's own receive loop looks the document name up with ``DocumentNames[name]``
     outside its error handling, so one message with an unknown name would end it; this
@@ -165,7 +165,7 @@ def make_publisher(
     prefix: bytes = b"",
     settle: float = 0.5,
 ) -> Publisher:
-    """A bluesky 0MQ :class:`~bluesky.callbacks.zmq.Publisher` to ``RE.subscribe``.
+    """Return a bluesky 0MQ :class:`~bluesky.callbacks.zmq.Publisher` to ``RE.subscribe``.
 
     Parameters
     ----------

@@ -1,5 +1,6 @@
-"""The plans as the queue server offers them: the same plans, with parameter annotations
-the queue server understands.
+"""The plans as the queue server offers them.
+
+The same plans, with parameter annotations the queue server understands.
 
 ``bluesky-queueserver`` describes each plan from its signature; it cannot rebuild string
 annotations (``from __future__ import annotations`` in :mod:`pbi_bluesky.plans`), and it

@@ -49,7 +49,7 @@ class PathNotAllowed(FrameError):
 
 
 def image_keys(descriptor: dict[str, Any]) -> list[str]:
-    """Data keys of a descriptor that hold 2D images (or stacks of them)."""
+    """Return the data keys of a descriptor that hold 2D images (or stacks of them)."""
     return [k for k, v in descriptor.get("data_keys", {}).items()
             if len(v.get("shape") or []) >= 2 and int(np.prod(v["shape"][-2:])) > 1]
 
@@ -76,7 +76,7 @@ def confine(path: str | Path, roots: tuple[str, ...]) -> Path:
 
 
 def path_from_uri(uri: str) -> str:
-    """The local path of a ``file://`` URI (this host only)."""
+    """Return the local path of a ``file://`` URI (this host only)."""
     parsed = urlparse(uri)
     if parsed.scheme not in ("file", ""):
         raise PathNotAllowed(f"URI {uri!r}: scheme {parsed.scheme!r} is not a local file")
@@ -138,12 +138,15 @@ class AssetRegistry:
         self.stream_resources: dict[str, dict[str, Any]] = {}
 
     def add_resource(self, doc: dict[str, Any]) -> None:
+        """Keep a Resource document, by uid, for the datums that name it."""
         self.resources[doc["uid"]] = doc
 
     def add_datum(self, doc: dict[str, Any]) -> None:
+        """Keep a Datum document, by datum id, for the events that name it."""
         self.datums[doc["datum_id"]] = doc
 
     def add_stream_resource(self, doc: dict[str, Any]) -> None:
+        """Keep a StreamResource document, by uid, for the StreamDatums that name it."""
         self.stream_resources[doc["uid"]] = doc
 
     def _datum_location(self, datum_id: str) -> tuple[str, Path, int, int]:
@@ -166,9 +169,11 @@ class AssetRegistry:
         return spec, path, fpp, point
 
     def frame_from_datum(self, datum_id: str, cache: ReadCache | None = None) -> NDArray:
-        """The frame of one datum: through ``cache`` (the row :meth:`prefetch` read, else
-        read from the batch's open file), or with the spec's area-detector handler when no
-        cache is given."""
+        """Return the frame of one datum.
+
+        Read through ``cache`` (the row :meth:`prefetch` read, else read from the batch's
+        open file), or with the spec's area-detector handler when no cache is given.
+        """
         spec, path, fpp, point = self._datum_location(datum_id)
         if cache is None:
             return self._read_handler(spec, path, fpp, point)
@@ -200,7 +205,7 @@ class AssetRegistry:
 
     def _stream_location(self, stream_resource: str, cache: ReadCache | None = None
                          ) -> tuple[Path, str]:
-        """The confined file and dataset of a StreamResource (resolved once per batch)."""
+        """Return the confined file and dataset of a StreamResource (resolved once per batch)."""
         key = (id(self), stream_resource)
         if cache is not None and key in cache.locations:
             return cache.locations[key]
@@ -225,8 +230,10 @@ class AssetRegistry:
 
     def value_from_stream(self, stream_resource: str, index: int,
                           cache: ReadCache | None = None) -> NDArray:
-        """Entry ``index`` of the dataset a StreamResource describes (frame or attribute),
-        through ``cache`` when given."""
+        """Return entry ``index`` of the dataset a StreamResource describes.
+
+        The entry is a frame or an attribute; it is read through ``cache`` when given.
+        """
         path, dataset = self._stream_location(stream_resource, cache)
         try:
             if cache is None:
@@ -236,13 +243,16 @@ class AssetRegistry:
             raise FrameError(str(exc)) from exc
 
     def prefetch(self, wanted: list[tuple[str, Any]], cache: ReadCache) -> None:
-        """Read the frames of a batch into ``cache`` (:func:`~pbi_bluesky.scoring.reads.
-        read_rows`: runs of consecutive frames into reused memory). ``wanted``: ``("stream",
-        (stream resource, index))`` or ``("datum", datum id)`` values. A datum's frame is
-        the first of its point in ``/entry/data/data``, where the AD_HDF5 handlers slice it
+        """Read the frames of a batch into ``cache``.
+
+        :func:`~pbi_bluesky.scoring.reads.read_rows` reads runs of consecutive frames into
+        reused memory. ``wanted``: ``("stream", (stream resource, index))`` or
+        ``("datum", datum id)`` values. A datum's frame is the first of its point in
+        ``/entry/data/data``, where the AD_HDF5 handlers slice it
         (``point * frame_per_point``; the test suite checks the rows against the handler).
         Anything unreadable is left to the frame-by-frame read, which fails that frame with
-        the reason."""
+        the reason.
+        """
         by_location: dict[tuple[Path, str], set[int]] = {}
         for kind, payload in wanted:
             try:

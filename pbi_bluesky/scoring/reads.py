@@ -52,7 +52,7 @@ class FrameBuffers:
         return st.arrays, st.used
 
     def reset(self) -> None:
-        """A new batch of this thread: the rows handed out before may be overwritten."""
+        """Start a new batch of this thread: the rows handed out before may be overwritten."""
         arrays, used = self._state()
         used.clear()
         for key in [k for k, a in arrays.items() if a.nbytes > self.keep_bytes]:
@@ -72,9 +72,12 @@ class FrameBuffers:
 
 
 class ReadCache:
-    """Files and entries read for one batch of frames; :meth:`close` (or ``with``) closes
-    the files. Used by one thread. Files are opened when first needed, after every document
-    of the batch arrived, so they show each frame the batch refers to."""
+    """Files and entries read for one batch of frames.
+
+    :meth:`close` (or ``with``) closes the files. Used by one thread. Files are opened when
+    first needed, after every document of the batch arrived, so they show each frame the
+    batch refers to.
+    """
 
     def __init__(self, buffers: FrameBuffers | None = None) -> None:
         self.buffers = buffers or FrameBuffers(keep_bytes=0)
@@ -87,7 +90,7 @@ class ReadCache:
         """Confined (file, dataset) of each stream resource, resolved once a batch."""
 
     def node(self, path: Path, dataset: str) -> Any:
-        """The dataset, its file opened (and an SWMR dataset refreshed) once per batch."""
+        """Return the dataset, its file opened (and an SWMR dataset refreshed) once per batch."""
         key = (path, dataset)
         if key not in self._nodes:
             fh = self._files.get(path)
@@ -97,8 +100,11 @@ class ReadCache:
         return self._nodes[key]
 
     def entry(self, path: Path, dataset: str, index: int) -> NDArray:
-        """Entry ``index``: a prefetched row, a value of a 1D dataset (read whole once), or
-        one read now."""
+        """Return entry ``index`` of a dataset.
+
+        The entry is a prefetched row, a value of a 1D dataset (read whole once), or one
+        read now.
+        """
         row = self.rows.get((path, dataset, index))
         if row is not None:
             return row
@@ -112,6 +118,7 @@ class ReadCache:
         return hdf5_entry(node, index)
 
     def close(self) -> None:
+        """Close the batch's files and drop what was read from them."""
         for fh in self._files.values():
             try:
                 fh.close()
@@ -137,11 +144,24 @@ def _one_chunk_per_frame(node: Any) -> bool:
 
 
 def read_rows(cache: ReadCache, path: Path, dataset: str, indices: list[int]) -> None:
-    """Read frames ``indices`` (sorted) of a ``(n, ny, nx)`` stack into ``cache.rows``,
-    one block of consecutive rows per run of consecutive indices. Indices out of range and
-    frames whose chunk is not stored yet (an SWMR writer extended the dataset first:
-    :func:`~pbi_bluesky.reduction.frame_stored`) are left out; their frame-by-frame read
-    reports it."""
+    """Read frames ``indices`` (sorted) of a ``(n, ny, nx)`` stack into ``cache.rows``.
+
+    One block of consecutive rows is read per run of consecutive indices. Indices out of
+    range and frames whose chunk is not stored yet (an SWMR writer extended the dataset
+    first: :func:`~pbi_bluesky.reduction.frame_stored`) are left out; their frame-by-frame
+    read reports it.
+
+    Parameters
+    ----------
+    cache
+        The batch's cache: its open file, its reused buffers, and ``rows`` filled here.
+    path
+        The HDF5 file (already confined to the data roots).
+    dataset
+        The ``(n, ny, nx)`` dataset in it; any other shape reads nothing.
+    indices
+        Frame numbers to read, sorted.
+    """
     node = cache.node(path, dataset)
     if node.ndim != 3:
         return
@@ -175,8 +195,11 @@ def read_rows(cache: ReadCache, path: Path, dataset: str, indices: list[int]) ->
 
 
 def stack_rows(images: list[np.ndarray]) -> np.ndarray:
-    """The frames as one ``(n, ny, nx)`` array: a view when they are consecutive rows of
-    one stack (as :func:`read_rows` reads them), else a copy."""
+    """Return the frames as one ``(n, ny, nx)`` array.
+
+    It is a view when they are consecutive rows of one stack (as :func:`read_rows` reads
+    them), else a copy.
+    """
     first = images[0]
     base = first.base
     if (isinstance(base, np.ndarray) and base.ndim == 3 and base.flags.c_contiguous

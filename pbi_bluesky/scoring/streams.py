@@ -43,8 +43,10 @@ class Roles:
         return tuple(k for k in (self.image, self.monitor, self.transmission) if k)
 
     def complete(self, keys: Any) -> bool:
-        """Whether a frame holding parts for ``keys`` can be reduced (or, for a stream
-        with a problem, failed)."""
+        """Return whether a frame holding parts for ``keys`` can be reduced.
+
+        For a stream with a problem: whether it can be failed.
+        """
         if self.problem:
             return any(k in keys for k in self.images)
         return all(k in keys for k in self.required)
@@ -78,7 +80,7 @@ def resolve_roles(descriptor: dict[str, Any], *, image_key: str | None = None,
                   monitor_key: str | None = None, transmission_key: str | None = None,
                   transmission_required: bool = True, monitor_required: bool = True
                   ) -> Roles | None:
-    """The roles of a descriptor's keys; ``None`` for a stream without images.
+    """Return the roles of a descriptor's keys; ``None`` for a stream without images.
 
     Parameters
     ----------
@@ -163,7 +165,7 @@ class FrameJoiner:
         return self._pop_if_complete(parts)
 
     def mark_shed(self, seq: int) -> None:
-        """A part of this frame was dropped on the way in (queue full)."""
+        """Mark that a part of this frame was dropped on the way in (queue full)."""
         self._parts(seq).shed = True
 
     def _pop_if_complete(self, parts: FrameParts) -> FrameParts | None:
@@ -174,7 +176,7 @@ class FrameJoiner:
         return None
 
     def drain(self) -> list[FrameParts]:
-        """What never completed (called at the run's stop)."""
+        """Return, and forget, the frames that never completed (called at the run's stop)."""
         left = sorted(self.pending.values(), key=lambda p: p.seq_num)
         self.pending.clear()
         return left

@@ -1,5 +1,6 @@
-"""Many run records into a Tiled catalog quickly: metadata only, through tiled's own catalog
-adapter (no HTTP), concurrently.
+"""Many run records into a Tiled catalog quickly.
+
+Metadata only, through tiled's own catalog adapter (no HTTP), concurrently.
 
 For benchmarks of catalog queries at scale (``benchmarks/bench_scale.py``) and for loading
 old run metadata. Each record becomes a container in ``runs`` with the ``BlueskyRun`` spec

@@ -31,13 +31,16 @@ COMPARED_KEYS = ("stop.pbi_summary.flagged", "stop.pbi_summary.max_score", "star
 
 
 def index_name(key: str) -> str:
-    """The name of the index on one metadata key."""
+    """Return the name of the index on one metadata key."""
     return "pbi_ix_" + key.replace(".", "_")
 
 
 def _plain_uri(uri: str) -> str:
-    """A ``postgresql://`` URI for asyncpg (SQLAlchemy's ``+asyncpg`` dropped; with a
-    ``?host=`` socket the host in the netloc is dropped, as asyncpg would prefer it)."""
+    """Return a ``postgresql://`` URI for asyncpg.
+
+    SQLAlchemy's ``+asyncpg`` is dropped; with a ``?host=`` socket the host in the netloc
+    is dropped, as asyncpg would prefer it.
+    """
     from urllib.parse import parse_qs, urlparse, urlunparse
 
     for prefix in ("postgresql+asyncpg://", "postgres+asyncpg://", "postgres://"):

@@ -1,2 +1,4 @@
-"""Training data: simulated data sets and manifests of measured frames
-(:mod:`~pbi_bluesky.training.datasets`)."""
+"""Training data: simulated data sets and manifests of measured frames.
+
+See :mod:`~pbi_bluesky.training.datasets`.
+"""
