@@ -15,7 +15,7 @@ import msgpack
 import numpy as np
 
 __all__ = ["DecodeError", "EncodeError", "decode", "decode_document", "encode",
-           "encode_document", "unpacker"]
+           "encode_document", "sanitize", "unpacker"]
 
 _NDARRAY = 1
 _ALLOWED_KINDS = set("biufcSU")  # bool, ints, floats, complex, bytes, unicode: no objects
@@ -82,6 +82,47 @@ def decode(data: bytes) -> Any:
         raise
     except Exception as exc:  # noqa: BLE001 - msgpack raises many types
         raise DecodeError(f"not an encoded document: {exc}") from exc
+
+
+def sanitize(value: Any) -> tuple[Any, list[str]]:
+    """``value`` with everything :func:`encode` refuses replaced by its ``repr()``.
+
+    Used wherever a document must leave the process whatever it holds (the bus publisher,
+    the spool on the RunEngine thread): datetime64 values, structured or object arrays,
+    integers of 2**64 and more, arbitrary objects.
+
+    Parameters
+    ----------
+    value
+        A document (or any part of one).
+
+    Returns
+    -------
+    tuple
+        The encodable copy and the paths (``key.sub[3]``) of the values replaced.
+    """
+    paths: list[str] = []
+    return _sanitize(value, "", paths), paths
+
+
+def _sanitize(value: Any, path: str, paths: list[str]) -> Any:
+    if isinstance(value, dict):
+        out = {}
+        for k, v in value.items():
+            where = f"{path}.{k}" if path else str(k)
+            if not isinstance(k, (str, int)) or isinstance(k, bool):
+                paths.append(f"{where} (key)")
+                k = repr(k)
+            out[k] = _sanitize(v, where, paths)
+        return out
+    if isinstance(value, (list, tuple)):
+        return [_sanitize(v, f"{path}[{i}]", paths) for i, v in enumerate(value)]
+    try:
+        encode(value)
+        return value
+    except EncodeError:
+        paths.append(path)
+        return repr(value)
 
 
 def encode_document(name: str, doc: dict[str, Any]) -> bytes:

@@ -33,7 +33,7 @@ import numpy as np
 
 from pbi_bluesky.bus.names import BusNames, connect
 from pbi_bluesky.bus.outbox import Outbox
-from pbi_bluesky.codec import EncodeError, encode
+from pbi_bluesky.codec import EncodeError, encode, sanitize
 
 __all__ = ["DEFAULT_INLINE_LIMIT", "BusPublisher"]
 
@@ -260,23 +260,10 @@ class BusPublisher:
             # still published, so the consumers see it: values the wire cannot carry become
             # their repr(), listed in "pbi_unencodable"
             self.stats["unencodable"] += 1
-            paths: list[str] = []
-            doc = {**_sanitize(doc, "", paths), "pbi_unencodable": paths}
+            clean, paths = sanitize(doc)
+            doc = {**clean, "pbi_unencodable": paths}
             logger.error("bus publisher: %s document of run %s holds values the wire cannot "
                          "carry (%s): published with %s as text", name, run[:8], exc, paths)
             payload = encode(doc)
         return {"run": run, "name": name, "doc": payload}
 
-
-def _sanitize(value: Any, path: str, paths: list[str]) -> Any:
-    if isinstance(value, dict):
-        return {k: _sanitize(v, f"{path}.{k}" if path else str(k), paths)
-                for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_sanitize(v, f"{path}[{i}]", paths) for i, v in enumerate(value)]
-    try:
-        encode(value)
-        return value
-    except EncodeError:
-        paths.append(path)
-        return repr(value)

@@ -10,7 +10,8 @@ loses nothing); ``os.fsync`` runs at most every ``fsync_interval`` seconds (grou
 and always after a stop document and before a file moves, so a power cut loses at most the
 last ``fsync_interval`` seconds of documents.
 
-If the writer fails (Tiled is down), the run is marked failed, its remaining documents stay
+Each run has its own downstream writer (interleaved runs never share one). If the writer
+of a run fails (Tiled is down), the run is marked failed, its remaining documents stay
 on disk only, and a replay is scheduled with exponential backoff (stamina) until the writer
 answers again; a replay deletes any partial copy downstream and writes the whole run again.
 A torn last record (what a crash leaves) is dropped and reported; a run whose writer process
@@ -21,9 +22,11 @@ another live process still writes (it holds ``<run uid>.lock``) is left alone.
 
 from __future__ import annotations
 
+import hashlib
 import logging
 import os
 import queue
+import re
 import shutil
 import threading
 import time
@@ -31,11 +34,12 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, BinaryIO
+from typing import Any
 
 import filelock
+import msgpack
 
-from pbi_bluesky.codec import DecodeError, encode_document, unpacker
+from pbi_bluesky.codec import DecodeError, EncodeError, encode_document, sanitize, unpacker
 
 __all__ = ["SpoolFile", "SpoolSink", "read_spool_file"]
 
@@ -55,35 +59,45 @@ class SpoolFile:
     error: str = ""
 
 
+READ_CHUNK = 1 << 20
+"""Bytes fed to the unpacker at a time when reading a spool file (its memory stays bounded
+by the largest record, not by the file)."""
+
+
 def read_spool_file(path: str | Path) -> SpoolFile:
     """All complete documents of one spooled run, in order; never raises for a torn or
-    corrupt tail (it is reported in :attr:`SpoolFile.torn` / :attr:`SpoolFile.error`)."""
+    corrupt tail, or a record too large to read (reported in :attr:`SpoolFile.torn` /
+    :attr:`SpoolFile.error`)."""
     docs: list[tuple[str, dict]] = []
     up = unpacker()
+    end = 0  # byte offset just after the last complete record
+    size = 0
     try:
         with open(path, "rb") as fh:
-            data = fh.read()
+            while chunk := fh.read(READ_CHUNK):
+                size += len(chunk)
+                up.feed(chunk)
+                for record in up:
+                    if not (isinstance(record, dict) and isinstance(record.get("name"), str)
+                            and isinstance(record.get("doc"), dict)):
+                        return SpoolFile(docs, torn=True, error="corrupt record dropped")
+                    docs.append((record["name"], record["doc"]))
+                    end = up.tell()
     except OSError as exc:
         return SpoolFile(docs, error=f"cannot read {path}: {exc}")
-    up.feed(data)
-    end = 0  # byte offset just after the last complete record
-    try:
-        for record in up:
-            if not (isinstance(record, dict) and isinstance(record.get("name"), str)
-                    and isinstance(record.get("doc"), dict)):
-                return SpoolFile(docs, torn=True, error="corrupt record dropped")
-            docs.append((record["name"], record["doc"]))
-            end = up.tell()
+    except msgpack.BufferFull:
+        return SpoolFile(docs, torn=True, error=f"a record at byte {end} is larger than the "
+                         "reader's buffer: it and the rest of the file dropped")
     except (ValueError, DecodeError) as exc:
         return SpoolFile(docs, torn=True, error=f"corrupt record dropped: {exc}")
     # bytes after the last complete record: a torn append
-    torn = end < len(data)
+    torn = end < size
     return SpoolFile(docs, torn=torn, error="torn last record dropped" if torn else "")
 
 
 @dataclass
 class _Open:
-    fh: BinaryIO
+    fd: int
     lock: filelock.BaseFileLock
     last_fsync: float
 
@@ -96,9 +110,11 @@ class SpoolSink:
     spool_dir
         Folder for the spool (``pending/`` and ``done/`` inside).
     writer_factory
-        Returns a fresh downstream writer (e.g. ``lambda: TiledWriter(runs)``); called
-        lazily and again after failures, so a server that comes back is picked up.
-        ``None``: spool only.
+        Returns a fresh downstream writer (e.g. ``lambda: TiledWriter(runs)``). Each run
+        gets its own writer, made when its start document is forwarded and dropped after
+        its stop (or when it fails): a failure of one run never discards what the writer
+        of another open run holds, and a server that comes back is picked up by the next
+        run or replay. ``None``: spool only.
     delete_partial
         Called with a run uid before a replay, to remove a partial copy downstream.
     fsync_interval
@@ -140,7 +156,8 @@ class SpoolSink:
         self.max_queue = int(max_queue)
         self.auto_replay = bool(auto_replay)
         self.replay_wait = (float(replay_wait_initial), float(replay_wait_max))
-        self._writer: Writer | None = None
+        self._writers: dict[str, Writer] = {}
+        """One downstream writer per open run (a failure of one run never touches another)."""
         self._run_of: dict[str, str] = {}
         self._open: dict[str, _Open] = {}
         self._held: dict[str, filelock.BaseFileLock] = {}
@@ -154,7 +171,11 @@ class SpoolSink:
         self._replay_attempt = 0
         self._closing = threading.Event()
         self.stats = {"spooled": 0, "forwarded": 0, "write_failures": 0, "replays": 0,
-                      "replayed_runs": 0, "unattributed": 0, "rejected": 0}
+                      "replayed_runs": 0, "unattributed": 0, "rejected": 0,
+                      "unencodable": 0, "not_spooled": 0}
+        self.losses: list[dict[str, str]] = []
+        """The last 1000 documents not written to the spool file: run, name, reason."""
+        self._unspooled: dict[str, int] = {}
         self.rejected_dir = self.root / "rejected"
         self.reject_after = int(reject_after)
         self._refusals: dict[str, int] = {}
@@ -181,49 +202,125 @@ class SpoolSink:
         return None
 
     def _path(self, run: str) -> Path:
-        return self.pending_dir / f"{run}{SUFFIX}"
+        return self.pending_dir / f"{_stem(run)}{SUFFIX}"
 
     def _open_run(self, run: str) -> _Open:
         state = self._open.get(run)
         if state is None:
-            lock = filelock.FileLock(str(self.pending_dir / f"{run}.lock"), timeout=0)
+            lock = filelock.FileLock(str(self.pending_dir / f"{_stem(run)}.lock"), timeout=0)
             lock.acquire()
-            state = _Open(open(self._path(run), "ab"), lock, time.monotonic())
+            try:
+                path = self._path(run)
+                created = not path.exists()
+                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+                if created:
+                    _fsync_dir(self.pending_dir)  # the new file's name survives a power cut
+            except BaseException:
+                lock.release()
+                raise
+            state = _Open(fd, lock, time.monotonic())
             self._open[run] = state
         return state
 
     def __call__(self, name: str, doc: dict) -> None:
-        """Append one document (durably, see the module docstring) and queue it."""
+        """Append one document (durably, see the module docstring) and queue it.
+
+        Never raises (it runs on the RunEngine thread): values the codec cannot encode are
+        spooled as their ``repr()`` (listed in the document's ``pbi_unencodable``), and a
+        document that cannot be written to disk (a full disk) is still forwarded, and is
+        counted and listed in :attr:`losses` with its reason.
+        """
+        try:
+            self._append(name, doc)
+        except Exception as exc:  # noqa: BLE001 - the scan must never die because of the spool
+            self._lose("?", name, f"{type(exc).__name__}: {exc}")
+            logger.exception("spool: could not take a %s document", name)
+
+    def _lose(self, run: str, name: str, reason: str) -> None:
+        """Record a document that did not reach the spool file."""
+        self.stats["not_spooled"] += 1
+        self.losses.append({"run": run, "name": name, "reason": reason})
+        del self.losses[:-1000]
+        if run != "?":
+            self._unspooled[run] = self._unspooled.get(run, 0) + 1
+
+    def _encode(self, run: str, name: str, doc: dict) -> tuple[bytes, dict]:
+        try:
+            return encode_document(name, doc), doc
+        except EncodeError as exc:
+            clean, paths = sanitize(doc)
+            if name in ("start", "stop", "descriptor"):  # documents open to extra keys
+                clean["pbi_unencodable"] = paths
+            self.stats["unencodable"] += 1
+            logger.error("spool: %s document of run %s holds values the codec cannot encode "
+                         "(%s): spooled and forwarded with %s as text", name, run[:8], exc,
+                         paths)
+            return encode_document(name, clean), clean
+
+    def _write(self, run: str, name: str, data: bytes) -> bool:
+        """Append one record to the run's file; False (loss recorded) on a disk error, with
+        the file cut back to its last complete record."""
+        try:
+            state = self._open_run(run)
+        except (OSError, filelock.Timeout) as exc:
+            self._lose(run, name, f"cannot open the spool file: {type(exc).__name__}: {exc}")
+            logger.error("spool: %s document of run %s not spooled: %s", name, run[:8], exc)
+            return False
+        pos = os.lseek(state.fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(state.fd, view):]
+            now = time.monotonic()
+            if name in ("start", "stop") or now - state.last_fsync >= self.fsync_interval:
+                os.fsync(state.fd)
+                state.last_fsync = now
+        except OSError as exc:
+            try:
+                os.ftruncate(state.fd, pos)  # no torn record in the middle of the file
+            except OSError:
+                logger.exception("spool: cannot cut %s back after a failed write",
+                                 self._path(run))
+            self._lose(run, name, f"{type(exc).__name__}: {exc}")
+            logger.error("spool: %s document of run %s not spooled (%s); it is still "
+                         "forwarded, but a replay of this run would miss it", name, run[:8],
+                         exc)
+            return False
+        return True
+
+    def _append(self, name: str, doc: dict) -> None:
         with self._lock:
             run = self._run_uid(name, doc)
             if run is None:
                 self.stats["unattributed"] += 1
                 logger.warning("spool: cannot tell which run a %s document belongs to", name)
                 return
-            state = self._open_run(run)
-            state.fh.write(encode_document(name, doc))
-            state.fh.flush()
-            now = time.monotonic()
-            if name == "stop" or now - state.last_fsync >= self.fsync_interval:
-                os.fsync(state.fh.fileno())
-                state.last_fsync = now
-            if name == "stop":
-                state.fh.close()
-                del self._open[run]
-                if self.writer_factory is None or run in self._failed:
-                    state.lock.release()
-                else:  # still ours until it is downstream: no other replay may take it
-                    self._held[run] = state.lock
-            self.stats["spooled"] += 1
-            if self.writer_factory is None:
-                return
-            self._forwarding.add(run)
-            if self._queue.qsize() >= self.max_queue and run not in self._failed:
+            if name == "start" and _stem(run) != run:
+                self._failed.add(run)  # never forwarded: the replay sets it aside
+                logger.error("spool: run uid %r is not a safe file name; spooled as %s and "
+                             "not forwarded", run, self._path(run).name)
+            data, doc = self._encode(run, name, doc)
+            if self._write(run, name, data):
+                self.stats["spooled"] += 1
+            if (self.writer_factory is not None and run not in self._failed
+                    and self._queue.qsize() >= self.max_queue):
                 logger.warning("spool: forwarding backlog of %d documents: run %s left to a "
                                "replay", self._queue.qsize(), run[:8])
                 self._failed.add(run)
                 self._forwarding.discard(run)
                 self._schedule_replay()
+            if name == "stop":
+                state = self._open.pop(run, None)
+                if state is not None:
+                    os.close(state.fd)
+                    if self.writer_factory is None or run in self._failed:
+                        state.lock.release()
+                    else:  # still ours until it is downstream: no other replay may take it
+                        self._held[run] = state.lock
+            if self.writer_factory is None:
+                return
+            if run not in self._failed:
+                self._forwarding.add(run)
             self._queue.put((run, name, None if run in self._failed else doc))
 
     def pending(self) -> list[str]:
@@ -269,12 +366,15 @@ class SpoolSink:
                 self._schedule_replay()
             return
         try:
-            if self._writer is None:
-                self._writer = self.writer_factory()
-            self._writer(name, doc)
+            writer = self._writers.get(run)
+            if writer is None:
+                if name != "start":
+                    raise _NoStart(f"the writer never saw the start document of run {run}")
+                writer = self._writers[run] = self.writer_factory()
+            writer(name, doc)
         except Exception as exc:  # noqa: BLE001 - the spool keeps everything
             self._mark_failed(run)
-            self._writer = None
+            self._writers.pop(run, None)  # this run's writer only: other runs keep theirs
             self.stats["write_failures"] += 1
             logger.warning("spool: downstream writer failed on %s of run %s (%s: %s); the run "
                            "stays in %s and is replayed when the writer answers again", name,
@@ -283,6 +383,7 @@ class SpoolSink:
             return
         self.stats["forwarded"] += 1
         if name == "stop":
+            self._writers.pop(run, None)
             self._move_done(run)
 
     def _move_done(self, run: str) -> None:
@@ -296,7 +397,7 @@ class SpoolSink:
             held = self._held.pop(run, None)
         if held is not None:
             held.release()
-        lock = self.pending_dir / f"{run}.lock"
+        lock = self.pending_dir / f"{_stem(run)}.lock"
         lock.unlink(missing_ok=True)
 
     def _schedule_replay(self, now: bool = False) -> None:
@@ -403,7 +504,17 @@ class SpoolSink:
                 notes.append(spooled.error)
                 logger.warning("spool %s: %s", path.name, spooled.error)
             if not docs or docs[0][0] != "start":
-                return f"failed: no start document in {path.name} ({spooled.error or 'empty'})"
+                # retrying cannot help: set it aside with its reason
+                return self._reject(run, path, "no start document in the spool file ("
+                                    f"{spooled.error or 'empty' if not docs else docs[0][0]})")
+            uid = str(docs[0][1].get("uid"))
+            if uid != run:
+                self._failed.discard(uid)
+                return self._reject(run, path, f"run uid {uid!r} is not a safe file name "
+                                    "(path separators, '..' or odd characters)")
+            if self._unspooled.get(run):
+                notes.append(f"{self._unspooled[run]} document(s) never reached the spool "
+                             "file (disk errors, see losses)")
             if docs[-1][0] != "stop":
                 docs.append(("stop", _abort_stop(docs[0][1])))
                 notes.append("closed with an abort stop document (its writer ended without "
@@ -442,8 +553,8 @@ class SpoolSink:
         _fsync_dir(self.rejected_dir)
         self._failed.discard(run)
         self.stats["rejected"] += 1
-        logger.error("spool %s: run %s refused by the writer %d times (%s); kept in %s, "
-                     "not retried", self.root.name, run[:8], self.reject_after, reason, target)
+        logger.error("spool %s: run %s set aside (%s); kept in %s, not retried",
+                     self.root.name, run[:8], reason, target)
         return f"rejected: {reason}"
 
     def rejected(self) -> list[str]:
@@ -466,6 +577,10 @@ class SpoolSink:
         return removed
 
 
+class _NoStart(RuntimeError):
+    """A document of a run whose start document its writer never saw."""
+
+
 def _transient(exc: BaseException) -> bool:
     """Whether a writer error looks like an outage (retry) rather than refused content
     (a database's ``OperationalError``, e.g. "database is locked", is an outage)."""
@@ -476,6 +591,17 @@ def _transient(exc: BaseException) -> bool:
         return True
     status = getattr(getattr(exc, "response", None), "status_code", None)
     return status is not None and int(status) >= 500
+
+
+_SAFE_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
+
+
+def _stem(run: str) -> str:
+    """The spool file name of a run: its uid when that is a safe file name (no path
+    separator, no '..'), else a digest of it."""
+    if _SAFE_UID.fullmatch(run) and ".." not in run:
+        return run
+    return "unsafe-" + hashlib.sha256(run.encode("utf-8", "replace")).hexdigest()[:40]
 
 
 def _abort_stop(start: dict[str, Any]) -> dict[str, Any]:
