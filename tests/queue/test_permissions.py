@@ -1,0 +1,97 @@
+"""Least privilege on the queue server (issue 20): the agent's group may queue ``rescan``
+only and execute no function; people execute named functions only.
+
+The shipped permissions file is checked with the queue server's own functions, then the real
+RE Manager (the session's queue stack) is asked: it refuses what the file forbids."""
+
+from __future__ import annotations
+
+import pytest
+
+from tests.beamline_fixtures import REPO_ROOT, sim_config, sim_ioc  # noqa: F401 - fixtures
+from tests.queue_fixtures import DETECTORS, queue_stack  # noqa: F401, F811 - fixture
+
+PERMISSIONS = REPO_ROOT / "profiles" / "profile_saxs" / "user_group_permissions.yaml"
+
+# names in the worker's namespace (the startup file's): none but flush_session is for people
+WORKER_NAMES = ["build_session", "pbi", "catalog", "beamline", "flagged_runs", "measure_tray",
+                "os", "print", "exec"]
+
+
+def _permissions() -> dict:
+    from bluesky_queueserver.manager.profile_ops import load_user_group_permissions
+
+    return load_user_group_permissions(PERMISSIONS)
+
+
+def test_no_group_may_execute_every_function():
+    groups = _permissions()["user_groups"]
+    for name, group in groups.items():
+        assert None not in (group.get("allowed_functions") or []), name
+
+
+@pytest.mark.parametrize("function", [*WORKER_NAMES, "flush_session"])
+def test_the_agent_executes_no_function(function):
+    from bluesky_queueserver.manager.profile_ops import check_if_function_allowed
+
+    assert not check_if_function_allowed(function, group_name="agent",
+                                         user_group_permissions=_permissions())
+
+
+def test_people_execute_named_functions_only():
+    from bluesky_queueserver.manager.profile_ops import check_if_function_allowed
+
+    perms = _permissions()
+    assert check_if_function_allowed("flush_session", group_name="primary",
+                                     user_group_permissions=perms)
+    for function in WORKER_NAMES:
+        assert not check_if_function_allowed(function, group_name="primary",
+                                             user_group_permissions=perms), function
+
+
+@pytest.mark.parametrize("group, function", [
+    ("agent", "build_session"), ("agent", "flush_session"), ("agent", "pbi"),
+    ("primary", "build_session"), ("primary", "pbi"),
+])
+def test_the_server_refuses_functions(queue_stack, group, function):  # noqa: F811
+    from bluesky_queueserver_api import BFunc
+
+    api = queue_stack.api()
+    api.user_group = group
+    try:
+        with pytest.raises(api.RequestFailedError, match="not allowed|permission|Function"):
+            api.function_execute(BFunc(function), run_in_background=True)
+        assert api.status()["manager_state"] == "idle"
+    finally:
+        api.close()
+
+
+@pytest.mark.parametrize("plan, args", [
+    ("measure_tray", [DETECTORS, "changer", [1], 0.1]),
+    ("fly_slot", [DETECTORS, "changer", 1, 0.1]),
+    ("count", [DETECTORS]),
+])
+def test_the_agent_queues_rescans_only(queue_stack, plan, args):  # noqa: F811
+    api = queue_stack.api()
+    api.user_group = "agent"
+    try:
+        assert set(api.plans_allowed()["plans_allowed"]) == {"rescan"}
+        with pytest.raises(api.RequestFailedError, match=plan):
+            api.item_add({"item_type": "plan", "name": plan, "args": args})
+        assert api.queue_get()["items"] == []
+    finally:
+        api.close()
+
+
+def test_people_flush_the_session(queue_stack):  # noqa: F811
+    from bluesky_queueserver_api import BFunc
+
+    api = queue_stack.api(timeout_s=30)
+    try:
+        response = api.function_execute(BFunc("flush_session", 20.0), run_in_background=False)
+        assert response["success"], response
+        api.wait_for_idle(timeout=30)
+        result = api.task_result(response["task_uid"])
+        assert result["result"]["success"], result
+    finally:
+        api.close()
