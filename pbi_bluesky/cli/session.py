@@ -11,11 +11,13 @@ from typing import Annotated
 import typer
 
 from pbi_bluesky.cli.app import command
+from pbi_bluesky.infra.resources import profile_dir
 
-PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs"
+PROFILE = profile_dir()
 
 
-@command(None, "ipython", context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+@command(None, "ipython",
+         context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
 def ipython(
     ctx: typer.Context,
     config: Annotated[Path | None, typer.Option(
