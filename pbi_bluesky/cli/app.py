@@ -24,7 +24,8 @@ from typing import Annotated, Any
 import typer
 
 __all__ = ["OWN_LOGGERS", "OWN_PREFIX", "SUBAPPS", "QuietThirdParty", "app", "bus_app",
-           "catalog_app", "command", "data_app", "model_app", "queue_app", "sim_app"]
+           "catalog_app", "command", "data_app", "model_app", "queue_app", "require_extra",
+           "sim_app"]
 
 OWN_PREFIX = "pbi_bluesky"
 OWN_LOGGERS = (OWN_PREFIX, "sim_iocs", "__main__")
@@ -95,6 +96,33 @@ def command(sub: typer.Typer | None, name: str, *, old: str | None = None,
         return func
 
     return register
+
+
+def require_extra(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
+    """Stop a command with a one-line error naming the extra to install, if one is missing.
+
+    Parameters
+    ----------
+    extra : str
+        The extra (``bus``, ``queue``, ``dask``, ``sim`` ...; see
+        :data:`pbi_bluesky.infra.extras.EXTRAS`).
+    what : str
+        The command, for the message (``"pbi bus worker"``).
+    modules : tuple of str, optional
+        Only these import names of the extra.
+
+    Raises
+    ------
+    typer.Exit
+        Code 3, after printing ``error: ... pip install 'pbi_bluesky[extra]'``.
+    """
+    from pbi_bluesky.infra.extras import MissingExtra, require
+
+    try:
+        require(extra, what, modules)
+    except MissingExtra as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from exc
 
 
 class QuietThirdParty(logging.Filter):
