@@ -16,6 +16,7 @@ from typing import Any
 
 import numpy as np
 from caproto import ChannelType
+from caproto import _constants as caproto_constants
 from caproto.server import PvpropertyChar, get_pv_pair_wrapper, pvproperty
 
 __all__ = [
@@ -23,7 +24,7 @@ __all__ = [
     "DISABLE_ENABLE", "EPICS_EPOCH_OFFSET_S", "FILE_WRITE_MODES", "IMAGE_MODES", "NO_YES",
     "PILATUS_TRIGGER_MODES", "STRING_LENGTH", "XML_LENGTH", "NDArray", "TemplateError",
     "choice_index", "enum_pair", "format_file_template", "is_on", "number_pair", "string_pair",
-    "enum_pv", "string_pv",
+    "enum_pv", "string_pv", "subscription_backlog",
 ]
 
 rbv_pair = get_pv_pair_wrapper(setpoint_suffix="", readback_suffix="_RBV")
@@ -93,11 +94,28 @@ def enum_pv(name: str, choices: tuple[str, ...], value: int = 0, read_only: bool
                       enum_strings=choices, read_only=read_only, doc=doc or name)
 
 
+def subscription_backlog(max_length: int) -> int:
+    """The per-subscription backlog of a waveform of ``max_length`` elements.
+
+    caproto keeps up to 1000 queued updates per subscription and, for a long waveform (a
+    1M-pixel ``ArrayData``), warns at start-up that this could take much memory and lowers
+    it. Chosen here, under caproto's warning threshold, the same limit holds without the
+    start-up warning a user cannot act on.
+    """
+    threshold = caproto_constants.SUBSCRIPTION_BACKLOG_WARN_THRESHOLD_ELEMENTS
+    default = caproto_constants.MAX_SUBSCRIPTION_BACKLOG
+    if threshold <= 1 or max_length <= 1:
+        return default
+    return max(caproto_constants.MIN_SUBSCRIPTION_BACKLOG,
+               min(default, (threshold - 1) // max_length))
+
+
 def string_pv(name: str, value: str = "", read_only: bool = True, doc: str = "",
               max_length: int = STRING_LENGTH) -> pvproperty:
     """A single char-waveform string PV."""
     return pvproperty(name=name, value=value, max_length=max_length, read_only=read_only,
-                      dtype=ChannelType.CHAR if read_only else LongString, doc=doc or name)
+                      dtype=ChannelType.CHAR if read_only else LongString, doc=doc or name,
+                      max_subscription_backlog=subscription_backlog(max_length))
 
 
 def choice_index(value: Any, choices: tuple[str, ...]) -> int:

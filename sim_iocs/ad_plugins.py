@@ -36,6 +36,7 @@ from sim_iocs.ad_common import (
     rbv_pair,
     string_pair,
     string_pv,
+    subscription_backlog,
 )
 from sim_iocs.ad_driver import NDArrayBaseGroup
 
@@ -123,6 +124,7 @@ def make_std_arrays_class(n_pixels: int) -> type[NDPluginBaseGroup]:
 
         array_data = pvproperty(name="ArrayData", value=np.zeros(n_pixels, dtype=np.int32),
                                 dtype=ChannelType.LONG, max_length=n_pixels, read_only=True,
+                                max_subscription_backlog=subscription_backlog(n_pixels),
                                 doc="last frame, row-major, module gaps = -1")
 
         async def process(self, array: NDArray) -> None:

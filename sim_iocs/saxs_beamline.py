@@ -62,8 +62,8 @@ from sim_iocs.motor import MotorRecord
 from sim_iocs.ndattributes import attributes_xml
 from sim_iocs.tray import TraySlot, default_tray, load_tray
 
-__all__ = ["DETECTOR_DISTANCES_M", "SAXSBeamlineBase", "build_ioc", "main", "make_instrument",
-           "make_ioc_class", "write_geometry"]
+__all__ = ["DETECTOR_DISTANCES_M", "SAXSBeamlineBase", "build_ioc", "client_environment",
+           "main", "make_instrument", "make_ioc_class", "startup_lines", "write_geometry"]
 
 log = logging.getLogger(__name__)
 
@@ -302,7 +302,7 @@ def _parser() -> argparse.ArgumentParser:
     parser.add_argument("--interfaces", nargs="+", default=list(d.interfaces),
                         help="interfaces to serve Channel Access on (default: loopback only)")
     parser.add_argument("--list-pvs", "--print-pvs", dest="list_pvs", action="store_true",
-                        help="print the PV names and exit without serving")
+                        help="log the PV names, then serve (caproto's convention)")
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     return parser
 
@@ -330,17 +330,20 @@ def main(argv: list[str] | None = None) -> None:
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     _quiet_caproto(args.verbose)
     tray = load_tray(args.tray) if args.tray else default_tray()
-    ioc = build_ioc(args.prefix, tray, args.detector, args.seed, args.data_root)
-    if args.list_pvs:
-        print("\n".join(sorted(ioc.pvdb)))
-        return
+    # absolute paths in the log: a client started from another folder must find the files
+    poni_out, mask_out = (None if p is None else p.resolve()
+                          for p in (args.poni_out, args.mask_out))
+    ioc = build_ioc(args.prefix, tray, args.detector, args.seed, args.data_root.resolve())
     ioc.detector.data_root.mkdir(parents=True, exist_ok=True)
-    write_geometry(ioc.instrument, args.poni_out, args.mask_out)
-    for what, path in (("PONI", args.poni_out), ("mask", args.mask_out)):
+    write_geometry(ioc.instrument, poni_out, mask_out)
+    for what, path in (("PONI", poni_out), ("mask", mask_out)):
         if path is not None:
             log.info("wrote %s %s", what, path)
-    log.info("serving %d PVs with prefix %s on %s (pid %d), data root %s", len(ioc.pvdb),
-             ioc.prefix, " ".join(args.interfaces), os.getpid(), ioc.detector.data_root)
+    if args.list_pvs:  # caproto's convention: log the names, then serve
+        log.info("PVs:\n    %s", "\n    ".join(sorted(ioc.pvdb)))
+    for line in startup_lines(ioc.prefix, len(ioc.pvdb), args.interfaces,
+                              ioc.detector.data_root):
+        log.info("%s", line)
     signal.signal(signal.SIGTERM, _interrupt)  # before the loop runs: stop like Ctrl-C
     try:
         asyncio.run(_serve(ioc.pvdb, args.interfaces))
@@ -349,6 +352,72 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the close
         ioc.detector.hdf.close_now()
+
+
+def client_environment(interfaces: list[str] | tuple[str, ...],
+                       environ: Any = None) -> dict[str, str]:
+    """The ``EPICS_CA_*`` variables a Channel Access client needs to find this IOC.
+
+    Parameters
+    ----------
+    interfaces : list of str
+        The interfaces the IOC serves on (``--interfaces``).
+    environ : mapping, optional
+        The IOC's environment (default ``os.environ``): a non-default server port
+        (``EPICS_CAS_SERVER_PORT`` or ``EPICS_CA_SERVER_PORT``) must be exported too.
+
+    Returns
+    -------
+    dict
+        Variable name to value. Serving on specific addresses (loopback by default), the
+        IOC answers only searches sent to them, not a default client's broadcast: the
+        client lists them in ``EPICS_CA_ADDR_LIST`` and turns the automatic list off.
+        Serving on ``0.0.0.0`` needs nothing.
+    """
+    environ = os.environ if environ is None else environ
+    out: dict[str, str] = {}
+    addresses = [a for a in interfaces if a not in ("0.0.0.0", "")]
+    if addresses and len(addresses) == len(interfaces):
+        out["EPICS_CA_ADDR_LIST"] = " ".join(addresses)
+        out["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
+    port = environ.get("EPICS_CAS_SERVER_PORT") or environ.get("EPICS_CA_SERVER_PORT")
+    if port and port != "5064":
+        out["EPICS_CA_SERVER_PORT"] = port
+    return out
+
+
+def startup_lines(prefix: str, n_pvs: int, interfaces: list[str] | tuple[str, ...],
+                  data_root: Path, environ: Any = None) -> list[str]:
+    """What the IOC says when it starts serving: prefix, where, and what a client exports.
+
+    Parameters
+    ----------
+    prefix : str
+        The PV prefix.
+    n_pvs : int
+        How many PVs it serves.
+    interfaces : list of str
+        The Channel Access interfaces it serves on.
+    data_root : Path
+        The only folder its HDF5 plugin writes into.
+    environ : mapping, optional
+        The IOC's environment (see :func:`client_environment`).
+
+    Returns
+    -------
+    list of str
+        Log lines, the last one the ``export`` command for a client's shell.
+    """
+    env = client_environment(interfaces, environ)
+    lines = [f"serving {n_pvs} PVs with prefix {prefix} on {' '.join(interfaces)} "
+             f"(pid {os.getpid()}), HDF5 data root {data_root}"]
+    if env:
+        lines.append("a Channel Access client (pbi ipython, ophyd, caget) must export: "
+                     + " ".join(f"{k}={v!r}" if " " in v else f"{k}={v}"
+                                for k, v in env.items())
+                     + " (the epics section of profiles/profile_saxs/beamline.yaml sets them"
+                       " for pbi ipython)")
+    return lines
 
 
 async def _serve(pvdb: dict, interfaces: list[str]) -> None:

@@ -25,11 +25,11 @@ from typing import Annotated, Any, Literal
 from pydantic import BeforeValidator, Field, StrictStr, field_validator
 
 from pbi_bluesky.config.strict import Float, Int, StrictModel, ValidationError, explain
+from pbi_bluesky.infra.resources import profile_dir
 
 __all__ = ["DEFAULT_POLICY_FILE", "AgentPolicy", "PolicyError", "load_policy"]
 
-DEFAULT_POLICY_FILE = (Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs"
-                       / "agent_policy.yaml")
+DEFAULT_POLICY_FILE = profile_dir() / "agent_policy.yaml"
 
 POSITIONS = {"front": "front", "next": "front", "back": "back", "end": "back"}
 

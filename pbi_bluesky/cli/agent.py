@@ -10,7 +10,7 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import command, queue_app
+from pbi_bluesky.cli.app import command, queue_app, require_extra
 
 
 @command(queue_app, "agent", old="agent")
@@ -46,6 +46,7 @@ def agent(
     the queue's item metadata, so a restart never queues a second rescan. Stops on
     SIGTERM / Ctrl-C.
     """
+    require_extra("queue", "pbi queue agent")
     from pbi_bluesky.agent import PolicyError, build_agent, load_policy, run_agent
     from pbi_bluesky.config import ConfigError, config_path, load_config
 

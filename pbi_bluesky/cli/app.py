@@ -4,9 +4,10 @@ Commands live in the sibling modules (one per area) and register themselves on :
 heavy libraries are imported inside the commands, so ``pbi --help`` and light commands start
 fast (measured by ``benchmarks/bench_startup.py``).
 
-Logging: at the default level a scientist's terminal shows this package's INFO messages and
-every library's warnings and errors, but no third-party INFO chatter (alembic migrations,
-Tiled's version banner, ...). Some libraries set their own logger levels or attach their own
+Logging: at the default level a scientist's terminal shows the INFO messages of this package
+and of the simulated IOCs, and every library's warnings and errors, but no third-party INFO
+chatter (alembic migrations, Tiled's version banner, ...) and no notice about an optional
+accelerator (silx without pyopencl). Some libraries set their own logger levels or attach their own
 handlers when imported, *after* this set-up ran, so the filter sits on the root handler and
 on the loggers known to print through a handler of their own. ``--verbose`` shows
 everything at DEBUG.
@@ -22,10 +23,16 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["OWN_PREFIX", "SUBAPPS", "QuietThirdParty", "app", "bus_app", "catalog_app",
-           "command", "data_app", "model_app", "queue_app", "sim_app"]
+__all__ = ["OWN_LOGGERS", "OWN_PREFIX", "SUBAPPS", "QuietThirdParty", "app", "bus_app",
+           "catalog_app", "command", "data_app", "model_app", "queue_app", "require_extra",
+           "sim_app"]
 
 OWN_PREFIX = "pbi_bluesky"
+OWN_LOGGERS = (OWN_PREFIX, "sim_iocs", "__main__")
+"""Loggers whose INFO lines a scientist sees: this package and the simulated IOCs."""
+# warnings about optional accelerators a user need not install (silx without pyopencl):
+# shown with --verbose only
+_OPTIONAL_NOTICES = ("silx.opencl.common",)
 # loggers that attach a handler of their own on import (seen in tiled 0.2.20)
 _SELF_HANDLED = ("tiled.server.app", "tiled.access_control.access_policies",
                  "tiled.catalog.migrations")
@@ -91,14 +98,42 @@ def command(sub: typer.Typer | None, name: str, *, old: str | None = None,
     return register
 
 
+def require_extra(extra: str, what: str, modules: tuple[str, ...] | None = None) -> None:
+    """Stop a command with a one-line error naming the extra to install, if one is missing.
+
+    Parameters
+    ----------
+    extra : str
+        The extra (``bus``, ``queue``, ``dask``, ``sim`` ...; see
+        :data:`pbi_bluesky.infra.extras.EXTRAS`).
+    what : str
+        The command, for the message (``"pbi bus worker"``).
+    modules : tuple of str, optional
+        Only these import names of the extra.
+
+    Raises
+    ------
+    typer.Exit
+        Code 3, after printing ``error: ... pip install 'pbi_bluesky[extra]'``.
+    """
+    from pbi_bluesky.infra.extras import MissingExtra, require
+
+    try:
+        require(extra, what, modules)
+    except MissingExtra as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(3) from exc
+
+
 class QuietThirdParty(logging.Filter):
-    """Pass records of this package at any level, other libraries' at WARNING and above."""
+    """Pass records of this package and ``sim_iocs`` at any level, other libraries' at WARNING
+    and above."""
 
     def filter(self, record: logging.LogRecord) -> bool:
         if record.levelno >= logging.WARNING:
             return True
         name = record.name
-        return name == OWN_PREFIX or name.startswith(OWN_PREFIX + ".") or name == "__main__"
+        return any(name == own or name.startswith(own + ".") for own in OWN_LOGGERS)
 
 
 _FILTER = QuietThirdParty()
@@ -111,6 +146,8 @@ def _setup_logging(verbose: bool) -> None:
     )
     if verbose:
         return
+    for name in _OPTIONAL_NOTICES:
+        logging.getLogger(name).setLevel(logging.ERROR)
     for handler in logging.getLogger().handlers:
         if _FILTER not in handler.filters:
             handler.addFilter(_FILTER)

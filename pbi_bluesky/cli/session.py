@@ -11,8 +11,9 @@ from typing import Annotated
 import typer
 
 from pbi_bluesky.cli.app import command
+from pbi_bluesky.infra.resources import profile_dir
 
-PROFILE = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs"
+PROFILE = profile_dir()
 
 
 @command(None, "ipython",

@@ -17,7 +17,7 @@ from typing import Annotated, Any
 
 import typer
 
-from pbi_bluesky.cli.app import bus_app, command
+from pbi_bluesky.cli.app import bus_app, command, require_extra
 
 
 class Role(StrEnum):
@@ -153,6 +153,7 @@ def worker(
     (the lease holder) splits documents into frames and writes the analysis runs to
     Tiled. Stop with Ctrl-C or SIGTERM (the current batch is finished first).
     """
+    require_extra("bus", "pbi bus worker", ("redis",))
     import torch
     from threadpoolctl import threadpool_limits
 
@@ -246,6 +247,7 @@ def dead_letters(
     as_json: Annotated[bool, typer.Option("--json", help="JSON output.")] = False,
 ) -> None:
     """List dead-lettered documents and work items, with the reason for each."""
+    require_extra("bus", "pbi bus dead-letters", ("redis",))
     from pbi_bluesky.bus import BusNames, connect
 
     names = BusNames(beamline)

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
+
+from pbi_bluesky.infra.resources import profile_dir
 
 __all__ = ["PROFILE_DIR", "connect_api"]
 
-PROFILE_DIR = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs"
+PROFILE_DIR = profile_dir()
 """The profile folder: ``startup/``, ``user_group_permissions.yaml``, ``beamline.yaml``."""
 
 

@@ -23,7 +23,13 @@ simulated beamline)::
 import typing
 from collections.abc import Generator
 
-from bluesky_queueserver import parameter_annotation_decorator
+try:
+    from bluesky_queueserver import parameter_annotation_decorator
+except ImportError:  # without the [queue] extra: the same plans, for IPython, unannotated
+
+    def parameter_annotation_decorator(annotation: dict) -> typing.Callable:
+        """Stand-in without bluesky-queueserver: returns the plan unchanged."""
+        return lambda plan: plan
 
 from pbi_bluesky import plans as _plans
 

@@ -112,13 +112,18 @@ def start_sim_ioc(directory: Path, tray: list[dict[str, Any]] | list[TraySlot],
 
     ``env`` holds the EPICS variables (default: :func:`loopback_epics_env`);
     ``data_root`` the HDF5 folder (default ``directory / "data"``). The IOC writes
-    ``directory / "geometry.poni"`` and ``directory / "mask.edf"``.
+    ``directory / "geometry.poni"`` and ``directory / "mask.edf"``; every path of the
+    returned :class:`SimIOC` is absolute, whatever the caller's working folder.
     """
     if all(isinstance(t, TraySlot) for t in tray):
         slots = list(tray)
     else:
         slots = parse_tray(tray, "tray")
     epics = env or loopback_epics_env()
+    # absolute paths: the IOC runs with its cwd in ``directory``, so a relative path given
+    # to it (``demo_output/ioc/geometry.poni``) would land one folder deeper than the caller
+    # looks for it
+    directory = Path(directory).resolve()
     directory.mkdir(parents=True, exist_ok=True)
     tray_path = dump_tray(slots, directory / "tray.yaml")
     log_path = directory / "ioc.log"

@@ -16,7 +16,6 @@ from pathlib import Path
 
 import bluesky.plan_stubs as bps  # noqa: F401 - for the user
 import bluesky.plans as bp  # noqa: F401 - for the user
-from bluesky_queueserver import is_re_worker_active
 
 from pbi_bluesky.plans import survey_and_rescan  # noqa: F401
 
@@ -24,6 +23,13 @@ from pbi_bluesky.plans import survey_and_rescan  # noqa: F401
 from pbi_bluesky.queue.plans import fly_slot, measure_tray, rescan  # noqa: F401
 from pbi_bluesky.session import build_session
 from pbi_bluesky.store import flagged_runs  # noqa: F401 - for the user
+
+try:
+    from bluesky_queueserver import is_re_worker_active
+except ImportError:  # without pbi_bluesky[queue] this is never the queue server's worker
+
+    def is_re_worker_active():
+        return False
 
 
 def _profile_dir() -> Path:
