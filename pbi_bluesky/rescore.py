@@ -29,14 +29,13 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-import numpy as np
+from pbi_bluesky.scoring.tiled import run_frames
+from pbi_bluesky.store.queries import RECORD_PURPOSES, cells_before, select_runs
 
-__all__ = ["RescoreJob", "rescore", "rescore_run", "select_runs"]
+__all__ = ["RECORD_PURPOSES", "RescoreJob", "cells_before", "rescore", "rescore_run",
+           "select_runs"]
 
 logger = logging.getLogger(__name__)
-
-RECORD_PURPOSES = ("pbi_decision", "pbi_request")
-"""Start-document ``purpose`` values of records that are not raw runs."""
 
 
 @dataclass(frozen=True)
@@ -69,60 +68,6 @@ class RescoreJob:
     def key(self) -> str:
         return json.dumps([self.model, self.tiled_uri, self.scorer], sort_keys=True,
                           default=str)
-
-
-def _parse_query(item: str) -> tuple[str, Any]:
-    if "=" not in item:
-        raise ValueError(f"query {item!r}: expected KEY=VALUE")
-    key, value = item.split("=", 1)
-    try:
-        return key.strip(), json.loads(value)
-    except json.JSONDecodeError:
-        return key.strip(), value
-
-
-def select_runs(runs: Any, *, since: Any = None, until: Any = None,
-                query: list[str] | tuple[str, ...] = ()) -> list[tuple[str, dict]]:
-    """Raw runs (not analyses, not decision/request records) matching the selection,
-    oldest first, as (uid, start document)."""
-    from tiled.queries import Comparison, Key
-
-    from pbi_bluesky.store.queries import to_epoch
-
-    results = runs
-    if (t := to_epoch(since)) is not None:
-        results = results.search(Comparison("ge", "start.time", t))
-    if (t := to_epoch(until)) is not None:
-        results = results.search(Comparison("le", "start.time", t))
-    for item in query:
-        key, value = _parse_query(item)
-        results = results.search(Key(key) == value)
-    out = []
-    for uid, node in results.items():
-        start = node.metadata.get("start") or {}
-        if start.get("pbi_analysis") or start.get("pbi_rescore") or \
-                start.get("purpose") in RECORD_PURPOSES or start.get("raw_uid"):
-            continue
-        out.append((start.get("time") or 0.0, uid, start))
-    return [(uid, start) for _t, uid, start in sorted(out, key=lambda r: (r[0], r[1]))]
-
-
-def cells_before(runs: Any, selected: list[tuple[str, dict]]) -> dict[str, str]:
-    """For each selected sample run, the latest empty-cell run started before it (the
-    background the live scorer would have subtracted), searched in the whole catalog."""
-    from tiled.queries import Key
-
-    cells = sorted((node.metadata["start"].get("time") or 0.0, uid) for uid, node in
-                   runs.search(Key("sample_type") == "empty_cell").items()
-                   if not node.metadata["start"].get("raw_uid"))
-    out = {}
-    for uid, start in selected:
-        if start.get("sample_type") == "empty_cell":
-            continue
-        before = [c for t, c in cells if t < (start.get("time") or 0.0)]
-        if before:
-            out[uid] = before[-1]
-    return out
 
 
 def rescored(runs: Any, model_sha256: str) -> tuple[set[str], list[str]]:
@@ -161,35 +106,6 @@ def _scorer_and_runs(job: RescoreJob) -> tuple[Any, Any]:
         return state
 
 
-def _frames(core: Any, raw: Any, raw_uid: str, chunk: int, background: Any):
-    """The raw run's frames as FrameInputs, ``chunk`` at a time, read from Tiled."""
-    from pbi_bluesky.scoring.engine import FrameInput
-    from pbi_bluesky.scoring.frames import AssetRegistry
-    from pbi_bluesky.scoring.streams import FrameParts
-
-    start = dict(raw.metadata["start"])
-    for stream_name in list(raw):
-        stream = raw[stream_name]
-        roles = core.roles({"data_keys": dict(stream.metadata.get("data_keys") or {})})
-        if roles is None:
-            continue
-        keys = [k for k in (roles.image, roles.monitor, roles.transmission) if k]
-        seq_nums = [int(s) for s in np.asarray(stream["seq_num"].read())]
-        scalars = {k: np.asarray(stream[k].read()) for k in keys if k != roles.image}
-        image = stream[roles.image] if roles.image else None
-        for lo in range(0, len(seq_nums), chunk):
-            hi = min(lo + chunk, len(seq_nums))
-            block = np.asarray(image[lo:hi]) if image is not None else None
-            batch = []
-            for i in range(lo, hi):
-                values = {k: ("inline", v[i]) for k, v in scalars.items()}
-                if block is not None:
-                    values[roles.image] = ("inline", block[i - lo])
-                batch.append(FrameInput(raw_uid, start, roles, FrameParts(seq_nums[i], values),
-                                        AssetRegistry(), background=background))
-            yield batch
-
-
 def _background(job: RescoreJob, cell_uid: str | None) -> Any:
     """The background profile of an empty-cell run (its last frame reduced), cached."""
     if cell_uid is None:
@@ -198,7 +114,7 @@ def _background(job: RescoreJob, cell_uid: str | None) -> Any:
     if key not in _STATE:
         core, catalog = _scorer_and_runs(job)
         profile = None
-        for batch in _frames(core, catalog.runs[cell_uid], cell_uid, job.chunk, None):
+        for batch in run_frames(core, catalog.runs[cell_uid], cell_uid, job.chunk, None):
             for outcome in core.process(batch):
                 if outcome.result.status == "reference":
                     profile = outcome.profile
@@ -224,7 +140,7 @@ def rescore_run(job: RescoreJob, raw_uid: str, cell_uid: str | None = None) -> d
     writer("descriptor", analysis.verdicts.descriptor_doc)
     writer("descriptor", analysis.explanations.descriptor_doc)
     frames = 0
-    for batch in _frames(core, raw, raw_uid, job.chunk, background):
+    for batch in run_frames(core, raw, raw_uid, job.chunk, background):
         for outcome in core.process(batch):
             result = outcome.result
             writer("event", analysis.record(result, outcome.resampled))

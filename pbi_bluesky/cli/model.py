@@ -19,10 +19,64 @@ def _load_manifest_profiles(manifest: Path, poni: Path | None, mask: Path | None
     return rows, load_profiles(rows, poni=poni, mask=mask, dark=dark)
 
 
+def _tiled_scorer(config: Path | None, poni: Path | None, mask: Path | None,
+                  dark: Path | None, npt: int | None, model: Path | None = None,
+                  reduce_only: bool = False):
+    """A FrameScorer with the beamline file's reduction settings (or the options')."""
+    import numpy as np
+
+    from pbi_bluesky.scoring.engine import FrameScorer, settings_kwargs
+
+    kwargs = settings_kwargs(config) if config else {}
+    for name, value in (("poni", poni), ("mask", mask), ("dark", dark)):
+        if value is not None:  # .npy images are read here; other formats by the scorer
+            kwargs[name] = (str(value) if name == "poni" or not str(value).endswith(".npy")
+                            else np.load(value))
+    if npt is not None:
+        kwargs["npt"] = npt
+    if reduce_only:
+        kwargs.pop("model", None)
+        return FrameScorer(reduce_only=True, **kwargs)
+    if model is not None:
+        kwargs["model"] = model
+    return FrameScorer(**kwargs)
+
+
+def _open_catalog(uri: str, api_key: str | None):
+    from pbi_bluesky.store import Catalog
+
+    try:
+        return Catalog(uri, api_key=api_key).runs
+    except Exception as exc:  # noqa: BLE001 - a clear line instead of a traceback
+        typer.echo(f"error: cannot open the catalog at {uri}: {type(exc).__name__}: {exc}",
+                   err=True)
+        raise typer.Exit(2) from exc
+
+
+TILED_HELP = "Train on raw runs in this Tiled catalog (instead of a manifest)."
+QUERY_HELP = ("KEY=VALUE on the runs' start documents (repeatable; the value is read as "
+              "JSON where it parses).")
+
+
 @command(model_app, "train", old="train")
 def train(
-    manifest: Annotated[Path, typer.Option(help="CSV with columns path, composition.")],
     out: Annotated[Path, typer.Option(help="Output model bundle folder.")],
+    manifest: Annotated[Path | None, typer.Option(
+        help="CSV with columns path, composition.")] = None,
+    tiled: Annotated[str | None, typer.Option("--tiled", help=TILED_HELP)] = None,
+    query: Annotated[list[str] | None, typer.Option(help=QUERY_HELP)] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only runs started at or after this time (ISO or epoch s).")] = None,
+    until: Annotated[str | None, typer.Option(
+        help="Only runs started at or before this time (ISO or epoch s).")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="TILED_API_KEY", help="Tiled API key (default: $TILED_API_KEY).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="beamline.yaml: reduction settings (mask, dark, q bins, keys) for --tiled.")
+    ] = None,
+    npt: Annotated[int | None, typer.Option(
+        help="q bins of the reduction for --tiled (default: the beamline file's, else 400).")
+    ] = None,
     poni: Annotated[Path | None, typer.Option(help="PONI: manifest paths are 2D frames.")] = None,
     mask: Annotated[Path | None, typer.Option(help="Mask image for frames.")] = None,
     dark: Annotated[Path | None, typer.Option(help="Dark image for frames.")] = None,
@@ -53,7 +107,63 @@ def train(
              "DistributedDataParallel: gloo on CPU, nccl with a GPU per process).",
         min=1)] = 1,
 ) -> None:
-    """Train a detector on normal profiles (every manifest row is a normal sample)."""
+    """Train a detector on normal profiles: every manifest row, or every frame of the raw
+    runs selected in Tiled (--tiled, --query, --since, --until)."""
+    from pbi_bluesky.models.bundle import sha256_file
+
+    if (manifest is None) == (tiled is None):
+        raise typer.BadParameter("give --manifest or --tiled (one of them)")
+    fixed_grid = None
+    if tiled is not None:
+        from pbi_bluesky.models import QGrid
+        from pbi_bluesky.training.tiled import collect_normals
+
+        if qmin is not None or qmax is not None:
+            fixed_grid = QGrid(qmin if qmin is not None else 0.008,
+                               qmax if qmax is not None else 0.19)
+        runs = _open_catalog(tiled, api_key)
+        scorer = _tiled_scorer(config, poni, mask, dark, npt, reduce_only=True)
+        normals = collect_normals(runs, scorer, query=tuple(query or ()), since=since,
+                                  until=until, grid=fixed_grid, uri=tiled)
+        summary = normals.summary()
+        for r in normals.refused:
+            typer.echo(f"refused run {r['uid']} ({r['sample']}): {r['reason']}", err=True)
+        typer.echo(f"runs: {summary['selected']} selected, {summary['used']} used, "
+                   f"{summary['refused']} refused, {summary['empty_cells']} empty cells; "
+                   f"{summary['frames']} normal frames "
+                   + ", ".join(f"{k} {v}" for k, v in summary["per_recipe"].items()))
+        if not normals.profiles:
+            typer.echo("error: no usable normal frames in the selection", err=True)
+            raise typer.Exit(2)
+        loaded, recipes = normals.profiles, normals.recipes
+        extra = {"training_source": normals.selection, "training_runs": normals.run_uids,
+                 "training_summary": summary}
+    else:
+        rows, loaded = _load_manifest_profiles(manifest, poni, mask, dark)
+        if "anomaly" in rows[0]:
+            keep = [i for i, r in enumerate(rows)
+                    if r.get("anomaly", "0") in ("0", "", "False")]
+            if len(keep) < len(rows):
+                typer.echo(f"note: using the {len(keep)} rows with anomaly=0 of {len(rows)}",
+                           err=True)
+            rows, loaded = [rows[i] for i in keep], [loaded[i] for i in keep]
+        bad = [(r["path"], p) for r, p in zip(rows, loaded, strict=True)
+               if isinstance(p, Exception)]
+        for path, exc in bad:
+            typer.echo(f"error: {path}: {exc}", err=True)
+        if bad:
+            typer.echo(f"error: {len(bad)} training file(s) could not be read", err=True)
+            raise typer.Exit(2)
+        recipes = [r["composition"] for r in rows]
+        extra = {"training_manifest": str(manifest), "manifest_sha256": sha256_file(manifest)}
+    _fit_and_save(loaded, recipes, out, extra=extra, epochs=epochs, seed=seed, alpha=alpha,
+                  calibration=calibration, folds=folds, qmin=qmin, qmax=qmax, margin=margin,
+                  mining=mining, detector_name=detector_name, nproc=nproc)
+
+
+def _fit_and_save(loaded, recipes, out: Path, *, extra: dict, epochs, seed, alpha,
+                  calibration, folds, qmin, qmax, margin, mining, detector_name,
+                  nproc) -> None:
     from dataclasses import replace
 
     import torch
@@ -65,22 +175,9 @@ def train(
         QGrid,
         save_bundle,
     )
-    from pbi_bluesky.models.bundle import sha256_file, training_data_hash
+    from pbi_bluesky.models.bundle import training_data_hash
 
     torch.manual_seed(seed)
-    rows, loaded = _load_manifest_profiles(manifest, poni, mask, dark)
-    if "anomaly" in rows[0]:
-        keep = [i for i, r in enumerate(rows) if r.get("anomaly", "0") in ("0", "", "False")]
-        if len(keep) < len(rows):
-            typer.echo(f"note: using the {len(keep)} rows with anomaly=0 of {len(rows)}", err=True)
-        rows, loaded = [rows[i] for i in keep], [loaded[i] for i in keep]
-    bad = [(r["path"], p) for r, p in zip(rows, loaded, strict=True) if isinstance(p, Exception)]
-    for path, exc in bad:
-        typer.echo(f"error: {path}: {exc}", err=True)
-    if bad:
-        typer.echo(f"error: {len(bad)} training file(s) could not be read", err=True)
-        raise typer.Exit(2)
-    recipes = [r["composition"] for r in rows]
     kinds = {"pbi": AnomalyDetector, "paper": PaperPipeline}
     if detector_name not in kinds:
         typer.echo(f"error: --detector must be one of {', '.join(kinds)}", err=True)
@@ -117,7 +214,7 @@ def train(
     intensity, sigma = detector.resample(loaded)
     path = save_bundle(
         detector, out, training_data_sha256=training_data_hash(intensity, sigma, recipes),
-        extra={"training_manifest": str(manifest), "manifest_sha256": sha256_file(manifest)},
+        extra=extra,
     )
     typer.echo(f"wrote {path} (recipes {detector.recipes}, train "
                f"{detector.metrics['train_seconds']} s)")
@@ -174,12 +271,31 @@ def score(
     expected: Annotated[str | None, typer.Option(help="Expected recipe of FILES.")] = None,
     fdr: Annotated[bool, typer.Option(help="Benjamini-Hochberg over the batch.")] = False,
     as_json: Annotated[bool, typer.Option("--json", help="One JSON object per line.")] = False,
+    tiled: Annotated[str | None, typer.Option(
+        "--tiled", help="Score every frame of raw runs in this Tiled catalog (writes "
+                        "nothing).")] = None,
+    query: Annotated[list[str] | None, typer.Option(help=QUERY_HELP)] = None,
+    since: Annotated[str | None, typer.Option(
+        help="Only runs started at or after this time (ISO or epoch s).")] = None,
+    until: Annotated[str | None, typer.Option(
+        help="Only runs started at or before this time (ISO or epoch s).")] = None,
+    api_key: Annotated[str | None, typer.Option(
+        envvar="TILED_API_KEY", help="Tiled API key (default: $TILED_API_KEY).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="beamline.yaml: reduction settings for --tiled.")] = None,
+    npt: Annotated[int | None, typer.Option(help="q bins of the reduction for --tiled.")
+                   ] = None,
 ) -> None:
-    """Score profiles: one JSON line each (score, threshold, verdict, p-value, ...)."""
+    """Score profiles: one JSON line each (score, threshold, verdict, p-value, ...); with
+    --tiled, one line per frame of the selected raw runs."""
     from pbi_bluesky.training.datasets import load_profiles
 
-    if bool(files) == bool(manifest):
-        raise typer.BadParameter("give FILES or --manifest (one of them)")
+    if sum(map(bool, (files, manifest, tiled))) != 1:
+        raise typer.BadParameter("give FILES, --manifest or --tiled (one of them)")
+    if tiled is not None:
+        _score_tiled(tiled, api_key, model, config, poni, mask, dark, npt,
+                     tuple(query or ()), since, until, as_json)
+        return
     detector = _open_model(model)
     if manifest:
         rows, loaded = _load_manifest_profiles(manifest, poni, mask, dark)
@@ -225,6 +341,34 @@ def score(
                        f"HyperScore={r['hyperscore']:.1f} predicted={r['predicted_composition']}"
                        f" expected={r['expected_composition']} {top}")
     if any("error" in r for r in results.values()):
+        raise typer.Exit(1)
+
+
+def _score_tiled(uri: str, api_key: str | None, model: Path | None, config: Path | None,
+                 poni: Path | None, mask: Path | None, dark: Path | None, npt: int | None,
+                 query: tuple[str, ...], since: str | None, until: str | None,
+                 as_json: bool) -> None:
+    from pbi_bluesky.models import BundleError
+    from pbi_bluesky.training.tiled import score_selection
+
+    runs = _open_catalog(uri, api_key)
+    try:
+        scorer = _tiled_scorer(config, poni, mask, dark, npt, model=model)
+    except BundleError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    failed = 0
+    for record in score_selection(runs, scorer, query=query, since=since, until=until):
+        failed += "error" in record
+        if as_json:
+            typer.echo(json.dumps(record))
+        elif "error" in record:
+            typer.echo(f"{record['raw_uid']} #{record['seq_num']}: ERROR {record['error']}")
+        elif record["status"] == "scored":
+            verdict = "ANOMALY" if record["is_anomaly"] else "ok"
+            typer.echo(f"{record['raw_uid']} #{record['seq_num']} {record['sample']}: "
+                       f"{verdict} score={record['score']:.4g} p={record['p_value']:.3g}")
+    if failed:
         raise typer.Exit(1)
 
 

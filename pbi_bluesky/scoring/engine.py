@@ -127,7 +127,10 @@ class FrameScorer:
     ``model``, ``image_key``, ``monitor_key``, ``transmission_key``, ``poni``, ``mask``,
     ``dark``, ``flat``, ``polarization_factor``, ``absolute_scale``, ``background``,
     ``data_roots``, ``transmission_required``, ``monitor_from_start``, ``npt``; plus
-    ``min_batch_rows`` (fewest curves per model call).
+    ``min_batch_rows`` (fewest curves per model call) and ``reduce_only``: no model at all
+    (``model`` is ignored), frames are read, checked and reduced exactly as for scoring and
+    their outcomes have status ``"reduced"`` with the profile (what training from Tiled
+    learns from); a sample frame must then name its recipe, any recipe.
     """
 
     def __init__(
@@ -149,10 +152,12 @@ class FrameScorer:
         monitor_from_start: bool = False,
         npt: int = 400,
         min_batch_rows: int = MIN_BATCH_ROWS,
+        reduce_only: bool = False,
     ) -> None:
-        self.model = load_model(model)
-        self.model_info = dict(self.model.bundle_info)
-        self.reader = FrameReader(self.model.recipes, image_key=image_key,
+        self.model: AnomalyDetector | None = None if reduce_only else load_model(model)
+        self.model_info = {} if self.model is None else dict(self.model.bundle_info)
+        self.reader = FrameReader(None if self.model is None else self.model.recipes,
+                                  image_key=image_key,
                                   monitor_key=monitor_key, transmission_key=transmission_key,
                                   poni=poni, data_roots=data_roots,
                                   transmission_required=transmission_required,
@@ -263,8 +268,9 @@ class FrameScorer:
         FrameReader.prefetch(frames, cache)
 
     def resampled(self, profile: Profile | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """A profile on the model's grid, or ``None`` if it does not cover the grid."""
-        if profile is None:
+        """A profile on the model's grid, or ``None`` if it does not cover the grid (or there
+        is no model)."""
+        if profile is None or self.model is None:
             return None
         try:
             inten, sig = self.model.resample([profile])
@@ -362,6 +368,10 @@ class FrameScorer:
                 profile = profiles[k] if profiles is not None else reducer.reduce_absolute(
                     r.image, i0=r.i0, transmission=r.transmission, thickness_cm=r.thickness,
                     background=background)
+                if self.model is None:  # reduce_only: the profile is the outcome
+                    r.result.status = "reduced"
+                    outcomes[i] = Outcome(frames[i], r.result, profile)
+                    continue
                 intensity, sigma = self.model.resample([profile])
             except Exception as exc:  # noqa: BLE001 - every failure becomes a record
                 outcomes[i] = self._failed(frames[i], exc, profile)

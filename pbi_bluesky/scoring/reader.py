@@ -95,7 +95,8 @@ class FrameReader:
     Parameters
     ----------
     recipes
-        The recipes the model knows (a frame expecting another one fails).
+        The recipes the model knows (a frame expecting another one fails); ``None``: any
+        recipe (reduction without a model, e.g. for training), but a sample must name one.
     image_key, monitor_key, transmission_key
         Data keys of the frame, I0 and transmission (``None``: the single candidate of
         the descriptor, :func:`~pbi_bluesky.scoring.streams.resolve_roles`).
@@ -113,7 +114,7 @@ class FrameReader:
 
     def __init__(
         self,
-        recipes: Sequence[str],
+        recipes: Sequence[str] | None,
         *,
         image_key: str | None = None,
         monitor_key: str | None = None,
@@ -123,7 +124,7 @@ class FrameReader:
         transmission_required: bool = True,
         monitor_from_start: bool = False,
     ) -> None:
-        self.recipes = tuple(recipes)
+        self.recipes = None if recipes is None else tuple(recipes)
         self.keys = {"image_key": image_key, "monitor_key": monitor_key,
                      "transmission_key": transmission_key}
         self.transmission_required = bool(transmission_required)
@@ -196,7 +197,10 @@ class FrameReader:
         thickness = start.get("thickness_cm")
         if not is_cell:
             expected = start.get("composition")
-            if expected is not None and expected not in self.recipes:
+            if self.recipes is None and not expected:
+                raise FrameError("no recipe ('composition') in the start document")
+            if self.recipes is not None and expected is not None and \
+                    expected not in self.recipes:
                 raise FrameError(f"expected recipe {expected!r} unknown to the model "
                                  f"({list(self.recipes)})")
             if thickness is None:

@@ -14,7 +14,7 @@ class FrameResult:
 
     raw_uid: str
     raw_seq_num: int
-    status: str  # "scored" | "failed" | "shed"
+    status: str  # "scored" | "failed" | "shed" | "reference" | "reduced" (no model)
     reason: str = ""
     score: float = float("nan")
     threshold: float = float("nan")

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 from datetime import datetime
 from typing import Any
 
-__all__ = ["DECISIONS", "analysis_of", "decisions_of", "flagged_runs"]
+__all__ = ["DECISIONS", "RECORD_PURPOSES", "analysis_of", "cells_before", "decisions_of",
+           "flagged_runs", "parse_query", "select_runs", "to_epoch"]
 
 DECISIONS = ("confirmed", "transient", "no verdict", "skipped", "failed")
 """What a ``pbi_decision`` record may say about a flagged raw run (the in-plan
@@ -110,3 +112,61 @@ def analysis_of(runs: Any, raw_uid: str) -> Any | None:
     results = results.search(Key("start.raw_uid") == raw_uid)
     uids = list(results)
     return results[uids[0]] if uids else None
+
+
+RECORD_PURPOSES = ("pbi_decision", "pbi_request")
+"""Start-document ``purpose`` values of records that are not raw runs."""
+
+
+def parse_query(item: str) -> tuple[str, Any]:
+    """``KEY=VALUE`` as (key, value); the value is read as JSON where it parses (numbers,
+    booleans), else kept as text."""
+    if "=" not in item:
+        raise ValueError(f"query {item!r}: expected KEY=VALUE")
+    key, value = item.split("=", 1)
+    try:
+        return key.strip(), json.loads(value)
+    except json.JSONDecodeError:
+        return key.strip(), value
+
+
+def select_runs(runs: Any, *, since: Any = None, until: Any = None,
+                query: list[str] | tuple[str, ...] = ()) -> list[tuple[str, dict]]:
+    """Raw runs (not analyses, not decision/request records) matching the selection,
+    oldest first, as (uid, start document)."""
+    from tiled.queries import Comparison, Key
+
+    results = runs
+    if (t := to_epoch(since)) is not None:
+        results = results.search(Comparison("ge", "start.time", t))
+    if (t := to_epoch(until)) is not None:
+        results = results.search(Comparison("le", "start.time", t))
+    for item in query:
+        key, value = parse_query(item)
+        results = results.search(Key(key) == value)
+    out = []
+    for uid, node in results.items():
+        start = node.metadata.get("start") or {}
+        if start.get("pbi_analysis") or start.get("pbi_rescore") or \
+                start.get("purpose") in RECORD_PURPOSES or start.get("raw_uid"):
+            continue
+        out.append((start.get("time") or 0.0, uid, start))
+    return [(uid, start) for _t, uid, start in sorted(out, key=lambda r: (r[0], r[1]))]
+
+
+def cells_before(runs: Any, selected: list[tuple[str, dict]]) -> dict[str, str]:
+    """For each selected sample run, the latest empty-cell run started before it (the
+    background the live scorer would have subtracted), searched in the whole catalog."""
+    from tiled.queries import Key
+
+    cells = sorted((node.metadata["start"].get("time") or 0.0, uid) for uid, node in
+                   runs.search(Key("sample_type") == "empty_cell").items()
+                   if not node.metadata["start"].get("raw_uid"))
+    out = {}
+    for uid, start in selected:
+        if start.get("sample_type") == "empty_cell":
+            continue
+        before = [c for t, c in cells if t < (start.get("time") or 0.0)]
+        if before:
+            out[uid] = before[-1]
+    return out

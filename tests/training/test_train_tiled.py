@@ -1,0 +1,136 @@
+"""``pbi model train --tiled`` and ``pbi model score --tiled`` against a real Tiled server:
+raw runs with inline frames, Resource/Datum HDF5 (stock ophyd's layout) and
+StreamResource HDF5 (ophyd-async's), written by TiledWriter; broken runs refused with
+their reason; the bundle records the selection and the runs it learnt from."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from pbi_bluesky.testing.services import TiledServer
+from tests.bus.runs import cell_run, datum_run, sample_md, shots, stream_run
+from tests.live.docs import feed, run_docs
+
+NORMAL = ("normal",)
+
+
+@pytest.fixture(scope="module")
+def frames_dir(tmp_path_factory):
+    return tmp_path_factory.mktemp("tiled-train-frames")
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory, frames_dir):
+    s = TiledServer(tmp_path_factory.mktemp("tiled-train"), readable=[frames_dir]).start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def archive(server, bus_instrument, bus_files, frames_dir):
+    """An empty cell, normals of two recipes (inline, Resource/Datum, StreamResource), a
+    run without thickness, a run without geometry and a run of another proposal."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    from pbi_bluesky.store import runs_container
+
+    runs = runs_container(server.client())
+    writer = TiledWriter(runs)
+    rng = np.random.default_rng(18)
+    poni = bus_bluesky_poni = bus_files["poni_text"]
+    md = {"proposal": "p18"}
+    made = {"cell": cell_run(bus_instrument, rng, poni)}
+    made["cell"][1][0][1].update(md)
+    made["inline"] = run_docs(sample_md(poni, sample="a", **md),
+                              shots(bus_instrument, rng, 10, kinds=NORMAL))
+    made["datum"] = datum_run(sample_md(poni, sample="b", composition="25:75", **md),
+                              shots(bus_instrument, rng, 10, recipe="25:75", kinds=NORMAL),
+                              frames_dir)
+    made["stream"] = stream_run(sample_md(poni, sample="c", composition="25:75", **md),
+                                shots(bus_instrument, rng, 4, recipe="25:75", kinds=NORMAL),
+                                frames_dir)
+    made["inline2"] = run_docs(sample_md(poni, sample="d", **md),
+                               shots(bus_instrument, rng, 4, kinds=NORMAL))
+    no_thickness = sample_md(poni, sample="thin", **md)
+    del no_thickness["thickness_cm"]
+    made["no_thickness"] = run_docs(no_thickness, shots(bus_instrument, rng, 2, kinds=NORMAL))
+    no_geometry = sample_md(bus_bluesky_poni, sample="lost", **md)
+    del no_geometry["geometry"]
+    made["no_geometry"] = run_docs(no_geometry, shots(bus_instrument, rng, 2, kinds=NORMAL))
+    made["other"] = run_docs(sample_md(poni, sample="x", proposal="other"),
+                             shots(bus_instrument, rng, 2, kinds=NORMAL))
+    for _uid, docs in made.values():
+        feed(writer, docs)
+    return runs, {k: uid for k, (uid, _docs) in made.items()}
+
+
+def _app():
+    from pbi_bluesky.cli import app
+
+    return app
+
+
+def _common(server, bus_files, bus_instrument):
+    return ["--tiled", server.uri, "--query", "proposal=p18", "--mask", str(bus_files["mask"]),
+            "--dark", str(bus_files["dark"]), "--npt", str(bus_instrument.npt)]
+
+
+def test_train_from_tiled_refuses_broken_runs_and_records_the_selection(
+        server, archive, bus_files, bus_instrument, tmp_path, monkeypatch):
+    runs, uids = archive
+    out = tmp_path / "model"
+    monkeypatch.setenv("TILED_API_KEY", server.api_key)  # tiled's own variable
+    result = CliRunner().invoke(_app(), [
+        "model", "train", "--out", str(out), *_common(server, bus_files, bus_instrument),
+        "--qmin", "0.02", "--qmax", "0.06", "--epochs", "3", "--alpha", "0.1"])
+    assert result.exit_code == 0, result.output
+    assert f"refused run {uids['no_thickness']}" in result.output
+    assert "no sample thickness" in result.output
+    assert f"refused run {uids['no_geometry']}" in result.output
+    assert "no geometry" in result.output
+    assert "runs: 7 selected, 4 used, 2 refused, 1 empty cells; 28 normal frames" \
+        in result.output
+    doc = json.loads((out / "model.json").read_text())
+    assert doc["training_source"] == {"tiled": server.uri, "query": ["proposal=p18"],
+                                      "since": None, "until": None}
+    assert doc["training_runs"] == [uids[k] for k in ("inline", "datum", "stream", "inline2")]
+    assert doc["recipes"] == ["25:75", "50:50"] or sorted(doc["recipes"]) == ["25:75", "50:50"]
+    summary = doc["training_summary"]
+    assert summary["per_recipe"] == {"25:75": 14, "50:50": 14}
+    assert {r["uid"] for r in summary["refused_runs"]} == {uids["no_thickness"],
+                                                          uids["no_geometry"]}
+    assert server.api_key not in (out / "model.json").read_text()
+    # the candidate judges the same runs, frame by frame, writing nothing back
+    before = sorted(runs)
+    scored = CliRunner().invoke(_app(), [
+        "model", "score", "--model", str(out), *_common(server, bus_files, bus_instrument),
+        "--api-key", server.api_key, "--json"])
+    assert sorted(runs) == before
+    lines = [json.loads(line) for line in scored.output.splitlines() if line.startswith("{")]
+    by_run: dict[str, list] = {}
+    for line in lines:
+        by_run.setdefault(line["raw_uid"], []).append(line)
+    assert [r["seq_num"] for r in by_run[uids["inline"]]] == list(range(1, 11))
+    good = [r for k in ("inline", "datum", "stream", "inline2") for r in by_run[uids[k]]]
+    assert len(good) == 28 and all(r["status"] == "scored" for r in good)
+    assert all(set(r) >= {"sample", "composition", "score", "p_value", "is_anomaly"}
+               for r in good)
+    assert by_run[uids["datum"]][0]["composition"] == "25:75"
+    assert "no sample thickness" in by_run[uids["no_thickness"]][0]["error"]
+    assert scored.exit_code == 1  # frames that could not be scored: said, and the exit code
+
+
+def test_train_from_tiled_refuses_a_run_that_does_not_cover_the_grid(
+        server, archive, bus_files, bus_instrument, tmp_path):
+    out = tmp_path / "model"
+    result = CliRunner().invoke(_app(), [
+        "model", "train", "--out", str(out), *_common(server, bus_files, bus_instrument),
+        "--api-key", server.api_key, "--qmin", "0.005", "--qmax", "0.06", "--epochs", "1"])
+    assert result.exit_code == 2, result.output
+    assert "does not cover the q grid 0.005..0.06" in result.output
+    assert "no usable normal frames" in result.output
+    assert not (out / "model.json").exists()
