@@ -11,6 +11,7 @@ from pbi_bluesky.cli import (  # noqa: F401 - the commands register themselves
     data,
     model,
     rescore,
+    review,
     scale,
     session,
     worker,

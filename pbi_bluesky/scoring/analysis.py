@@ -72,6 +72,7 @@ class AnalysisRun:
     counts: dict[str, int] = field(default_factory=lambda: dict.fromkeys(
         ("scored", "failed", "shed", "flagged", "explained", "attribution_skipped"), 0))
     max_score: float = float("-inf")
+    min_p_value: float = float("inf")
     seq: int = 0
     explain_seq: int = 0
     reasons: list[str] = field(default_factory=list)
@@ -132,6 +133,8 @@ class AnalysisRun:
         self.counts["flagged"] += int(result.is_anomaly)
         if np.isfinite(result.score):
             self.max_score = max(self.max_score, result.score)
+        if np.isfinite(result.p_value):
+            self.min_p_value = min(self.min_p_value, result.p_value)
         if result.reason and result.status != "reference":
             self.reasons.append(f"frame {result.raw_seq_num}: {result.reason}")
         nan = np.full(self.q.size, np.nan)
@@ -182,6 +185,7 @@ class AnalysisRun:
             "shed": c["shed"], "flagged": c["flagged"], "accounted": accounted,
             "explained": c["explained"], "attribution_skipped": c["attribution_skipped"],
             "max_score": self.max_score if np.isfinite(self.max_score) else None,
+            "min_p_value": self.min_p_value if np.isfinite(self.min_p_value) else None,
             "verdict": verdict, "raw_exit_status": raw_stop.get("exit_status"),
             "failures": self.reasons[:20], "control_documents_dropped": dropped_control,
             **(extra or {}),

@@ -9,14 +9,18 @@ from pbi_bluesky.store.catalog import (
     data_dir,
     embedded_client,
     open_runs,
+    require_catalog,
     runs_container,
 )
+from pbi_bluesky.store.labels import LABELS, LabelError, label_run, labels_of
 from pbi_bluesky.store.postgres import catalog_indexes, create_catalog_indexes
 from pbi_bluesky.store.queries import analysis_of, flagged_runs
 from pbi_bluesky.store.spool import SpoolFile, SpoolSink, read_spool_file
 
 __all__ = [
     "DEFAULT_DATA_DIR",
+    "LABELS",
+    "LabelError",
     "Catalog",
     "CatalogUnavailable",
     "SpoolFile",
@@ -29,7 +33,10 @@ __all__ = [
     "analysis_of",
     "embedded_client",
     "flagged_runs",
+    "label_run",
+    "labels_of",
     "open_runs",
     "read_spool_file",
+    "require_catalog",
     "runs_container",
 ]

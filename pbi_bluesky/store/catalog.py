@@ -21,7 +21,7 @@ from pathlib import Path
 from typing import Any
 
 __all__ = ["DEFAULT_DATA_DIR", "Catalog", "CatalogUnavailable", "bound_tiled_retries",
-           "data_dir", "embedded_client", "open_runs", "runs_container"]
+           "data_dir", "embedded_client", "open_runs", "require_catalog", "runs_container"]
 
 TILED_RETRY_ATTEMPTS = 2
 """Attempts per Tiled request made by our clients (tiled's own default is 10)."""
@@ -158,14 +158,17 @@ def bound_tiled_retries(attempts: int = TILED_RETRY_ATTEMPTS,
 def open_runs(uri: str | None = None, *, api_key: str | None = None,
               data_dir: str | Path | None = None,
               timeout_s: float = TILED_RETRY_TIMEOUT_S, readable: tuple[str, ...] = (),
-              metadata_only: bool = False) -> Any:
+              metadata_only: bool = False, must_exist: bool = False) -> Any:
     """The runs container of the configured catalog (see module docstring).
 
     Requests to a server fail after at most ``timeout_s`` seconds (HTTP timeout and
     retry budget both bounded, see :func:`bound_tiled_retries`). ``metadata_only``: the
     runs come back as plain tiled containers, for queries and metadata (``pbi flagged``):
     faster to import; queries must then name ``start.``/``stop.`` keys in full, as
-    :mod:`~pbi_bluesky.store.queries` does.
+    :mod:`~pbi_bluesky.store.queries` does. ``must_exist``: an embedded catalog folder
+    that holds no catalog is a :class:`FileNotFoundError` naming the catalogs below it
+    (commands that only read, such as ``pbi catalog flagged``, would otherwise create an
+    empty catalog there and report nothing).
     """
     uri = uri or os.environ.get("PBI_TILED_URI")
     if uri:
@@ -179,8 +182,29 @@ def open_runs(uri: str | None = None, *, api_key: str | None = None,
         return runs_container(from_uri(uri, api_key=api_key,
                                        timeout=httpx.Timeout(timeout_s), **extra))
     root = _data_dir(data_dir)
+    if must_exist:
+        require_catalog(root)
     logger.info("using the embedded Tiled catalog in %s", root)
     return runs_container(embedded_client(root, readable, metadata_only=metadata_only))
+
+
+def require_catalog(root: str | Path) -> Path:
+    """``root`` if it holds an embedded catalog (``catalog.db``), else a
+    :class:`FileNotFoundError` saying so and naming catalogs found in its sub-folders.
+
+    Parameters
+    ----------
+    root : path
+        The folder given as ``--data-dir``.
+    """
+    root = Path(root)
+    if (root / "catalog.db").is_file():
+        return root
+    below = sorted(str(p.parent) for depth in ("*", "*/*", "*/*/*")
+                   for p in root.glob(f"{depth}/catalog.db")) if root.is_dir() else []
+    hint = (f"; catalogs below it: {', '.join(below[:5])}" if below else
+            "" if root.is_dir() else " (no such folder)")
+    raise FileNotFoundError(f"{root} holds no pbi catalog (no catalog.db){hint}")
 
 
 class Catalog:

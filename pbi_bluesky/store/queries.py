@@ -32,6 +32,8 @@ def flagged_runs(
     since: datetime | float | str | None = None,
     min_score: float | None = None,
     decision: str | None = None,
+    label: str | None = None,
+    model: str | None = None,
 ) -> list[dict[str, Any]]:
     """Raw runs whose live analysis flagged at least one frame, newest last.
 
@@ -47,12 +49,32 @@ def flagged_runs(
         Only analyses whose highest frame score is at least this.
     decision
         Only raw runs with this decision (one of :data:`DECISIONS`, e.g. ``"confirmed"``).
+    label
+        Only raw runs whose newest label is this (one of
+        :data:`~pbi_bluesky.store.labels.LABELS`), or ``"none"`` for unlabelled runs.
+    model
+        Only analyses by this model: a prefix of its sha256, or its path.
 
-    Each row carries ``decision`` (``None`` while undecided) and ``decision_uid``, the
-    ``pbi_decision`` record linking the raw runs and analysis runs it rests on.
+    Returns
+    -------
+    list of dict
+        One row per flagged raw run. Each row carries ``decision`` (``None`` while
+        undecided) and ``decision_uid``, the ``pbi_decision`` record linking the raw runs
+        and analysis runs it rests on; ``label``, ``label_by``, ``label_note``,
+        ``label_time`` and ``label_uid`` (the newest ``pbi_label`` record, ``None`` when
+        unlabelled); ``p_value``, the smallest exact conformal p-value of its frames
+        (floored at ``1/(n+1)``), and ``p_estimate``, the estimated p-value of its highest
+        score from the fitted tail of the calibration scores
+        (:func:`~pbi_bluesky.models.conformal.tail_p_estimate`), which still ranks flags
+        beyond the floor; ``model_sha256``.
     """
+    from pbi_bluesky.models.conformal import tail_p_estimate
+    from pbi_bluesky.store.labels import LABELS, labels_of
+
     if decision is not None and decision not in DECISIONS:
         raise ValueError(f"decision must be one of {list(DECISIONS)}, got {decision!r}")
+    if label is not None and label not in (*LABELS, "none"):
+        raise ValueError(f"label must be one of {[*LABELS, 'none']}, got {label!r}")
     from tiled.queries import Comparison, Key
 
     results = runs.search(Key("start.pbi_analysis") == True)  # noqa: E712 - a Tiled query
@@ -65,6 +87,7 @@ def flagged_runs(
     if min_score is not None:
         results = results.search(Comparison("ge", "stop.pbi_summary.max_score", min_score))
     decided = decisions_of(runs)
+    labelled = labels_of(runs)
     out = []
     for uid, node in results.items():
         md = node.metadata
@@ -73,6 +96,14 @@ def flagged_runs(
         record = decided.get(start.get("raw_uid"), {})
         if decision is not None and record.get("classification") != decision:
             continue
+        tag = labelled.get(start.get("raw_uid"), {})
+        if label is not None and (tag.get("label") or "none") != label:
+            continue
+        sha = start.get("model_sha256") or ""
+        if model is not None and not (sha.startswith(model) or start.get("model_path") == model):
+            continue
+        tails = (start.get("calibration") or {}).get("tail") or {}
+        tail = tails.get(start.get("expected_composition")) or tails.get("all")
         out.append({
             "raw_uid": start.get("raw_uid"),
             "analysis_uid": uid,
@@ -87,6 +118,14 @@ def flagged_runs(
             "rescan": start.get("rescan_of"),
             "decision": record.get("classification"),
             "decision_uid": record.get("uid"),
+            "label": tag.get("label"),
+            "label_by": tag.get("labelled_by"),
+            "label_note": tag.get("note"),
+            "label_time": tag.get("time"),
+            "label_uid": tag.get("uid"),
+            "p_value": summary.get("min_p_value"),
+            "p_estimate": tail_p_estimate(tail, summary.get("max_score")),
+            "model_sha256": sha or None,
         })
     return sorted(out, key=lambda r: r["time"] or 0)
 
