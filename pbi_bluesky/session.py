@@ -12,8 +12,10 @@ The IPython profile (``pbi ipython``), the queue server's worker (``start-re-man
 * the session tray (:func:`~pbi_bluesky.plans.use_tray`);
 * a lazily connected Tiled catalog behind two crash-safe spools (raw and analysis runs):
   a session that starts while Tiled is down still works and writes later;
-* the :class:`~pbi_bluesky.live.LiveScorer`, subscribed, with a ``LiveTable`` and (with
-  plots on) a live score / I(q) plot.
+* the :class:`~pbi_bluesky.live.LiveScorer`, subscribed, with a ``LiveTable``, (with
+  plots on) a live score / I(q) plot and (with ``feed.url`` set) the verdict feed
+  (:class:`~pbi_bluesky.live.VerdictFeed`: each analysis run's verdict on a Redis stream
+  for ``pbi queue agent``; it publishes on its own thread and never blocks scoring).
 """
 
 from __future__ import annotations
@@ -27,7 +29,7 @@ from typing import Any
 
 from pbi_bluesky.config import BeamlineConfig, load_config
 from pbi_bluesky.devices import Beamline, make_beamline
-from pbi_bluesky.live import ANALYSIS_STREAM, LiveScorer
+from pbi_bluesky.live import ANALYSIS_STREAM, LiveScorer, VerdictFeed
 from pbi_bluesky.plans import use_tray
 from pbi_bluesky.store import Catalog, SpoolSink, data_dir
 
@@ -54,6 +56,9 @@ class Session:
         """Finish scoring and writing (True if nothing is left pending)."""
         self.scorer.flush(timeout)
         self.scorer.close(timeout)
+        feed = self.extras.get("feed")
+        if feed is not None:
+            feed.close(min(timeout, 10.0))  # best effort: Tiled holds every verdict anyway
         ok_raw = self.raw_spool.close(timeout)
         ok_analysis = self.analysis_spool.close(timeout)
         return ok_raw and ok_analysis
@@ -153,6 +158,12 @@ def build_session(
                                delete_partial=catalog.delete_partial)
     sinks: list[Any] = [analysis_spool]
     extras: dict[str, Any] = {}
+    feed = VerdictFeed.from_settings(cfg)
+    if feed is not None:
+        sinks.append(feed)
+        extras["feed"] = feed
+        logger.info("verdict feed: publishing to stream %s at %s", cfg.feed.stream,
+                    cfg.feed.url)
     if live_table:
         from bluesky.callbacks import LiveTable
 

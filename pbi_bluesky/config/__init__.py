@@ -25,7 +25,8 @@ Example (the simulated beamline; ``profiles/profile_saxs/beamline.yaml``)::
     geometry: {poni: sim_pilatus1m.poni, mask: sim_pilatus1m_mask.edf.gz}
 
 Optional sections: ``tiled``, ``scorer`` (model, queue, q bins, batch), ``bus`` (the
-document bus the ``pbi worker`` processes share) and ``epics`` (the Channel Access client
+document bus the ``pbi worker`` processes share), ``feed`` (the Redis stream of verdicts the
+agent follows) and ``epics`` (the Channel Access client
 environment, e.g. the loopback address list of the simulated IOC).
 """
 
@@ -37,6 +38,7 @@ from pbi_bluesky.config.beamline import (
     ConfigError,
     DetectorConfig,
     EpicsConfig,
+    FeedConfig,
     GeometryConfig,
     MonitorConfig,
     ScorerConfig,
@@ -53,6 +55,7 @@ __all__ = [
     "ConfigError",
     "DetectorConfig",
     "EpicsConfig",
+    "FeedConfig",
     "GeometryConfig",
     "MonitorConfig",
     "ScorerConfig",

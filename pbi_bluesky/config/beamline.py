@@ -28,6 +28,7 @@ __all__ = [
     "ConfigError",
     "DetectorConfig",
     "EpicsConfig",
+    "FeedConfig",
     "GeometryConfig",
     "MonitorConfig",
     "ScorerConfig",
@@ -37,7 +38,7 @@ __all__ = [
 ]
 
 ENV_VAR = "PBI_BEAMLINE_CONFIG"
-SECRET_SECTIONS = ("tiled", "bus")
+SECRET_SECTIONS = ("tiled", "bus", "feed")
 """Sections whose offending values are never repeated in an error message."""
 
 NonNegative = Annotated[Float, Field(ge=0)]
@@ -286,6 +287,51 @@ class BusConfig(StrictModel):
         return _no_credentials(url, "the bus URL")
 
 
+class FeedConfig(StrictModel):
+    """The verdict feed: the session publishes every analysis run's verdict to a Redis
+    stream (usually on the Redis the queue server already runs) and ``pbi queue agent``
+    follows it (:mod:`pbi_bluesky.live.feed`); with ``url`` null there is no feed and the
+    agent polls Tiled.
+
+    Parameters
+    ----------
+    url
+        Redis URL, e.g. ``redis://qserver-host:6379/0`` (no password in it: the password,
+        if the server needs one, is read from the variable ``password_env``).
+    stream
+        Name of the stream (one per queue server; the agents' lease key is derived from it).
+    maxlen
+        Approximate bound of the stream (``XADD MAXLEN ~``): older verdicts are trimmed.
+    password_env
+        Environment variable holding the Redis password (unset: no password).
+    lease_s
+        The agents' lease on this Redis: a standby agent takes over this long after the
+        holder dies (at most; the holder renews it every third of it).
+    """
+
+    url: str | None = None
+    stream: Annotated[str, Field(pattern=r"^[A-Za-z0-9_.:-]+$")] = "pbi:verdicts"
+    maxlen: Count = 10000
+    password_env: EnvName = "PBI_FEED_PASSWORD"
+    lease_s: Positive = 3.0
+
+    @model_validator(mode="before")
+    @classmethod
+    def _no_password_in_file(cls, data: Any) -> Any:
+        return _refuse_secret_keys(data, ("password", "token", "key"),
+                                   "export it in the variable named by feed.password_env")
+
+    @field_validator("url")
+    @classmethod
+    def _no_credentials_in_url(cls, url: str | None) -> str | None:
+        return _no_credentials(url, "the feed URL")
+
+    @property
+    def password(self) -> str | None:
+        """The Redis password from the environment (never stored in the file)."""
+        return os.environ.get(self.password_env) or None
+
+
 class EpicsConfig(StrictModel):
     """The Channel Access client environment the session needs to find the IOCs.
 
@@ -342,6 +388,7 @@ class BeamlineConfig(StrictModel):
     scorer: ScorerConfig = Field(default_factory=ScorerConfig)
     bus: BusConfig = Field(default_factory=BusConfig)
     epics: EpicsConfig = Field(default_factory=EpicsConfig)
+    feed: FeedConfig = Field(default_factory=FeedConfig)
     data_dir: str | None = None
     default_exposure_s: Positive = 1.0
     connection_timeout_s: Positive = 5.0

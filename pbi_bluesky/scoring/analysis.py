@@ -95,6 +95,7 @@ class AnalysisRun:
             "sample_type": start.get("sample_type"),
             "purpose": start.get("purpose"),
             "rescan_of": start.get("rescan_of"),
+            "pbi_agent": start.get("pbi_agent"),
             "expected_composition": start.get("composition"),
             "beamline": start.get("beamline"),
             "model_path": model_info.get("path"),

@@ -63,6 +63,8 @@ def test_every_fault_of_a_file_is_named_at_once(tmp_path):
     ({"tiled": {"uri": "https://tiled.example/api?api_key=s3cret-k3y"}}, "query string"),
     ({"bus": {"url": "redis://:s3cret-k3y@bus.example:6379/0"}}, "bus.url"),
     ({"bus": {"password": "s3cret-k3y"}}, "bus.password: secrets never live"),
+    ({"feed": {"url": "redis://:s3cret-k3y@qs.example:6379/0"}}, "feed.url"),
+    ({"feed": {"password": "s3cret-k3y"}}, "feed.password: secrets never live"),
 ])
 def test_a_secret_written_into_the_file_is_refused_and_not_repeated(tmp_path, changes,
                                                                     needle):
@@ -79,8 +81,14 @@ def test_sections_every_part_takes_and_a_round_trip(tmp_path, monkeypatch):
                   bus={"url": "redis://bus.example:6379/0", "lease_s": 4,
                        "claim_idle_s": 2.5},
                   epics={"ca_addr_list": "127.0.0.1", "ca_auto_addr_list": False,
-                         "ca_server_port": 5070})
+                         "ca_server_port": 5070},
+                  feed={"url": "redis://qs.example:6379/0", "stream": "bl:verdicts",
+                        "lease_s": 2})
     cfg = load_config(path)
+    assert cfg.feed.url == "redis://qs.example:6379/0" and cfg.feed.stream == "bl:verdicts"
+    assert cfg.feed.lease_s == 2.0 and cfg.feed.maxlen == 10000
+    monkeypatch.setenv(cfg.feed.password_env, "pw")
+    assert cfg.feed.password == "pw" and "pw" not in repr(cfg.feed)
     assert cfg.scorer.batch_size == 8
     assert cfg.scorer.data_roots == (str(tmp_path / "x"), str(tmp_path / "rel"))
     assert cfg.bus.url == "redis://bus.example:6379/0" and cfg.bus.lease_s == 4.0
