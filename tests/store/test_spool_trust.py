@@ -3,11 +3,13 @@ values, a full disk, oversized files, locks, runs without a start, unsafe uids).
 
 from __future__ import annotations
 
+import os
+
 import httpx
 import numpy as np
 from event_model import compose_run
 
-from pbi_bluesky.store import Catalog, SpoolSink
+from pbi_bluesky.store import Catalog, SpoolSink, read_spool_file
 
 
 def _run(n_events: int, **md):
@@ -80,3 +82,110 @@ def test_interleaved_runs_survive_a_refused_start(tmp_path):
     assert sink.stats["replayed_runs"] == 1  # B only: A went straight through
     assert sorted(p.stem for p in (tmp_path / "spool" / "done").glob("*.spool")) == sorted(
         [ua, ub])
+
+
+# -- the raw spool on the RunEngine thread --------------------------------------------------
+
+def _unencodable_md() -> dict:
+    return {"when": np.datetime64("2026-12-06"),
+            "table": np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]),
+            "huge": 2 ** 64, "nested": {"ok": 1, "bad": [np.datetime64("2026-12-06")]}}
+
+
+def test_unencodable_metadata_never_aborts_a_scan(tmp_path):
+    """A plan whose metadata holds datetime64, a structured array and an int >= 2**64: the
+    scan completes and the run reaches Tiled, the values as text and listed."""
+    from bluesky import RunEngine
+    from bluesky.plans import count
+    from ophyd.sim import det
+
+    catalog = Catalog(data_dir=tmp_path / "tiled")
+    sink = SpoolSink(tmp_path / "spool", catalog.writer,
+                     delete_partial=catalog.delete_partial)
+    RE = RunEngine({})
+    RE.subscribe(sink)
+    (uid,) = RE(count([det], num=3, md=_unencodable_md()))
+    assert sink.close(60), sink.pending()
+    assert sink.stats["unencodable"] == 1 and sink.stats["not_spooled"] == 0
+    run = catalog.runs[uid]
+    start = run.metadata["start"]
+    assert sorted(start["pbi_unencodable"]) == ["huge", "nested.bad[0]", "table", "when"]
+    assert "2026-12-06" in start["when"] and start["nested"]["ok"] == 1
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert run["primary"].read().sizes["time"] == 3
+
+
+class SmallDisk:
+    """A folder that runs out of space after ``size`` bytes: a tmpfs of that size when this
+    process may mount one, else the same folder under an ``RLIMIT_FSIZE`` of ``size`` (the
+    kernel then refuses writes past it with EFBIG)."""
+
+    def __init__(self, path, size: int) -> None:
+        self.path, self.size = path, size
+        self.mounted = False
+        self.old_limit = None
+
+    def __enter__(self):
+        import resource
+        import signal
+        import subprocess
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        if hasattr(os, "geteuid") and os.geteuid() == 0:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs",
+                                   str(self.path)], capture_output=True)
+            self.mounted = done.returncode == 0
+        if not self.mounted:
+            signal.signal(signal.SIGXFSZ, signal.SIG_IGN)
+            self.old_limit = resource.getrlimit(resource.RLIMIT_FSIZE)
+            resource.setrlimit(resource.RLIMIT_FSIZE, (self.size, self.old_limit[1]))
+        return self
+
+    def __exit__(self, *exc):
+        import resource
+        import subprocess
+
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.path)], check=False)
+        else:
+            resource.setrlimit(resource.RLIMIT_FSIZE, self.old_limit)
+
+
+class Memory:
+    """An in-process downstream writer (keeps what it is given)."""
+
+    def __init__(self):
+        self.docs: list[tuple[str, dict]] = []
+
+    def factory(self):
+        return self
+
+    def __call__(self, name, doc):
+        self.docs.append((name, doc))
+
+
+def test_a_full_disk_never_aborts_a_scan_and_the_loss_is_counted(tmp_path):
+    from bluesky import RunEngine
+    from bluesky.plans import count
+    from ophyd.sim import SynSignal
+
+    frame = SynSignal(func=lambda: np.ones((128, 128), dtype=np.float32), name="frame")
+    mem = Memory()
+    with SmallDisk(tmp_path / "disk", 256 * 1024) as disk:
+        sink = SpoolSink(disk.path / "spool", mem.factory, auto_replay=False)
+        RE = RunEngine({})
+        RE.subscribe(sink)
+        (uid,) = RE(count([frame], num=10))  # 10 x 64 KiB into 256 KiB: the disk fills
+        assert sink.flush(30)
+        # nothing raised into the RunEngine; every document still went downstream
+        assert [n for n, _ in mem.docs] == ["start", "descriptor"] + ["event"] * 10 + ["stop"]
+        assert sink.stats["not_spooled"] >= 6
+        assert len(sink.losses) == sink.stats["not_spooled"]
+        assert all(loss["run"] == uid and ("No space" in loss["reason"]
+                                           or "too large" in loss["reason"])
+                   for loss in sink.losses), sink.losses
+        # what is on disk is whole: complete records only, no torn one in the middle
+        spooled = read_spool_file(disk.path / "spool" / "done" / f"{uid}.spool")
+        assert not spooled.torn and spooled.error == ""
+        assert len(spooled.docs) == 13 - sink.stats["not_spooled"]
+        sink.close(10)
