@@ -35,7 +35,7 @@ __all__ = ["RescoreJob", "rescore", "rescore_run", "select_runs"]
 
 logger = logging.getLogger(__name__)
 
-RECORD_PURPOSES = ("pbi_decision", "pbi_request")
+RECORD_PURPOSES = ("pbi_decision", "pbi_request", "pbi_agent_request")
 """Start-document ``purpose`` values of records that are not raw runs."""
 
 
@@ -60,7 +60,7 @@ class RescoreJob:
 
     model: str
     tiled_uri: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
     scorer: dict[str, Any] = field(default_factory=dict)
     chunk: int = 16
     tiled_batch: int = 256
