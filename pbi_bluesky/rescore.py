@@ -59,7 +59,7 @@ class RescoreJob:
 
     model: str
     tiled_uri: str | None = None
-    api_key: str | None = None
+    api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
     scorer: dict[str, Any] = field(default_factory=dict)
     chunk: int = 16
     tiled_batch: int = 256

@@ -47,17 +47,28 @@ class RecordWriter:
         self.catalog = catalog
         self.agent_info = dict(agent_info or {})
 
-    @stamina.retry(on=TILED_ERRORS, attempts=3, timeout=15.0, wait_initial=0.2, wait_max=2.0)
     def _write(self, metadata: dict[str, Any]) -> str:
+        # composed once: a retry writes the same record (same uid), never a second one
         bundle = compose_run(metadata={k: v for k, v in metadata.items() if v is not None})
+        start, stop = bundle.start_doc, bundle.compose_stop(exit_status="success")
+        self._send(dict(start), dict(stop))
+        return start["uid"]
+
+    @stamina.retry(on=TILED_ERRORS, attempts=3, timeout=15.0, wait_initial=0.2, wait_max=2.0)
+    def _send(self, start: dict[str, Any], stop: dict[str, Any]) -> None:
         try:
+            runs = self.catalog.runs
+            if start["uid"] in runs:  # an earlier attempt wrote the start: finish it
+                node = runs[start["uid"]]
+                if not node.metadata.get("stop"):
+                    node.update_metadata(metadata={"stop": stop}, drop_revision=True)
+                return
             writer = self.catalog.writer()
-            writer("start", bundle.start_doc)
-            writer("stop", bundle.compose_stop(exit_status="success"))
+            writer("start", dict(start))
+            writer("stop", dict(stop))
         except Exception:
             self.catalog.reset()
             raise
-        return bundle.start_doc["uid"]
 
     def request(self, *, rescan_of: str, round: int, request_uid: str, item_uid: str | None,
                 slot: Any, sample: Any, policy: dict[str, Any], position: str) -> str:

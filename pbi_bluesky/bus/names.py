@@ -26,7 +26,11 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-__all__ = ["COORDINATOR_GROUP", "SCORER_GROUP", "BusNames", "connect", "frame_key"]
+__all__ = ["COORDINATOR_GROUP", "PASSWORD_ENV", "SCORER_GROUP", "BusNames", "connect",
+           "frame_key"]
+
+PASSWORD_ENV = "PBI_REDIS_PASSWORD"
+"""Where bus clients find the broker's password by default (``bus.password_env``)."""
 
 COORDINATOR_GROUP = "pbi-coordinator"
 """The coordinator's group on the documents and results streams (one consumer at a time)."""
@@ -138,13 +142,31 @@ class BusNames:
                 self.run_emitted(uid), self.run_datums(uid)]
 
 
-def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0) -> Any:
+def connect(url: str, *, socket_timeout: float = 5.0, connect_timeout: float = 2.0,
+            password_env: str | None = PASSWORD_ENV) -> Any:
     """Return a Redis client (binary replies) with bounded timeouts.
 
     A broker that is down is an error after ``connect_timeout`` seconds, never a hang.
+
+    Parameters
+    ----------
+    url : str
+        ``redis://host:port/db``; a password in it is used, but the URL is then a secret
+        (logs show it through :func:`pbi_bluesky.infra.secrets.redact_url`).
+    socket_timeout, connect_timeout : float
+        Seconds.
+    password_env : str, optional
+        Environment variable holding the broker's password (``bus.password_env``, default
+        ``PBI_REDIS_PASSWORD``); unset or empty: no password (unless the URL has one).
     """
     import redis
 
+    from pbi_bluesky.infra.secrets import env_secret
+
+    kwargs: dict[str, Any] = {}
+    password = env_secret(password_env)
+    if password is not None:
+        kwargs["password"] = password
     return redis.Redis.from_url(url, socket_timeout=socket_timeout,
                                 socket_connect_timeout=connect_timeout,
-                                health_check_interval=10, decode_responses=False)
+                                health_check_interval=10, decode_responses=False, **kwargs)

@@ -39,8 +39,15 @@ from pbi_bluesky.bus.ledger import (
     encode_result,
     profile_from_dict,
 )
-from pbi_bluesky.bus.names import COORDINATOR_GROUP, SCORER_GROUP, BusNames, connect
+from pbi_bluesky.bus.names import (
+    COORDINATOR_GROUP,
+    PASSWORD_ENV,
+    SCORER_GROUP,
+    BusNames,
+    connect,
+)
 from pbi_bluesky.codec import DecodeError, decode
+from pbi_bluesky.infra.secrets import redact_url
 from pbi_bluesky.scoring import FrameResult
 from pbi_bluesky.scoring.analysis import explain_frame
 from pbi_bluesky.scoring.engine import FrameInput, FrameScorer, Outcome
@@ -108,6 +115,8 @@ class BusWorker:
     score
         False: a coordinator only (dispatch and Tiled writes on a process of their own, the
         layout for high frame rates).
+    password_env
+        Environment variable holding the broker's password (``bus.password_env``).
     """
 
     def __init__(self, url: str, beamline: str, core: FrameScorer, *,
@@ -115,7 +124,7 @@ class BusWorker:
                  name: str | None = None, batch_size: int = 16, claim_idle_s: float = 10.0,
                  claim_every_s: float | None = None, max_deliveries: int = 3,
                  lease_s: float = 10.0, retention_s: float = 86400.0,
-                 score: bool = True) -> None:
+                 score: bool = True, password_env: str | None = PASSWORD_ENV) -> None:
         if not score and writer_factory is None:
             raise ValueError("a worker that neither scores nor coordinates does nothing")
         self.url, self.names, self.core = url, BusNames(beamline), core
@@ -126,10 +135,11 @@ class BusWorker:
         self.claim_every_s = claim_every_s if claim_every_s is not None else claim_idle_s / 2
         self.max_deliveries = int(max_deliveries)
         self.initial_background = core.background
-        self.client = connect(url, socket_timeout=max(5.0, lease_s))
+        self.client = connect(url, socket_timeout=max(5.0, lease_s), password_env=password_env)
         self.ledger = Ledger(self.client, self.names)
         self.lease = Lease(self.ledger, self.name, lease_s) if writer_factory else None
-        self._coord_client = connect(url, socket_timeout=max(5.0, lease_s))
+        self._coord_client = connect(url, socket_timeout=max(5.0, lease_s),
+                                     password_env=password_env)
         coord_ledger = Ledger(self._coord_client, self.names)
         self.dispatcher = Dispatcher(self._coord_client, coord_ledger, core, self.name,
                                      is_leader=self._leader)
@@ -188,7 +198,8 @@ class BusWorker:
             else None, delete_partial=catalog.delete_partial if coordinates else None,
             name=name, batch_size=settings.scorer.batch_size, claim_idle_s=bus.claim_idle_s,
             claim_every_s=bus.claim_every_s, max_deliveries=bus.max_deliveries,
-            lease_s=bus.lease_s, retention_s=bus.retention_s, score=role != "coordinate")
+            lease_s=bus.lease_s, retention_s=bus.retention_s, score=role != "coordinate",
+            password_env=bus.password_env)
 
     def _leader(self) -> bool:
         return self.lease is not None and self.lease.held.is_set() and not self._stop.is_set()
@@ -208,7 +219,8 @@ class BusWorker:
                                                   name=f"pbi-bus-coord-{self.name}"))
         for t in self._threads:
             t.start()
-        logger.info("bus worker %s on %s (%s)%s", self.name, self.names.documents, self.url,
+        logger.info("bus worker %s on %s (%s)%s", self.name, self.names.documents,
+                    redact_url(self.url),
                     "" if self.lease and self.score else ", scoring only" if self.score
                     else ", coordinating only")
         return self

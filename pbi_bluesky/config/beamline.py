@@ -265,6 +265,9 @@ class BusConfig(StrictModel):
     tiled_batch
         Analysis events per Tiled write (each write cost ~0.4 s of server time here,
         whatever its size).
+    password_env
+        Environment variable holding the broker's password (``requirepass``), read by every
+        bus client (workers, the session's publisher); unset: no password.
     """
 
     url: str | None = None
@@ -274,6 +277,7 @@ class BusConfig(StrictModel):
     lease_s: Positive = 10.0
     retention_s: Positive = 86400.0
     tiled_batch: Count = 256
+    password_env: EnvName = "PBI_REDIS_PASSWORD"
 
     @model_validator(mode="before")
     @classmethod

@@ -32,6 +32,7 @@ from .images import (
     open_hdf5,
     read_hdf5_frame,
     read_image,
+    refuse_escapes,
 )
 from .integrator import FoldedIntegrator
 from .io1d import (
@@ -68,6 +69,7 @@ __all__ = [
     "hdf5_entry",
     "open_hdf5",
     "read_hdf5_frame",
+    "refuse_escapes",
     "read_image",
     "read_cansas_xml",
     "read_nxcansas",

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 
 import fabio
@@ -13,6 +14,7 @@ from numpy.typing import NDArray
 from .errors import ReductionError
 
 __all__ = ["DEFAULT_HDF5_DATASET", "HDF5_SUFFIXES", "as_frame", "frame_stored", "hdf5_dataset",
+           "refuse_escapes",
            "hdf5_entry", "open_hdf5", "read_hdf5_frame", "read_image"]
 
 logger = logging.getLogger(__name__)
@@ -135,13 +137,62 @@ def open_hdf5(path: str | Path) -> h5py.File:
         raise ReductionError(f"cannot read {path}: {exc}") from exc
 
 
+def refuse_escapes(fh: h5py.File, dataset: str, node: h5py.Dataset | None = None) -> None:
+    """Refuse a dataset whose values may come from outside the file that was checked.
+
+    A file inside a data root can still point elsewhere: an HDF5 external link (to a dataset
+    of another file), a virtual dataset (mapped from other files) or external storage (raw
+    bytes in other files). The file's path was confined to the data roots, the data would not
+    be, so each is refused.
+
+    Parameters
+    ----------
+    fh, dataset
+        The open file and the dataset's path in it (its links are checked).
+    node
+        The dataset, once opened (its storage is checked); ``None``: links only.
+
+    Raises
+    ------
+    ReductionError
+        Naming the file, the dataset and which of the three it is.
+    """
+    where = f"{fh.filename}:{dataset}"
+    parts = [p for p in dataset.split("/") if p]
+    for i in range(1, len(parts) + 1):
+        try:
+            link = fh.get("/" + "/".join(parts[:i]), getlink=True)
+        except (KeyError, OSError):
+            break  # missing: said by the caller
+        if isinstance(link, h5py.ExternalLink):
+            raise ReductionError(f"{where} goes through an HDF5 external link to "
+                                 f"{link.filename}:{link.path}: refused (data must lie in "
+                                 "the file named by the document)")
+        if link is None:
+            break
+    if node is None:
+        return
+    if os.path.realpath(node.file.filename) != os.path.realpath(fh.filename):
+        raise ReductionError(f"{where} resolves into another file ({node.file.filename}): "
+                             "refused")
+    if node.is_virtual:
+        raise ReductionError(f"{where} is an HDF5 virtual dataset (its data may lie in other "
+                             "files): refused")
+    if node.external:
+        raise ReductionError(f"{where} keeps its data in external files "
+                             f"({[e[0] for e in node.external]}): refused")
+
+
 def hdf5_dataset(fh: h5py.File, dataset: str = DEFAULT_HDF5_DATASET) -> h5py.Dataset:
-    """Dataset ``dataset`` of an open file (refreshed first in SWMR mode)."""
+    """Dataset ``dataset`` of an open file (refreshed first in SWMR mode); external links,
+    virtual datasets and external storage are refused (:func:`refuse_escapes`)."""
+    refuse_escapes(fh, dataset)  # links first: a dangling external link is "not in" fh
     if dataset not in fh:
         raise ReductionError(f"HDF5 file {fh.filename} has no dataset {dataset}")
     node = fh[dataset]
     if not isinstance(node, h5py.Dataset):
         raise ReductionError(f"{dataset} in {fh.filename} is not a dataset")
+    refuse_escapes(fh, dataset, node)
     if fh.swmr_mode:
         node.refresh()
     if node.ndim not in (1, 2, 3):

@@ -11,7 +11,9 @@ entries into it.
 
 Paths come from documents, so they are untrusted: every file must resolve (symlinks followed)
 inside one of the configured data roots, ``file://`` URIs must name this host, and anything
-else is a :class:`FrameError` that names the path. Nothing here executes code from a document.
+else is a :class:`FrameError` that names the path. Inside a confined file, a dataset that
+reaches outside it (HDF5 external link, virtual dataset, external storage) is refused too
+(:func:`pbi_bluesky.reduction.refuse_escapes`). Nothing here executes code from a document.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ from urllib.parse import unquote, urlparse
 import numpy as np
 from numpy.typing import NDArray
 
-from pbi_bluesky.reduction import ReductionError, read_hdf5_frame
+from pbi_bluesky.reduction import ReductionError, read_hdf5_frame, refuse_escapes
 from pbi_bluesky.scoring.reads import ReadCache, read_rows
 
 __all__ = ["AssetRegistry", "FrameError", "PathNotAllowed", "ReadCache", "confine",
@@ -111,12 +113,21 @@ def _handlers() -> dict[str, type]:
                     self._file = h5py.File(self._filename, "r", swmr=True, locking=False)
                 except (OSError, ValueError):
                     self._file = h5py.File(self._filename, "r", locking=False)
+                _refuse_escapes(self._file)
 
         class UnlockedSWMR(AreaDetectorHDF5SWMRHandler):
             def open(self) -> None:
                 if self._file:
                     return
                 self._file = h5py.File(self._filename, "r", swmr=True, locking=False)
+                _refuse_escapes(self._file)
+
+        def _refuse_escapes(fh: Any) -> None:
+            try:
+                refuse_escapes(fh, AD_DATASET, fh.get(AD_DATASET))
+            except ReductionError:
+                fh.close()
+                raise
 
         _HANDLERS.update({"AD_HDF5": Unlocked, "AD_HDF5_SWMR": UnlockedSWMR})
     return _HANDLERS

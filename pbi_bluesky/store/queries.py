@@ -153,7 +153,7 @@ def analysis_of(runs: Any, raw_uid: str) -> Any | None:
     return results[uids[0]] if uids else None
 
 
-RECORD_PURPOSES = ("pbi_decision", "pbi_request")
+RECORD_PURPOSES = ("pbi_decision", "pbi_request", "pbi_agent_request")
 """Start-document ``purpose`` values of records that are not raw runs."""
 
 

