@@ -5,7 +5,7 @@ TORCH_SPEC ?= torch==2.13.0
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: venv demo demo-offline test lint bench bench-models model clean-venv
+.PHONY: venv demo demo-offline test lint docs bench bench-models model clean-venv
 
 venv: $(STAMP)
 
@@ -28,6 +28,16 @@ lint: venv
 
 test: lint
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
+
+# The documentation site (Sphinx, warnings are errors) into build/docs.
+DOCS_STAMP := $(VENV)/.docs-installed
+
+$(DOCS_STAMP): $(STAMP)
+	$(PY) -m pip install --quiet -e ".[all,dev,docs]"
+	@touch $(DOCS_STAMP)
+
+docs: $(DOCS_STAMP)
+	$(PY) -m sphinx -W --keep-going -b html docs build/docs
 
 bench: venv
 	$(PY) benchmarks/bench_reduction.py
