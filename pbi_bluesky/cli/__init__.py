@@ -10,6 +10,7 @@ from pbi_bluesky.cli import (  # noqa: F401 - the commands register themselves
     catalog,
     data,
     model,
+    registry,
     rescore,
     review,
     scale,

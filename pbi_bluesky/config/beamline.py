@@ -226,9 +226,14 @@ class ScorerConfig(StrictModel):
         Most frames reduced and scored in one pass (in-process and on each bus worker).
     data_roots
         Folders, besides the detector's read path, frame files may be read from.
+    registry
+        Model registry folder (``pbi model promote``): its current model, once one is
+        promoted, replaces ``model`` (which stays the fallback); scorers follow it at each
+        run start, never mid-run.
     """
 
     model: str | None = None
+    registry: str | None = None
     queue_size: Count = 64
     overflow: Literal["block", "shed"] = "block"
     put_timeout_s: NonNegative = 0.5
@@ -236,7 +241,7 @@ class ScorerConfig(StrictModel):
     batch_size: Count = 16
     data_roots: tuple[str, ...] = ()
 
-    _model_path = field_validator("model")(_expand)
+    _model_path = field_validator("model", "registry")(_expand)
 
     @field_validator("data_roots")
     @classmethod

@@ -63,6 +63,8 @@ class _Run:
     joiners: dict[str, FrameJoiner] = field(default_factory=dict)
     resource_key: dict[str, str] = field(default_factory=dict)
     analysis: AnalysisRun | None = None
+    core: FrameScorer | None = None
+    """The scorer the run started with (a promoted model takes over at the next run)."""
 
 
 @dataclass
@@ -145,6 +147,7 @@ class LiveScorer(DocumentRouter):
         batch_size: int = 16,
         npt: int = 400,
         attribution_backlog: int = 256,
+        registry: str | Path | None = None,
     ) -> None:
         super().__init__()
         self.core = FrameScorer(
@@ -153,7 +156,7 @@ class LiveScorer(DocumentRouter):
             polarization_factor=polarization_factor, absolute_scale=absolute_scale,
             background=background, data_roots=data_roots,
             transmission_required=transmission_required,
-            monitor_from_start=monitor_from_start, npt=npt)
+            monitor_from_start=monitor_from_start, npt=npt, registry=registry)
         self.channel = channel or VerdictChannel()
         self.batch_size = max(1, int(batch_size))
         self._inbox = Inbox(queue_size, overflow=overflow, put_timeout=put_timeout)
@@ -278,19 +281,25 @@ class LiveScorer(DocumentRouter):
 
     # -- documents (worker thread) --------------------------------------------------------
     def start(self, doc):
-        self._runs[doc["uid"]] = _Run(doc["uid"], dict(doc), AssetRegistry(self.data_roots))
+        core = self.core.at_run_start()  # a newly promoted model, at a run boundary only
+        if core is not self.core:
+            self.core = core
+            self.attributor.model = core.model
+        self._runs[doc["uid"]] = _Run(doc["uid"], dict(doc), AssetRegistry(self.data_roots),
+                                      core=core)
 
     def descriptor(self, doc):
         run = self._runs.get(doc.get("run_start", ""))
         if run is None:
             return
-        roles = self.core.roles(doc)
+        core = run.core or self.core
+        roles = core.roles(doc)
         if roles is None:
             return
         self._descriptor_run[doc["uid"]] = run.uid
         run.joiners[doc["uid"]] = FrameJoiner(roles)
         if run.analysis is None:
-            run.analysis = self.core.begin_analysis(run.start)
+            run.analysis = core.begin_analysis(run.start)
             self.emitter.emit_run_start(run.analysis)
 
     def resource(self, doc):
@@ -382,10 +391,20 @@ class LiveScorer(DocumentRouter):
         batch, self._batch = self._batch, []
         if not batch:
             return
-        frames = [FrameInput(item.run.uid, item.run.start, item.joiner.roles, item.parts,
-                             item.run.assets) for item in batch]
-        for item, outcome in zip(batch, self.core.process(frames), strict=True):
-            self._record(item.run, outcome)
+        # frames of runs that started with different models go to their own scorer, in
+        # order (a promotion never changes the model of a run in progress)
+        i = 0
+        while i < len(batch):
+            core = batch[i].run.core or self.core
+            j = i
+            while j < len(batch) and (batch[j].run.core or self.core) is core:
+                j += 1
+            part = batch[i:j]
+            frames = [FrameInput(item.run.uid, item.run.start, item.joiner.roles, item.parts,
+                                 item.run.assets) for item in part]
+            for item, outcome in zip(part, core.process(frames), strict=True):
+                self._record(item.run, outcome)
+            i = j
 
     def _record(self, run: _Run, outcome: Outcome) -> None:
         result = outcome.result

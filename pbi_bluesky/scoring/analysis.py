@@ -100,6 +100,8 @@ class AnalysisRun:
             "beamline": start.get("beamline"),
             "model_path": model_info.get("path"),
             "model_sha256": model_info.get("model_sha256"),
+            "model_registry": model_info.get("registry"),
+            "model_registry_version": model_info.get("registry_version"),
             "model_recipes": list(model.recipes),
             "package_version": model_info.get("package_version"),
             "alpha": model.alpha,

@@ -25,6 +25,7 @@ frames happened to share its batch, in-process or on any bus worker.
 
 from __future__ import annotations
 
+import copy
 import hashlib
 import logging
 import threading
@@ -37,6 +38,7 @@ import numpy as np
 from pbi_bluesky.config import BeamlineConfig, load_config
 from pbi_bluesky.models import AnomalyDetector, ensure_can_flag, load_bundle
 from pbi_bluesky.models.bundle import load_default_model
+from pbi_bluesky.models.registry import ModelRegistry
 from pbi_bluesky.profile import Profile
 from pbi_bluesky.reduction import (
     AbsoluteScale,
@@ -117,6 +119,7 @@ def settings_kwargs(settings: BeamlineConfig | str | Path, *, mode: str | None =
         "polarization_factor": g.polarization_factor,
         "absolute_scale": g.absolute_scale,
         "data_roots": cfg.data_roots, "npt": cfg.scorer.npt,
+        "registry": cfg.scorer.registry,
     }
 
 
@@ -130,7 +133,10 @@ class FrameScorer:
     ``min_batch_rows`` (fewest curves per model call) and ``reduce_only``: no model at all
     (``model`` is ignored), frames are read, checked and reduced exactly as for scoring and
     their outcomes have status ``"reduced"`` with the profile (what training from Tiled
-    learns from); a sample frame must then name its recipe, any recipe.
+    learns from); a sample frame must then name its recipe, any recipe. ``registry``: a
+    :class:`~pbi_bluesky.models.registry.ModelRegistry` folder whose current model, when one
+    is promoted, replaces ``model`` (which stays the fallback), and which
+    :meth:`at_run_start` follows from run to run.
     """
 
     def __init__(
@@ -153,7 +159,13 @@ class FrameScorer:
         npt: int = 400,
         min_batch_rows: int = MIN_BATCH_ROWS,
         reduce_only: bool = False,
+        registry: str | Path | None = None,
     ) -> None:
+        self.registry = None if registry is None or reduce_only else ModelRegistry(registry)
+        self._fallback = model
+        promoted = self.registry.current() if self.registry is not None else None
+        if promoted is not None:
+            model = self.registry.load(promoted)
         self.model: AnomalyDetector | None = None if reduce_only else load_model(model)
         self.model_info = {} if self.model is None else dict(self.model.bundle_info)
         self.reader = FrameReader(None if self.model is None else self.model.recipes,
@@ -186,6 +198,36 @@ class FrameScorer:
         return cls(**kwargs)
 
     settings_kwargs = staticmethod(settings_kwargs)
+
+    def at_run_start(self) -> FrameScorer:
+        """The scorer for a run that starts now: ``self``, or, when the registry's current
+        version changed since this scorer's model was loaded, a copy holding the newly
+        current model (or the fallback, after a rollback to nothing) that shares this
+        scorer's reducers, buffers and running background. Call it at run boundaries only:
+        a run keeps the scorer it started with. A registry that cannot be read or a model
+        that fails to load keeps the model in use (logged)."""
+        if self.registry is None:
+            return self
+        try:
+            current = self.registry.current()
+            number = None if current is None else current.number
+            if number == self.model_info.get("registry_version"):
+                return self
+            model = self.registry.load(current) if current is not None else \
+                load_model(self._fallback)
+        except Exception as exc:  # noqa: BLE001 - scoring goes on with the model in use
+            logger.error("model registry %s: keeping model %s: %s", self.registry.root,
+                         self.model_info.get("model_sha256", "?")[:12], exc)
+            return self
+        other = copy.copy(self)
+        other.model = model
+        other.model_info = dict(model.bundle_info)
+        other.reader = copy.copy(self.reader)
+        other.reader.recipes = tuple(model.recipes)
+        logger.warning("model registry %s: runs from now on are scored by version %s "
+                       "(sha256 %s)", self.registry.root, number,
+                       other.model_info.get("model_sha256", "?")[:12])
+        return other
 
     # -- what the reader holds --------------------------------------------------------------
     @property

@@ -1,0 +1,140 @@
+"""The model registry (``pbi model list | show | promote | rollback``) and the live scorer
+taking a promoted model at the next run start, never mid-run."""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+from tests.bus.runs import sample_md, shots
+from tests.live.docs import run_docs
+
+
+def _variant(src, dst, **changes):
+    """A copy of a bundle with model.json settings changed (weights and arrays unchanged,
+    so it loads: model.json holds their sha256, not its own)."""
+    shutil.copytree(src, dst)
+    doc = json.loads((dst / "model.json").read_text())
+    doc.update(changes)
+    (dst / "model.json").write_text(json.dumps(doc, indent=1))
+    return dst
+
+
+@pytest.fixture()
+def bundles(bus_files, tmp_path, monkeypatch):
+    monkeypatch.delenv("PBI_MODEL_KEY", raising=False)
+    return {"a": bus_files["model"],
+            "b": _variant(bus_files["model"], tmp_path / "b", alpha=0.2),
+            "mute": _variant(bus_files["model"], tmp_path / "mute", alpha=1e-6)}
+
+
+def _app():
+    from pbi_bluesky.cli import app
+
+    return app
+
+
+def test_promote_refuses_what_cannot_serve_and_rolls_back(bundles, bus_files, bus_instrument,
+                                                         tmp_path):
+    from pbi_bluesky.models.registry import ModelRegistry, RegistryError
+
+    reg = tmp_path / "registry"
+    run = CliRunner().invoke
+    opts = ["--registry", str(reg)]
+    out = run(_app(), ["model", "promote", str(bundles["mute"]), *opts])
+    assert out.exit_code == 2
+    assert "can never flag" in out.output and "the current model stays: the shipped model" \
+        in out.output
+    assert ModelRegistry(reg).current() is None
+    out = run(_app(), ["model", "promote", str(bundles["a"]), *opts,
+                       "--poni", str(bus_files["poni"]), "--mask", str(bus_files["mask"]),
+                       "--npt", str(bus_instrument.npt)])
+    assert out.exit_code == 0, out.output
+    assert "promoted v1" in out.output and "inside the beamline's q = 0.01" in out.output
+    # a model outside the beamline's q range is refused; v1 stays current
+    with pytest.raises(RegistryError, match="this beamline measures q = 0.03"):
+        ModelRegistry(reg).promote(bundles["b"], q_range=(0.03, 0.2))
+    assert ModelRegistry(reg).current().number == 1
+    out = run(_app(), ["model", "promote", str(bundles["b"]), *opts])
+    assert out.exit_code == 0 and "promoted v2" in out.output, out.output
+    listed = [json.loads(x) for x in run(_app(), ["model", "list", *opts, "--json"]
+                                         ).output.splitlines()]
+    assert [(r["version"], r["current"], r["alpha"]) for r in listed] == [
+        (1, False, 0.05), (2, True, 0.2)]
+    shown = json.loads(run(_app(), ["model", "show", "1", *opts]).output)
+    assert shown["source"] == str(bundles["a"].resolve()) and shown["current"] is False
+    out = run(_app(), ["model", "rollback", *opts])
+    assert out.exit_code == 0 and "current: v1" in out.output, out.output
+    out = run(_app(), ["model", "rollback", *opts])
+    assert "the shipped model" in out.output
+    assert ModelRegistry(reg).current() is None
+    assert run(_app(), ["model", "rollback", *opts]).exit_code == 2
+    actions = [e["action"] for e in ModelRegistry(reg).log()]
+    assert actions == ["refused", "promote", "refused", "promote", "rollback", "rollback"]
+
+
+def test_registry_is_signed_with_a_key(bundles, tmp_path, monkeypatch):
+    from pbi_bluesky.models.registry import ModelRegistry, RegistryError
+
+    monkeypatch.setenv("PBI_MODEL_KEY", "k18")
+    signed = _variant(bundles["a"], tmp_path / "signed")
+    from pbi_bluesky.models.signing import sign
+
+    sign(signed)
+    reg = ModelRegistry(tmp_path / "registry")
+    v = reg.promote(signed)
+    assert v.info["signed"] and (reg.root / "registry.json.hmac").is_file()
+    raw = json.loads((reg.root / "registry.json").read_text())
+    raw["current"] = 7
+    (reg.root / "registry.json").write_text(json.dumps(raw))
+    with pytest.raises(RegistryError, match="does not match its signature"):
+        reg.current()
+
+
+def test_live_scorer_takes_a_promoted_model_at_the_next_run_only(
+        bundles, core_kwargs, bus_files, bus_instrument, tmp_path):
+    from pbi_bluesky.live import LiveScorer
+    from pbi_bluesky.models import load_bundle
+    from pbi_bluesky.models.registry import ModelRegistry
+
+    reg = ModelRegistry(tmp_path / "registry")
+    reg.promote(bundles["a"])
+    old, new = load_bundle(bundles["a"]), load_bundle(bundles["b"])
+    assert old.threshold != new.threshold
+    docs: list[tuple[str, dict]] = []
+    live = LiveScorer(**core_kwargs, registry=reg.root, sinks=[lambda n, d: docs.append((n, d))])
+    rng = np.random.default_rng(7)
+    poni = bus_files["poni_text"]
+    kinds = ("normal",)
+    uid1, run1 = run_docs(sample_md(poni, sample="one"), shots(bus_instrument, rng, 6,
+                                                                kinds=kinds))
+    uid2, run2 = run_docs(sample_md(poni, sample="two"), shots(bus_instrument, rng, 3,
+                                                                kinds=kinds))
+    try:
+        half = [i for i, (n, _d) in enumerate(run1) if n == "event"][3]
+        for name, doc in run1[:half]:
+            live(name, doc)
+        assert live.flush(60)
+        promoted = reg.promote(bundles["b"])  # mid-run: run 1 keeps the old model
+        for name, doc in run1[half:] + run2:
+            live(name, doc)
+        assert live.flush(60)
+    finally:
+        live.close()
+    starts = {d["raw_uid"]: d for n, d in docs if n == "start"}
+    assert starts[uid1]["model_registry_version"] == 1
+    assert starts[uid2]["model_registry_version"] == promoted.number == 2
+    assert starts[uid2]["model_sha256"] == promoted.model_sha256 != starts[uid1]["model_sha256"]
+    by_start = {d["uid"]: d["raw_uid"] for n, d in docs if n == "start"}
+    descriptors = {d["uid"]: by_start[d["run_start"]] for n, d in docs if n == "descriptor"}
+    thresholds: dict[str, list[float]] = {uid1: [], uid2: []}
+    for name, doc in docs:
+        if name == "event" and "threshold" in doc["data"]:
+            thresholds[descriptors[doc["descriptor"]]].append(doc["data"]["threshold"])
+    assert len(thresholds[uid1]) == 6 and len(thresholds[uid2]) == 3
+    assert all(t == pytest.approx(old.threshold) for t in thresholds[uid1])
+    assert all(t == pytest.approx(new.threshold) for t in thresholds[uid2])
