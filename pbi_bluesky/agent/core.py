@@ -2,21 +2,27 @@
 
 One :meth:`Agent.step` (the loop calls it every ``poll_s``):
 
-1. new finished analysis runs from Tiled (:class:`~pbi_bluesky.agent.source.TiledFollower`);
-   the first step also reads the agent's records (requests, decisions) back from Tiled;
+1. new finished analysis runs from the verdict feed and Tiled
+   (:class:`~pbi_bluesky.agent.source.FeedFollower`) or from Tiled alone
+   (:class:`~pbi_bluesky.agent.source.TiledFollower`); the first step also reads the agent's
+   records (requests, decisions) back from Tiled;
 2. the agent's items in the queue server (pending, running, history), which are merged with
    the requests: an item nobody recorded (the agent died right after adding it) is adopted;
 3. for every flagged measurement (an analysis with flagged frames that is not itself a
    rescan) without a decision: a reference is ``skipped``; a flagged rescan makes it
-   ``confirmed``; while a requested rescan has no verdict it waits; if the policy allows
+   ``confirmed``; while a requested rescan has no verdict it waits; a flagged run whose raw
+   run is not in Tiled yet (its verdict came first, by the feed) is waited for up to
+   ``raw_wait_s``, then ``skipped`` with that reason; if the policy allows
    another rescan of the sample it queues one (after the cool-down); otherwise clean
    rescans make it ``transient``, rescans that said nothing ``no verdict``.
 
 Requests are keyed by (flagged raw run, round): before adding an item the agent has listed
 the queue in the same step, and after a request that may or may not have reached the queue
 (a timeout) it waits ``uncertain_hold_s`` and lists again, so a restart or an outage never
-makes a second item for one round. A failing step is logged and the next one starts from
-the catalog and the queue again; nothing the agent does can stop the queue.
+makes a second item for one round. With a ``may_queue`` guard (the standby lease,
+:mod:`pbi_bluesky.agent.lease`) the agent asks it right before every ``item_add``, and
+queues nothing unless it still holds the lease. A failing step is logged and the next one
+starts from the catalog and the queue again; nothing the agent does can stop the queue.
 """
 
 from __future__ import annotations
@@ -25,6 +31,7 @@ import logging
 import time
 import uuid
 from collections import defaultdict
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -37,7 +44,7 @@ from pbi_bluesky.agent.rescans import (
     QueueUnavailable,
     RescanQueue,
 )
-from pbi_bluesky.agent.source import AnalysisResult, TiledFollower
+from pbi_bluesky.agent.source import AnalysisResult, FeedFollower, TiledFollower
 
 __all__ = ["Agent", "Request"]
 
@@ -89,6 +96,7 @@ class _Case:
     refusals: int = 0
     not_before: float = 0.0
     last_refusal: str = ""
+    raw_missing_since: float | None = None
 
 
 @dataclass
@@ -99,7 +107,9 @@ class AgentStats:
     last_error: str = ""
     last_step: float = 0.0
     queue_reachable: bool = False
+    feed: bool | None = None
     rescans_queued: int = 0
+    fenced: int = 0
     decisions: dict[str, int] = field(default_factory=lambda: defaultdict(int))
 
     def as_dict(self) -> dict[str, Any]:
@@ -132,16 +142,25 @@ class Agent:
     verdict_timeout_s
         A rescan whose item completed but whose analysis has not arrived after this long
         counts as a rescan without a verdict.
+    raw_wait_s
+        A flagged run whose raw run is not in Tiled after this long (from the first step
+        that tried) is ``skipped`` with that reason.
+    may_queue
+        Asked right before every ``item_add``; ``False`` (the lease is lost) queues nothing.
     """
 
-    def __init__(self, follower: TiledFollower, queue: RescanQueue, writer: RecordWriter,
-                 policy: AgentPolicy, *, uncertain_hold_s: float = 10.0,
-                 verdict_timeout_s: float = 120.0) -> None:
+    def __init__(self, follower: TiledFollower | FeedFollower, queue: RescanQueue,
+                 writer: RecordWriter, policy: AgentPolicy, *, uncertain_hold_s: float = 10.0,
+                 verdict_timeout_s: float = 120.0, raw_wait_s: float = 120.0,
+                 may_queue: Callable[[], bool] | None = None) -> None:
         self.follower, self.queue, self.writer, self.policy = follower, queue, writer, policy
         self.uncertain_hold_s = float(uncertain_hold_s)
         self.verdict_timeout_s = float(verdict_timeout_s)
+        self.raw_wait_s = float(raw_wait_s)
+        self.may_queue = may_queue
         self.stats = AgentStats()
         self._loaded = False
+        self._warm = False
         self._cases: dict[str, _Case] = {}
         self._decided: dict[str, str] = {}
         self._requests: dict[str, dict[int, Request]] = defaultdict(dict)
@@ -169,8 +188,9 @@ class Agent:
 
     def _ingest(self, result: AnalysisResult) -> None:
         if result.rescan_of:
-            start = self.follower.raw_start(result.raw_uid) or {}
-            meta = start.get("pbi_agent") or {}
+            meta = result.start.get("pbi_agent")  # carried by the analysis run itself
+            if not isinstance(meta, dict):  # analyses made before it was
+                meta = (self.follower.raw_start(result.raw_uid) or {}).get("pbi_agent") or {}
             self._rescans[result.rescan_of].append(result)
             self._rescan_request[result.analysis_uid] = meta.get("request_uid")
             rnd = meta.get("round")
@@ -232,6 +252,7 @@ class Agent:
         """Read, merge, decide, queue (see the module docstring). Raises if the catalog
         cannot be read; the queue being unreachable only postpones new rescans."""
         self._inbox.extend(self.follower.poll())
+        self.stats.feed = getattr(self.follower, "feed_ok", None)
         if not self._loaded:
             self._load()
         while self._inbox:  # a result leaves the inbox only once ingested
@@ -290,6 +311,8 @@ class Agent:
             reasons.append(f"rescan {req.round} {why}")
         used = len(self._sample_requests(_sample_key(o.sample, o.slot)))
         if used < policy.max_rescans and case.refusals < MAX_REFUSALS:
+            if not self._raw_in_catalog(case, now):
+                return
             if queue_ok and now >= case.not_before and self._cooled_down(o):
                 self._submit(case, now)
             return
@@ -305,6 +328,21 @@ class Agent:
         else:
             self._decide(case, "skipped", f"the sample's {policy.max_rescans} rescan(s) "
                                           "allowed by the policy are used")
+
+    def _raw_in_catalog(self, case: _Case, now: float) -> bool:
+        """The flagged raw run is in Tiled (what a rescan repeats is read from it); while
+        it is not, wait up to ``raw_wait_s``, then decide ``skipped``."""
+        if self.follower.raw_start(case.origin.raw_uid) is not None:
+            case.raw_missing_since = None
+            return True
+        if case.raw_missing_since is None:
+            case.raw_missing_since = now
+            logger.info("pbi agent: run %s flagged, its raw run is not in Tiled yet; waiting "
+                        "up to %g s", case.origin.raw_uid[:8], self.raw_wait_s)
+        elif now - case.raw_missing_since > self.raw_wait_s:
+            self._decide(case, "skipped", f"its raw run {case.origin.raw_uid} was not in the "
+                                          f"catalog {self.raw_wait_s:g} s after its verdict")
+        return False
 
     def _cooled_down(self, origin: AnalysisResult) -> bool:
         if self.policy.cooldown_s <= 0:
@@ -323,6 +361,11 @@ class Agent:
         slot = {"slot": raw.get("slot", o.slot),
                 **{k: raw[k] for k in SLOT_FIELDS if raw.get(k) is not None}}
         exposure = float(raw.get("exposure_s") or 1.0) * self.policy.exposure_factor
+        if self.may_queue is not None and not self.may_queue():
+            self.stats.fenced += 1
+            logger.warning("pbi agent: lease lost; not queueing the rescan of slot %s",
+                           o.slot)
+            return
         request_uid = str(uuid.uuid4())
         md = {"requested_by": "pbi agent",
               "first_verdict": {"analysis_uid": o.analysis_uid, "flagged": o.flagged,
@@ -376,6 +419,24 @@ class Agent:
             evidence=evidence, policy=self.policy.as_dict())
         self._decided[o.raw_uid] = classification
         self.stats.decisions[classification] += 1
+
+    def warm_up(self) -> None:
+        """Connect to the catalog now (a standby does, so that taking over costs no
+        connection set-up); raises what connecting raises. Once connected, does nothing."""
+        if not self._warm:
+            _ = self.follower.catalog.runs
+            self._warm = True
+
+    def forget(self) -> None:
+        """Drop everything in memory (a standby that held the lease before takes it again:
+        another agent acted meanwhile); the next step reads the catalog and the queue again,
+        as a restarted agent does."""
+        self._loaded = False
+        for table in (self._cases, self._decided, self._requests, self._rescans,
+                      self._rescan_request):
+            table.clear()
+        self._inbox.clear()
+        self.follower.forget()
 
     # -- views ------------------------------------------------------------------------
     @property

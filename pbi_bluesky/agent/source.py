@@ -1,4 +1,6 @@
-"""What the agent follows: finished analysis runs in the Tiled catalog, found by polling.
+"""What the agent follows: finished analysis runs, from the verdict feed (a Redis stream the
+session publishes to, :class:`FeedFollower`) where one is configured, and from the Tiled
+catalog by polling (:class:`TiledFollower`), which stays the record.
 
 Why polling, not Tiled's streaming: in tiled 0.2.20 websocket subscriptions need a server
 started with a streaming cache (Redis) and only deliver what happens after subscribing, so
@@ -11,6 +13,15 @@ ledger ``pbi_summary``) is in the catalog. A poll searches analysis runs started
 watermark (a few seconds behind the newest one seen, and never after a run still open);
 every ``sweep_s`` a sweep searches the whole window since ``since`` again, which picks up
 runs that reached Tiled late (a spool replay after an outage keeps their old start time).
+
+:class:`FeedFollower` hears each verdict the moment the live scorer composes it (``XREAD
+BLOCK`` on :mod:`pbi_bluesky.live.feed`'s stream, from the last id seen, so a Redis restart
+loses nothing it still holds), and polls Tiled as well, less often (``tiled_every_s``): the
+feed is a fast path, Tiled the record, and a verdict the feed missed (published while Redis
+was down, or dropped) still arrives from Tiled. While the feed is down it says so once and
+polls Tiled at every step, trying the feed again every ``retry_s``. Each analysis run is
+returned once, whichever way it came. What the agent queues is read from the raw run in
+Tiled, never from the feed: a feed entry only says which run to look at.
 """
 
 from __future__ import annotations
@@ -25,7 +36,7 @@ import stamina
 
 from pbi_bluesky.store import Catalog, CatalogUnavailable
 
-__all__ = ["AnalysisResult", "TiledFollower", "TILED_ERRORS"]
+__all__ = ["AnalysisResult", "FeedFollower", "TiledFollower", "TILED_ERRORS"]
 
 logger = logging.getLogger(__name__)
 
@@ -135,6 +146,22 @@ class TiledFollower:
         for uid, node in results.items():
             yield uid, node.metadata
 
+    def forget(self) -> None:
+        """Return every analysis since ``since`` again (see :meth:`Agent.forget`)."""
+        self._seen.clear()
+        self._open.clear()
+        self._newest = self.since
+        self._last_sweep = float("-inf")
+
+    def mark_seen(self, uid: str) -> bool:
+        """Note an analysis run that arrived another way (the feed): polls will not return
+        it. True if it was not seen before."""
+        if uid in self._seen:
+            return False
+        self._seen.add(uid)
+        self._open.pop(uid, None)
+        return True
+
     @_retry
     def poll(self) -> list[AnalysisResult]:
         """Analysis runs finished since the last poll (each returned once), oldest first."""
@@ -189,3 +216,104 @@ class TiledFollower:
         results = results.search(Comparison("ge", "start.time", self.since))
         out = [dict(node.metadata.get("start") or {}) for _, node in results.items()]
         return sorted(out, key=lambda s: s.get("time") or 0.0)
+
+
+class FeedFollower:
+    """Finished analysis runs from the verdict feed, with Tiled behind it (see the module
+    docstring); the same interface as :class:`TiledFollower`.
+
+    Parameters
+    ----------
+    tiled
+        The Tiled follower (records, raw runs, and the verdicts the feed missed).
+    reader
+        A :class:`~pbi_bluesky.live.feed.FeedReader` (started at ``tiled.since``).
+    block_s
+        Longest wait for a feed entry per poll (the agent's poll period).
+    tiled_every_s
+        Seconds between Tiled polls while the feed works.
+    retry_s
+        Seconds between attempts to reach the feed while it is down.
+    """
+
+    def __init__(self, tiled: TiledFollower, reader: Any, *, block_s: float = 0.5,
+                 tiled_every_s: float = 5.0, retry_s: float = 5.0) -> None:
+        self.tiled, self.reader = tiled, reader
+        self.block_s, self.tiled_every_s = float(block_s), float(tiled_every_s)
+        self.retry_s = float(retry_s)
+        self.feed_ok: bool | None = None  # None: not tried yet
+        self.from_feed = 0
+        self.from_tiled = 0
+        self._retry_at = float("-inf")
+        self._last_tiled = float("-inf")
+        self._pending: list[AnalysisResult] = []
+
+    @property
+    def since(self) -> float:
+        return self.tiled.since
+
+    @property
+    def catalog(self) -> Catalog:
+        return self.tiled.catalog
+
+    def raw_start(self, raw_uid: str) -> dict[str, Any] | None:
+        """See :meth:`TiledFollower.raw_start`."""
+        return self.tiled.raw_start(raw_uid)
+
+    def records(self, purpose: str) -> list[dict[str, Any]]:
+        """See :meth:`TiledFollower.records`."""
+        return self.tiled.records(purpose)
+
+    def forget(self) -> None:
+        """Return every analysis since ``since`` again (see :meth:`Agent.forget`)."""
+        self.tiled.forget()
+        self._pending.clear()
+        self._last_tiled = float("-inf")
+        self.reader.last_id = f"{int(self.since * 1000)}-0"
+
+    def _read_feed(self, block_s: float) -> None:
+        now = time.monotonic()
+        if self.feed_ok is False and now < self._retry_at:
+            return
+        try:
+            entries = self.reader.read(block_s)
+        except Exception as exc:  # noqa: BLE001 - the feed is optional; Tiled is not
+            self._retry_at = now + self.retry_s
+            if self.feed_ok is not False:
+                logger.warning("pbi agent: verdict feed %s unreachable (%s: %s); polling "
+                               "Tiled every step, trying the feed every %g s",
+                               self.reader.stream, type(exc).__name__, exc, self.retry_s)
+            self.feed_ok = False
+            return
+        if self.feed_ok is not True:
+            logger.info("pbi agent: following the verdict feed %s at %s%s", self.reader.stream,
+                        self.reader.url, " again" if self.feed_ok is False else "")
+        self.feed_ok = True
+        for entry in entries:
+            uid = str(entry.start.get("uid") or "")
+            try:
+                result = AnalysisResult.from_metadata(uid, {
+                    "start": entry.start,
+                    "stop": {"time": entry.stop_time, "pbi_summary": entry.summary}})
+            except (KeyError, TypeError, ValueError) as exc:
+                logger.warning("pbi agent: feed entry %s unreadable (%s); ignored", entry.id,
+                               exc)
+                continue
+            if result is None or not uid or result.time < self.since:
+                continue
+            if self.tiled.mark_seen(uid):
+                self._pending.append(result)
+                self.from_feed += 1
+
+    def poll(self) -> list[AnalysisResult]:
+        """Analysis runs finished since the last poll (each returned once), oldest first;
+        waits up to ``block_s`` on the feed when it has nothing yet."""
+        self._read_feed(0.0 if self._pending else self.block_s)
+        now = time.monotonic()
+        if self.feed_ok is not True or now - self._last_tiled >= self.tiled_every_s:
+            found = self.tiled.poll()  # raises with the catalog down: pending stays
+            self._last_tiled = now
+            self.from_tiled += len(found)
+            self._pending.extend(found)
+        out, self._pending = self._pending, []
+        return sorted(out, key=lambda r: r.time)

@@ -38,13 +38,27 @@ def agent(
     poll: Annotated[float, typer.Option(help="Seconds between polls.")] = 0.5,
     status_file: Annotated[Path | None, typer.Option(
         help="Write the agent's state (JSON) here after every poll.")] = None,
+    feed: Annotated[bool, typer.Option(
+        help="Follow the verdict feed the configuration's feed section names (--no-feed: "
+             "poll Tiled only, and hold no lease).")] = True,
+    feed_url: Annotated[str | None, typer.Option(
+        help="Redis URL of the verdict feed (overrides feed.url).")] = None,
+    lease: Annotated[bool, typer.Option(
+        help="Hold a lease on the feed's Redis, so that of several agents on one queue "
+             "server (start each with --lease) one acts and the others stand by.")] = False,
+    raw_wait: Annotated[float, typer.Option(
+        help="Seconds a flagged run's raw run may be missing from Tiled before the flag "
+             "is skipped (with that reason).")] = 120.0,
 ) -> None:
-    """Follow analysis runs in Tiled; queue a rescan of each flagged sample as the policy
-    allows (through bluesky-queueserver-api); record confirmed / transient decisions.
+    """Follow the live verdicts (the verdict feed on the queue server's Redis, else analysis
+    runs in Tiled); queue a rescan of each flagged sample as the policy allows (through
+    bluesky-queueserver-api); record confirmed / transient decisions in Tiled.
 
     Restartable: what was already requested or decided is read back from Tiled and from
-    the queue's item metadata, so a restart never queues a second rescan. Stops on
-    SIGTERM / Ctrl-C.
+    the queue's item metadata, so a restart never queues a second rescan. With --lease the
+    agents of one queue server hold a lease on the feed's Redis: a second one stands by and
+    takes over within feed.lease_s + --poll seconds of the first one's death (while that
+    Redis is down, no agent with --lease queues). Stops on SIGTERM / Ctrl-C.
     """
     require_extra("queue", "pbi queue agent")
     from pbi_bluesky.agent import PolicyError, build_agent, load_policy, run_agent
@@ -55,7 +69,11 @@ def agent(
     except PolicyError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(2) from exc
+    from pbi_bluesky.agent import Lease
+    from pbi_bluesky.config import FeedConfig
+
     uri, key_env = tiled, api_key_env
+    feed_cfg = FeedConfig()
     if config is not None or (os.environ.get("PBI_BEAMLINE_CONFIG") and not tiled):
         try:
             cfg = load_config(config_path(config))
@@ -64,6 +82,7 @@ def agent(
             raise typer.Exit(2) from exc
         uri = uri or cfg.tiled.uri
         key_env = key_env or cfg.tiled.api_key_env
+        feed_cfg = cfg.feed
     uri = uri or os.environ.get("PBI_TILED_URI")
     if not uri and data_dir is None:
         typer.echo("error: no catalog: pass --config (a beamline.yaml with tiled.uri), "
@@ -78,7 +97,20 @@ def agent(
         raise typer.BadParameter(f"--since: not an ISO time: {since!r}") from exc
     if poll <= 0:
         raise typer.BadParameter("--poll must be > 0")
+    url = (feed_url or feed_cfg.url) if feed else None
+    held = None
+    if lease:
+        if not url:
+            typer.echo("error: --lease needs the feed's Redis: a configuration with feed.url "
+                       "or --feed-url", err=True)
+            raise typer.Exit(2)
+        held = Lease(url, f"{feed_cfg.stream}:agent-lease", lease_s=feed_cfg.lease_s,
+                     password=feed_cfg.password)
     the_agent = build_agent(zmq_control_addr=address, tiled_uri=uri, api_key=api_key,
-                            policy=pol, since=start, data_dir=data_dir)
-    typer.echo(f"pbi agent: queue {address}, catalog {uri or data_dir}, policy {pol.source}")
-    run_agent(the_agent, poll_s=poll, status_file=status_file)
+                            policy=pol, since=start, data_dir=data_dir, feed_url=url,
+                            feed_stream=feed_cfg.stream, feed_password=feed_cfg.password,
+                            poll_s=poll, raw_wait_s=raw_wait,
+                            may_queue=held.still_held if held else None)
+    typer.echo(f"pbi agent: queue {address}, catalog {uri or data_dir}, policy {pol.source}, "
+               f"feed {feed_cfg.stream + ' at ' + url if url else 'none (polling Tiled)'}")
+    run_agent(the_agent, poll_s=poll, status_file=status_file, lease=held)

@@ -21,12 +21,20 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 class AgentProcess:
     """``pbi agent`` as a subprocess following a :class:`QueueStack` (log and status file
-    in ``workdir``); :meth:`kill` is a SIGKILL, to test restarts."""
+    in ``workdir``); :meth:`kill` is a SIGKILL, to test restarts.
+
+    ``feed=False`` polls Tiled only (``--no-feed``); ``feed_url`` overrides the stack's
+    feed; ``lease`` holds the standby lease (``--lease``); ``raw_wait_s`` bounds the wait
+    for a flagged run's raw run (``--raw-wait``)."""
 
     def __init__(self, stack: QueueStack, workdir: str | Path, *,
                  policy: str | Path = DEFAULT_POLICY_FILE, poll_s: float = 0.5,
-                 since: float | None = None) -> None:
+                 since: float | None = None, feed: bool = True,
+                 raw_wait_s: float | None = None, lease: bool = False,
+                 feed_url: str | None = None) -> None:
         self.stack, self.policy, self.poll_s = stack, Path(policy), float(poll_s)
+        self.feed, self.raw_wait_s = feed, raw_wait_s
+        self.lease, self.feed_url = lease, feed_url
         self.workdir = Path(workdir)
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.status_path = self.workdir / "agent_status.json"
@@ -39,6 +47,14 @@ class AgentProcess:
                "--queue", self.stack.zmq_control_addr, "--config", str(self.stack.config_path),
                "--policy", str(self.policy), "--poll", str(self.poll_s),
                "--status-file", str(self.status_path)]
+        if not self.feed:
+            cmd.append("--no-feed")
+        if self.feed_url:
+            cmd += ["--feed-url", self.feed_url]
+        if self.lease:
+            cmd.append("--lease")
+        if self.raw_wait_s is not None:
+            cmd += ["--raw-wait", str(self.raw_wait_s)]
         if self.since is not None:
             from datetime import datetime
 
@@ -67,12 +83,13 @@ class AgentProcess:
         except (OSError, ValueError):
             return {}
 
-    def wait_running(self, timeout: float = 60.0) -> dict[str, Any]:
-        """Wait for the first completed step; raises with the log if it never comes."""
+    def wait_running(self, timeout: float = 60.0, standby: bool = False) -> dict[str, Any]:
+        """Wait for the first completed step (``standby``: or the agent standing by);
+        raises with the log if neither comes."""
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.status()
-            if status.get("steps", 0) >= 1:
+            if status.get("steps", 0) >= 1 or (standby and status.get("state") == "standby"):
                 return status
             if not self.alive():
                 break

@@ -27,7 +27,9 @@ to 127.0.0.1 on free ports; Redis is a real server
   embedded catalog belongs to one process);
 * the RE Manager (:class:`REManager`) whose worker runs the profile's
   startup file against a ``beamline.yaml`` written here: the given configuration with the
-  Tiled server's URI (its API key travels in an environment variable, never in the file).
+  Tiled server's URI (its API key travels in an environment variable, never in the file)
+  and, unless ``feed=False``, the verdict feed on the same Redis (``feed.url``), which the
+  worker's session publishes to and ``pbi queue agent`` follows.
 
 Used by ``pbi demo --queue``, ``benchmarks/bench_queue.py`` and the tests.
 """
@@ -216,24 +218,30 @@ class QueueStack:
         Extra environment for the worker (EPICS variables...).
     profile_dir
         Profile with ``startup/`` and ``user_group_permissions.yaml``.
+    feed
+        Publish verdicts to a stream on the stack's Redis (``feed.url`` of the file).
     """
 
     def __init__(self, config: BeamlineConfig, workdir: str | Path, *,
-                 env: dict[str, str] | None = None, profile_dir: str | Path = PROFILE_DIR
-                 ) -> None:
+                 env: dict[str, str] | None = None, profile_dir: str | Path = PROFILE_DIR,
+                 feed: bool = True) -> None:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.redis = RedisServer(self.workdir / "redis")
         self.tiled = TiledServer(self.workdir / "tiled", readable=list(config.data_roots))
         self.key_env = f"PBI_QS_TILED_KEY_{secrets.token_hex(4).upper()}"
-        self.config = config.with_overrides(tiled={"uri": self.tiled.uri,
-                                                   "api_key_env": self.key_env})
+        overrides: dict[str, Any] = {"tiled": {"uri": self.tiled.uri,
+                                               "api_key_env": self.key_env}}
+        if feed:
+            overrides["feed"] = {"url": self.redis.url}
+        self.config = config.with_overrides(**overrides)
         self.config_path = self.config.to_yaml(self.workdir / "beamline.yaml")
         self.data_dir = self.workdir / "data"
         self.manager = REManager(self.workdir / "qserver", config=self.config_path,
                                  redis_addr=f"127.0.0.1:{self.redis.port}",
                                  data_dir=self.data_dir, profile_dir=profile_dir,
-                                 env={**(env or {}), self.key_env: self.tiled.api_key})
+                                 env={**(env or {}), self.key_env: self.tiled.api_key,
+                                      **self._feed_env()})
 
     @property
     def zmq_control_addr(self) -> str:
@@ -265,9 +273,14 @@ class QueueStack:
         """A queue-server API client (``bluesky_queueserver_api.zmq.REManagerAPI``)."""
         return self.manager.api(timeout_s)
 
+    def _feed_env(self) -> dict[str, str]:
+        """The Redis password (when the server has one) for the feed's clients."""
+        password = getattr(self.redis, "password", None)
+        return {self.config.feed.password_env: password} if password else {}
+
     def agent_env(self) -> dict[str, str]:
         """Environment for a ``pbi agent`` process following this stack."""
-        return {**os.environ, self.key_env: self.tiled.api_key}
+        return {**os.environ, self.key_env: self.tiled.api_key, **self._feed_env()}
 
     def stop(self) -> None:
         """Close the worker environment (documents flushed), stop everything."""
