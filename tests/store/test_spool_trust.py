@@ -189,3 +189,126 @@ def test_a_full_disk_never_aborts_a_scan_and_the_loss_is_counted(tmp_path):
         assert not spooled.torn and spooled.error == ""
         assert len(spooled.docs) == 13 - sink.stats["not_spooled"]
         sink.close(10)
+
+
+# -- replay ------------------------------------------------------------------------------
+
+def _small_unpacker(limit):
+    import msgpack
+
+    from pbi_bluesky import codec
+
+    return lambda: msgpack.Unpacker(ext_hook=codec._ext_hook, raw=False,
+                                    strict_map_key=False, max_buffer_size=limit)
+
+
+def test_a_spool_file_over_the_reader_buffer_is_read_not_raised(tmp_path, monkeypatch):
+    """The reader's buffer bounds one record, not the file (the 2 GiB case, scaled down to
+    a 64 KiB buffer): a 230 KiB run is read and replayed whole; a single record over the
+    buffer is reported, never raised."""
+    import pbi_bluesky.store.spool as spool
+
+    monkeypatch.setattr(spool, "unpacker", _small_unpacker(64 * 1024))
+    monkeypatch.setattr(spool, "READ_CHUNK", 16 * 1024, raising=False)
+    docs = _run(1000)  # ~230 bytes per event
+    sink = SpoolSink(tmp_path / "spool", None)
+    for doc in docs:
+        sink(*doc)
+    path = tmp_path / "spool" / "pending" / f"{docs[0][1]['uid']}.spool"
+    assert path.stat().st_size > 3 * 64 * 1024
+    spooled = read_spool_file(path)
+    assert spooled.error == "" and [n for n, _ in spooled.docs] == [n for n, _ in docs]
+    mem = Memory()
+    replayer = SpoolSink(tmp_path / "spool", mem.factory, auto_replay=False)
+    assert replayer.replay()[docs[0][1]["uid"]] == "written"
+    assert len(mem.docs) == len(docs)
+    replayer.close(10)
+    big = _run(1)
+    big[2][1]["data"]["y"] = np.zeros(20_000)  # one 160 KiB record
+    for doc in big:
+        sink(*doc)
+    spooled = read_spool_file(tmp_path / "spool" / "pending" / f"{big[0][1]['uid']}.spool")
+    assert spooled.torn and "larger than the reader's buffer" in spooled.error
+    assert [n for n, _ in spooled.docs] == ["start", "descriptor"]
+    sink.close(10)
+
+
+def test_a_stop_crossing_the_backlog_threshold_releases_its_lock(tmp_path):
+    """The backlog threshold crossed on a stop document left the run's lock held by this
+    process, so no replay could ever take the run."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    mem = Memory()
+
+    def slow_factory():
+        def write(name, doc):
+            entered.set()
+            release.wait(30)
+            mem(name, doc)
+        return write
+
+    sink = SpoolSink(tmp_path / "spool", slow_factory, auto_replay=False, max_queue=2)
+    docs = _run(1)  # start, descriptor, event, stop
+    sink(*docs[0])
+    assert entered.wait(10)  # the forwarder is busy with the start
+    for doc in docs[1:]:  # descriptor (0 queued), event (1), stop (2: over the threshold)
+        sink(*doc)
+    release.set()
+    assert sink.flush(10)
+    uid = docs[0][1]["uid"]
+    assert sink.backlog == 1
+    assert sink.replay()[uid] == "written"
+    assert [n for n, _ in mem.docs[-4:]] == ["start", "descriptor", "event", "stop"]
+    assert sink.pending() == [] and sink.backlog == 0
+    sink.close(10)
+
+
+def test_a_pending_file_without_a_start_is_set_aside_with_its_reason(tmp_path):
+    from pbi_bluesky.codec import encode_document
+
+    docs = _run(1)
+    pending = tmp_path / "spool" / "pending"
+    pending.mkdir(parents=True)
+    uid = docs[0][1]["uid"]
+    (pending / f"{uid}.spool").write_bytes(b"".join(encode_document(*d) for d in docs[1:]))
+    mem = Memory()
+    sink = SpoolSink(tmp_path / "spool", mem.factory, auto_replay=False)
+    outcome = sink.replay()[uid]
+    assert outcome.startswith("rejected: no start document"), outcome
+    assert sink.pending() == [] and sink.rejected() == [uid] and mem.docs == []
+    reason = (tmp_path / "spool" / "rejected" / f"{uid}.reason.txt").read_text()
+    assert "no start document" in reason
+    assert sink.replay() == {}  # not retried
+    sink.close(10)
+
+
+def test_the_start_record_is_fsynced(tmp_path, monkeypatch):
+    synced = []
+    real = os.fsync
+    monkeypatch.setattr(os, "fsync", lambda fd: (synced.append(fd), real(fd))[1])
+    sink = SpoolSink(tmp_path / "spool", None, fsync_interval=3600)
+    docs = _run(1)
+    before = len(synced)
+    sink(*docs[0])
+    assert len(synced) > before  # the start is on disk before the scan goes on
+    sink.close(10)
+
+
+def test_a_uid_that_is_not_a_safe_file_name_stays_inside_the_spool(tmp_path):
+    mem = Memory()
+    root = tmp_path / "a" / "spool"
+    sink = SpoolSink(root, mem.factory, auto_replay=False)
+    bundle = compose_run(uid="../../../evil")
+    sink("start", bundle.start_doc)
+    sink("stop", bundle.compose_stop())
+    assert sink.flush(10)
+    assert not list(tmp_path.rglob("evil*")), list(tmp_path.rglob("evil*"))
+    assert mem.docs == []  # not forwarded under that name
+    (stem,) = sink.pending()
+    outcome = sink.replay()[stem]
+    assert outcome.startswith("rejected: run uid '../../../evil' is not a safe file name")
+    assert sink.rejected() == [stem] and sink.backlog == 0
+    assert read_spool_file(root / "rejected" / f"{stem}.spool").docs[0][1]["uid"] == (
+        "../../../evil")
+    sink.close(10)
