@@ -124,14 +124,14 @@ class Worker:
         self.name = name
         self.log = logs / f"{name}.log"
         cmd = [sys.executable, "-m", "pbi_bluesky.cli", "bus", "worker",
-               "--broker", env["redis"].url,
-               "--tiled", env["tiled"].uri, "--api-key", env["tiled"].api_key,
+               "--broker", env["redis"].url, "--tiled", env["tiled"].uri,
                "--beamline", beamline, "--mask", str(env["mask"]), "--dark", str(env["dark"]),
                "--data-root", str(env["data"]), "--name", name, "--threads", "1",
                "--batch-size", "16", "--claim-idle", "3", "--lease", "3"]
         with open(self.log, "wb") as fh:
             self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=ROOT,
                                          env={**os.environ, "OMP_NUM_THREADS": "1",
+                                              "PBI_TILED_API_KEY": env["tiled"].api_key,
                                               "PYTHONFAULTHANDLER": "1",
                                               "NUMBA_NUM_THREADS": "1"})
 

@@ -87,9 +87,11 @@ def with_tiled_server(repeats: int) -> dict:
     port, key = free_port(), secrets.token_hex(16)  # tiled: alphanumeric keys only
     tiled = Path(sys.executable).with_name("tiled")
     log = tempfile.NamedTemporaryFile("w+", prefix="bench-tiled-", suffix=".log")
-    server = subprocess.Popen([str(tiled), "serve", "catalog", "--temp", "--api-key", key,
+    # the key travels in the environment, never on a command line (/proc/PID/cmdline)
+    server = subprocess.Popen([str(tiled), "serve", "catalog", "--temp",
                                "--host", "127.0.0.1", "--port", str(port)],
-                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT)
+                              stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                              env={**os.environ, "TILED_SINGLE_USER_API_KEY": key})
     try:
         deadline = time.monotonic() + 120
         while time.monotonic() < deadline and server.poll() is None:
@@ -101,9 +103,10 @@ def with_tiled_server(repeats: int) -> dict:
         else:
             log.seek(0)
             raise RuntimeError(f"tiled server did not start: {log.read()[-2000:]}")
-        cmd = [*PBI, "flagged", "--tiled", f"http://127.0.0.1:{port}", "--api-key", key]
-        timed(cmd)  # creates the runs container
-        return median_of(cmd, repeats)
+        cmd = [*PBI, "flagged", "--tiled", f"http://127.0.0.1:{port}"]
+        env = {**os.environ, "PBI_TILED_API_KEY": key}  # pbi reads the key there
+        timed(cmd, env)  # creates the runs container
+        return median_of(cmd, repeats, env)
     finally:
         server.terminate()
         try:

@@ -14,6 +14,7 @@ queue server that is down or restarting only delays them.
 from __future__ import annotations
 
 import logging
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -105,8 +106,12 @@ class RescanQueue:
         if self._api is None:
             from bluesky_queueserver_api.zmq import REManagerAPI
 
+            # an encrypted control channel: the server's public key from the environment
+            # (QSERVER_ZMQ_PUBLIC_KEY, as qserver reads it)
             self._api = REManagerAPI(zmq_control_addr=self.zmq_control_addr,
-                                     timeout_recv=self.timeout_s, timeout_send=self.timeout_s)
+                                     timeout_recv=self.timeout_s, timeout_send=self.timeout_s,
+                                     zmq_public_key=os.environ.get("QSERVER_ZMQ_PUBLIC_KEY")
+                                     or None)
             self._api.user, self._api.user_group = self.user, self.user_group
         return self._api
 

@@ -177,7 +177,9 @@ def open_runs(uri: str | None = None, *, api_key: str | None = None,
 
         bound_tiled_retries(timeout_s=timeout_s)
         api_key = api_key or os.environ.get("PBI_TILED_API_KEY")
-        logger.info("connecting to Tiled at %s", uri)
+        from pbi_bluesky.infra.secrets import redact_url
+
+        logger.info("connecting to Tiled at %s", redact_url(uri))
         extra = {"structure_clients": _metadata_clients()} if metadata_only else {}
         return runs_container(from_uri(uri, api_key=api_key,
                                        timeout=httpx.Timeout(timeout_s), **extra))

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from pbi_bluesky.agent import DEFAULT_POLICY_FILE
+from pbi_bluesky.testing.launch import die_with_parent
 from pbi_bluesky.testing.qserver import QueueStack
 
 __all__ = ["AgentProcess"]
@@ -70,7 +71,8 @@ class AgentProcess:
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(self.command(), stdout=log,
                                             stderr=subprocess.STDOUT, env=env,
-                                            start_new_session=True)
+                                            start_new_session=True,
+                                            preexec_fn=die_with_parent())
         return self
 
     def alive(self) -> bool:

@@ -18,6 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from pbi_bluesky.infra.ports import free_port
+from pbi_bluesky.testing.launch import die_with_parent
 from sim_iocs.config import SIM_DEFAULTS
 from sim_iocs.tray import TraySlot, dump_tray, parse_tray
 
@@ -138,7 +139,7 @@ def start_sim_ioc(directory: Path, tray: list[dict[str, Any]] | list[TraySlot],
            "--interfaces", "127.0.0.1"]
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, cwd=directory, env=full_env, stdout=log_file,
-                                stderr=subprocess.STDOUT)
+                                stderr=subprocess.STDOUT, preexec_fn=die_with_parent())
     ioc = SimIOC(prefix, dict(epics), list(slots), tray_path, log_path, proc,
                  data_root=root, poni_path=poni, mask_path=mask, detector=detector)
     atexit.register(_terminate, proc)

@@ -44,7 +44,7 @@ from pathlib import Path
 from typing import Any
 
 from pbi_bluesky.config import BeamlineConfig
-from pbi_bluesky.queue.api import PROFILE_DIR, connect_api
+from pbi_bluesky.queue.api import PROFILE_DIR, PUBLIC_KEY_ENV, connect_api
 from pbi_bluesky.testing.launch import Process, ServiceError, find_binary, free_port
 from pbi_bluesky.testing.services import RedisServer, TiledServer
 
@@ -72,6 +72,10 @@ class REManager(Process):
         Prefix of the manager's Redis keys (one Redis may serve several managers).
     env
         Extra environment for the worker (EPICS variables, the Tiled API key variable).
+    encrypt
+        Encrypt the 0MQ control channel (CurveZMQ): a key pair is made here, the server
+        reads its private key from ``QSERVER_ZMQ_PRIVATE_KEY_FOR_SERVER`` (never argv, ``***``
+        in the log), clients need :attr:`public_key` (``QSERVER_ZMQ_PUBLIC_KEY``).
     """
 
     name = "re-manager"
@@ -79,8 +83,14 @@ class REManager(Process):
     def __init__(self, workdir: str | Path | None = None, *, config: str | Path,
                  redis_addr: str, data_dir: str | Path | None = None,
                  profile_dir: str | Path = PROFILE_DIR, redis_prefix: str = "pbi_qs",
-                 env: dict[str, str] | None = None) -> None:
+                 env: dict[str, str] | None = None, encrypt: bool = True) -> None:
         super().__init__(workdir)
+        self.public_key: str | None = None
+        self._private_key: str | None = None
+        if encrypt:
+            from bluesky_queueserver.manager.comms import generate_zmq_keys
+
+            self.public_key, self._private_key = generate_zmq_keys()
         self.config = Path(config).resolve()
         self.redis_addr = redis_addr
         self.data_dir = Path(data_dir).resolve() if data_dir else None
@@ -123,6 +133,10 @@ class REManager(Process):
         env = {**os.environ, **self.extra_env, "PBI_BEAMLINE_CONFIG": str(self.config),
                "PBI_PROFILE_DIR": str(self.profile_dir), "PBI_NO_PLOTS": "1",
                "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
+        env.pop("QSERVER_ZMQ_PRIVATE_KEY_FOR_SERVER", None)
+        env.pop("QSERVER_ZMQ_PRIVATE_KEY", None)
+        if self._private_key:
+            env["QSERVER_ZMQ_PRIVATE_KEY_FOR_SERVER"] = self._private_key
         env.pop("DISPLAY", None)  # the worker never needs a display
         env.pop("WAYLAND_DISPLAY", None)
         if self.data_dir is not None:
@@ -132,9 +146,17 @@ class REManager(Process):
         env["PYTHONPATH"] = os.pathsep.join(p for p in (root, env.get("PYTHONPATH")) if p)
         return env
 
+    def secrets(self) -> list[str]:
+        return [self._private_key] if self._private_key else []
+
+    def client_env(self) -> dict[str, str]:
+        """What a client process (``qserver``, ``pbi queue agent``) needs in its environment:
+        the server's public key, when the control channel is encrypted."""
+        return {PUBLIC_KEY_ENV: self.public_key} if self.public_key else {}
+
     def ready(self) -> bool:
         try:
-            api = connect_api(self.zmq_control_addr, timeout_s=1.0)
+            api = connect_api(self.zmq_control_addr, timeout_s=1.0, public_key=self.public_key)
             try:
                 api.status()
                 return True
@@ -145,7 +167,8 @@ class REManager(Process):
 
     def api(self, timeout_s: float = 5.0) -> Any:
         """A fresh API client (close it when done)."""
-        return connect_api(self.zmq_control_addr, timeout_s=timeout_s)
+        return connect_api(self.zmq_control_addr, timeout_s=timeout_s,
+                           public_key=self.public_key)
 
     def open_environment(self, timeout: float = 180.0) -> dict[str, Any]:
         """Open the worker environment (runs the startup file); raises
@@ -280,7 +303,8 @@ class QueueStack:
 
     def agent_env(self) -> dict[str, str]:
         """Environment for a ``pbi agent`` process following this stack."""
-        return {**os.environ, self.key_env: self.tiled.api_key, **self._feed_env()}
+        return {**os.environ, self.key_env: self.tiled.api_key, **self._feed_env(),
+                **self.manager.client_env()}
 
     def stop(self) -> None:
         """Close the worker environment (documents flushed), stop everything."""

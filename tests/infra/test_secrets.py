@@ -222,3 +222,19 @@ def test_a_temporary_workdir_is_removed_on_stop():
     assert folder.is_dir()
     server.stop()
     assert not folder.exists()
+
+
+def test_a_key_in_a_tiled_uri_is_not_logged(caplog):
+    import logging
+
+    import httpx
+
+    from pbi_bluesky.infra.ports import free_port
+    from pbi_bluesky.store import open_runs
+
+    uri = f"http://127.0.0.1:{free_port()}/api/v1?api_key=urlkey0secret"
+    with caplog.at_level(logging.INFO, logger="pbi_bluesky.store.catalog"):
+        with pytest.raises((httpx.HTTPError, OSError)):  # nobody listens there
+            open_runs(uri, timeout_s=1.0)
+    assert "connecting to Tiled at" in caplog.text
+    assert "urlkey0secret" not in caplog.text and "api_key=***" in caplog.text

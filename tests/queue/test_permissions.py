@@ -95,3 +95,38 @@ def test_people_flush_the_session(queue_stack):  # noqa: F811
         assert result["result"]["success"], result
     finally:
         api.close()
+
+
+def test_no_secret_on_the_stacks_command_lines_or_logs(queue_stack):  # noqa: F811
+    """Redis, Tiled, the RE Manager and its worker: the Tiled key is on no command line
+    (``/proc/PID/cmdline``) and in no log; the worker gets it through its environment."""
+    from tests.infra.test_secrets import assert_nowhere
+
+    key = queue_stack.tiled.api_key
+    assert key not in queue_stack.config_path.read_text()
+    for service in (queue_stack.redis, queue_stack.tiled, queue_stack.manager):
+        assert_nowhere(key, service)
+
+
+def test_the_control_channel_is_encrypted(queue_stack, monkeypatch):  # noqa: F811
+    """CurveZMQ: a client without the server's public key gets no answer; the private key
+    is on no command line and in no log."""
+    from pbi_bluesky.queue.api import PUBLIC_KEY_ENV, connect_api
+    from tests.infra.test_secrets import assert_nowhere
+
+    manager = queue_stack.manager
+    assert manager.public_key and manager.secrets()
+    assert_nowhere(manager.secrets()[0], manager)
+    monkeypatch.delenv(PUBLIC_KEY_ENV, raising=False)
+    api = connect_api(queue_stack.zmq_control_addr, timeout_s=1.0)
+    try:
+        with pytest.raises(Exception, match="[Tt]imeout|timed out|not respond"):
+            api.status()
+    finally:
+        api.close()
+    api = connect_api(queue_stack.zmq_control_addr, timeout_s=5.0,
+                      public_key=manager.public_key)
+    try:
+        assert api.status()["worker_environment_exists"]
+    finally:
+        api.close()

@@ -5,6 +5,7 @@ bluesky-queueserver-api add and run them, and the runs are scored and land in Ti
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -69,7 +70,8 @@ def test_bad_items_are_refused_with_the_reason(queue_stack, item, group, why):  
 def _qserver(stack, *args):
     cmd = [str(Path(sys.executable).with_name("qserver")), "--zmq-control-addr",
            stack.zmq_control_addr, *args]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60)
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=60,
+                         env={**os.environ, **stack.manager.client_env()})
     assert out.returncode == 0, out.stdout[-2000:] + out.stderr[-2000:]
     return out.stdout
 
