@@ -356,7 +356,7 @@ def main(argv: list[str] | None = None) -> None:
 
 def client_environment(interfaces: list[str] | tuple[str, ...],
                        environ: Any = None) -> dict[str, str]:
-    """The ``EPICS_CA_*`` variables a Channel Access client needs to find this IOC.
+    """Return the ``EPICS_CA_*`` variables a Channel Access client needs to find this IOC.
 
     Parameters
     ----------
@@ -388,7 +388,7 @@ def client_environment(interfaces: list[str] | tuple[str, ...],
 
 def startup_lines(prefix: str, n_pvs: int, interfaces: list[str] | tuple[str, ...],
                   data_root: Path, environ: Any = None) -> list[str]:
-    """What the IOC says when it starts serving: prefix, where, and what a client exports.
+    """Return the IOC's start-up lines: prefix, where, and what a client must export.
 
     Parameters
     ----------

@@ -4,9 +4,8 @@ Importing this module configures Channel Access for loopback on free ports (the 
 client reads the environment when ophyd is first imported), so test modules must import
 it before anything that imports ophyd, and import ophyd-based code inside tests/fixtures.
 
-Use in a test module::
-
-    from tests.beamline_fixtures import beamline, sim_ioc  # noqa: F401
+``tests/conftest.py`` registers this module with ``pytest_plugins``: a test names the
+fixtures (``sim_ioc``, ``sim_config``, ``beamline``) as arguments and imports only helpers.
 """
 
 from __future__ import annotations

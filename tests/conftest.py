@@ -8,8 +8,15 @@ import tempfile
 import numpy as np
 import pytest
 
+# the fixture modules below are imported here first: let pytest rewrite their asserts
+pytest.register_assert_rewrite("tests.beamline_fixtures", "tests.queue_fixtures")
+
 # Channel Access on loopback with free ports, set before anything imports ophyd/caproto
 import tests.beamline_fixtures  # noqa: F401, E402
+
+# the shared fixtures (sim_ioc, sim_config, beamline, queue_stack): every test module sees
+# them without importing them
+pytest_plugins = ["tests.beamline_fixtures", "tests.queue_fixtures"]
 
 os.environ.setdefault("MPLBACKEND", "Agg")
 # reduction operators are cached on disk: keep the suite's out of the user's cache folder
@@ -172,3 +179,19 @@ def core_kwargs(bus_files, bus_instrument):
     return {"model": bus_files["model"], "mask": np.load(bus_files["mask"]),
             "dark": np.load(bus_files["dark"]), "npt": bus_instrument.npt,
             "data_roots": [bus_files["data"]]}
+
+
+SERVICE_FIXTURES = frozenset({"sim_ioc", "sim_config", "beamline", "queue_stack",
+                              "redis_server", "tiled_server", "server", "pg", "tiled_pg",
+                              "cluster"})
+"""Fixtures that start a real service: an IOC, Redis, a Tiled server, PostgreSQL, the queue
+server, a Dask cluster. A test using one is marked ``service`` (``-m "not service"`` runs
+the rest in seconds)."""
+
+
+def pytest_collection_modifyitems(config, items):
+    """Mark every test that uses a service fixture ``service``; ``e2e`` tests are too."""
+    for item in items:
+        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or \
+                item.get_closest_marker("e2e"):
+            item.add_marker(pytest.mark.service)

@@ -2,10 +2,8 @@
 startup file against the session's sim IOC (one stack per test session, shared by every
 module importing :func:`queue_stack`), and helpers to queue items and wait.
 
-Use in a test module (after the beamline fixtures)::
-
-    from tests.beamline_fixtures import sim_config, sim_ioc  # noqa: F401
-    from tests.queue_fixtures import queue_stack  # noqa: F401
+``tests/conftest.py`` registers this module with ``pytest_plugins``: a test names
+``queue_stack`` as an argument and imports only the helpers below.
 """
 
 from __future__ import annotations

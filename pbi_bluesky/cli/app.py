@@ -126,10 +126,14 @@ def require_extra(extra: str, what: str, modules: tuple[str, ...] | None = None)
 
 
 class QuietThirdParty(logging.Filter):
-    """Pass records of this package and ``sim_iocs`` at any level, other libraries' at WARNING
-    and above."""
+    """Pass records of this package and ``sim_iocs`` at any level, others' from WARNING up.
+
+    Third-party INFO chatter (alembic migrations, Tiled's version banner, caproto's
+    listening lines) stays off a scientist's terminal; every warning shows.
+    """
 
     def filter(self, record: logging.LogRecord) -> bool:
+        """Return whether ``record`` reaches the terminal."""
         if record.levelno >= logging.WARNING:
             return True
         name = record.name

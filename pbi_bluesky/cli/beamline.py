@@ -97,7 +97,8 @@ def iocs(
     interfaces: Annotated[list[str] | None, typer.Option(
         help="Interface to serve Channel Access on, repeat for more "
              f"[default: {' '.join(SIM_DEFAULTS.interfaces)}].")] = None,
-    list_pvs: Annotated[bool, typer.Option("--list-pvs", help="Print the PVs and exit.")] = False,
+    list_pvs: Annotated[bool, typer.Option(
+        "--list-pvs", help="Log the PV names, then serve.")] = False,
 ) -> None:
     """Run the simulated SAXS beamline IOC in the foreground (Ctrl-C stops it).
 

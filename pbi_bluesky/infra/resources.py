@@ -19,7 +19,7 @@ PROFILE_NAME = "profile_saxs"
 
 
 def profile_candidates(name: str = PROFILE_NAME) -> list[Path]:
-    """The folders searched for the profile ``name``, in order.
+    """Return the folders searched for the profile ``name``, in order.
 
     Parameters
     ----------
@@ -40,7 +40,7 @@ def profile_candidates(name: str = PROFILE_NAME) -> list[Path]:
 
 
 def profile_dir(name: str = PROFILE_NAME, *, must_exist: bool = False) -> Path:
-    """The shipped profile folder: the first of :func:`profile_candidates` that exists.
+    """Return the shipped profile folder: the first of :func:`profile_candidates` that exists.
 
     Parameters
     ----------

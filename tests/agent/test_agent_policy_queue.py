@@ -6,8 +6,7 @@ from __future__ import annotations
 
 import time
 
-from tests.beamline_fixtures import sim_config, sim_ioc  # noqa: F401 - fixtures
-from tests.queue_fixtures import DETECTORS, queue_stack  # noqa: F401 - fixture
+from tests.queue_fixtures import DETECTORS
 
 
 def _write(runs, metadata, summary=None):
@@ -54,7 +53,7 @@ def _agent(stack, since, **policy):
                        api_key=stack.tiled.api_key, policy=load_policy(policy), since=since)
 
 
-def test_policy_position_budget_references_and_restart(queue_stack):  # noqa: F811
+def test_policy_position_budget_references_and_restart(queue_stack):
     from bluesky_queueserver_api import BPlan
 
     from pbi_bluesky.store.queries import decisions_of

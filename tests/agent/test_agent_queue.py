@@ -17,15 +17,11 @@ import subprocess
 import sys
 import time
 
-from tests.beamline_fixtures import sim_config, sim_ioc  # noqa: F401 - fixtures
-from tests.queue_fixtures import (
-    history,
-    idle,
-    measure_items,
-    queue,
-    queue_stack,  # noqa: F401 - fixture
-    wait_for,
-)
+import pytest
+
+from tests.queue_fixtures import history, idle, measure_items, queue, wait_for
+
+pytestmark = pytest.mark.e2e
 
 TIMEOUT = 120.0
 
@@ -70,7 +66,7 @@ def _decided(stack, since, slots):
     return None
 
 
-def test_flagged_samples_get_one_rescan_each_and_are_decided(queue_stack, tmp_path):  # noqa: F811
+def test_flagged_samples_get_one_rescan_each_and_are_decided(queue_stack, tmp_path):
     stack, t0 = queue_stack, time.time()
     agent = _agent(stack, tmp_path, t0)
     try:
@@ -129,7 +125,7 @@ def _iso(t):
     return datetime.fromtimestamp(t).isoformat()
 
 
-def test_agent_killed_and_restarted_mid_tray_queues_no_second_rescan(queue_stack, tmp_path):  # noqa: F811
+def test_agent_killed_and_restarted_mid_tray_queues_no_second_rescan(queue_stack, tmp_path):
     stack, t0 = queue_stack, time.time()
     agent = _agent(stack, tmp_path, t0, "first")
     queue(stack, measure_items(stack, [8, 1], md={"test": "restart"}))
@@ -172,7 +168,7 @@ def _all_items(stack):
     return [*q["items"], *running, *history(stack)]
 
 
-def test_a_plan_failing_in_the_queue_leaves_the_agent_running(queue_stack, tmp_path):  # noqa: F811
+def test_a_plan_failing_in_the_queue_leaves_the_agent_running(queue_stack, tmp_path):
     from bluesky_queueserver_api import BPlan
 
     stack, t0 = queue_stack, time.time()
@@ -210,7 +206,7 @@ def idle_or_stopped(stack):
         api.close()
 
 
-def test_agent_survives_a_queue_server_restart(queue_stack, tmp_path):  # noqa: F811
+def test_agent_survives_a_queue_server_restart(queue_stack, tmp_path):
     stack, t0 = queue_stack, time.time()
     agent = _agent(stack, tmp_path, t0)
     try:

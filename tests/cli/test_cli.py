@@ -6,6 +6,7 @@ import json
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 from typer.testing import CliRunner
 
@@ -76,14 +77,26 @@ def test_simulate_then_reduce_frames(tmp_path):
                                  "--dark", str(data / "dark.edf"), "--out", str(out),
                                  "--format", "h5"])
     assert result.exit_code == 0, result.output
-    assert len(list(out.glob("*.h5"))) == 2
+    assert sorted(p.name for p in out.glob("*.h5")) == [f"{f.stem}.h5" for f in frames[:2]]
+    # each file holds what the library computes for its own frame (q, I and sigma)
+    from pbi_bluesky.reduction import Reducer, read_nxcansas
+
+    reducer = Reducer(data / "geometry.poni", npt=500, mask=data / "mask.edf",
+                      dark=data / "dark.edf")
+    written = [read_nxcansas(out / f"{f.stem}.h5") for f in frames[:2]]
+    for frame, got in zip(frames[:2], written, strict=True):
+        ref = reducer.reduce(frame)
+        np.testing.assert_allclose(got.q_inv_angstrom, ref.q_inv_angstrom, rtol=1e-6)
+        np.testing.assert_allclose(got.intensity, ref.intensity, rtol=1e-5)
+        np.testing.assert_allclose(got.sigma, ref.sigma, rtol=1e-5)
+        assert np.all(np.diff(got.q_inv_angstrom) > 0) and np.isfinite(got.intensity).all()
+    assert not np.allclose(written[0].intensity, written[1].intensity)  # not one frame twice
 
 
 def test_reduce_reports_bad_files_and_keeps_going(tmp_path):
     data = tmp_path / "data"
-    runner.invoke(app, ["data", "simulate",
-                        "--out", str(data), "--normals", "1", "--anomalies", "0",
-                        "--frames", "--seed", "3"])
+    runner.invoke(app, ["data", "simulate", "--out", str(data), "--normals", "1",
+                        "--anomalies", "0", "--frames", "--seed", "3"])
     empty = tmp_path / "empty.cbf"
     empty.write_bytes(b"")
     good = sorted((data / "frames").glob("s*.cbf"))[0]
@@ -144,8 +157,8 @@ def test_calibrate_absolute_then_reduce_applies_the_factor(tmp_path):
                                "--force"])
     assert warm.exit_code == 2 and "at 20 C" in warm.output
     out = tmp_path / "reduced"
-    result = runner.invoke(app, ["data", "reduce",
-                                 str(tmp_path / "water.cbf"), *common, "--npt", "120",
+    result = runner.invoke(app, ["data", "reduce", str(tmp_path / "water.cbf"), *common,
+                                 "--npt", "120",
                                  "--i0", str(water.monitor), "--transmission",
                                  str(water.transmission), "--thickness", "0.1",
                                  "--background", str(tmp_path / "cell.cbf"), "--background-i0",
@@ -181,12 +194,12 @@ def test_offline_demo_json(tmp_path):
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
     root = tmp_path_factory.mktemp("cli_model")
-    result = runner.invoke(app, ["data", "simulate",
-                                 "--out", str(root / "train"), "--normals", "15",
+    result = runner.invoke(app, ["data", "simulate", "--out", str(root / "train"),
+                                 "--normals", "15",
                                  "--anomalies", "0", "--seed", "1"])
     assert result.exit_code == 0, result.output
-    result = runner.invoke(app, ["model", "train",
-                                 "--manifest", str(root / "train" / "manifest.csv"),
+    result = runner.invoke(app, ["model", "train", "--manifest",
+                                 str(root / "train" / "manifest.csv"),
                                  "--out", str(root / "model"), "--epochs", "3"])
     assert result.exit_code == 0, result.output
     (root / "train_output.txt").write_text(result.output)
@@ -210,8 +223,8 @@ def test_train_writes_a_bundle(trained):
 
 
 def test_train_with_an_alpha_the_data_cannot_reach_is_a_clear_error(trained, tmp_path):
-    result = runner.invoke(app, ["model", "train",
-                                 "--manifest", str(trained / "train" / "manifest.csv"),
+    result = runner.invoke(app, ["model", "train", "--manifest",
+                                 str(trained / "train" / "manifest.csv"),
                                  "--out", str(tmp_path / "m"), "--epochs", "1",
                                  "--alpha", "0.01"])
     assert result.exit_code == 2
@@ -221,8 +234,8 @@ def test_train_with_an_alpha_the_data_cannot_reach_is_a_clear_error(trained, tmp
 
 
 def test_train_nproc_is_refused_for_the_paper_pipeline(trained, tmp_path):
-    result = runner.invoke(app, ["model", "train",
-                                 "--manifest", str(trained / "train" / "manifest.csv"),
+    result = runner.invoke(app, ["model", "train", "--manifest",
+                                 str(trained / "train" / "manifest.csv"),
                                  "--out", str(tmp_path / "m"), "--nproc", "2",
                                  "--detector", "paper"])
     assert result.exit_code == 2
@@ -275,23 +288,23 @@ def test_score_mix_of_good_and_broken_files(trained, tmp_path):
 
 def test_train_and_score_the_papers_detector(trained, tmp_path):
     """`--detector paper` trains the paper's pipeline into a bundle `pbi score` reads."""
-    result = runner.invoke(app, ["model", "train",
-                                 "--manifest", str(trained / "train" / "manifest.csv"),
+    result = runner.invoke(app, ["model", "train", "--manifest",
+                                 str(trained / "train" / "manifest.csv"),
                                  "--out", str(tmp_path / "paper"), "--epochs", "2",
                                  "--detector", "paper"])
     assert result.exit_code == 0, result.output
     doc = json.loads((tmp_path / "paper" / "model.json").read_text())
     assert doc["detector"] == "paper" and doc["network"]["in_channels"] == 1
     good = sorted((trained / "train" / "profiles").glob("*.dat"))[:3]
-    result = runner.invoke(app, ["model", "score",
-                                 *map(str, good), "--model", str(tmp_path / "paper"),
+    result = runner.invoke(app, ["model", "score", *map(str, good), "--model",
+                                 str(tmp_path / "paper"),
                                  "--json"])
     assert result.exit_code == 0, result.output
     lines = [json.loads(x) for x in result.output.strip().splitlines() if x.startswith("{")]
     assert len(lines) == 3
     assert all(r["predicted_composition"] in doc["recipes"] for r in lines)
-    bad = runner.invoke(app, ["model", "train",
-                              "--manifest", str(trained / "train" / "manifest.csv"),
+    bad = runner.invoke(app, ["model", "train", "--manifest",
+                              str(trained / "train" / "manifest.csv"),
                               "--out", str(tmp_path / "x"), "--detector", "nope"])
     assert bad.exit_code == 2 and "--detector" in bad.output
 
@@ -306,8 +319,8 @@ def test_score_manifest_and_bad_model(trained, tmp_path):
 
 def test_evaluate_compares_detectors(trained, tmp_path):
     data = tmp_path / "eval"
-    runner.invoke(app, ["data", "simulate",
-                        "--out", str(data), "--normals", "12", "--anomalies", "3",
+    runner.invoke(app, ["data", "simulate", "--out", str(data), "--normals", "12",
+                        "--anomalies", "3",
                         "--seed", "2"])
     result = runner.invoke(app, ["model", "evaluate", "--manifest", str(data / "manifest.csv"),
                                  "--model", str(trained / "model"), "--out", str(tmp_path / "r"),

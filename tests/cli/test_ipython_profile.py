@@ -8,14 +8,17 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tests.beamline_fixtures import REPO_ROOT, sim_config, sim_ioc  # noqa: F401
+import pytest
+
+from tests.beamline_fixtures import REPO_ROOT
 
 
 def _tree(folder: Path) -> set[str]:
     return {str(p.relative_to(folder)) for p in folder.rglob("*")}
 
 
-def test_pbi_ipython_runs_the_session_from_beamline_yaml(sim_config, model_300k,  # noqa: F811
+@pytest.mark.e2e
+def test_pbi_ipython_runs_the_session_from_beamline_yaml(sim_config, model_300k,
                                                          tmp_path):
     from pbi_bluesky.models import save_bundle
 

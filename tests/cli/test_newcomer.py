@@ -152,3 +152,20 @@ def test_pbi_sim_iocs_and_pbi_ipython_connect_with_a_plain_environment(tmp_path)
         except subprocess.TimeoutExpired:
             ioc.kill()
             ioc.wait(timeout=5)
+
+
+def test_an_installed_copy_finds_the_profile_under_its_prefix(tmp_path, monkeypatch):
+    """Without a checkout beside the package, the profile comes from
+    ``<sys.prefix>/share/pbi_bluesky/profiles`` (where pip puts the data-files); with
+    neither, the error says where it looked."""
+    import pbi_bluesky.infra.resources as resources
+
+    monkeypatch.setattr(resources, "__file__", str(tmp_path / "site" / "pbi_bluesky" / "infra"
+                                                   / "resources.py"))
+    monkeypatch.setattr(sys, "prefix", str(tmp_path / "venv"))
+    monkeypatch.setattr(sys, "base_prefix", str(tmp_path / "venv"))
+    with pytest.raises(FileNotFoundError, match="share/pbi_bluesky/profiles"):
+        resources.profile_dir(must_exist=True)
+    shipped = tmp_path / "venv" / "share" / "pbi_bluesky" / "profiles" / "profile_saxs"
+    shipped.mkdir(parents=True)
+    assert resources.profile_dir(must_exist=True) == shipped

@@ -6,11 +6,9 @@ import h5py
 import numpy as np
 import pytest
 
-from tests.beamline_fixtures import sim_config, sim_ioc  # noqa: F401 - pytest fixtures
-
 
 @pytest.fixture(scope="module")
-def async_beamline(sim_config):  # noqa: F811
+def async_beamline(sim_config):
     from bluesky import RunEngine
 
     from pbi_bluesky.devices import make_async_beamline

@@ -4,13 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tests.beamline_fixtures import (  # noqa: F401 - pytest fixtures
-    REPO_ROOT,
-    beamline,
-    ca_put,
-    sim_config,
-    sim_ioc,
-)
+from tests.beamline_fixtures import REPO_ROOT, ca_put
 
 EXAMPLE = REPO_ROOT / "profiles" / "examples" / "beamline_pilatus.yaml"
 
@@ -88,7 +82,7 @@ def test_secrets_never_reach_the_configuration_or_its_log(monkeypatch):
     assert "s3cret" not in repr(cfg) and "s3cret" not in str(cfg.public())
 
 
-def test_missing_iocs_are_named(sim_config):  # noqa: F811
+def test_missing_iocs_are_named(sim_config):
     from pbi_bluesky.devices import BeamlineConnectionError, make_ophyd_beamline
 
     cfg = sim_config.with_overrides(detector={"prefix": "NOPE:"}, connection_timeout_s=1.0)
@@ -96,7 +90,7 @@ def test_missing_iocs_are_named(sim_config):  # noqa: F811
         make_ophyd_beamline(cfg)
 
 
-def test_stock_ophyd_devices_measure_a_slot_over_channel_access(beamline, sim_ioc):  # noqa: F811
+def test_stock_ophyd_devices_measure_a_slot_over_channel_access(beamline, sim_ioc):
     import numpy as np
     from area_detector_handlers.handlers import AreaDetectorHDF5Handler
     from bluesky import RunEngine
@@ -128,7 +122,7 @@ def test_stock_ophyd_devices_measure_a_slot_over_channel_access(beamline, sim_io
     assert beamline.changer.position == pytest.approx(5)
 
 
-def test_a_hung_detector_fails_the_trigger_instead_of_the_scan(beamline, sim_ioc):  # noqa: F811
+def test_a_hung_detector_fails_the_trigger_instead_of_the_scan(beamline, sim_ioc):
     from pbi_bluesky.devices import DetectorTimeoutError
 
     det = beamline.detector

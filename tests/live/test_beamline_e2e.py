@@ -10,9 +10,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from tests.beamline_fixtures import sim_config, sim_ioc  # noqa: F401 - pytest fixtures
 from tests.conftest import SIM_EXPOSURE_S as EXPOSURE
 from tests.queue_fixtures import wait_for
+
+pytestmark = pytest.mark.e2e
 
 
 def _session(cfg, model, instrument, tmp_path, mode="ophyd", **kwargs):
@@ -28,7 +29,7 @@ def _session(cfg, model, instrument, tmp_path, mode="ophyd", **kwargs):
 
 @pytest.mark.parametrize("mode, transient", [("ophyd", 7), ("async", 10)])
 def test_survey_flags_defect_tells_transient_and_lands_in_tiled(
-    mode, transient, sim_config, model_300k, instrument_300k, tmp_path  # noqa: F811
+    mode, transient, sim_config, model_300k, instrument_300k, tmp_path
 ):
     from pbi_bluesky.plans import survey_and_rescan, use_tray
     from pbi_bluesky.store import flagged_runs
@@ -78,7 +79,7 @@ def test_survey_flags_defect_tells_transient_and_lands_in_tiled(
 
 
 def test_bad_metadata_and_a_raising_model_never_abort_the_scan(
-    sim_config, model_300k, instrument_300k, tmp_path, monkeypatch  # noqa: F811
+    sim_config, model_300k, instrument_300k, tmp_path, monkeypatch
 ):
     from pbi_bluesky.plans import measure_tray, use_tray
 
@@ -113,7 +114,7 @@ def test_bad_metadata_and_a_raising_model_never_abort_the_scan(
 
 
 def test_tiled_down_at_start_and_mid_scan_loses_nothing(
-    sim_config, model_300k, instrument_300k, tmp_path  # noqa: F811
+    sim_config, model_300k, instrument_300k, tmp_path
 ):
     """A real Tiled server: down when the session starts, up, killed mid-session, back."""
     import os

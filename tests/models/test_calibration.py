@@ -251,7 +251,25 @@ def test_a_model_that_can_never_flag_is_refused_at_load(small_bundle, tmp_path):
         ensure_can_flag(inspected)
 
 
-def test_profile_without_coverage_is_not_part_of_calibration():
-    """Sanity: the grid used here is covered by the simulated instrument."""
+def test_the_grid_is_covered_by_the_simulated_instrument_and_a_short_profile_is_refused(
+        instrument):
+    """Sanity of every test above: the simulated instrument's profiles cover GRID (so no
+    calibration profile is dropped or extrapolated), and a profile that stops short of the
+    grid is refused rather than extrapolated."""
+    from pbi_bluesky.models import CoverageError
+
     q = GRID.q
-    GRID.resample(Profile(q, np.ones_like(q), np.ones_like(q)))
+    ramp = np.linspace(1.0, 2.0, q.size)
+    intensity, sigma = GRID.resample(Profile(q, ramp, 0.1 * ramp))
+    np.testing.assert_allclose(intensity, ramp, rtol=1e-12)  # on the grid: the values
+    np.testing.assert_allclose(sigma, 0.1 * ramp, rtol=1e-12)
+    rng = np.random.default_rng(3)
+    profile = _normals(instrument, ONE, 1, rng)[0]
+    assert profile.q_inv_angstrom[0] <= GRID.q_min and profile.q_inv_angstrom[-1] >= GRID.q_max
+    intensity, sigma = GRID.resample(profile)
+    assert intensity.shape == (GRID.npt,) and np.all(np.isfinite(intensity))
+    assert np.all(intensity > 0) and np.all(sigma > 0)
+    short = profile.q_inv_angstrom < 0.5 * GRID.q_max
+    with pytest.raises(CoverageError, match="every grid point must be measured"):
+        GRID.resample(Profile(profile.q_inv_angstrom[short], profile.intensity[short],
+                              profile.sigma[short]))

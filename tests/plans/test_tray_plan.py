@@ -7,8 +7,6 @@ from collections import defaultdict
 import numpy as np
 import pytest
 
-from tests.beamline_fixtures import beamline, sim_config, sim_ioc  # noqa: F401
-
 EXPOSURE = 0.1
 SLOTS = [1, 2, 3, 4, 4]  # normal 50:50, contaminated 50:50, PMMA, transient beam dump twice
 Q_RANGE = (0.007, 0.08)  # Pilatus 300K at 3 m, outside the beamstop
@@ -69,7 +67,7 @@ def test_plan_with_sim_devices_records_caller_metadata():
 
 # -- real runs over Channel Access -----------------------------------------------------------
 @pytest.fixture(scope="module")
-def tray_runs(beamline, sim_ioc):  # noqa: F811
+def tray_runs(beamline, sim_ioc):
     """Run measure_tray over CA once with the stock devices; frames read from HDF5, reduced."""
     from bluesky import RunEngine
 
@@ -121,7 +119,7 @@ def tray_runs(beamline, sim_ioc):  # noqa: F811
     use_tray(None)
 
 
-def test_one_run_per_measurement_with_metadata(tray_runs, sim_ioc):  # noqa: F811
+def test_one_run_per_measurement_with_metadata(tray_runs, sim_ioc):
     uids, runs = tray_runs["uids"], tray_runs["runs"]
     assert len(uids) == len(SLOTS) and len(set(uids)) == len(SLOTS)
     assert set(runs) == set(uids)

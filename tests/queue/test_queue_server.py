@@ -12,19 +12,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.beamline_fixtures import REPO_ROOT, sim_config, sim_ioc  # noqa: F401 - fixtures
-from tests.queue_fixtures import (
-    DETECTORS,
-    history,
-    idle,
-    queue_stack,  # noqa: F401 - fixture
-    wait_for,
-)
+from tests.beamline_fixtures import REPO_ROOT
+from tests.queue_fixtures import DETECTORS, history, idle, wait_for
 
 PROFILE = REPO_ROOT / "profiles" / "profile_saxs"
 
 
-def test_profile_plans_and_devices_are_allowed(queue_stack):  # noqa: F811
+def test_profile_plans_and_devices_are_allowed(queue_stack):
     api = queue_stack.api()
     try:
         status = api.status()
@@ -56,7 +50,7 @@ def test_profile_plans_and_devices_are_allowed(queue_stack):  # noqa: F811
      "survey_and_rescan"),
     ({"name": "rescan", "args": [DETECTORS, "changer", 1, "long"]}, "agent", "exposure"),
 ])
-def test_bad_items_are_refused_with_the_reason(queue_stack, item, group, why):  # noqa: F811
+def test_bad_items_are_refused_with_the_reason(queue_stack, item, group, why):
     api = queue_stack.api()
     api.user_group = group
     try:
@@ -76,7 +70,7 @@ def _qserver(stack, *args):
     return out.stdout
 
 
-def test_qserver_and_the_api_add_and_run_the_plans(queue_stack):  # noqa: F811
+def test_qserver_and_the_api_add_and_run_the_plans(queue_stack):
     from bluesky_queueserver_api import BPlan
 
     stack = queue_stack

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import pytest
 
+from .scenes import make_scene
+
 
 @pytest.fixture(scope="package", autouse=True)
 def operator_cache_dir(tmp_path_factory):
@@ -12,3 +14,9 @@ def operator_cache_dir(tmp_path_factory):
     with pytest.MonkeyPatch.context() as mp:
         mp.setenv("PBI_OPERATOR_CACHE", str(folder))
         yield folder
+
+
+@pytest.fixture(scope="module")
+def scene():
+    """Pilatus 1M at 3 m, 1 A: Poisson int32 frame, dark, flat, gaps + beamstop mask."""
+    return make_scene()

@@ -8,7 +8,7 @@ import pytest
 from pbi_bluesky.reduction import FoldedIntegrator, ReductionError
 from pbi_bluesky.reduction.integrator import numba_available
 
-from .test_integrator import NPT, POL, RTOL, pyfai_reference, scene  # noqa: F401
+from .scenes import NPT, POL, RTOL, pyfai_reference
 
 pytestmark = pytest.mark.skipif(not numba_available(), reason="numba not importable")
 
@@ -16,7 +16,7 @@ SAME = 1e-6  # numba engine vs scipy engine
 
 
 @pytest.fixture(scope="module")
-def engines(scene):  # noqa: F811
+def engines(scene):
     red = scene["reducer"]
     kwargs = {"mask": red.mask, "dark": scene["dark"], "flat": scene["flat"],
               "polarization_factor": POL}
@@ -30,7 +30,7 @@ def assert_same(a, b, rtol=SAME):
     np.testing.assert_allclose(a[1], b[1], rtol=rtol, equal_nan=True)
 
 
-def test_numba_is_the_default_engine(scene, engines):  # noqa: F811
+def test_numba_is_the_default_engine(scene, engines):
     assert scene["reducer"]._folded.engine == "numba"
     assert engines["numba"].engine == "numba" and engines["scipy"].engine == "scipy"
     with pytest.raises(ReductionError, match="engine must be one of"):
@@ -39,7 +39,7 @@ def test_numba_is_the_default_engine(scene, engines):  # noqa: F811
 
 
 @pytest.mark.parametrize("monitor", [1.0, 1234.5])
-def test_numba_matches_pyfai_integrate1d(scene, engines, monitor):  # noqa: F811
+def test_numba_matches_pyfai_integrate1d(scene, engines, monitor):
     intensity, sigma = engines["numba"].integrate(scene["frame"], monitor=monitor)
     ref = pyfai_reference(scene, scene["frame"], monitor)
     filled = np.asarray(ref.count) > 0
@@ -49,7 +49,7 @@ def test_numba_matches_pyfai_integrate1d(scene, engines, monitor):  # noqa: F811
     assert np.all(np.isnan(intensity[~filled])) and np.all(np.isnan(sigma[~filled]))
 
 
-def test_numba_dummy_pixels_match_pyfai(scene, engines):  # noqa: F811
+def test_numba_dummy_pixels_match_pyfai(scene, engines):
     """Dummy values in the gaps are ignored, dummy pixels in the active area are dropped."""
     frame = scene["frame"].copy()
     frame[scene["mask"]] = -1
@@ -72,12 +72,12 @@ def test_numba_dummy_pixels_match_pyfai(scene, engines):  # noqa: F811
 
 @pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.int64, np.uint16, np.float32,
                                    np.float64, ">i4"])
-def test_numba_equals_scipy_for_frame_dtypes(scene, engines, dtype):  # noqa: F811
+def test_numba_equals_scipy_for_frame_dtypes(scene, engines, dtype):
     frame = np.clip(scene["frame"], 0, 60000).astype(dtype)
     assert_same(engines["numba"].integrate(frame, 2.5), engines["scipy"].integrate(frame, 2.5))
 
 
-def test_numba_equals_scipy_with_dummy_in_unsigned_and_float_frames(scene, engines):  # noqa: F811
+def test_numba_equals_scipy_with_dummy_in_unsigned_and_float_frames(scene, engines):
     """The dummy value follows the frame dtype (-2 as uint32 is 4294967294), as in pyFAI."""
     valid = np.flatnonzero(~scene["mask"].ravel())
     bad = np.random.default_rng(9).choice(valid, 300, replace=False)
@@ -88,7 +88,7 @@ def test_numba_equals_scipy_with_dummy_in_unsigned_and_float_frames(scene, engin
                     engines["scipy"].integrate(frame, 1.5))
 
 
-def test_numba_masked_pixels_and_nan_have_no_influence(scene, engines):  # noqa: F811
+def test_numba_masked_pixels_and_nan_have_no_influence(scene, engines):
     nb = engines["numba"]
     base = nb.integrate(scene["frame"])
     hot = scene["frame"].copy()
@@ -103,7 +103,7 @@ def test_numba_masked_pixels_and_nan_have_no_influence(scene, engines):  # noqa:
     np.testing.assert_array_equal(nb.integrate(wide[:, ::2])[0], base[0])
 
 
-def test_numba_thread_counts_and_batch_chunks_agree_bit_for_bit(scene):  # noqa: F811
+def test_numba_thread_counts_and_batch_chunks_agree_bit_for_bit(scene):
     red = scene["reducer"]
     kwargs = {"mask": red.mask, "dark": scene["dark"], "flat": scene["flat"],
               "polarization_factor": POL, "engine": "numba"}
@@ -121,7 +121,7 @@ def test_numba_thread_counts_and_batch_chunks_agree_bit_for_bit(scene):  # noqa:
         np.testing.assert_array_equal(many[1], np.broadcast_to(a[1], many[1].shape))
 
 
-def test_numba_two_integrators_used_concurrently(scene, engines):  # noqa: F811
+def test_numba_two_integrators_used_concurrently(scene, engines):
     """Two threads reducing at once share the one helper thread: both stay correct."""
     from concurrent.futures import ThreadPoolExecutor
 
@@ -158,7 +158,7 @@ def test_run_units_propagates_errors_from_either_thread():
     assert 5 in seen
 
 
-def test_numba_batch_equals_single(scene, engines):  # noqa: F811
+def test_numba_batch_equals_single(scene, engines):
     rng = np.random.default_rng(17)
     frames = rng.poisson(scene["expected"], size=(3, *scene["frame"].shape)).astype(np.int32)
     frames[1].ravel()[np.flatnonzero(~scene["mask"].ravel())[::997]] = -2
@@ -172,7 +172,7 @@ def test_numba_batch_equals_single(scene, engines):  # noqa: F811
         assert_same((many_i[k], many_s[k]), (sci_i[k], sci_s[k]))
 
 
-def test_numba_float64_accumulation_matches_pyfai(scene):  # noqa: F811
+def test_numba_float64_accumulation_matches_pyfai(scene):
     red = scene["reducer"]
     exact = FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range, mask=red.mask,
                              dark=scene["dark"], flat=scene["flat"], polarization_factor=POL,

@@ -8,13 +8,13 @@ import pytest
 
 from pbi_bluesky.reduction import FoldedIntegrator, ReductionError
 
-from .test_integrator import NPT, POL, RTOL, pyfai_reference, scene  # noqa: F401
+from .scenes import NPT, POL, RTOL, pyfai_reference
 
 torch = pytest.importorskip("torch")
 
 
 @pytest.fixture(scope="module")
-def pair(scene):  # noqa: F811
+def pair(scene):
     red = scene["reducer"]
     kwargs = {"mask": red.mask, "dark": scene["dark"], "flat": scene["flat"],
               "polarization_factor": POL}
@@ -32,7 +32,7 @@ def test_torch_engine_reports_its_device(pair):
         cpu.integrate_tensor(np.zeros((1, *cpu.shape), np.int32))
 
 
-def test_torch_cpu_matches_cpu_reducer_and_pyfai(scene, pair):  # noqa: F811
+def test_torch_cpu_matches_cpu_reducer_and_pyfai(scene, pair):
     cpu, tor = pair
     got = tor.integrate(scene["frame"], 3.0)
     ref_cpu = cpu.integrate(scene["frame"], 3.0)
@@ -47,7 +47,7 @@ def test_torch_cpu_matches_cpu_reducer_and_pyfai(scene, pair):  # noqa: F811
 
 
 @pytest.mark.parametrize("dtype", [np.int32, np.uint32, np.uint16, np.float32])
-def test_torch_batch_with_dummy_pixels_matches_numba(scene, pair, dtype):  # noqa: F811
+def test_torch_batch_with_dummy_pixels_matches_numba(scene, pair, dtype):
     cpu, tor = pair
     rng = np.random.default_rng(23)
     frames = rng.poisson(scene["expected"], size=(3, *scene["frame"].shape))
@@ -64,7 +64,7 @@ def test_torch_batch_with_dummy_pixels_matches_numba(scene, pair, dtype):  # noq
     np.testing.assert_allclose(b[1][ok], a[1][ok], rtol=RTOL)
 
 
-def test_integrate_tensor_stays_on_the_device(scene, pair):  # noqa: F811
+def test_integrate_tensor_stays_on_the_device(scene, pair):
     cpu, tor = pair
     frames = np.stack([scene["frame"], scene["frame"]])
     intensity, sigma = tor.integrate_tensor(frames, torch.tensor([1.0, 2.0]))
@@ -75,13 +75,13 @@ def test_integrate_tensor_stays_on_the_device(scene, pair):  # noqa: F811
     np.testing.assert_allclose(intensity[1].numpy()[ok], ref[0][ok], rtol=RTOL)
 
 
-def test_unknown_engine_names_the_choices(scene):  # noqa: F811
+def test_unknown_engine_names_the_choices(scene):
     red = scene["reducer"]
     with pytest.raises(ReductionError, match="numba.*scipy.*torch"):
         FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range, engine="opencl")
 
 
-def test_engine_from_environment(scene, monkeypatch):  # noqa: F811
+def test_engine_from_environment(scene, monkeypatch):
     red = scene["reducer"]
     monkeypatch.setenv("PBI_REDUCTION_ENGINE", "scipy")
     assert FoldedIntegrator(scene["ai"], red.shape, NPT, red.q_range).engine == "scipy"

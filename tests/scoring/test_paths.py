@@ -14,6 +14,9 @@ from pbi_bluesky.scoring import AssetRegistry, FrameError, PathNotAllowed
 from pbi_bluesky.scoring.frames import confine, path_from_uri
 from tests.live.docs import feed, stream_run_docs
 
+FRAMES = np.arange(1, 2 * 4 * 4 + 1, dtype=np.int32).reshape(2, 4, 4)
+"""Two 4x4 frames, each pixel its own value (the file outside the root holds -FRAMES)."""
+
 
 @pytest.fixture()
 def roots(tmp_path):
@@ -21,9 +24,9 @@ def roots(tmp_path):
     root.mkdir()
     outside = tmp_path / "secret"
     outside.mkdir()
-    for folder in (root, outside):
+    for folder, sign in ((root, 1), (outside, -1)):  # every pixel of every file differs
         with h5py.File(folder / "f.h5", "w") as fh:
-            fh["/entry/data/data"] = np.ones((2, 4, 4), dtype=np.int32)
+            fh["/entry/data/data"] = sign * FRAMES
     (root / "link.h5").symlink_to(outside / "f.h5")
     return root, outside
 
@@ -40,7 +43,8 @@ def _datum_registry(root_doc: str, resource_path: str, roots):
 def test_a_file_inside_the_root_is_read_through_the_ad_handler(roots):
     root, _ = roots
     frame = _datum_registry(str(root), "f.h5", roots).frame_from_datum("r1/0")
-    assert frame.shape == (4, 4)
+    # point_number 1 with one frame per point: the second frame of the file in the root
+    np.testing.assert_array_equal(np.asarray(frame), FRAMES[1])
 
 
 @pytest.mark.parametrize("root_doc, resource_path", [

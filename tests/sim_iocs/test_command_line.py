@@ -2,15 +2,11 @@
 
 from __future__ import annotations
 
-import subprocess
-import sys
-
 import numpy as np
 import pytest
 
 from sim_iocs.config import SIM_DEFAULTS
-from sim_iocs.saxs_beamline import _parser, make_instrument, write_geometry
-from tests.beamline_fixtures import REPO_ROOT, sim_ioc  # noqa: F401 - pytest fixture
+from sim_iocs.saxs_beamline import _parser, build_ioc, make_instrument, write_geometry
 
 _RBV = "(+RBV)"
 
@@ -66,11 +62,8 @@ BEAMLINE = ["changer", "mon:I0", "mon:Transmission", "sim:Ready", "sim:Shutter",
 
 @pytest.fixture(scope="module")
 def listed() -> list[str]:
-    out = subprocess.run(
-        [sys.executable, "-m", "sim_iocs.saxs_beamline", "--prefix", "X:", "--detector",
-         "Pilatus300k", "--list-pvs"], cwd=REPO_ROOT, capture_output=True, text=True,
-        timeout=120, check=True)
-    return out.stdout.split()
+    """Every PV name of an IOC with prefix X: (what ``--list-pvs`` logs before serving)."""
+    return sorted(build_ioc("X:", detector="Pilatus300k").pvdb)
 
 
 @pytest.mark.parametrize("client", ["stock ophyd", "ophyd-async"])
@@ -91,30 +84,38 @@ def test_list_pvs_beamline_and_simulation_namespaces(listed):
     assert not [p for p in listed if "tray" in p or "PONI" in p or p.startswith("X:beam:")]
 
 
-def test_ioc_and_pbi_iocs_share_the_defaults(tmp_path):
+def test_ioc_and_pbi_iocs_share_the_defaults(tmp_path, monkeypatch):
+    """``pbi sim iocs`` hands the IOC the same defaults as ``python -m
+    sim_iocs.saxs_beamline`` (the argv it serves with is captured; serving itself is
+    tested with real processes in tests/cli/test_newcomer.py)."""
     from typer.testing import CliRunner
 
+    import pbi_bluesky.demos.iocs
     from pbi_bluesky.cli import app
 
     args = _parser().parse_args([])
     assert (args.prefix, args.detector, tuple(args.interfaces), args.data_root) == (
         SIM_DEFAULTS.prefix, "Pilatus1M", ("127.0.0.1",), SIM_DEFAULTS.data_root)
     assert _parser().parse_args(["--print-pvs"]).list_pvs  # the old flag still works
-    result = CliRunner().invoke(app, ["sim", "iocs", "--detector", "Pilatus300k", "--data-root",
-                                      str(tmp_path), "--list-pvs"])
+    served: list[list[str]] = []
+    monkeypatch.setattr(pbi_bluesky.demos.iocs, "serve_sim_beamline", served.append)
+    result = CliRunner().invoke(app, ["sim", "iocs", "--detector", "Pilatus300k",
+                                      "--data-root", str(tmp_path), "--list-pvs"])
     assert result.exit_code == 0, result.output
-    names = result.output.split()
-    assert f"{SIM_DEFAULTS.prefix}cam1:Acquire" in names
-    assert f"{SIM_DEFAULTS.prefix}changer" in names
+    (argv,) = served
+    given = _parser().parse_args(argv)
+    assert (given.prefix, tuple(given.interfaces), given.detector, given.data_root,
+            given.list_pvs) == (SIM_DEFAULTS.prefix, SIM_DEFAULTS.interfaces, "Pilatus300k",
+                                tmp_path, True)
 
 
-def test_served_on_loopback_only(sim_ioc):  # noqa: F811
+def test_served_on_loopback_only(sim_ioc):
     log = sim_ioc.log_path.read_text()
     assert "Listening on 127.0.0.1:" in log
     assert "0.0.0.0" not in log
 
 
-def test_geometry_files_written_at_start_up(sim_ioc):  # noqa: F811
+def test_geometry_files_written_at_start_up(sim_ioc):
     import fabio
     import pyFAI
 

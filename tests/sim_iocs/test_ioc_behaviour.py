@@ -11,13 +11,7 @@ import numpy as np
 import pytest
 
 from sim_iocs.ad_driver import DEFAULT_ATTRIBUTES_FILE
-from tests.beamline_fixtures import (
-    ca_get,
-    ca_get_array,
-    ca_get_str,
-    move_changer,
-    sim_ioc,  # noqa: F401 - pytest fixture
-)
+from tests.beamline_fixtures import ca_get, ca_get_array, ca_get_str, move_changer
 
 EXPOSURE_S = 0.02
 
@@ -29,7 +23,7 @@ def _write(pv: str, value, notify: bool = True, timeout: float = 10.0) -> None:
 
 
 @pytest.fixture()
-def hdf(sim_ioc):  # noqa: F811
+def hdf(sim_ioc):
     """HDF1: enabled, blocking, in ``<data_root>/raw/``; restored (disabled, Stream) after."""
     p = f"{sim_ioc.prefix}HDF1:"
     folder = sim_ioc.data_root / "raw"
@@ -71,7 +65,7 @@ def _counts(prefix: str) -> float:
     return float(f[f >= 0].sum())
 
 
-def test_file_path_gets_a_slash_and_escapes_are_refused(hdf, sim_ioc):  # noqa: F811
+def test_file_path_gets_a_slash_and_escapes_are_refused(hdf, sim_ioc):
     p, folder = hdf
     assert ca_get_str(p + "FilePath_RBV") == f"{folder}/"
     assert ca_get_str(p + "FilePathExists_RBV") == "Yes"
@@ -92,7 +86,7 @@ def test_file_path_gets_a_slash_and_escapes_are_refused(hdf, sim_ioc):  # noqa: 
     assert ca_get_str(p + "FilePathExists_RBV") == "Yes"
 
 
-def test_stream_mode_numcapture_stops_and_closes(hdf, sim_ioc):  # noqa: F811
+def test_stream_mode_numcapture_stops_and_closes(hdf, sim_ioc):
     p, folder = hdf
     _write(p + "FileWriteMode", "Stream")
     _write(p + "NumCapture", 2)
@@ -112,7 +106,7 @@ def test_stream_mode_numcapture_stops_and_closes(hdf, sim_ioc):  # noqa: F811
                                                             "NDArrayUniqueId"}
 
 
-def test_capture_and_single_modes(hdf, sim_ioc):  # noqa: F811
+def test_capture_and_single_modes(hdf, sim_ioc):
     p, folder = hdf
     _write(p + "FileWriteMode", "Capture")
     _write(p + "NumCapture", 2)
@@ -134,7 +128,7 @@ def test_capture_and_single_modes(hdf, sim_ioc):  # noqa: F811
             assert f["/entry/data/data"].shape[0] == 1
 
 
-def test_ndattributes_xml_replaces_the_set(hdf, sim_ioc):  # noqa: F811
+def test_ndattributes_xml_replaces_the_set(hdf, sim_ioc):
     p, _ = hdf
     cam = f"{sim_ioc.prefix}cam1:"
     xml = ('<Attributes><Attribute name="AcqTime" type="PARAM" source="ACQ_TIME" '
@@ -164,7 +158,7 @@ def test_ndattributes_xml_replaces_the_set(hdf, sim_ioc):  # noqa: F811
         _write(cam + "NDAttributesFile", DEFAULT_ATTRIBUTES_FILE)
 
 
-def test_frames_match_the_slot_shutter_and_transient_fault(sim_ioc):  # noqa: F811
+def test_frames_match_the_slot_shutter_and_transient_fault(sim_ioc):
     p = sim_ioc.prefix
     _write(f"{p}cam1:AcquireTime", EXPOSURE_S)
     counts = {}
@@ -197,7 +191,7 @@ def test_frames_match_the_slot_shutter_and_transient_fault(sim_ioc):  # noqa: F8
     move_changer(p, 0)
 
 
-def test_global_faults_and_a_detector_that_never_finishes(sim_ioc):  # noqa: F811
+def test_global_faults_and_a_detector_that_never_finishes(sim_ioc):
     p = sim_ioc.prefix
     _write(f"{p}cam1:AcquireTime", EXPOSURE_S)
     move_changer(p, 1)
@@ -224,7 +218,7 @@ def test_global_faults_and_a_detector_that_never_finishes(sim_ioc):  # noqa: F81
     move_changer(p, 0)
 
 
-def test_unsupported_settings_are_refused_loudly(sim_ioc):  # noqa: F811
+def test_unsupported_settings_are_refused_loudly(sim_ioc):
     cam = f"{sim_ioc.prefix}cam1:"
     _write(cam + "DataType", "Float64")
     assert ca_get_str(cam + "DataType_RBV") == "Int32"
@@ -238,7 +232,7 @@ def test_unsupported_settings_are_refused_loudly(sim_ioc):  # noqa: F811
         _write(cam + "TriggerMode", "Internal")
 
 
-def test_motor_record_limits_and_set_mode(sim_ioc):  # noqa: F811
+def test_motor_record_limits_and_set_mode(sim_ioc):
     m = f"{sim_ioc.prefix}changer"
     last = float(max(s.slot for s in sim_ioc.tray))  # limits: empty cell .. last slot
     move_changer(sim_ioc.prefix, 1)

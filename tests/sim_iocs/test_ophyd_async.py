@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from sim_iocs.ad_driver import DEFAULT_ATTRIBUTES_FILE
-from tests.beamline_fixtures import ca_get, ca_get_array, sim_ioc  # noqa: F401 - fixture
+from tests.beamline_fixtures import ca_get, ca_get_array
 
 EXPOSURE_S = 0.02
 
 
 @pytest.fixture(scope="module")
-def oa(sim_ioc):  # noqa: F811
+def oa(sim_ioc):
     """A RunEngine, two detectors (step and fly file names) and the changer motor."""
     from bluesky import RunEngine
     from ophyd_async.core import StaticFilenameProvider, StaticPathProvider, init_devices
@@ -57,7 +57,7 @@ def _path(resource: dict) -> str:
     return resource["uri"].removeprefix("file://localhost")
 
 
-def test_motor_moves_the_changer_within_its_limits(oa, sim_ioc):  # noqa: F811
+def test_motor_moves_the_changer_within_its_limits(oa, sim_ioc):
     import bluesky.plan_stubs as bps
     from bluesky.utils import FailedStatus
     from ophyd_async.epics.motor import MotorLimitsError
@@ -72,7 +72,7 @@ def test_motor_moves_the_changer_within_its_limits(oa, sim_ioc):  # noqa: F811
     assert RE(bps.rd(changer.motor_egu)).plan_result == "slot"
 
 
-def test_step_scan_stream_resources_and_ndattributes(oa, sim_ioc):  # noqa: F811
+def test_step_scan_stream_resources_and_ndattributes(oa, sim_ioc):
     import bluesky.plan_stubs as bps
     import bluesky.plans as bp
     import h5py
@@ -120,7 +120,7 @@ def test_step_scan_stream_resources_and_ndattributes(oa, sim_ioc):  # noqa: F811
                         "NDArrayEpicsTSnSec"}
 
 
-def test_fly_scan_n_frames_at_a_set_rate_read_while_open(oa, sim_ioc):  # noqa: F811
+def test_fly_scan_n_frames_at_a_set_rate_read_while_open(oa, sim_ioc):
     import bluesky.plan_stubs as bps
     import h5py
     from ophyd_async.core import TriggerInfo
@@ -205,7 +205,7 @@ def test_frames_follow_the_changer(oa):
     assert totals[2] > 100 * totals[0]
 
 
-def test_monitor_and_simulation_pvs_have_plain_types(oa, sim_ioc):  # noqa: F811
+def test_monitor_and_simulation_pvs_have_plain_types(oa, sim_ioc):
     """mon: are analog inputs (float), sim: switches are 0/1 integers (also usable as bool)."""
     import bluesky.plan_stubs as bps
     from ophyd_async.core import init_devices

@@ -10,13 +10,13 @@ import numpy as np
 import pytest
 
 from sim_iocs.ad_driver import DEFAULT_ATTRIBUTES_FILE
-from tests.beamline_fixtures import ca_put, sim_ioc  # noqa: F401 - pytest fixture
+from tests.beamline_fixtures import ca_put
 
 EXPOSURE_S = 0.1  # SingleTrigger races a trigger shorter than its own put + bookkeeping
 
 
 @pytest.fixture(scope="module")
-def stock(sim_ioc):  # noqa: F811
+def stock(sim_ioc):
     """A stock-ophyd detector and changer (classes from ophyd.areadetector, ophyd)."""
     from ophyd import Component as Cpt
     from ophyd import EpicsMotor
@@ -59,7 +59,7 @@ def _run(plan):
     return docs
 
 
-def test_count_writes_ad_hdf5_read_back_by_the_stock_handler(stock, sim_ioc):  # noqa: F811
+def test_count_writes_ad_hdf5_read_back_by_the_stock_handler(stock, sim_ioc):
     import bluesky.plans as bp
     import h5py
     from area_detector_handlers.handlers import AreaDetectorHDF5Handler
@@ -136,7 +136,7 @@ def _integrated(det) -> float:
     return float(frame[frame >= 0].sum())
 
 
-def test_epics_motor_moves_the_changer_and_frames_follow_the_slot(stock, sim_ioc):  # noqa: F811
+def test_epics_motor_moves_the_changer_and_frames_follow_the_slot(stock, sim_ioc):
     import bluesky.plans as bp
     from ophyd.utils import LimitError
 
