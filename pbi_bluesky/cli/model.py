@@ -138,6 +138,7 @@ def train(
         loaded, recipes = normals.profiles, normals.recipes
         extra = {"training_source": normals.selection, "training_runs": normals.run_uids,
                  "training_summary": summary}
+        refused, source = normals.refused, normals.selection
     else:
         rows, loaded = _load_manifest_profiles(manifest, poni, mask, dark)
         if "anomaly" in rows[0]:
@@ -156,12 +157,15 @@ def train(
             raise typer.Exit(2)
         recipes = [r["composition"] for r in rows]
         extra = {"training_manifest": str(manifest), "manifest_sha256": sha256_file(manifest)}
-    _fit_and_save(loaded, recipes, out, extra=extra, epochs=epochs, seed=seed, alpha=alpha,
-                  calibration=calibration, folds=folds, qmin=qmin, qmax=qmax, margin=margin,
+        refused, source = [], {"manifest": str(manifest)}
+    _fit_and_save(loaded, recipes, out, extra=extra, refused=refused, source=source,
+                  epochs=epochs, seed=seed, alpha=alpha, calibration=calibration,
+                  folds=folds, qmin=qmin, qmax=qmax, margin=margin,
                   mining=mining, detector_name=detector_name, nproc=nproc)
 
 
-def _fit_and_save(loaded, recipes, out: Path, *, extra: dict, epochs, seed, alpha,
+def _fit_and_save(loaded, recipes, out: Path, *, extra: dict, refused: list, source: dict,
+                  epochs, seed, alpha,
                   calibration, folds, qmin, qmax, margin, mining, detector_name,
                   nproc) -> None:
     from dataclasses import replace
@@ -219,6 +223,14 @@ def _fit_and_save(loaded, recipes, out: Path, *, extra: dict, epochs, seed, alph
     typer.echo(f"wrote {path} (recipes {detector.recipes}, train "
                f"{detector.metrics['train_seconds']} s)")
     typer.echo(describe_calibration(detector))
+    from pbi_bluesky.training.report import write_report
+
+    try:
+        write_report(out, detector, loaded, recipes, refused=refused, source=source)
+        typer.echo(f"training report: {out / 'report.html'}")
+    except Exception as exc:  # noqa: BLE001 - the bundle is written and usable
+        typer.echo(f"warning: the training report could not be written: "
+                   f"{type(exc).__name__}: {exc}", err=True)
 
 
 def describe_calibration(detector) -> str:

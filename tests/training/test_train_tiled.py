@@ -104,6 +104,20 @@ def test_train_from_tiled_refuses_broken_runs_and_records_the_selection(
     assert {r["uid"] for r in summary["refused_runs"]} == {uids["no_thickness"],
                                                           uids["no_geometry"]}
     assert server.api_key not in (out / "model.json").read_text()
+    # the training report a person reads before promoting
+    report = json.loads((out / "report.json").read_text())
+    assert report["frames_per_recipe"] == {"25:75": 14, "50:50": 14}
+    assert {r["uid"] for r in report["refused_runs"]} == {uids["no_thickness"],
+                                                         uids["no_geometry"]}
+    assert set(report["curves"]) == {"25:75", "50:50"}
+    assert report["embedding"]["dimensions"] == doc["network"]["embedding_dim"]
+    assert report["calibration"]["n_calibration"] > 0
+    fpr = report["false_positive_rate"]
+    assert fpr and all(0 <= r["expected_fpr"] <= 0.1 <= r["fpr_upper_95"] + 0.1 for r in fpr)
+    page = (out / "report.html").read_text()
+    assert "no sample thickness" in page and "embedding.png" in page
+    for name in ("curves.png", "embedding.png"):
+        assert (out / name).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the candidate judges the same runs, frame by frame, writing nothing back
     before = sorted(runs)
     scored = CliRunner().invoke(_app(), [
