@@ -14,8 +14,9 @@ the other, in this run:
   writes to an embedded Tiled catalog;
 * **queue**: ``pbi demo --queue``'s path: Redis, a Tiled server and ``start-re-manager``
   running the profile's startup file; the tray is queued as one ``measure_tray`` item per
-  slot; ``pbi agent`` (its own process, polling Tiled every 0.5 s) queues each rescan at the
-  front of the queue.
+  slot; the worker's session publishes each verdict to the verdict feed (a Redis stream
+  on the queue server's Redis) and ``pbi agent`` (its own process, following the feed, with
+  Tiled polled behind it) queues each rescan at the front of the queue.
 
 The time measured, per flagged sample, is the flagged frame's event time to its first
 rescan run's start document, both read back from the catalog with the same function
@@ -23,7 +24,10 @@ rescan run's start document, both read back from the catalog with the same funct
 For the queue path it is split into: the analysis run's stop document (composed by the
 scorer in the worker), the agent's request record (written right after its ``item_add``,
 so the time the agent had the verdict from Tiled), and the rescan's start. The decisions
-of the two paths are compared slot by slot. A table, then one JSON line.
+of the two paths are compared slot by slot. Where the Tiled server's time goes during the
+queue run is read from its own Prometheus counters (``queue.tiled_requests``: write and
+read requests per run written, ms each inside the server, by endpoint). The targets of
+issue 22 are checked (``targets``). A table, then one JSON line.
 """
 
 from __future__ import annotations
@@ -64,7 +68,30 @@ def _queue(out: Path, exposure: float) -> dict:
             "decisions": {r["slot"]: r["classification"] for r in report.rows},
             "precision": report.precision, "recall": report.recall,
             "transient_correct": report.transient_correct,
-            "rescans_queued": report.rescans_queued, "queue_items": report.queue_items}
+            "rescans_queued": report.rescans_queued, "queue_items": report.queue_items,
+            "tiled_requests": report.tiled_requests,
+            "agent": {k: report.agent_status.get(k) for k in ("feed", "from_feed",
+                                                             "from_tiled", "steps")}}
+
+
+def _targets(in_plan: dict, queue: dict, agree: bool) -> dict:
+    """Issue 22's targets, each with the measured value and whether it is met."""
+    a, b = in_plan["latency"], queue["latency"]
+    req = b.get("requested_p95_s")
+    rescan = (round(b["p95_s"] / a["p95_s"], 3) if a.get("p95_s") and b.get("p95_s")
+              else None)
+    tray = round(queue["wall_s"] / in_plan["wall_s"], 3) if in_plan["wall_s"] else None
+    pr = min(queue["precision"], queue["recall"], in_plan["precision"], in_plan["recall"])
+    return {
+        "flag_to_request_p95_s": {"value": req, "target": 3.0,
+                                  "met": req is not None and req <= 3.0},
+        "rescan_start_p95_ratio": {"value": rescan, "target": 1.5,
+                                   "met": rescan is not None and rescan <= 1.5},
+        "tray_wall_ratio": {"value": tray, "target": 1.3,
+                            "met": tray is not None and tray <= 1.3},
+        "decisions_agree": {"value": agree, "target": True, "met": agree},
+        "precision_recall_min": {"value": round(pr, 3), "target": 0.9, "met": pr >= 0.9},
+    }
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -88,11 +115,23 @@ def main(argv: list[str] | None = None) -> dict:
           f"{b['requested_median_s']} s ({b['requested_p95_s']}), rescan start "
           f"{b['median_s']} s ({b['p95_s']})")
     print(f"decisions agree slot by slot: {agree}")
+    tiled = queue.get("tiled_requests") or {}
+    if tiled:
+        print(f"Tiled server during the queue run: {tiled['runs_written']} runs written, "
+              f"{tiled['write_requests_per_run']} write requests per run at "
+              f"{tiled['write_ms_each']}"
+              f" ms each ({tiled['write_server_s']} s in all); "
+              f"{tiled['read_requests']} reads at {tiled['read_ms_each']} ms")
+    targets = _targets(in_plan, queue, agree)
+    for name, t in targets.items():
+        print(f"target {name}: {t['value']} (target {t['target']}): "
+              f"{'met' if t['met'] else 'MISSED'}")
     ratio = (round(b["median_s"] / a["median_s"], 3)
              if a.get("median_s") and b.get("median_s") else None)
     result = {"benchmark": "bench_queue", "exposure_s": args.exposure, "detector": "Pilatus1M",
               "slots": len(in_plan["decisions"]), "in_plan": in_plan, "queue": queue,
-              "median_ratio_queue_over_in_plan": ratio, "decisions_agree": agree}
+              "median_ratio_queue_over_in_plan": ratio, "decisions_agree": agree,
+              "flag_to_request_p95_s": b.get("requested_p95_s"), "targets": targets}
     print(json.dumps(result, default=str))
     return result
 

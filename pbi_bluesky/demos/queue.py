@@ -7,8 +7,8 @@ What happens, all on this machine (loopback, free ports, everything stopped at t
    (:class:`~pbi_bluesky.testing.qserver.QueueStack`); the worker runs the profile's startup file
    (``profiles/profile_saxs/startup``) against a ``beamline.yaml`` for the IOC, so its
    session scores every frame live and writes raw and analysis runs to Tiled;
-3. ``pbi agent`` runs as its own process with the shipped policy, following the analyses
-   in Tiled;
+3. ``pbi agent`` runs as its own process with the shipped policy, following the verdict
+   feed the session publishes on the queue server's Redis (and Tiled behind it);
 4. the tray is queued as one ``measure_tray`` item per slot (the empty cell first), with
    autostart on; the agent queues a ``rescan`` of each flagged sample (next in the queue) and
    writes its decision to Tiled;
@@ -42,7 +42,8 @@ from pbi_bluesky.testing.agent import AgentProcess
 from pbi_bluesky.testing.qserver import QueueStack
 
 __all__ = ["QueueDemoReport", "analysis_results", "format_queue_report",
-           "outcomes_from_catalog", "rescan_latencies", "run_queue_demo", "write_dark"]
+           "outcomes_from_catalog", "rescan_latencies", "run_queue_demo",
+           "tiled_request_stats", "write_dark"]
 
 logger = logging.getLogger(__name__)
 
@@ -59,6 +60,11 @@ class QueueDemoReport(LiveDemoReport):
     """Items the queue ran, by who added them and how they ended."""
     latency_s: dict[str, Any] = field(default_factory=dict)
     """Flagged frame -> start of its rescan (s), per flagged sample, median, p95."""
+    tiled_requests: dict[str, Any] = field(default_factory=dict)
+    """Requests the Tiled server handled during the tray (:func:`tiled_request_stats`),
+    per run written and in ms each."""
+    agent_status: dict[str, Any] = field(default_factory=dict)
+    """The agent's last status (verdicts from the feed and from Tiled...)."""
 
 
 def write_dark(instrument: Any, exposure_s: float, path: str | Path) -> Path:
@@ -258,15 +264,20 @@ def run_queue_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 
     try:
         stack.start()
         agent.start().wait_running()
+        before = _metrics(stack)
         _queue_tray(stack, exposure_s)
         _wait_done(stack, agent, len(DEMO_TRAY), timeout)
         runs = stack.runs()
+        after = _metrics(stack)
         outcomes, events = outcomes_from_catalog(runs)
         summaries = [_ledger(runs, r) for r in analysis_results(runs)]
         report = _report(out, outcomes, summaries, events, load_default_model(), runs,
                          flagged_runs, QueueDemoReport())
         report.rescans_queued, report.queue_items = _queue_items(stack)
         report.latency_s = rescan_latencies(runs)
+        if before and after:
+            report.tiled_requests = tiled_request_stats(before, after, len(runs))
+        report.agent_status = agent.status()
     finally:
         agent.stop()
         stack.stop()
@@ -276,9 +287,65 @@ def run_queue_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 
     return report
 
 
+def tiled_request_metrics(uri: str, api_key: str | None) -> dict[tuple[str, str], list[float]]:
+    """The Tiled server's own request counters (its Prometheus ``/metrics``):
+    (method, endpoint) -> [requests, seconds spent in the server]."""
+    import httpx
+    from prometheus_client.parser import text_string_to_metric_families
+
+    headers = {"Authorization": f"Apikey {api_key}"} if api_key else {}
+    text = httpx.get(f"{uri.rstrip('/')}/metrics", headers=headers, timeout=10).text
+    out: dict[tuple[str, str], list[float]] = {}
+    for family in text_string_to_metric_families(text):
+        if family.name != "tiled_request_duration_seconds":
+            continue
+        for sample in family.samples:
+            key = (sample.labels.get("method", ""), sample.labels.get("endpoint", ""))
+            if sample.name.endswith("_count"):
+                out.setdefault(key, [0.0, 0.0])[0] += sample.value
+            elif sample.name.endswith("_sum"):
+                out.setdefault(key, [0.0, 0.0])[1] += sample.value
+    return out
+
+
+def tiled_request_stats(before: dict[tuple[str, str], list[float]],
+                        after: dict[tuple[str, str], list[float]], runs: int
+                        ) -> dict[str, Any]:
+    """What the server did between two :func:`tiled_request_metrics` snapshots: write
+    requests (every method but GET) and reads, per run written (``runs``) and in ms each
+    (time inside the server), and per method and endpoint."""
+    by: dict[str, dict[str, float]] = {}
+    totals = {"write": [0.0, 0.0], "read": [0.0, 0.0]}
+    for key, (count, seconds) in after.items():
+        n0, s0 = before.get(key, [0.0, 0.0])
+        n, sec = count - n0, seconds - s0
+        if n <= 0:
+            continue
+        kind = "read" if key[0] in ("GET", "HEAD") else "write"
+        totals[kind][0] += n
+        totals[kind][1] += sec
+        by[f"{key[0]} {key[1]}"] = {"requests": int(n), "ms_each": round(1000 * sec / n, 2)}
+    out: dict[str, Any] = {"runs_written": runs}
+    for kind, (n, sec) in totals.items():
+        out[f"{kind}_requests"] = int(n)
+        out[f"{kind}_requests_per_run"] = round(n / runs, 1) if runs else None
+        out[f"{kind}_ms_each"] = round(1000 * sec / n, 2) if n else None
+        out[f"{kind}_server_s"] = round(sec, 1)
+    out["by_endpoint"] = dict(sorted(by.items(), key=lambda kv: -kv[1]["requests"]))
+    return out
+
+
 def _ledger(runs: Any, result: AnalysisResult) -> dict[str, int]:
     summary = runs[result.analysis_uid].metadata["stop"]["pbi_summary"]
     return {k: int(summary.get(k) or 0) for k in ("frames", "scored", "failed", "shed")}
+
+
+def _metrics(stack: QueueStack) -> dict[tuple[str, str], list[float]]:
+    try:
+        return tiled_request_metrics(stack.tiled.uri, stack.tiled.api_key)
+    except Exception as exc:  # noqa: BLE001 - a measurement, not the demo
+        logger.warning("Tiled request metrics unavailable: %s", exc)
+        return {}
 
 
 def _queue_tray(stack: QueueStack, exposure_s: float) -> None:
