@@ -157,9 +157,9 @@ class SAXSBeamlineBase(PVGroup):
             if s.kind != "normal":
                 state = apply_anomaly(state, s.kind, s.severity, self.rng)
             self.states[s.slot] = dataclasses.replace(state, thickness_cm=s.thickness_cm)
-            log.info("slot %d %s %s: truth kind=%s severity=%.2f faults=%s%s", s.slot,
-                     s.sample, s.composition, s.kind, s.severity, s.faults,
-                     " (transient)" if s.transient else "")
+            log.debug("slot %d %s %s: truth kind=%s severity=%.2f faults=%s%s", s.slot,
+                      s.sample, s.composition, s.kind, s.severity, s.faults,
+                      " (transient)" if s.transient else "")
         self.exposures: dict[int, int] = dict.fromkeys(self.tray, 0)
         self.frames_taken = 0
         self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="render")
@@ -241,7 +241,7 @@ class SAXSBeamlineBase(PVGroup):
             log.warning("DetectorTimeout fault: acquisition hangs until Acquire = 0")
             await asyncio.Event().wait()
         self.frames_taken += 1
-        log.info("frame %d: slot=%s faults=%s I0=%.4g T=%.4f", self.frames_taken, slot,
+        log.debug("frame %d: slot=%s faults=%s I0=%.4g T=%.4f", self.frames_taken, slot,
                  faults, shot.monitor, shot.transmission)
         await self.mon.i0.write(shot.monitor)
         await self.mon.transmission.write(shot.transmission)
