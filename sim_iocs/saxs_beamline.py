@@ -242,7 +242,7 @@ class SAXSBeamlineBase(PVGroup):
             await asyncio.Event().wait()
         self.frames_taken += 1
         log.debug("frame %d: slot=%s faults=%s I0=%.4g T=%.4f", self.frames_taken, slot,
-                 faults, shot.monitor, shot.transmission)
+                  faults, shot.monitor, shot.transmission)
         await self.mon.i0.write(shot.monitor)
         await self.mon.transmission.write(shot.transmission)
         return shot.frame
