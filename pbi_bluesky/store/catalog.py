@@ -46,7 +46,32 @@ def _metadata_clients() -> dict[str, Any]:
     of a 3.2 s ``pbi flagged``; a query on ``start.``/``stop.`` keys needs none of them)."""
     from tiled.client.container import Container
 
-    return {"container": Container}
+    # streams (composite nodes) read as plain containers too; their arrays and tables
+    # with tiled's numpy clients, imported only when a node is read (``pbi review``)
+    return _PlainClients({"container": Container, "composite": Container})
+
+
+class _PlainClients(dict):
+    """Structure clients by family; ``array`` and ``table`` (tiled's numpy clients, which
+    import pandas) are imported on first use."""
+
+    _LAZY = {"array": ("tiled.client.array", "ArrayClient"),
+             "table": ("tiled.client.dataframe", "DataFrameClient")}
+
+    def __missing__(self, family: str) -> Any:
+        if family not in self._LAZY:
+            raise KeyError(family)
+        import importlib
+
+        module, name = self._LAZY[family]
+        self[family] = getattr(importlib.import_module(module), name)
+        return self[family]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
 
 _EMBEDDED_LOCKS: dict[str, threading.Lock] = {}
