@@ -124,7 +124,8 @@ def _background(job: RescoreJob, cell_uid: str | None) -> Any:
 
 def rescore_run(job: RescoreJob, raw_uid: str, cell_uid: str | None = None) -> dict[str, Any]:
     """Re-score one raw run and write its analysis run (see the module docstring);
-    ``cell_uid``: the empty-cell run whose background to subtract."""
+    ``cell_uid``: the empty-cell run whose background to subtract.
+    """
     from pbi_bluesky.scoring.analysis import explain_frame
 
     core, catalog = _scorer_and_runs(job)

@@ -250,7 +250,8 @@ class Agent:
     # -- one step ---------------------------------------------------------------------
     def step(self) -> None:
         """Read, merge, decide, queue (see the module docstring). Raises if the catalog
-        cannot be read; the queue being unreachable only postpones new rescans."""
+        cannot be read; the queue being unreachable only postpones new rescans.
+        """
         self._inbox.extend(self.follower.poll())
         self.stats.feed = getattr(self.follower, "feed_ok", None)
         if not self._loaded:
@@ -331,7 +332,8 @@ class Agent:
 
     def _raw_in_catalog(self, case: _Case, now: float) -> bool:
         """The flagged raw run is in Tiled (what a rescan repeats is read from it); while
-        it is not, wait up to ``raw_wait_s``, then decide ``skipped``."""
+        it is not, wait up to ``raw_wait_s``, then decide ``skipped``.
+        """
         if self.follower.raw_start(case.origin.raw_uid) is not None:
             case.raw_missing_since = None
             return True
@@ -422,7 +424,8 @@ class Agent:
 
     def warm_up(self) -> None:
         """Connect to the catalog now (a standby does, so that taking over costs no
-        connection set-up); raises what connecting raises. Once connected, does nothing."""
+        connection set-up); raises what connecting raises. Once connected, does nothing.
+        """
         if not self._warm:
             _ = self.follower.catalog.runs
             self._warm = True
@@ -430,7 +433,8 @@ class Agent:
     def forget(self) -> None:
         """Drop everything in memory (a standby that held the lease before takes it again:
         another agent acted meanwhile); the next step reads the catalog and the queue again,
-        as a restarted agent does."""
+        as a restarted agent does.
+        """
         self._loaded = False
         for table in (self._cases, self._decided, self._requests, self._rescans,
                       self._rescan_request):

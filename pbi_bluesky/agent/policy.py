@@ -107,7 +107,8 @@ class AgentPolicy(StrictModel):
 
     def is_reference(self, slot: Any, sample_type: Any, purpose: Any = None) -> bool:
         """True for what is never rescanned: a reference slot, a reference sample type, or a
-        measurement made as a reference."""
+        measurement made as a reference.
+        """
         try:
             in_slots = slot is not None and _int(slot) in self.reference_slots
         except (TypeError, ValueError):
@@ -116,7 +117,8 @@ class AgentPolicy(StrictModel):
 
     def as_dict(self, *, source: bool = True) -> dict[str, Any]:
         """Plain data (recorded with every decision); ``source=False`` leaves out where the
-        policy came from."""
+        policy came from.
+        """
         return self.model_dump(mode="json", exclude=None if source else {"source"})
 
 

@@ -133,7 +133,8 @@ class RescanQueue:
     @stamina.retry(on=QUEUE_ERRORS, attempts=3, timeout=10.0, wait_initial=0.2, wait_max=2.0)
     def items(self, since: float | None = None) -> list[AgentItem]:
         """The agent's items: pending, running and in the history (those that started
-        before ``since``, epoch s, left out)."""
+        before ``since``, epoch s, left out).
+        """
         queue = self._call("queue_get")
         history = self._call("history_get")
         out: list[AgentItem] = []
@@ -163,7 +164,8 @@ class RescanQueue:
         """Queue one ``rescan`` item (front: runs next; back: at the end); returns its
         item uid. Raises :class:`QueueUnavailable` if the server refuses or cannot be
         reached (the caller checks :meth:`items` before trying again: a request that timed
-        out may still have been added), :class:`QueueRefused` if it answers no."""
+        out may still have been added), :class:`QueueRefused` if it answers no.
+        """
         from bluesky_queueserver_api import BPlan
         from bluesky_queueserver_api.comm_base import RequestFailedError
 

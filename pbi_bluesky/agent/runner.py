@@ -1,7 +1,8 @@
 """The agent process: ``pbi agent`` builds an :class:`~pbi_bluesky.agent.core.Agent` and
 calls its step every ``poll_s`` until SIGTERM/SIGINT; a failing step is logged and retried
 at the next poll, never fatal. With a verdict feed the step itself waits on the feed (up to
-``poll_s``), so a verdict is acted on as soon as it is published."""
+``poll_s``), so a verdict is acted on as soon as it is published.
+"""
 
 from __future__ import annotations
 
@@ -86,7 +87,8 @@ def _write_status(path: Path, agent: Agent, state: str) -> None:
 
 def _stand_by(agent: Agent, lease: Lease, status: Path | None, was_active: bool) -> bool:
     """One standby turn: True once this process holds the lease (then the agent starts
-    over from the catalog and the queue, as a restarted one does)."""
+    over from the catalog and the queue, as a restarted one does).
+    """
     if lease.try_acquire():
         if was_active:
             agent.forget()
@@ -110,7 +112,8 @@ def run_agent(agent: Agent, *, poll_s: float = 0.5, stop: threading.Event | None
               lease: Lease | None = None) -> None:
     """Step until ``stop`` is set (SIGTERM/SIGINT set it in the main thread). With a
     ``lease`` (:class:`~pbi_bluesky.agent.lease.Lease`) the agent steps only while it holds
-    it, and otherwise stands by, trying to take it every ``poll_s``."""
+    it, and otherwise stands by, trying to take it every ``poll_s``.
+    """
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

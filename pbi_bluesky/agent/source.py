@@ -155,7 +155,8 @@ class TiledFollower:
 
     def mark_seen(self, uid: str) -> bool:
         """Note an analysis run that arrived another way (the feed): polls will not return
-        it. True if it was not seen before."""
+        it. True if it was not seen before.
+        """
         if uid in self._seen:
             return False
         self._seen.add(uid)
@@ -209,7 +210,8 @@ class TiledFollower:
     @_retry
     def records(self, purpose: str) -> list[dict[str, Any]]:
         """Start documents of the agent's records (``purpose`` ``pbi_decision`` or
-        ``pbi_agent_request``) since ``since``, oldest first."""
+        ``pbi_agent_request``) since ``since``, oldest first.
+        """
         from tiled.queries import Comparison, Key
 
         results = self._runs().search(Key("purpose") == purpose)
@@ -307,7 +309,8 @@ class FeedFollower:
 
     def poll(self) -> list[AnalysisResult]:
         """Analysis runs finished since the last poll (each returned once), oldest first;
-        waits up to ``block_s`` on the feed when it has nothing yet."""
+        waits up to ``block_s`` on the feed when it has nothing yet.
+        """
         self._read_feed(0.0 if self._pending else self.block_s)
         now = time.monotonic()
         if self.feed_ok is not True or now - self._last_tiled >= self.tiled_every_s:

@@ -54,7 +54,8 @@ def redact_url(url: str | None) -> str | None:
 
 def env_secret(name: str | None) -> str | None:
     """The value of the environment variable ``name`` (``None`` when unset, empty or no
-    name is given)."""
+    name is given).
+    """
     if not name:
         return None
     return os.environ.get(name) or None

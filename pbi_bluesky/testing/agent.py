@@ -26,7 +26,8 @@ class AgentProcess:
 
     ``feed=False`` polls Tiled only (``--no-feed``); ``feed_url`` overrides the stack's
     feed; ``lease`` holds the standby lease (``--lease``); ``raw_wait_s`` bounds the wait
-    for a flagged run's raw run (``--raw-wait``)."""
+    for a flagged run's raw run (``--raw-wait``).
+    """
 
     def __init__(self, stack: QueueStack, workdir: str | Path, *,
                  policy: str | Path = DEFAULT_POLICY_FILE, poll_s: float = 0.5,
@@ -87,7 +88,8 @@ class AgentProcess:
 
     def wait_running(self, timeout: float = 60.0, standby: bool = False) -> dict[str, Any]:
         """Wait for the first completed step (``standby``: or the agent standing by);
-        raises with the log if neither comes."""
+        raises with the log if neither comes.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.status()

@@ -174,7 +174,8 @@ class Process:
 
     def stop(self, timeout: float = 10.0) -> None:
         """Stop the process (SIGTERM, then SIGKILL after ``timeout`` s); a working folder
-        made by the launcher itself is removed."""
+        made by the launcher itself is removed.
+        """
         self._terminate(timeout)
         if self._temporary:
             shutil.rmtree(self.workdir, ignore_errors=True)

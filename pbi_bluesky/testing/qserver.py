@@ -103,7 +103,8 @@ class REManager(Process):
     @property
     def zmq_control_addr(self) -> str:
         """Where clients send requests (``REManagerAPI(zmq_control_addr=...)``,
-        ``qserver --zmq-control-addr``)."""
+        ``qserver --zmq-control-addr``).
+        """
         return f"tcp://127.0.0.1:{self.port}"
 
     @property
@@ -151,7 +152,8 @@ class REManager(Process):
 
     def client_env(self) -> dict[str, str]:
         """What a client process (``qserver``, ``pbi queue agent``) needs in its environment:
-        the server's public key, when the control channel is encrypted."""
+        the server's public key, when the control channel is encrypted.
+        """
         return {PUBLIC_KEY_ENV: self.public_key} if self.public_key else {}
 
     def ready(self) -> bool:
@@ -172,7 +174,8 @@ class REManager(Process):
 
     def open_environment(self, timeout: float = 180.0) -> dict[str, Any]:
         """Open the worker environment (runs the startup file); raises
-        :class:`ServiceError` with the end of the log if it fails. Returns the status."""
+        :class:`ServiceError` with the end of the log if it fails. Returns the status.
+        """
         api = self.api()
         try:
             if not api.status()["worker_environment_exists"]:

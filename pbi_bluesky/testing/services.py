@@ -145,7 +145,8 @@ class RedisServer(Process):
     @property
     def url(self) -> str:
         """``redis://127.0.0.1:PORT/0``, never with the password (clients take it from
-        their environment, see :func:`pbi_bluesky.bus.names.connect`)."""
+        their environment, see :func:`pbi_bluesky.bus.names.connect`).
+        """
         return f"redis://127.0.0.1:{self.port}/0"
 
     def secrets(self) -> list[str]:
@@ -222,14 +223,16 @@ class PostgresServer:
     def uri_for(self, database: str | None, *, driver: str | None = None) -> str:
         """The URI of one database of this server (``driver="asyncpg"``: for SQLAlchemy).
         The server listens on a Unix socket in its own folder (no TCP port at all):
-        ``postgresql://postgres:@/db?host=/socket/dir``."""
+        ``postgresql://postgres:@/db?host=/socket/dir``.
+        """
         uri = self._server.get_uri(database)
         return uri.replace("postgresql://", f"postgresql+{driver}://", 1) if driver else uri
 
     def tables_uri(self, database: str) -> str:
         """A database as Tiled's tabular storage wants it (``-w`` / ``writable_storage``),
         created if missing. Tiled's storage parser needs a host in the URI itself
-        (``postgres@localhost``); libpq still connects through ``?host=`` (the socket)."""
+        (``postgres@localhost``); libpq still connects through ``?host=`` (the socket).
+        """
         return self.create_database(database).replace(":@/", "@localhost/", 1)
 
     @property
