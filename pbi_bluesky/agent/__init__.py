@@ -1,4 +1,6 @@
-"""The anomaly agent: follows the live scorer's verdicts (the verdict feed, else analysis
+"""The anomaly agent: rescan flagged samples and tell defects from transients.
+
+It follows the live scorer's verdicts (the verdict feed, else analysis
 runs in Tiled), holds a lease so one of several agents acts, asks the queue
 server (bluesky-queueserver-api) to rescan flagged samples as its policy allows, tells
 confirmed defects from transients, and records its requests and decisions in Tiled.

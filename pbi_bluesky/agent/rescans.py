@@ -132,8 +132,9 @@ class RescanQueue:
 
     @stamina.retry(on=QUEUE_ERRORS, attempts=3, timeout=10.0, wait_initial=0.2, wait_max=2.0)
     def items(self, since: float | None = None) -> list[AgentItem]:
-        """The agent's items: pending, running and in the history (those that started
-        before ``since``, epoch s, left out).
+        """Return the agent's items: pending, running and in the history.
+
+        Those that started before ``since``, epoch s, left out).
         """
         queue = self._call("queue_get")
         history = self._call("history_get")
@@ -155,14 +156,15 @@ class RescanQueue:
 
     @stamina.retry(on=QUEUE_ERRORS, attempts=3, timeout=10.0, wait_initial=0.2, wait_max=2.0)
     def status(self) -> dict[str, Any]:
-        """The manager's status (``manager_state``, ``items_in_queue``, ...)."""
+        """Return the manager's status (``manager_state``, ``items_in_queue``, ...)."""
         return self._call("status")
 
     def add_rescan(self, *, detectors: list[str], changer: str, slot: Any, exposure: float,
                    rescan_of: str, round: int, request_uid: str, position: str,
                    md: dict[str, Any]) -> str:
-        """Queue one ``rescan`` item (front: runs next; back: at the end); returns its
-        item uid. Raises :class:`QueueUnavailable` if the server refuses or cannot be
+        """Queue one ``rescan`` item (front: runs next; back: at the end).
+
+        Returns its item uid. Raises :class:`QueueUnavailable` if the server refuses or cannot be
         reached (the caller checks :meth:`items` before trying again: a request that timed
         out may still have been added), :class:`QueueRefused` if it answers no.
         """
