@@ -91,7 +91,7 @@ _STATE_LOCK = threading.Lock()
 
 
 def _scorer_and_runs(job: RescoreJob) -> tuple[Any, Any]:
-    """This process's scorer and catalog for the job (built once per process)."""
+    """Return this process's scorer and catalog for the job (built once per process)."""
     with _STATE_LOCK:
         state = _STATE.get(job.key)
         if state is None:
@@ -107,7 +107,7 @@ def _scorer_and_runs(job: RescoreJob) -> tuple[Any, Any]:
 
 
 def _background(job: RescoreJob, cell_uid: str | None) -> Any:
-    """The background profile of an empty-cell run (its last frame reduced), cached."""
+    """Return the background profile of an empty-cell run (its last frame reduced), cached."""
     if cell_uid is None:
         return None
     key = f"{job.key}|{cell_uid}"
@@ -123,7 +123,8 @@ def _background(job: RescoreJob, cell_uid: str | None) -> Any:
 
 
 def rescore_run(job: RescoreJob, raw_uid: str, cell_uid: str | None = None) -> dict[str, Any]:
-    """Re-score one raw run and write its analysis run (see the module docstring);
+    """Re-score one raw run and write its analysis run (see the module docstring).
+
     ``cell_uid``: the empty-cell run whose background to subtract.
     """
     from pbi_bluesky.scoring.analysis import explain_frame

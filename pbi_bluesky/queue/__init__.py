@@ -1,4 +1,6 @@
-"""The beamline through bluesky-queueserver: the plans as the queue server offers them
+"""The beamline through bluesky-queueserver.
+
+The plans as the queue server offers them
 (:mod:`pbi_bluesky.queue.plans`), the profile folder and an API client. The RE Manager
 process itself is started by :class:`pbi_bluesky.testing.REManager`.
 """

@@ -1,4 +1,6 @@
-"""Real processes on loopback for the tests, the demos and the benchmarks: one launcher
+"""Real processes on loopback for the tests, the demos and the benchmarks.
+
+One launcher
 (:class:`Process`) and one :func:`free_port`, with the services (Tiled, Redis, PostgreSQL),
 the simulated beamline IOC, the queue server and the agent built on them.
 """

@@ -21,8 +21,9 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class AgentProcess:
-    """``pbi agent`` as a subprocess following a :class:`QueueStack` (log and status file
-    in ``workdir``); :meth:`kill` is a SIGKILL, to test restarts.
+    """Run ``pbi agent`` as a subprocess following a :class:`QueueStack`.
+
+    Its log and status file are in ``workdir``; :meth:`kill` is a SIGKILL, to test restarts.
 
     ``feed=False`` polls Tiled only (``--no-feed``); ``feed_url`` overrides the stack's
     feed; ``lease`` holds the standby lease (``--lease``); ``raw_wait_s`` bounds the wait
@@ -80,15 +81,16 @@ class AgentProcess:
         return self.process is not None and self.process.poll() is None
 
     def status(self) -> dict[str, Any]:
-        """The agent's last status (``{}`` before its first poll)."""
+        """Return the agent's last status (``{}`` before its first poll)."""
         try:
             return json.loads(self.status_path.read_text())
         except (OSError, ValueError):
             return {}
 
     def wait_running(self, timeout: float = 60.0, standby: bool = False) -> dict[str, Any]:
-        """Wait for the first completed step (``standby``: or the agent standing by);
-        raises with the log if neither comes.
+        """Wait for the first completed step (``standby``: or the agent standing by).
+
+        Raises with the log if neither comes.
         """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:

@@ -68,7 +68,7 @@ class SimIOC:
     detector: str = SIM_DEFAULTS.detector
 
     def log_tail(self, n_chars: int = 4000) -> str:
-        """The end of the IOC's log (stdout+stderr)."""
+        """Return the end of the IOC's log (stdout+stderr)."""
         try:
             return self.log_path.read_text(errors="replace")[-n_chars:]
         except OSError:

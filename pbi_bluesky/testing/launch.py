@@ -37,7 +37,7 @@ class ServiceError(RuntimeError):
 
 
 def find_binary(name: str) -> str:
-    """An executable beside this interpreter (the venv's ``bin/``), else on ``PATH``."""
+    """Find an executable beside this interpreter (the venv's ``bin/``), else on ``PATH``."""
     here = Path(sys.executable).with_name(name)
     if here.exists():
         return str(here)
@@ -51,8 +51,10 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets SIGKILL when the
-    process that started it dies, however it dies (SIGKILL included).
+    """Return a ``preexec_fn`` for :class:`subprocess.Popen` tying the child to its parent.
+
+    The child gets SIGKILL when the process that started it dies, however it dies (SIGKILL
+    included).
 
     Linux only (``prctl(PR_SET_PDEATHSIG)``), and only when called on the main thread: the
     kernel sends the signal when the *thread* that forked exits, so a child started from a
@@ -173,8 +175,9 @@ class Process:
         raise ServiceError(message)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the process (SIGTERM, then SIGKILL after ``timeout`` s); a working folder
-        made by the launcher itself is removed.
+        """Stop the process (SIGTERM, then SIGKILL after ``timeout`` s).
+
+        A working folder made by the launcher itself is removed.
         """
         self._terminate(timeout)
         if self._temporary:
