@@ -1,13 +1,13 @@
-"""A beamline behind a queue server, on one machine: Redis, Tiled, RE Manager.
+r"""A beamline behind a queue server, on one machine: Redis, Tiled, RE Manager.
 
 :class:`REManager` (``start-re-manager`` running the project's profile) starts
 bluesky-queueserver's RE Manager as a subprocess whose worker runs
 ``profiles/profile_saxs/startup`` (the startup file ``pbi ipython`` runs too) against the
 ``beamline.yaml`` named by ``PBI_BEAMLINE_CONFIG``::
 
-    start-re-manager --startup-dir profiles/profile_saxs/startup \\
-        --user-group-permissions profiles/profile_saxs/user_group_permissions.yaml \\
-        --existing-plans-devices DATA/queue/existing_plans_and_devices.yaml \\
+    start-re-manager --startup-dir profiles/profile_saxs/startup \
+        --user-group-permissions profiles/profile_saxs/user_group_permissions.yaml \
+        --existing-plans-devices DATA/queue/existing_plans_and_devices.yaml \
         --redis-addr 127.0.0.1:REDIS_PORT --zmq-control-addr tcp://127.0.0.1:PORT ...
 
 The list of existing plans and devices is written by the worker when its environment opens
@@ -102,8 +102,9 @@ class REManager(Process):
 
     @property
     def zmq_control_addr(self) -> str:
-        """Where clients send requests (``REManagerAPI(zmq_control_addr=...)``,
-        ``qserver --zmq-control-addr``).
+        """Return where clients send requests.
+
+        As in ``REManagerAPI(zmq_control_addr=...)`` and ``qserver --zmq-control-addr``.
         """
         return f"tcp://127.0.0.1:{self.port}"
 
@@ -151,8 +152,9 @@ class REManager(Process):
         return [self._private_key] if self._private_key else []
 
     def client_env(self) -> dict[str, str]:
-        """What a client process (``qserver``, ``pbi queue agent``) needs in its environment:
-        the server's public key, when the control channel is encrypted.
+        """Return what a client process (``qserver``, ``pbi queue agent``) needs in its environment.
+
+        That is the server's public key, when the control channel is encrypted.
         """
         return {PUBLIC_KEY_ENV: self.public_key} if self.public_key else {}
 
@@ -168,13 +170,14 @@ class REManager(Process):
             return False
 
     def api(self, timeout_s: float = 5.0) -> Any:
-        """A fresh API client (close it when done)."""
+        """Return a fresh API client (close it when done)."""
         return connect_api(self.zmq_control_addr, timeout_s=timeout_s,
                            public_key=self.public_key)
 
     def open_environment(self, timeout: float = 180.0) -> dict[str, Any]:
-        """Open the worker environment (runs the startup file); raises
-        :class:`ServiceError` with the end of the log if it fails. Returns the status.
+        """Open the worker environment (runs the startup file).
+
+        It raises :class:`ServiceError` with the end of the log if it fails. Returns the status.
         """
         api = self.api()
         try:
@@ -290,17 +293,17 @@ class QueueStack:
         return self
 
     def runs(self) -> Any:
-        """The Tiled runs container the worker writes to."""
+        """Return the Tiled runs container the worker writes to."""
         from pbi_bluesky.store import open_runs
 
         return open_runs(self.tiled.uri, api_key=self.tiled.api_key)
 
     def api(self, timeout_s: float = 5.0) -> Any:
-        """A queue-server API client (``bluesky_queueserver_api.zmq.REManagerAPI``)."""
+        """Return a queue-server API client (``bluesky_queueserver_api.zmq.REManagerAPI``)."""
         return self.manager.api(timeout_s)
 
     def _feed_env(self) -> dict[str, str]:
-        """The Redis password (when the server has one) for the feed's clients."""
+        """Return the Redis password (when the server has one) for the feed's clients."""
         password = getattr(self.redis, "password", None)
         return {self.config.feed.password_env: password} if password else {}
 

@@ -103,7 +103,7 @@ class TiledServer(Process):
         return self
 
     def client(self) -> Any:
-        """A client of the server's root (bounded retries)."""
+        """Return a client of the server's root (bounded retries)."""
         from tiled.client import from_uri
 
         return from_uri(self.uri, api_key=self.api_key)
@@ -144,8 +144,10 @@ class RedisServer(Process):
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``, never with the password (clients take it from
-        their environment, see :func:`pbi_bluesky.bus.names.connect`).
+        """Return ``redis://127.0.0.1:PORT/0``, never with the password.
+
+        Clients take the password from their environment, see
+        :func:`pbi_bluesky.bus.names.connect`.
         """
         return f"redis://127.0.0.1:{self.port}/0"
 
@@ -176,7 +178,7 @@ class RedisServer(Process):
         return [binary, str(self._write_conf())]
 
     def client(self, **kwargs: Any) -> Any:
-        """A ``redis.Redis`` client of this server, authenticated when it has a password."""
+        """Return a ``redis.Redis`` client of this server, authenticated if it has a password."""
         import redis
 
         return redis.Redis.from_url(self.url, password=self.password, **kwargs)
@@ -221,7 +223,8 @@ class PostgresServer:
         return self.uri_for(None, driver="asyncpg")
 
     def uri_for(self, database: str | None, *, driver: str | None = None) -> str:
-        """The URI of one database of this server (``driver="asyncpg"``: for SQLAlchemy).
+        """Return the URI of one database of this server (``driver="asyncpg"``: SQLAlchemy).
+
         The server listens on a Unix socket in its own folder (no TCP port at all):
         ``postgresql://postgres:@/db?host=/socket/dir``.
         """
@@ -229,8 +232,10 @@ class PostgresServer:
         return uri.replace("postgresql://", f"postgresql+{driver}://", 1) if driver else uri
 
     def tables_uri(self, database: str) -> str:
-        """A database as Tiled's tabular storage wants it (``-w`` / ``writable_storage``),
-        created if missing. Tiled's storage parser needs a host in the URI itself
+        """Return a database as Tiled's tabular storage wants it, created if missing.
+
+        The form is that of ``-w`` / ``writable_storage``. Tiled's storage parser needs a host
+        in the URI itself
         (``postgres@localhost``); libpq still connects through ``?host=`` (the socket).
         """
         return self.create_database(database).replace(":@/", "@localhost/", 1)
