@@ -66,6 +66,7 @@ class RescoreJob:
 
     @property
     def key(self) -> str:
+        """Return the job's identity: model, catalog and scorer settings, as JSON."""
         return json.dumps([self.model, self.tiled_uri, self.scorer], sort_keys=True,
                           default=str)
 

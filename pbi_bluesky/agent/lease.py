@@ -115,4 +115,5 @@ class Lease:
         self._thread.join(2.0)
 
     def info(self) -> dict[str, Any]:
+        """Return the lease's name and whether this process holds it."""
         return {"lease": self.name, "held": self.held}

@@ -63,6 +63,7 @@ class AgentItem:
 
     @property
     def failed(self) -> bool:
+        """Return whether the item finished without completing."""
         return self.state == "done" and self.exit_status != "completed"
 
 
@@ -188,4 +189,5 @@ class RescanQueue:
         return response["item"]["item_uid"]
 
     def close(self) -> None:
+        """Close the connection to the queue server."""
         self._reset()

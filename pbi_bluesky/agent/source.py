@@ -78,6 +78,7 @@ class AnalysisResult:
 
     @property
     def is_flagged(self) -> bool:
+        """Return whether any frame of the run was flagged."""
         return self.flagged > 0
 
     @property
@@ -257,10 +258,12 @@ class FeedFollower:
 
     @property
     def since(self) -> float:
+        """Return the start time (epoch s) the Tiled follower reads from."""
         return self.tiled.since
 
     @property
     def catalog(self) -> Catalog:
+        """Return the catalog the Tiled follower reads."""
         return self.tiled.catalog
 
     def raw_start(self, raw_uid: str) -> dict[str, Any] | None:

