@@ -166,8 +166,24 @@ def rescore(job: RescoreJob, client: Any, *, since: Any = None, until: Any = Non
             query: tuple[str, ...] = (), progress: bool = True) -> dict[str, Any]:
     """Re-score every selected raw run not yet done by this model, on ``client``'s cluster.
 
-    Returns a summary: runs selected, skipped (already done), re-scored, failed (with the
-    reason), and each run's ledger.
+    Parameters
+    ----------
+    job : RescoreJob
+        The model, catalog and scorer settings.
+    client : distributed.Client
+        The Dask client whose cluster does the work.
+    since, until : Any, optional
+        Only runs started in this window (ISO time or epoch s).
+    query : tuple of str
+        ``KEY=VALUE`` equality on start-document keys.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        A summary: runs selected, skipped (already done), re-scored, failed (with the
+        reason), and each run's ledger.
     """
     from distributed import as_completed
     from tqdm import tqdm

@@ -117,9 +117,21 @@ def run_agent(agent: Agent, *, poll_s: float = 0.5, stop: threading.Event | None
               lease: Lease | None = None) -> None:
     """Step until ``stop`` is set (SIGTERM/SIGINT set it in the main thread).
 
-    With a
-    ``lease`` (:class:`~pbi_bluesky.agent.lease.Lease`) the agent steps only while it holds
-    it, and otherwise stands by, trying to take it every ``poll_s``.
+    Parameters
+    ----------
+    agent : Agent
+        The agent to step.
+    poll_s : float
+        Seconds between steps.
+    stop : threading.Event, optional
+        Set to stop (SIGTERM/SIGINT set it in the main thread).
+    status_file : str or Path, optional
+        A JSON status file rewritten after every step.
+    max_steps : int, optional
+        Stop after this many steps.
+    lease : Lease, optional
+        With a :class:`~pbi_bluesky.agent.lease.Lease` the agent steps only while it holds
+        it, and otherwise stands by, trying to take it every ``poll_s``.
     """
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():

@@ -25,9 +25,26 @@ class AgentProcess:
 
     Its log and status file are in ``workdir``; :meth:`kill` is a SIGKILL, to test restarts.
 
-    ``feed=False`` polls Tiled only (``--no-feed``); ``feed_url`` overrides the stack's
-    feed; ``lease`` holds the standby lease (``--lease``); ``raw_wait_s`` bounds the wait
-    for a flagged run's raw run (``--raw-wait``).
+    Parameters
+    ----------
+    stack : QueueStack
+        The queue server, Redis and Tiled the agent works with.
+    workdir : str or Path
+        Folder for the agent's log and status file.
+    policy : str or Path
+        The rescan policy file (``--policy``).
+    poll_s : float
+        Seconds between steps (``--poll``).
+    since : float, optional
+        Follow analysis runs from this time (epoch s).
+    feed : bool
+        ``False`` polls Tiled only (``--no-feed``).
+    raw_wait_s : float, optional
+        Bound on the wait for a flagged run's raw run (``--raw-wait``).
+    lease : bool
+        Hold the standby lease (``--lease``).
+    feed_url : str, optional
+        Overrides the stack's verdict feed.
     """
 
     def __init__(self, stack: QueueStack, workdir: str | Path, *,
