@@ -168,6 +168,27 @@ class RescanQueue:
         Returns its item uid. Raises :class:`QueueUnavailable` if the server refuses or cannot be
         reached (the caller checks :meth:`items` before trying again: a request that timed
         out may still have been added), :class:`QueueRefused` if it answers no.
+
+        Parameters
+        ----------
+        detectors : list of str
+            Detector names, as the queue server knows them.
+        changer : str
+            The sample changer's name.
+        slot : Any
+            The slot to measure again.
+        exposure : float
+            Exposure time (s).
+        rescan_of : str
+            Raw run uid of the measurement being checked.
+        round : int
+            Which rescan of that measurement (1, 2, ...).
+        request_uid : str
+            The agent's request uid, recorded in the item's metadata.
+        position : str
+            ``front`` (runs next) or ``back`` (at the end).
+        md : dict
+            Extra start-document metadata.
         """
         from bluesky_queueserver_api import BPlan
         from bluesky_queueserver_api.comm_base import RequestFailedError
