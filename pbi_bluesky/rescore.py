@@ -66,6 +66,7 @@ class RescoreJob:
 
     @property
     def key(self) -> str:
+        """Return the job's identity: model, catalog and scorer settings, as JSON."""
         return json.dumps([self.model, self.tiled_uri, self.scorer], sort_keys=True,
                           default=str)
 
@@ -91,7 +92,7 @@ _STATE_LOCK = threading.Lock()
 
 
 def _scorer_and_runs(job: RescoreJob) -> tuple[Any, Any]:
-    """This process's scorer and catalog for the job (built once per process)."""
+    """Return this process's scorer and catalog for the job (built once per process)."""
     with _STATE_LOCK:
         state = _STATE.get(job.key)
         if state is None:
@@ -107,7 +108,7 @@ def _scorer_and_runs(job: RescoreJob) -> tuple[Any, Any]:
 
 
 def _background(job: RescoreJob, cell_uid: str | None) -> Any:
-    """The background profile of an empty-cell run (its last frame reduced), cached."""
+    """Return the background profile of an empty-cell run (its last frame reduced), cached."""
     if cell_uid is None:
         return None
     key = f"{job.key}|{cell_uid}"
@@ -123,8 +124,10 @@ def _background(job: RescoreJob, cell_uid: str | None) -> Any:
 
 
 def rescore_run(job: RescoreJob, raw_uid: str, cell_uid: str | None = None) -> dict[str, Any]:
-    """Re-score one raw run and write its analysis run (see the module docstring);
-    ``cell_uid``: the empty-cell run whose background to subtract."""
+    """Re-score one raw run and write its analysis run (see the module docstring).
+
+    ``cell_uid``: the empty-cell run whose background to subtract.
+    """
     from pbi_bluesky.scoring.analysis import explain_frame
 
     core, catalog = _scorer_and_runs(job)
@@ -163,8 +166,24 @@ def rescore(job: RescoreJob, client: Any, *, since: Any = None, until: Any = Non
             query: tuple[str, ...] = (), progress: bool = True) -> dict[str, Any]:
     """Re-score every selected raw run not yet done by this model, on ``client``'s cluster.
 
-    Returns a summary: runs selected, skipped (already done), re-scored, failed (with the
-    reason), and each run's ledger.
+    Parameters
+    ----------
+    job : RescoreJob
+        The model, catalog and scorer settings.
+    client : distributed.Client
+        The Dask client whose cluster does the work.
+    since, until : Any, optional
+        Only runs started in this window (ISO time or epoch s).
+    query : tuple of str
+        ``KEY=VALUE`` equality on start-document keys.
+    progress : bool
+        Show a progress bar.
+
+    Returns
+    -------
+    dict
+        A summary: runs selected, skipped (already done), re-scored, failed (with the
+        reason), and each run's ledger.
     """
     from distributed import as_completed
     from tqdm import tqdm

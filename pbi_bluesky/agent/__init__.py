@@ -1,7 +1,10 @@
-"""The anomaly agent: follows the live scorer's verdicts (the verdict feed, else analysis
+"""The anomaly agent: rescan flagged samples and tell defects from transients.
+
+It follows the live scorer's verdicts (the verdict feed, else analysis
 runs in Tiled), holds a lease so one of several agents acts, asks the queue
 server (bluesky-queueserver-api) to rescan flagged samples as its policy allows, tells
-confirmed defects from transients, and records its requests and decisions in Tiled."""
+confirmed defects from transients, and records its requests and decisions in Tiled.
+"""
 
 from pbi_bluesky.agent.core import Agent, Request
 from pbi_bluesky.agent.lease import Lease

@@ -170,7 +170,7 @@ class Agent:
 
     # -- state ------------------------------------------------------------------------
     def _load(self) -> None:
-        """The agent's memory, from Tiled: decisions and requests already made."""
+        """Load the agent's memory from Tiled: decisions and requests already made."""
         for start in self.follower.records(DECISION):
             if start.get("raw_uid") and start.get("classification"):
                 self._decided[start["raw_uid"]] = start["classification"]
@@ -249,8 +249,11 @@ class Agent:
 
     # -- one step ---------------------------------------------------------------------
     def step(self) -> None:
-        """Read, merge, decide, queue (see the module docstring). Raises if the catalog
-        cannot be read; the queue being unreachable only postpones new rescans."""
+        """Read, merge, decide, queue (see the module docstring).
+
+        Raises if the catalog cannot be read; the queue being unreachable only postpones new
+        rescans.
+        """
         self._inbox.extend(self.follower.poll())
         self.stats.feed = getattr(self.follower, "feed_ok", None)
         if not self._loaded:
@@ -330,8 +333,10 @@ class Agent:
                                           "allowed by the policy are used")
 
     def _raw_in_catalog(self, case: _Case, now: float) -> bool:
-        """The flagged raw run is in Tiled (what a rescan repeats is read from it); while
-        it is not, wait up to ``raw_wait_s``, then decide ``skipped``."""
+        """Return whether the flagged raw run is in Tiled (a rescan repeats what it holds).
+
+        While it is not, wait up to ``raw_wait_s``, then decide ``skipped``.
+        """
         if self.follower.raw_start(case.origin.raw_uid) is not None:
             case.raw_missing_since = None
             return True
@@ -421,16 +426,22 @@ class Agent:
         self.stats.decisions[classification] += 1
 
     def warm_up(self) -> None:
-        """Connect to the catalog now (a standby does, so that taking over costs no
-        connection set-up); raises what connecting raises. Once connected, does nothing."""
+        """Connect to the catalog now.
+
+        A standby does, so that taking over costs no connection set-up; raises what connecting
+        raises. Once connected, does nothing.
+        """
         if not self._warm:
             _ = self.follower.catalog.runs
             self._warm = True
 
     def forget(self) -> None:
-        """Drop everything in memory (a standby that held the lease before takes it again:
-        another agent acted meanwhile); the next step reads the catalog and the queue again,
-        as a restarted agent does."""
+        """Drop everything in memory.
+
+        A standby that held the lease before takes it again: another agent acted meanwhile; the
+        next step reads the catalog and the queue again,
+        as a restarted agent does.
+        """
         self._loaded = False
         for table in (self._cases, self._decided, self._requests, self._rescans,
                       self._rescan_request):

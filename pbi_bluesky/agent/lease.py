@@ -1,5 +1,7 @@
-"""The agents' lease: of several ``pbi queue agent`` processes on one queue server, only the
-one holding the lease queues; the others stand by and take over when it dies.
+"""The agents' lease: only one of several ``pbi queue agent`` processes queues.
+
+Of several ``pbi queue agent`` processes on one queue server, only the one holding the
+lease queues; the others stand by and take over when it dies.
 
 The lease is a ``redis.lock.Lock`` on the feed's Redis (the queue server's), named after the
 feed's stream, with a short timeout (``feed.lease_s``, 3 s by default). The holder renews it
@@ -61,7 +63,7 @@ class Lease:
 
     @property
     def held(self) -> bool:
-        """This process held the lease at its last renewal."""
+        """Return whether this process held the lease at its last renewal."""
         return self._held.is_set()
 
     def try_acquire(self) -> bool:
@@ -113,4 +115,5 @@ class Lease:
         self._thread.join(2.0)
 
     def info(self) -> dict[str, Any]:
+        """Return the lease's name and whether this process holds it."""
         return {"lease": self.name, "held": self.held}

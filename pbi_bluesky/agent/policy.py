@@ -52,7 +52,7 @@ def _slot(value: Any) -> int:
 
 
 def _listed(value: Any) -> Any:
-    """A YAML list (``null``: an empty one); a bare string is not a list of one."""
+    """Return a YAML list as a tuple (``null``: an empty one); a bare string is no list."""
     if value is None:
         return ()
     if not isinstance(value, (list, tuple)):
@@ -106,8 +106,11 @@ class AgentPolicy(StrictModel):
         return hash(repr(sorted(self.as_dict(source=False).items())))
 
     def is_reference(self, slot: Any, sample_type: Any, purpose: Any = None) -> bool:
-        """True for what is never rescanned: a reference slot, a reference sample type, or a
-        measurement made as a reference."""
+        """Return True for what is never rescanned.
+
+        That is a reference slot, a reference sample type, or a measurement made as a
+        reference.
+        """
         try:
             in_slots = slot is not None and _int(slot) in self.reference_slots
         except (TypeError, ValueError):
@@ -115,13 +118,15 @@ class AgentPolicy(StrictModel):
         return in_slots or sample_type in self.reference_sample_types or purpose == "reference"
 
     def as_dict(self, *, source: bool = True) -> dict[str, Any]:
-        """Plain data (recorded with every decision); ``source=False`` leaves out where the
-        policy came from."""
+        """Return the policy as plain data (recorded with every decision).
+
+        ``source=False`` leaves out where the policy came from.
+        """
         return self.model_dump(mode="json", exclude=None if source else {"source"})
 
 
 def load_policy(source: str | Path | Mapping[str, Any] | None = None) -> AgentPolicy:
-    """A policy from a YAML file, a mapping, or (``None``) the shipped default file.
+    """Load a policy from a YAML file, a mapping, or (``None``) the shipped default file.
 
     Raises
     ------

@@ -72,7 +72,25 @@ class RecordWriter:
 
     def request(self, *, rescan_of: str, round: int, request_uid: str, item_uid: str | None,
                 slot: Any, sample: Any, policy: dict[str, Any], position: str) -> str:
-        """Record a rescan the agent queued; returns the record's uid."""
+        """Record a rescan the agent queued; return the record's uid.
+
+        Parameters
+        ----------
+        rescan_of : str
+            Raw run uid of the measurement being checked.
+        round : int
+            Which rescan of that measurement (1, 2, ...).
+        request_uid : str
+            The request's own uid.
+        item_uid : str or None
+            The queue item's uid, when the queue server accepted it.
+        slot, sample : Any
+            Where and what is measured again.
+        policy : dict
+            The policy the agent acted under (plain data).
+        position : str
+            Where in the queue: ``front`` or ``back``.
+        """
         return self._write({
             "purpose": REQUEST, "pbi_agent": True, "plan_name": "pbi agent",
             "rescan_of": rescan_of, "round": int(round), "request_uid": request_uid,
@@ -84,7 +102,27 @@ class RecordWriter:
                  sample: Any, composition: Any, raw_uids: list[str],
                  analysis_uids: list[str], request_uids: list[str], item_uids: list[str],
                  evidence: dict[str, Any], policy: dict[str, Any]) -> str:
-        """Record a decision about a flagged raw run; returns the record's uid."""
+        """Record a decision about a flagged raw run; return the record's uid.
+
+        Parameters
+        ----------
+        raw_uid : str
+            The flagged raw run.
+        classification : str
+            The decision (confirmed, transient, no verdict, skipped).
+        reason : str
+            Why, in words.
+        slot, sample, composition : Any
+            Where, what and which recipe was measured.
+        raw_uids, analysis_uids : list of str
+            The measurements and their analyses the decision rests on.
+        request_uids, item_uids : list of str
+            The agent's rescan requests and their queue items.
+        evidence : dict
+            The verdicts weighed (plain data).
+        policy : dict
+            The policy the agent acted under (plain data).
+        """
         uid = self._write({
             "purpose": DECISION, "pbi_agent": True, "plan_name": "pbi agent",
             "decision_by": "pbi agent", "raw_uid": raw_uid, "classification": classification,

@@ -63,6 +63,7 @@ class AgentItem:
 
     @property
     def failed(self) -> bool:
+        """Return whether the item finished without completing."""
         return self.state == "done" and self.exit_status != "completed"
 
 
@@ -132,8 +133,10 @@ class RescanQueue:
 
     @stamina.retry(on=QUEUE_ERRORS, attempts=3, timeout=10.0, wait_initial=0.2, wait_max=2.0)
     def items(self, since: float | None = None) -> list[AgentItem]:
-        """The agent's items: pending, running and in the history (those that started
-        before ``since``, epoch s, left out)."""
+        """Return the agent's items: pending, running and in the history.
+
+        Those that started before ``since``, epoch s, left out).
+        """
         queue = self._call("queue_get")
         history = self._call("history_get")
         out: list[AgentItem] = []
@@ -154,16 +157,39 @@ class RescanQueue:
 
     @stamina.retry(on=QUEUE_ERRORS, attempts=3, timeout=10.0, wait_initial=0.2, wait_max=2.0)
     def status(self) -> dict[str, Any]:
-        """The manager's status (``manager_state``, ``items_in_queue``, ...)."""
+        """Return the manager's status (``manager_state``, ``items_in_queue``, ...)."""
         return self._call("status")
 
     def add_rescan(self, *, detectors: list[str], changer: str, slot: Any, exposure: float,
                    rescan_of: str, round: int, request_uid: str, position: str,
                    md: dict[str, Any]) -> str:
-        """Queue one ``rescan`` item (front: runs next; back: at the end); returns its
-        item uid. Raises :class:`QueueUnavailable` if the server refuses or cannot be
+        """Queue one ``rescan`` item (front: runs next; back: at the end).
+
+        Returns its item uid. Raises :class:`QueueUnavailable` if the server refuses or cannot be
         reached (the caller checks :meth:`items` before trying again: a request that timed
-        out may still have been added), :class:`QueueRefused` if it answers no."""
+        out may still have been added), :class:`QueueRefused` if it answers no.
+
+        Parameters
+        ----------
+        detectors : list of str
+            Detector names, as the queue server knows them.
+        changer : str
+            The sample changer's name.
+        slot : Any
+            The slot to measure again.
+        exposure : float
+            Exposure time (s).
+        rescan_of : str
+            Raw run uid of the measurement being checked.
+        round : int
+            Which rescan of that measurement (1, 2, ...).
+        request_uid : str
+            The agent's request uid, recorded in the item's metadata.
+        position : str
+            ``front`` (runs next) or ``back`` (at the end).
+        md : dict
+            Extra start-document metadata.
+        """
         from bluesky_queueserver_api import BPlan
         from bluesky_queueserver_api.comm_base import RequestFailedError
 
@@ -184,4 +210,5 @@ class RescanQueue:
         return response["item"]["item_uid"]
 
     def close(self) -> None:
+        """Close the connection to the queue server."""
         self._reset()

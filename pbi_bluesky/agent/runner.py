@@ -1,7 +1,10 @@
-"""The agent process: ``pbi agent`` builds an :class:`~pbi_bluesky.agent.core.Agent` and
+"""The agent process: step an agent every ``poll_s`` until SIGTERM/SIGINT.
+
+``pbi agent`` builds an :class:`~pbi_bluesky.agent.core.Agent` and
 calls its step every ``poll_s`` until SIGTERM/SIGINT; a failing step is logged and retried
 at the next poll, never fatal. With a verdict feed the step itself waits on the feed (up to
-``poll_s``), so a verdict is acted on as soon as it is published."""
+``poll_s``), so a verdict is acted on as soon as it is published.
+"""
 
 from __future__ import annotations
 
@@ -35,7 +38,9 @@ def build_agent(*, zmq_control_addr: str, tiled_uri: str | None, api_key: str | 
                 feed_password: str | None = None, poll_s: float = 0.5,
                 tiled_every_s: float = 5.0, raw_wait_s: float = 120.0,
                 may_queue: Any = None) -> Agent:
-    """An agent following the catalog at ``tiled_uri`` (``None``: the embedded catalog in
+    """Build an agent over a catalog, a verdict feed and a queue server.
+
+    It follows the catalog at ``tiled_uri`` (``None``: the embedded catalog in
     ``data_dir``, for a single-process setup), and the verdict feed at ``feed_url`` when
     one is given, queueing on ``zmq_control_addr``.
 
@@ -85,8 +90,10 @@ def _write_status(path: Path, agent: Agent, state: str) -> None:
 
 
 def _stand_by(agent: Agent, lease: Lease, status: Path | None, was_active: bool) -> bool:
-    """One standby turn: True once this process holds the lease (then the agent starts
-    over from the catalog and the queue, as a restarted one does)."""
+    """Take one standby turn: True once this process holds the lease.
+
+    Then the agent starts over from the catalog and the queue, as a restarted one does).
+    """
     if lease.try_acquire():
         if was_active:
             agent.forget()
@@ -108,9 +115,24 @@ def _stand_by(agent: Agent, lease: Lease, status: Path | None, was_active: bool)
 def run_agent(agent: Agent, *, poll_s: float = 0.5, stop: threading.Event | None = None,
               status_file: str | Path | None = None, max_steps: int | None = None,
               lease: Lease | None = None) -> None:
-    """Step until ``stop`` is set (SIGTERM/SIGINT set it in the main thread). With a
-    ``lease`` (:class:`~pbi_bluesky.agent.lease.Lease`) the agent steps only while it holds
-    it, and otherwise stands by, trying to take it every ``poll_s``."""
+    """Step until ``stop`` is set (SIGTERM/SIGINT set it in the main thread).
+
+    Parameters
+    ----------
+    agent : Agent
+        The agent to step.
+    poll_s : float
+        Seconds between steps.
+    stop : threading.Event, optional
+        Set to stop (SIGTERM/SIGINT set it in the main thread).
+    status_file : str or Path, optional
+        A JSON status file rewritten after every step.
+    max_steps : int, optional
+        Stop after this many steps.
+    lease : Lease, optional
+        With a :class:`~pbi_bluesky.agent.lease.Lease` the agent steps only while it holds
+        it, and otherwise stands by, trying to take it every ``poll_s``.
+    """
     stop = stop or threading.Event()
     if threading.current_thread() is threading.main_thread():
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -1,4 +1,6 @@
-"""What the agent follows: finished analysis runs, from the verdict feed (a Redis stream the
+"""What the agent follows: finished analysis runs.
+
+They come from the verdict feed (a Redis stream the
 session publishes to, :class:`FeedFollower`) where one is configured, and from the Tiled
 catalog by polling (:class:`TiledFollower`), which stays the record.
 
@@ -76,6 +78,7 @@ class AnalysisResult:
 
     @property
     def is_flagged(self) -> bool:
+        """Return whether any frame of the run was flagged."""
         return self.flagged > 0
 
     @property
@@ -154,8 +157,10 @@ class TiledFollower:
         self._last_sweep = float("-inf")
 
     def mark_seen(self, uid: str) -> bool:
-        """Note an analysis run that arrived another way (the feed): polls will not return
-        it. True if it was not seen before."""
+        """Note an analysis run that arrived another way (the feed).
+
+        Polls will not return it. True if it was not seen before.
+        """
         if uid in self._seen:
             return False
         self._seen.add(uid)
@@ -196,7 +201,7 @@ class TiledFollower:
 
     @_retry
     def raw_start(self, raw_uid: str) -> dict[str, Any] | None:
-        """The start document of a raw run (cached), ``None`` if it is not in the catalog."""
+        """Return a raw run's start document (cached), ``None`` if it is not in the catalog."""
         if raw_uid in self._raw_starts:
             return self._raw_starts[raw_uid]
         runs = self._runs()
@@ -208,8 +213,10 @@ class TiledFollower:
 
     @_retry
     def records(self, purpose: str) -> list[dict[str, Any]]:
-        """Start documents of the agent's records (``purpose`` ``pbi_decision`` or
-        ``pbi_agent_request``) since ``since``, oldest first."""
+        """Return start documents of the agent's records since ``since``, oldest first.
+
+        Records are those with ``purpose`` ``pbi_decision`` or ``pbi_agent_request``.
+        """
         from tiled.queries import Comparison, Key
 
         results = self._runs().search(Key("purpose") == purpose)
@@ -219,8 +226,9 @@ class TiledFollower:
 
 
 class FeedFollower:
-    """Finished analysis runs from the verdict feed, with Tiled behind it (see the module
-    docstring); the same interface as :class:`TiledFollower`.
+    """Follow finished analysis runs on the verdict feed, with Tiled behind it.
+
+    See the module docstring; the same interface as :class:`TiledFollower`.
 
     Parameters
     ----------
@@ -250,10 +258,12 @@ class FeedFollower:
 
     @property
     def since(self) -> float:
+        """Return the start time (epoch s) the Tiled follower reads from."""
         return self.tiled.since
 
     @property
     def catalog(self) -> Catalog:
+        """Return the catalog the Tiled follower reads."""
         return self.tiled.catalog
 
     def raw_start(self, raw_uid: str) -> dict[str, Any] | None:
@@ -306,8 +316,10 @@ class FeedFollower:
                 self.from_feed += 1
 
     def poll(self) -> list[AnalysisResult]:
-        """Analysis runs finished since the last poll (each returned once), oldest first;
-        waits up to ``block_s`` on the feed when it has nothing yet."""
+        """Return analysis runs finished since the last poll (each once), oldest first.
+
+        Waits up to ``block_s`` on the feed when it has nothing yet.
+        """
         self._read_feed(0.0 if self._pending else self.block_s)
         now = time.monotonic()
         if self.feed_ok is not True or now - self._last_tiled >= self.tiled_every_s:

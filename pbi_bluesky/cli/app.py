@@ -23,7 +23,8 @@ from typing import Annotated, Any
 
 import typer
 
-__all__ = ["OWN_LOGGERS", "OWN_PREFIX", "SUBAPPS", "QuietThirdParty", "app", "bus_app",
+__all__ = ["API_KEY_ENV", "OWN_LOGGERS", "OWN_PREFIX", "SUBAPPS", "ApiKeyOpt", "QuietThirdParty",
+           "app", "bus_app",
            "catalog_app", "command", "data_app", "model_app", "queue_app", "require_extra",
            "sim_app"]
 
@@ -123,6 +124,32 @@ def require_extra(extra: str, what: str, modules: tuple[str, ...] | None = None)
     except MissingExtra as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(3) from exc
+
+
+API_KEY_ENV = "TILED_API_KEY"
+"""Where every ``pbi`` command reads a Tiled API key: tiled's own variable."""
+
+
+def _api_key_on_command_line(ctx: typer.Context, param: typer.CallbackParam,
+                             value: str | None) -> str | None:
+    """Warn (without the key) when a Tiled key came as ``--api-key VALUE``, not the environment."""
+    # by name: typer 0.29 carries a click of its own, with its own ParameterSource enum
+    source = ctx.get_parameter_source(param.name) if param.name else None
+    if value and getattr(source, "name", None) == "COMMANDLINE":
+        logging.getLogger(OWN_PREFIX + ".cli").warning(
+            "--api-key on the command line is visible to every user of this machine "
+            "(/proc/PID/cmdline, ps); set %s in the environment instead", API_KEY_ENV)
+    return value or None
+
+
+ApiKeyOpt = Annotated[str | None, typer.Option(
+    "--api-key", envvar=API_KEY_ENV, hidden=True, callback=_api_key_on_command_line,
+    help=f"Tiled API key; give it as ${API_KEY_ENV} instead (a command line is public).")]
+"""The Tiled API key option every ``pbi`` command shares: read from ``$TILED_API_KEY``.
+
+``--api-key VALUE`` still works for old scripts, hidden from ``--help``, and logs a one-line
+warning that the key is visible to every local user; the key itself is never logged.
+"""
 
 
 class QuietThirdParty(logging.Filter):

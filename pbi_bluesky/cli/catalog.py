@@ -13,14 +13,14 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import catalog_app, command
+from pbi_bluesky.cli.app import ApiKeyOpt, catalog_app, command
 
 
 @command(catalog_app, "flagged", old="flagged")
 def flagged(
     tiled: Annotated[str | None, typer.Option(help="Tiled URI (default: PBI_TILED_URI or "
                                                "the embedded catalog).")] = None,
-    api_key: Annotated[str | None, typer.Option(help="Tiled API key.")] = None,
+    api_key: ApiKeyOpt = None,
     data_dir: Annotated[Path | None, typer.Option(help="Embedded catalog folder.")] = None,
     composition: Annotated[str | None, typer.Option(help="Only this recipe.")] = None,
     since: Annotated[str | None, typer.Option(help="ISO time, e.g. 2026-11-24T08:00.")] = None,
@@ -77,7 +77,7 @@ def replay_spool(
     spool: Annotated[Path, typer.Argument(help="Spool folder (pending/ and done/ inside).")],
     tiled: Annotated[str | None, typer.Option(help="Tiled URI (default: PBI_TILED_URI or "
                                                "the embedded catalog).")] = None,
-    api_key: Annotated[str | None, typer.Option(help="Tiled API key.")] = None,
+    api_key: ApiKeyOpt = None,
     data_dir: Annotated[Path | None, typer.Option(help="Embedded catalog folder.")] = None,
 ) -> None:
     """Write spooled runs that did not reach Tiled (it was down) into the catalog.

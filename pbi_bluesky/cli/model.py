@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import command, model_app
+from pbi_bluesky.cli.app import ApiKeyOpt, command, model_app
 
 
 def _load_manifest_profiles(manifest: Path, poni: Path | None, mask: Path | None,
@@ -69,8 +69,7 @@ def train(
         help="Only runs started at or after this time (ISO or epoch s).")] = None,
     until: Annotated[str | None, typer.Option(
         help="Only runs started at or before this time (ISO or epoch s).")] = None,
-    api_key: Annotated[str | None, typer.Option(
-        envvar="TILED_API_KEY", help="Tiled API key (default: $TILED_API_KEY).")] = None,
+    api_key: ApiKeyOpt = None,
     config: Annotated[Path | None, typer.Option(
         help="beamline.yaml: reduction settings (mask, dark, q bins, keys) for --tiled.")
     ] = None,
@@ -291,8 +290,7 @@ def score(
         help="Only runs started at or after this time (ISO or epoch s).")] = None,
     until: Annotated[str | None, typer.Option(
         help="Only runs started at or before this time (ISO or epoch s).")] = None,
-    api_key: Annotated[str | None, typer.Option(
-        envvar="TILED_API_KEY", help="Tiled API key (default: $TILED_API_KEY).")] = None,
+    api_key: ApiKeyOpt = None,
     config: Annotated[Path | None, typer.Option(
         help="beamline.yaml: reduction settings for --tiled.")] = None,
     npt: Annotated[int | None, typer.Option(help="q bins of the reduction for --tiled.")

@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import catalog_app, command, require_extra
+from pbi_bluesky.cli.app import ApiKeyOpt, catalog_app, command, require_extra
 
 
 @command(catalog_app, "rescore", old="rescore")
@@ -23,7 +23,7 @@ def rescore(
              "composition=50:50.")] = None,
     tiled: Annotated[str | None, typer.Option(
         help="Tiled URI (default: PBI_TILED_URI or the embedded catalog).")] = None,
-    api_key: Annotated[str | None, typer.Option(help="Tiled API key.")] = None,
+    api_key: ApiKeyOpt = None,
     scheduler: Annotated[str | None, typer.Option(
         help="Dask scheduler address (tcp://host:8786); default: a LocalCluster.")] = None,
     workers: Annotated[int, typer.Option(help="LocalCluster worker processes.")] = 2,

@@ -8,12 +8,10 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import catalog_app, command
+from pbi_bluesky.cli.app import ApiKeyOpt, catalog_app, command
 
 TiledOpt = Annotated[str | None, typer.Option(
     "--tiled", help="Tiled URI (default: PBI_TILED_URI or the embedded catalog).")]
-ApiKeyOpt = Annotated[str | None, typer.Option(
-    "--api-key", help="Tiled API key (default: PBI_TILED_API_KEY).")]
 DataDirOpt = Annotated[Path | None, typer.Option(
     "--data-dir", help="Embedded catalog folder (the one holding catalog.db).")]
 

@@ -73,7 +73,23 @@ def should_retry(exc: BaseException) -> bool | float:
 
 
 class RetryPolicy:
-    """A named set of stamina settings (attempts, total timeout, backoff)."""
+    """A named set of stamina settings (attempts, total timeout, backoff).
+
+    Parameters
+    ----------
+    name : str
+        The policy's name, for logs.
+    attempts : int or None
+        Most attempts (``None``: bounded by ``timeout`` only).
+    timeout : float or None
+        Most seconds for all attempts together (``None``: bounded by ``attempts`` only).
+    wait_initial : float
+        First backoff (s).
+    wait_max : float
+        Longest backoff (s).
+    wait_jitter : float
+        Random extra backoff (s).
+    """
 
     def __init__(self, name: str, *, attempts: int | None, timeout: float | None,
                  wait_initial: float, wait_max: float, wait_jitter: float = 0.1) -> None:

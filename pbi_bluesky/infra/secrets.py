@@ -19,8 +19,10 @@ _SECRET_QUERY_KEYS = ("password", "api_key", "apikey", "token", "key", "secret")
 
 
 def redact_url(url: str | None) -> str | None:
-    """``url`` with its password (``user:PASSWORD@``) and any key, token or password in the
-    query string replaced by ``***``; anything else unchanged.
+    """Return ``url`` with its secrets replaced by ``***``.
+
+    Its password (``user:PASSWORD@``) and any key, token or password in the query string
+    are replaced; anything else unchanged.
 
     Parameters
     ----------
@@ -53,8 +55,10 @@ def redact_url(url: str | None) -> str | None:
 
 
 def env_secret(name: str | None) -> str | None:
-    """The value of the environment variable ``name`` (``None`` when unset, empty or no
-    name is given)."""
+    """Return the value of the environment variable ``name``.
+
+    ``None`` when it is unset or empty, or no name is given.
+    """
     if not name:
         return None
     return os.environ.get(name) or None

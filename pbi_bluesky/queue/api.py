@@ -18,8 +18,9 @@ PUBLIC_KEY_ENV = "QSERVER_ZMQ_PUBLIC_KEY"
 
 def connect_api(zmq_control_addr: str, *, timeout_s: float = 5.0,
                 public_key: str | None = None) -> Any:
-    """A ``bluesky_queueserver_api.zmq.REManagerAPI`` for a control address (no HTTP
-    server needed); requests time out after ``timeout_s``.
+    """Return a ``bluesky_queueserver_api.zmq.REManagerAPI`` for a control address.
+
+    No HTTP server is needed; requests time out after ``timeout_s``.
 
     Parameters
     ----------

@@ -21,12 +21,31 @@ REPO_ROOT = Path(__file__).resolve().parents[2]
 
 
 class AgentProcess:
-    """``pbi agent`` as a subprocess following a :class:`QueueStack` (log and status file
-    in ``workdir``); :meth:`kill` is a SIGKILL, to test restarts.
+    """Run ``pbi agent`` as a subprocess following a :class:`QueueStack`.
 
-    ``feed=False`` polls Tiled only (``--no-feed``); ``feed_url`` overrides the stack's
-    feed; ``lease`` holds the standby lease (``--lease``); ``raw_wait_s`` bounds the wait
-    for a flagged run's raw run (``--raw-wait``)."""
+    Its log and status file are in ``workdir``; :meth:`kill` is a SIGKILL, to test restarts.
+
+    Parameters
+    ----------
+    stack : QueueStack
+        The queue server, Redis and Tiled the agent works with.
+    workdir : str or Path
+        Folder for the agent's log and status file.
+    policy : str or Path
+        The rescan policy file (``--policy``).
+    poll_s : float
+        Seconds between steps (``--poll``).
+    since : float, optional
+        Follow analysis runs from this time (epoch s).
+    feed : bool
+        ``False`` polls Tiled only (``--no-feed``).
+    raw_wait_s : float, optional
+        Bound on the wait for a flagged run's raw run (``--raw-wait``).
+    lease : bool
+        Hold the standby lease (``--lease``).
+    feed_url : str, optional
+        Overrides the stack's verdict feed.
+    """
 
     def __init__(self, stack: QueueStack, workdir: str | Path, *,
                  policy: str | Path = DEFAULT_POLICY_FILE, poll_s: float = 0.5,
@@ -44,6 +63,7 @@ class AgentProcess:
         self.process: subprocess.Popen | None = None
 
     def command(self) -> list[str]:
+        """Return the ``pbi agent`` command line (no secret on it)."""
         cmd = [sys.executable, "-m", "pbi_bluesky.cli", "queue", "agent",
                "--queue", self.stack.zmq_control_addr, "--config", str(self.stack.config_path),
                "--policy", str(self.policy), "--poll", str(self.poll_s),
@@ -63,6 +83,7 @@ class AgentProcess:
         return cmd
 
     def start(self) -> AgentProcess:
+        """Start the agent and return self."""
         self.status_path.unlink(missing_ok=True)
         env = {**self.stack.agent_env(), "PYTHONUNBUFFERED": "1",
                "PYTHONPATH": os.pathsep.join(p for p in (str(REPO_ROOT),
@@ -76,18 +97,21 @@ class AgentProcess:
         return self
 
     def alive(self) -> bool:
+        """Return whether the agent process is running."""
         return self.process is not None and self.process.poll() is None
 
     def status(self) -> dict[str, Any]:
-        """The agent's last status (``{}`` before its first poll)."""
+        """Return the agent's last status (``{}`` before its first poll)."""
         try:
             return json.loads(self.status_path.read_text())
         except (OSError, ValueError):
             return {}
 
     def wait_running(self, timeout: float = 60.0, standby: bool = False) -> dict[str, Any]:
-        """Wait for the first completed step (``standby``: or the agent standing by);
-        raises with the log if neither comes."""
+        """Wait for the first completed step (``standby``: or the agent standing by).
+
+        Raises with the log if neither comes.
+        """
         deadline = time.monotonic() + timeout
         while time.monotonic() < deadline:
             status = self.status()
@@ -99,6 +123,7 @@ class AgentProcess:
         raise RuntimeError(f"pbi agent did not start; log:\n{self.log_tail()}")
 
     def log_tail(self, n: int = 4000) -> str:
+        """Return the last ``n`` characters of the agent's log."""
         try:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:

@@ -68,7 +68,7 @@ class SimIOC:
     detector: str = SIM_DEFAULTS.detector
 
     def log_tail(self, n_chars: int = 4000) -> str:
-        """The end of the IOC's log (stdout+stderr)."""
+        """Return the end of the IOC's log (stdout+stderr)."""
         try:
             return self.log_path.read_text(errors="replace")[-n_chars:]
         except OSError:
@@ -111,10 +111,23 @@ def start_sim_ioc(directory: Path, tray: list[dict[str, Any]] | list[TraySlot],
                   data_root: Path | None = None) -> SimIOC:
     """Start ``python -m sim_iocs.saxs_beamline`` with a random prefix; wait until ready.
 
-    ``env`` holds the EPICS variables (default: :func:`loopback_epics_env`);
-    ``data_root`` the HDF5 folder (default ``directory / "data"``). The IOC writes
-    ``directory / "geometry.poni"`` and ``directory / "mask.edf"``; every path of the
-    returned :class:`SimIOC` is absolute, whatever the caller's working folder.
+    The IOC writes ``directory / "geometry.poni"`` and ``directory / "mask.edf"``; every
+    path of the returned :class:`SimIOC` is absolute, whatever the caller's working folder.
+
+    Parameters
+    ----------
+    directory : Path
+        The IOC's working folder (log, geometry, mask).
+    tray : list of dict or list of TraySlot
+        The samples in the changer's slots.
+    detector : str
+        The simulated detector's name.
+    seed : int
+        Seed of the simulated scattering.
+    env : dict of str to str, optional
+        The EPICS variables (default: :func:`loopback_epics_env`).
+    data_root : Path, optional
+        The HDF5 folder (default ``directory / "data"``).
     """
     if all(isinstance(t, TraySlot) for t in tray):
         slots = list(tray)

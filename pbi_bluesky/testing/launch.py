@@ -37,7 +37,7 @@ class ServiceError(RuntimeError):
 
 
 def find_binary(name: str) -> str:
-    """An executable beside this interpreter (the venv's ``bin/``), else on ``PATH``."""
+    """Find an executable beside this interpreter (the venv's ``bin/``), else on ``PATH``."""
     here = Path(sys.executable).with_name(name)
     if here.exists():
         return str(here)
@@ -51,8 +51,10 @@ _PR_SET_PDEATHSIG = 1
 
 
 def die_with_parent() -> Callable[[], None] | None:
-    """A ``preexec_fn`` for :class:`subprocess.Popen`: the child gets SIGKILL when the
-    process that started it dies, however it dies (SIGKILL included).
+    """Return a ``preexec_fn`` for :class:`subprocess.Popen` tying the child to its parent.
+
+    The child gets SIGKILL when the process that started it dies, however it dies (SIGKILL
+    included).
 
     Linux only (``prctl(PR_SET_PDEATHSIG)``), and only when called on the main thread: the
     kernel sends the signal when the *thread* that forked exits, so a child started from a
@@ -119,21 +121,26 @@ class Process:
         return []
 
     def command(self) -> list[str]:
+        """Return the command line to run (no secret on it)."""
         raise NotImplementedError
 
     def env(self) -> dict[str, str]:
+        """Return the environment of the process (secrets go here, not on the command line)."""
         return dict(os.environ)
 
     def ready(self) -> bool:
+        """Return whether the service answers (by default: its port accepts connections)."""
         return port_open(self.port)
 
     def log_tail(self, n: int = 3000) -> str:
+        """Return the last ``n`` characters of the log."""
         try:
             return self.log_path.read_text(errors="replace")[-n:]
         except OSError:
             return "<no log>"
 
     def start(self, timeout: float = 60.0) -> Process:
+        """Start the process and wait until it is ready; return self."""
         if self.process is not None and self.process.poll() is None:
             return self
         self.workdir.mkdir(parents=True, exist_ok=True)
@@ -173,8 +180,10 @@ class Process:
         raise ServiceError(message)
 
     def stop(self, timeout: float = 10.0) -> None:
-        """Stop the process (SIGTERM, then SIGKILL after ``timeout`` s); a working folder
-        made by the launcher itself is removed."""
+        """Stop the process (SIGTERM, then SIGKILL after ``timeout`` s).
+
+        A working folder made by the launcher itself is removed.
+        """
         self._terminate(timeout)
         if self._temporary:
             shutil.rmtree(self.workdir, ignore_errors=True)

