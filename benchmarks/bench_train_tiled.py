@@ -32,7 +32,7 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_scale import datum_run, make_frames, workdir  # noqa: E402
+from bench_scale import datum_run, workdir  # noqa: E402
 
 
 def log(msg: str) -> None:
@@ -68,6 +68,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
            "runs_refused": len(normals.refused), "read_reduce_s": round(read_s, 2),
            "frames_per_s": round(len(normals.profiles) / read_s, 1),
            "rss_before_read_mb": round(before, 1), "peak_rss_after_read_mb": round(peak, 1)}
+    if not normals.profiles:
+        raise SystemExit(f"every run refused, e.g. {normals.refused[:1]}")
     t0 = time.perf_counter()
     grid = QGrid.for_profiles(normals.profiles)
     AnomalyDetector(grid, training=TrainingConfig(epochs=args.epochs, seed=0)).fit(
@@ -92,23 +94,27 @@ def cell_frames(instrument: Any, folder: Path, rng: Any) -> dict[str, Any]:
             "shape": list(cell.frame.shape)}
 
 
-def recipe_frames(instrument: Any, recipe: str, n: int, folder: Path, rng: Any) -> dict:
-    """n distinct normal frames of one recipe (make_frames renders 50:50 only)."""
+def recipe_frames(instrument: Any, recipe: str, n: int, per_run: int, folder: Path,
+                  rng: Any) -> dict:
+    """An HDF5 file of ``per_run`` frames of one recipe cycling through ``n`` rendered
+    ones (every run of the recipe points at its frames 0..per_run-1: TiledWriter turns a
+    run's datums into one contiguous range)."""
     import h5py
 
     from pbi_bluesky.simulate import PS_PMMA, nominal_state, render_frame
 
-    if recipe == "50:50":
-        folder.mkdir(parents=True, exist_ok=True)
-        return make_frames(instrument, n, folder, rng)
     shots = [render_frame(nominal_state(PS_PMMA, recipe, rng), instrument, rng)
              for _ in range(n)]
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / "frames.h5"
+    shape = shots[0].frame.shape
     with h5py.File(path, "w") as fh:
-        fh.create_dataset("/entry/data/data", data=np.stack([s.frame for s in shots]))
-    return {"path": path, "readings": [(s.monitor, s.transmission) for s in shots],
-            "shape": list(shots[0].frame.shape)}
+        data = fh.create_dataset("/entry/data/data", shape=(per_run, *shape),
+                                 dtype=shots[0].frame.dtype, chunks=(1, *shape))
+        for i in range(per_run):
+            data[i] = shots[i % n].frame
+    return {"path": path, "readings": [(shots[i % n].monitor, shots[i % n].transmission)
+                                       for i in range(per_run)], "shape": list(shape)}
 
 
 def run(args: argparse.Namespace) -> dict[str, Any]:
@@ -120,7 +126,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     work, inst, poni = workdir("pbi-bench-train-tiled-")
     rng = np.random.default_rng(18)
     log(f"rendering {args.distinct} distinct Pilatus 1M frames per recipe ...")
-    frames = {r: recipe_frames(inst, r, args.distinct, work / "data" / r.replace(":", "_"), rng)
+    frames = {r: recipe_frames(inst, r, args.distinct, args.per_run,
+                               work / "data" / r.replace(":", "_"), rng)
               for r in ("50:50", "25:75")}
     cell = cell_frames(inst, work / "data" / "cell", rng)
     server = TiledServer(work / "tiled", readable=[work / "data"]).start()

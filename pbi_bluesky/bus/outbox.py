@@ -41,7 +41,7 @@ class Outbox:
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.sent_path = self.path.with_suffix(self.path.suffix + ".sent")
         self.fsync_interval = float(fsync_interval)
-        self._fh: Any = None
+        self._fd: int | None = None
         self._last_fsync = 0.0
         self.appended = 0
         self.torn = 0
@@ -56,19 +56,29 @@ class Outbox:
         return self.path.exists() and self.path.stat().st_size > 0
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        """Append records (each ``{"run", "name", "doc"}``) durably, in order."""
+        """Append records (each ``{"run", "name", "doc"}``) durably, in order: all of them
+        or none (on an error such as a full disk the file is cut back and it raises)."""
         if not records:
             return
-        if self._fh is None:
+        if self._fd is None:
             self._truncate_torn()
-            self._fh = open(self.path, "ab")
-        for record in records:
-            self._fh.write(msgpack.packb(record, use_bin_type=True))
-        self._fh.flush()
-        now = time.monotonic()
-        if now - self._last_fsync >= self.fsync_interval:
-            os.fsync(self._fh.fileno())
-            self._last_fsync = now
+            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
+        data = b"".join(msgpack.packb(record, use_bin_type=True) for record in records)
+        pos = os.lseek(self._fd, 0, os.SEEK_END)
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view):]
+            now = time.monotonic()
+            if now - self._last_fsync >= self.fsync_interval:
+                os.fsync(self._fd)
+                self._last_fsync = now
+        except OSError:
+            try:
+                os.ftruncate(self._fd, pos)
+            except OSError:
+                logger.exception("outbox %s: cannot cut back a failed append", self.path)
+            raise
         self.appended += len(records)
 
     def _truncate_torn(self) -> None:
@@ -87,27 +97,28 @@ class Outbox:
         return self._scan()[0]
 
     def _scan(self) -> tuple[list[dict[str, Any]], int]:
+        up = unpacker()
+        out: list[dict[str, Any]] = []
+        end = size = 0
         try:
-            data = self.path.read_bytes()
+            with open(self.path, "rb") as fh:
+                while chunk := fh.read(1 << 20):  # memory bounded by a record, not the file
+                    size += len(chunk)
+                    up.feed(chunk)
+                    for record in up:
+                        if not (isinstance(record, dict) and isinstance(record.get("name"), str)
+                                and isinstance(record.get("doc"), bytes)):
+                            raise DecodeError("not an outbox record")
+                        out.append(record)
+                        end = up.tell()
         except FileNotFoundError:
             return [], 0
-        up = unpacker()
-        up.feed(data)
-        out: list[dict[str, Any]] = []
-        end = 0
-        try:
-            for record in up:
-                if not (isinstance(record, dict) and isinstance(record.get("name"), str)
-                        and isinstance(record.get("doc"), bytes)):
-                    break
-                out.append(record)
-                end = up.tell()
-        except (ValueError, DecodeError):
-            pass
-        if end < len(data):
+        except (ValueError, DecodeError, msgpack.BufferFull):
+            size = max(size, end + 1)
+        if end < size:
             self.torn += 1
             logger.warning("outbox %s: torn or corrupt last record dropped (%d bytes)",
-                           self.path, len(data) - end)
+                           self.path, size - end)
         return out, end
 
     def _sent(self) -> int:
@@ -125,9 +136,7 @@ class Outbox:
         """Send every waiting record with ``send(list_of_records)`` (which raises if the
         broker is unreachable), ``chunk`` at a time; returns how many were sent. On
         success the outbox is empty (files removed); on failure what is left stays."""
-        if self._fh is not None:
-            self._fh.close()
-            self._fh = None
+        self.close()
         records = self._records()
         done = self._sent()
         sent = 0
@@ -142,8 +151,10 @@ class Outbox:
         return sent
 
     def close(self) -> None:
-        if self._fh is not None:
-            self._fh.flush()
-            os.fsync(self._fh.fileno())
-            self._fh.close()
-            self._fh = None
+        """Fsync and close the file (the next append reopens it)."""
+        if self._fd is not None:
+            fd, self._fd = self._fd, None
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)

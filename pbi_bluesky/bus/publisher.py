@@ -95,7 +95,10 @@ class BusPublisher:
         self._next_try = 0.0
         self._attempt = 0
         self.stats = {"queued": 0, "published": 0, "outboxed": 0, "refused": 0,
-                      "from_outbox": 0, "reconnects": 0, "unencodable": 0}
+                      "from_outbox": 0, "reconnects": 0, "unencodable": 0,
+                      "send_errors": 0}
+        self._stalled: list[dict[str, Any]] | None = None
+        """Records that could neither be sent nor written to the outbox (retried first)."""
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"pbi-bus-publisher-{beamline}")
         self._thread.start()
@@ -125,7 +128,7 @@ class BusPublisher:
             self._cond.notify()
         while time.monotonic() < deadline:
             with self._cond:
-                idle = not self._queue and not self._busy
+                idle = not self._queue and not self._busy and self._stalled is None
             if idle and not self.outbox.pending:
                 return True
             time.sleep(0.01)
@@ -139,30 +142,58 @@ class BusPublisher:
             self._cond.notify()
         self._thread.join(timeout)
         self.outbox.close()
+        if self._stalled:
+            logger.error("bus publisher: %d document(s) could be neither sent nor kept in %s "
+                         "before closing: lost", len(self._stalled), self.outbox.path)
         return ok
 
     # -- sender thread --------------------------------------------------------------------------
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._queue and not self._closing and not (
-                        self.outbox.pending and time.monotonic() >= self._next_try):
+                while not self._closing and not (
+                        (self._queue and self._stalled is None)
+                        or ((self._stalled is not None or self.outbox.pending)
+                            and time.monotonic() >= self._next_try)):
                     self._cond.wait(0.1)
-                if self._closing and not self._queue:
+                if self._closing and not self._queue and self._stalled is None:
                     return
-                batch = [self._queue.popleft() for _ in range(min(len(self._queue), 256))]
+                batch = ([] if self._stalled is not None else
+                         [self._queue.popleft() for _ in range(min(len(self._queue), 256))])
                 self._busy = True
+            records = self._stalled
             try:
-                self._send(batch)
-            except Exception:  # noqa: BLE001 - never let the sender die
-                logger.exception("bus publisher: unexpected error; documents kept in %s",
-                                 self.outbox.path)
+                if records is None:
+                    records = [self._safe_record(name, doc) for name, doc in batch]
+                self._send(records)
+                self._stalled = None
+            except Exception as exc:  # noqa: BLE001 - never let the sender die, drop nothing
+                # e.g. the outbox's disk is full while the broker is down: keep the records
+                # in memory, in order, and try them again first after a backoff
+                self._stalled = records
+                self.stats["send_errors"] += 1
+                self._went_down(exc, backoff_only=True)
+                logger.error("bus publisher: %d document(s) neither sent nor written to %s "
+                             "(%s: %s); kept in memory and retried", len(records or ()),
+                             self.outbox.path, type(exc).__name__, exc)
+                if self._closing:
+                    return  # one last try when closing; close() reports what is left
             finally:
                 with self._cond:
                     self._busy = False
 
-    def _send(self, batch: list[tuple[str, dict]]) -> None:
-        records = [self._record(name, doc) for name, doc in batch]
+    def _safe_record(self, name: str, doc: dict) -> dict[str, Any]:
+        try:
+            return self._record(name, doc)
+        except Exception as exc:  # noqa: BLE001 - a document that breaks us still goes out
+            self.stats["unencodable"] += 1
+            logger.exception("bus publisher: %s document could not be prepared (%s); "
+                             "published with its values as text", name, exc)
+            clean, paths = sanitize(doc)
+            return {"run": self._run_uid(name, clean), "name": name,
+                    "doc": encode({**clean, "pbi_unencodable": paths})}
+
+    def _send(self, records: list[dict[str, Any]]) -> None:
         if self.outbox.pending or self._down_since is not None:
             self.outbox.append(records)
             self.stats["outboxed"] += len(records)
@@ -192,8 +223,8 @@ class BusPublisher:
         self.stats["published"] += n
         self._down_since, self._attempt = None, 0
 
-    def _went_down(self, exc: Exception) -> None:
-        if self._down_since is None:
+    def _went_down(self, exc: Exception, backoff_only: bool = False) -> None:
+        if self._down_since is None and not backoff_only:
             self._down_since = time.monotonic()
             logger.warning("bus publisher: broker %s unreachable (%s: %s); documents go to "
                            "the outbox %s until it answers", self.url, type(exc).__name__, exc,

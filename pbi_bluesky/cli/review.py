@@ -61,3 +61,39 @@ def label(
         return
     typer.echo(f"{raw_uid}: labelled {record['label']} by {record['labelled_by']} "
                f"(record {record['uid']}, analysis {record['analysis_uid']})")
+
+
+LOOPBACK = ("127.0.0.1", "localhost", "::1")
+
+
+@command(None, "review")
+def review(
+    tiled: TiledOpt = None,
+    api_key: ApiKeyOpt = None,
+    data_dir: DataDirOpt = None,
+    host: Annotated[str, typer.Option(help="Address to listen on (loopback by default; "
+                                           "the page has no login).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port.")] = 8765,
+) -> None:
+    """Review flagged runs in a browser: evidence, plots, and label buttons.
+
+    Serves a local page (no CDN, no JavaScript library) over the catalog; the Tiled API key
+    stays in this process and never appears in the page.
+    """
+    import logging
+
+    import uvicorn
+
+    from pbi_bluesky.review import ReviewData, build_app
+
+    data = ReviewData(tiled, api_key=api_key, data_dir=data_dir)
+    try:
+        data.check()
+    except Exception as exc:  # noqa: BLE001 - report any connection problem plainly
+        typer.echo(f"error: cannot open the Tiled catalog: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if host not in LOOPBACK:
+        logging.getLogger("pbi_bluesky.cli").warning(
+            "serving the review page on %s: anyone who reaches it can label runs", host)
+    typer.echo(f"pbi review: http://{host}:{port}/ (Ctrl-C stops)")
+    uvicorn.run(build_app(data), host=host, port=port, log_level="warning")

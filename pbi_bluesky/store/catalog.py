@@ -46,7 +46,32 @@ def _metadata_clients() -> dict[str, Any]:
     of a 3.2 s ``pbi flagged``; a query on ``start.``/``stop.`` keys needs none of them)."""
     from tiled.client.container import Container
 
-    return {"container": Container}
+    # streams (composite nodes) read as plain containers too; their arrays and tables
+    # with tiled's numpy clients, imported only when a node is read (``pbi review``)
+    return _PlainClients({"container": Container, "composite": Container})
+
+
+class _PlainClients(dict):
+    """Structure clients by family; ``array`` and ``table`` (tiled's numpy clients, which
+    import pandas) are imported on first use."""
+
+    _LAZY = {"array": ("tiled.client.array", "ArrayClient"),
+             "table": ("tiled.client.dataframe", "DataFrameClient")}
+
+    def __missing__(self, family: str) -> Any:
+        if family not in self._LAZY:
+            raise KeyError(family)
+        import importlib
+
+        module, name = self._LAZY[family]
+        self[family] = getattr(importlib.import_module(module), name)
+        return self[family]
+
+    def get(self, key: str, default: Any = None) -> Any:
+        try:
+            return self[key]
+        except KeyError:
+            return default
 
 
 _EMBEDDED_LOCKS: dict[str, threading.Lock] = {}
@@ -212,6 +237,9 @@ def require_catalog(root: str | Path) -> Path:
 class Catalog:
     """A lazily connected catalog: creating it never fails, using it connects.
 
+    ``lean_writes`` (default): its writers close only the run's own node at the stop, not
+    every stream, table and array under it (see :func:`lean_tiled_writer`).
+
     A session that starts while Tiled is down still builds its spools and scorer; writers
     made by :meth:`writer` raise :class:`CatalogUnavailable` until the server answers, and
     the spool retries them with backoff.
@@ -220,8 +248,9 @@ class Catalog:
     def __init__(self, uri: str | None = None, *, api_key: str | None = None,
                  data_dir: str | Path | None = None,
                  timeout_s: float = TILED_RETRY_TIMEOUT_S,
-                 readable: tuple[str, ...] = ()) -> None:
+                 readable: tuple[str, ...] = (), lean_writes: bool = True) -> None:
         self.uri, self._api_key, self.data_dir = uri, api_key, data_dir
+        self.lean_writes = bool(lean_writes)
         self.timeout_s = timeout_s
         self.readable = tuple(readable)
         self._runs: Any = None
@@ -265,15 +294,14 @@ class Catalog:
             (analysis runs): skip the normalizer, whose jsonschema check of every event
             (three 400-point curves) cost ~10 ms of CPU per event.
         """
-        from bluesky_tiled_plugins import TiledWriter
-
         kwargs: dict[str, Any] = {}
         if batch_size is not None:
             kwargs["batch_size"] = batch_size
         if composed:
             kwargs["normalizer"] = None
         try:
-            return TiledWriter(self.runs, **kwargs)
+            return (lean_tiled_writer if self.lean_writes else _tiled_writer)(
+                self.runs, **kwargs)
         except CatalogUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -285,3 +313,53 @@ class Catalog:
         runs = self.runs
         if uid in runs:
             runs[uid].delete(recursive=True, external_only=False)
+
+
+def _tiled_writer(client: Any, **kwargs: Any) -> Any:
+    from bluesky_tiled_plugins import TiledWriter
+
+    return TiledWriter(client, **kwargs)
+
+
+def lean_tiled_writer(client: Any, **kwargs: Any) -> Any:
+    """A ``TiledWriter`` that closes only the run's node at the stop.
+
+    bluesky-tiled-plugins' writer ends a run with one ``DELETE /stream/close`` per node it
+    made (each table, array, stream and the run: 4.5 requests per run of ours, ~90 ms
+    each inside a loaded server, ``benchmarks/bench_tiled_writes.py``). Closing a stream
+    writes nothing: it tells the server's streaming subscribers and webhooks that no more
+    writes come to that node. This writer closes the run's own container only, the one
+    signal "this run is complete", after its stop metadata is written; the data written
+    is the same.
+
+    Parameters
+    ----------
+    client
+        The runs container.
+    **kwargs
+        ``TiledWriter`` arguments (``batch_size``, ``normalizer``...).
+    """
+    from bluesky_tiled_plugins.writing import tiled_writer as tw
+
+    class _LeanRunWriter(tw._RunWriter):
+        def _close_stream_tree(self) -> None:
+            if self.root_node is not None:
+                self.root_node.close_stream()
+
+    class LeanTiledWriter(tw.TiledWriter):
+        # TiledWriter._factory of bluesky-tiled-plugins 2.x with the lean run writer and
+        # without the backup options (we never pass them: the spool is our backup)
+        def _factory(self, name: str, doc: dict) -> Any:
+            cb = run_writer = _LeanRunWriter(
+                self.client, batch_size=self._batch_size,
+                max_array_size=self._max_array_size, validate=self._validate,
+                ignore_errors=self.ignore_errors)
+            if self._normalizer:
+                cb = self._normalizer(patches=self.patches,
+                                      spec_to_mimetype=self.spec_to_mimetype)
+                cb.subscribe(run_writer)
+            return [cb], []
+
+    if kwargs.get("backup_directory") or kwargs.get("backup_dictionary") is not None:
+        raise ValueError("lean_tiled_writer takes no backup options")
+    return LeanTiledWriter(client, **kwargs)

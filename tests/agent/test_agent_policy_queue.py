@@ -53,10 +53,14 @@ def _agent(stack, since, **policy):
                        api_key=stack.tiled.api_key, policy=load_policy(policy), since=since)
 
 
-def test_policy_position_budget_references_and_restart(queue_stack):
+def test_policy_position_budget_references_and_restart(queue_stack, monkeypatch):
     from bluesky_queueserver_api import BPlan
 
     from pbi_bluesky.store.queries import decisions_of
+
+    # the control channel is encrypted: the in-process agent finds the server's public key
+    # where `pbi queue agent` does
+    monkeypatch.setenv("QSERVER_ZMQ_PUBLIC_KEY", queue_stack.manager.public_key)
 
     stack = queue_stack
     api = stack.api()

@@ -3,6 +3,8 @@ crash of the publishing process."""
 
 from __future__ import annotations
 
+import time
+
 import numpy as np
 
 from pbi_bluesky.bus import BusNames, BusPublisher, Outbox, connect
@@ -67,3 +69,36 @@ def test_a_publisher_that_never_reaches_its_broker_keeps_everything(tmp_path, re
     last_event = decode(entries[-2][1][b"doc"])
     np.testing.assert_array_equal(last_event["data"]["det_image"],
                                   docs[-2][1]["data"]["det_image"])
+
+
+def test_a_full_outbox_disk_drops_nothing(tmp_path):
+    """Issue 20: with the broker down and the outbox's disk full, a batch was popped, failed
+    to append and was dropped while the log said it was kept. Now it stays in memory and is
+    written once the disk has room: every document in the outbox, in order, once."""
+    from tests.store.test_spool_trust import SmallDisk
+
+    rng = np.random.default_rng(1)
+    shots = [(rng.integers(0, 100, (64, 64), dtype=np.int32), 1e6, 0.7) for _ in range(8)]
+    _uid, docs = run_docs({"sample": "x"}, shots)  # 8 x 16 KiB frames
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    with SmallDisk(tmp_path / "disk", 64 * 1024) as disk:
+        pub = BusPublisher(dead, "full", outbox_dir=disk.path, retry_initial_s=0.05,
+                           retry_max_s=0.1)
+        for name, doc in docs:
+            pub(name, doc)
+            time.sleep(0.01)  # several batches
+        deadline = time.monotonic() + 5
+        while not pub.stats.get("send_errors") and time.monotonic() < deadline:
+            time.sleep(0.05)
+        time.sleep(0.3)
+        send_errors = pub.stats.get("send_errors", 0)
+        disk.grow()
+        deadline = time.monotonic() + 10
+        while pub.stats["outboxed"] < len(docs) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        pub.close(timeout=1.0)
+        box = Outbox(disk.path / "full.outbox")
+        records = box._records()
+    assert [r["name"] for r in records] == [n for n, _ in docs]
+    assert box.torn == 0
+    assert send_errors > 0  # the disk did fill before it grew

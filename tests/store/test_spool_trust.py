@@ -141,6 +141,16 @@ class SmallDisk:
             resource.setrlimit(resource.RLIMIT_FSIZE, (self.size, self.old_limit[1]))
         return self
 
+    def grow(self) -> None:
+        """Give the folder room again (a tmpfs remounted 64 MiB, or the limit lifted)."""
+        import resource
+        import subprocess
+
+        if self.mounted:
+            subprocess.run(["mount", "-o", "remount,size=64m", str(self.path)], check=True)
+        elif self.old_limit is not None:
+            resource.setrlimit(resource.RLIMIT_FSIZE, self.old_limit)
+
     def __exit__(self, *exc):
         import resource
         import subprocess
