@@ -6,7 +6,7 @@
   reclaims a dead worker's frames, dead-letters poison; one worker at a time (the lease
   holder) dispatches documents into frames and assembles the analysis runs in Tiled.
 
-Why Redis Streams, and how the layout maps onto Kafka: README, section "Scaling out".
+Why Redis Streams, and how the layout maps onto Kafka: docs/howto/bus-workers.md.
 """
 
 from pbi_bluesky.bus.assembler import Assembler

@@ -5,7 +5,7 @@ damaged or swapped file, but whoever can write the folder can rewrite ``model.js
 With a key (``PBI_MODEL_KEY`` in the environment, or passed explicitly), :func:`sign`
 writes ``model.json.hmac`` = HMAC-SHA256(key, bytes of model.json), and loading verifies it:
 a bundle without a valid signature is refused. Without a key nothing is signed or checked
-(and the README says exactly that: the sha256 values then detect corruption, not tampering).
+(and docs/design.md says exactly that: the sha256 values then detect corruption, not tampering).
 """
 
 from __future__ import annotations

@@ -138,7 +138,7 @@ def test_tiled_down_at_start_and_mid_scan_loses_nothing(
         second = RE(measure_tray(bl.readables, bl.changer, [6], EXPOSURE))
         assert session.scorer.flush(300)
         # killed between writes: a kill inside an array write leaves zarr files the
-        # catalog does not list, and the server refuses that run's replay (README gap)
+        # catalog does not list, and the server refuses that run's replay (docs/known-gaps.md)
         wait_for(lambda: not (session.raw_spool.pending() or session.analysis_spool.pending()),
                  300, "the first runs to reach Tiled")
         server.kill()  # mid-session crash
