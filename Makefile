@@ -27,6 +27,7 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 test: lint
+	@command -v chromium >/dev/null || apt-get install -y chromium  # the review page's browser test
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 # The documentation site (Sphinx, warnings are errors) into build/docs.

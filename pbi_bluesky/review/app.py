@@ -395,7 +395,13 @@ def build_app(data: ReviewData) -> Any:
                                   f"{_e(raw_uid)} in this catalog</p>"), status_code=404)
 
     async def run_page(request: Request) -> Response:
-        raw_uid, run = await _run(request)
+        try:
+            raw_uid, run = await _run(request)
+        except Exception as exc:  # noqa: BLE001 - say what went wrong, not a bare 500
+            logger.exception("run page of %s failed", request.path_params["raw_uid"])
+            return HTMLResponse(_page("error", f"<p class='err'>cannot read this run: "
+                                      f"{_e(type(exc).__name__)}: {_e(exc)}</p>"),
+                                status_code=503)
         if run is None:
             return _missing(raw_uid)
         return HTMLResponse(_run_html(raw_uid, run, data.tiled,

@@ -18,12 +18,20 @@ def bump(intensity: np.ndarray, height: float) -> np.ndarray:
 def review_catalog(tiny_model, instrument, tmp_path_factory):
     """(folder, bundle, uids): two flagged runs (a then b, b scoring higher), a normal run
     and a failed analysis in an embedded catalog; the model bundle on disk."""
-    from pbi_bluesky.models import save_bundle
-    from pbi_bluesky.simulate import PS_PMMA, nominal_state, simulate_profile
     from pbi_bluesky.store import embedded_client, runs_container
-    from pbi_bluesky.testing.analyses import write_scored_run
 
     root = tmp_path_factory.mktemp("review")
+    runs = runs_container(embedded_client(root / "catalog"))
+    bundle, uids = fill_catalog(runs, tiny_model, instrument, root)
+    return root / "catalog", bundle, uids
+
+
+def fill_catalog(runs, tiny_model, instrument, root):
+    """Write the model bundle under ``root`` and the four runs; returns (bundle, uids)."""
+    from pbi_bluesky.models import save_bundle
+    from pbi_bluesky.simulate import PS_PMMA, nominal_state, simulate_profile
+    from pbi_bluesky.testing.analyses import write_scored_run
+
     bundle = root / "model"
     save_bundle(tiny_model, bundle)
     info = {"path": str(bundle), "model_sha256": "feedc0de" * 8}
@@ -31,7 +39,6 @@ def review_catalog(tiny_model, instrument, tmp_path_factory):
     intensity, sigma = tiny_model.resample(
         [simulate_profile(nominal_state(PS_PMMA, RECIPE, rng), instrument, rng)
          for _ in range(2)])
-    runs = runs_container(embedded_client(root / "catalog"))
     uids = {}
     uids["normal"], _ = write_scored_run(runs, tiny_model, intensity[:1], sigma[:1], RECIPE,
                                          model_info=info, md={"sample": "normal"})
@@ -41,4 +48,4 @@ def review_catalog(tiny_model, instrument, tmp_path_factory):
     uids["failed"], _ = write_scored_run(runs, tiny_model, intensity[:1], sigma[:1], RECIPE,
                                          model_info=info, md={"sample": "broken"},
                                          fail_reason="no geometry: PONI file missing")
-    return root / "catalog", bundle, uids
+    return bundle, uids
