@@ -27,7 +27,11 @@ lint: venv
 	$(VENV)/bin/lint-imports
 
 test: lint
-	@command -v chromium >/dev/null || apt-get install -y chromium  # the review page's browser test
+	@# Debian's chromium for the review page's browser test (apt lists refreshed only if needed)
+	@command -v chromium >/dev/null || { export DEBIAN_FRONTEND=noninteractive; \
+	  apt-get install -y -qq chromium >/dev/null 2>&1 || { apt-get update -qq && \
+	  apt-get install -y -qq chromium >/dev/null; }; } || \
+	  echo "WARNING: chromium not installed: tests/review/test_review_browser.py will be skipped"
 	$(PY) -m pytest -q -n 2 --dist loadfile --durations=30
 
 # The documentation site (Sphinx, warnings are errors) into build/docs.
