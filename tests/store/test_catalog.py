@@ -92,3 +92,40 @@ def test_threads_sharing_the_embedded_catalog_never_overlap_and_lose_nothing(
         events = reader_runs[uid]["primary"].read()
         assert list(np.asarray(events["x"])) == [0.0, 1.0, 2.0]
     assert len(written[0]) == len(written[1]) == 4
+
+
+@pytest.mark.parametrize("lean", [False, True])
+def test_the_lean_writer_closes_only_the_run_and_writes_the_same_data(tmp_path, lean):
+    """``Catalog(lean_writes=True)`` (the default) ends a run with one stream close, on the
+    run's own node, instead of one per table, array and stream (bench_tiled_writes.py);
+    the run reads back the same, stop document included."""
+    from pbi_bluesky.store import Catalog
+
+    catalog = Catalog(data_dir=tmp_path / "cat", lean_writes=lean)
+    runs = catalog.runs
+    closes: list[str] = []
+    runs.context.http_client.event_hooks["request"].append(
+        lambda request: closes.append(request.url.path) if "/stream/close/" in
+        request.url.path else None)
+    writer = catalog.writer()
+    bundle = compose_run(metadata={"sample": "s"})
+    writer("start", bundle.start_doc)
+    desc = bundle.compose_descriptor(name="primary", data_keys={
+        "x": {"dtype": "number", "shape": [], "source": "sim"},
+        "y": {"dtype": "array", "shape": [40], "source": "sim"}})
+    writer("descriptor", desc.descriptor_doc)
+    for j in range(3):
+        writer("event", desc.compose_event(data={"x": float(j), "y": np.full(40, j).tolist()},
+                                           timestamps={"x": 0.0, "y": 0.0}))
+    writer("stop", bundle.compose_stop())
+    uid = bundle.start_doc["uid"]
+    if lean:
+        assert closes == [f"/api/v1/stream/close/runs/{uid}"]
+    else:
+        assert len(closes) == 4  # the table, the array, the stream and the run
+    run = Catalog(data_dir=tmp_path / "cat").runs[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    primary = run["primary"].read()
+    assert primary["x"].values.tolist() == [0.0, 1.0, 2.0]
+    assert primary["y"].values.shape == (3, 40)
+    assert primary["y"].values[2].tolist() == [2] * 40
