@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from tests.beamline_fixtures import REPO_ROOT, sim_config, sim_ioc  # noqa: F401 - fixtures
-from tests.queue_fixtures import DETECTORS, queue_stack  # noqa: F401, F811 - fixture
+from tests.beamline_fixtures import REPO_ROOT
+from tests.queue_fixtures import DETECTORS
 
 PERMISSIONS = REPO_ROOT / "profiles" / "profile_saxs" / "user_group_permissions.yaml"
 
@@ -53,7 +53,7 @@ def test_people_execute_named_functions_only():
     ("agent", "build_session"), ("agent", "flush_session"), ("agent", "pbi"),
     ("primary", "build_session"), ("primary", "pbi"),
 ])
-def test_the_server_refuses_functions(queue_stack, group, function):  # noqa: F811
+def test_the_server_refuses_functions(queue_stack, group, function):
     from bluesky_queueserver_api import BFunc
 
     api = queue_stack.api()
@@ -71,7 +71,7 @@ def test_the_server_refuses_functions(queue_stack, group, function):  # noqa: F8
     ("fly_slot", [DETECTORS, "changer", 1, 0.1]),
     ("count", [DETECTORS]),
 ])
-def test_the_agent_queues_rescans_only(queue_stack, plan, args):  # noqa: F811
+def test_the_agent_queues_rescans_only(queue_stack, plan, args):
     api = queue_stack.api()
     api.user_group = "agent"
     try:
@@ -83,7 +83,7 @@ def test_the_agent_queues_rescans_only(queue_stack, plan, args):  # noqa: F811
         api.close()
 
 
-def test_people_flush_the_session(queue_stack):  # noqa: F811
+def test_people_flush_the_session(queue_stack):
     from bluesky_queueserver_api import BFunc
 
     api = queue_stack.api(timeout_s=30)
@@ -97,7 +97,7 @@ def test_people_flush_the_session(queue_stack):  # noqa: F811
         api.close()
 
 
-def test_no_secret_on_the_stacks_command_lines_or_logs(queue_stack):  # noqa: F811
+def test_no_secret_on_the_stacks_command_lines_or_logs(queue_stack):
     """Redis, Tiled, the RE Manager and its worker: the Tiled key is on no command line
     (``/proc/PID/cmdline``) and in no log; the worker gets it through its environment."""
     from tests.infra.test_secrets import assert_nowhere
@@ -108,7 +108,7 @@ def test_no_secret_on_the_stacks_command_lines_or_logs(queue_stack):  # noqa: F8
         assert_nowhere(key, service)
 
 
-def test_the_control_channel_is_encrypted(queue_stack, monkeypatch):  # noqa: F811
+def test_the_control_channel_is_encrypted(queue_stack, monkeypatch):
     """CurveZMQ: a client without the server's public key gets no answer; the private key
     is on no command line and in no log."""
     from pbi_bluesky.queue.api import PUBLIC_KEY_ENV, connect_api
