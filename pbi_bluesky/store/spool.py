@@ -22,79 +22,35 @@ another live process still writes (it holds ``<run uid>.lock``) is left alone.
 
 from __future__ import annotations
 
-import hashlib
 import logging
 import os
 import queue
-import re
 import shutil
 import threading
 import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import filelock
-import msgpack
 
-from pbi_bluesky.codec import DecodeError, EncodeError, encode_document, sanitize, unpacker
+from pbi_bluesky.codec import EncodeError, encode_document, sanitize
+from pbi_bluesky.infra.retry import should_retry
+from pbi_bluesky.store.spoolfile import (
+    SUFFIX,
+    SpoolFile,
+    abort_stop,
+    fsync_dir,
+    read_spool_file,
+    spool_stem,
+)
 
 __all__ = ["SpoolFile", "SpoolSink", "read_spool_file"]
 
 logger = logging.getLogger(__name__)
 
 Writer = Callable[[str, dict], Any]
-SUFFIX = ".spool"
-
-
-@dataclass
-class SpoolFile:
-    """What a spool file holds."""
-
-    docs: list[tuple[str, dict]]
-    torn: bool = False
-    """The last record was cut off (a crash while appending) and was dropped."""
-    error: str = ""
-
-
-READ_CHUNK = 1 << 20
-"""Bytes fed to the unpacker at a time when reading a spool file (its memory stays bounded
-by the largest record, not by the file)."""
-
-
-def read_spool_file(path: str | Path) -> SpoolFile:
-    """All complete documents of one spooled run, in order; never raises for a torn or
-    corrupt tail, or a record too large to read (reported in :attr:`SpoolFile.torn` /
-    :attr:`SpoolFile.error`)."""
-    docs: list[tuple[str, dict]] = []
-    up = unpacker()
-    end = 0  # byte offset just after the last complete record
-    size = 0
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(READ_CHUNK):
-                size += len(chunk)
-                up.feed(chunk)
-                for record in up:
-                    if not (isinstance(record, dict) and isinstance(record.get("name"), str)
-                            and isinstance(record.get("doc"), dict)):
-                        return SpoolFile(docs, torn=True, error="corrupt record dropped")
-                    docs.append((record["name"], record["doc"]))
-                    end = up.tell()
-    except OSError as exc:
-        return SpoolFile(docs, error=f"cannot read {path}: {exc}")
-    except msgpack.BufferFull:
-        return SpoolFile(docs, torn=True, error=f"a record at byte {end} is larger than the "
-                         "reader's buffer: it and the rest of the file dropped")
-    except (ValueError, DecodeError) as exc:
-        return SpoolFile(docs, torn=True, error=f"corrupt record dropped: {exc}")
-    # bytes after the last complete record: a torn append
-    torn = end < size
-    return SpoolFile(docs, torn=torn, error="torn last record dropped" if torn else "")
-
-
 @dataclass
 class _Open:
     fd: int
@@ -202,19 +158,19 @@ class SpoolSink:
         return None
 
     def _path(self, run: str) -> Path:
-        return self.pending_dir / f"{_stem(run)}{SUFFIX}"
+        return self.pending_dir / f"{spool_stem(run)}{SUFFIX}"
 
     def _open_run(self, run: str) -> _Open:
         state = self._open.get(run)
         if state is None:
-            lock = filelock.FileLock(str(self.pending_dir / f"{_stem(run)}.lock"), timeout=0)
+            lock = filelock.FileLock(str(self.pending_dir / f"{spool_stem(run)}.lock"), timeout=0)
             lock.acquire()
             try:
                 path = self._path(run)
                 created = not path.exists()
                 fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
                 if created:
-                    _fsync_dir(self.pending_dir)  # the new file's name survives a power cut
+                    fsync_dir(self.pending_dir)  # the new file's name survives a power cut
             except BaseException:
                 lock.release()
                 raise
@@ -295,7 +251,7 @@ class SpoolSink:
                 self.stats["unattributed"] += 1
                 logger.warning("spool: cannot tell which run a %s document belongs to", name)
                 return
-            if name == "start" and _stem(run) != run:
+            if name == "start" and spool_stem(run) != run:
                 self._failed.add(run)  # never forwarded: the replay sets it aside
                 logger.error("spool: run uid %r is not a safe file name; spooled as %s and "
                              "not forwarded", run, self._path(run).name)
@@ -390,14 +346,14 @@ class SpoolSink:
         src = self._path(run)
         if src.exists():
             shutil.move(str(src), self.done_dir / src.name)
-            _fsync_dir(self.done_dir)
-            _fsync_dir(self.pending_dir)
+            fsync_dir(self.done_dir)
+            fsync_dir(self.pending_dir)
         self._forwarding.discard(run)
         with self._lock:
             held = self._held.pop(run, None)
         if held is not None:
             held.release()
-        lock = self.pending_dir / f"{_stem(run)}.lock"
+        lock = self.pending_dir / f"{spool_stem(run)}.lock"
         lock.unlink(missing_ok=True)
 
     def _schedule_replay(self, now: bool = False) -> None:
@@ -516,7 +472,7 @@ class SpoolSink:
                 notes.append(f"{self._unspooled[run]} document(s) never reached the spool "
                              "file (disk errors, see losses)")
             if docs[-1][0] != "stop":
-                docs.append(("stop", _abort_stop(docs[0][1])))
+                docs.append(("stop", abort_stop(docs[0][1])))
                 notes.append("closed with an abort stop document (its writer ended without "
                              "a stop)")
             if self.writer_factory is None:
@@ -550,7 +506,7 @@ class SpoolSink:
         target = self.rejected_dir / path.name
         shutil.move(str(path), target)
         (self.rejected_dir / f"{run}.reason.txt").write_text(reason + "\n")
-        _fsync_dir(self.rejected_dir)
+        fsync_dir(self.rejected_dir)
         self._failed.discard(run)
         self.stats["rejected"] += 1
         logger.error("spool %s: run %s set aside (%s); kept in %s, not retried",
@@ -582,44 +538,7 @@ class _NoStart(RuntimeError):
 
 
 def _transient(exc: BaseException) -> bool:
-    """Whether a writer error looks like an outage (retry) rather than refused content
-    (a database's ``OperationalError``, e.g. "database is locked", is an outage)."""
-    names = {t.__name__ for t in type(exc).__mro__}
-    if names & {"ConnectionError", "TimeoutError", "ConnectError", "TimeoutException",
-                "NetworkError", "RemoteProtocolError", "CatalogUnavailable", "OSError",
-                "OperationalError"}:
-        return True
-    status = getattr(getattr(exc, "response", None), "status_code", None)
-    return status is not None and int(status) >= 500
-
-
-_SAFE_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
-
-
-def _stem(run: str) -> str:
-    """The spool file name of a run: its uid when that is a safe file name (no path
-    separator, no '..'), else a digest of it."""
-    if _SAFE_UID.fullmatch(run) and ".." not in run:
-        return run
-    return "unsafe-" + hashlib.sha256(run.encode("utf-8", "replace")).hexdigest()[:40]
-
-
-def _abort_stop(start: dict[str, Any]) -> dict[str, Any]:
-    return {"uid": str(uuid.uuid4()), "run_start": start["uid"], "time": time.time(),
-            "exit_status": "abort",
-            "reason": "pbi spool: the run ended without a stop document (its writer process "
-                      "crashed or was killed); closed on replay",
-            "num_events": {}}
-
-
-def _fsync_dir(path: Path) -> None:
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
+    """Tell an outage (retry) from refused content: the project's one policy,
+    :func:`pbi_bluesky.infra.retry.should_retry` (tiled's own for HTTP), plus any other
+    ``OSError`` of the writer's transport."""
+    return bool(should_retry(exc)) or isinstance(exc, OSError)
