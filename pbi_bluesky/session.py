@@ -74,8 +74,10 @@ def _sha256(path: str | None) -> str | None:
 
 
 def beamline_metadata(cfg: BeamlineConfig) -> dict[str, Any]:
-    """Start-document metadata every run of this beamline carries: geometry (PONI text) and
-    the files it came from, with their sha256."""
+    """Return the start-document metadata every run of this beamline carries.
+
+    That is the geometry (PONI text) and the files it came from, with their sha256.
+    """
     g = cfg.geometry
     return {
         "beamline": cfg.name,
@@ -92,7 +94,7 @@ def beamline_metadata(cfg: BeamlineConfig) -> dict[str, Any]:
 
 
 def _scale(path: str | None) -> dict[str, Any] | None:
-    """The absolute-scale record (``pbi calibrate-absolute``) for the start documents."""
+    """Return the absolute-scale record (``pbi calibrate-absolute``) for the start documents."""
     if not path:
         return None
     from pbi_bluesky.reduction import load_absolute_scale

@@ -39,6 +39,7 @@ class LongString(PvpropertyChar):
 
     async def write_from_dbr(self, data: Any, data_type: Any, metadata: Any, *,
                              flags: int = 0) -> Any:
+        """Write a client's value, decoding a char array up to its first NUL as text."""
         if data_type == ChannelType.CHAR:
             raw = data if isinstance(data, bytes) else np.asarray(data, np.uint8).tobytes()
             return await self.write(raw.split(b"\0", 1)[0].decode(self.string_encoding),
@@ -89,13 +90,13 @@ def string_pair(name: str, value: str = "", doc: str = "",
 
 def enum_pv(name: str, choices: tuple[str, ...], value: int = 0, read_only: bool = False,
             doc: str = "") -> pvproperty:
-    """A single enum PV (no readback)."""
+    """Return a single enum PV (no readback)."""
     return pvproperty(name=name, value=choices[value], dtype=ChannelType.ENUM,
                       enum_strings=choices, read_only=read_only, doc=doc or name)
 
 
 def subscription_backlog(max_length: int) -> int:
-    """The per-subscription backlog of a waveform of ``max_length`` elements.
+    """Return the per-subscription backlog of a waveform of ``max_length`` elements.
 
     caproto keeps up to 1000 queued updates per subscription and, for a long waveform (a
     1M-pixel ``ArrayData``), warns at start-up that this could take much memory and lowers
@@ -112,7 +113,7 @@ def subscription_backlog(max_length: int) -> int:
 
 def string_pv(name: str, value: str = "", read_only: bool = True, doc: str = "",
               max_length: int = STRING_LENGTH) -> pvproperty:
-    """A single char-waveform string PV."""
+    """Return a single char-waveform string PV."""
     return pvproperty(name=name, value=value, max_length=max_length, read_only=read_only,
                       dtype=ChannelType.CHAR if read_only else LongString, doc=doc or name,
                       max_subscription_backlog=subscription_backlog(max_length))
@@ -126,7 +127,7 @@ def choice_index(value: Any, choices: tuple[str, ...]) -> int:
 
 
 def is_on(value: Any) -> bool:
-    """True for a two-state enum in its second state (``"Yes"``, ``"Enable"``, 1, ...)."""
+    """Return True for a two-state enum in its second state (``"Yes"``, ``"Enable"``, 1, ...)."""
     if isinstance(value, str):
         return value not in ("", "No", "Disable", "Done", "Off", "Closed", "Unarmed", "0")
     return bool(value)

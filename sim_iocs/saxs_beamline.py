@@ -72,7 +72,10 @@ _GLOBAL_FAULTS = ("beam_dump", "hot_pixels", "beam_center_drift")
 
 def make_instrument(detector: str = SIM_DEFAULTS.detector,
                     distance_m: float | None = None) -> Instrument:
-    """The simulated instrument for ``detector`` (Pilatus300k or Pilatus1M), 1 A, 1e12 ph/s."""
+    """Return the simulated instrument for ``detector``.
+
+    The detector is a Pilatus300k or Pilatus1M; 1 A (wavelength), 1e12 ph/s.
+    """
     if detector not in DETECTORS:
         raise ValueError(f"unsupported detector {detector!r}; choose from "
                          f"{', '.join(DETECTORS)}")
@@ -137,8 +140,11 @@ class SimGroup(PVGroup):
 
 
 class SAXSBeamlineBase(PVGroup):
-    """The beamline and its simulation; the class with its sub-groups comes from
-    :func:`make_ioc_class` (frame size and tray set the waveform length and motor limits)."""
+    """The beamline and its simulation.
+
+    The class with its sub-groups comes from :func:`make_ioc_class` (frame size and tray
+    set the waveform length and motor limits).
+    """
 
     detector: PilatusBase
     changer: MotorRecord
@@ -169,7 +175,7 @@ class SAXSBeamlineBase(PVGroup):
             ("Transmission", f"{p}mon:Transmission", "measured transmission")]))
 
     def lookup(self, name: str) -> Any:
-        """The channel of a PV of this IOC (``NAME`` or ``RECORD.FIELD``), or None."""
+        """Return the channel of a PV of this IOC (``NAME`` or ``RECORD.FIELD``), or None."""
         channel = self.pvdb.get(name)
         if channel is None and "." in name:
             record, fld = name.rsplit(".", 1)
@@ -250,7 +256,7 @@ class SAXSBeamlineBase(PVGroup):
 
 def make_ioc_class(shape: tuple[int, int], model: str, data_root: Path,
                    n_slots: int) -> type[SAXSBeamlineBase]:
-    """The IOC class for frames of ``shape`` and a tray whose last slot is ``n_slots``."""
+    """Return the IOC class for frames of ``shape`` and a tray whose last slot is ``n_slots``."""
 
     class SAXSBeamlineIOC(SAXSBeamlineBase):
         """Simulated SAXS beamline."""
@@ -308,8 +314,11 @@ def _parser() -> argparse.ArgumentParser:
 
 
 class _QuietCaproto(logging.Filter):
-    """Drop caproto's per-client connect lines and beacon-send errors (on loopback nobody
-    listens on the beacon port); keep the rest (``Listening on ...``, write errors)."""
+    """Drop caproto's per-client connect lines and beacon-send errors.
+
+    On loopback nobody listens on the beacon port; keep the rest (``Listening on ...``,
+    write errors).
+    """
 
     NOISE = ("beacon", "Connected to new client", "Disconnected from client")
 

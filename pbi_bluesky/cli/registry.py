@@ -122,9 +122,11 @@ def promote(
     npt: Annotated[int | None, typer.Option(help="q bins of that reduction.")] = None,
     note: Annotated[str, typer.Option(help="Why (kept in the registry's log).")] = "",
 ) -> None:
-    """Make a bundle the beamline's current model; running scorers take it at their next
-    run start. Refused (the current model stays) if it does not load, cannot flag, or its q
-    grid is not inside the beamline's q range."""
+    """Make a bundle the beamline's current model.
+
+    Running scorers take it at their next run start. Refused (the current model stays)
+    if it does not load, cannot flag, or its q grid is not inside the beamline's q range.
+    """
     from pbi_bluesky.models.registry import RegistryError, beamline_q_range
 
     reg, cfg = _registry(registry, config)

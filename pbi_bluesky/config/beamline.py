@@ -297,10 +297,12 @@ class BusConfig(StrictModel):
 
 
 class FeedConfig(StrictModel):
-    """The verdict feed: the session publishes every analysis run's verdict to a Redis
-    stream (usually on the Redis the queue server already runs) and ``pbi queue agent``
-    follows it (:mod:`pbi_bluesky.live.feed`); with ``url`` null there is no feed and the
-    agent polls Tiled.
+    """The verdict feed.
+
+    The session publishes every analysis run's verdict to a Redis stream (usually on the
+    Redis the queue server already runs) and ``pbi queue agent`` follows it
+    (:mod:`pbi_bluesky.live.feed`); with ``url`` null there is no feed and the agent polls
+    Tiled.
 
     Parameters
     ----------

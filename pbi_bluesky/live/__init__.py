@@ -1,7 +1,10 @@
-"""Live anomaly detection inside Bluesky: the scoring callback (:class:`LiveScorer`), its
+"""Live anomaly detection inside Bluesky.
+
+The scoring callback (:class:`LiveScorer`), its
 inbox, attribution thread, verdict channel and verdict feed (Redis stream), the live plot
 and the remote (0MQ) scorer. The per-frame engine it runs is :mod:`pbi_bluesky.scoring`,
-shared with the bus workers."""
+shared with the bus workers.
+"""
 
 from pbi_bluesky.live.callback import LiveScorer
 from pbi_bluesky.live.channel import VerdictChannel

@@ -176,6 +176,7 @@ class LiveScorer(DocumentRouter):
 
     @property
     def model_info(self) -> dict[str, Any]:
+        """The serving model's identity (from the scoring core)."""
         return self.core.model_info
 
     @property
@@ -185,6 +186,7 @@ class LiveScorer(DocumentRouter):
 
     @property
     def npt(self) -> int:
+        """The number of q bins of the reduction (from the scoring core)."""
         return self.core.npt
 
     @property
@@ -204,12 +206,15 @@ class LiveScorer(DocumentRouter):
     @classmethod
     def from_settings(cls, settings: Any, *, mode: str | None = None,
                       **overrides: Any) -> LiveScorer:
-        """A scorer configured from a beamline's settings (a
-        :class:`~pbi_bluesky.config.BeamlineConfig` or the path of a ``beamline.yaml``):
-        what :meth:`FrameScorer.from_settings` takes (keys, geometry, mask, dark, flat,
-        polarisation, data roots, model, q bins) plus the ``scorer`` section's queue and
-        batch. ``mode`` (``"ophyd"`` or ``"async"``; default the settings' ``device_api``)
-        selects the image key the devices of that mode produce; ``overrides`` win."""
+        """Return a scorer configured from a beamline's settings.
+
+        ``settings`` is a :class:`~pbi_bluesky.config.BeamlineConfig` or the path of a
+        ``beamline.yaml``. The scorer gets what :meth:`FrameScorer.from_settings` takes
+        (keys, geometry, mask, dark, flat, polarisation, data roots, model, q bins) plus
+        the ``scorer`` section's queue and batch. ``mode`` (``"ophyd"`` or ``"async"``;
+        default the settings' ``device_api``) selects the image key the devices of that mode
+        produce; ``overrides`` win.
+        """
         cfg = settings if isinstance(settings, BeamlineConfig) else load_config(settings)
         kwargs = FrameScorer.settings_kwargs(cfg, mode=mode)
         kwargs.update(queue_size=cfg.scorer.queue_size, overflow=cfg.scorer.overflow,
@@ -220,11 +225,12 @@ class LiveScorer(DocumentRouter):
     @classmethod
     def from_config(cls, config: Any, *, mode: str | None = None,
                     **overrides: Any) -> LiveScorer:
-        """The same as :meth:`from_settings` (its former name)."""
+        """Return the same as :meth:`from_settings` (its former name)."""
         return cls.from_settings(config, mode=mode, **overrides)
 
     # -- RunEngine thread: never raise, never wait longer than put_timeout --------------
     def __call__(self, name: str, doc: dict, validate: bool = False) -> None:
+        """Queue a document for the worker thread; never raises into the RunEngine."""
         try:
             self._inbox.put(name, doc)
         except Exception:  # noqa: BLE001 - the scan must never die because of us
@@ -237,8 +243,10 @@ class LiveScorer(DocumentRouter):
 
     # -- worker thread ----------------------------------------------------------------
     def flush(self, timeout: float = 60.0) -> bool:
-        """Wait until every queued document is processed and every attribution is
-        emitted; False on timeout."""
+        """Wait until every queued document is processed and every attribution is emitted.
+
+        Return False on timeout.
+        """
         deadline = time.monotonic() + timeout
         if not self._inbox.join(timeout):
             return False
@@ -281,6 +289,7 @@ class LiveScorer(DocumentRouter):
 
     # -- documents (worker thread) --------------------------------------------------------
     def start(self, doc):
+        """Open a run (taking a newly promoted model, at this run boundary only)."""
         core = self.core.at_run_start()  # a newly promoted model, at a run boundary only
         if core is not self.core:
             self.core = core
@@ -289,6 +298,7 @@ class LiveScorer(DocumentRouter):
                                       core=core)
 
     def descriptor(self, doc):
+        """Set up the frame joining of a stream of a known run."""
         run = self._runs.get(doc.get("run_start", ""))
         if run is None:
             return
@@ -303,16 +313,19 @@ class LiveScorer(DocumentRouter):
             self.emitter.emit_run_start(run.analysis)
 
     def resource(self, doc):
+        """Register a resource with its run's assets (every open run's if unnamed)."""
         run = self._runs.get(doc.get("run_start", ""))
         for r in ([run] if run else self._runs.values()):
             r.assets.add_resource(doc)
 
     def datum(self, doc):
+        """Register a datum with the runs that hold its resource."""
         for run in self._runs.values():
             if doc["resource"] in run.assets.resources:
                 run.assets.add_datum(doc)
 
     def stream_resource(self, doc):
+        """Register a stream resource and the data key it fills."""
         run = self._runs.get(doc.get("run_start", ""))
         for r in ([run] if run else self._runs.values()):
             r.assets.add_stream_resource(doc)
@@ -326,6 +339,7 @@ class LiveScorer(DocumentRouter):
         return run, run.joiners[descriptor_uid]
 
     def event(self, doc):
+        """Join an event's data into its frame; queue the frame once complete."""
         found = self._joiner(doc["descriptor"])
         if found is None:
             return
@@ -339,6 +353,7 @@ class LiveScorer(DocumentRouter):
             self._batch.append(_Item(run, done, joiner))
 
     def stream_datum(self, doc):
+        """Join a stream datum's frames; queue each frame once complete."""
         found = self._joiner(doc["descriptor"])
         if found is None:
             return
@@ -364,6 +379,7 @@ class LiveScorer(DocumentRouter):
                 joiner.mark_shed(int(seq))
 
     def stop(self, doc):
+        """Close a run: record frames that never completed, then finish its analysis."""
         run = self._runs.pop(doc.get("run_start", ""), None)
         if run is None:
             self.channel.finish(doc.get("run_start", ""))

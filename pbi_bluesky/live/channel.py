@@ -22,6 +22,7 @@ class VerdictChannel:
         """Per raw run: the analysis summary (frames, scored, failed, flagged, verdict)."""
 
     def put(self, result: FrameResult) -> None:
+        """Record one frame's result and wake the waiters."""
         with self._cond:
             self._results.setdefault(result.raw_uid, []).append(result)
             self._cond.notify_all()
@@ -33,6 +34,7 @@ class VerdictChannel:
             self._cond.notify_all()
 
     def results(self, raw_uid: str) -> list[FrameResult]:
+        """Return a copy of the results recorded so far for ``raw_uid``."""
         with self._cond:
             return list(self._results.get(raw_uid, []))
 

@@ -44,8 +44,10 @@ reads)."""
 
 def connect_feed(url: str, *, password: str | None = None, socket_timeout: float = 2.0,
                  connect_timeout: float = 1.0) -> Any:
-    """A Redis client (text replies) with bounded timeouts: a server that is down is an
-    error within ``connect_timeout`` seconds, never a hang."""
+    """Return a Redis client (text replies) with bounded timeouts.
+
+    A server that is down is an error within ``connect_timeout`` seconds, never a hang.
+    """
     import redis
 
     return redis.Redis.from_url(url, password=password, socket_timeout=socket_timeout,
@@ -67,8 +69,9 @@ class FeedStats:
 
 
 class VerdictFeed:
-    """Sink of the live scorer that publishes each analysis run's verdict (see the module
-    docstring).
+    """Sink of the live scorer that publishes each analysis run's verdict.
+
+    See the module docstring.
 
     Parameters
     ----------
@@ -103,7 +106,7 @@ class VerdictFeed:
 
     @classmethod
     def from_settings(cls, settings: Any) -> VerdictFeed | None:
-        """The feed of a beamline's ``feed`` section (``None`` when it names no URL)."""
+        """Return the feed of a beamline's ``feed`` section (``None`` when it names no URL)."""
         feed = getattr(settings, "feed", settings)
         if not feed.url:
             return None
@@ -114,6 +117,7 @@ class VerdictFeed:
 
     # -- sink (the scorer's threads) -------------------------------------------------------
     def __call__(self, name: str, doc: dict) -> None:
+        """Queue the verdict of an analysis run at its stop document (never blocks)."""
         if name == "start" and doc.get("pbi_analysis"):
             self._starts[doc["uid"]] = {k: doc[k] for k in FEED_START_KEYS if k in doc}
             while len(self._starts) > 1000:  # runs whose stop never came
@@ -134,7 +138,7 @@ class VerdictFeed:
     @staticmethod
     def entry(start: dict[str, Any], summary: dict[str, Any], stop_time: float | None
               ) -> dict[str, str]:
-        """The stream entry of one analysis run (all values strings)."""
+        """Return the stream entry of one analysis run (all values strings)."""
         score = summary.get("max_score")
         return {
             "raw_uid": str(start.get("raw_uid") or ""),
@@ -216,6 +220,7 @@ class FeedEntry:
 
     @property
     def stop_time(self) -> float | None:
+        """Return the run's stop time (epoch seconds), or ``None`` if absent or unparsable."""
         try:
             return float(self.fields["stop_time"])
         except (KeyError, ValueError):
@@ -240,15 +245,18 @@ class FeedReader:
         self._client: Any = None
 
     def client(self) -> Any:
+        """Return the Redis client, connecting on first use (and after a failure)."""
         if self._client is None:
             self._client = connect_feed(self.url, password=self._password,
                                         socket_timeout=10.0)
         return self._client
 
     def read(self, block_s: float, count: int = 500) -> list[FeedEntry]:
-        """Entries after the last id seen, waiting up to ``block_s`` for the first one.
+        """Return the entries after the last id seen, waiting up to ``block_s`` for the first.
+
         Raises the client's error when Redis cannot be reached (the next call reconnects
-        and resumes from the same id)."""
+        and resumes from the same id).
+        """
         try:
             client = self.client()
             if self.last_id == "$":  # pin the position, so nothing is missed between reads
@@ -275,6 +283,7 @@ class FeedReader:
         return out
 
     def close(self) -> None:
+        """Close the Redis client, if any (the next read reconnects)."""
         if self._client is not None:
             try:
                 self._client.close()

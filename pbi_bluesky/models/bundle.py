@@ -334,7 +334,7 @@ def ensure_can_flag(detector: AnomalyDetector) -> AnomalyDetector:
 
 
 def load_default_model(*, for_scoring: bool = True) -> AnomalyDetector:
-    """The shipped default bundle (trained on simulated PS/PMMA, see ``make model``)."""
+    """Load the shipped default bundle (trained on simulated PS/PMMA, see ``make model``)."""
     if not (DEFAULT_MODEL_DIR / "model.json").is_file():
         raise BundleError(f"the default model is missing from {DEFAULT_MODEL_DIR}; "
                           "run `make model` to build it")
@@ -351,8 +351,11 @@ def training_data_hash(intensity: np.ndarray, sigma: np.ndarray, recipes: list[s
 
 
 def set_bundle_precision(model_dir: str, precision: str, scheme: str = "static") -> dict:
-    """Select ``precision`` for an existing bundle: writes the ``"inference"`` section of its
-    ``model.json`` (atomically); the weights file is not touched. Returns the section."""
+    """Select ``precision`` for an existing bundle.
+
+    Writes the ``"inference"`` section of its ``model.json`` (atomically); the weights file
+    is not touched. Returns the section.
+    """
     import os
     import tempfile
 

@@ -61,8 +61,11 @@ class Version:
 
 def beamline_q_range(poni: str | Path, *, npt: int = 400, mask: Any = None
                      ) -> tuple[float, float]:
-    """The q range (1/A) a beamline's reduction measures: the first and last q bin with
-    unmasked pixels, for its geometry (PONI path or text), mask and bins."""
+    """Return the q range (1/A) a beamline's reduction measures.
+
+    That is the first and last q bin with unmasked pixels, for its geometry (PONI path or
+    text), mask and bins.
+    """
     import numpy as np
 
     from pbi_bluesky.reduction import Reducer, load_geometry_text
@@ -151,7 +154,7 @@ class ModelRegistry:
         return [self._version(doc, int(r["version"])) for r in doc["versions"]]
 
     def current(self) -> Version | None:
-        """The current version (``None``: nothing promoted, the shipped model serves)."""
+        """Return the current version (``None``: nothing promoted, the shipped model serves)."""
         doc = self._read()
         return None if doc.get("current") is None else self._version(doc, doc["current"])
 
@@ -164,8 +167,10 @@ class ModelRegistry:
         return list(self._read().get("log", []))
 
     def load(self, version: Version | None = None) -> AnomalyDetector:
-        """Load a version (default: the current one) for scoring, checked: its model.json
-        must still have the sha256 registered; ``model_info`` then names the version."""
+        """Load a version (default: the current one) for scoring, checked.
+
+        Its model.json must still have the sha256 registered; ``model_info`` then names the version.
+        """
         version = version or self.current()
         if version is None:
             raise RegistryError(f"{self.root}: no model promoted yet")
@@ -181,9 +186,11 @@ class ModelRegistry:
     # -- changing ---------------------------------------------------------------------------
     def check(self, bundle: str | Path, q_range: tuple[float, float] | None = None
               ) -> AnomalyDetector:
-        """The bundle loaded, if it may become current; else :class:`RegistryError`:
-        it fails to load (hashes, signature, format), cannot flag, or its q grid is not
-        inside ``q_range`` (the beamline's measured range)."""
+        """Return the bundle loaded, if it may become current.
+
+        Else raise :class:`RegistryError`: it fails to load (hashes, signature, format),
+        cannot flag, or its q grid is not inside ``q_range`` (the beamline's measured range).
+        """
         try:
             model = load_bundle(bundle, for_scoring=False)
         except BundleError as exc:
@@ -265,8 +272,11 @@ class ModelRegistry:
         return self._version(doc, number)
 
     def rollback(self) -> Version | None:
-        """Return to the model current before the last promotion (``None``: back to the
-        shipped model). Raises :class:`RegistryError` when nothing was promoted."""
+        """Return to the model current before the last promotion.
+
+        Returns its version (``None``: back to the shipped model). Raises
+        :class:`RegistryError` when nothing was promoted.
+        """
         with self._locked() as doc:
             if not doc["stack"]:
                 raise RegistryError(f"{self.root}: nothing to roll back (no promotion)")

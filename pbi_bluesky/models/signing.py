@@ -26,7 +26,7 @@ class SignatureError(ValueError):
 
 
 def model_key(explicit: str | bytes | None = None) -> bytes | None:
-    """The signing key: ``explicit``, else ``$PBI_MODEL_KEY``, else ``None`` (no signing)."""
+    """Return the signing key: ``explicit``, else ``$PBI_MODEL_KEY``, else ``None`` (no signing)."""
     key = explicit if explicit is not None else os.environ.get(ENV_KEY)
     if not key:
         return None

@@ -184,8 +184,11 @@ def refuse_escapes(fh: h5py.File, dataset: str, node: h5py.Dataset | None = None
 
 
 def hdf5_dataset(fh: h5py.File, dataset: str = DEFAULT_HDF5_DATASET) -> h5py.Dataset:
-    """Dataset ``dataset`` of an open file (refreshed first in SWMR mode); external links,
-    virtual datasets and external storage are refused (:func:`refuse_escapes`)."""
+    """Return dataset ``dataset`` of an open file (refreshed first in SWMR mode).
+
+    External links, virtual datasets and external storage are refused
+    (:func:`refuse_escapes`).
+    """
     refuse_escapes(fh, dataset)  # links first: a dangling external link is "not in" fh
     if dataset not in fh:
         raise ReductionError(f"HDF5 file {fh.filename} has no dataset {dataset}")

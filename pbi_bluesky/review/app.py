@@ -49,8 +49,10 @@ def _bundle_arrays(path: str, mtime: float) -> tuple[list[str], dict[str, np.nda
 
 
 def normal_band(model_path: str | None, recipe: str | None) -> dict[str, np.ndarray] | None:
-    """The recipe's reference curve and batch scatter from the model bundle that scored
-    the run (what its normals spread over), or None where the bundle is not readable.
+    """Return the recipe's reference curve and batch scatter.
+
+    They come from the model bundle that scored the run (what its normals spread over);
+    None where the bundle is not readable.
 
     Parameters
     ----------
@@ -104,7 +106,7 @@ class ReviewData:
         _ = self.runs
 
     def index(self, filters: dict[str, str]) -> list[dict[str, Any]]:
-        """Flagged runs newest first, filtered (keys of :data:`FILTERS`)."""
+        """Return the flagged runs newest first, filtered (keys of :data:`FILTERS`)."""
         from pbi_bluesky.store import flagged_runs
 
         rows = flagged_runs(self.runs, composition=filters.get("recipe") or None,
@@ -129,7 +131,7 @@ class ReviewData:
         return sorted(out, key=lambda r: -(r["time"] or 0))
 
     def run(self, raw_uid: str) -> dict[str, Any] | None:
-        """A raw run's analysis: start, stop, frame table, curves and attributions."""
+        """Return a raw run's analysis: start, stop, frame table, curves and attributions."""
         from tiled.queries import Key
 
         from pbi_bluesky.store.labels import labels_of
@@ -349,7 +351,7 @@ def _run_html(raw_uid: str, run: dict[str, Any], tiled: str | None, message: str
 
 
 def build_app(data: ReviewData) -> Any:
-    """The Starlette application over ``data``.
+    """Build the Starlette application over ``data``.
 
     Parameters
     ----------

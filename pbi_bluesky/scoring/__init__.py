@@ -1,5 +1,7 @@
-"""The frame-scoring engine shared by every scorer: the live callback (:mod:`pbi_bluesky.live`),
-the bus workers (:mod:`pbi_bluesky.bus`) and re-scoring (:mod:`pbi_bluesky.rescore`).
+"""The frame-scoring engine shared by every scorer.
+
+The scorers are the live callback (:mod:`pbi_bluesky.live`), the bus workers
+(:mod:`pbi_bluesky.bus`) and re-scoring (:mod:`pbi_bluesky.rescore`).
 
 * :mod:`~pbi_bluesky.scoring.streams`: which keys of a stream are the image, I0 and
   transmission, and how a frame's parts are joined;

@@ -171,14 +171,16 @@ class AnalysisRun:
             validate=False)
 
     def explained(self, result: FrameResult, status: str, features: dict[str, Any]) -> dict:
-        """Count one attribution outcome (from :func:`explain_frame`) and compose its
-        event."""
+        """Count one attribution outcome and compose its event.
+
+        The outcome comes from :func:`explain_frame`.
+        """
         self.counts["explained" if status == "explained" else "attribution_skipped"] += 1
         return self.explanation(result, status, features)
 
     def stop_doc(self, received: int, raw_stop: dict[str, Any], dropped_control: int,
                  extra: dict[str, Any] | None = None) -> dict:
-        """The stop document with the frame ledger (``extra``: more summary entries)."""
+        """Return the stop document with the frame ledger (``extra``: more summary entries)."""
         c = self.counts
         accounted = c["scored"] + c["failed"] + c["shed"]
         verdict = ("anomalous" if c["flagged"] else

@@ -25,7 +25,7 @@ __all__ = ["run_frames"]
 
 def run_frames(core: Any, raw: Any, raw_uid: str, chunk: int,
                background: Any) -> Iterator[list[FrameInput]]:
-    """The raw run's frames as FrameInputs, ``chunk`` at a time, read from Tiled.
+    """Yield the raw run's frames as FrameInputs, ``chunk`` at a time, read from Tiled.
 
     Parameters
     ----------

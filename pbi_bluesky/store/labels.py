@@ -55,8 +55,11 @@ def labels_of(runs: Any) -> dict[str, dict[str, Any]]:
 
 
 def _flagged_analysis(runs: Any, raw_uid: str) -> tuple[str, dict[str, Any], dict[str, Any]]:
-    """The uid, start and stop documents of the live analysis of ``raw_uid`` that flagged
-    it (the newest if several); :class:`LabelError` when there is none."""
+    """Return the uid, start and stop documents of the analysis that flagged ``raw_uid``.
+
+    That is the live analysis of ``raw_uid`` that flagged it (the newest if several);
+    :class:`LabelError` when there is none.
+    """
     from tiled.queries import Key
 
     results = runs.search(Key("start.pbi_analysis") == True)  # noqa: E712 - a Tiled query

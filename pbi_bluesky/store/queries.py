@@ -15,7 +15,7 @@ DECISIONS = ("confirmed", "transient", "no verdict", "skipped", "failed")
 
 
 def to_epoch(since: datetime | float | str | None) -> float | None:
-    """A time given as a datetime, an ISO string or epoch seconds, in epoch seconds."""
+    """Return a time given as a datetime, an ISO string or epoch seconds, in epoch seconds."""
     if since is None:
         return None
     if isinstance(since, datetime):
@@ -144,7 +144,7 @@ def decisions_of(runs: Any) -> dict[str, dict[str, Any]]:
 
 
 def analysis_of(runs: Any, raw_uid: str) -> Any | None:
-    """The analysis run of a raw run, if there is one."""
+    """Return the analysis run of a raw run, if there is one."""
     from tiled.queries import Key
 
     results = runs.search(Key("start.pbi_analysis") == True)  # noqa: E712 - a Tiled query
@@ -158,8 +158,10 @@ RECORD_PURPOSES = ("pbi_decision", "pbi_request", "pbi_agent_request")
 
 
 def parse_query(item: str) -> tuple[str, Any]:
-    """``KEY=VALUE`` as (key, value); the value is read as JSON where it parses (numbers,
-    booleans), else kept as text."""
+    """Parse ``KEY=VALUE`` as (key, value).
+
+    The value is read as JSON where it parses (numbers, booleans), else kept as text.
+    """
     if "=" not in item:
         raise ValueError(f"query {item!r}: expected KEY=VALUE")
     key, value = item.split("=", 1)
@@ -171,8 +173,11 @@ def parse_query(item: str) -> tuple[str, Any]:
 
 def select_runs(runs: Any, *, since: Any = None, until: Any = None,
                 query: list[str] | tuple[str, ...] = ()) -> list[tuple[str, dict]]:
-    """Raw runs (not analyses, not decision/request records) matching the selection,
-    oldest first, as (uid, start document)."""
+    """Return the raw runs matching the selection, oldest first.
+
+    Analyses and decision/request records are left out; each run comes as (uid, start
+    document).
+    """
     from tiled.queries import Comparison, Key
 
     results = runs
@@ -194,8 +199,11 @@ def select_runs(runs: Any, *, since: Any = None, until: Any = None,
 
 
 def cells_before(runs: Any, selected: list[tuple[str, dict]]) -> dict[str, str]:
-    """For each selected sample run, the latest empty-cell run started before it (the
-    background the live scorer would have subtracted), searched in the whole catalog."""
+    """Return, for each selected sample run, the latest empty-cell run started before it.
+
+    That is the background the live scorer would have subtracted, searched in the whole
+    catalog.
+    """
     from tiled.queries import Key
 
     cells = sorted((node.metadata["start"].get("time") or 0.0, uid) for uid, node in

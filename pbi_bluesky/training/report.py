@@ -1,5 +1,6 @@
-"""The training report written into a bundle by ``pbi model train``: what a person checks
-before promoting a model.
+"""The training report written into a bundle by ``pbi model train``.
+
+It is what a person checks before promoting a model.
 
 ``report.html`` (self-contained but for its PNG figures beside it) and ``report.json`` (the
 same numbers):

@@ -75,7 +75,7 @@ class TiledNormals:
         return [r["uid"] for r in self.used]
 
     def summary(self) -> dict[str, Any]:
-        """Counts and reasons, for the command line and ``model.json``."""
+        """Return the counts and reasons, for the command line and ``model.json``."""
         return {"selected": len(self.used) + len(self.refused) + len(self.cells),
                 "used": len(self.used), "refused": len(self.refused),
                 "empty_cells": len(self.cells), "frames": len(self.profiles),
@@ -91,7 +91,7 @@ class _Backgrounds:
         self._done: dict[str, Profile | str] = {}
 
     def get(self, cell_uid: str) -> Profile | str:
-        """The cell's profile, or the reason it cannot serve as a background."""
+        """Return the cell's profile, or the reason it cannot serve as a background."""
         if cell_uid not in self._done:
             profile: Profile | str = f"empty-cell run {cell_uid} has no usable frame"
             try:
@@ -111,7 +111,7 @@ class _Backgrounds:
 
 def _run_profiles(scorer: FrameScorer, node: Any, uid: str, chunk: int, background: Profile,
                   grid: QGrid | None) -> tuple[list[Profile], str | None]:
-    """A run's reduced profiles, or the reason the run is refused."""
+    """Return a run's reduced profiles, or the reason the run is refused."""
     profiles: list[Profile] = []
     try:
         for batch in run_frames(scorer, node, uid, chunk, background):
