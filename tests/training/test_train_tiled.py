@@ -94,6 +94,9 @@ def test_train_from_tiled_refuses_broken_runs_and_records_the_selection(
     assert "no geometry" in result.output
     assert "runs: 7 selected, 4 used, 2 refused, 1 empty cells; 28 normal frames" \
         in result.output
+    # no beamline file, so no data roots: every frame through Tiled, and the summary says so
+    assert "frames read: 0 from their files under the data roots" in result.output
+    assert "no data roots configured" in result.output
     doc = json.loads((out / "model.json").read_text())
     assert doc["training_source"] == {"tiled": server.uri, "query": ["proposal=p18"],
                                       "since": None, "until": None}
