@@ -58,7 +58,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
 
     torch.set_num_threads(2)
     runs = Catalog(args.uri, api_key=args.api_key).runs
-    scorer = FrameScorer(reduce_only=True, mask=np.load(args.mask), dark=np.load(args.dark))
+    scorer = FrameScorer(reduce_only=True, mask=np.load(args.mask), dark=np.load(args.dark),
+                         data_roots=[args.data_root] if args.data_root else [])
     before = _rss_mb()
     t0 = time.perf_counter()
     normals = collect_normals(runs, scorer, query=(args.query,), chunk=args.chunk)
@@ -67,7 +68,8 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     out = {"frames": len(normals.profiles), "runs_used": len(normals.used),
            "runs_refused": len(normals.refused), "read_reduce_s": round(read_s, 2),
            "frames_per_s": round(len(normals.profiles) / read_s, 1),
-           "rss_before_read_mb": round(before, 1), "peak_rss_after_read_mb": round(peak, 1)}
+           "rss_before_read_mb": round(before, 1), "peak_rss_after_read_mb": round(peak, 1),
+           "reads": normals.reads.as_dict()}
     if not normals.profiles:
         raise SystemExit(f"every run refused, e.g. {normals.refused[:1]}")
     t0 = time.perf_counter()
@@ -151,6 +153,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    server.api_key, "--query", f"bench_size={size}", "--mask",
                    str(work / "mask.npy"), "--dark", str(work / "dark.npy"), "--epochs",
                    str(args.epochs), "--chunk", str(args.chunk)]
+            if not args.through_tiled:  # frames from their files under the data root
+                cmd += ["--data-root", str(work / "data")]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             if done.returncode != 0:
                 raise RuntimeError(f"size {size} failed:\n{done.stderr[-3000:]}")
@@ -170,7 +174,10 @@ def main() -> None:
                         help="distinct frames rendered per recipe (cycled by the datums)")
     parser.add_argument("--epochs", type=int, default=3)
     parser.add_argument("--chunk", type=int, default=16)
+    parser.add_argument("--through-tiled", action="store_true",
+                        help="no data root: every frame through Tiled's array endpoint")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
+    parser.add_argument("--data-root", help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)
     parser.add_argument("--api-key", help=argparse.SUPPRESS)
     parser.add_argument("--query", help=argparse.SUPPRESS)

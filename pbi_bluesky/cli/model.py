@@ -131,6 +131,11 @@ def train(
                    f"{summary['refused']} refused, {summary['empty_cells']} empty cells; "
                    f"{summary['frames']} normal frames "
                    + ", ".join(f"{k} {v}" for k, v in summary["per_recipe"].items()))
+        reads = summary["reads"]
+        typer.echo(f"frames read: {reads['from_files']} from their files under the data "
+                   f"roots, {reads['through_tiled']} through Tiled's array endpoint"
+                   + "".join(f"; {n} stream(s): {why}" for why, n in
+                             reads["why_tiled"].items()))
         if not normals.profiles:
             typer.echo("error: no usable normal frames in the selection", err=True)
             raise typer.Exit(2)

@@ -28,7 +28,7 @@ from typing import Any
 from pbi_bluesky.models import CoverageError, QGrid
 from pbi_bluesky.profile import Profile
 from pbi_bluesky.scoring.engine import FrameScorer
-from pbi_bluesky.scoring.tiled import run_frames
+from pbi_bluesky.scoring.tiled import FrameReads, run_frames
 from pbi_bluesky.store.queries import cells_before, select_runs
 
 __all__ = ["TiledNormals", "collect_normals", "score_selection", "selection_record"]
@@ -60,6 +60,9 @@ class TiledNormals:
         Uids of the empty-cell runs selected (backgrounds, not normals).
     selection
         The selection (:func:`selection_record`).
+    reads
+        Frames read from their files under the data roots and through Tiled's array
+        endpoint, with the reasons for the latter (:class:`~pbi_bluesky.scoring.tiled.FrameReads`).
     """
 
     profiles: list[Profile] = field(default_factory=list)
@@ -68,6 +71,7 @@ class TiledNormals:
     refused: list[dict[str, Any]] = field(default_factory=list)
     cells: list[str] = field(default_factory=list)
     selection: dict[str, Any] = field(default_factory=dict)
+    reads: FrameReads = field(default_factory=FrameReads)
 
     @property
     def run_uids(self) -> list[str]:
@@ -80,14 +84,15 @@ class TiledNormals:
                 "used": len(self.used), "refused": len(self.refused),
                 "empty_cells": len(self.cells), "frames": len(self.profiles),
                 "per_recipe": {r: self.recipes.count(r) for r in sorted(set(self.recipes))},
-                "refused_runs": list(self.refused)}
+                "refused_runs": list(self.refused), "reads": self.reads.as_dict()}
 
 
 class _Backgrounds:
     """Empty-cell profiles by cell-run uid, each reduced once (its last frame)."""
 
-    def __init__(self, runs: Any, scorer: FrameScorer, chunk: int) -> None:
-        self.runs, self.scorer, self.chunk = runs, scorer, chunk
+    def __init__(self, runs: Any, scorer: FrameScorer, chunk: int,
+                 reads: FrameReads | None = None) -> None:
+        self.runs, self.scorer, self.chunk, self.reads = runs, scorer, chunk, reads
         self._done: dict[str, Profile | str] = {}
 
     def get(self, cell_uid: str) -> Profile | str:
@@ -96,7 +101,7 @@ class _Backgrounds:
             profile: Profile | str = f"empty-cell run {cell_uid} has no usable frame"
             try:
                 for batch in run_frames(self.scorer, self.runs[cell_uid], cell_uid,
-                                        self.chunk, None):
+                                        self.chunk, None, self.reads):
                     for outcome in self.scorer.process(batch):
                         if outcome.result.status == "reference" and outcome.profile is not None:
                             profile = outcome.profile
@@ -110,11 +115,12 @@ class _Backgrounds:
 
 
 def _run_profiles(scorer: FrameScorer, node: Any, uid: str, chunk: int, background: Profile,
-                  grid: QGrid | None) -> tuple[list[Profile], str | None]:
+                  grid: QGrid | None, reads: FrameReads | None = None
+                  ) -> tuple[list[Profile], str | None]:
     """Return a run's reduced profiles, or the reason the run is refused."""
     profiles: list[Profile] = []
     try:
-        for batch in run_frames(scorer, node, uid, chunk, background):
+        for batch in run_frames(scorer, node, uid, chunk, background, reads):
             for outcome in scorer.process(batch):
                 result = outcome.result
                 if result.status != "reduced" or outcome.profile is None:
@@ -169,8 +175,8 @@ def collect_normals(runs: Any, scorer: FrameScorer, *, query: tuple[str, ...] | 
                          "reduced, not scored")
     selected = select_runs(runs, since=since, until=until, query=query)
     cells = cells_before(runs, selected)
-    backgrounds = _Backgrounds(runs, scorer, chunk)
     out = TiledNormals(selection=selection_record(uri, query, since, until))
+    backgrounds = _Backgrounds(runs, scorer, chunk, out.reads)
     for uid, start in selected:
         if start.get("sample_type") == "empty_cell":
             out.cells.append(uid)
@@ -187,7 +193,7 @@ def collect_normals(runs: Any, scorer: FrameScorer, *, query: tuple[str, ...] | 
                 reason = background
             else:
                 profiles, reason = _run_profiles(scorer, runs[uid], uid, chunk, background,
-                                                 grid)
+                                                 grid, out.reads)
         if reason is not None:
             out.refused.append({"uid": uid, "sample": sample, "reason": reason})
             logger.info("run %s (%s) refused: %s", uid[:8], sample, reason)

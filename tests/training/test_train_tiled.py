@@ -94,6 +94,9 @@ def test_train_from_tiled_refuses_broken_runs_and_records_the_selection(
     assert "no geometry" in result.output
     assert "runs: 7 selected, 4 used, 2 refused, 1 empty cells; 28 normal frames" \
         in result.output
+    # no beamline file, so no data roots: every frame through Tiled, and the summary says so
+    assert "frames read: 0 from their files under the data roots" in result.output
+    assert "no data roots configured" in result.output
     doc = json.loads((out / "model.json").read_text())
     assert doc["training_source"] == {"tiled": server.uri, "query": ["proposal=p18"],
                                       "since": None, "until": None}
@@ -148,3 +151,36 @@ def test_train_from_tiled_refuses_a_run_that_does_not_cover_the_grid(
     assert "does not cover the q grid 0.005..0.06" in result.output
     assert "no usable normal frames" in result.output
     assert not (out / "model.json").exists()
+
+
+def test_frames_by_reference_are_read_from_their_files_under_the_data_roots(
+        server, archive, bus_files, bus_instrument, frames_dir, tmp_path):
+    """Resource/Datum and StreamResource frames come from their HDF5 files (Tiled's data
+    source names them) when they lie under the data roots, giving the profiles Tiled's
+    array endpoint gives; inline frames and files outside the roots go through Tiled."""
+    from pbi_bluesky.scoring.engine import FrameScorer
+    from pbi_bluesky.training.tiled import collect_normals
+
+    runs, uids = archive
+    kwargs = {"mask": np.load(bus_files["mask"]), "dark": np.load(bus_files["dark"]),
+              "npt": bus_instrument.npt}
+    picked = {}
+    for name, roots in (("tiled", ()), ("files", (str(frames_dir),)),
+                        ("elsewhere", (str(tmp_path),))):
+        scorer = FrameScorer(reduce_only=True, data_roots=roots, **kwargs)
+        picked[name] = collect_normals(runs, scorer, query=("proposal=p18",), chunk=3)
+    via_tiled, via_files, elsewhere = picked["tiled"], picked["files"], picked["elsewhere"]
+    # 10 datum + 4 stream frames by reference; inline frames (incl. the cell and the two
+    # refused runs' first frames) always through Tiled
+    assert via_files.reads.from_files == 14
+    assert via_tiled.reads.from_files == 0 and elsewhere.reads.from_files == 0
+    assert via_tiled.reads.through_tiled == via_files.reads.through_tiled + 14
+    assert any(k.startswith("no data roots") for k in via_tiled.reads.why_tiled)
+    assert any(k.startswith("file not under a data root") for k in elsewhere.reads.why_tiled)
+    assert any(k.startswith("inline data") or "not HDF5" in k
+               for k in via_files.reads.why_tiled)
+    assert via_files.summary()["reads"]["from_files"] == 14
+    assert via_files.run_uids == via_tiled.run_uids
+    assert len(via_files.profiles) == len(via_tiled.profiles) == 28
+    for a, b in zip(via_files.profiles, via_tiled.profiles, strict=True):
+        np.testing.assert_allclose(a.intensity, b.intensity, rtol=1e-6, atol=0)
