@@ -52,8 +52,8 @@ def agent(
 ) -> None:
     """Follow the live verdicts and queue rescans of flagged samples.
 
-    Verdicts come from the feed on the queue server's Redis, else analysis runs in Tiled;
-    queue a rescan of each flagged sample as the policy allows (through
+    Verdicts come from the feed on the queue server's Redis, else analysis runs in Tiled.
+    Queue a rescan of each flagged sample as the policy allows (through
     bluesky-queueserver-api); record confirmed / transient decisions in Tiled.
 
     Restartable: what was already requested or decided is read back from Tiled and from

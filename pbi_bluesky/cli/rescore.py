@@ -38,9 +38,9 @@ def rescore(
 ) -> None:
     """Re-score raw runs from Tiled with MODEL on a Dask cluster.
 
-    New analysis runs linked to the raw runs and tagged with the model's sha256. Runs this model
-    has already
-    re-scored are skipped, so an interrupted re-scoring is resumed by running it again.
+    New analysis runs linked to the raw runs and tagged with the model's sha256. Runs this
+    model has already re-scored are skipped, so an interrupted re-scoring is resumed by
+    running it again.
     """
     require_extra("dask", "pbi catalog rescore")
     from distributed import Client, LocalCluster
