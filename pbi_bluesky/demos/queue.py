@@ -116,7 +116,7 @@ def _columns(table: Any) -> dict[str, np.ndarray]:
 def outcomes_from_catalog(runs: Any) -> tuple[list[SampleOutcome], list[dict[str, Any]]]:
     """Return one :class:`~pbi_bluesky.plans.SampleOutcome` per surveyed slot.
 
-    Each with its classification from the ``pbi_decision`` records), and the survey's analysis
+    Each with its classification from the ``pbi_decision`` records; and the survey's analysis
     events (to plot).
     """
     from pbi_bluesky.store.queries import decisions_of
