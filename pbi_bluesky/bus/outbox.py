@@ -47,7 +47,7 @@ class Outbox:
         self.torn = 0
 
     def __len__(self) -> int:
-        """Records not yet sent (reads the file)."""
+        """Return the number of records not yet sent (reads the file)."""
         return max(0, len(self._records()) - self._sent())
 
     @property
@@ -56,8 +56,10 @@ class Outbox:
         return self.path.exists() and self.path.stat().st_size > 0
 
     def append(self, records: list[dict[str, Any]]) -> None:
-        """Append records (each ``{"run", "name", "doc"}``) durably, in order: all of them
-        or none (on an error such as a full disk the file is cut back and it raises)."""
+        """Append records (each ``{"run", "name", "doc"}``) durably, in order.
+
+        All of them or none (on an error such as a full disk the file is cut back and it raises).
+        """
         if not records:
             return
         if self._fd is None:
@@ -82,8 +84,10 @@ class Outbox:
         self.appended += len(records)
 
     def _truncate_torn(self) -> None:
-        """Cut a torn last record off before appending (records after it would be
-        unreadable)."""
+        """Cut a torn last record off before appending.
+
+        Records after it would be unreadable.
+        """
         try:
             size = self.path.stat().st_size
         except FileNotFoundError:
@@ -133,9 +137,11 @@ class Outbox:
         os.replace(tmp, self.sent_path)
 
     def drain(self, send: Any, chunk: int = 500) -> int:
-        """Send every waiting record with ``send(list_of_records)`` (which raises if the
-        broker is unreachable), ``chunk`` at a time; returns how many were sent. On
-        success the outbox is empty (files removed); on failure what is left stays."""
+        """Send every waiting record with ``send(list_of_records)``, ``chunk`` at a time.
+
+        ``send`` raises if the broker is unreachable. Returns how many were sent. On
+        success the outbox is empty (files removed); on failure what is left stays.
+        """
         self.close()
         records = self._records()
         done = self._sent()

@@ -1,4 +1,4 @@
-"""``RE.subscribe(BusPublisher(...))``: bluesky documents onto the beamline's Redis stream.
+r"""``RE.subscribe(BusPublisher(...))``: bluesky documents onto the beamline's Redis stream.
 
 The RunEngine thread only appends ``(name, doc)`` to an in-memory queue (no I/O, no lock
 held for longer than an append, never an exception): the scan never waits for the broker.
@@ -10,7 +10,7 @@ A sender thread then, in document order,
   reaches the scorers and is accounted for as failed, with a reason that says to publish
   large frames by reference (Resource/Datum or StreamResource/StreamDatum pointing at HDF5
   on shared storage); :attr:`stats` ``["refused"]`` counts them;
-* encodes it (:mod:`pbi_bluesky.codec`, msgpack, never pickle) and ``XADD``\\ s it to
+* encodes it (:mod:`pbi_bluesky.codec`, msgpack, never pickle) and ``XADD``\ s it to
   ``{beamline}.bluesky.runengine.documents`` with fields ``run``, ``name``, ``doc``.
 
 While the broker is unreachable, documents go to the local :class:`~.outbox.Outbox` file
@@ -121,8 +121,10 @@ class BusPublisher:
         return self._down_since is None
 
     def flush(self, timeout: float = 30.0) -> bool:
-        """Wait until every queued document is on the broker; False on timeout (what is
-        not sent is in the outbox)."""
+        """Wait until every queued document is on the broker.
+
+        False on timeout (what is not sent is in the outbox).
+        """
         deadline = time.monotonic() + timeout
         with self._cond:
             self._cond.notify()

@@ -159,8 +159,9 @@ class BusWorker:
     def from_settings(cls, settings: Any, *, url: str | None = None, name: str | None = None,
                       role: str = "both", core: FrameScorer | None = None,
                       catalog: Any = None) -> BusWorker:
-        """A worker configured from a beamline's settings
-        (:class:`~pbi_bluesky.config.BeamlineConfig`): its frame scorer
+        """Return a worker configured from a beamline's settings.
+
+        The settings are a :class:`~pbi_bluesky.config.BeamlineConfig`; they give its frame scorer
         (:meth:`FrameScorer.from_settings`), the ``bus`` section (broker, reclaiming, lease,
         retention, Tiled batch), ``scorer.batch_size``, and the ``tiled`` section for the
         analysis runs (the embedded catalog under ``data_dir`` when ``tiled.uri`` is null).

@@ -50,8 +50,10 @@ def agent(
         help="Seconds a flagged run's raw run may be missing from Tiled before the flag "
              "is skipped (with that reason).")] = 120.0,
 ) -> None:
-    """Follow the live verdicts (the verdict feed on the queue server's Redis, else analysis
-    runs in Tiled); queue a rescan of each flagged sample as the policy allows (through
+    """Follow the live verdicts and queue rescans of flagged samples.
+
+    Verdicts come from the feed on the queue server's Redis, else analysis runs in Tiled.
+    Queue a rescan of each flagged sample as the policy allows (through
     bluesky-queueserver-api); record confirmed / transient decisions in Tiled.
 
     Restartable: what was already requested or decided is read back from Tiled and from

@@ -36,9 +36,12 @@ def rescore(
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON summary.")] = False,
 ) -> None:
-    """Re-score raw runs from Tiled with MODEL on a Dask cluster: new analysis runs linked
-    to the raw runs and tagged with the model's sha256. Runs this model has already
-    re-scored are skipped, so an interrupted re-scoring is resumed by running it again."""
+    """Re-score raw runs from Tiled with MODEL on a Dask cluster.
+
+    New analysis runs linked to the raw runs and tagged with the model's sha256. Runs this
+    model has already re-scored are skipped, so an interrupted re-scoring is resumed by
+    running it again.
+    """
     require_extra("dask", "pbi catalog rescore")
     from distributed import Client, LocalCluster
 

@@ -68,8 +68,11 @@ class QueueDemoReport(LiveDemoReport):
 
 
 def write_dark(instrument: Any, exposure_s: float, path: str | Path) -> Path:
-    """The expected dark frame of an exposure as an EDF file (what ``geometry.dark`` of a
-    beamline.yaml names); the in-session demo passes the same frame to its scorer."""
+    """Write the expected dark frame of an exposure as an EDF file; return its path.
+
+    The file is what ``geometry.dark`` of a beamline.yaml names; the in-session demo passes the
+    same frame to its scorer.
+    """
     from fabio.edfimage import EdfImage
 
     from pbi_bluesky.simulate import expected_dark
@@ -111,8 +114,11 @@ def _columns(table: Any) -> dict[str, np.ndarray]:
 
 
 def outcomes_from_catalog(runs: Any) -> tuple[list[SampleOutcome], list[dict[str, Any]]]:
-    """One :class:`~pbi_bluesky.plans.SampleOutcome` per surveyed slot (classification
-    from the ``pbi_decision`` records), and the survey's analysis events (to plot)."""
+    """Return one :class:`~pbi_bluesky.plans.SampleOutcome` per surveyed slot.
+
+    Each with its classification from the ``pbi_decision`` records; and the survey's analysis
+    events (to plot).
+    """
     from pbi_bluesky.store.queries import decisions_of
 
     decided = decisions_of(runs)
@@ -149,12 +155,15 @@ def _frame_time(runs: Any, raw_uid: str) -> float:
 
 
 def rescan_latencies(runs: Any) -> dict[str, Any]:
-    """Flagged frame -> start of its first rescan run, for every flagged survey
-    measurement that was rescanned (the same for the in-plan survey_and_rescan and the
+    """Return the latency from each flagged frame to the start of its first rescan run.
+
+    For every flagged survey measurement that was rescanned (the same for the in-plan
+    survey_and_rescan and the
     agent: both record ``rescan_of`` in the rescan's start document). Also, per sample:
     ``analysis_done_s`` (the analysis run's stop document, composed by the scorer) and, for
     the agent, ``requested_s`` (its request record, written right after the item was
-    added: when the agent had seen the verdict in Tiled)."""
+    added: when the agent had seen the verdict in Tiled).
+    """
     from tiled.queries import Key
 
     per_sample = []
@@ -288,8 +297,10 @@ def run_queue_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 
 
 
 def tiled_request_metrics(uri: str, api_key: str | None) -> dict[tuple[str, str], list[float]]:
-    """The Tiled server's own request counters (its Prometheus ``/metrics``):
-    (method, endpoint) -> [requests, seconds spent in the server]."""
+    """Return the Tiled server's own request counters (its Prometheus ``/metrics``).
+
+    (method, endpoint) -> [requests, seconds spent in the server].
+    """
     import httpx
     from prometheus_client.parser import text_string_to_metric_families
 
@@ -311,9 +322,11 @@ def tiled_request_metrics(uri: str, api_key: str | None) -> dict[tuple[str, str]
 def tiled_request_stats(before: dict[tuple[str, str], list[float]],
                         after: dict[tuple[str, str], list[float]], runs: int
                         ) -> dict[str, Any]:
-    """What the server did between two :func:`tiled_request_metrics` snapshots: write
-    requests (every method but GET) and reads, per run written (``runs``) and in ms each
-    (time inside the server), and per method and endpoint."""
+    """Return what the server did between two :func:`tiled_request_metrics` snapshots.
+
+    Write requests (every method but GET) and reads, per run written (``runs``) and in ms each
+    (time inside the server), and per method and endpoint.
+    """
     by: dict[str, dict[str, float]] = {}
     totals = {"write": [0.0, 0.0], "read": [0.0, 0.0]}
     for key, (count, seconds) in after.items():
@@ -372,7 +385,7 @@ def _queue_tray(stack: QueueStack, exposure_s: float) -> None:
 
 
 def format_queue_report(report: QueueDemoReport) -> str:
-    """The same table as ``pbi demo``, then what went through the queue."""
+    """Return the same table as ``pbi demo``, then what went through the queue."""
     lines = [format_report(report), "",
              f"through the queue server: {report.rescans_queued} rescan(s) queued by the "
              f"agent; items run: {report.queue_items}"]

@@ -89,7 +89,7 @@ class Outcome:
 
 
 def load_model(model: AnomalyDetector | str | Path | None) -> AnomalyDetector:
-    """The model, refused (:class:`~pbi_bluesky.models.BundleError`) if it can never flag."""
+    """Return the model, refused (:class:`~pbi_bluesky.models.BundleError`) if it can never flag."""
     if isinstance(model, AnomalyDetector):
         return ensure_can_flag(model)
     return load_bundle(model) if model is not None else load_default_model()
@@ -97,11 +97,14 @@ def load_model(model: AnomalyDetector | str | Path | None) -> AnomalyDetector:
 
 def settings_kwargs(settings: BeamlineConfig | str | Path, *, mode: str | None = None
                     ) -> dict[str, Any]:
-    """:class:`FrameScorer` keyword arguments from a beamline's settings (a
-    :class:`~pbi_bluesky.config.BeamlineConfig` or the path of a ``beamline.yaml``): the
-    model, the data keys, geometry, mask, dark, flat, polarisation, absolute scale, data
+    """Return :class:`FrameScorer` keyword arguments from a beamline's settings.
+
+    The settings are a :class:`~pbi_bluesky.config.BeamlineConfig` or the path of a
+    ``beamline.yaml``; the arguments are the model, the data keys, geometry, mask, dark, flat,
+    polarisation, absolute scale, data
     roots and q bins. ``mode`` (``"ophyd"`` or ``"async"``; default the settings'
-    ``device_api``) selects the image key the devices of that mode produce."""
+    ``device_api``) selects the image key the devices of that mode produce.
+    """
     cfg = settings if isinstance(settings, BeamlineConfig) else load_config(settings)
     mode = mode or cfg.device_api
     if mode not in ("ophyd", "async"):
@@ -191,8 +194,10 @@ class FrameScorer:
     @classmethod
     def from_settings(cls, settings: BeamlineConfig | str | Path, *, mode: str | None = None,
                       **overrides: Any) -> FrameScorer:
-        """A scorer configured from a beamline's settings (:func:`settings_kwargs`);
-        ``overrides`` win."""
+        """Return a scorer configured from a beamline's settings.
+
+        See :func:`settings_kwargs`; ``overrides`` win.
+        """
         kwargs = settings_kwargs(settings, mode=mode)
         kwargs.update(overrides)
         return cls(**kwargs)
@@ -200,12 +205,15 @@ class FrameScorer:
     settings_kwargs = staticmethod(settings_kwargs)
 
     def at_run_start(self) -> FrameScorer:
-        """The scorer for a run that starts now: ``self``, or, when the registry's current
-        version changed since this scorer's model was loaded, a copy holding the newly
+        """Return the scorer for a run that starts now.
+
+        That is ``self``, or, when the registry's current version changed since this scorer's model
+        was loaded, a copy holding the newly
         current model (or the fallback, after a rollback to nothing) that shares this
         scorer's reducers, buffers and running background. Call it at run boundaries only:
         a run keeps the scorer it started with. A registry that cannot be read or a model
-        that fails to load keeps the model in use (logged)."""
+        that fails to load keeps the model in use (logged).
+        """
         if self.registry is None:
             return self
         try:
@@ -247,21 +255,25 @@ class FrameScorer:
 
     @property
     def transmission_required(self) -> bool:
+        """Whether a stream without a transmission reading is refused (else T = 1)."""
         return self.reader.transmission_required
 
     @property
     def monitor_from_start(self) -> bool:
+        """Whether I0/transmission may come from start-document keys."""
         return self.reader.monitor_from_start
 
     # -- streams and runs -----------------------------------------------------------------
     def roles(self, descriptor: dict[str, Any]) -> Roles | None:
-        """The key roles of a descriptor (``None``: not an image stream)."""
+        """Return the key roles of a descriptor (``None``: not an image stream)."""
         return self.reader.roles(descriptor)
 
     def begin_analysis(self, start: dict[str, Any], *, live: bool = True,
                        extra: dict[str, Any] | None = None) -> AnalysisRun:
-        """The analysis run (start document and descriptors) of a raw run (``live`` and
-        ``extra``: see :meth:`AnalysisRun.begin`)."""
+        """Return the analysis run (start document and descriptors) of a raw run.
+
+        ``live`` and ``extra``: see :meth:`AnalysisRun.begin`.
+        """
         return AnalysisRun.begin(start, self.model, self.model_info,
                                  self.reduction_provenance(start), ANALYSIS_STREAM,
                                  ATTRIBUTION_STREAM, live=live, extra=extra)
@@ -282,9 +294,12 @@ class FrameScorer:
         return info
 
     def reducer(self, poni: str) -> Reducer:
-        """The reducer of one geometry (built once per PONI text, by one thread at a time:
-        a bus worker's coordinator thread asks for it too, and two concurrent builds of the
-        same operator crashed a worker natively)."""
+        """Return the reducer of one geometry.
+
+        It is built once per PONI text, by one thread at a time (a bus worker's coordinator thread
+        asks for it too, and two concurrent builds of the
+        same operator crashed a worker natively).
+        """
         key = hashlib.sha256(poni.encode()).hexdigest()
         with self._reducer_lock:
             reducer = self._reducers.get(key)
@@ -310,8 +325,10 @@ class FrameScorer:
         FrameReader.prefetch(frames, cache)
 
     def resampled(self, profile: Profile | None) -> tuple[np.ndarray, np.ndarray] | None:
-        """A profile on the model's grid, or ``None`` if it does not cover the grid (or there
-        is no model)."""
+        """Return a profile on the model's grid.
+
+        ``None`` if it does not cover the grid (or there is no model).
+        """
         if profile is None or self.model is None:
             return None
         try:
@@ -329,9 +346,10 @@ class FrameScorer:
 
     # -- a batch ----------------------------------------------------------------------------
     def process(self, frames: list[FrameInput]) -> list[Outcome]:
-        """Read the batch (each file opened once, neighbouring frames in one slice), reduce
-        its sample frames together with the batch integrator, then score them in one model
-        pass.
+        """Read, reduce and score a batch of frames.
+
+        Each file is opened once, neighbouring frames in one slice; the sample frames are
+        reduced together with the batch integrator, then scored in one model pass.
 
         Frames are handled in order: an empty-cell frame replaces the running background
         (:attr:`background`) for the later frames that inherit it. Every frame gets one
@@ -388,8 +406,10 @@ class FrameScorer:
     def _reduce_group(self, frames: list[FrameInput], group: list[tuple[int, Reading]],
                       reducer: Reducer, background: Profile | None,
                       outcomes: list[Outcome | None], to_score: list) -> None:
-        """Reduce frames of one geometry and background in one batch call (frame by frame
-        if the batch call fails, so the reason lands on the right frame)."""
+        """Reduce frames of one geometry and background in one batch call.
+
+        Frame by frame if the batch call fails, so the reason lands on the right frame.
+        """
         if background is None and not self._warned_no_background:
             self._warned_no_background = True
             logger.warning("no empty-cell background yet (measure a run with "

@@ -82,7 +82,7 @@ def poni_text(poni: str | Path | None) -> str | None:
 
 
 def base_result(frame: FrameInput, status: str = "failed", reason: str = "") -> FrameResult:
-    """A result carrying the run's sample metadata (no verdict yet)."""
+    """Return a result carrying the run's sample metadata (no verdict yet)."""
     start = frame.start
     return FrameResult(frame.raw_uid, frame.parts.seq_num, status, reason=reason,
                        expected_composition=str(start.get("composition") or ""),
@@ -133,15 +133,18 @@ class FrameReader:
         self.data_roots = tuple(str(Path(r)) for r in data_roots)
 
     def roles(self, descriptor: dict[str, Any]) -> Roles | None:
-        """The key roles of a descriptor (``None``: not an image stream)."""
+        """Return the key roles of a descriptor (``None``: not an image stream)."""
         return resolve_roles(descriptor, transmission_required=self.transmission_required
                              and not self.monitor_from_start,
                              monitor_required=not self.monitor_from_start, **self.keys)
 
     @staticmethod
     def value(frame: FrameInput, value: Any, cache: ReadCache | None = None) -> Any:
-        """One part of a frame: ``("inline", x)``, ``("refused", why)``, ``("datum", id)``
-        or ``("stream", (stream resource, index))``."""
+        """Return one part of a frame.
+
+        The part is ``("inline", x)``, ``("refused", why)``, ``("datum", id)``
+        or ``("stream", (stream resource, index))``.
+        """
         kind, payload = value
         if kind == "inline":
             return payload
@@ -163,9 +166,11 @@ class FrameReader:
         return float(raw.reshape(-1)[0])
 
     def read(self, frame: FrameInput, cache: ReadCache | None = None) -> Reading:
-        """Read and check one frame and its readings (no reduction yet); raises
-        :class:`~pbi_bluesky.scoring.frames.FrameError` with the reason the frame cannot be
-        reduced."""
+        """Read and check one frame and its readings (no reduction yet).
+
+        Raises :class:`~pbi_bluesky.scoring.frames.FrameError` with the reason the frame cannot be
+        reduced.
+        """
         roles, start = frame.roles, frame.start
         if roles.problem:
             raise FrameError(roles.problem)
@@ -211,9 +216,12 @@ class FrameReader:
 
     @staticmethod
     def prefetch(frames: list[FrameInput], cache: ReadCache) -> None:
-        """Read the image stacks of a batch into ``cache`` (each file opened once,
-        neighbouring frames in one slice); anything unreadable is left to :meth:`read`,
-        which fails that frame with the reason."""
+        """Read the image stacks of a batch into ``cache``.
+
+        Each file is opened once, neighbouring frames in one slice; anything unreadable is left to
+        :meth:`read`,
+        which fails that frame with the reason.
+        """
         wanted: dict[int, tuple[AssetRegistry, list[tuple[str, Any]]]] = {}
         for frame in frames:
             value = frame.parts.values.get(frame.roles.image) if frame.roles.image else None

@@ -34,16 +34,19 @@ DEFAULT_DATA_DIR = Path.home() / ".local" / "share" / "pbi_bluesky"
 
 
 def data_dir(explicit: str | Path | None = None) -> Path:
-    """The local data folder: ``explicit``, else ``PBI_DATA_DIR``, else the default."""
+    """Return the local data folder: ``explicit``, else ``PBI_DATA_DIR``, else the default."""
     return Path(explicit or os.environ.get("PBI_DATA_DIR") or DEFAULT_DATA_DIR)
 
 RUNS = "runs"
 
 
 def _metadata_clients() -> dict[str, Any]:
-    """Structure clients for metadata queries: every container a plain tiled ``Container``
-    (the BlueskyRun clients of bluesky-tiled-plugins import dask, xarray and pandas, 1.7 s
-    of a 3.2 s ``pbi flagged``; a query on ``start.``/``stop.`` keys needs none of them)."""
+    """Return structure clients for metadata queries.
+
+    Every container is a plain tiled ``Container`` (the BlueskyRun clients of bluesky-tiled-plugins
+    import dask, xarray and pandas, 1.7 s
+    of a 3.2 s ``pbi flagged``; a query on ``start.``/``stop.`` keys needs none of them).
+    """
     from tiled.client.container import Container
 
     # streams (composite nodes) read as plain containers too; their arrays and tables
@@ -52,8 +55,11 @@ def _metadata_clients() -> dict[str, Any]:
 
 
 class _PlainClients(dict):
-    """Structure clients by family; ``array`` and ``table`` (tiled's numpy clients, which
-    import pandas) are imported on first use."""
+    """Structure clients by family.
+
+    ``array`` and ``table`` (tiled's numpy clients, which import pandas) are imported on
+    first use.
+    """
 
     _LAZY = {"array": ("tiled.client.array", "ArrayClient"),
              "table": ("tiled.client.dataframe", "DataFrameClient")}
@@ -79,7 +85,7 @@ _EMBEDDED_LOCKS_GUARD = threading.Lock()
 
 
 def _embedded_lock(root: Path) -> threading.Lock:
-    """The one lock of every in-process client of the catalog in ``root``."""
+    """Return the one lock of every in-process client of the catalog in ``root``."""
     key = str(root.resolve())
     with _EMBEDDED_LOCKS_GUARD:
         return _EMBEDDED_LOCKS.setdefault(key, threading.Lock())
@@ -110,12 +116,14 @@ class _OneAtATime:
 
 def embedded_client(data_dir: str | Path, readable: tuple[str, ...] = (),
                     metadata_only: bool = False) -> Any:
-    """A Tiled client over a persistent local catalog served in-process; ``readable``:
-    folders of external files (detector HDF5) it may serve; ``metadata_only``: plain
+    """Return a Tiled client over a persistent local catalog served in-process.
+
+    ``readable``: folders of external files (detector HDF5) it may serve; ``metadata_only``: plain
     containers (see :func:`open_runs`).
 
     Every client of one catalog folder in this process sends its requests one at a time
-    (:class:`_OneAtATime`), whatever thread they come from."""
+    (:class:`_OneAtATime`), whatever thread they come from.
+    """
     from tiled.catalog import from_uri
     from tiled.client import Context, from_context
     from tiled.server.app import build_app
@@ -140,7 +148,7 @@ def embedded_client(data_dir: str | Path, readable: tuple[str, ...] = (),
 
 
 def runs_container(client: Any) -> Any:
-    """The ``runs`` container (created with the CatalogOfBlueskyRuns spec if missing)."""
+    """Return the ``runs`` container (created with the CatalogOfBlueskyRuns spec if missing)."""
     from tiled.structures.core import Spec
 
     if RUNS not in client:
@@ -184,7 +192,7 @@ def open_runs(uri: str | None = None, *, api_key: str | None = None,
               data_dir: str | Path | None = None,
               timeout_s: float = TILED_RETRY_TIMEOUT_S, readable: tuple[str, ...] = (),
               metadata_only: bool = False, must_exist: bool = False) -> Any:
-    """The runs container of the configured catalog (see module docstring).
+    """Return the runs container of the configured catalog (see module docstring).
 
     Requests to a server fail after at most ``timeout_s`` seconds (HTTP timeout and
     retry budget both bounded, see :func:`bound_tiled_retries`). ``metadata_only``: the
@@ -216,8 +224,9 @@ def open_runs(uri: str | None = None, *, api_key: str | None = None,
 
 
 def require_catalog(root: str | Path) -> Path:
-    """``root`` if it holds an embedded catalog (``catalog.db``), else a
-    :class:`FileNotFoundError` saying so and naming catalogs found in its sub-folders.
+    """Return ``root`` if it holds an embedded catalog (``catalog.db``).
+
+    Else raise a :class:`FileNotFoundError` saying so and naming catalogs found in its sub-folders.
 
     Parameters
     ----------
@@ -322,7 +331,7 @@ def _tiled_writer(client: Any, **kwargs: Any) -> Any:
 
 
 def lean_tiled_writer(client: Any, **kwargs: Any) -> Any:
-    """A ``TiledWriter`` that closes only the run's node at the stop.
+    """Return a ``TiledWriter`` that closes only the run's node at the stop.
 
     bluesky-tiled-plugins' writer ends a run with one ``DELETE /stream/close`` per node it
     made (each table, array, stream and the run: 4.5 requests per run of ours, ~90 ms

@@ -214,8 +214,10 @@ class SpoolSink:
             return encode_document(name, clean), clean
 
     def _write(self, run: str, name: str, data: bytes) -> bool:
-        """Append one record to the run's file; False (loss recorded) on a disk error, with
-        the file cut back to its last complete record."""
+        """Append one record to the run's file.
+
+        False (loss recorded) on a disk error, with the file cut back to its last complete record.
+        """
         try:
             state = self._open_run(run)
         except (OSError, filelock.Timeout) as exc:
@@ -391,8 +393,10 @@ class SpoolSink:
         return True
 
     def close(self, timeout: float = 60.0) -> bool:
-        """Forward what is queued, try one last replay (with ``auto_replay``), stop the
-        thread; True if nothing is left pending."""
+        """Forward what is queued, try one last replay and stop the thread.
+
+        The last replay only with ``auto_replay``; True if nothing is left pending.
+        """
         deadline = time.monotonic() + timeout
         self.flush(timeout)
         self._closing.set()
@@ -500,8 +504,11 @@ class SpoolSink:
                 (self.pending_dir / f"{run}.lock").unlink(missing_ok=True)
 
     def _reject(self, run: str, path: Path, reason: str) -> str:
-        """Move a run the writer keeps refusing (bad data, not an outage) to ``rejected/``
-        with its reason: kept on disk, no longer retried, counted."""
+        """Move a run the writer keeps refusing to ``rejected/``.
+
+        Refused means bad data, not an outage; it is moved with its reason: kept on disk, no longer
+        retried, counted.
+        """
         self.rejected_dir.mkdir(exist_ok=True)
         target = self.rejected_dir / path.name
         shutil.move(str(path), target)
@@ -514,7 +521,7 @@ class SpoolSink:
         return f"rejected: {reason}"
 
     def rejected(self) -> list[str]:
-        """Runs the writer refused for their content (kept in ``rejected/``)."""
+        """Return the runs the writer refused for their content (kept in ``rejected/``)."""
         return sorted(p.stem for p in self.rejected_dir.glob(f"*{SUFFIX}"))
 
     def prune(self) -> int:
@@ -538,7 +545,10 @@ class _NoStart(RuntimeError):
 
 
 def _transient(exc: BaseException) -> bool:
-    """Tell an outage (retry) from refused content: the project's one policy,
+    """Tell an outage (retry) from refused content.
+
+    The test is the project's one policy,
     :func:`pbi_bluesky.infra.retry.should_retry` (tiled's own for HTTP), plus any other
-    ``OSError`` of the writer's transport."""
+    ``OSError`` of the writer's transport.
+    """
     return bool(should_retry(exc)) or isinstance(exc, OSError)
