@@ -35,6 +35,15 @@ def test_false_alarms_join_the_calibration_and_stop_being_flagged(tiny_model, in
     assert row["new_threshold"] > row["old_threshold"]
     after = [v.is_anomaly for v in model.score(batch[8:], recipe)]
     assert sum(after) <= 1, "the rest of the batch is still flagged"
+    # obvious catalogue defects of that recipe are still flagged
+    from pbi_bluesky.simulate import PS_PMMA, nominal_state, simulate_profile
+    from pbi_bluesky.simulate.anomalies import applicable_anomalies, apply_anomaly
+
+    rng = np.random.default_rng(5)
+    defects = [simulate_profile(apply_anomaly(nominal_state(PS_PMMA, recipe, rng), kind, 1.0,
+                                              rng), instrument, rng)
+               for kind in applicable_anomalies(recipe)]
+    assert defects and all(v.is_anomaly for v in model.score(defects, recipe))
     # the original model is unchanged, and an unknown recipe is refused
     assert tiny_model.calibration.scores.size == n_before
     assert model.calibration.scores.size == n_before + 8
