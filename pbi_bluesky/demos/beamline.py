@@ -52,9 +52,29 @@ class LiveDemoReport:
     frames: dict[str, int] = field(default_factory=dict)
     png: str = ""
     seconds: float = 0.0
+    catalog: dict[str, str] = field(default_factory=dict)
+    """The catalog the demo wrote: ``{"data_dir": FOLDER}`` or ``{"tiled": URI}``."""
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+def catalog_of(uri: str | None, data_dir: str | Path | None) -> dict[str, str]:
+    """The ``catalog`` entry of a report: a Tiled server's URI, else the embedded folder."""
+    if uri:
+        return {"tiled": uri}
+    return {"data_dir": str(Path(data_dir).resolve())} if data_dir is not None else {}
+
+
+def review_command(catalog: dict[str, str]) -> str:
+    """The ``pbi review`` command line for a report's ``catalog`` entry ('' if none)."""
+    import shlex
+
+    if "tiled" in catalog:
+        return f"pbi review --tiled {shlex.quote(catalog['tiled'])}"
+    if "data_dir" in catalog:
+        return f"pbi review --data-dir {shlex.quote(catalog['data_dir'])}"
+    return ""
 
 
 def sim_beamline_config(ioc: Any, *, name: str = "pbi-sim", device_api: str = "ophyd",
@@ -176,8 +196,10 @@ def _survey(out: Path, ioc: Any, exposure_s: float, verdict_timeout: float,
         if not session.close(120):
             logger.warning("some runs are still in the spool (%s)", session.data_dir)
         use_tray(None)
-    return _report(out, outcomes, scorer.channel.summaries.values(), collector.events,
-                   scorer.model, session.catalog.runs, flagged_runs)
+    report = _report(out, outcomes, scorer.channel.summaries.values(), collector.events,
+                     scorer.model, session.catalog.runs, flagged_runs)
+    report.catalog = catalog_of(session.catalog.uri, session.catalog.data_dir)
+    return report
 
 
 def _report(out, outcomes, summaries, events, model, runs, flagged_runs,
@@ -268,8 +290,8 @@ def _plot(out: Path, events: list[dict[str, Any]], model, truth_of, outcomes) ->
     return path
 
 
-def format_report(report: LiveDemoReport) -> str:
-    """The report as text."""
+def format_report(report: LiveDemoReport, *, review: bool = True) -> str:
+    """The report as text; ``review``: end with the ``pbi review`` command."""
     head = (f"{'slot':>4} {'sample':12} {'recipe':6} {'verdict':8} {'score':>7} {'p':>7} "
             f"{'Hyper':>6} {'top attribution':20} {'looks like':10} {'decision':11} truth")
     lines = [head, "-" * len(head)]
@@ -299,4 +321,6 @@ def format_report(report: LiveDemoReport) -> str:
                      f"max score={r['max_score']:.3g}")
     lines.append(f"{len(report.flagged)} flagged analysis run(s) in the catalog")
     lines.append(f"\nwrote {report.png} ({report.seconds} s in all)")
+    if review and (command := review_command(report.catalog)):
+        lines.append(f"review and label the flags in a browser:\n  {command}")
     return "\n".join(lines)

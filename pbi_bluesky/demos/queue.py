@@ -34,7 +34,9 @@ from pbi_bluesky.demos.beamline import (
     DEMO_TRAY,
     LiveDemoReport,
     _report,
+    catalog_of,
     format_report,
+    review_command,
     sim_beamline_config,
 )
 from pbi_bluesky.plans import SampleOutcome
@@ -287,6 +289,8 @@ def run_queue_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 
         if before and after:
             report.tiled_requests = tiled_request_stats(before, after, len(runs))
         report.agent_status = agent.status()
+        # the demo's Tiled server stops with it: its folder opens as an embedded catalog
+        report.catalog = catalog_of(None, stack.tiled.workdir)
     finally:
         agent.stop()
         stack.stop()
@@ -386,11 +390,13 @@ def _queue_tray(stack: QueueStack, exposure_s: float) -> None:
 
 def format_queue_report(report: QueueDemoReport) -> str:
     """Return the same table as ``pbi demo``, then what went through the queue."""
-    lines = [format_report(report), "",
+    lines = [format_report(report, review=False), "",
              f"through the queue server: {report.rescans_queued} rescan(s) queued by the "
              f"agent; items run: {report.queue_items}"]
     lat = report.latency_s
     if lat.get("n"):
         lines.append(f"flagged frame -> rescan start: median {lat['median_s']} s, p95 "
                      f"{lat['p95_s']} s over {lat['n']} rescanned sample(s)")
+    if command := review_command(report.catalog):
+        lines.append(f"review and label the flags in a browser:\n  {command}")
     return "\n".join(lines)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -363,3 +364,21 @@ def test_live_demo_end_to_end(tmp_path):
     confirmed = {r["slot"] for r in report["rows"] if r["classification"] == "confirmed"}
     assert confirmed <= flagged_slots
     assert (tmp_path / "demo_live.png").stat().st_size > 20_000
+    # issue 19 item 6: the report names the catalog it wrote, and that catalog opens
+    catalog = report["catalog"]["data_dir"]
+    assert Path(catalog).is_relative_to(tmp_path)
+    listed = runner.invoke(app, ["catalog", "flagged", "--data-dir", catalog, "--json"])
+    assert listed.exit_code == 0, listed.output
+    assert {r["raw_uid"] for r in json.loads(listed.output)} == {
+        r["raw_uid"] for r in report["flagged"]}
+
+
+def test_demo_report_ends_with_the_review_command():
+    """The demo's text ends by handing over to ``pbi review`` for the catalog it wrote."""
+    from pbi_bluesky.demos.beamline import LiveDemoReport, format_report
+
+    text = format_report(LiveDemoReport(catalog={"data_dir": "/tmp/demo out/data/catalog"}))
+    assert text.splitlines()[-1] == "  pbi review --data-dir '/tmp/demo out/data/catalog'"
+    text = format_report(LiveDemoReport(catalog={"tiled": "http://127.0.0.1:8000/api/v1"}))
+    assert text.splitlines()[-1] == "  pbi review --tiled http://127.0.0.1:8000/api/v1"
+    assert "pbi review" not in format_report(LiveDemoReport())
