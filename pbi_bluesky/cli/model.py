@@ -22,7 +22,7 @@ def _load_manifest_profiles(manifest: Path, poni: Path | None, mask: Path | None
 def _tiled_scorer(config: Path | None, poni: Path | None, mask: Path | None,
                   dark: Path | None, npt: int | None, model: Path | None = None,
                   reduce_only: bool = False):
-    """A FrameScorer with the beamline file's reduction settings (or the options')."""
+    """Build a FrameScorer with the beamline file's reduction settings (or the options')."""
     import numpy as np
 
     from pbi_bluesky.scoring.engine import FrameScorer, settings_kwargs
@@ -106,8 +106,11 @@ def train(
              "DistributedDataParallel: gloo on CPU, nccl with a GPU per process).",
         min=1)] = 1,
 ) -> None:
-    """Train a detector on normal profiles: every manifest row, or every frame of the raw
-    runs selected in Tiled (--tiled, --query, --since, --until)."""
+    """Train a detector on normal profiles.
+
+    Every manifest row, or every frame of the raw runs selected in Tiled (--tiled, --query,
+    --since, --until).
+    """
     from pbi_bluesky.models.bundle import sha256_file
 
     if (manifest is None) == (tiled is None):
@@ -301,8 +304,11 @@ def score(
     npt: Annotated[int | None, typer.Option(help="q bins of the reduction for --tiled.")
                    ] = None,
 ) -> None:
-    """Score profiles: one JSON line each (score, threshold, verdict, p-value, ...); with
-    --tiled, one line per frame of the selected raw runs."""
+    """Score profiles.
+
+    One JSON line each (score, threshold, verdict, p-value, ...); with --tiled, one line per
+    frame of the selected raw runs.
+    """
     from pbi_bluesky.training.datasets import load_profiles
 
     if sum(map(bool, (files, manifest, tiled))) != 1:

@@ -56,18 +56,19 @@ class LiveDemoReport:
     """The catalog the demo wrote: ``{"data_dir": FOLDER}`` or ``{"tiled": URI}``."""
 
     def as_dict(self) -> dict[str, Any]:
+        """Return the report's fields as a plain dict."""
         return dict(self.__dict__)
 
 
 def catalog_of(uri: str | None, data_dir: str | Path | None) -> dict[str, str]:
-    """The ``catalog`` entry of a report: a Tiled server's URI, else the embedded folder."""
+    """Return the ``catalog`` entry of a report: a Tiled server's URI, else the folder."""
     if uri:
         return {"tiled": uri}
     return {"data_dir": str(Path(data_dir).resolve())} if data_dir is not None else {}
 
 
 def review_command(catalog: dict[str, str]) -> str:
-    """The ``pbi review`` command line for a report's ``catalog`` entry ('' if none)."""
+    """Return the ``pbi review`` command line for a report's ``catalog`` ('' if none)."""
     import shlex
 
     if "tiled" in catalog:
@@ -79,9 +80,11 @@ def review_command(catalog: dict[str, str]) -> str:
 
 def sim_beamline_config(ioc: Any, *, name: str = "pbi-sim", device_api: str = "ophyd",
                         data_dir: str | Path | None = None, **sections: Any) -> Any:
-    """The :class:`~pbi_bluesky.config.BeamlineConfig` of a running simulated IOC
-    (:class:`pbi_bluesky.testing.iocs.SimIOC`): its prefix, data root, PONI and mask files, and a
-    sample list with what a user knows of its tray (no hidden truth)."""
+    """Return the :class:`~pbi_bluesky.config.BeamlineConfig` of a running simulated IOC.
+
+    The IOC is a :class:`pbi_bluesky.testing.iocs.SimIOC`; the config holds its prefix, data root,
+    PONI and mask files, and a sample list with what a user knows of its tray (no hidden truth).
+    """
     import yaml
 
     from pbi_bluesky.config import (
@@ -159,8 +162,11 @@ def run_live_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 7
 
 
 def demo_session(out: Path, ioc: Any, exposure_s: float, device_api: str = "ophyd") -> Any:
-    """The demo's beamline session: the sim IOC's beamline.yaml, the shipped model, an
-    embedded catalog under ``out/data`` and the expected dark current of the exposure."""
+    """Build the demo's beamline session.
+
+    It holds the sim IOC's beamline.yaml, the shipped model, an embedded catalog under ``out/data``
+    and the expected dark current of the exposure.
+    """
     from pbi_bluesky.reduction import load_geometry
     from pbi_bluesky.session import build_session
     from pbi_bluesky.simulate import Instrument, expected_dark
@@ -204,8 +210,11 @@ def _survey(out: Path, ioc: Any, exposure_s: float, verdict_timeout: float,
 
 def _report(out, outcomes, summaries, events, model, runs, flagged_runs,
             report: LiveDemoReport | None = None) -> LiveDemoReport:
-    """Compare the outcomes (one per slot) with the hidden truth; ``summaries``: the
-    analysis runs' frame ledgers; ``events``: analysis events (with ``raw_uid``) to plot."""
+    """Compare the outcomes (one per slot) with the hidden truth.
+
+    ``summaries``: the analysis runs' frame ledgers; ``events``: analysis events (with ``raw_uid``)
+    to plot.
+    """
     report = report or LiveDemoReport()
     truth_of = {s["slot"]: s for s in DEMO_TRAY}
     tp = fp = fn = 0
@@ -291,7 +300,7 @@ def _plot(out: Path, events: list[dict[str, Any]], model, truth_of, outcomes) ->
 
 
 def format_report(report: LiveDemoReport, *, review: bool = True) -> str:
-    """The report as text; ``review``: end with the ``pbi review`` command."""
+    """Return the report as text; ``review``: end with the ``pbi review`` command."""
     head = (f"{'slot':>4} {'sample':12} {'recipe':6} {'verdict':8} {'score':>7} {'p':>7} "
             f"{'Hyper':>6} {'top attribution':20} {'looks like':10} {'decision':11} truth")
     lines = [head, "-" * len(head)]

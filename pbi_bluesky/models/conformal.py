@@ -1,5 +1,7 @@
-"""Conformal calibration: which normals calibrate, how p-values are computed, when a
-false-positive rate ``alpha`` can be reached at all.
+"""Conformal calibration.
+
+Which normals calibrate, how p-values are computed, when a false-positive rate ``alpha``
+can be reached at all.
 
 A conformal p-value compares the score of a new curve with the scores of normal curves
 the scoring model never saw: ``p = (1 + #{calibration >= s}) / (n + 1)``. Under the null
@@ -170,8 +172,11 @@ def required_calibration(alpha: float) -> int:
 
 
 def _n_flaggable(alpha: float, n: int) -> int:
-    """How many of ``n`` calibration scores a flagged curve may lie at or below: the J with
-    p <= alpha  <=>  #{calibration >= s} <= J - 1 (J = 0: nothing can be flagged)."""
+    """Return how many of ``n`` calibration scores a flagged curve may lie at or below.
+
+    That is the J with p <= alpha  <=>  #{calibration >= s} <= J - 1 (J = 0: nothing can be
+    flagged).
+    """
     return int(math.floor(alpha * (n + 1) + 1e-9))
 
 
@@ -186,9 +191,12 @@ def fpr_risk(j: int, n: int, alpha: float, tolerance: float = FPR_TOLERANCE) -> 
 
 def conditional_flaggable(alpha: float, n: int, tolerance: float | None = FPR_TOLERANCE,
                           risk: float = FPR_RISK) -> int:
-    """The J used for flagging: the largest j <= floor(alpha (n + 1)) whose false-positive
-    rate exceeds ``alpha + tolerance`` with probability <= ``risk``; at least 1 where
-    alpha is reachable. ``tolerance=None``: the marginal rule, J = floor(alpha (n + 1))."""
+    """Return the J used for flagging.
+
+    It is the largest j <= floor(alpha (n + 1)) whose false-positive rate exceeds ``alpha +
+    tolerance`` with probability <= ``risk``; at least 1 where alpha is reachable.
+    ``tolerance=None``: the marginal rule, J = floor(alpha (n + 1)).
+    """
     j = _n_flaggable(alpha, n)
     if tolerance is None:
         return j
@@ -211,6 +219,7 @@ class CalibrationPlan:
     n_normals: int
 
     def training_indices(self, k: int) -> NDArray[np.int64]:
+        """Return the indices of the normals that fold ``k`` trains on (all but its held-out)."""
         held = np.zeros(self.n_normals, dtype=bool)
         held[self.folds[k]] = True
         return np.nonzero(~held)[0]
@@ -218,8 +227,11 @@ class CalibrationPlan:
 
 def _split_sizes(counts: NDArray, alpha: float, fraction: float, mondrian: bool,
                  floor: int) -> NDArray | None:
-    """Per-recipe calibration sizes of a split holding out at least ``floor`` calibration
-    normals (per recipe when ``mondrian``), or None where the normals do not allow it."""
+    """Return per-recipe calibration sizes of a split, or None.
+
+    The split holds out at least ``floor`` calibration normals (per recipe when
+    ``mondrian``); None where the normals do not allow it.
+    """
     n = int(counts.sum())
     if mondrian:
         sizes = np.maximum(np.round(fraction * counts), floor)
@@ -258,7 +270,7 @@ def _cross(counts: NDArray, alpha: float,
 
 def _feasible(counts: NDArray, alpha: float, method: str, fraction: float,
               n_folds: int) -> tuple[str, bool, NDArray | None] | None:
-    """(method, mondrian, split sizes) that reach alpha, or None.
+    """Return (method, mondrian, split sizes) that reach alpha, or None.
 
     ``auto`` prefers a split only when it holds out at least
     :data:`MIN_SPLIT_CALIBRATION` normals (the false-positive rate of one trained model
@@ -363,7 +375,7 @@ def _unreachable_message(counts: NDArray, names: list[str], alpha: float, method
 
 
 def _reachable_level(n: int) -> str | None:
-    """A round alpha >= 1/(n+1) to suggest, for n normals all calibrating."""
+    """Return a round alpha >= 1/(n+1) to suggest, for n normals all calibrating."""
     smallest = 1.0 / (n + 1)
     for level in (0.01, 0.02, 0.03, 0.05, 0.1, 0.2):
         if level + 1e-12 >= smallest:
@@ -414,11 +426,11 @@ class Calibration:
         return self._sorted[key]
 
     def size(self, group: int = 0) -> int:
-        """Number of calibration normals a curve of recipe ``group`` is compared with."""
+        """Return the number of calibration normals a curve of recipe ``group`` is compared with."""
         return int(self._select(group).sum())
 
     def groups(self) -> list[int]:
-        """The calibration sets' recipe indices (``[-1]`` when pooled)."""
+        """Return the calibration sets' recipe indices (``[-1]`` when pooled)."""
         return sorted(set(self.group.tolist())) if self.mondrian else [-1]
 
     def flaggable(self, group: int, alpha: float) -> int:
@@ -426,8 +438,11 @@ class Calibration:
         return conditional_flaggable(alpha, self.size(group), self.tolerance)
 
     def levels(self, groups: NDArray, alpha: float) -> NDArray[np.float64]:
-        """The p-value level each curve is flagged at: J / (n + 1) of its calibration set
-        (<= alpha; below it where the training-conditional rule lowers J)."""
+        """Return the p-value level each curve is flagged at.
+
+        It is J / (n + 1) of the curve's calibration set (<= alpha; below it where the
+        training-conditional rule lowers J).
+        """
         groups = np.asarray(groups, dtype=np.int64)
         out = np.empty(len(groups))
         for g in np.unique(groups):
@@ -436,8 +451,11 @@ class Calibration:
 
     # -- p-values and thresholds ----------------------------------------------------------
     def p_values(self, member_scores: NDArray, groups: NDArray) -> NDArray[np.float64]:
-        """Conformal p-values of curves with scores ``member_scores`` (K, m) under every
-        model, compared with the calibration normals of their ``groups`` (recipes)."""
+        """Return conformal p-values of curves with scores ``member_scores`` (K, m).
+
+        The scores are under every model, compared with the calibration normals of their ``groups``
+        (recipes).
+        """
         s = np.atleast_2d(np.asarray(member_scores, dtype=np.float64))
         if s.shape[0] != self.n_members:
             raise ValueError(f"need scores from {self.n_members} models, got {s.shape[0]}")
@@ -482,8 +500,10 @@ class Calibration:
         return out
 
     def group_threshold(self, group: int, alpha: float) -> float:
-        """Threshold on the score for recipe ``group`` when all models agree on a score
-        (for a split, the one threshold)."""
+        """Return the threshold on the score for recipe ``group``.
+
+        It applies when all models agree on a score (for a split, the one threshold).
+        """
         sel = self._select(group)
         j = self.flaggable(group, alpha)
         if j == 0:
@@ -492,7 +512,7 @@ class Calibration:
         return float(cal[cal.size - j])
 
     def smallest_p(self) -> float:
-        """The smallest p-value every calibration set can give (the worst recipe's)."""
+        """Return the smallest p-value every calibration set can give (the worst recipe's)."""
         return max(1.0 / (self.size(g) + 1.0) for g in self.groups())
 
     def can_flag(self, alpha: float) -> bool:
@@ -532,6 +552,7 @@ class Calibration:
 
     # -- storage --------------------------------------------------------------------------
     def to_arrays(self) -> dict[str, NDArray]:
+        """Return the calibration scores, members and groups as arrays for storage."""
         return {"calibration_scores": self.scores, "calibration_member": self.member,
                 "calibration_group": self.group}
 
@@ -539,6 +560,7 @@ class Calibration:
     def from_arrays(cls, arrays: dict[str, NDArray], *, method: str, mondrian: bool,
                     n_members: int, alpha_source: str = "given",
                     tolerance: float | None = None) -> Calibration:
+        """Rebuild a calibration from the arrays of :meth:`to_arrays`."""
         scores = arrays["calibration_scores"]
         member = arrays.get("calibration_member", np.zeros(len(scores), dtype=np.int64))
         group = arrays.get("calibration_group", np.zeros(len(scores), dtype=np.int64))
