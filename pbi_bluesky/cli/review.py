@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pbi_bluesky.cli.app import ApiKeyOpt, catalog_app, command
+from pbi_bluesky.cli.app import ApiKeyOpt, catalog_app, command, model_app
 
 TiledOpt = Annotated[str | None, typer.Option(
     "--tiled", help="Tiled URI (default: PBI_TILED_URI or the embedded catalog).")]
@@ -95,3 +95,96 @@ def review(
             "serving the review page on %s: anyone who reaches it can label runs", host)
     typer.echo(f"pbi review: http://{host}:{port}/ (Ctrl-C stops)")
     uvicorn.run(build_app(data), host=host, port=port, log_level="warning")
+
+
+def _false_alarm_curves(runs) -> tuple[list, list[str], list[str]]:
+    """Profiles, recipes and raw uids of every frame of the runs labelled false alarms."""
+    import numpy as np
+    from tiled.queries import Key
+
+    from pbi_bluesky.profile import Profile
+    from pbi_bluesky.store import labels_of
+
+    profiles, recipes, used = [], [], []
+    for raw_uid, label in labels_of(runs).items():
+        if label.get("label") != "false-alarm" or not label.get("analysis_uid"):
+            continue
+        found = runs.search(Key("start.raw_uid") == raw_uid)
+        if label["analysis_uid"] not in found:
+            continue
+        node = found[label["analysis_uid"]]
+        recipe = label.get("expected_composition") or node.metadata["start"].get(
+            "expected_composition")
+        stream = node["pbi_anomaly"] if "pbi_anomaly" in node else {}
+        if not recipe or "intensity" not in stream:
+            continue
+        q, inten, sig = (np.atleast_2d(np.asarray(stream[k].read()))
+                         for k in ("q", "intensity", "sigma"))
+        for qi, ii, si in zip(q, inten, sig, strict=True):
+            if np.isfinite(ii).all() and np.isfinite(si).all():
+                profiles.append(Profile(qi, ii, si, {"raw_uid": raw_uid}))
+                recipes.append(recipe)
+        used.append(raw_uid)
+    return profiles, recipes, used
+
+
+@command(model_app, "recalibrate", old="recalibrate")
+def recalibrate(
+    model: Annotated[Path, typer.Option("--model", help="The bundle to recalibrate.")],
+    out: Annotated[Path, typer.Option("--out", help="Folder of the new bundle.")],
+    tiled: TiledOpt = None,
+    api_key: ApiKeyOpt = None,
+    data_dir: DataDirOpt = None,
+) -> None:
+    """Turn runs labelled false alarms into calibration normals; write a new bundle.
+
+    The labelled runs' reduced curves join the model's conformal calibration set (scored
+    out of sample, the network is not refitted), so that recipe's threshold follows. The
+    original bundle is left as it is; the new one carries a per-recipe table
+    (``recalibration.json`` and ``model.json``), signed where ``PBI_MODEL_KEY`` is set.
+    """
+    from pbi_bluesky.models import save_bundle
+    from pbi_bluesky.models.bundle import BundleError, load_bundle
+    from pbi_bluesky.models.recalibrate import add_calibration_normals
+    from pbi_bluesky.store import open_runs
+
+    if not (model / "model.json").is_file():
+        typer.echo(f"error: {model} is not a model bundle folder (no model.json)", err=True)
+        raise typer.Exit(2)
+    if out.resolve() == model.resolve():
+        typer.echo("error: --out must differ from --model (the original stays as it is)",
+                   err=True)
+        raise typer.Exit(2)
+    try:
+        detector = load_bundle(model, for_scoring=False)
+        old_doc = json.loads((model / "model.json").read_text())
+    except BundleError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    try:
+        runs = open_runs(tiled, api_key=api_key, data_dir=data_dir, must_exist=True)
+        profiles, recipes, used = _false_alarm_curves(runs)
+    except Exception as exc:  # noqa: BLE001 - report any connection problem plainly
+        typer.echo(f"error: cannot read the Tiled catalog: {exc}", err=True)
+        raise typer.Exit(2) from exc
+    if not profiles:
+        typer.echo("error: no run in the catalog is labelled a false alarm (with its reduced "
+                   "curves): label some with `pbi catalog label RAW_UID --false-alarm`",
+                   err=True)
+        raise typer.Exit(1)
+    try:
+        table = add_calibration_normals(detector, profiles, recipes)
+    except ValueError as exc:
+        typer.echo(f"error: {exc}", err=True)
+        raise typer.Exit(1) from exc
+    record = {"from": str(model.resolve()), "runs": used, "table": table}
+    save_bundle(detector, out, training_data_sha256=old_doc.get("training_data_sha256", ""),
+                extra={"recalibration": record})
+    (out / "recalibration.json").write_text(json.dumps(record, indent=1))
+    typer.echo(f"wrote {out} ({len(profiles)} frames of {len(used)} false-alarm runs)")
+    typer.echo(f"{'recipe':>10} {'added':>5} {'n':>9} {'threshold':>21} {'flag level':>17}")
+    for r in table:
+        typer.echo(f"{r['recipe']:>10} {r['added']:>5} {r['old_n']:>4}->{r['new_n']:<4} "
+                   f"{r['old_threshold']:>10.4g}->{r['new_threshold']:<10.4g} "
+                   f"{r['old_flag_level'] or float('nan'):>8.3g}->"
+                   f"{r['new_flag_level'] or float('nan'):<8.3g}")
