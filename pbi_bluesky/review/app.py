@@ -279,7 +279,7 @@ def _index_html(rows: list[dict[str, Any]], failed: list[dict[str, Any]],
 
 
 def _run_html(raw_uid: str, run: dict[str, Any], tiled: str | None, message: str = "") -> str:
-    from pbi_bluesky.models.conformal import tail_p_estimate
+    from pbi_bluesky.models.tail import tail_p_estimate
     from pbi_bluesky.store.labels import LABELS
 
     start, stop = run["start"], run["stop"]

@@ -65,10 +65,10 @@ def flagged_runs(
         unlabelled); ``p_value``, the smallest exact conformal p-value of its frames
         (floored at ``1/(n+1)``), and ``p_estimate``, the estimated p-value of its highest
         score from the fitted tail of the calibration scores
-        (:func:`~pbi_bluesky.models.conformal.tail_p_estimate`), which still ranks flags
+        (:func:`~pbi_bluesky.models.tail.tail_p_estimate`), which still ranks flags
         beyond the floor; ``model_sha256``.
     """
-    from pbi_bluesky.models.conformal import tail_p_estimate
+    from pbi_bluesky.models.tail import tail_p_estimate
     from pbi_bluesky.store.labels import LABELS, labels_of
 
     if decision is not None and decision not in DECISIONS:
