@@ -54,6 +54,10 @@ def _open_catalog(uri: str, api_key: str | None):
 
 
 TILED_HELP = "Train on raw runs in this Tiled catalog (instead of a manifest)."
+SinceOpt = Annotated[str | None, typer.Option(
+    help="Only runs started at or after this time (ISO or epoch s).")]
+UntilOpt = Annotated[str | None, typer.Option(
+    help="Only runs started at or before this time (ISO or epoch s).")]
 QUERY_HELP = ("KEY=VALUE on the runs' start documents (repeatable; the value is read as "
               "JSON where it parses).")
 
@@ -65,10 +69,8 @@ def train(
         help="CSV with columns path, composition.")] = None,
     tiled: Annotated[str | None, typer.Option("--tiled", help=TILED_HELP)] = None,
     query: Annotated[list[str] | None, typer.Option(help=QUERY_HELP)] = None,
-    since: Annotated[str | None, typer.Option(
-        help="Only runs started at or after this time (ISO or epoch s).")] = None,
-    until: Annotated[str | None, typer.Option(
-        help="Only runs started at or before this time (ISO or epoch s).")] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
     api_key: ApiKeyOpt = None,
     config: Annotated[Path | None, typer.Option(
         help="beamline.yaml: reduction settings (mask, dark, q bins, keys) for --tiled.")
@@ -294,10 +296,8 @@ def score(
         "--tiled", help="Score every frame of raw runs in this Tiled catalog (writes "
                         "nothing).")] = None,
     query: Annotated[list[str] | None, typer.Option(help=QUERY_HELP)] = None,
-    since: Annotated[str | None, typer.Option(
-        help="Only runs started at or after this time (ISO or epoch s).")] = None,
-    until: Annotated[str | None, typer.Option(
-        help="Only runs started at or before this time (ISO or epoch s).")] = None,
+    since: SinceOpt = None,
+    until: UntilOpt = None,
     api_key: ApiKeyOpt = None,
     config: Annotated[Path | None, typer.Option(
         help="beamline.yaml: reduction settings for --tiled.")] = None,

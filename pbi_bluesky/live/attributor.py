@@ -12,12 +12,12 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
+from pbi_bluesky.infra.queues import wait_drained
 from pbi_bluesky.live.channel import VerdictChannel
 from pbi_bluesky.scoring.analysis import AnalysisRun, explain_frame
 from pbi_bluesky.scoring.result import FrameResult
@@ -129,12 +129,7 @@ class Attributor:
 
     def join(self, timeout: float) -> bool:
         """Wait until every queued task is done; False on timeout."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.005)
-        return True
+        return wait_drained(self._queue, timeout, 0.005)
 
     def close(self, timeout: float = 10.0) -> None:
         """Stop the thread after the tasks already queued (waits at most ``timeout`` s)."""

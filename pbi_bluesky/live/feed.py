@@ -31,6 +31,8 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 from typing import Any
 
+from pbi_bluesky.infra.queues import wait_drained
+
 __all__ = ["FEED_START_KEYS", "FeedEntry", "FeedReader", "VerdictFeed", "connect_feed"]
 
 logger = logging.getLogger(__name__)
@@ -191,12 +193,7 @@ class VerdictFeed:
 
     def flush(self, timeout: float = 10.0) -> bool:
         """Wait until every queued entry is published or given up (True if none is left)."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        return wait_drained(self._queue, timeout)
 
     def close(self, timeout: float = 10.0) -> bool:
         """Publish what is queued (up to ``timeout``), then stop the thread."""

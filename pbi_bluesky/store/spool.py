@@ -36,6 +36,7 @@ from typing import Any
 import filelock
 
 from pbi_bluesky.codec import EncodeError, encode_document, sanitize
+from pbi_bluesky.infra.queues import wait_drained
 from pbi_bluesky.infra.retry import should_retry
 from pbi_bluesky.store.spoolfile import (
     SUFFIX,
@@ -385,12 +386,7 @@ class SpoolSink:
 
     def flush(self, timeout: float = 60.0) -> bool:
         """Wait until everything queued has been forwarded (or left to a replay)."""
-        deadline = time.monotonic() + timeout
-        while self._queue.unfinished_tasks:
-            if time.monotonic() > deadline:
-                return False
-            time.sleep(0.01)
-        return True
+        return wait_drained(self._queue, timeout)
 
     def close(self, timeout: float = 60.0) -> bool:
         """Forward what is queued, try one last replay and stop the thread.
