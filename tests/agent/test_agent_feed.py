@@ -91,7 +91,9 @@ def test_feed_down_the_agent_says_so_and_works_from_tiled(queue_stack, tmp_path)
         queue(stack, measure_items(stack, [8], md={"test": "feed down"}))
         decided = wait_for(lambda: idle(stack) and _decided(stack, t0, [8]), TIMEOUT,
                            "a decision on slot 8", agent.log_tail)
-        status = agent.status()
+        # the status file is written at the end of the step that made the decision
+        status = wait_for(lambda: agent.status().get("from_tiled", 0) >= 2 and agent.status(),
+                          30, "the status of the deciding step", agent.log_tail)
     finally:
         agent.stop()
     assert decided[8]["classification"] == "confirmed"
