@@ -38,6 +38,10 @@ def _p95(values: list[float]) -> float | None:
     return round(float(np.percentile(values, 95)), 3) if values else None
 
 
+def _median(values: list[float]) -> float | None:
+    return round(float(statistics.median(values)), 3) if values else None
+
+
 def analysis_template() -> list[tuple[str, dict]]:
     """The documents a real LiveScorer writes for one raw run of one normal frame."""
     from event_model import compose_run
@@ -124,14 +128,23 @@ def fresh_copy(template: list[tuple[str, dict]]) -> tuple[str, list[tuple[str, d
 
 
 class Timed:
-    """A writer that records when each run's stop returned (the run complete in Tiled)."""
+    """A writer that records when each run's stop returned (the run complete in Tiled).
 
-    def __init__(self, writer: Any, done: dict[str, float], spent: dict[str, float]) -> None:
+    Also when the spool's forwarder handed it the stop (``stop_begin``): stop -> complete
+    splits into the wait in the spool's queue (behind other runs' documents) and the stop's
+    own write (the data cached until the stop, the stop metadata, the close).
+    """
+
+    def __init__(self, writer: Any, done: dict[str, float], spent: dict[str, float],
+                 stop_begin: dict[str, float] | None = None) -> None:
         self.writer, self.done, self.spent = writer, done, spent
+        self.stop_begin = {} if stop_begin is None else stop_begin
         self.run: str | None = None  # one writer per run (the spool makes one per start)
 
     def __call__(self, name: str, doc: dict) -> None:
         t0 = time.perf_counter()
+        if name == "stop":
+            self.stop_begin[doc["run_start"]] = t0
         self.writer(name, doc)
         now = time.perf_counter()
         if name == "start":
@@ -150,9 +163,10 @@ def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period
     catalog = Catalog(server.uri, api_key=server.api_key, lean_writes=lean)
     done: dict[str, float] = {}
     spent: dict[str, float] = {}
+    stop_begin: dict[str, float] = {}
 
     def factory(composed: bool) -> Timed:
-        return Timed(catalog.writer(composed=composed), done, spent)
+        return Timed(catalog.writer(composed=composed), done, spent, stop_begin)
 
     raw = SpoolSink(root / "raw", functools.partial(factory, False),
                     delete_partial=catalog.delete_partial)
@@ -182,9 +196,13 @@ def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period
     for kind in ("raw", "analysis"):
         uids = [u for u, (k, _) in stops.items() if k == kind]
         lat = [done[u] - stops[u][1] for u in uids if u in done]
+        waited = [stop_begin[u] - stops[u][1] for u in uids if u in done]
+        wrote = [done[u] - stop_begin[u] for u in uids if u in done]
         out[kind] = {"complete": len(lat), "of": len(uids),
-                     "stop_to_complete_median_s": round(statistics.median(lat), 3)
-                     if lat else None, "stop_to_complete_p95_s": _p95(lat),
+                     "stop_to_complete_median_s": _median(lat),
+                     "stop_to_complete_p95_s": _p95(lat),
+                     "stop_queued_median_s": _median(waited), "stop_queued_p95_s": _p95(waited),
+                     "stop_write_median_s": _median(wrote), "stop_write_p95_s": _p95(wrote),
                      "writer_ms_per_run": round(1000 * statistics.mean(
                          spent[u] for u in uids if u in spent), 1)}
     stats = tiled_request_stats(before, after, 2 * runs)
@@ -228,7 +246,9 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"{r['writer']}: {r['write_requests_per_run']} write requests per run "
                       f"({r['requests_per_run_by_method']}) at {r['write_ms_each']} ms; "
                       f"analysis stop->complete p95 {r['analysis']['stop_to_complete_p95_s']}"
-                      f" s, raw {r['raw']['stop_to_complete_p95_s']} s; writer "
+                      f" s (queued {r['analysis']['stop_queued_p95_s']} s, stop written "
+                      f"{r['analysis']['stop_write_p95_s']} s), raw "
+                      f"{r['raw']['stop_to_complete_p95_s']} s; writer "
                       f"{r['analysis']['writer_ms_per_run']} / {r['raw']['writer_ms_per_run']}"
                       f" ms per analysis / raw run; at most {r['max_runs_behind']} runs behind")
         finally:

@@ -72,6 +72,8 @@ class Request:
     item: AgentItem | None = None
     missing_since: float | None = None
     done_since: float | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+    """Epoch times of the request's stages (``heard``, ``raw_found``, ``item_added``)."""
 
     def given_up(self, now: float, verdict_timeout_s: float) -> str | None:
         """Why this request will never bring a verdict (``None``: it still may)."""
@@ -97,6 +99,10 @@ class _Case:
     not_before: float = 0.0
     last_refusal: str = ""
     raw_missing_since: float | None = None
+    heard: float = field(default_factory=time.time)
+    """When the agent had the verdict (epoch s)."""
+    raw_found: float | None = None
+    """When the agent first found the raw run in Tiled (epoch s)."""
 
 
 @dataclass
@@ -244,7 +250,8 @@ class Agent:
                     item_uid=req.item_uid,
                     slot=origin.slot if origin else (item.slot if item else None),
                     sample=origin.sample if origin else (item.sample if item else None),
-                    policy=self.policy.as_dict(), position=self.policy.position)
+                    policy=self.policy.as_dict(), position=self.policy.position,
+                    timing=req.timing or None)
                 req.recorded = True
 
     # -- one step ---------------------------------------------------------------------
@@ -339,6 +346,7 @@ class Agent:
         """
         if self.follower.raw_start(case.origin.raw_uid) is not None:
             case.raw_missing_since = None
+            case.raw_found = case.raw_found or time.time()
             return True
         if case.raw_missing_since is None:
             case.raw_missing_since = now
@@ -394,8 +402,12 @@ class Agent:
                            "(%s); listing the queue again in %g s", o.slot, exc,
                            self.uncertain_hold_s)
             return
-        rounds[rnd] = Request(o.raw_uid, rnd, request_uid, item_uid, time.time(),
-                              _sample_key(o.sample, o.slot))
+        added = time.time()
+        rounds[rnd] = Request(o.raw_uid, rnd, request_uid, item_uid, added,
+                              _sample_key(o.sample, o.slot),
+                              timing={"heard": case.heard,
+                                      "raw_found": case.raw_found or added,
+                                      "item_added": added})
         self.stats.rescans_queued += 1
         logger.info("pbi agent: queued rescan %d of slot %s (%s) at the %s of the queue, "
                     "%g s (item %s)", rnd, o.slot, o.sample, self.policy.position, exposure,
