@@ -660,6 +660,7 @@ def _bus_kind(args, kind, beamline, names, redis, server, env, frames, poni, wor
         raise RuntimeError(f"{kind}: the worker scored {done()} of {total // 3} frames in 120 s"
                            f"; log:\n{workers[0].log.read_text()[-2000:]}")
     fault["done_at_fault"] = done()
+    fault["scan_running_at_fault"] = not published.is_set()
     if kind == "scorer_killed":
         victim = workers[0]
         victim.proc.send_signal(signal.SIGKILL)
@@ -821,7 +822,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--interleaved-pairs", type=int, default=3,
                         help="pairs of interleaved runs, one Tiled outage each")
     parser.add_argument("--bus-runs", type=int, default=3, help="runs per bus fault")
-    parser.add_argument("--bus-rate", type=float, default=40.0,
+    parser.add_argument("--bus-rate", type=float, default=20.0,
                         help="frames per second published to the bus")
     parser.add_argument("--redis-down", type=float, default=5.0, help="Redis down for this long")
     args = parser.parse_args(argv)
@@ -835,7 +836,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     print(f"frames sent {result['frames_sent']}, accounted {result['frames_accounted']}; "
           f"scans aborted {result['scans_aborted']}; analysis events lost "
           f"{result['events_lost']}, duplicated {result['events_duplicated']}; recovered "
-          f"{result['recovery_s']} s after Tiled came back; faults {result['faults']}")
+          f"{result['recovery_s']} s after the fault ended; faults {result['faults']}")
     print(json.dumps(result, default=str))
     return result
 
