@@ -288,7 +288,8 @@ class Catalog:
         with self._lock:
             self._runs = None
 
-    def writer(self, batch_size: int | None = None, *, composed: bool = False) -> Any:
+    def writer(self, batch_size: int | None = None, *, composed: bool = False,
+               max_array_size: int | None = None) -> Any:
         """Return a fresh ``TiledWriter`` for the runs container: the one writer factory.
 
         The spools, the bus coordinator, re-scoring and the agent's records all write
@@ -302,12 +303,19 @@ class Catalog:
             The documents are composed by this package in the current event-model schema
             (analysis runs): skip the normalizer, whose jsonschema check of every event
             (three 400-point curves) cost ~10 ms of CPU per event.
+        max_array_size : int, optional
+            Arrays of more elements are written as array nodes (two requests each), the
+            others as columns of the stream's table (TiledWriter's default when None; -1:
+            every array in the table). Measured by ``bench_tiled_writes.py
+            --arrays-in-table``; the readers of analysis runs expect array nodes.
         """
         kwargs: dict[str, Any] = {}
         if batch_size is not None:
             kwargs["batch_size"] = batch_size
         if composed:
             kwargs["normalizer"] = None
+        if max_array_size is not None:
+            kwargs["max_array_size"] = max_array_size
         try:
             return (lean_tiled_writer if self.lean_writes else _tiled_writer)(
                 self.runs, **kwargs)
