@@ -26,7 +26,6 @@ from __future__ import annotations
 
 import itertools
 import logging
-import os
 import queue
 import shutil
 import threading
@@ -38,9 +37,11 @@ from typing import Any
 
 import filelock
 
-from pbi_bluesky.codec import EncodeError, encode_document, sanitize
+from pbi_bluesky.codec import EncodeError, decode_document, encode_document, sanitize
+from pbi_bluesky.infra.memory import DEFAULT_MEMORY_BUDGET
 from pbi_bluesky.infra.queues import wait_drained
 from pbi_bluesky.infra.retry import should_retry
+from pbi_bluesky.store.recordlog import RecordLog, read_at
 from pbi_bluesky.store.spoolfile import (
     SUFFIX,
     SpoolFile,
@@ -57,9 +58,17 @@ logger = logging.getLogger(__name__)
 Writer = Callable[[str, dict], Any]
 @dataclass
 class _Open:
-    fd: int
+    log: RecordLog
     lock: filelock.BaseFileLock
-    last_fsync: float
+
+
+@dataclass(frozen=True)
+class _OnDisk:
+    """A queued document not kept in memory: forwarded from its record in the spool file."""
+
+    path: Path
+    offset: int
+    length: int
 
 
 class SpoolSink:
@@ -84,7 +93,12 @@ class SpoolSink:
     retention_days
         ``done/`` files older than this are deleted (``None``: keep all).
     max_queue
-        Documents held in memory for forwarding; past it the run is left to a replay.
+        Documents queued for forwarding; past it the run is left to a replay.
+    max_bytes
+        Bytes of documents held in memory for forwarding (estimated by their encoded
+        size). Past it, documents are not kept in memory: the forwarder reads each back
+        from its record in the spool file (nothing dropped, the RunEngine never waits).
+        A document the disk refused is the exception: it is held whatever its size.
     reject_after
         A run the writer refuses this many times for something other than an outage
         (a connection or timeout error) moves to ``rejected/`` with its reason.
@@ -100,6 +114,7 @@ class SpoolSink:
         auto_replay: bool = True,
         retention_days: float | None = 7.0,
         max_queue: int = 10_000,
+        max_bytes: int = DEFAULT_MEMORY_BUDGET,
         replay_wait_initial: float = 0.5,
         replay_wait_max: float = 10.0,
         reject_after: int = 3,
@@ -114,6 +129,9 @@ class SpoolSink:
         self.fsync_interval = float(fsync_interval)
         self.retention_days = retention_days
         self.max_queue = int(max_queue)
+        self.max_bytes = int(max_bytes)
+        self.held_bytes = 0
+        """Bytes of documents queued in memory now (the byte budget's counter)."""
         self.auto_replay = bool(auto_replay)
         self.replay_wait = (float(replay_wait_initial), float(replay_wait_max))
         self._writers: dict[str, Writer] = {}
@@ -127,14 +145,15 @@ class SpoolSink:
         self._failed: set[str] = set()
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.PriorityQueue()
-        """(lane, seq, run, name, doc): start documents in lane 0, the rest in lane 1."""
+        """(lane, seq, run, name, payload, size): starts in lane 0, the rest in lane 1."""
         self._seq = itertools.count()
         self._replay_due: float | None = None
         self._replay_attempt = 0
         self._closing = threading.Event()
         self.stats = {"spooled": 0, "forwarded": 0, "write_failures": 0, "replays": 0,
                       "replayed_runs": 0, "unattributed": 0, "rejected": 0,
-                      "unencodable": 0, "not_spooled": 0}
+                      "unencodable": 0, "not_spooled": 0, "from_disk": 0,
+                      "peak_held_bytes": 0}
         self.losses: list[dict[str, str]] = []
         """The last 1000 documents not written to the spool file: run, name, reason."""
         self._unspooled: dict[str, int] = {}
@@ -171,16 +190,13 @@ class SpoolSink:
         if state is None:
             lock = filelock.FileLock(str(self.pending_dir / f"{spool_stem(run)}.lock"), timeout=0)
             lock.acquire()
+            log = RecordLog(self._path(run), fsync_interval=self.fsync_interval)
             try:
-                path = self._path(run)
-                created = not path.exists()
-                fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-                if created:
-                    fsync_dir(self.pending_dir)  # the new file's name survives a power cut
+                log.open()  # a new file's name is fsynced; a torn tail is cut off
             except BaseException:
                 lock.release()
                 raise
-            state = _Open(fd, lock, time.monotonic())
+            state = _Open(log, lock)
             self._open[run] = state
         return state
 
@@ -219,38 +235,26 @@ class SpoolSink:
                          paths)
             return encode_document(name, clean), clean
 
-    def _write(self, run: str, name: str, data: bytes) -> bool:
-        """Append one record to the run's file.
+    def _write(self, run: str, name: str, data: bytes) -> int | None:
+        """Append one record to the run's file; returns its byte offset.
 
-        False (loss recorded) on a disk error, with the file cut back to its last complete record.
+        None (loss recorded) on a disk error, with the file cut back to its last complete
+        record.
         """
         try:
             state = self._open_run(run)
         except (OSError, filelock.Timeout) as exc:
             self._lose(run, name, f"cannot open the spool file: {type(exc).__name__}: {exc}")
             logger.error("spool: %s document of run %s not spooled: %s", name, run[:8], exc)
-            return False
-        pos = os.lseek(state.fd, 0, os.SEEK_END)
+            return None
         try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(state.fd, view):]
-            now = time.monotonic()
-            if name in ("start", "stop") or now - state.last_fsync >= self.fsync_interval:
-                os.fsync(state.fd)
-                state.last_fsync = now
+            return state.log.append(data, sync=name in ("start", "stop"))
         except OSError as exc:
-            try:
-                os.ftruncate(state.fd, pos)  # no torn record in the middle of the file
-            except OSError:
-                logger.exception("spool: cannot cut %s back after a failed write",
-                                 self._path(run))
             self._lose(run, name, f"{type(exc).__name__}: {exc}")
             logger.error("spool: %s document of run %s not spooled (%s); it is still "
                          "forwarded, but a replay of this run would miss it", name, run[:8],
                          exc)
-            return False
-        return True
+            return None
 
     def _append(self, name: str, doc: dict) -> None:
         with self._lock:
@@ -264,7 +268,8 @@ class SpoolSink:
                 logger.error("spool: run uid %r is not a safe file name; spooled as %s and "
                              "not forwarded", run, self._path(run).name)
             data, doc = self._encode(run, name, doc)
-            if self._write(run, name, data):
+            offset = self._write(run, name, data)
+            if offset is not None:
                 self.stats["spooled"] += 1
             if (self.writer_factory is not None and run not in self._failed
                     and self._queue.qsize() >= self.max_queue):
@@ -276,20 +281,34 @@ class SpoolSink:
             if name == "stop":
                 state = self._open.pop(run, None)
                 if state is not None:
-                    os.close(state.fd)
+                    state.log.close()
                     if self.writer_factory is None or run in self._failed:
                         state.lock.release()
                     else:  # still ours until it is downstream: no other replay may take it
                         self._held[run] = state.lock
             if self.writer_factory is None:
                 return
-            if run not in self._failed:
-                self._forwarding.add(run)
-            # a start goes ahead of other runs' waiting documents (each run has its own
-            # writer; a run's own documents keep their order): a new run is in Tiled at
-            # once, even behind a backlog (the agent waits for the raw run, issue 22)
-            self._queue.put((0 if name == "start" else 1, next(self._seq), run, name,
-                             None if run in self._failed else doc))
+            if run in self._failed:
+                self._enqueue(run, name, None, 0)
+                return
+            self._forwarding.add(run)
+            size = len(data)
+            payload: dict | _OnDisk = doc
+            if offset is not None and self.held_bytes + size > self.max_bytes:
+                # over the byte budget: the forwarder reads it back from the spool file
+                payload, size = _OnDisk(self._path(run), offset, len(data)), 0
+            self.held_bytes += size
+            self.stats["peak_held_bytes"] = max(self.stats["peak_held_bytes"],
+                                                self.held_bytes)
+            self._enqueue(run, name, payload, size)
+
+    def _enqueue(self, run: str, name: str, payload: dict | _OnDisk | None,
+                 size: int) -> None:
+        # a start goes ahead of other runs' waiting documents (each run has its own
+        # writer; a run's own documents keep their order): a new run is in Tiled at
+        # once, even behind a backlog (the agent waits for the raw run, issue 22)
+        self._queue.put((0 if name == "start" else 1, next(self._seq), run, name, payload,
+                         size))
 
     def pending(self) -> list[str]:
         """Run uids whose documents are not (completely) downstream yet."""
@@ -328,12 +347,23 @@ class SpoolSink:
         if held is not None:
             held.release()
 
-    def _forward(self, run: str, name: str, doc: dict | None) -> None:
+    def _forward(self, run: str, name: str, doc: dict | _OnDisk | None, size: int) -> None:
+        try:
+            self._forward_doc(run, name, doc)
+        finally:
+            if size:
+                with self._lock:
+                    self.held_bytes -= size
+
+    def _forward_doc(self, run: str, name: str, doc: dict | _OnDisk | None) -> None:
         if run in self._failed or doc is None:
             if name == "stop":
                 self._schedule_replay()
             return
         try:
+            if isinstance(doc, _OnDisk):
+                name, doc = decode_document(read_at(doc.path, doc.offset, doc.length))
+                self.stats["from_disk"] += 1
             writer = self._writers.get(run)
             if writer is None:
                 if name != "start":

@@ -10,7 +10,6 @@ and forwards these files; this module only knows their format.
 from __future__ import annotations
 
 import hashlib
-import os
 import re
 import time
 import uuid
@@ -18,11 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import msgpack
+from pbi_bluesky.store.recordlog import Scan, fsync_dir
 
-from pbi_bluesky.codec import DecodeError, unpacker
-
-__all__ = ["SUFFIX", "SpoolFile", "abort_stop", "fsync_dir", "read_spool_file", "spool_stem"]
+__all__ = ["SUFFIX", "SpoolFile", "abort_stop", "fsync_dir", "is_spool_record", "read_spool_file",
+           "spool_stem"]
 
 SUFFIX = ".spool"
 
@@ -37,42 +35,22 @@ class SpoolFile:
     error: str = ""
 
 
-READ_CHUNK = 1 << 20
-"""Bytes fed to the unpacker at a time when reading a spool file (its memory stays bounded
-by the largest record, not by the file)."""
+def is_spool_record(record: object) -> bool:
+    """Whether a decoded record is a spool record (``{"name": str, "doc": dict}``)."""
+    return (isinstance(record, dict) and isinstance(record.get("name"), str)
+            and isinstance(record.get("doc"), dict))
 
 
 def read_spool_file(path: str | Path) -> SpoolFile:
     """Read all complete documents of one spooled run, in order.
 
     Never raises for a torn or corrupt tail, or a record too large to read (reported in
-    :attr:`SpoolFile.torn` / :attr:`SpoolFile.error`).
+    :attr:`SpoolFile.torn` / :attr:`SpoolFile.error`). The file is read by the record
+    log's :class:`~pbi_bluesky.store.recordlog.Scan` (memory bounded by a record).
     """
-    docs: list[tuple[str, dict]] = []
-    up = unpacker()
-    end = 0  # byte offset just after the last complete record
-    size = 0
-    try:
-        with open(path, "rb") as fh:
-            while chunk := fh.read(READ_CHUNK):
-                size += len(chunk)
-                up.feed(chunk)
-                for record in up:
-                    if not (isinstance(record, dict) and isinstance(record.get("name"), str)
-                            and isinstance(record.get("doc"), dict)):
-                        return SpoolFile(docs, torn=True, error="corrupt record dropped")
-                    docs.append((record["name"], record["doc"]))
-                    end = up.tell()
-    except OSError as exc:
-        return SpoolFile(docs, error=f"cannot read {path}: {exc}")
-    except msgpack.BufferFull:
-        return SpoolFile(docs, torn=True, error=f"a record at byte {end} is larger than the "
-                         "reader's buffer: it and the rest of the file dropped")
-    except (ValueError, DecodeError) as exc:
-        return SpoolFile(docs, torn=True, error=f"corrupt record dropped: {exc}")
-    # bytes after the last complete record: a torn append
-    torn = end < size
-    return SpoolFile(docs, torn=torn, error="torn last record dropped" if torn else "")
+    scan = Scan(path, valid=is_spool_record)
+    docs = [(record["name"], record["doc"]) for _, _, record in scan]
+    return SpoolFile(docs, torn=scan.torn, error=scan.error)
 
 
 _SAFE_UID = re.compile(r"[A-Za-z0-9][A-Za-z0-9_.:-]{0,127}")
@@ -96,17 +74,3 @@ def abort_stop(start: dict[str, Any]) -> dict[str, Any]:
             "reason": "pbi spool: the run ended without a stop document (its writer process "
                       "crashed or was killed); closed on replay",
             "num_events": {}}
-
-
-def fsync_dir(path: Path) -> None:
-    """Make a folder's entries durable (after a file was created, moved or removed)."""
-    try:
-        fd = os.open(path, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)

@@ -216,10 +216,10 @@ def test_a_spool_file_over_the_reader_buffer_is_read_not_raised(tmp_path, monkey
     """The reader's buffer bounds one record, not the file (the 2 GiB case, scaled down to
     a 64 KiB buffer): a 230 KiB run is read and replayed whole; a single record over the
     buffer is reported, never raised."""
-    import pbi_bluesky.store.spoolfile as spoolfile
+    import pbi_bluesky.store.recordlog as recordlog
 
-    monkeypatch.setattr(spoolfile, "unpacker", _small_unpacker(64 * 1024))
-    monkeypatch.setattr(spoolfile, "READ_CHUNK", 16 * 1024)
+    monkeypatch.setattr(recordlog, "unpacker", _small_unpacker(64 * 1024))
+    monkeypatch.setattr(recordlog, "READ_CHUNK", 16 * 1024)
     docs = _run(1000)  # ~230 bytes per event
     sink = SpoolSink(tmp_path / "spool", None)
     for doc in docs:
