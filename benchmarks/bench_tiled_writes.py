@@ -12,11 +12,15 @@ writer factory, :meth:`~pbi_bluesky.store.Catalog.writer` (analysis runs
 It reports, from the server's own Prometheus counters, write requests per run by method
 and endpoint and ms each inside the server; the writer's ms per run; and the time from
 a run's stop document (handed to the spool) to the run being complete in Tiled (the
-writer returned from the stop: stop metadata written, streams closed), median and p95,
-per kind. ``--lean`` compares the default writer with the lean one
-(``Catalog(lean_writes=...)``) on the same server in one run. Ends with one JSON line.
+writer returned from the stop: every event and the stop metadata written, the run
+closed), median and p95, per kind, split into the wait in the spool's queue (behind other
+runs) and the stop's own write. ``--lean`` compares the default writer with the lean one
+(``Catalog(lean_writes=...)``) on the same server in one run; ``--arrays-in-table`` adds
+the lean writer with the analysis curves (q, intensity, sigma) as table columns instead of
+array nodes (six requests fewer per analysis run; the readers of analysis runs expect array
+nodes, so the session does not write this way yet). Ends with one JSON line.
 
-    PYTHONPATH=$PWD python benchmarks/bench_tiled_writes.py --runs 40 --period 0.3 --lean
+    PYTHONPATH=$PWD python benchmarks/bench_tiled_writes.py --runs 20 --period 1.0 --lean
 """
 
 from __future__ import annotations
@@ -156,7 +160,7 @@ class Timed:
 
 
 def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period: float,
-            lean: bool) -> dict[str, Any]:
+            lean: bool, arrays_in_table: bool = False) -> dict[str, Any]:
     from pbi_bluesky.demos.queue import tiled_request_metrics, tiled_request_stats
     from pbi_bluesky.store import Catalog, SpoolSink
 
@@ -166,7 +170,9 @@ def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period
     stop_begin: dict[str, float] = {}
 
     def factory(composed: bool) -> Timed:
-        return Timed(catalog.writer(composed=composed), done, spent, stop_begin)
+        size = -1 if composed and arrays_in_table else None
+        return Timed(catalog.writer(composed=composed, max_array_size=size), done, spent,
+                     stop_begin)
 
     raw = SpoolSink(root / "raw", functools.partial(factory, False),
                     delete_partial=catalog.delete_partial)
@@ -190,7 +196,9 @@ def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period
     after = tiled_request_metrics(server.uri, server.api_key)
     raw.close()
     ana.close()
-    out: dict[str, Any] = {"writer": "lean" if lean else "default", "flushed": ok,
+    name = ("lean" if lean else "default") + (" + arrays in table" if arrays_in_table
+                                                  else "")
+    out: dict[str, Any] = {"writer": name, "flushed": ok,
                            "wall_s": round(wall, 1), "max_runs_behind": max(backlog),
                            "runs_behind_at_end_of_tray": backlog[-1]}
     for kind in ("raw", "analysis"):
@@ -232,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds between slots (one raw and one analysis run each)")
     ap.add_argument("--lean", action="store_true",
                     help="also measure the lean writer, after the default one")
+    ap.add_argument("--arrays-in-table", action="store_true",
+                    help="also measure the lean writer with the analysis curves as table "
+                         "columns instead of array nodes (not what the session writes: "
+                         "its readers expect array nodes)")
     args = ap.parse_args(argv)
     ana_t, raw_t = analysis_template(), raw_template()
     print(f"analysis run: {[n for n, _ in ana_t]}")
@@ -239,9 +251,11 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = TiledServer(Path(tmp) / "tiled").start()
         try:
-            for lean in (False, True) if args.lean else (False,):
-                r = measure(server, Path(tmp) / f"spool-{int(lean)}", raw_t, ana_t,
-                            args.runs, args.period, lean)
+            kinds = [(False, False)] + [(True, False)] * args.lean + \
+                [(True, True)] * args.arrays_in_table
+            for lean, in_table in kinds:
+                r = measure(server, Path(tmp) / f"spool-{int(lean)}{int(in_table)}", raw_t,
+                            ana_t, args.runs, args.period, lean, in_table)
                 results.append(r)
                 print(f"{r['writer']}: {r['write_requests_per_run']} write requests per run "
                       f"({r['requests_per_run_by_method']}) at {r['write_ms_each']} ms; "

@@ -12,7 +12,8 @@ One :meth:`Agent.step` (the loop calls it every ``poll_s``):
    rescan) without a decision: a reference is ``skipped``; a flagged rescan makes it
    ``confirmed``; while a requested rescan has no verdict it waits; a flagged run whose raw
    run is not in Tiled yet (its verdict came first, by the feed) is waited for up to
-   ``raw_wait_s``, then ``skipped`` with that reason; if the policy allows
+   ``raw_wait_s`` (stepping every ``RAW_RECHECK_S`` meanwhile), then ``skipped`` with that
+   reason; if the policy allows
    another rescan of the sample it queues one (after the cool-down); otherwise clean
    rescans make it ``transient``, rescans that said nothing ``no verdict``.
 
@@ -56,6 +57,9 @@ MISSING_GRACE_S = 30.0
 FAILED_GRACE_S = 5.0
 """After its item failed, a rescan's analysis (if it took a frame) may still arrive."""
 MAX_REFUSALS = 3
+RAW_RECHECK_S = 0.2
+"""While a flagged run waits for its raw run in Tiled, steps come this often (not every
+``poll_s``): the raw run is usually there a fraction of a second after the verdict."""
 
 
 @dataclass
@@ -254,6 +258,15 @@ class Agent:
                     timing=req.timing or None)
                 req.recorded = True
 
+    @property
+    def waiting_for_raw(self) -> bool:
+        """Return whether a flagged run waits for its raw run to reach Tiled.
+
+        While one does, the loop steps every :data:`RAW_RECHECK_S`.
+        """
+        return any(c.raw_missing_since is not None for u, c in self._cases.items()
+                   if u not in self._decided)
+
     # -- one step ---------------------------------------------------------------------
     def step(self) -> None:
         """Read, merge, decide, queue (see the module docstring).
@@ -261,7 +274,8 @@ class Agent:
         Raises if the catalog cannot be read; the queue being unreachable only postpones new
         rescans.
         """
-        self._inbox.extend(self.follower.poll())
+        self._inbox.extend(self.follower.poll(RAW_RECHECK_S if self.waiting_for_raw
+                                              else None))
         self.stats.feed = getattr(self.follower, "feed_ok", None)
         if not self._loaded:
             self._load()
