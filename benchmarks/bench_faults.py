@@ -656,8 +656,8 @@ def _bus_kind(args, kind, beamline, names, redis, server, env, frames, poni, wor
     thread = threading.Thread(target=scan, daemon=True)
     thread.start()
     fault: dict[str, Any] = {}
-    if not _wait(lambda: done() >= total // 3, 120, 0.01):
-        raise RuntimeError(f"{kind}: the worker scored {done()} of {total // 3} frames in 120 s"
+    if not _wait(lambda: done() >= total // 4, 120, 0.01):
+        raise RuntimeError(f"{kind}: the worker scored {done()} of {total // 4} frames in 120 s"
                            f"; log:\n{workers[0].log.read_text()[-2000:]}")
     fault["done_at_fault"] = done()
     fault["scan_running_at_fault"] = not published.is_set()
@@ -822,7 +822,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--interleaved-pairs", type=int, default=3,
                         help="pairs of interleaved runs, one Tiled outage each")
     parser.add_argument("--bus-runs", type=int, default=3, help="runs per bus fault")
-    parser.add_argument("--bus-rate", type=float, default=20.0,
+    parser.add_argument("--bus-rate", type=float, default=10.0,
                         help="frames per second published to the bus")
     parser.add_argument("--redis-down", type=float, default=5.0, help="Redis down for this long")
     args = parser.parse_args(argv)
