@@ -10,9 +10,12 @@ A :class:`Scorer`
   delivery, exactly one result);
 * reclaims: every ``claim_every_s`` it takes over work items another worker has held for
   more than ``claim_idle_s`` without acknowledging them (``XAUTOCLAIM``: that worker died
-  or hangs). An item delivered more than ``max_deliveries`` times is poison: it is
-  dead-lettered onto ``{beamline}.pbi.dead`` with the last error seen, and its frame is
-  recorded as failed with that reason, so the run still completes.
+  or hangs), one at a time. An item delivered more than ``max_deliveries`` times is
+  poison: it is dead-lettered onto ``{beamline}.pbi.dead`` with the last error seen, and
+  its frame is recorded as failed with that reason, so the run still completes;
+* isolates poison: a batch that fails is scored again frame by frame, and reclaimed items
+  (perhaps of a batch that killed its worker) are scored alone, so only the poison frame
+  reaches ``max_deliveries``; the innocent frames of its batch are scored.
 """
 
 from __future__ import annotations
@@ -43,6 +46,12 @@ class _Permanent(ValueError):
 def _s(value: Any) -> str:
     return value.decode() if isinstance(value, bytes) else str(value)
 
+
+def _broker_error(exc: BaseException) -> bool:
+    """Whether the broker failed (retry the whole batch later), not one of its frames."""
+    import redis
+
+    return isinstance(exc, (redis.ConnectionError, redis.TimeoutError))
 
 
 @dataclass
@@ -86,7 +95,8 @@ class Scorer:
         self._backgrounds: dict[str, Any] = {}
         self._claim_cursor = "0-0"
         self._next_claim = 0.0
-        self.stats = {"scored": 0, "claimed": 0, "dead": 0, "errors": 0, "batches": 0}
+        self.stats = {"scored": 0, "claimed": 0, "dead": 0, "errors": 0, "batches": 0,
+                      "isolations": 0, "item_errors": 0}
 
     def join(self) -> None:
         """Join the scorer group (creates this consumer)."""
@@ -110,13 +120,19 @@ class Scorer:
         return len(entries)
 
     def _claim(self) -> list:
-        """Work items idle too long at other (dead) workers, minus poison ones."""
+        """Return a work item idle too long at another (dead) worker, unless it is poison.
+
+        One at a time, scored alone: the items of a batch that killed its worker are
+        retried apart, so the one that kills again is delivered more than
+        ``max_deliveries`` times and dead-lettered, and the others are scored.
+        """
         self._next_claim = time.monotonic() + self.claim_every_s
         resp = self.client.xautoclaim(self.names.frames, SCORER_GROUP, self.name,
-                                      self.claim_idle_ms, self._claim_cursor,
-                                      count=self.batch_size)
+                                      self.claim_idle_ms, self._claim_cursor, count=1)
         self._claim_cursor = _s(resp[0])
         entries = [e for e in resp[1] if e and e[0] is not None]
+        if entries:
+            self._next_claim = 0.0  # there may be more: claim the next one right after
         live = [e for e in entries if e[1]]
         for entry_id, _ in (e for e in entries if not e[1]):  # deleted from the stream
             self.client.xack(self.names.frames, SCORER_GROUP, entry_id)
@@ -229,6 +245,7 @@ class Scorer:
                           background=background)
 
     def _handle(self, entries: list) -> None:
+        """Score a batch; if it fails, its frames one by one (only the poison one fails)."""
         frames, metas = [], []
         for entry_id, fields in entries:
             try:
@@ -238,21 +255,53 @@ class Scorer:
                 self._dead(entry_id, fields, str(exc))
             except Exception as exc:
                 self._note_error(entry_id, exc)
-                raise
+                if _broker_error(exc):
+                    raise
+                self._item_failed(entry_id, exc)  # this item only: retried, then dead
         if not frames:
             return
         try:
-            outcomes = self.core.process(frames)
-            pipe = self.client.pipeline(transaction=False)
-            for (entry_id, run, key), outcome in zip(metas, outcomes, strict=True):
-                self.ledger.record(run, key, self._blob(outcome), entry_id, pipe=pipe)
-            pipe.execute()
+            self._score(frames, metas)
+            return
         except Exception as exc:
-            for entry_id, _run, _key in metas:
-                self._note_error(entry_id, exc)
-            raise
+            if _broker_error(exc):
+                for entry_id, _run, _key in metas:
+                    self._note_error(entry_id, exc)
+                raise
+            if len(frames) == 1:
+                self._note_error(metas[0][0], exc)
+                self._item_failed(metas[0][0], exc)
+                return
+            logger.warning("bus worker %s: a batch of %d frames failed (%s: %s): scoring "
+                           "them one by one", self.name, len(frames), type(exc).__name__, exc)
+            self.stats["isolations"] += 1
+        for frame, meta in zip(frames, metas, strict=True):
+            try:
+                self._score([frame], [meta])
+            except Exception as exc:
+                self._note_error(meta[0], exc)
+                if _broker_error(exc):
+                    raise
+                self._item_failed(meta[0], exc)
+
+    def _score(self, frames: list[FrameInput], metas: list[tuple[Any, str, str]]) -> None:
+        """Score frames in one pass and record their results (acknowledging them)."""
+        outcomes = self.core.process(frames)
+        pipe = self.client.pipeline(transaction=False)
+        for (entry_id, run, key), outcome in zip(metas, outcomes, strict=True):
+            self.ledger.record(run, key, self._blob(outcome), entry_id, pipe=pipe)
+        pipe.hdel(self.names.errors, *[m[0] for m in metas])  # errors of earlier tries
+        pipe.execute()
         self.stats["scored"] += len(frames)
         self.stats["batches"] += 1
+
+    def _item_failed(self, entry_id: Any, exc: Exception) -> None:
+        """One work item failed: left pending, it is reclaimed, retried, then dead-lettered."""
+        self.stats["item_errors"] += 1
+        logger.warning("bus worker %s: work item %s failed (%s: %s); retried after %.1f s, "
+                       "dead-lettered after %d deliveries", self.name, _s(entry_id),
+                       type(exc).__name__, exc, self.claim_idle_ms / 1000,
+                       self.max_deliveries)
 
     def _note_error(self, entry_id: Any, exc: Exception) -> None:
         try:
