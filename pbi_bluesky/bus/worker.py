@@ -89,6 +89,9 @@ class BusWorker:
         Coordinator lease time to live.
     retention_s
         How long a closed run's Redis keys are kept.
+    stream_retention_s, idle_close_s
+        Trimming of acknowledged stream entries, closing of runs without a stop
+        (:class:`~.coordinator.Coordinator`).
     score
         False: a coordinator only (dispatch and Tiled writes on a process of their own, the
         layout for high frame rates).
@@ -101,6 +104,7 @@ class BusWorker:
                  name: str | None = None, batch_size: int = 16, claim_idle_s: float = 10.0,
                  claim_every_s: float | None = None, max_deliveries: int = 3,
                  lease_s: float = 10.0, retention_s: float = 86400.0,
+                 stream_retention_s: float = 600.0, idle_close_s: float = 3600.0,
                  score: bool = True, password_env: str | None = PASSWORD_ENV) -> None:
         if not score and writer_factory is None:
             raise ValueError("a worker that neither scores nor coordinates does nothing")
@@ -116,7 +120,9 @@ class BusWorker:
                                                 password_env=password_env),
                                         self.names, core, self.name, writer_factory,
                                         delete_partial, lease_s=lease_s,
-                                        retention_s=retention_s, stopping=self._stop.is_set)
+                                        retention_s=retention_s,
+                                        stream_retention_s=stream_retention_s,
+                                        idle_close_s=idle_close_s, stopping=self._stop.is_set)
                             if writer_factory else None)
         self._threads: list[threading.Thread] = []
         self._next_beat = 0.0
@@ -196,7 +202,9 @@ class BusWorker:
             else None, delete_partial=catalog.delete_partial if coordinates else None,
             name=name, batch_size=settings.scorer.batch_size, claim_idle_s=bus.claim_idle_s,
             claim_every_s=bus.claim_every_s, max_deliveries=bus.max_deliveries,
-            lease_s=bus.lease_s, retention_s=bus.retention_s, score=role != "coordinate",
+            lease_s=bus.lease_s, retention_s=bus.retention_s,
+            stream_retention_s=bus.stream_retention_s, idle_close_s=bus.idle_close_s,
+            score=role != "coordinate",
             password_env=bus.password_env)
 
     # -- life cycle -----------------------------------------------------------------------
