@@ -29,7 +29,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-from pbi_bluesky.bus.ledger import Ledger, Ops, decode_result
+from pbi_bluesky.bus.ledger import Ledger, NotLeader, Ops, decode_result
 from pbi_bluesky.bus.names import COORDINATOR_GROUP, BusNames
 from pbi_bluesky.codec import decode
 from pbi_bluesky.scoring.analysis import AnalysisRun
@@ -66,16 +66,25 @@ class Assembler:
         Removes an analysis run from the catalog, by uid (before a rewrite).
     retention_s
         Redis keys of a closed run expire after this long (the Tiled copy stays).
+    retry_initial_s, retry_max_s
+        Backoff between rewrites of runs whose writing failed.
+    is_leader
+        Returns whether this coordinator still holds the lease: nothing is written to Tiled
+        after it is lost.
+    progress
+        Called after each document written (:meth:`~.ledger.Lease.progress`).
     """
 
     def __init__(self, client: Any, ledger: Ledger, core: FrameScorer, holder: str,
                  writer_factory: Any, delete_partial: Any, *, retention_s: float = 86400.0,
-                 retry_initial_s: float = 0.5, retry_max_s: float = 30.0) -> None:
+                 retry_initial_s: float = 0.5, retry_max_s: float = 30.0,
+                 is_leader: Any = lambda: True, progress: Any = lambda: None) -> None:
         self.client, self.ledger, self.core, self.holder = client, ledger, core, holder
         self.names: BusNames = ledger.names
         self.writer_factory, self.delete_partial = writer_factory, delete_partial
         self.retention_s = int(retention_s)
         self.retry = (float(retry_initial_s), float(retry_max_s))
+        self.is_leader, self.progress = is_leader, progress
         self.stats = {"events": 0, "runs_closed": 0, "rewrites": 0, "write_failures": 0}
         self.reset()
 
@@ -89,9 +98,12 @@ class Assembler:
 
     # -- writing ----------------------------------------------------------------------------
     def _emit(self, name: str, doc: dict) -> None:
+        if not self.is_leader():
+            raise NotLeader("lost the coordinator lease: no more writes to Tiled")
         if self._writer is None:
             self._writer = self.writer_factory()
         self._writer(name, doc)
+        self.progress()
 
     def _failed(self, uid: str, exc: Exception) -> None:
         self.stats["write_failures"] += 1
@@ -153,6 +165,8 @@ class Assembler:
             results = self.client.hgetall(self.names.run_results(uid))
             for key in sorted((_s(k) for k in results), key=_order):
                 self._add(analysis, key, results[key.encode()])
+        except NotLeader:
+            raise
         except Exception as exc:  # noqa: BLE001 - Tiled down or refusing: retry later
             self._failed(uid, exc)
             return False
@@ -191,6 +205,8 @@ class Assembler:
                             blob = self.client.hget(self.names.run_results(uid), key)
                         if blob is not None:
                             self._add(analysis, key, blob)
+            except NotLeader:
+                raise
             except Exception as exc:  # noqa: BLE001 - Tiled down: rewrite later
                 self._failed(uid, exc)
         for uid in sorted(touched - self._dirty):
@@ -253,6 +269,8 @@ class Assembler:
                 "bus": self.names.documents})
             try:
                 self._emit("stop", stop)
+            except NotLeader:
+                raise
             except Exception as exc:  # noqa: BLE001
                 self._failed(uid, exc)
                 return

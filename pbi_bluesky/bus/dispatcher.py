@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import logging
 import time
+import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -72,13 +73,16 @@ class Dispatcher:
 
     def __init__(self, client: Any, ledger: Ledger, core: FrameScorer, holder: str, *,
                  batch: int = 256, cell_wait_s: float = 600.0,
-                 is_leader: Any = lambda: True) -> None:
+                 is_leader: Any = lambda: True, progress: Any = lambda: None) -> None:
         self.client, self.ledger, self.core, self.holder = client, ledger, core, holder
         self.names: BusNames = ledger.names
         self.batch = int(batch)
         self.cell_wait_s = float(cell_wait_s)
         self.is_leader = is_leader
-        self.stats = {"documents": 0, "frames": 0, "dead": 0, "duplicates": 0}
+        self.progress = progress
+        self._touched: set[str] = set()
+        self.stats = {"documents": 0, "frames": 0, "dead": 0, "duplicates": 0,
+                      "closed_idle": 0}
         self.reset()
 
     def reset(self) -> None:
@@ -105,6 +109,7 @@ class Dispatcher:
     def process(self, entries: list[tuple[Any, dict | None]]) -> int:
         """Handle entries of the documents stream; returns how many."""
         ops = Ops()
+        self._touched: set[str] = set()
         for entry_id, fields in entries:
             doc_ops = Ops()
             try:
@@ -124,7 +129,11 @@ class Dispatcher:
             ops.count += doc_ops.count
             ops.add("XACK", self.names.documents, COORDINATOR_GROUP, entry_id)
             self.stats["documents"] += 1
+        now = f"{time.time():.3f}"
+        for uid in sorted(self._touched):  # when each run last had a document (idle close)
+            ops.add("HSET", self.names.run(uid), "seen", now)
         self._apply(ops)
+        self.progress()
         return len(entries)
 
     def _apply(self, ops: Ops) -> None:
@@ -212,6 +221,8 @@ class Dispatcher:
             self.stats["duplicates"] += 1  # a late copy (the publisher sends at least once)
             return
         getattr(self, f"_{name}")(st, doc, ops, batch_ops)
+        if st.state == "open":
+            self._touched.add(run)
 
     def _start(self, st: _RunState, doc: dict, ops: Ops, _b: Ops) -> None:
         if st.start is not None:
@@ -342,6 +353,48 @@ class Dispatcher:
         ops.add("HSET", run_key, "state", "stopped", "stop", encode(doc))
         ops.add("XADD", self.names.results, "*", "kind", "stop", "run", st.uid)
 
+    # -- runs without a stop -------------------------------------------------------------------
+    def close_idle(self, idle_s: float, now: float | None = None) -> list[str]:
+        """Close the open runs without a document for ``idle_s`` seconds; return their uids.
+
+        Each gets a stop document with exit status ``abort`` and the reason "no stop within
+        N s", composed here and applied like a real stop (frames still incomplete are
+        recorded as failed, the analysis run is then closed as usual); a late real stop or
+        event of the run is a duplicate. Counted in ``stats`` (``runs_closed_idle``).
+
+        Parameters
+        ----------
+        idle_s
+            Seconds since the run's last document (or its start, if it has none since).
+        now
+            The time to compare with (default: now).
+        """
+        now = time.time() if now is None else float(now)
+        closed = []
+        for uid in sorted(_s(u) for u in self.client.smembers(self.names.open_runs)):
+            state, seen, start = self.client.hmget(self.names.run(uid), "state", "seen",
+                                                   "start")
+            if state != b"open" or start is None:
+                continue
+            last = float(seen) if seen else float(decode(start).get("time") or now)
+            if now - last < idle_s:
+                continue
+            st = self._run(uid)
+            if st.state != "open" or st.start is None:
+                continue
+            reason = f"no stop within {idle_s:g} s (closed by bus coordinator {self.holder})"
+            stop = {"run_start": uid, "time": now, "uid": str(uuid.uuid4()),
+                    "exit_status": "abort", "reason": reason, "num_events": {}}
+            ops = Ops()
+            self._stop(st, stop, ops, ops)
+            ops.add("HINCRBY", self.names.stats, "runs_closed_idle", 1)
+            self._apply(ops)
+            logger.warning("run %s had no document for %.0f s and no stop: closed (%s)",
+                           uid[:8], now - last, reason)
+            self.stats["closed_idle"] += 1
+            closed.append(uid)
+        return closed
+
     # -- background ------------------------------------------------------------------------------
     def _cells(self) -> int:
         if self._cells_len is None:
@@ -371,6 +424,7 @@ class Dispatcher:
                     break
                 if not self.is_leader():
                     raise NotLeader("lost the lease while waiting for an empty-cell frame")
+                self.progress()  # waiting for the scorers is not being stuck
                 if time.monotonic() > deadline:
                     logger.error("empty-cell frame %s not scored within %.0f s: later frames "
                                  "keep the previous background", cell, self.cell_wait_s)

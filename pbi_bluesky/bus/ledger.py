@@ -184,22 +184,43 @@ class Ledger:
 
 
 class Lease:
-    """The coordinator lease, renewed by its own thread while held.
+    """The coordinator lease, renewed by its own thread while its holder makes progress.
+
+    The holder calls :meth:`progress` whenever it gets on (a batch handled, a document
+    written, an idle read returned). The renewal thread renews the lease only while the
+    last progress is younger than ``stuck_s``: a holder stuck in a request stops renewing,
+    steps down, and another worker takes over within ``ttl_s``.
 
     Parameters
     ----------
+    ledger
+        The scripts of the broker holding the lease.
+    holder
+        Who holds it (the worker's name).
     ttl_s
         The lease expires this long after the last renewal (a dead holder is replaced
         after at most this long). Renewed every ``ttl_s / 3``; a holder that cannot renew
         for ``ttl_s / 2`` steps down by itself.
+    stuck_s
+        A holder without progress for this long is stuck (default ``3 * ttl_s``: a slow
+        Tiled write under load is not a stuck one).
     """
 
-    def __init__(self, ledger: Ledger, holder: str, ttl_s: float = 10.0) -> None:
+    def __init__(self, ledger: Ledger, holder: str, ttl_s: float = 10.0,
+                 stuck_s: float | None = None) -> None:
         self.ledger, self.holder, self.ttl_ms = ledger, holder, int(ttl_s * 1000)
+        self.stuck_s = float(stuck_s) if stuck_s is not None else 3.0 * float(ttl_s)
         self.held = threading.Event()
         self._stop = threading.Event()
         self._last_ok = 0.0
+        self._progress = time.monotonic()
+        self.stuck = 0
+        """How many times this holder stepped down because it made no progress."""
         self._thread: threading.Thread | None = None
+
+    def progress(self) -> None:
+        """Say the holder got on (cheap: one clock read); see the class docstring."""
+        self._progress = time.monotonic()
 
     def try_acquire(self) -> bool:
         """Take the lease if it is free (or already ours)."""
@@ -209,7 +230,7 @@ class Lease:
         if not ok:
             ok = bool(self.ledger._renew(keys=[key], args=[self.holder, self.ttl_ms]))
         if ok:
-            self._last_ok = time.monotonic()
+            self._last_ok = self._progress = time.monotonic()
             self.held.set()
             if self._thread is None or not self._thread.is_alive():
                 self._stop.clear()
@@ -221,6 +242,14 @@ class Lease:
     def _renew_loop(self) -> None:
         key = self.ledger.names.lease
         while not self._stop.wait(self.ttl_ms / 3000.0):
+            idle = time.monotonic() - self._progress
+            if idle > self.stuck_s:
+                self.stuck += 1
+                logger.error("%s made no progress for %.1f s (stuck in a request?): it stops "
+                             "renewing the coordinator lease; another worker takes over",
+                             self.holder, idle)
+                self.held.clear()
+                return
             try:
                 ok = bool(self.ledger._renew(keys=[key], args=[self.holder, self.ttl_ms]))
             except Exception as exc:  # noqa: BLE001 - the broker may be away for a while

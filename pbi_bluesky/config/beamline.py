@@ -266,7 +266,13 @@ class BusConfig(StrictModel):
     lease_s
         The coordinator's lease: another worker takes over this long after it dies.
     retention_s
-        How long finished runs' bus records are kept.
+        How long finished runs' bus records (and dead letters) are kept.
+    stream_retention_s
+        How long entries every consumer group has acknowledged stay on the bus's streams
+        before the coordinator trims them.
+    idle_close_s
+        A run with no document for this long and no stop is closed by the coordinator (a
+        stop with exit status ``abort``, reason "no stop within N s", counted).
     tiled_batch
         Analysis events per Tiled write (each write cost ~0.4 s of server time here,
         whatever its size).
@@ -281,6 +287,8 @@ class BusConfig(StrictModel):
     max_deliveries: Count = 3
     lease_s: Positive = 10.0
     retention_s: Positive = 86400.0
+    stream_retention_s: Positive = 600.0
+    idle_close_s: Positive = 3600.0
     tiled_batch: Count = 256
     password_env: EnvName = "PBI_REDIS_PASSWORD"
 
