@@ -31,8 +31,10 @@ __all__ = ["ReviewData", "build_app", "normal_band"]
 
 logger = logging.getLogger(__name__)
 
-FILTERS = ("recipe", "since", "decision", "label", "model")
+FILTERS = ("recipe", "since", "decision", "label", "model", "limit")
 POLL_MS = 2000
+LIMIT = 200
+"""Flagged runs the index shows (the newest; ``?limit=N`` shows more)."""
 
 
 @lru_cache(maxsize=16)
@@ -109,7 +111,13 @@ class ReviewData:
         """Return the flagged runs newest first, filtered (keys of :data:`FILTERS`)."""
         from pbi_bluesky.store import flagged_runs
 
-        rows = flagged_runs(self.runs, composition=filters.get("recipe") or None,
+        try:
+            limit = int(filters.get("limit") or LIMIT)
+        except ValueError:
+            raise ValueError(f"limit must be a whole number, got {filters['limit']!r}"
+                             ) from None
+        rows = flagged_runs(self.runs, limit=max(1, limit),
+                            composition=filters.get("recipe") or None,
                             since=filters.get("since") or None,
                             decision=filters.get("decision") or None,
                             label=filters.get("label") or None,
@@ -123,7 +131,7 @@ class ReviewData:
         results = self.runs.search(Key("start.pbi_analysis") == True)  # noqa: E712
         results = results.search(Key("stop.pbi_summary.verdict") == "failed")
         out = []
-        for uid, node in results.items():
+        for uid, node in results.sort(("start.time", -1)).items()[:50]:
             start, stop = node.metadata["start"], node.metadata.get("stop") or {}
             out.append({"raw_uid": start.get("raw_uid"), "analysis_uid": uid,
                         "time": start.get("time"), "sample": start.get("sample"),
@@ -134,16 +142,21 @@ class ReviewData:
         """Return a raw run's analysis: start, stop, frame table, curves and attributions."""
         from tiled.queries import Key
 
-        from pbi_bluesky.store.labels import labels_of
-        from pbi_bluesky.store.queries import decisions_of
+        from pbi_bluesky.store.labels import LABEL
 
-        runs = self.runs
-        results = runs.search(Key("start.pbi_analysis") == True)  # noqa: E712
-        results = results.search(Key("start.raw_uid") == raw_uid)
-        found = list(results.items())
-        if not found:
+        # one query: the analyses, labels and decisions of a raw run all carry its uid
+        related = list(self.runs.search(Key("start.raw_uid") == raw_uid).items())
+
+        def newest(keep: Any) -> tuple[str, Any] | None:
+            chosen = [(uid, node) for uid, node in related
+                      if keep(node.metadata.get("start") or {})]
+            return max(chosen, key=lambda f: f[1].metadata["start"].get("time", 0),
+                       default=None)
+
+        found = newest(lambda start: start.get("pbi_analysis") is True)
+        if found is None:
             return None
-        uid, node = max(found, key=lambda f: f[1].metadata["start"].get("time", 0))
+        uid, node = found
         md = node.metadata
         out: dict[str, Any] = {"analysis_uid": uid, "start": md["start"],
                                "stop": md.get("stop") or {}, "frames": [], "curves": None,
@@ -162,9 +175,9 @@ class ReviewData:
                         row["attributions"])
                 except (ValueError, TypeError):
                     continue
-        out["label"] = labels_of(runs.search(Key("start.raw_uid") == raw_uid)).get(raw_uid)
-        out["decision"] = decisions_of(runs.search(Key("start.raw_uid") == raw_uid)).get(
-            raw_uid)
+        for key, purpose in (("label", LABEL), ("decision", "pbi_decision")):
+            record = newest(lambda start, p=purpose: start.get("purpose") == p)
+            out[key] = dict(record[1].metadata["start"]) if record else None
         return out
 
     def label(self, raw_uid: str, label: str, note: str | None, by: str | None
@@ -268,7 +281,8 @@ def _index_html(rows: list[dict[str, Any]], failed: list[dict[str, Any]],
                     f" {_e(f['sample'])}: {_e('; '.join(f['failures'][:3]) or 'no reason')}</li>"
                     for f in failed[:50])
     body = (f"<h1>Flagged runs</h1><p>{_e(where)}: <span id='count'>{len(rows)}</span> "
-            f"flagged run(s), newest first; new flags appear without a reload. "
+            f"flagged run(s) shown, newest first (at most {_e(filters.get('limit') or LIMIT)}"
+            f": ?limit=N shows more); new flags appear without a reload. "
             f"p (exact) is the conformal p-value (floored at 1/(n+1)); p (tail estimate) "
             f"comes from an exponential fit to the top calibration scores.</p>{form}"
             f"<table><thead>{head}</thead><tbody id='rows'>"

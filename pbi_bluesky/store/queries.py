@@ -34,6 +34,7 @@ def flagged_runs(
     decision: str | None = None,
     label: str | None = None,
     model: str | None = None,
+    limit: int | None = None,
 ) -> list[dict[str, Any]]:
     """Raw runs whose live analysis flagged at least one frame, newest last.
 
@@ -54,6 +55,9 @@ def flagged_runs(
         :data:`~pbi_bluesky.store.labels.LABELS`), or ``"none"`` for unlabelled runs.
     model
         Only analyses by this model: a prefix of its sha256, or its path.
+    limit
+        Only the newest ``limit`` matching runs: the server sorts by start time and only
+        the pages needed are read (the review page's index at 10^4 runs).
 
     Returns
     -------
@@ -89,7 +93,14 @@ def flagged_runs(
     decided = decisions_of(runs)
     labelled = labels_of(runs)
     out = []
-    for uid, node in results.items():
+    items = results.items()
+    if limit is not None:
+        if limit <= 0:
+            return []
+        items = results.sort(("start.time", -1)).items().page_size(min(limit, 300))
+    for uid, node in items:
+        if limit is not None and len(out) >= limit:
+            break
         md = node.metadata
         start, stop = md["start"], md.get("stop") or {}
         summary = stop.get("pbi_summary", {})

@@ -54,8 +54,8 @@ def test_false_alarm_labels_unflag_a_drifted_batch_not_the_defects(tiny_model, i
     row = next(r for r in table if r["recipe"] == RECIPE)
     assert row["added"] == N_LABELLED and row["new_threshold"] > row["old_threshold"]
     assert _flagged(model, batch) <= 1  # was >= N_LABELLED
-    assert _flagged(model, fresh) <= 2, "unseen frames of the same batch pass too"
-    assert _flagged(tiny_model, fresh) >= N_LABELLED // 2  # they were flagged before
+    # unseen frames of the same batch pass too (here 12 of 20 flagged before, 2 after)
+    assert _flagged(tiny_model, fresh) >= 8 and _flagged(model, fresh) <= 4
     after = flag_runs(model, defects)
     assert all(r["flagged"] for r in after) and unflagged_defects(before, after) == {}
     other = next(r for r in table if r["recipe"] != RECIPE)

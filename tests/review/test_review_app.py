@@ -39,6 +39,10 @@ def test_index_lists_flags_newest_first_with_filters(client):
     assert web.get("/api/flagged", params={"model": "feedc0de"}).json()
     assert web.get("/api/flagged", params={"model": "00"}).json() == []
     assert web.get("/api/flagged", params={"label": "maybe"}).status_code == 400
+    # the newest only, sorted by the server (the index at 10^4 runs reads one page)
+    assert [r["raw_uid"] for r in web.get("/api/flagged", params={"limit": 1}).json()] == [
+        uids["b"]]
+    assert web.get("/api/flagged", params={"limit": "x"}).status_code == 400
 
 
 def test_run_page_plots_and_failed_reason(client):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import subprocess
@@ -11,6 +12,7 @@ import urllib.parse
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from pbi_bluesky.infra.ports import free_port, port_open
@@ -39,6 +41,61 @@ def _chromium(*args: str) -> str:
     return subprocess.run(cmd, capture_output=True, text=True, timeout=90, check=True).stdout
 
 
+class Browser:
+    """One headless chromium driven over the DevTools protocol (page loads, JS, no reload)."""
+
+    def __init__(self, workdir: Path) -> None:
+        from websockets.sync.client import connect
+
+        port = free_port()
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--hide-scrollbars",
+             f"--remote-debugging-port={port}", f"--user-data-dir={workdir}",
+             "--remote-allow-origins=*", "about:blank"],
+            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/json/list",
+                                            timeout=5) as reply:
+                    pages = [t for t in json.load(reply) if t["type"] == "page"]
+                if pages:
+                    break
+            except OSError:
+                pass
+            assert self.proc.poll() is None and time.monotonic() < deadline, "no chromium"
+            time.sleep(0.2)
+        self._connection = connect(pages[0]["webSocketDebuggerUrl"], max_size=None)
+        self.ws = self._connection.__enter__()
+        self._id = 0
+
+    def call(self, method: str, **params) -> dict:
+        self._id += 1
+        self.ws.send(json.dumps({"id": self._id, "method": method, "params": params}))
+        while True:
+            reply = json.loads(self.ws.recv(timeout=60))
+            if reply.get("id") == self._id:
+                assert "error" not in reply, reply
+                return reply["result"]
+
+    def js(self, expression: str):
+        return self.call("Runtime.evaluate", expression=expression,
+                         returnByValue=True)["result"].get("value")
+
+    def open(self, url: str) -> str:
+        self.call("Page.navigate", url=url)
+        deadline = time.monotonic() + 30
+        while self.js("document.readyState") != "complete" or self.js("location.href") != url:
+            assert time.monotonic() < deadline, f"{url} did not load"
+            time.sleep(0.1)
+        return self.js("document.documentElement.outerHTML")
+
+    def close(self) -> None:
+        self._connection.__exit__(None, None, None)
+        self.proc.terminate()
+        self.proc.wait(10)
+
+
 @pytest.fixture(scope="module")
 def server(tiny_model, instrument, tmp_path_factory):
     # a Tiled server: an embedded catalog's DuckDB tables are opened by one process at a
@@ -64,13 +121,37 @@ def server(tiny_model, instrument, tmp_path_factory):
     tiled.stop()
 
 
-def test_browser_sees_flags_plots_and_labels(server, tmp_path):
+def test_browser_sees_flags_plots_and_labels(server, tiny_model, instrument, tmp_path):
+    from pbi_bluesky.simulate import PS_PMMA, nominal_state, simulate_profile
+    from pbi_bluesky.testing.analyses import write_scored_run
+    from tests.review.conftest import RECIPE, bump
+
     url, port, tiled, uids = server
+    rng = np.random.default_rng(11)
+    intensity, sigma = tiny_model.resample(
+        [simulate_profile(nominal_state(PS_PMMA, RECIPE, rng), instrument, rng)])
     assert _listening(port) == {"0100007F"}  # 127.0.0.1 only
-    index = _chromium("--dump-dom", url + "/")
-    assert f"/run/{uids['b']}" in index and f"/run/{uids['a']}" in index
-    assert index.index(uids["b"]) < index.index(uids["a"])  # newest first
-    assert f"/run/{uids['normal']}\"" not in index
+    browser = Browser(tmp_path / "chromium")
+    try:
+        index = browser.open(url + "/")
+        assert f"/run/{uids['b']}" in index and f"/run/{uids['a']}" in index
+        assert index.index(uids["b"]) < index.index(uids["a"])  # newest first
+        assert f'/run/{uids["normal"]}"' not in index
+        # a new flag written while the page is open appears without a reload
+        browser.js("window.notReloaded = true")
+        runs = open_runs(tiled.uri, api_key=tiled.api_key)
+        new, _ = write_scored_run(runs, tiny_model, bump(intensity, 0.8), sigma, RECIPE,
+                                  md={"sample": "new"})
+        deadline = time.monotonic() + 30
+        while new not in (browser.js("document.getElementById('rows').innerHTML") or ""):
+            assert time.monotonic() < deadline, "the new flag did not appear on the page"
+            time.sleep(0.5)
+        assert browser.js("window.notReloaded") is True
+        rows = browser.js("[...document.querySelectorAll('#rows a')].map(a => a.href)")
+        assert rows[0].endswith(f"/run/{new}") and len(rows) == 3  # newest first
+        assert browser.js("document.getElementById('count').textContent") == "3"
+    finally:
+        browser.close()
     page = _chromium("--dump-dom", f"{url}/run/{uids['b']}")
     assert f"/run/{uids['b']}/curve.svg" in page and "attribution.svg" in page
     shot = Path(os.environ.get("PBI_REVIEW_SCREENSHOT", tmp_path / "run.png"))
