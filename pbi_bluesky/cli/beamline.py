@@ -29,11 +29,18 @@ def demo(
     policy: Annotated[Path | None, typer.Option(
         help="Agent policy YAML (--queue; default profiles/profile_saxs/agent_policy.yaml)."
     )] = None,
+    loop: Annotated[bool, typer.Option(
+        "--loop/--no-loop", help="First measure normals, train from Tiled and promote "
+                                 "(live demo); --no-loop: the shipped model scores.")] = True,
+    slot: Annotated[list[int] | None, typer.Option(
+        help="Survey only this slot of the demo tray (repeat; default: all 14).")] = None,
 ) -> None:
     """Live demo: sim IOCs + embedded Tiled + a RunEngine survey with anomalies flagged.
 
     Starts a caproto IOC (Pilatus 1M, sample changer, beam, faults) with a 14-sample tray,
-    runs survey_and_rescan with the live scorer and the shipped model, prints verdicts vs
+    first measures normal specimens of each recipe, trains from those runs in Tiled and
+    promotes the model into a registry (--no-loop: skip; the shipped model is the fallback),
+    then runs survey_and_rescan with the live scorer, prints verdicts vs
     the hidden truth and the Tiled query of flagged runs, writes a PNG, shuts down.
     With --queue the same tray goes through the queue server and the agent decides.
     """
@@ -70,7 +77,12 @@ def demo(
     else:
         from pbi_bluesky.demos.beamline import format_report, run_live_demo
 
-        report = run_live_demo(out, exposure_s=exposure, seed=seed, device_api=device_api)
+        try:
+            report = run_live_demo(out, exposure_s=exposure, seed=seed,
+                                   device_api=device_api, loop=loop, slots=slot or None)
+        except ValueError as exc:
+            typer.echo(f"error: {exc}", err=True)
+            raise typer.Exit(2) from exc
         text = format_report(report)
     if as_json:
         typer.echo(json.dumps(report.as_dict(), default=str))

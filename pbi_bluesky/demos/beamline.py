@@ -8,11 +8,17 @@ What happens, all on this machine:
    only the tray file knows;
 2. an embedded Tiled catalog (SQLite + files, no server) receives the raw runs and the
    analysis runs through ``bluesky_tiled_plugins.TiledWriter``, behind local spools;
-3. a real RunEngine with ophyd devices runs :func:`~pbi_bluesky.plans.survey_and_rescan`;
+3. the loop (:mod:`pbi_bluesky.demos.loop`, unless ``loop=False``): a real RunEngine with
+   ophyd devices measures the empty cell and a few normal specimens of each recipe (extra
+   slots), the normals are read back from Tiled, a detector is trained on them and promoted
+   into a model registry in the output folder (the shipped model stays the fallback when
+   that fails or is refused);
+4. the RunEngine runs :func:`~pbi_bluesky.plans.survey_and_rescan` over the tray;
    the :class:`~pbi_bluesky.live.LiveScorer` reduces (pyFAI geometry from the run) and
-   scores every frame off the RunEngine thread with the shipped default model, and flagged
+   scores every frame off the RunEngine thread with the registry's current model (it
+   takes the promoted one at the survey's first run start), and flagged
    samples are rescanned to tell a material defect from a transient glitch;
-4. the results are printed, compared with the hidden truth, queried back from Tiled and
+5. the results are printed, compared with the hidden truth, queried back from Tiled and
    plotted; everything is shut down.
 """
 
@@ -38,6 +44,11 @@ logger = logging.getLogger(__name__)
 DEMO_TRAY: list[dict[str, Any]] = [slot.to_dict() for slot in default_tray()]
 """The demo tray: 7 defective specimens, 6 normal ones and 1 normal one hit by a beam dump."""
 
+LOOP_SPECIMENS = 10
+"""Normal specimens per recipe the demo's loop trains on (one frame each)."""
+LOOP_EPOCHS = 20
+"""Training epochs of the demo's loop."""
+
 
 @dataclass
 class LiveDemoReport:
@@ -54,6 +65,10 @@ class LiveDemoReport:
     seconds: float = 0.0
     catalog: dict[str, str] = field(default_factory=dict)
     """The catalog the demo wrote: ``{"data_dir": FOLDER}`` or ``{"tiled": URI}``."""
+    loop: dict[str, Any] = field(default_factory=dict)
+    """What the loop did before the survey (:class:`~pbi_bluesky.demos.loop.LoopReport`)."""
+    model: dict[str, Any] = field(default_factory=dict)
+    """The model that scored the survey: ``model_sha256``, ``registry_version``."""
 
     def as_dict(self) -> dict[str, Any]:
         """Return the report's fields as a plain dict."""
@@ -136,24 +151,42 @@ class _Collector:
 
 
 def run_live_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 7,
-                  verdict_timeout: float = 60.0, device_api: str = "ophyd") -> LiveDemoReport:
-    """Run the live demo (see module docstring); returns the report."""
+                  verdict_timeout: float = 60.0, device_api: str = "ophyd",
+                  loop: bool = True, train_specimens: int = LOOP_SPECIMENS,
+                  train_epochs: int = LOOP_EPOCHS, slots: list[int] | None = None
+                  ) -> LiveDemoReport:
+    """Run the live demo (see module docstring); returns the report.
+
+    ``slots``: survey only these slots of :data:`DEMO_TRAY` (default: all 14).
+
+    ``loop``: measure normals, train and promote before the survey (one frame of each of
+    ``train_specimens`` normal specimens per recipe, ``train_epochs`` epochs); False: the
+    shipped model scores the survey.
+    """
     import shutil
 
+    from pbi_bluesky.demos.loop import training_slots
     from pbi_bluesky.testing.iocs import loopback_epics_env, start_sim_ioc, stop_sim_ioc
 
     out = Path(out_dir)
-    for old in ("data", "ioc"):  # each demo starts from an empty catalog
+    # each demo starts from an empty catalog and registry
+    for old in ("data", "ioc", "registry", "trained_model"):
         shutil.rmtree(out / old, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     env = loopback_epics_env()
     os.environ.update(env)  # before ophyd's caproto client / libca is created
     os.environ.setdefault("OPHYD_CONTROL_LAYER", "caproto")
     t0 = time.perf_counter()
-    ioc = start_sim_ioc(out / "ioc", DEMO_TRAY, detector="Pilatus1M", seed=seed, env=env)
+    train = training_slots(train_specimens) if loop else []
+    known = {s["slot"] for s in DEMO_TRAY}
+    if slots is not None and (not slots or not set(slots) <= known):
+        raise ValueError(f"slots must be some of the demo tray's {sorted(known)}, got {slots}")
+    ioc = start_sim_ioc(out / "ioc", DEMO_TRAY + train, detector="Pilatus1M", seed=seed,
+                        env=env)
     logger.info("sim IOC %s up (Pilatus 1M, %d slots)", ioc.prefix, len(DEMO_TRAY))
     try:
-        report = _survey(out, ioc, exposure_s, verdict_timeout, device_api)
+        report = _survey(out, ioc, exposure_s, verdict_timeout, device_api,
+                         train=train, train_epochs=train_epochs, slots=slots)
     finally:
         stop_sim_ioc(ioc)
     report.seconds = round(time.perf_counter() - t0, 1)
@@ -161,37 +194,64 @@ def run_live_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 7
     return report
 
 
-def demo_session(out: Path, ioc: Any, exposure_s: float, device_api: str = "ophyd") -> Any:
-    """Build the demo's beamline session.
-
-    It holds the sim IOC's beamline.yaml, the shipped model, an embedded catalog under ``out/data``
-    and the expected dark current of the exposure.
-    """
+def demo_dark(ioc: Any, exposure_s: float) -> Any:
+    """Return the simulated detector's expected dark image for an exposure."""
     from pbi_bluesky.reduction import load_geometry
-    from pbi_bluesky.session import build_session
     from pbi_bluesky.simulate import Instrument, expected_dark
 
+    return expected_dark(Instrument(geometry=load_geometry(str(ioc.poni_path))), exposure_s)
+
+
+def demo_session(out: Path, ioc: Any, exposure_s: float, device_api: str = "ophyd",
+                 registry: Path | None = None) -> Any:
+    """Build the demo's beamline session.
+
+    It holds the sim IOC's beamline.yaml, the shipped model (the fallback of ``registry``,
+    when given), an embedded catalog under ``out/data`` and the expected dark current of the
+    exposure.
+    """
+    from pbi_bluesky.session import build_session
+
     cfg = sim_beamline_config(ioc, device_api=device_api)
-    instrument = Instrument(geometry=load_geometry(str(ioc.poni_path)))
+    if registry is not None:
+        cfg = cfg.with_overrides(scorer={"registry": str(registry)})
     return build_session(cfg, data_root=out / "data", plots=False, live_table=False,
                          persistent_md=False,
-                         scorer_kwargs={"dark": expected_dark(instrument, exposure_s)})
+                         scorer_kwargs={"dark": demo_dark(ioc, exposure_s)})
 
 
 def _survey(out: Path, ioc: Any, exposure_s: float, verdict_timeout: float,
-            device_api: str) -> LiveDemoReport:
+            device_api: str, *, train: list[dict[str, Any]] | None = None,
+            train_epochs: int = LOOP_EPOCHS, slots: list[int] | None = None
+            ) -> LiveDemoReport:
+    from pbi_bluesky.demos.loop import LoopReport, measure_normals, train_and_promote
     from pbi_bluesky.plans import survey_and_rescan, use_tray
     from pbi_bluesky.store import flagged_runs
 
-    session = demo_session(out, ioc, exposure_s, device_api)
+    session = demo_session(out, ioc, exposure_s, device_api,
+                           registry=out / "registry" if train else None)
     collector = _Collector()
     session.scorer.sinks.append(collector)
     bl, scorer = session.beamline, session.scorer
     outcomes: list[Any] = []
+    loop = LoopReport()
+    if train:
+        t0 = time.perf_counter()
+        try:
+            session.RE(measure_normals(bl, train, exposure_s))
+        except Exception:
+            session.close(30)
+            use_tray(None)
+            raise
+        loop.seconds["measure"] = round(time.perf_counter() - t0, 1)
+        loop.say(f"measured the empty cell and {len(train)} normal specimens (one "
+                 f"{exposure_s:g} s frame each, one run per recipe) in "
+                 f"{loop.seconds['measure']} s")
+        train_and_promote(session, out, loop, epochs=train_epochs)
 
     def plan():
         result = yield from survey_and_rescan(
-            bl.readables, bl.changer, [s["slot"] for s in DEMO_TRAY], exposure_s,
+            bl.readables, bl.changer, slots or [s["slot"] for s in DEMO_TRAY], exposure_s,
             channel=scorer.channel, reference_slots=[0], verdict_timeout=verdict_timeout,
             md={"proposal": "demo", "operator": "make demo"})
         outcomes.extend(result)
@@ -203,8 +263,10 @@ def _survey(out: Path, ioc: Any, exposure_s: float, verdict_timeout: float,
             logger.warning("some runs are still in the spool (%s)", session.data_dir)
         use_tray(None)
     report = _report(out, outcomes, scorer.channel.summaries.values(), collector.events,
-                     scorer.model, session.catalog.runs, flagged_runs)
+                     scorer.model, session.catalog.runs, flagged_runs,
+                     LiveDemoReport(loop=loop.as_dict() if train else {}))
     report.catalog = catalog_of(session.catalog.uri, session.catalog.data_dir)
+    report.model = {k: scorer.model_info.get(k) for k in ("model_sha256", "registry_version")}
     return report
 
 
@@ -218,7 +280,7 @@ def _report(out, outcomes, summaries, events, model, runs, flagged_runs,
     report = report or LiveDemoReport()
     truth_of = {s["slot"]: s for s in DEMO_TRAY}
     tp = fp = fn = 0
-    for o in outcomes:
+    for o in (o for o in outcomes if o.slot in truth_of):
         slot = truth_of[o.slot]
         truth = _truth(slot)
         defect = slot.get("kind", "normal") != "normal"
@@ -303,7 +365,16 @@ def format_report(report: LiveDemoReport, *, review: bool = True) -> str:
     """Return the report as text; ``review``: end with the ``pbi review`` command."""
     head = (f"{'slot':>4} {'sample':12} {'recipe':6} {'verdict':8} {'score':>7} {'p':>7} "
             f"{'Hyper':>6} {'top attribution':20} {'looks like':10} {'decision':11} truth")
-    lines = [head, "-" * len(head)]
+    lines = []
+    if report.loop:
+        lines += ["the loop, before the survey:", *(f"  {s}" for s in report.loop["steps"]),
+                  ""]
+    if report.model:
+        v = report.model.get("registry_version")
+        lines.append(f"survey scored by model {str(report.model.get('model_sha256'))[:12]} "
+                     + (f"(registry v{v})" if v else "(the shipped model)"))
+    lines += [head, "-" * len(head)]
+
     def num(value: float | None, spec: str) -> str:
         return format(value, spec) if value is not None else "-"
 

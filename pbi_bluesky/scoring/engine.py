@@ -281,6 +281,24 @@ class FrameScorer:
         cache[number] = other
         return other
 
+    def reducing(self) -> FrameScorer:
+        """Return a reduce-only copy (as ``reduce_only=True``) sharing this scorer's reducers.
+
+        The copy reads and reduces exactly as this scorer does and reuses the reduction
+        operators it built already (a Pilatus 1M operator takes seconds to build), with
+        buffers of its own. Use it while this scorer is idle (after :meth:`flush` of its
+        owner): the reducers are shared.
+        """
+        other = copy.copy(self)
+        other.registry = None
+        other.model = None
+        other.model_info = {}
+        other.reader = copy.copy(self.reader)
+        other.reader.recipes = None
+        other._buffers = FrameBuffers()
+        other.__dict__.pop("_versions", None)
+        return other
+
     # -- what the reader holds --------------------------------------------------------------
     @property
     def keys(self) -> dict[str, str | None]:
