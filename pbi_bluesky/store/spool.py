@@ -122,6 +122,8 @@ class SpoolSink:
         self._forwarding: set[str] = set()
         """Runs of this process whose documents are still on their way downstream."""
         self._failed: set[str] = set()
+        self._replayed: dict[str, None] = {}
+        """Runs a replay wrote whole (the last 1000): their documents still queued are stale."""
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.Queue()
         self._replay_due: float | None = None
@@ -324,6 +326,8 @@ class SpoolSink:
             if name == "stop":
                 self._schedule_replay()
             return
+        if run in self._replayed:  # queued before a replay wrote the whole run: stale
+            return
         try:
             writer = self._writers.get(run)
             if writer is None:
@@ -491,6 +495,9 @@ class SpoolSink:
                         return self._reject(run, path, reason)
                 return f"failed: {reason}"
             self._failed.discard(run)
+            self._replayed[run] = None
+            while len(self._replayed) > 1000:
+                del self._replayed[next(iter(self._replayed))]
             self.stats["replayed_runs"] += 1
             self._move_done(run)
             return "written" + (f" ({'; '.join(notes)})" if notes else "")
