@@ -143,6 +143,8 @@ class SpoolSink:
         self._forwarding: set[str] = set()
         """Runs of this process whose documents are still on their way downstream."""
         self._failed: set[str] = set()
+        self._replayed: dict[str, None] = {}
+        """Runs a replay wrote whole (the last 1000): their documents still queued are stale."""
         self._lock = threading.Lock()
         self._queue: queue.Queue = queue.PriorityQueue()
         """(lane, seq, run, name, payload, size): starts in lane 0, the rest in lane 1."""
@@ -360,6 +362,8 @@ class SpoolSink:
             if name == "stop":
                 self._schedule_replay()
             return
+        if run in self._replayed:  # queued before a replay wrote the whole run: stale
+            return
         try:
             if isinstance(doc, _OnDisk):
                 name, doc = decode_document(read_at(doc.path, doc.offset, doc.length))
@@ -530,6 +534,9 @@ class SpoolSink:
                         return self._reject(run, path, reason)
                 return f"failed: {reason}"
             self._failed.discard(run)
+            self._replayed[run] = None
+            while len(self._replayed) > 1000:
+                del self._replayed[next(iter(self._replayed))]
             self.stats["replayed_runs"] += 1
             self._move_done(run)
             return "written" + (f" ({'; '.join(notes)})" if notes else "")

@@ -322,3 +322,58 @@ def test_a_uid_that_is_not_a_safe_file_name_stays_inside_the_spool(tmp_path):
     assert read_spool_file(root / "rejected" / f"{stem}.spool").docs[0][1]["uid"] == (
         "../../../evil")
     sink.close(10)
+
+
+def test_documents_queued_before_a_replay_do_not_leave_a_phantom_backlog(tmp_path):
+    """Found by bench_faults (the raw spool's backlog never went back to 0 after the Tiled
+    outage): a run's start is refused while its other documents are already queued; a
+    replay writes the run whole; the stale queued documents then met no writer (_NoStart),
+    marked the run failed again, and it stayed in the backlog with no file to replay."""
+    import threading
+
+    catalog = Catalog(data_dir=tmp_path / "tiled")
+    docs = _run(3, sample="stale")
+    uid = docs[0][1]["uid"]
+    entered, release = threading.Event(), threading.Event()
+    refused = []
+
+    def factory():
+        inner = catalog.writer()
+
+        def write(name, doc):
+            if name == "start" and not refused:
+                entered.set()
+                release.wait(30)
+                refused.append(doc["uid"])
+                raise _http_503("http://tiled/api/v1/metadata/runs")
+            return inner(name, doc)
+
+        return write
+
+    sink = SpoolSink(tmp_path / "spool", factory, delete_partial=catalog.delete_partial,
+                     replay_wait_initial=0.0, replay_wait_max=0.0)
+    sink(*docs[0])
+    assert entered.wait(10)  # the forwarder holds the start
+    for doc in docs[1:]:  # queued (with their documents) before the refusal is known
+        sink(*doc)
+    release.set()
+    assert sink.flush(30)
+    assert _wait_for(lambda: not sink.pending(), 30), sink.pending()
+    assert sink.stats["replayed_runs"] == 1
+    assert sink.stats["write_failures"] == 1, sink.stats  # the refused start only
+    assert sink.backlog == 0
+    run = catalog.runs[uid]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    assert run["primary"].read().sizes["time"] == 3
+    sink.close(10)
+
+
+def _wait_for(predicate, timeout: float) -> bool:
+    import time
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(0.02)
+    return bool(predicate())
