@@ -292,8 +292,7 @@ class Scorer:
 
     def _score(self, frames: list[FrameInput],
                metas: list[tuple[Any, str, str, FrameScorer]]) -> None:
-        """Score frames, one pass per run model, and record their results (acknowledging
-        them)."""
+        """Score frames, one pass per run's model; record their results (acknowledged)."""
         outcomes: list[Outcome | None] = [None] * len(frames)
         for core in {id(m[3]): m[3] for m in metas}.values():  # one pass per model
             rows = [i for i, m in enumerate(metas) if m[3] is core]
