@@ -10,14 +10,25 @@ the dotted key, in the words the files use.
 
 from __future__ import annotations
 
+import os
 import types
+from pathlib import Path
 from typing import Annotated, Any, Union, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool, StrictFloat, StrictInt
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    StrictBool,
+    StrictFloat,
+    StrictInt,
+    ValidationInfo,
+)
 from pydantic import ValidationError as ValidationError
 
-__all__ = ["Bool", "Count", "Float", "Int", "KeyFault", "Positive", "StrictModel",
-           "ValidationError", "explain"]
+__all__ = ["Bool", "ConfigError", "Count", "EnvName", "Float", "Int", "KeyFault",
+           "NonNegative", "Port", "Positive", "StrictModel", "ValidationError", "expand_path",
+           "explain"]
 
 Int = StrictInt
 """An integer (not a bool, not a float, not a string)."""
@@ -29,6 +40,35 @@ Positive = Annotated[StrictFloat, Field(gt=0, allow_inf_nan=False)]
 """A finite number > 0."""
 Count = Annotated[StrictInt, Field(ge=1)]
 """An integer >= 1."""
+
+NonNegative = Annotated[Float, Field(ge=0)]
+"""A finite number >= 0."""
+EnvName = Annotated[str, Field(pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")]
+"""The name of an environment variable (where a secret is read from)."""
+Port = Annotated[int, Field(ge=1, le=65535, strict=True)]
+"""A TCP/UDP port number."""
+
+
+class ConfigError(ValueError):
+    """The beamline configuration is missing, malformed or inconsistent.
+
+    The message says which file and which key.
+    """
+
+
+
+def expand_path(value: Any, info: ValidationInfo) -> Any:
+    """Expand a path from the file: ``~`` and ``$VARS``, relative to the file's folder.
+
+    Only when read from a file (``info.context["base"]``); objects built in code keep their
+    paths as given.
+    """
+    base = (info.context or {}).get("base") if info.context else None
+    if value is None or base is None:
+        return value
+    text = os.path.expandvars(os.path.expanduser(str(value)))
+    path = Path(text)
+    return str(path if path.is_absolute() else (Path(base) / path).resolve())
 
 
 class KeyFault(ValueError):
