@@ -9,6 +9,7 @@ from pbi_bluesky.cli import (  # noqa: F401 - the commands register themselves
     beamline,
     catalog,
     data,
+    evaluate,
     model,
     registry,
     rescore,
