@@ -1,8 +1,11 @@
 """Fault injection: a real scan keeps going, and every frame is accounted for afterwards.
 
-A RunEngine session built from the sim IOC's beamline.yaml (stock ophyd devices over Channel
-Access, the live scorer, crash-safe spools, a real Tiled server process) measures >= 200
-frames while faults are injected:
+Kinds (``--kinds`` runs a subset; default all), grouped in phases that each count their
+frames back from Tiled:
+
+Session scan (a RunEngine session built from the sim IOC's beamline.yaml: stock ophyd
+devices over Channel Access, the live scorer, crash-safe spools, a real Tiled server
+process, >= 200 frames):
 
 * ``nan_frame`` / ``wrong_shape`` - frames from a second (ophyd.sim) detector in the same
   RunEngine: NaN pixels, a frame of the wrong size;
@@ -10,16 +13,37 @@ frames while faults are injected:
   garbage after it was written and before the scorer reads it;
 * ``tiled_down`` - the Tiled server stopped for ``--outage`` s mid-scan, then restarted;
 * ``malformed_document`` - hypothesis-generated documents (missing keys, wrong types, huge
-  strings, unknown descriptor uids) pushed into the scorer from another thread.
+  strings, unknown descriptor uids) pushed into the scorer from another thread;
+* ``unencodable_metadata`` - one run whose start metadata holds a datetime64, a structured
+  array and an int >= 2**64: it must reach Tiled (the values as text, listed in
+  ``pbi_unencodable``) with all its frames scored.
+
+Other phases:
+
+* ``disk_full`` - a second session whose spool folder is a small tmpfs (``mount -t tmpfs``,
+  which needs root; the kind is reported as skipped, with the reason, where the mount is
+  refused); halfway through the scan the rest of the tmpfs is filled: the scan goes on,
+  Tiled still gets every document, and the documents the spools could not keep are counted
+  (``documents_not_spooled``, with their reasons);
+* ``interleaved_outage`` - pairs of runs open at the same time in one ``SpoolSink`` (an
+  analysis run still taking attributions while the next raw run starts) while the Tiled
+  server is stopped; each run must reach Tiled whole exactly once;
+* ``scorer_killed`` / ``redis_restart`` - the document bus: a Redis server (append-only
+  file, password from the environment) and one ``pbi worker`` process scoring frames by
+  reference; mid-scan the worker is SIGKILLed and started again, or Redis is stopped for
+  ``--redis-down`` s and started again. Every frame must be in the run's one analysis run
+  exactly once, scored or failed with its reason.
 
 It reports frames sent and accounted for, scans aborted by our code, analysis events lost
 and duplicated after recovery (read back from Tiled), and seconds to recover. The last line
 is JSON with ``frames_sent``, ``frames_accounted``, ``scans_aborted``, ``events_lost``,
-``events_duplicated``, ``recovery_s`` and ``faults``.
+``events_duplicated``, ``recovery_s`` and ``faults`` (totals over the phases run), and
+``phases`` (the same counts per phase, plus what each phase checks).
 
 Usage::
 
     python benchmarks/bench_faults.py [--frames 200] [--outage 30] [--exposure 0.05]
+        [--kinds KIND ...]
 """
 
 from __future__ import annotations
@@ -60,7 +84,10 @@ class FrameCounter:
         self._run_of: dict[str, str] = {}
         self.image_descriptors: set[str] = set()
         self.frames: set[tuple[str, int]] = set()
+        self.runs: set[str] = set()
         self.exit_status: Counter = Counter()
+        self.on_frame: Any = None
+        """Called with the number of frames so far after each frame (a fault's trigger)."""
 
     def __call__(self, name: str, doc: dict) -> None:
         from pbi_bluesky.scoring import image_keys
@@ -70,7 +97,11 @@ class FrameCounter:
         elif name == "event" and doc["descriptor"] in self.image_descriptors:
             run = self._run_of.get(doc["descriptor"], "?")
             self.frames.add((run, int(doc["seq_num"])))
-        if name == "descriptor":
+            if self.on_frame is not None:
+                self.on_frame(len(self.frames))
+        if name == "start":
+            self.runs.add(doc["uid"])
+        elif name == "descriptor":
             self._run_of[doc["uid"]] = doc["run_start"]
         elif name == "stop":
             self.exit_status[doc.get("exit_status")] += 1
@@ -80,8 +111,10 @@ class Saboteur:
     """Deletes or corrupts the detector's HDF5 file of chosen frames right after the
     RunEngine emits their event (the file exists; the scorer has not read it yet)."""
 
-    def __init__(self, every: int) -> None:
+    def __init__(self, every: int, kinds: tuple[str, ...] = ("missing_hdf5", "corrupt_hdf5")
+                 ) -> None:
         self.every = int(every)
+        self.kinds = kinds
         self.resources: dict[str, dict] = {}
         self.datums: dict[str, dict] = {}
         self.count = 0
@@ -101,7 +134,7 @@ class Saboteur:
                 return
             res = self.resources[datum["resource"]]
             path = Path(res["root"]) / res["resource_path"]
-            kind = "missing_hdf5" if (self.count // self.every) % 2 else "corrupt_hdf5"
+            kind = self.kinds[(self.count // self.every - 1) % len(self.kinds)]
             try:
                 if kind == "missing_hdf5":
                     path.rename(path.with_suffix(".moved"))
@@ -112,7 +145,7 @@ class Saboteur:
                 log.warning("saboteur could not %s %s: %s", kind, path, exc)
 
 
-def _bad_detector(shape: tuple[int, int]):
+def _bad_detector(shape: tuple[int, int], kinds: tuple[str, ...] = ("nan_frame", "wrong_shape")):
     """An ophyd.sim detector publishing under the real detector's image key whose frames
     are NaN-laced (odd reads) or of the wrong size (even reads): a float pipeline gone
     wrong upstream of the scorer."""
@@ -122,7 +155,7 @@ def _bad_detector(shape: tuple[int, int]):
 
     def frame():
         state["n"] += 1
-        if state["n"] % 2:
+        if kinds[(state["n"] - 1) % len(kinds)] == "nan_frame":
             arr = np.full(shape, 5.0)
             arr[100:110, 200:210] = np.nan
             return arr
@@ -198,6 +231,8 @@ def _read_back(runs: Any, counter: FrameCounter) -> dict[str, int]:
         run = runs[uid]
         md = run.metadata
         raw = md["start"]["raw_uid"]
+        if raw not in counter.runs:
+            continue  # another phase's run
         accounted += int((md.get("stop") or {}).get("pbi_summary", {}).get("accounted", 0))
         if "pbi_anomaly" not in run:
             continue
@@ -210,118 +245,560 @@ def _read_back(runs: Any, counter: FrameCounter) -> dict[str, int]:
             "events_duplicated": duplicated, "events_in_tiled": sum(seen.values())}
 
 
-def run(args: argparse.Namespace) -> dict[str, Any]:
+SESSION_KINDS = ("nan_frame", "wrong_shape", "missing_hdf5", "corrupt_hdf5", "tiled_down",
+                 "malformed_document", "unencodable_metadata")
+BUS_KINDS = ("scorer_killed", "redis_restart")
+KINDS = (*SESSION_KINDS, "disk_full", "interleaved_outage", *BUS_KINDS)
+COUNT_KEYS = ("frames_sent", "frames_accounted", "scans_aborted", "events_lost",
+              "events_duplicated")
+
+
+def _unencodable_md() -> dict[str, Any]:
+    """Start metadata msgpack (and JSON) cannot carry as they are."""
+    return {"when": np.datetime64("2026-12-06T10:00"),
+            "table": np.zeros(2, dtype=[("a", "<i4"), ("b", "<f8")]),
+            "huge": 2 ** 64, "nested": {"ok": 1, "bad": [np.datetime64("2026-12-06")]}}
+
+
+def session_scan(args: argparse.Namespace, kinds: tuple[str, ...], ioc: Any, server: Any,
+                 data_root: Path, n_frames: int, counts: Counter,
+                 on_frame: Any = None) -> tuple[dict[str, Any], Any]:
+    """A RunEngine session scanning the sim IOC with the session kinds among ``kinds``.
+
+    Returns the phase's counts (read back from Tiled) and the closed session.
+    """
     import bluesky.plan_stubs as bps
     import bluesky.plans as bp
 
     from pbi_bluesky.demos.beamline import sim_beamline_config
-    from pbi_bluesky.plans import use_tray
     from pbi_bluesky.reduction import load_geometry
     from pbi_bluesky.session import build_session
     from pbi_bluesky.simulate import Instrument, expected_dark
-    from pbi_bluesky.testing.iocs import start_sim_ioc, stop_sim_ioc
-    from pbi_bluesky.testing.services import TiledServer
     from sim_iocs.tray import default_tray
 
+    cfg = sim_beamline_config(ioc, connection_timeout_s=15.0).with_overrides(
+        tiled={"uri": server.uri, "api_key_env": "PBI_BENCH_TILED_KEY"})
+    instrument = Instrument(geometry=load_geometry(str(ioc.poni_path)))
+    session = build_session(cfg, data_root=data_root, plots=False, live_table=False,
+                            persistent_md=False,
+                            scorer_kwargs={"dark": expected_dark(instrument, args.exposure),
+                                           "queue_size": 256})
+    RE, bl, scorer = session.RE, session.beamline, session.scorer
+    counter = FrameCounter()
+    counter.on_frame = on_frame
+    RE.subscribe(counter)
+    sabotage = tuple(k for k in ("missing_hdf5", "corrupt_hdf5") if k in kinds)
+    saboteur = Saboteur(every=args.sabotage_every, kinds=sabotage)
+    if sabotage:
+        RE.subscribe(saboteur)
+    bad_kinds = tuple(k for k in ("nan_frame", "wrong_shape") if k in kinds)
+    bad = _bad_detector(instrument.shape, bad_kinds) if bad_kinds else None
+    n_runs = max(1, n_frames // FRAMES_PER_RUN)
+    slots = [s.slot for s in default_tray()]
+    bl.detector.cam.acquire_time.put(args.exposure)
+    bl.detector.cam.acquire_period.put(args.exposure)
+    special: dict[str, str] = {}
+
+    def scan():
+        yield from bps.mv(bl.changer, 0)
+        yield from bp.count(bl.readables, num=1, md={"sample_type": "empty_cell", "slot": 0})
+        for i in range(n_runs):
+            slot = slots[i % len(slots)]
+            tray = next(s for s in default_tray() if s.slot == slot)
+            md = {"slot": slot, "sample": tray.sample, "composition": tray.composition,
+                  "thickness_cm": tray.thickness_cm, "purpose": "fault benchmark"}
+            yield from bps.mv(bl.changer, slot)
+            if "unencodable_metadata" in kinds and i == n_runs // 2:
+                special["unencodable"] = yield from bp.count(
+                    bl.readables, num=FRAMES_PER_RUN, md={**md, **_unencodable_md()})
+                counts["unencodable_metadata"] += 1
+            else:
+                yield from bp.count(bl.readables, num=FRAMES_PER_RUN, md=md)
+            if bad is not None and i % max(1, n_runs // 4) == 0:
+                yield from bp.count([bad, *bl.monitors], num=2,
+                                    md={**md, "sample": "bad frames"})
+                for k in bad_kinds:
+                    counts[k] += 1
+
+    stop = threading.Event()
+    injector = outage = watcher = None
+    if "malformed_document" in kinds:
+        junk = _malformed_documents(args.malformed)
+        injector = threading.Thread(target=_inject_malformed, daemon=True,
+                                    args=(scorer, junk, stop, counts))
+    marks: dict[str, float] = {}
+    if "tiled_down" in kinds:
+        outage = threading.Thread(target=_outage, daemon=True,
+                                  args=(server, args.outage_at, args.outage, counts, marks))
+        watcher = threading.Thread(target=_watch_recovery, daemon=True, args=(
+            [session.raw_spool, session.analysis_spool], marks, stop))
+    threads = [t for t in (injector, outage, watcher) if t is not None]
+    t0 = time.monotonic()
+    for t in threads:
+        t.start()
+    aborted = 0
+    try:
+        RE(scan())
+    except Exception as exc:  # noqa: BLE001 - a scan killed by our code is the finding
+        aborted += 1
+        log.error("scan aborted: %s", exc)
+    scan_s = time.monotonic() - t0
+    if outage is not None:
+        outage.join(args.outage + args.outage_at + 60)
+    scorer.flush(300)
+    if watcher is not None:
+        watcher.join(300)
+    stop.set()
+    t_drain = time.monotonic()
+    ok = session.close(300)
+    drained = time.monotonic()
+    counts.update(saboteur.done)
+    runs = session.catalog.runs
+    back = _read_back(runs, counter)
+    recovered = marks.get("recovered_at", drained)
+    result = {
+        "frames_sent": len(counter.frames),
+        "frames_accounted": back["frames_accounted"],
+        "scans_aborted": aborted + counter.exit_status.get("abort", 0)
+        + counter.exit_status.get("fail", 0),
+        "events_lost": back["events_lost"],
+        "events_duplicated": back["events_duplicated"],
+        "recovery_s": round(recovered - marks.get("up_at", t_drain), 1)
+        if "tiled_down" in kinds else None,
+        "scan_s": round(scan_s, 1),
+        "spools_drained": ok,
+        "runs_rejected_by_tiled": len(session.raw_spool.rejected())
+        + len(session.analysis_spool.rejected()),
+        "inbox_shed": scorer.inbox.shed,
+        "control_documents_dropped": scorer.inbox.dropped_control,
+    }
+    if "tiled_down" in kinds:
+        result["outage_s"] = args.outage
+    if "unencodable" in special:
+        result["unencodable_run"] = _unencodable_check(runs, special["unencodable"], counter)
+    return result, session
+
+
+def _unencodable_check(runs: Any, uid: str, counter: FrameCounter) -> dict[str, Any]:
+    """The run with unencodable metadata as Tiled holds it, and its analysis run."""
+    from tiled.queries import Key
+
+    try:
+        start = runs[uid].metadata["start"]
+        stop = runs[uid].metadata.get("stop") or {}
+    except KeyError:
+        return {"raw_run_in_tiled": False}
+    sent = sorted(seq for run, seq in counter.frames if run == uid)
+    scored = []
+    for key in list(runs.search(Key("raw_uid") == uid)):
+        run = runs[key]
+        if "pbi_anomaly" in run:
+            scored += [int(s) for s in np.asarray(run["pbi_anomaly"].read()["raw_seq_num"])]
+    return {"raw_run_in_tiled": True, "exit_status": stop.get("exit_status"),
+            "listed_as_text": sorted(start.get("pbi_unencodable", [])),
+            "when": start.get("when"), "frames_sent": len(sent),
+            "frames_in_analysis": len(set(scored))}
+
+
+# -- disk_full ------------------------------------------------------------------------------
+class TmpfsDisk:
+    """A folder on its own tmpfs of ``size`` bytes (``mount`` needs root), filled on demand."""
+
+    def __init__(self, path: Path, size: int) -> None:
+        self.path, self.size = path, int(size)
+        self.mounted = False
+        self.error = ""
+        self.filled_at: int | None = None
+        self.filler_bytes = 0
+
+    def mount(self) -> bool:
+        import subprocess
+
+        self.path.mkdir(parents=True, exist_ok=True)
+        try:
+            done = subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={self.size}", "tmpfs",
+                                   str(self.path)], capture_output=True, text=True)
+        except OSError as exc:
+            self.error = f"mount: {exc}"
+            return False
+        self.mounted = done.returncode == 0
+        if not self.mounted:
+            self.error = f"mount -t tmpfs refused: {done.stderr.strip() or done.returncode}"
+        return self.mounted
+
+    def fill(self, frames: int) -> None:
+        """Write a filler file until the tmpfs is full (ENOSPC)."""
+        if self.filled_at is not None:
+            return
+        self.filled_at = frames
+        chunk = b"\0" * 65536
+        with open(self.path / "filler", "wb", buffering=0) as fh:
+            while True:
+                try:
+                    self.filler_bytes += fh.write(chunk)
+                except OSError:
+                    break
+        log.warning("disk_full: %s filled after frame %d (%d bytes of filler)", self.path,
+                    frames, self.filler_bytes)
+
+    def umount(self) -> None:
+        import subprocess
+
+        if self.mounted:
+            subprocess.run(["umount", "-l", str(self.path)], check=False)
+            self.mounted = False
+
+
+def disk_full_phase(args: argparse.Namespace, ioc: Any, server: Any, tmp: Path,
+                    counts: Counter) -> dict[str, Any]:
+    root = tmp / "data-disk"
+    disk = TmpfsDisk(root / "spool", args.disk_mib * 1024 * 1024)
+    if not disk.mount():
+        log.error("disk_full skipped: %s", disk.error)
+        return {"skipped": disk.error, **dict.fromkeys(COUNT_KEYS, 0)}
+    try:
+        half = args.disk_frames // 2
+
+        def trigger(frames: int) -> None:
+            if frames >= half:
+                disk.fill(frames)
+
+        result, session = session_scan(args, ("disk_full",), ioc, server, root,
+                                       args.disk_frames, counts, on_frame=trigger)
+        counts["disk_full"] += int(disk.filled_at is not None)
+        losses = session.raw_spool.losses + session.analysis_spool.losses
+        result.update({
+            "disk": f"tmpfs of {args.disk_mib} MiB (mount -t tmpfs), filled after frame "
+                    f"{disk.filled_at}",
+            "documents_not_spooled": session.raw_spool.stats["not_spooled"]
+            + session.analysis_spool.stats["not_spooled"],
+            "not_spooled_by_spool": {"raw": session.raw_spool.stats["not_spooled"],
+                                     "analysis": session.analysis_spool.stats["not_spooled"]},
+            "loss_reasons": sorted({loss["reason"].split(":")[0] + ": "
+                                    + loss["reason"].split(":", 1)[-1].strip()[:60]
+                                    for loss in losses})[:5],
+        })
+        return result
+    finally:
+        disk.umount()
+
+
+# -- interleaved_outage ---------------------------------------------------------------------
+def _spool_run(n_events: int, **md: Any) -> list[tuple[str, dict]]:
+    """A run with a 64x64 float32 frame and a number per event."""
+    from event_model import compose_run
+
+    bundle = compose_run(metadata={"purpose": "fault benchmark: interleaved outage", **md})
+    desc = bundle.compose_descriptor(name="primary", data_keys={
+        "x": {"dtype": "number", "shape": [], "source": "bench"},
+        "frame": {"dtype": "array", "shape": [64, 64], "source": "bench",
+                  "dtype_numpy": "<f4"}})
+    docs = [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc)]
+    rng = np.random.default_rng(len(docs) + n_events)
+    for i in range(n_events):
+        data = {"x": float(i), "frame": rng.random((64, 64), dtype=np.float32)}
+        docs.append(("event", desc.compose_event(data=data, timestamps=dict.fromkeys(data, 0.0),
+                                                 seq_num=i + 1)))
+    docs.append(("stop", bundle.compose_stop()))
+    return docs
+
+
+def _wait(predicate: Any, timeout: float, poll: float = 0.05) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if predicate():
+            return True
+        time.sleep(poll)
+    return bool(predicate())
+
+
+def interleaved_phase(args: argparse.Namespace, server: Any, tmp: Path,
+                      counts: Counter) -> dict[str, Any]:
+    """Pairs of runs open together in one SpoolSink while the Tiled server is stopped."""
+    from pbi_bluesky.store import Catalog, SpoolSink
+
+    catalog = Catalog(server.uri, api_key=server.api_key)
+    sink = SpoolSink(tmp / "spool-interleaved", catalog.writer,
+                     delete_partial=catalog.delete_partial, replay_wait_initial=0.2,
+                     replay_wait_max=2.0)
+    n = FRAMES_PER_RUN
+    sent: dict[str, int] = {}
+    t0 = time.monotonic()
+    recovery = []
+    for p in range(args.interleaved_pairs):
+        a, b = _spool_run(n, pair=p, role="A"), _spool_run(n, pair=p, role="B")
+        sent[a[0][1]["uid"]] = sent[b[0][1]["uid"]] = n
+        # even pairs: B starts before the outage; odd pairs: B's start meets the outage
+        b_early = 2 if p % 2 == 0 else 0
+        for doc in a[:2 + n // 2]:  # A: start, descriptor, half its events
+            sink(*doc)
+        for doc in b[:b_early]:
+            sink(*doc)
+        if not sink.flush(60):
+            raise RuntimeError("interleaved_outage: the spool did not forward the first half")
+        failures = sink.stats["write_failures"]
+        server.stop()  # both open (or B about to start): Tiled goes down
+        counts["interleaved_outage"] += 1
+        rest_a, rest_b = a[2 + n // 2:], b[b_early:-1]
+        for i in range(max(len(rest_a), len(rest_b))):  # the two runs interleaved
+            for part in (rest_b, rest_a):
+                if i < len(part):
+                    sink(*part[i])
+        # the forwarder must have met the outage before Tiled comes back (A's stop at least)
+        met = _wait(lambda before=failures: sink.stats["write_failures"] > before, 60)
+        if not met:
+            log.warning("interleaved_outage pair %d: no writer failed during the outage", p)
+        server.start()
+        up = time.monotonic()
+        sink(*b[-1])  # B's stop after the outage
+        _wait(lambda: sink.backlog == 0 and not sink.pending(), 120, 0.1)
+        recovery.append(time.monotonic() - up)
+    drained = sink.close(120)
+    runs = catalog.runs
+    accounted = lost = duplicated = aborted = 0
+    per_run = {}
+    for uid, n_sent in sent.items():
+        try:
+            run = runs[uid]
+            seqs = [int(x) + 1 for x in np.asarray(run["primary"].read()["x"])] \
+                if "primary" in run else []
+            status = (run.metadata.get("stop") or {}).get("exit_status")
+        except KeyError:
+            seqs, status = [], None
+        accounted += len(set(seqs))
+        lost += len(set(range(1, n_sent + 1)) - set(seqs))
+        duplicated += len(seqs) - len(set(seqs))
+        aborted += int(status != "success")
+        per_run[uid[:8]] = {"events": len(seqs), "exit_status": status}
+    return {"frames_sent": sum(sent.values()), "frames_accounted": accounted,
+            "scans_aborted": aborted, "events_lost": lost, "events_duplicated": duplicated,
+            "runs": len(sent), "runs_whole_in_tiled": sum(
+                1 for r in per_run.values() if r["events"] == n and r["exit_status"]
+                == "success"),
+            "write_failures": sink.stats["write_failures"],
+            "replayed_runs": sink.stats["replayed_runs"], "spool_drained": drained,
+            "runs_rejected_by_tiled": len(sink.rejected()),
+            "recovery_s": round(max(recovery), 1) if recovery else None,
+            "phase_s": round(time.monotonic() - t0, 1)}
+
+
+# -- bus: scorer_killed, redis_restart ------------------------------------------------------
+def bus_phase(args: argparse.Namespace, kinds: tuple[str, ...], server: Any, tmp: Path,
+              counts: Counter) -> dict[str, Any]:
+    """One ``pbi worker`` on a password-protected Redis; a fault per kind mid-scan."""
+    import secrets
+    import signal
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_scale
+
+    from pbi_bluesky.bus import BusNames, connect
+    from pbi_bluesky.testing.services import RedisServer
+
+    os.environ["PBI_REDIS_PASSWORD"] = secrets.token_hex(16)
+    os.environ["PBI_TILED_API_KEY"] = server.api_key
+    redis = RedisServer(tmp / "redis", appendonly=True,
+                        password_env="PBI_REDIS_PASSWORD").start()
+    work, instrument, poni = bench_scale.workdir("pbi-faults-bus-")
+    frames = bench_scale.make_frames(instrument, 8, work / "data", np.random.default_rng(3))
+    logs = tmp / "worker-logs"
+    logs.mkdir(exist_ok=True)
+    env = {"redis": redis, "tiled": server, "mask": work / "mask.npy",
+           "dark": work / "dark.npy", "data": work / "data", "logs": logs, "work": work}
+    beamline = "faults"
+    names = BusNames(beamline)
+    client = connect(redis.url)
+    workers = [bench_scale.Worker("faults-w1", beamline, env, logs)]
+    out: dict[str, Any] = {}
+    try:
+        bench_scale.wait_ready(client, names, workers)
+        for kind in kinds:
+            out[kind] = _bus_kind(args, kind, beamline, names, redis, server, env, frames,
+                                  poni, workers, counts, bench_scale, signal)
+    finally:
+        for w in workers:
+            w.stop()
+        redis.stop()
+    return out
+
+
+def _bus_kind(args, kind, beamline, names, redis, server, env, frames, poni, workers, counts,
+              bench_scale, signal) -> dict[str, Any]:
+    import redis as redis_py
+
+    from pbi_bluesky.bus import BusPublisher, connect
+    from pbi_bluesky.store import Catalog
+
+    client = connect(redis.url)
+    n_runs, per_run = args.bus_runs, FRAMES_PER_RUN * 2
+    md = {"geometry": poni, "thickness_cm": 0.1, "composition": "50:50", "sample": kind}
+    scans = [bench_scale.datum_run({**md, "scan": i}, frames, per_run) for i in range(n_runs)]
+    total = n_runs * per_run
+    pub = BusPublisher(redis.url, beamline, outbox_dir=env["work"] / f"outbox-{kind}",
+                       retry_initial_s=0.1, retry_max_s=1.0)
+    published = threading.Event()
+
+    def scan() -> None:
+        for _uid, docs in scans:
+            for name, doc in docs:
+                pub(name, doc)
+                if name == "event":
+                    time.sleep(1.0 / args.bus_rate)
+        published.set()
+
+    def done() -> int:
+        try:
+            return sum(int(client.hget(names.run(uid), "done") or 0) for uid, _ in scans)
+        except redis_py.RedisError:
+            return -1
+
+    t0 = time.monotonic()
+    thread = threading.Thread(target=scan, daemon=True)
+    thread.start()
+    fault: dict[str, Any] = {}
+    if not _wait(lambda: done() >= total // 3, 120, 0.01):
+        raise RuntimeError(f"{kind}: the worker scored {done()} of {total // 3} frames in 120 s"
+                           f"; log:\n{workers[0].log.read_text()[-2000:]}")
+    fault["done_at_fault"] = done()
+    fault["scan_running_at_fault"] = not published.is_set()
+    if kind == "scorer_killed":
+        victim = workers[0]
+        victim.proc.send_signal(signal.SIGKILL)
+        victim.proc.wait(10)
+        counts["scorer_killed"] += 1
+        time.sleep(1.0)
+        workers[0] = bench_scale.Worker(victim.name, beamline, env, env["logs"])
+        fault["restarted_as"] = victim.name
+    else:
+        redis.stop()
+        counts["redis_restart"] += 1
+        time.sleep(args.redis_down)
+        redis.start()
+        fault["redis_down_s"] = args.redis_down
+    up = time.monotonic()
+    thread.join(300)
+    flushed = pub.flush(120)
+    pub.close(10)
+
+    def closed() -> bool:
+        try:
+            return all(client.hget(names.run(uid), "state") == b"closed" for uid, _ in scans)
+        except redis_py.RedisError:
+            return False
+
+    all_closed = _wait(closed, 300, 0.1)
+    recovery_s = time.monotonic() - up
+    runs = Catalog(server.uri, api_key=server.api_key).runs
+    sent = accounted = lost = duplicated = aborted = extra_runs = 0
+    statuses: Counter = Counter()
+    reasons: Counter = Counter()
+    for uid, _docs in scans:
+        sent += per_run
+        found = [r for r in _analysis_runs(runs, uid) if r.metadata.get("stop")]
+        extra_runs += max(0, len(found) - 1)
+        if not found:
+            lost += per_run
+            aborted += 1
+            continue
+        seqs: list[int] = []
+        for run in found:
+            table = run["pbi_anomaly"].read() if "pbi_anomaly" in run else None
+            if table is not None:
+                for seq, status, reason in zip(np.asarray(table["raw_seq_num"]).tolist(),
+                                               np.asarray(table["status"]).tolist(),
+                                               np.asarray(table["reason"]).tolist(),
+                                               strict=True):
+                    seqs.append(int(seq))
+                    statuses[str(status)] += 1
+                    if status != "scored":
+                        reasons[str(reason)[:60]] += 1
+            stop = run.metadata["stop"]
+            accounted += int(stop.get("pbi_summary", {}).get("accounted", 0))
+            aborted += int(stop.get("exit_status") != "success")
+        lost += len(set(range(1, per_run + 1)) - set(seqs))
+        duplicated += len(seqs) - len(set(seqs))
+    return {"frames_sent": sent, "frames_accounted": accounted, "scans_aborted": aborted,
+            "events_lost": lost, "events_duplicated": duplicated,
+            "duplicate_analysis_runs": extra_runs, "statuses": dict(statuses),
+            "not_scored_reasons": dict(reasons), "published": published.is_set(),
+            "outbox_flushed": flushed, "outboxed": pub.stats.get("outboxed", 0),
+            "analysis_runs_closed": all_closed, "recovery_s": round(recovery_s, 1),
+            "claimed": int(client.hget(names.stats, "claimed") or 0),
+            "phase_s": round(time.monotonic() - t0, 1), **fault}
+
+
+def _analysis_runs(runs: Any, raw_uid: str) -> list:
+    """Every analysis run in Tiled for a raw run (one listed then deleted is skipped)."""
+    from tiled.queries import Key
+
+    results = runs.search(Key("raw_uid") == raw_uid)
+    found = []
+    for key in list(results):
+        try:
+            found.append(results[key])
+        except KeyError:
+            continue
+    return found
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from pbi_bluesky.plans import use_tray
+    from pbi_bluesky.testing.iocs import start_sim_ioc, stop_sim_ioc
+    from pbi_bluesky.testing.services import PostgresServer, TiledServer
+    from sim_iocs.tray import default_tray
+
+    kinds = tuple(args.kinds)
+    session_kinds = tuple(k for k in SESSION_KINDS if k in kinds)
+    need_ioc = bool(session_kinds) or "disk_full" in kinds
     env = _configure_env()
     counts: Counter = Counter()
     tmp = Path(tempfile.mkdtemp(prefix="pbi-faults-"))
-    ioc = start_sim_ioc(tmp / "ioc", default_tray(), detector="Pilatus1M", seed=5, env=env)
-    server = TiledServer(tmp / "tiled", readable=[str(ioc.data_root)]).start()
+    ioc = start_sim_ioc(tmp / "ioc", default_tray(), detector="Pilatus1M", seed=5,
+                        env=env) if need_ioc else None
+    pg = None
+    backend: dict[str, str] = {}
+    if args.tiled_backend == "postgresql":
+        # a Tiled server on SQLite + DuckDB tables locked up after a restart ("database is
+        # locked" until restarted again, duckdb/duckdb#21384): PostgreSQL for both
+        pg = PostgresServer(tmp / "pg").start()
+        backend = {"database": pg.asyncpg_uri, "tables": pg.tables_uri("pbi_tables")}
+    server = TiledServer(tmp / "tiled", readable=[str(ioc.data_root)] if ioc else [],
+                         **backend).start()
     os.environ["PBI_BENCH_TILED_KEY"] = server.api_key
+    phases: dict[str, dict[str, Any]] = {}
+    t0 = time.monotonic()
     try:
-        cfg = sim_beamline_config(ioc, connection_timeout_s=15.0).with_overrides(
-            tiled={"uri": server.uri, "api_key_env": "PBI_BENCH_TILED_KEY"})
-        instrument = Instrument(geometry=load_geometry(str(ioc.poni_path)))
-        session = build_session(cfg, data_root=tmp / "data", plots=False, live_table=False,
-                                persistent_md=False,
-                                scorer_kwargs={"dark": expected_dark(instrument,
-                                                                     args.exposure),
-                                               "queue_size": 256})
-        RE, bl, scorer = session.RE, session.beamline, session.scorer
-        counter = FrameCounter()
-        saboteur = Saboteur(every=args.sabotage_every)
-        RE.subscribe(counter)
-        RE.subscribe(saboteur)
-        bad = _bad_detector(instrument.shape)
-        n_runs = max(1, args.frames // FRAMES_PER_RUN)
-        slots = [s.slot for s in default_tray()]
-        bl.detector.cam.acquire_time.put(args.exposure)
-        bl.detector.cam.acquire_period.put(args.exposure)
-
-        def scan():
-            yield from bps.mv(bl.changer, 0)
-            yield from bp.count(bl.readables, num=1, md={"sample_type": "empty_cell",
-                                                         "slot": 0})
-            for i in range(n_runs):
-                slot = slots[i % len(slots)]
-                tray = next(s for s in default_tray() if s.slot == slot)
-                md = {"slot": slot, "sample": tray.sample, "composition": tray.composition,
-                      "thickness_cm": tray.thickness_cm, "purpose": "fault benchmark"}
-                yield from bps.mv(bl.changer, slot)
-                yield from bp.count(bl.readables, num=FRAMES_PER_RUN, md=md)
-                if i % max(1, n_runs // 4) == 0:
-                    yield from bp.count([bad, *bl.monitors], num=2,
-                                        md={**md, "sample": "bad frames"})
-                    counts["nan_frame"] += 1
-                    counts["wrong_shape"] += 1
-
-        stop = threading.Event()
-        junk = _malformed_documents(args.malformed)
-        injector = threading.Thread(target=_inject_malformed, args=(scorer, junk, stop, counts),
-                                    daemon=True)
-        marks: dict[str, float] = {}
-        outage = threading.Thread(target=_outage, daemon=True,
-                                  args=(server, args.outage_at, args.outage, counts, marks))
-        watcher = threading.Thread(target=_watch_recovery, daemon=True,
-                                   args=([session.raw_spool, session.analysis_spool], marks,
-                                         stop))
-        t0 = time.monotonic()
-        injector.start()
-        outage.start()
-        watcher.start()
-        aborted = 0
-        try:
-            RE(scan())
-        except Exception as exc:  # noqa: BLE001 - a scan killed by our code is the finding
-            aborted += 1
-            log.error("scan aborted: %s", exc)
-        scan_s = time.monotonic() - t0
-        outage.join(args.outage + args.outage_at + 60)
-        scorer.flush(300)
-        watcher.join(300)
-        stop.set()
-        t_drain = time.monotonic()
-        ok = session.close(300)
-        drained = time.monotonic()
-        counts.update(saboteur.done)
-        runs = session.catalog.runs
-        back = _read_back(runs, counter)
-        recovered = marks.get("recovered_at", drained)
-        recovery_s = recovered - marks.get("up_at", t_drain)
-        result = {
-            "benchmark": "bench_faults",
-            "frames_sent": len(counter.frames),
-            "frames_accounted": back["frames_accounted"],
-            "scans_aborted": aborted + counter.exit_status.get("abort", 0)
-            + counter.exit_status.get("fail", 0),
-            "events_lost": back["events_lost"],
-            "events_duplicated": back["events_duplicated"],
-            "recovery_s": round(recovery_s, 1),
-            "faults": dict(counts),
-            "scan_s": round(scan_s, 1),
-            "outage_s": args.outage,
-            "spools_drained": ok,
-            "runs_rejected_by_tiled": len(session.raw_spool.rejected())
-            + len(session.analysis_spool.rejected()),
-            "inbox_shed": scorer.inbox.shed,
-            "control_documents_dropped": scorer.inbox.dropped_control,
-        }
-        return result
+        if session_kinds:
+            phases["session_scan"], _ = session_scan(args, session_kinds, ioc, server,
+                                                     tmp / "data", args.frames, counts)
+        if "disk_full" in kinds:
+            phases["disk_full"] = disk_full_phase(args, ioc, server, tmp, counts)
+        if "interleaved_outage" in kinds:
+            phases["interleaved_outage"] = interleaved_phase(args, server, tmp, counts)
+        bus_kinds = tuple(k for k in BUS_KINDS if k in kinds)
+        if bus_kinds:
+            phases.update(bus_phase(args, bus_kinds, server, tmp, counts))
     finally:
         use_tray(None)
         server.stop()
-        stop_sim_ioc(ioc)
+        if pg is not None:
+            pg.stop()
+        if ioc is not None:
+            stop_sim_ioc(ioc)
+    totals = {k: sum(int(p.get(k) or 0) for p in phases.values()) for k in COUNT_KEYS}
+    scan = phases.get("session_scan", {})
+    result = {"benchmark": "bench_faults", **totals,
+              "recovery_s": scan.get("recovery_s") if scan.get("recovery_s") is not None
+              else max((p.get("recovery_s") or 0.0 for p in phases.values()), default=0.0),
+              "faults": dict(counts), "kinds": list(kinds),
+              "tiled_backend": args.tiled_backend, "total_s": round(
+                  time.monotonic() - t0, 1),
+              # the session scan's own keys, as before the phases
+              **{k: scan[k] for k in ("scan_s", "outage_s", "spools_drained",
+                                      "runs_rejected_by_tiled", "inbox_shed",
+                                      "control_documents_dropped") if k in scan},
+              "phases": phases}
+    return result
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -333,14 +810,34 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sabotage-every", type=int, default=37,
                         help="delete/corrupt the HDF5 file of every Nth frame")
     parser.add_argument("--malformed", type=int, default=150, help="junk documents")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
+                        metavar="KIND", help=f"fault kinds to inject (default all): "
+                                             f"{', '.join(KINDS)}")
+    parser.add_argument("--tiled-backend", choices=("postgresql", "sqlite"),
+                        default="postgresql", help="the Tiled server's catalog and tables: "
+                        "PostgreSQL, or SQLite + DuckDB (tiled's default)")
+    parser.add_argument("--disk-frames", type=int, default=60,
+                        help="frames of the disk_full scan (the disk fills halfway)")
+    parser.add_argument("--disk-mib", type=int, default=16, help="size of its tmpfs")
+    parser.add_argument("--interleaved-pairs", type=int, default=3,
+                        help="pairs of interleaved runs, one Tiled outage each")
+    parser.add_argument("--bus-runs", type=int, default=3, help="runs per bus fault")
+    parser.add_argument("--bus-rate", type=float, default=20.0,
+                        help="frames per second published to the bus")
+    parser.add_argument("--redis-down", type=float, default=5.0, help="Redis down for this long")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     result = run(args)
+    for name, phase in result["phases"].items():
+        print(f"{name}: frames sent {phase['frames_sent']}, accounted "
+              f"{phase['frames_accounted']}; scans aborted {phase['scans_aborted']}; events "
+              f"lost {phase['events_lost']}, duplicated {phase['events_duplicated']}"
+              + (f"; skipped: {phase['skipped']}" if phase.get("skipped") else ""))
     print(f"frames sent {result['frames_sent']}, accounted {result['frames_accounted']}; "
           f"scans aborted {result['scans_aborted']}; analysis events lost "
           f"{result['events_lost']}, duplicated {result['events_duplicated']}; recovered "
-          f"{result['recovery_s']} s after Tiled came back; faults {result['faults']}")
-    print(json.dumps(result))
+          f"{result['recovery_s']} s after the fault ended; faults {result['faults']}")
+    print(json.dumps(result, default=str))
     return result
 
 

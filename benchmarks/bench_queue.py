@@ -22,8 +22,10 @@ The time measured, per flagged sample, is the flagged frame's event time to its 
 rescan run's start document, both read back from the catalog with the same function
 (:func:`pbi_bluesky.demos.queue.rescan_latencies`), so the two paths are timed alike.
 For the queue path it is split into: the analysis run's stop document (composed by the
-scorer in the worker), the agent's request record (written right after its ``item_add``,
-so the time the agent had the verdict from Tiled), and the rescan's start. The decisions
+scorer in the worker), the stages the agent's request record carries (``heard``: the agent
+had the verdict; ``raw_found``: the flagged raw run was in Tiled; ``item_added``: the queue
+server took the item, which is what ``flag_to_request_p95_s`` times), the record itself
+(written to Tiled after the item) and the rescan's start. The decisions
 of the two paths are compared slot by slot. Where the Tiled server's time goes during the
 queue run is read from its own Prometheus counters (``queue.tiled_requests``: write and
 read requests per run written, ms each inside the server, by endpoint). The targets of
@@ -45,7 +47,7 @@ sys.path.insert(0, str(REPO))
 
 def _in_plan(out: Path, exposure: float) -> dict:
     from pbi_bluesky.demos.beamline import run_live_demo
-    from pbi_bluesky.demos.queue import rescan_latencies
+    from pbi_bluesky.demos.queue import rescan_latencies, tray_span
     from pbi_bluesky.store import open_runs
 
     t0 = time.perf_counter()
@@ -53,18 +55,22 @@ def _in_plan(out: Path, exposure: float) -> dict:
     wall = time.perf_counter() - t0
     runs = open_runs(None, data_dir=out / "data" / "catalog")
     return {"wall_s": round(wall, 1), "latency": rescan_latencies(runs),
+            **tray_span(runs),
             "decisions": {r["slot"]: r["classification"] for r in report.rows},
             "precision": report.precision, "recall": report.recall,
             "transient_correct": report.transient_correct}
 
 
 def _queue(out: Path, exposure: float) -> dict:
-    from pbi_bluesky.demos.queue import run_queue_demo
+    from pbi_bluesky.demos.queue import run_queue_demo, tray_span
+    from pbi_bluesky.store import open_runs
 
     t0 = time.perf_counter()
     report = run_queue_demo(out, exposure_s=exposure)
     wall = time.perf_counter() - t0
-    return {"wall_s": round(wall, 1), "latency": report.latency_s,
+    # the demo's Tiled server is stopped: its folder opens as an embedded catalog
+    runs = open_runs(None, data_dir=out / "queue" / "tiled")
+    return {"wall_s": round(wall, 1), "latency": report.latency_s, **tray_span(runs),
             "decisions": {r["slot"]: r["classification"] for r in report.rows},
             "precision": report.precision, "recall": report.recall,
             "transient_correct": report.transient_correct,
@@ -77,10 +83,13 @@ def _queue(out: Path, exposure: float) -> dict:
 def _targets(in_plan: dict, queue: dict, agree: bool) -> dict:
     """Issue 22's targets, each with the measured value and whether it is met."""
     a, b = in_plan["latency"], queue["latency"]
-    req = b.get("requested_p95_s")
+    # the request reached the queue when the queue server took the item (its record in
+    # Tiled is written after it); runs without the agent's stage times: the record's time
+    req = b.get("item_added_p95_s") or b.get("requested_p95_s")
     rescan = (round(b["p95_s"] / a["p95_s"], 3) if a.get("p95_s") and b.get("p95_s")
               else None)
-    tray = round(queue["wall_s"] / in_plan["wall_s"], 3) if in_plan["wall_s"] else None
+    tray = (round(queue["tray_s"] / in_plan["tray_s"], 3)
+            if in_plan.get("tray_s") and queue.get("tray_s") else None)
     pr = min(queue["precision"], queue["recall"], in_plan["precision"], in_plan["recall"])
     return {
         "flag_to_request_p95_s": {"value": req, "target": 3.0,
@@ -111,9 +120,15 @@ def main(argv: list[str] | None = None) -> dict:
               f"{r['wall_s']:>7}  precision {r['precision']:.2f} recall {r['recall']:.2f} "
               f"transient {'yes' if r['transient_correct'] else 'NO'}")
     print(f"queue path, median (p95) from the flagged frame: analysis done "
-          f"{b['analysis_done_median_s']} s ({b['analysis_done_p95_s']}), agent request "
-          f"{b['requested_median_s']} s ({b['requested_p95_s']}), rescan start "
+          f"{b['analysis_done_median_s']} s ({b['analysis_done_p95_s']}), agent heard "
+          f"{b.get('heard_median_s')} s ({b.get('heard_p95_s')}), raw run found in Tiled "
+          f"{b.get('raw_found_median_s')} s ({b.get('raw_found_p95_s')}), item added "
+          f"{b.get('item_added_median_s')} s ({b.get('item_added_p95_s')}), agent request "
+          f"recorded {b['requested_median_s']} s ({b['requested_p95_s']}), rescan start "
           f"{b['median_s']} s ({b['p95_s']})")
+    print(f"the tray (first raw run's start to the last verdict): in-plan "
+          f"{in_plan['tray_s']} s, queue {queue['tray_s']} s; the whole demo with its "
+          f"services and report: {in_plan['wall_s']} s and {queue['wall_s']} s")
     print(f"decisions agree slot by slot: {agree}")
     tiled = queue.get("tiled_requests") or {}
     if tiled:
@@ -131,7 +146,9 @@ def main(argv: list[str] | None = None) -> dict:
     result = {"benchmark": "bench_queue", "exposure_s": args.exposure, "detector": "Pilatus1M",
               "slots": len(in_plan["decisions"]), "in_plan": in_plan, "queue": queue,
               "median_ratio_queue_over_in_plan": ratio, "decisions_agree": agree,
-              "flag_to_request_p95_s": b.get("requested_p95_s"), "targets": targets}
+              "demo_wall_ratio": round(queue["wall_s"] / in_plan["wall_s"], 3),
+              "flag_to_request_p95_s": targets["flag_to_request_p95_s"]["value"],
+              "flag_to_request_recorded_p95_s": b.get("requested_p95_s"), "targets": targets}
     print(json.dumps(result, default=str))
     return result
 

@@ -12,11 +12,15 @@ writer factory, :meth:`~pbi_bluesky.store.Catalog.writer` (analysis runs
 It reports, from the server's own Prometheus counters, write requests per run by method
 and endpoint and ms each inside the server; the writer's ms per run; and the time from
 a run's stop document (handed to the spool) to the run being complete in Tiled (the
-writer returned from the stop: stop metadata written, streams closed), median and p95,
-per kind. ``--lean`` compares the default writer with the lean one
-(``Catalog(lean_writes=...)``) on the same server in one run. Ends with one JSON line.
+writer returned from the stop: every event and the stop metadata written, the run
+closed), median and p95, per kind, split into the wait in the spool's queue (behind other
+runs) and the stop's own write. ``--lean`` compares the default writer with the lean one
+(``Catalog(lean_writes=...)``) on the same server in one run; ``--arrays-in-table`` adds
+the lean writer with the analysis curves (q, intensity, sigma) as table columns instead of
+array nodes (six requests fewer per analysis run; the readers of analysis runs expect array
+nodes, so the session does not write this way yet). Ends with one JSON line.
 
-    PYTHONPATH=$PWD python benchmarks/bench_tiled_writes.py --runs 40 --period 0.3 --lean
+    PYTHONPATH=$PWD python benchmarks/bench_tiled_writes.py --runs 20 --period 1.0 --lean
 """
 
 from __future__ import annotations
@@ -36,6 +40,10 @@ import numpy as np
 
 def _p95(values: list[float]) -> float | None:
     return round(float(np.percentile(values, 95)), 3) if values else None
+
+
+def _median(values: list[float]) -> float | None:
+    return round(float(statistics.median(values)), 3) if values else None
 
 
 def analysis_template() -> list[tuple[str, dict]]:
@@ -124,14 +132,23 @@ def fresh_copy(template: list[tuple[str, dict]]) -> tuple[str, list[tuple[str, d
 
 
 class Timed:
-    """A writer that records when each run's stop returned (the run complete in Tiled)."""
+    """A writer that records when each run's stop returned (the run complete in Tiled).
 
-    def __init__(self, writer: Any, done: dict[str, float], spent: dict[str, float]) -> None:
+    Also when the spool's forwarder handed it the stop (``stop_begin``): stop -> complete
+    splits into the wait in the spool's queue (behind other runs' documents) and the stop's
+    own write (the data cached until the stop, the stop metadata, the close).
+    """
+
+    def __init__(self, writer: Any, done: dict[str, float], spent: dict[str, float],
+                 stop_begin: dict[str, float] | None = None) -> None:
         self.writer, self.done, self.spent = writer, done, spent
+        self.stop_begin = {} if stop_begin is None else stop_begin
         self.run: str | None = None  # one writer per run (the spool makes one per start)
 
     def __call__(self, name: str, doc: dict) -> None:
         t0 = time.perf_counter()
+        if name == "stop":
+            self.stop_begin[doc["run_start"]] = t0
         self.writer(name, doc)
         now = time.perf_counter()
         if name == "start":
@@ -143,16 +160,19 @@ class Timed:
 
 
 def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period: float,
-            lean: bool) -> dict[str, Any]:
+            lean: bool, arrays_in_table: bool = False) -> dict[str, Any]:
     from pbi_bluesky.demos.queue import tiled_request_metrics, tiled_request_stats
     from pbi_bluesky.store import Catalog, SpoolSink
 
     catalog = Catalog(server.uri, api_key=server.api_key, lean_writes=lean)
     done: dict[str, float] = {}
     spent: dict[str, float] = {}
+    stop_begin: dict[str, float] = {}
 
     def factory(composed: bool) -> Timed:
-        return Timed(catalog.writer(composed=composed), done, spent)
+        size = -1 if composed and arrays_in_table else None
+        return Timed(catalog.writer(composed=composed, max_array_size=size), done, spent,
+                     stop_begin)
 
     raw = SpoolSink(root / "raw", functools.partial(factory, False),
                     delete_partial=catalog.delete_partial)
@@ -176,15 +196,21 @@ def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period
     after = tiled_request_metrics(server.uri, server.api_key)
     raw.close()
     ana.close()
-    out: dict[str, Any] = {"writer": "lean" if lean else "default", "flushed": ok,
+    name = ("lean" if lean else "default") + (" + arrays in table" if arrays_in_table
+                                                  else "")
+    out: dict[str, Any] = {"writer": name, "flushed": ok,
                            "wall_s": round(wall, 1), "max_runs_behind": max(backlog),
                            "runs_behind_at_end_of_tray": backlog[-1]}
     for kind in ("raw", "analysis"):
         uids = [u for u, (k, _) in stops.items() if k == kind]
         lat = [done[u] - stops[u][1] for u in uids if u in done]
+        waited = [stop_begin[u] - stops[u][1] for u in uids if u in done]
+        wrote = [done[u] - stop_begin[u] for u in uids if u in done]
         out[kind] = {"complete": len(lat), "of": len(uids),
-                     "stop_to_complete_median_s": round(statistics.median(lat), 3)
-                     if lat else None, "stop_to_complete_p95_s": _p95(lat),
+                     "stop_to_complete_median_s": _median(lat),
+                     "stop_to_complete_p95_s": _p95(lat),
+                     "stop_queued_median_s": _median(waited), "stop_queued_p95_s": _p95(waited),
+                     "stop_write_median_s": _median(wrote), "stop_write_p95_s": _p95(wrote),
                      "writer_ms_per_run": round(1000 * statistics.mean(
                          spent[u] for u in uids if u in spent), 1)}
     stats = tiled_request_stats(before, after, 2 * runs)
@@ -214,6 +240,10 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds between slots (one raw and one analysis run each)")
     ap.add_argument("--lean", action="store_true",
                     help="also measure the lean writer, after the default one")
+    ap.add_argument("--arrays-in-table", action="store_true",
+                    help="also measure the lean writer with the analysis curves as table "
+                         "columns instead of array nodes (not what the session writes: "
+                         "its readers expect array nodes)")
     args = ap.parse_args(argv)
     ana_t, raw_t = analysis_template(), raw_template()
     print(f"analysis run: {[n for n, _ in ana_t]}")
@@ -221,14 +251,18 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = TiledServer(Path(tmp) / "tiled").start()
         try:
-            for lean in (False, True) if args.lean else (False,):
-                r = measure(server, Path(tmp) / f"spool-{int(lean)}", raw_t, ana_t,
-                            args.runs, args.period, lean)
+            kinds = [(False, False)] + [(True, False)] * args.lean + \
+                [(True, True)] * args.arrays_in_table
+            for lean, in_table in kinds:
+                r = measure(server, Path(tmp) / f"spool-{int(lean)}{int(in_table)}", raw_t,
+                            ana_t, args.runs, args.period, lean, in_table)
                 results.append(r)
                 print(f"{r['writer']}: {r['write_requests_per_run']} write requests per run "
                       f"({r['requests_per_run_by_method']}) at {r['write_ms_each']} ms; "
                       f"analysis stop->complete p95 {r['analysis']['stop_to_complete_p95_s']}"
-                      f" s, raw {r['raw']['stop_to_complete_p95_s']} s; writer "
+                      f" s (queued {r['analysis']['stop_queued_p95_s']} s, stop written "
+                      f"{r['analysis']['stop_write_p95_s']} s), raw "
+                      f"{r['raw']['stop_to_complete_p95_s']} s; writer "
                       f"{r['analysis']['writer_ms_per_run']} / {r['raw']['writer_ms_per_run']}"
                       f" ms per analysis / raw run; at most {r['max_runs_behind']} runs behind")
         finally:

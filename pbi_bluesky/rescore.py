@@ -15,6 +15,11 @@ tagged with the model's sha256 (``model_sha256``, ``pbi_rescore``), every frame 
 flagged frames explained, and the stop document with the frame ledger. It carries no
 ``pbi_analysis`` key: ``pbi flagged`` and the agent keep acting on live analyses only.
 
+With a model registry (``registry``: ``scorer.registry`` of the beamline file), the job
+takes the registry's current model when it starts (the given model is the fallback when
+nothing is promoted) and keeps it for every run it re-scores: a promotion during a re-scoring
+applies to the next one. Each analysis run names the model's sha256 and registry version.
+
 Each worker process loads the model bundle once (safetensors, no pickle); tasks and
 results travel between the scheduler and its workers with Dask's own serialisation
 (a trusted cluster), and nothing read from Tiled is ever unpickled.
@@ -25,7 +30,7 @@ from __future__ import annotations
 import json
 import logging
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime
 from typing import Any
 
@@ -45,7 +50,8 @@ class RescoreJob:
     Parameters
     ----------
     model
-        Path of the new model bundle.
+        Path of the new model bundle (``None``: the shipped model), or the fallback when
+        ``registry`` has a current model.
     tiled_uri, api_key
         The catalog (``None``: ``PBI_TILED_URI`` or the embedded one).
     scorer
@@ -55,20 +61,52 @@ class RescoreJob:
         Frames read and scored at a time.
     tiled_batch
         Analysis events per Tiled write.
+    registry
+        A model registry folder: :func:`rescore` takes its current version when it starts.
+    version
+        The registry version the job re-scores with (set by :func:`rescore`).
     """
 
-    model: str
+    model: str | None
     tiled_uri: str | None = None
     api_key: str | None = field(default=None, repr=False)  # a secret: never in a repr
     scorer: dict[str, Any] = field(default_factory=dict)
     chunk: int = 16
     tiled_batch: int = 256
+    registry: str | None = None
+    version: int | None = None
 
     @property
     def key(self) -> str:
         """Return the job's identity: model, catalog and scorer settings, as JSON."""
-        return json.dumps([self.model, self.tiled_uri, self.scorer], sort_keys=True,
-                          default=str)
+        return json.dumps([self.model, self.tiled_uri, self.scorer, self.registry,
+                           self.version], sort_keys=True, default=str)
+
+    def pinned(self) -> RescoreJob:
+        """Return the job pinned to the registry's current model.
+
+        Itself without a registry, or when nothing is promoted (its model serves).
+        """
+        if self.registry is None or self.version is not None:
+            return self
+        from pbi_bluesky.models.registry import ModelRegistry
+
+        current = ModelRegistry(self.registry).current()
+        if current is None:
+            return self
+        return replace(self, model=str(current.path), version=current.number)
+
+    def load_model(self) -> Any:
+        """Load the job's model (checked against the registry when it names a version)."""
+        from pbi_bluesky.models import load_bundle
+        from pbi_bluesky.models.bundle import load_default_model
+
+        if self.version is not None:
+            from pbi_bluesky.models.registry import ModelRegistry
+
+            reg = ModelRegistry(self.registry)
+            return reg.load(reg.version(self.version))
+        return load_bundle(self.model) if self.model is not None else load_default_model()
 
 
 def rescored(runs: Any, model_sha256: str) -> tuple[set[str], list[str]]:
@@ -102,7 +140,7 @@ def _scorer_and_runs(job: RescoreJob) -> tuple[Any, Any]:
             from pbi_bluesky.store import Catalog
 
             torch.set_num_threads(1)
-            state = _STATE[job.key] = (FrameScorer(job.model, **job.scorer),
+            state = _STATE[job.key] = (FrameScorer(job.load_model(), **job.scorer),
                                        Catalog(job.tiled_uri, api_key=job.api_key))
         return state
 
@@ -188,10 +226,10 @@ def rescore(job: RescoreJob, client: Any, *, since: Any = None, until: Any = Non
     from distributed import as_completed
     from tqdm import tqdm
 
-    from pbi_bluesky.models import load_bundle
     from pbi_bluesky.store import Catalog
 
-    model = load_bundle(job.model)
+    job = job.pinned()  # the registry's current model, for the whole job
+    model = job.load_model()
     sha = model.bundle_info["model_sha256"]
     catalog = Catalog(job.tiled_uri, api_key=job.api_key)
     runs = catalog.runs
@@ -201,7 +239,9 @@ def rescore(job: RescoreJob, client: Any, *, since: Any = None, until: Any = Non
     for uid in partial:  # an earlier attempt died mid-run: start that run again
         catalog.delete_partial(uid)
     todo = [u for u, _start in selected if u not in done]
-    summary: dict[str, Any] = {"model_sha256": sha, "selected": len(selected),
+    summary: dict[str, Any] = {"model_sha256": sha, "model_registry": job.registry,
+                               "model_registry_version": job.version,
+                               "selected": len(selected),
                                "skipped": len(selected) - len(todo),
                                "partial_deleted": len(partial), "rescored": [],
                                "failed": {}}

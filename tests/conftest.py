@@ -190,8 +190,30 @@ the rest in seconds)."""
 
 
 def pytest_collection_modifyitems(config, items):
-    """Mark every test that uses a service fixture ``service``; ``e2e`` tests are too."""
+    """Mark every test that uses a service fixture ``service``; ``e2e`` tests are too.
+
+    Warns about a file using ``queue_stack`` that ``tests/scheduling.py`` does not list."""
+    from tests.scheduling import QUEUE_STACK, work_unit
+
+    unlisted = set()
     for item in items:
-        if SERVICE_FIXTURES & set(getattr(item, "fixturenames", ())) or \
-                item.get_closest_marker("e2e"):
+        fixtures = set(getattr(item, "fixturenames", ()))
+        if SERVICE_FIXTURES & fixtures or item.get_closest_marker("e2e"):
             item.add_marker(pytest.mark.service)
+        if "queue_stack" in fixtures and work_unit(item.nodeid) != QUEUE_STACK:
+            unlisted.add(item.nodeid.split("::", 1)[0])
+    for path in sorted(unlisted):
+        config.issue_config_time_warning(pytest.PytestWarning(
+            f"{path} uses queue_stack: add it to QUEUE_STACK_FILES in tests/scheduling.py, or "
+            "xdist starts a second queue server stack for it"), stacklevel=2)
+
+
+@pytest.hookimpl(optionalhook=True)  # a hook of pytest-xdist: absent without it
+def pytest_xdist_make_scheduler(config, log):
+    """``--dist loadfile`` with the queue-stack files as one unit, longest units first
+    (:mod:`tests.scheduling`)."""
+    if config.getvalue("dist") == "loadfile":
+        from tests.scheduling import make_scheduler
+
+        return make_scheduler(config, log)
+    return None

@@ -137,3 +137,41 @@ def _app():
     from pbi_bluesky.cli import app
 
     return app
+
+
+def test_rescore_takes_the_registry_current_model_when_it_starts(
+        server, archive, cluster, bus_files, bus_instrument, tmp_path, monkeypatch):
+    """``pbi catalog rescore --registry``: the promoted model, named in the analysis run."""
+    import shutil
+
+    from pbi_bluesky.models.registry import ModelRegistry
+
+    monkeypatch.delenv("PBI_MODEL_KEY", raising=False)
+    runs, uids, _verdicts = archive
+    variant = tmp_path / "b"
+    shutil.copytree(bus_files["model"], variant)
+    doc = json.loads((variant / "model.json").read_text())
+    (variant / "model.json").write_text(json.dumps({**doc, "alpha": 0.2}, indent=1))
+    reg = ModelRegistry(tmp_path / "registry")
+    reg.promote(bus_files["model"])
+    promoted = reg.promote(variant)
+    out = CliRunner().invoke(_app(), [
+        "rescore", "--registry", str(reg.root), "--tiled", server.uri, "--api-key",
+        server.api_key, "--workers", "1", "--mask", str(bus_files["mask"]),
+        "--dark", str(bus_files["dark"]), "--npt", str(bus_instrument.npt),
+        "--query", "composition=25:75", "--json"], env={"PBI_BEAMLINE_CONFIG": None})
+    assert out.exit_code == 0, out.output
+    summary = json.loads(out.output.strip().splitlines()[-1])
+    assert summary["model_registry_version"] == promoted.number == 2
+    assert summary["model_sha256"] == promoted.model_sha256
+    assert summary["selected"] == 1 and len(summary["rescored"]) == 1
+    (run,) = _rescored(runs, promoted.model_sha256).values()
+    start = run.metadata["start"]
+    assert start["model_registry_version"] == 2 and start["model_registry"] == str(reg.root)
+    threshold = float(np.asarray(run["pbi_anomaly"].read()["threshold"])[0])
+    assert threshold == pytest.approx(reg.load().threshold)
+    assert reg.load().threshold != pytest.approx(reg.load(reg.version(1)).threshold)
+    # no model and no registry: refused up front
+    out = CliRunner().invoke(_app(), ["rescore", "--tiled", server.uri],
+                             env={"PBI_BEAMLINE_CONFIG": None})
+    assert out.exit_code == 2 and "give --model, or a registry" in out.output

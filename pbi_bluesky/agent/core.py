@@ -12,7 +12,8 @@ One :meth:`Agent.step` (the loop calls it every ``poll_s``):
    rescan) without a decision: a reference is ``skipped``; a flagged rescan makes it
    ``confirmed``; while a requested rescan has no verdict it waits; a flagged run whose raw
    run is not in Tiled yet (its verdict came first, by the feed) is waited for up to
-   ``raw_wait_s``, then ``skipped`` with that reason; if the policy allows
+   ``raw_wait_s`` (stepping every ``RAW_RECHECK_S`` meanwhile), then ``skipped`` with that
+   reason; if the policy allows
    another rescan of the sample it queues one (after the cool-down); otherwise clean
    rescans make it ``transient``, rescans that said nothing ``no verdict``.
 
@@ -56,6 +57,9 @@ MISSING_GRACE_S = 30.0
 FAILED_GRACE_S = 5.0
 """After its item failed, a rescan's analysis (if it took a frame) may still arrive."""
 MAX_REFUSALS = 3
+RAW_RECHECK_S = 0.2
+"""While a flagged run waits for its raw run in Tiled, steps come this often (not every
+``poll_s``): the raw run is usually there a fraction of a second after the verdict."""
 
 
 @dataclass
@@ -72,6 +76,8 @@ class Request:
     item: AgentItem | None = None
     missing_since: float | None = None
     done_since: float | None = None
+    timing: dict[str, float] = field(default_factory=dict)
+    """Epoch times of the request's stages (``heard``, ``raw_found``, ``item_added``)."""
 
     def given_up(self, now: float, verdict_timeout_s: float) -> str | None:
         """Why this request will never bring a verdict (``None``: it still may)."""
@@ -97,6 +103,10 @@ class _Case:
     not_before: float = 0.0
     last_refusal: str = ""
     raw_missing_since: float | None = None
+    heard: float = field(default_factory=time.time)
+    """When the agent had the verdict (epoch s)."""
+    raw_found: float | None = None
+    """When the agent first found the raw run in Tiled (epoch s)."""
 
 
 @dataclass
@@ -244,8 +254,18 @@ class Agent:
                     item_uid=req.item_uid,
                     slot=origin.slot if origin else (item.slot if item else None),
                     sample=origin.sample if origin else (item.sample if item else None),
-                    policy=self.policy.as_dict(), position=self.policy.position)
+                    policy=self.policy.as_dict(), position=self.policy.position,
+                    timing=req.timing or None)
                 req.recorded = True
+
+    @property
+    def waiting_for_raw(self) -> bool:
+        """Return whether a flagged run waits for its raw run to reach Tiled.
+
+        While one does, the loop steps every :data:`RAW_RECHECK_S`.
+        """
+        return any(c.raw_missing_since is not None for u, c in self._cases.items()
+                   if u not in self._decided)
 
     # -- one step ---------------------------------------------------------------------
     def step(self) -> None:
@@ -254,7 +274,8 @@ class Agent:
         Raises if the catalog cannot be read; the queue being unreachable only postpones new
         rescans.
         """
-        self._inbox.extend(self.follower.poll())
+        self._inbox.extend(self.follower.poll(RAW_RECHECK_S if self.waiting_for_raw
+                                              else None))
         self.stats.feed = getattr(self.follower, "feed_ok", None)
         if not self._loaded:
             self._load()
@@ -339,6 +360,7 @@ class Agent:
         """
         if self.follower.raw_start(case.origin.raw_uid) is not None:
             case.raw_missing_since = None
+            case.raw_found = case.raw_found or time.time()
             return True
         if case.raw_missing_since is None:
             case.raw_missing_since = now
@@ -394,8 +416,12 @@ class Agent:
                            "(%s); listing the queue again in %g s", o.slot, exc,
                            self.uncertain_hold_s)
             return
-        rounds[rnd] = Request(o.raw_uid, rnd, request_uid, item_uid, time.time(),
-                              _sample_key(o.sample, o.slot))
+        added = time.time()
+        rounds[rnd] = Request(o.raw_uid, rnd, request_uid, item_uid, added,
+                              _sample_key(o.sample, o.slot),
+                              timing={"heard": case.heard,
+                                      "raw_found": case.raw_found or added,
+                                      "item_added": added})
         self.stats.rescans_queued += 1
         logger.info("pbi agent: queued rescan %d of slot %s (%s) at the %s of the queue, "
                     "%g s (item %s)", rnd, o.slot, o.sample, self.policy.position, exposure,

@@ -71,7 +71,8 @@ class RecordWriter:
             raise
 
     def request(self, *, rescan_of: str, round: int, request_uid: str, item_uid: str | None,
-                slot: Any, sample: Any, policy: dict[str, Any], position: str) -> str:
+                slot: Any, sample: Any, policy: dict[str, Any], position: str,
+                timing: dict[str, float] | None = None) -> str:
         """Record a rescan the agent queued; return the record's uid.
 
         Parameters
@@ -90,12 +91,16 @@ class RecordWriter:
             The policy the agent acted under (plain data).
         position : str
             Where in the queue: ``front`` or ``back``.
+        timing : dict, optional
+            Epoch times of the request's stages: ``heard`` (the agent had the verdict),
+            ``raw_found`` (the flagged raw run was in Tiled), ``item_added`` (the queue
+            server took the item). The record itself is written after them.
         """
         return self._write({
             "purpose": REQUEST, "pbi_agent": True, "plan_name": "pbi agent",
             "rescan_of": rescan_of, "round": int(round), "request_uid": request_uid,
             "item_uid": item_uid, "slot": slot, "sample": sample, "position": position,
-            "policy": policy, "agent": self.agent_info,
+            "policy": policy, "agent": self.agent_info, "timing": timing,
         })
 
     def decision(self, *, raw_uid: str, classification: str, reason: str, slot: Any,

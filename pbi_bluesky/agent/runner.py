@@ -18,7 +18,7 @@ import time
 from pathlib import Path
 from typing import Any
 
-from pbi_bluesky.agent.core import Agent
+from pbi_bluesky.agent.core import RAW_RECHECK_S, Agent
 from pbi_bluesky.agent.lease import Lease
 from pbi_bluesky.agent.policy import AgentPolicy
 from pbi_bluesky.agent.records import RecordWriter
@@ -122,7 +122,8 @@ def run_agent(agent: Agent, *, poll_s: float = 0.5, stop: threading.Event | None
     agent : Agent
         The agent to step.
     poll_s : float
-        Seconds between steps.
+        Seconds between steps (``RAW_RECHECK_S`` while a flagged run waits for its raw run
+        to reach Tiled).
     stop : threading.Event, optional
         Set to stop (SIGTERM/SIGINT set it in the main thread).
     status_file : str or Path, optional
@@ -177,7 +178,8 @@ def run_agent(agent: Agent, *, poll_s: float = 0.5, stop: threading.Event | None
             if max_steps is not None and agent.stats.steps + agent.stats.failed_steps \
                     >= max_steps:
                 break
-            stop.wait(max(0.0, poll_s - (time.monotonic() - t0)))
+            period = min(poll_s, RAW_RECHECK_S) if agent.waiting_for_raw else poll_s
+            stop.wait(max(0.0, period - (time.monotonic() - t0)))
     finally:
         agent.queue.close()
         if lease is not None:

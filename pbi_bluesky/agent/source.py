@@ -168,8 +168,11 @@ class TiledFollower:
         return True
 
     @_retry
-    def poll(self) -> list[AnalysisResult]:
-        """Analysis runs finished since the last poll (each returned once), oldest first."""
+    def poll(self, wait_s: float | None = None) -> list[AnalysisResult]:
+        """Analysis runs finished since the last poll (each returned once), oldest first.
+
+        ``wait_s`` is not used (a Tiled poll never waits); it is :class:`FeedFollower`'s.
+        """
         now = time.monotonic()
         sweep = now - self._last_sweep >= self.sweep_s
         if sweep:
@@ -315,12 +318,14 @@ class FeedFollower:
                 self._pending.append(result)
                 self.from_feed += 1
 
-    def poll(self) -> list[AnalysisResult]:
+    def poll(self, wait_s: float | None = None) -> list[AnalysisResult]:
         """Return analysis runs finished since the last poll (each once), oldest first.
 
-        Waits up to ``block_s`` on the feed when it has nothing yet.
+        Waits up to ``block_s`` (or ``wait_s``, when given) on the feed when it has nothing
+        yet.
         """
-        self._read_feed(0.0 if self._pending else self.block_s)
+        block = self.block_s if wait_s is None else min(self.block_s, float(wait_s))
+        self._read_feed(0.0 if self._pending else block)
         now = time.monotonic()
         if self.feed_ok is not True or now - self._last_tiled >= self.tiled_every_s:
             found = self.tiled.poll()  # raises with the catalog down: pending stays

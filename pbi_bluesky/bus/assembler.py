@@ -215,7 +215,9 @@ class Assembler:
         return out
 
     def _begin(self, uid: str, start: dict[str, Any]) -> _Analysis:
-        run = self.core.begin_analysis(start)
+        pin = self.client.hget(self.names.run(uid), "model_version")
+        core = self.core if pin is None else self.core.for_version(_s(pin))
+        run = core.begin_analysis(start)
         analysis = self._runs[uid] = _Analysis(str(run.bundle.start_doc["uid"]), run)
         self.ledger.apply(self.holder, Ops().add("HSET", self.names.run(uid), "analysis_uid",
                                                  analysis.uid))

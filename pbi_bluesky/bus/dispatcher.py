@@ -220,6 +220,9 @@ class Dispatcher:
         st.start, st.state = doc, "open"
         ops.add("HSET", self.names.run(st.uid), "start", encode(doc), "state", "open",
                 "frames", 0, "done", 0)
+        pin = self.core.registry_pin()  # the registry's current model, fixed for this run
+        if pin is not None:
+            ops.add("HSET", self.names.run(st.uid), "model_version", pin)
         ops.add("SADD", self.names.open_runs, st.uid)
 
     def _descriptor(self, st: _RunState, doc: dict, ops: Ops, _b: Ops) -> None:

@@ -31,9 +31,10 @@ from typing import Any
 
 import numpy as np
 
-from pbi_bluesky.bus.names import BusNames, connect
+from pbi_bluesky.bus.names import PASSWORD_ENV, BusNames, connect
 from pbi_bluesky.bus.outbox import Outbox
 from pbi_bluesky.codec import EncodeError, encode, sanitize
+from pbi_bluesky.infra.secrets import redact_url
 
 __all__ = ["DEFAULT_INLINE_LIMIT", "BusPublisher"]
 
@@ -73,19 +74,25 @@ class BusPublisher:
         Approximate cap on the stream's length (``None``: no trimming).
     retry_initial_s, retry_max_s
         Backoff between attempts to reach the broker.
+    socket_timeout
+        Seconds a broker call may take before the documents go to the outbox.
+    password_env
+        Environment variable holding the broker's password (``bus.password_env``; default
+        ``PBI_REDIS_PASSWORD``). The URL is only ever logged with its password redacted.
     """
 
     def __init__(self, url: str, beamline: str, *, outbox_dir: str | Path,
                  inline_limit_bytes: int = DEFAULT_INLINE_LIMIT, maxlen: int | None = None,
                  retry_initial_s: float = 0.2, retry_max_s: float = 5.0,
-                 socket_timeout: float = 2.0) -> None:
+                 socket_timeout: float = 2.0, password_env: str | None = PASSWORD_ENV) -> None:
         self.url, self.names = url, BusNames(beamline)
         self.inline_limit = int(inline_limit_bytes)
         self.maxlen = maxlen
         self.retry = (float(retry_initial_s), float(retry_max_s))
         self.outbox = Outbox(Path(outbox_dir) / f"{beamline}.outbox")
         self._client = connect(url, socket_timeout=socket_timeout,
-                               connect_timeout=min(1.0, socket_timeout))
+                               connect_timeout=min(1.0, socket_timeout),
+                               password_env=password_env)
         self._queue: deque[tuple[str, dict]] = deque()
         self._cond = threading.Condition()
         self._run_of: dict[str, str] = {}
@@ -102,6 +109,28 @@ class BusPublisher:
         self._thread = threading.Thread(target=self._loop, daemon=True,
                                         name=f"pbi-bus-publisher-{beamline}")
         self._thread.start()
+
+    @classmethod
+    def from_settings(cls, settings: Any, *, outbox_dir: str | Path, url: str | None = None,
+                      **kwargs: Any) -> BusPublisher:
+        """Return a publisher for a beamline's settings (``bus.url``, ``bus.password_env``).
+
+        Parameters
+        ----------
+        settings
+            The beamline's :class:`~pbi_bluesky.config.BeamlineConfig`.
+        outbox_dir
+            Folder of the local outbox file.
+        url
+            The broker (default ``bus.url``).
+        **kwargs
+            More :class:`BusPublisher` parameters.
+        """
+        url = url or settings.bus.url
+        if not url:
+            raise ValueError("no broker: set bus.url in beamline.yaml")
+        kwargs.setdefault("password_env", settings.bus.password_env)
+        return cls(url, settings.name, outbox_dir=outbox_dir, **kwargs)
 
     # -- RunEngine thread ---------------------------------------------------------------
     def __call__(self, name: str, doc: dict, *args: Any) -> None:
@@ -218,7 +247,7 @@ class BusPublisher:
             return
         if self._down_since is not None:
             logger.warning("bus publisher: broker %s reachable again after %.1f s; %d "
-                           "document(s) sent from the outbox", self.url,
+                           "document(s) sent from the outbox", redact_url(self.url),
                            time.monotonic() - self._down_since, n)
             self.stats["reconnects"] += 1
         self.stats["from_outbox"] += n
@@ -229,7 +258,8 @@ class BusPublisher:
         if self._down_since is None and not backoff_only:
             self._down_since = time.monotonic()
             logger.warning("bus publisher: broker %s unreachable (%s: %s); documents go to "
-                           "the outbox %s until it answers", self.url, type(exc).__name__, exc,
+                           "the outbox %s until it answers", redact_url(self.url),
+                           type(exc).__name__, exc,
                            self.outbox.path)
         lo, hi = self.retry
         self._next_try = time.monotonic() + min(hi, lo * 2 ** self._attempt)

@@ -88,6 +88,7 @@ class _Context:
     start: dict[str, Any]
     assets: AssetRegistry
     roles: dict[str, Roles | None] = field(default_factory=dict)
+    core: FrameScorer | None = None  # the run's model (registry version pinned at its start)
 
 
 class BusWorker:
@@ -329,7 +330,9 @@ class BusWorker:
         if b"start" not in h:
             raise _Permanent(f"run {run}: no run context in the ledger (start document "
                              "never dispatched, or expired)")
-        ctx = _Context(decode(h[b"start"]), AssetRegistry(self.core.data_roots))
+        pin = h.get(b"model_version")
+        ctx = _Context(decode(h[b"start"]), AssetRegistry(self.core.data_roots),
+                       core=self.core if pin is None else self.core.for_version(_s(pin)))
         for k, v in h.items():
             k = _s(k)
             if k.startswith("desc:"):
@@ -390,7 +393,10 @@ class BusWorker:
         for entry_id, fields in entries:
             try:
                 frames.append(self._frame(fields))
-                metas.append((entry_id, _s(fields[b"run"]), _s(fields[b"key"])))
+                run = _s(fields[b"run"])
+                ctx = self._contexts.get(run)
+                metas.append((entry_id, run, _s(fields[b"key"]),
+                              ctx.core if ctx is not None and ctx.core else self.core))
             except _Permanent as exc:
                 self._dead(entry_id, fields, str(exc))
             except Exception as exc:
@@ -399,13 +405,18 @@ class BusWorker:
         if not frames:
             return
         try:
-            outcomes = self.core.process(frames)
+            outcomes: list[Outcome | None] = [None] * len(frames)
+            for core in {id(m[3]): m[3] for m in metas}.values():  # one pass per model
+                rows = [i for i, m in enumerate(metas) if m[3] is core]
+                for i, outcome in zip(rows, core.process([frames[i] for i in rows]),
+                                      strict=True):
+                    outcomes[i] = outcome
             pipe = self.client.pipeline(transaction=False)
-            for (entry_id, run, key), outcome in zip(metas, outcomes, strict=True):
-                self.ledger.record(run, key, self._blob(outcome), entry_id, pipe=pipe)
+            for (entry_id, run, key, core), outcome in zip(metas, outcomes, strict=True):
+                self.ledger.record(run, key, self._blob(outcome, core), entry_id, pipe=pipe)
             pipe.execute()
         except Exception as exc:
-            for entry_id, _run, _key in metas:
+            for entry_id, _run, _key, _core in metas:
                 self._note_error(entry_id, exc)
             raise
         self.stats["scored"] += len(frames)
@@ -417,12 +428,12 @@ class BusWorker:
         except Exception:  # noqa: BLE001 - the broker may be what failed
             pass
 
-    def _blob(self, outcome: Outcome) -> bytes:
+    def _blob(self, outcome: Outcome, core: FrameScorer) -> bytes:
         result = outcome.result
         explanation = None
         if outcome.explain and outcome.resampled is not None and \
-                getattr(self.core.model, "population", None) is not None:
-            explanation = explain_frame(self.core.model, result, *outcome.resampled,
+                getattr(core.model, "population", None) is not None:
+            explanation = explain_frame(core.model, result, *outcome.resampled,
                                         result.expected_composition)
         profile = outcome.profile if result.status == "reference" else None
         return encode_result(result, outcome.resampled, profile=profile,

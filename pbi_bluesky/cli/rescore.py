@@ -13,7 +13,15 @@ from pbi_bluesky.cli.app import ApiKeyOpt, catalog_app, command, require_extra
 
 @command(catalog_app, "rescore", old="rescore")
 def rescore(
-    model: Annotated[Path, typer.Option(help="The new model bundle.")],
+    model: Annotated[Path | None, typer.Option(
+        help="The new model bundle (with a registry: the fallback when nothing is "
+             "promoted).")] = None,
+    registry: Annotated[Path | None, typer.Option(
+        help="Model registry: re-score with its current model (default: scorer.registry "
+             "of the beamline file, when one is given).")] = None,
+    config: Annotated[Path | None, typer.Option(
+        help="beamline.yaml (default: $PBI_BEAMLINE_CONFIG): its registry and model.")]
+    = None,
     since: Annotated[str | None, typer.Option(help="Runs started at or after (ISO time).")]
     = None,
     until: Annotated[str | None, typer.Option(help="Runs started at or before (ISO time).")]
@@ -36,13 +44,25 @@ def rescore(
     = None,
     as_json: Annotated[bool, typer.Option("--json", help="JSON summary.")] = False,
 ) -> None:
-    """Re-score raw runs from Tiled with MODEL on a Dask cluster.
+    """Re-score raw runs from Tiled with MODEL (or the registry's current model) on Dask.
 
-    New analysis runs linked to the raw runs and tagged with the model's sha256. Runs this
-    model has already re-scored are skipped, so an interrupted re-scoring is resumed by
-    running it again.
+    New analysis runs linked to the raw runs and tagged with the model's sha256 (and registry
+    version). Runs this model has already re-scored are skipped, so an interrupted
+    re-scoring is resumed by running it again. The registry's current model is read once,
+    when the job starts.
     """
+    from pbi_bluesky.cli.registry import _settings
+
     require_extra("dask", "pbi catalog rescore")
+    cfg = _settings(config) if model is None or registry is None else None
+    if registry is None and cfg is not None and cfg.scorer.registry:
+        registry = Path(cfg.scorer.registry)
+    if model is None and cfg is not None and cfg.scorer.model:
+        model = Path(cfg.scorer.model)
+    if model is None and registry is None:
+        typer.echo("error: give --model, or a registry (--registry, or a beamline file "
+                   "with scorer.registry)", err=True)
+        raise typer.Exit(2)
     from distributed import Client, LocalCluster
 
     from pbi_bluesky.rescore import RescoreJob
@@ -54,7 +74,8 @@ def rescore(
             scorer[key] = str(value)
     if data_root:
         scorer["data_roots"] = [str(p) for p in data_root]
-    job = RescoreJob(str(model), tiled, api_key, scorer)
+    job = RescoreJob(None if model is None else str(model), tiled, api_key, scorer,
+                     registry=None if registry is None else str(registry))
     cluster = None
     if scheduler:
         client = Client(scheduler)
@@ -76,6 +97,10 @@ def rescore(
     if as_json:
         typer.echo(json.dumps(summary))
     else:
+        version = summary["model_registry_version"]
+        if registry is not None:
+            typer.echo(f"registry {registry}: " + (f"current model v{version}" if version
+                       else f"nothing promoted, the fallback {model or 'shipped model'}"))
         typer.echo(f"model {summary['model_sha256'][:12]}: {summary['selected']} run(s) "
                    f"selected, {summary['skipped']} already re-scored, "
                    f"{len(summary['rescored'])} re-scored, {len(summary['failed'])} failed")

@@ -97,37 +97,6 @@ def review(
     uvicorn.run(build_app(data), host=host, port=port, log_level="warning")
 
 
-def _false_alarm_curves(runs) -> tuple[list, list[str], list[str]]:
-    """Profiles, recipes and raw uids of every frame of the runs labelled false alarms."""
-    import numpy as np
-    from tiled.queries import Key
-
-    from pbi_bluesky.profile import Profile
-    from pbi_bluesky.store import labels_of
-
-    profiles, recipes, used = [], [], []
-    for raw_uid, label in labels_of(runs).items():
-        if label.get("label") != "false-alarm" or not label.get("analysis_uid"):
-            continue
-        found = runs.search(Key("start.raw_uid") == raw_uid)
-        if label["analysis_uid"] not in found:
-            continue
-        node = found[label["analysis_uid"]]
-        recipe = label.get("expected_composition") or node.metadata["start"].get(
-            "expected_composition")
-        stream = node["pbi_anomaly"] if "pbi_anomaly" in node else {}
-        if not recipe or "intensity" not in stream:
-            continue
-        q, inten, sig = (np.atleast_2d(np.asarray(stream[k].read()))
-                         for k in ("q", "intensity", "sigma"))
-        for qi, ii, si in zip(q, inten, sig, strict=True):
-            if np.isfinite(ii).all() and np.isfinite(si).all():
-                profiles.append(Profile(qi, ii, si, {"raw_uid": raw_uid}))
-                recipes.append(recipe)
-        used.append(raw_uid)
-    return profiles, recipes, used
-
-
 @command(model_app, "recalibrate", old="recalibrate")
 def recalibrate(
     model: Annotated[Path, typer.Option("--model", help="The bundle to recalibrate.")],
@@ -135,6 +104,10 @@ def recalibrate(
     tiled: TiledOpt = None,
     api_key: ApiKeyOpt = None,
     data_dir: DataDirOpt = None,
+    allow_unflagging: Annotated[bool, typer.Option(
+        "--allow-unflagging", help="Write the bundle even where it would no longer flag a "
+                                   "run labelled a confirmed defect (a warning then).")
+    ] = False,
 ) -> None:
     """Turn runs labelled false alarms into calibration normals; write a new bundle.
 
@@ -142,11 +115,18 @@ def recalibrate(
     out of sample, the network is not refitted), so that recipe's threshold follows. The
     original bundle is left as it is; the new one carries a per-recipe table
     (``recalibration.json`` and ``model.json``), signed where ``PBI_MODEL_KEY`` is set.
+    Runs labelled confirmed defects are scored by the old and the new model: the table
+    says per recipe how many each flags, and a recalibration that would no longer flag
+    one is refused (exit 1) unless ``--allow-unflagging``.
     """
     from pbi_bluesky.models import save_bundle
     from pbi_bluesky.models.bundle import BundleError, load_bundle
-    from pbi_bluesky.models.recalibrate import add_calibration_normals
-    from pbi_bluesky.store import open_runs
+    from pbi_bluesky.models.recalibrate import (
+        add_calibration_normals,
+        flag_runs,
+        unflagged_defects,
+    )
+    from pbi_bluesky.store import labelled_frames, open_runs
 
     if not (model / "model.json").is_file():
         typer.echo(f"error: {model} is not a model bundle folder (no model.json)", err=True)
@@ -163,28 +143,55 @@ def recalibrate(
         raise typer.Exit(2) from exc
     try:
         runs = open_runs(tiled, api_key=api_key, data_dir=data_dir, must_exist=True)
-        profiles, recipes, used = _false_alarm_curves(runs)
+        alarms = [g for g in labelled_frames(runs, "false-alarm") if g["profiles"]]
+        defects = labelled_frames(runs, "defect")
     except Exception as exc:  # noqa: BLE001 - report any connection problem plainly
         typer.echo(f"error: cannot read the Tiled catalog: {exc}", err=True)
         raise typer.Exit(2) from exc
+    profiles = [p for g in alarms for p in g["profiles"]]
+    recipes = [g["recipe"] for g in alarms for _ in g["profiles"]]
+    used = [g["raw_uid"] for g in alarms]
     if not profiles:
         typer.echo("error: no run in the catalog is labelled a false alarm (with its reduced "
                    "curves): label some with `pbi catalog label RAW_UID --false-alarm`",
                    err=True)
         raise typer.Exit(1)
     try:
+        before = flag_runs(detector, defects)
         table = add_calibration_normals(detector, profiles, recipes)
     except ValueError as exc:
         typer.echo(f"error: {exc}", err=True)
         raise typer.Exit(1) from exc
-    record = {"from": str(model.resolve()), "runs": used, "table": table}
+    after = flag_runs(detector, defects)
+    lost = unflagged_defects(before, after)
+    for row in table:
+        name = row["recipe"]
+        row["defects"] = sum(r["recipe"] == name and r["flagged"] is not None for r in after)
+        row["defects_flagged_old"] = sum(r["recipe"] == name and bool(r["flagged"])
+                                         for r in before)
+        row["defects_flagged_new"] = sum(r["recipe"] == name and bool(r["flagged"])
+                                         for r in after)
+        row["defects_unflagged"] = lost.get(name, [])
+    for name, uids in lost.items():
+        typer.echo(f"{'warning' if allow_unflagging else 'error'}: recipe {name}: the new "
+                   f"flag level would no longer flag {len(uids)} run(s) labelled a confirmed "
+                   f"defect: {', '.join(uids)}", err=True)
+    if lost and not allow_unflagging:
+        typer.echo("error: not written; label fewer runs false alarms, check these defects' "
+                   "labels, or give --allow-unflagging", err=True)
+        raise typer.Exit(1)
+    record = {"from": str(model.resolve()), "runs": used, "table": table,
+              "defects": after}
     save_bundle(detector, out, training_data_sha256=old_doc.get("training_data_sha256", ""),
                 extra={"recalibration": record})
     (out / "recalibration.json").write_text(json.dumps(record, indent=1))
     typer.echo(f"wrote {out} ({len(profiles)} frames of {len(used)} false-alarm runs)")
-    typer.echo(f"{'recipe':>10} {'added':>5} {'n':>9} {'threshold':>21} {'flag level':>17}")
+    typer.echo(f"{'recipe':>10} {'added':>5} {'n':>9} {'threshold':>21} {'flag level':>17} "
+               f"{'defects flagged':>15}")
     for r in table:
         typer.echo(f"{r['recipe']:>10} {r['added']:>5} {r['old_n']:>4}->{r['new_n']:<4} "
                    f"{r['old_threshold']:>10.4g}->{r['new_threshold']:<10.4g} "
                    f"{r['old_flag_level'] or float('nan'):>8.3g}->"
-                   f"{r['new_flag_level'] or float('nan'):<8.3g}")
+                   f"{r['new_flag_level'] or float('nan'):<8.3g} "
+                   f"{r['defects_flagged_old']:>4}->{r['defects_flagged_new']} of "
+                   f"{r['defects']}")

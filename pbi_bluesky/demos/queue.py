@@ -45,7 +45,7 @@ from pbi_bluesky.testing.qserver import QueueStack
 
 __all__ = ["QueueDemoReport", "analysis_results", "format_queue_report",
            "outcomes_from_catalog", "rescan_latencies", "run_queue_demo",
-           "tiled_request_stats", "write_dark"]
+           "tiled_request_stats", "tray_span", "write_dark"]
 
 logger = logging.getLogger(__name__)
 
@@ -164,7 +164,9 @@ def rescan_latencies(runs: Any) -> dict[str, Any]:
     agent: both record ``rescan_of`` in the rescan's start document). Also, per sample:
     ``analysis_done_s`` (the analysis run's stop document, composed by the scorer) and, for
     the agent, ``requested_s`` (its request record, written right after the item was
-    added: when the agent had seen the verdict in Tiled).
+    added) and the stages its record carries: ``heard_s`` (the agent had the verdict, from
+    the feed or Tiled), ``raw_found_s`` (the flagged raw run was in Tiled), ``item_added_s``
+    (the queue server took the item).
     """
     from tiled.queries import Key
 
@@ -185,12 +187,16 @@ def rescan_latencies(runs: Any) -> dict[str, Any]:
                "analysis_done_s": round((result.stop_time or frame) - frame, 3)}
         requests = runs.search(Key("purpose") == "pbi_agent_request").search(
             Key("rescan_of") == result.raw_uid)
-        asked = [node.metadata["start"]["time"] for _, node in requests.items()]
+        asked = sorted((node.metadata["start"] for _, node in requests.items()),
+                       key=lambda start: start["time"])
         if asked:  # when the agent's request was recorded (just after its item_add)
-            row["requested_s"] = round(min(asked) - frame, 3)
+            row["requested_s"] = round(asked[0]["time"] - frame, 3)
+            for stage, when in (asked[0].get("timing") or {}).items():
+                row[f"{stage}_s"] = round(float(when) - frame, 3)  # heard, raw_found...
         per_sample.append(row)
     out: dict[str, Any] = {"n": len(per_sample), "per_sample": per_sample}
-    for key in ("latency_s", "analysis_done_s", "requested_s"):
+    for key in ("latency_s", "analysis_done_s", "heard_s", "raw_found_s", "item_added_s",
+                "requested_s"):
         values = np.array([r[key] for r in per_sample if key in r], dtype=float)
         name = key.removesuffix("_s")
         out[f"{name}_median_s"] = round(float(np.median(values)), 3) if values.size else None
@@ -198,6 +204,32 @@ def rescan_latencies(runs: Any) -> dict[str, Any]:
                                 else None)
     out["median_s"], out["p95_s"] = out.pop("latency_median_s"), out.pop("latency_p95_s")
     return out
+
+
+def tray_span(runs: Any) -> dict[str, Any]:
+    """Return how long the tray took, read from the catalog alike for both paths.
+
+    From the first raw run's start document to the last analysis run's stop document (the
+    last verdict, a rescan's included): the tray as the beamline lives it, without starting
+    and stopping the services around it (the IOC, Redis, Tiled, the RE Manager's worker)
+    or the report after it.
+
+    Returns
+    -------
+    dict
+        ``tray_s``, ``raw_runs``, ``analysis_runs``; ``tray_s`` is None without runs.
+    """
+    starts, stops = [], []
+    for _, node in runs.items():
+        md = node.metadata
+        start = md.get("start") or {}
+        if start.get("pbi_analysis"):
+            if (md.get("stop") or {}).get("time") is not None:
+                stops.append(float(md["stop"]["time"]))
+        elif not str(start.get("purpose") or "").startswith("pbi_"):  # not agent records
+            starts.append(float(start["time"]))
+    span = round(max(stops) - min(starts), 2) if starts and stops else None
+    return {"tray_s": span, "raw_runs": len(starts), "analysis_runs": len(stops)}
 
 
 def _wait_done(stack: QueueStack, agent: AgentProcess, n_slots: int, timeout: float) -> None:

@@ -218,13 +218,59 @@ class FrameScorer:
             return self
         try:
             current = self.registry.current()
-            number = None if current is None else current.number
-            if number == self.model_info.get("registry_version"):
-                return self
-            model = self.registry.load(current) if current is not None else \
-                load_model(self._fallback)
         except Exception as exc:  # noqa: BLE001 - scoring goes on with the model in use
             logger.error("model registry %s: keeping model %s: %s", self.registry.root,
+                         self.model_info.get("model_sha256", "?")[:12], exc)
+            return self
+        other = self.for_version(None if current is None else current.number)
+        if other is not self:
+            logger.warning("model registry %s: runs from now on are scored by version %s "
+                           "(sha256 %s)", self.registry.root,
+                           other.model_info.get("registry_version"),
+                           other.model_info.get("model_sha256", "?")[:12])
+        return other
+
+    def registry_pin(self) -> str | None:
+        """Return the registry version a run starting now is scored with, as text.
+
+        ``"0"`` means the fallback model (nothing promoted); ``None`` means no registry (or
+        one that cannot be read: logged). Scorers spread over processes (the bus workers)
+        record it with the run's start and each ask :meth:`for_version` for it, so every frame
+        of a run is scored by one model however many workers share it.
+        """
+        if self.registry is None:
+            return None
+        try:
+            current = self.registry.current()
+        except Exception as exc:  # noqa: BLE001 - the workers keep their own model
+            logger.error("model registry %s: %s", self.registry.root, exc)
+            return None
+        return "0" if current is None else str(current.number)
+
+    def for_version(self, number: int | str | None) -> FrameScorer:
+        """Return a scorer with registry version ``number`` (``None``, 0 or "0": the fallback).
+
+        ``self`` when that is the model in use; else a copy holding that model that shares
+        this scorer's reducers, buffers and running background (cached per version). A
+        model that fails to load keeps the model in use (logged). Without a registry,
+        ``self``.
+        """
+        if self.registry is None:
+            return self
+        number = int(number) if number not in (None, "") and int(number) > 0 else None
+        if number == self.model_info.get("registry_version"):
+            return self
+        cache = self.__dict__.setdefault("_versions", {})
+        other = cache.get(number)
+        if other is not None:
+            other.background = self.background  # the running background goes on
+            return other
+        try:
+            model = (self.registry.load(self.registry.version(number)) if number is not None
+                     else load_model(self._fallback))
+        except Exception as exc:  # noqa: BLE001 - scoring goes on with the model in use
+            logger.error("model registry %s: version %s does not load, keeping model %s: %s",
+                         self.registry.root, number,
                          self.model_info.get("model_sha256", "?")[:12], exc)
             return self
         other = copy.copy(self)
@@ -232,9 +278,7 @@ class FrameScorer:
         other.model_info = dict(model.bundle_info)
         other.reader = copy.copy(self.reader)
         other.reader.recipes = tuple(model.recipes)
-        logger.warning("model registry %s: runs from now on are scored by version %s "
-                       "(sha256 %s)", self.registry.root, number,
-                       other.model_info.get("model_sha256", "?")[:12])
+        cache[number] = other
         return other
 
     # -- what the reader holds --------------------------------------------------------------

@@ -12,7 +12,13 @@ from pbi_bluesky.store.catalog import (
     require_catalog,
     runs_container,
 )
-from pbi_bluesky.store.labels import LABELS, LabelError, label_run, labels_of
+from pbi_bluesky.store.labels import (
+    LABELS,
+    LabelError,
+    label_run,
+    labelled_frames,
+    labels_of,
+)
 from pbi_bluesky.store.postgres import catalog_indexes, create_catalog_indexes
 from pbi_bluesky.store.queries import analysis_of, flagged_runs
 from pbi_bluesky.store.spool import SpoolFile, SpoolSink, read_spool_file
@@ -34,6 +40,7 @@ __all__ = [
     "embedded_client",
     "flagged_runs",
     "label_run",
+    "labelled_frames",
     "labels_of",
     "open_runs",
     "read_spool_file",

@@ -294,7 +294,8 @@ class Catalog:
         with self._lock:
             self._runs = None
 
-    def writer(self, batch_size: int | None = None, *, composed: bool = False) -> Any:
+    def writer(self, batch_size: int | None = None, *, composed: bool = False,
+               max_array_size: int | None = None) -> Any:
         """Return a fresh ``TiledWriter`` for the runs container: the one writer factory.
 
         The spools, the bus coordinator, re-scoring and the agent's records all write
@@ -308,12 +309,19 @@ class Catalog:
             The documents are composed by this package in the current event-model schema
             (analysis runs): skip the normalizer, whose jsonschema check of every event
             (three 400-point curves) cost ~10 ms of CPU per event.
+        max_array_size : int, optional
+            Arrays of more elements are written as array nodes (two requests each), the
+            others as columns of the stream's table (TiledWriter's default when None; -1:
+            every array in the table). Measured by ``bench_tiled_writes.py
+            --arrays-in-table``; the readers of analysis runs expect array nodes.
         """
         kwargs: dict[str, Any] = {"max_cache_bytes": self.writer_cache_bytes}
         if batch_size is not None:
             kwargs["batch_size"] = batch_size
         if composed:
             kwargs["normalizer"] = None
+        if max_array_size is not None:
+            kwargs["max_array_size"] = max_array_size
         try:
             return lean_tiled_writer(self.runs, lean=self.lean_writes, **kwargs)
         except CatalogUnavailable:
@@ -350,6 +358,11 @@ def lean_tiled_writer(client: Any, *, lean: bool = True,
     no more writes come to that node. The lean writer closes the run's own container only,
     the one signal "this run is complete", after its stop metadata is written; the data
     written is the same.
+
+    It also registers each frame-by-reference node (a StreamResource and its StreamDatums)
+    with its final data source in one ``POST /register`` at the stop, where the stock
+    writer registers an empty node and then sends its data source (``PUT``): one request fewer
+    per raw run.
 
     Parameters
     ----------
@@ -395,6 +408,29 @@ def lean_tiled_writer(client: Any, *, lean: bool = True,
         def _close_stream_tree(self) -> None:
             if self.root_node is not None:
                 self.root_node.close_stream()
+
+        def stop(self, doc: dict) -> None:
+            # register each new StreamResource node with its final data source: one POST,
+            # where the stock writer POSTs an empty node and then PUTs its data source
+            for sres_uid, datum in list(self._external_data_cache.items()):
+                sres = self._stream_resource_cache.get(sres_uid)
+                desc_node = self._desc_nodes.get(datum["descriptor"])
+                if sres_uid in self._sres_nodes or sres is None or desc_node is None:
+                    continue
+                full_key = f"{desc_node.item['id']}_{sres['data_key']}"
+                if full_key in self._sres_nodes:
+                    continue  # a further resource of one data key: the stock path
+                consolidator = tw.consolidator_factory(sres, desc_node.metadata)
+                consolidator.consume_stream_datum(datum)
+                source = consolidator.get_data_source()
+                node = desc_node.new(key=consolidator.data_key,
+                                     structure_family=source.structure_family,
+                                     data_sources=[source], metadata={}, specs=[],
+                                     access_tags=self.access_tags)
+                self._consolidators[sres_uid] = self._consolidators[full_key] = consolidator
+                self._sres_nodes[sres_uid] = self._sres_nodes[full_key] = node
+                del self._external_data_cache[sres_uid]
+            super().stop(doc)
 
     run_writer = _LeanRunWriter if lean else _BoundedRunWriter
 

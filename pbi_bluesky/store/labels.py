@@ -21,7 +21,7 @@ from typing import Any
 
 from event_model import compose_run
 
-__all__ = ["LABEL", "LABELS", "LabelError", "label_run", "labels_of"]
+__all__ = ["LABEL", "LABELS", "LabelError", "label_run", "labelled_frames", "labels_of"]
 
 logger = logging.getLogger(__name__)
 
@@ -51,6 +51,62 @@ def labels_of(runs: Any) -> dict[str, dict[str, Any]]:
         raw = start.get("raw_uid")
         if raw and (raw not in out or start.get("time", 0) >= out[raw].get("time", 0)):
             out[raw] = start
+    return out
+
+
+def labelled_frames(runs: Any, label: str) -> list[dict[str, Any]]:
+    """Return the reduced frames of every run whose newest label is ``label``.
+
+    The frames are read back from the labelled analysis run (its ``pbi_anomaly`` stream:
+    ``q``, ``intensity``, ``sigma``); frames with non-finite values are left out, and so is
+    a run whose analysis or curves are missing (it is listed in ``skipped``).
+
+    Parameters
+    ----------
+    runs
+        The ``runs`` container (:func:`~pbi_bluesky.store.open_runs`).
+    label
+        One of :data:`LABELS`.
+
+    Returns
+    -------
+    list of dict
+        One per labelled run, oldest label first: ``raw_uid``, ``analysis_uid``,
+        ``recipe``, ``label`` (the record's start document) and ``profiles`` (a list of
+        :class:`~pbi_bluesky.profile.Profile`); runs that could not be read carry
+        ``profiles == []`` and ``skipped`` (why).
+    """
+    import numpy as np
+    from tiled.queries import Key
+
+    from pbi_bluesky.profile import Profile
+
+    if label not in LABELS:
+        raise LabelError(f"label must be one of {', '.join(LABELS)}, got {label!r}")
+    out = []
+    chosen = [(raw, rec) for raw, rec in labels_of(runs).items() if rec.get("label") == label]
+    for raw_uid, record in sorted(chosen, key=lambda kv: kv[1].get("time", 0)):
+        row: dict[str, Any] = {"raw_uid": raw_uid, "analysis_uid": record.get("analysis_uid"),
+                               "recipe": record.get("expected_composition"),
+                               "label": record, "profiles": []}
+        out.append(row)
+        found = runs.search(Key("start.raw_uid") == raw_uid)
+        if not row["analysis_uid"] or row["analysis_uid"] not in found:
+            row["skipped"] = "its analysis run is not in the catalog"
+            continue
+        node = found[row["analysis_uid"]]
+        row["recipe"] = row["recipe"] or node.metadata["start"].get("expected_composition")
+        stream = node["pbi_anomaly"] if "pbi_anomaly" in node else {}
+        if not row["recipe"] or "intensity" not in stream:
+            row["skipped"] = "no recipe or no reduced curves in its analysis"
+            continue
+        q, inten, sig = (np.atleast_2d(np.asarray(stream[k].read()))
+                         for k in ("q", "intensity", "sigma"))
+        for qi, ii, si in zip(q, inten, sig, strict=True):
+            if np.isfinite(ii).all() and np.isfinite(si).all():
+                row["profiles"].append(Profile(qi, ii, si, {"raw_uid": raw_uid}))
+        if not row["profiles"]:
+            row["skipped"] = "no finite frame in its analysis"
     return out
 
 

@@ -10,7 +10,9 @@ loses nothing); ``os.fsync`` runs at most every ``fsync_interval`` seconds (grou
 and always after a stop document and before a file moves, so a power cut loses at most the
 last ``fsync_interval`` seconds of documents.
 
-Each run has its own downstream writer (interleaved runs never share one). If the writer
+Each run has its own downstream writer (interleaved runs never share one), so a run's
+start document is forwarded ahead of other runs' waiting documents: a new run is in Tiled
+at once, even behind a backlog; a run's own documents keep their order. If the writer
 of a run fails (Tiled is down), the run is marked failed, its remaining documents stay
 on disk only, and a replay is scheduled with exponential backoff (stamina) until the writer
 answers again; a replay deletes any partial copy downstream and writes the whole run again.
@@ -22,6 +24,7 @@ another live process still writes (it holds ``<run uid>.lock``) is left alone.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import queue
 import shutil
@@ -141,7 +144,9 @@ class SpoolSink:
         """Runs of this process whose documents are still on their way downstream."""
         self._failed: set[str] = set()
         self._lock = threading.Lock()
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.Queue = queue.PriorityQueue()
+        """(lane, seq, run, name, payload, size): starts in lane 0, the rest in lane 1."""
+        self._seq = itertools.count()
         self._replay_due: float | None = None
         self._replay_attempt = 0
         self._closing = threading.Event()
@@ -284,7 +289,7 @@ class SpoolSink:
             if self.writer_factory is None:
                 return
             if run in self._failed:
-                self._queue.put((run, name, None, 0))
+                self._enqueue(run, name, None, 0)
                 return
             self._forwarding.add(run)
             size = len(data)
@@ -295,7 +300,15 @@ class SpoolSink:
             self.held_bytes += size
             self.stats["peak_held_bytes"] = max(self.stats["peak_held_bytes"],
                                                 self.held_bytes)
-            self._queue.put((run, name, payload, size))
+            self._enqueue(run, name, payload, size)
+
+    def _enqueue(self, run: str, name: str, payload: dict | _OnDisk | None,
+                 size: int) -> None:
+        # a start goes ahead of other runs' waiting documents (each run has its own
+        # writer; a run's own documents keep their order): a new run is in Tiled at
+        # once, even behind a backlog (the agent waits for the raw run, issue 22)
+        self._queue.put((0 if name == "start" else 1, next(self._seq), run, name, payload,
+                         size))
 
     def pending(self) -> list[str]:
         """Run uids whose documents are not (completely) downstream yet."""
@@ -311,7 +324,7 @@ class SpoolSink:
                 item = None
             try:
                 if item is not None:
-                    self._forward(*item)
+                    self._forward(*item[2:])
                 if self._failed and self._replay_due is None:
                     self._schedule_replay()  # a failed run is never left without a retry
                 if (self._replay_due is not None and time.monotonic() >= self._replay_due

@@ -76,6 +76,10 @@ def test_the_agent_acts_on_the_feed(queue_stack, tmp_path):
     # the request follows the verdict's publication; how soon is measured by
     # benchmarks/bench_queue.py (flag_to_request_p95_s), never asserted in a test
     assert request["time"] >= float(flagged["stop_time"])
+    # the record carries its stages, in order (bench_queue.py splits the latency with them)
+    timing = request["timing"]
+    assert float(flagged["stop_time"]) <= timing["heard"] <= timing["raw_found"] \
+        <= timing["item_added"] <= request["time"], timing
     (items,) = _agent_items(stack, t0).values()
     assert len(items) == 1
 

@@ -102,3 +102,49 @@ def test_a_full_outbox_disk_drops_nothing(tmp_path):
     assert [r["name"] for r in records] == [n for n, _ in docs]
     assert box.torn == 0
     assert send_errors > 0  # the disk did fill before it grew
+
+
+def test_publisher_takes_the_password_variable_from_the_settings(tmp_path, monkeypatch):
+    """Issue 20: the publisher read only PBI_REDIS_PASSWORD, whatever ``bus.password_env``
+    said, so a broker whose password sits in another variable refused it."""
+    import secrets
+    from pathlib import Path
+
+    from pbi_bluesky.config import load_config
+    from pbi_bluesky.testing.services import RedisServer
+
+    password = secrets.token_hex(12)
+    monkeypatch.delenv("PBI_REDIS_PASSWORD", raising=False)
+    monkeypatch.setenv("PBI_BUS_PW_OF_THIS_TEST", password)
+    server = RedisServer(tmp_path / "redis", appendonly=False,
+                         password_env="PBI_BUS_PW_OF_THIS_TEST").start()
+    try:
+        sim = Path(__file__).resolve().parents[2] / "profiles" / "profile_saxs" / "beamline.yaml"
+        settings = load_config(sim).with_overrides(
+            name="pwenv", bus={"url": server.url, "password_env": "PBI_BUS_PW_OF_THIS_TEST"})
+        _uid, docs = _docs(2)
+        pub = BusPublisher.from_settings(settings, outbox_dir=tmp_path / "o")
+        feed(pub, docs)
+        assert pub.close(timeout=20), pub.stats
+        assert pub.stats["published"] == len(docs) and pub.stats["outboxed"] == 0, pub.stats
+        entries = server.client().xrange(BusNames("pwenv").documents)
+        assert [f[b"name"].decode() for _i, f in entries] == [n for n, _ in docs]
+    finally:
+        server.stop()
+
+
+def test_publisher_logs_its_broker_url_without_the_password(tmp_path, caplog):
+    """Issue 20: "broker ... unreachable" logged the URL as given, password included."""
+    import logging
+
+    url = f"redis://:Sw0rdfish-in-url@127.0.0.1:{free_port()}/0"
+    _uid, docs = _docs(1)
+    with caplog.at_level(logging.INFO, logger="pbi_bluesky.bus"):
+        pub = BusPublisher(url, "redact", outbox_dir=tmp_path, retry_initial_s=0.05,
+                           retry_max_s=0.1)
+        feed(pub, docs)
+        assert not pub.close(timeout=0.5)
+    text = caplog.text
+    assert "unreachable" in text  # the line that used to carry the URL was written
+    assert "Sw0rdfish-in-url" not in text
+    assert "redis://:***@127.0.0.1" in text

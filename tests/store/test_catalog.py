@@ -154,3 +154,51 @@ def test_the_writer_event_cache_is_bounded_in_bytes(tmp_path):
     img = Catalog(data_dir=tmp_path / "cat").runs[bundle.start_doc["uid"]]["primary"].read()
     assert img["img"].values.shape == (12, 100, 100)
     assert [float(v[0, 0]) for v in img["img"].values] == [float(j) for j in range(12)]
+
+
+def test_the_lean_writer_registers_a_frame_by_reference_in_one_request(tmp_path):
+    """The lean writer registers a StreamResource's node with its final data source in the
+    one POST (the stock writer POSTs an empty node, then PUTs its data source: one request
+    more per raw run, bench_tiled_writes.py); the frames read back the same."""
+    import h5py
+
+    from pbi_bluesky.store import Catalog
+
+    frames = np.arange(2 * 4 * 5, dtype="<i4").reshape(2, 4, 5)
+    h5 = tmp_path / "data" / "det.h5"
+    h5.parent.mkdir()
+    with h5py.File(h5, "w") as f:
+        f["entry/data/data"] = frames
+    catalog = Catalog(data_dir=tmp_path / "cat", readable=(str(h5.parent),))
+    runs = catalog.runs
+    sent: list[str] = []
+    runs.context.http_client.event_hooks["request"].append(
+        lambda request: sent.append(f"{request.method} {request.url.path.split('/')[3]}"))
+    writer = catalog.writer()
+    bundle = compose_run(metadata={"sample": "s"})
+    desc = bundle.compose_descriptor(name="primary", data_keys={
+        "det": {"dtype": "array", "shape": [1, 4, 5], "source": "sim", "dtype_numpy": "<i4",
+                "external": "STREAM:"},
+        "i0": {"dtype": "number", "shape": [], "source": "sim"}})
+    res = bundle.compose_stream_resource(mimetype="application/x-hdf5", uri=h5.as_uri(),
+                                         data_key="det",
+                                         parameters={"dataset": "/entry/data/data"})
+    docs = [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc),
+            ("stream_resource", res.stream_resource_doc)]
+    for j in range(2):
+        docs.append(("stream_datum", res.compose_stream_datum(
+            indices={"start": j, "stop": j + 1}, seq_nums={"start": j + 1, "stop": j + 2},
+            descriptor=desc.descriptor_doc)))
+        docs.append(("event", desc.compose_event(data={"i0": 1.0 + j},
+                                                 timestamps={"i0": 0.0}, seq_num=j + 1)))
+    for name, doc in [*docs, ("stop", bundle.compose_stop())]:
+        writer(name, doc)
+    assert [s for s in sent if s.startswith("PUT")] == []
+    assert sent.count("POST register") == 1, sent
+    run = Catalog(data_dir=tmp_path / "cat", readable=(str(h5.parent),)).runs[
+        bundle.start_doc["uid"]]
+    assert run.metadata["stop"]["exit_status"] == "success"
+    primary = run["primary"]
+    det = np.asarray(primary["det"].read())
+    assert det.shape[0] == 2 and det.reshape(-1).tolist() == frames.reshape(-1).tolist()
+    assert np.asarray(primary["i0"].read()).tolist() == [1.0, 2.0]

@@ -265,3 +265,39 @@ def test_outages_are_retried_forever_not_rejected(tmp_path, error):
             f"failed: {type(mem.error).__name__}")
     assert sink.rejected() == []
     sink.close()
+
+
+def test_a_new_run_start_goes_ahead_of_other_runs_backlog(tmp_path):
+    """A run's start is forwarded ahead of the documents other runs have waiting (the agent
+    waits for a flagged raw run in Tiled, issue 22); each run's own documents keep their
+    order."""
+    import threading
+
+    entered, release = threading.Event(), threading.Event()
+    mem = Memory()
+
+    def slow_factory():
+        def write(name, doc):
+            entered.set()
+            release.wait(30)
+            mem(name, doc)
+        return write
+
+    sink = SpoolSink(tmp_path / "spool", slow_factory, auto_replay=False)
+    first = _analysis_run("raw-1", "50:50", 1, 2.0, "S")
+    second = _analysis_run("raw-2", "50:50", 1, 2.0, "S")
+    sink(*first[0])
+    assert entered.wait(10)  # the forwarder is inside the first run's start
+    for name, doc in first[1:] + second:
+        sink(name, doc)
+    release.set()
+    assert sink.flush(10)
+    a, b = first[0][1]["uid"], second[0][1]["uid"]
+    order = [(n, d.get("uid") if n == "start" else d.get("run_start") or d.get("descriptor"))
+             for n, d in mem.docs]
+    assert order[:2] == [("start", a), ("start", b)], order
+    for docs in (first, second):
+        own = [n for n, d in mem.docs if any(d is doc for _, doc in docs)]
+        assert own == [n for n, _ in docs]
+    assert sink.pending() == []
+    sink.close()
