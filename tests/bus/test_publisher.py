@@ -182,3 +182,19 @@ def test_queued_frames_past_the_byte_budget_wait_in_the_spill_file(tmp_path):
     got = [decode(r["doc"]) for r in out]
     assert [d["uid"] for d in got] == [d["uid"] for _, d in docs]
     assert [int(np.asarray(d["data"]["img"])[0, 0]) for d in got[2:-1]] == list(range(12))
+
+
+def test_the_outbox_is_the_spool_record_log_bounded_in_bytes(tmp_path):
+    """Issue 20 item 1, one record log: the outbox appends through RecordLog (bounded by
+    max_bytes: past it nothing is written and LogFull raised) and reads through its Scan."""
+    import pytest
+
+    from pbi_bluesky.store.recordlog import LogFull, Scan
+
+    box = Outbox(tmp_path / "bl.outbox", max_bytes=200)
+    box.append([{"run": "r", "name": "event", "doc": bytes(50)}])
+    size = box.path.stat().st_size
+    with pytest.raises(LogFull):
+        box.append([{"run": "r", "name": "event", "doc": bytes(50)} for _ in range(3)])
+    assert box.path.stat().st_size == size and len(box) == 1
+    assert [r["doc"] for _, _, r in Scan(box.path)] == [bytes(50)]
