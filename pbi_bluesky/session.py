@@ -149,15 +149,16 @@ def build_session(
     beamline = make_beamline(cfg, mode)
     if cfg.tray:
         use_tray(cfg.tray)
+    budget = cfg.tiled.memory_mib << 20  # bytes held in memory by each spool and writer
     catalog = Catalog(cfg.tiled.uri, api_key=cfg.tiled.api_key, data_dir=root / "catalog",
-                      readable=cfg.data_roots)
+                      readable=cfg.data_roots, writer_cache_bytes=budget)
     raw_spool = SpoolSink(root / "spool" / "raw", catalog.writer,
-                          delete_partial=catalog.delete_partial)
+                          delete_partial=catalog.delete_partial, max_bytes=budget)
     # analysis documents are composed here in the current schema: no normalizer (~10 ms of
     # CPU per event saved on the spool's thread, issue 22)
     analysis_spool = SpoolSink(root / "spool" / "analysis",
                                functools.partial(catalog.writer, composed=True),
-                               delete_partial=catalog.delete_partial)
+                               delete_partial=catalog.delete_partial, max_bytes=budget)
     sinks: list[Any] = [analysis_spool]
     extras: dict[str, Any] = {}
     feed = VerdictFeed.from_settings(cfg)

@@ -12,21 +12,30 @@ from __future__ import annotations
 
 import logging
 import os
-import time
 from pathlib import Path
 from typing import Any
 
 import msgpack
 
-from pbi_bluesky.codec import DecodeError, unpacker
+from pbi_bluesky.store.recordlog import RecordLog, Scan
 
 __all__ = ["Outbox"]
 
 logger = logging.getLogger(__name__)
 
 
+def _is_outbox_record(record: Any) -> bool:
+    return (isinstance(record, dict) and isinstance(record.get("name"), str)
+            and isinstance(record.get("doc"), bytes))
+
+
 class Outbox:
-    """Records waiting for the broker, in order.
+    """Records waiting for the broker, in order, in the spool's record log format.
+
+    The file is a :class:`~pbi_bluesky.store.recordlog.RecordLog` (appends whole or not at
+    all, group-committed fsyncs, a torn tail cut off before appending, bounded by
+    ``max_bytes``) read back by its :class:`~pbi_bluesky.store.recordlog.Scan` one record
+    at a time, so draining a large outbox holds one chunk in memory, not the file.
 
     Parameters
     ----------
@@ -34,21 +43,30 @@ class Outbox:
         The outbox file (its folder is created).
     fsync_interval
         Longest time between fsyncs (the power-cut loss bound), seconds.
+    max_bytes
+        Bound on the outbox file; past it :meth:`append` raises
+        :class:`~pbi_bluesky.store.recordlog.LogFull` (the publisher keeps the batch in
+        memory and retries). ``None``: unbounded.
     """
 
-    def __init__(self, path: str | Path, *, fsync_interval: float = 0.2) -> None:
+    def __init__(self, path: str | Path, *, fsync_interval: float = 0.2,
+                 max_bytes: int | None = None) -> None:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.sent_path = self.path.with_suffix(self.path.suffix + ".sent")
         self.fsync_interval = float(fsync_interval)
-        self._fd: int | None = None
-        self._last_fsync = 0.0
+        self._log = RecordLog(self.path, fsync_interval=fsync_interval, max_bytes=max_bytes)
         self.appended = 0
-        self.torn = 0
+        self._torn = 0
+
+    @property
+    def torn(self) -> int:
+        """Torn or corrupt tails dropped so far (what a crash while appending leaves)."""
+        return self._torn + self._log.cut
 
     def __len__(self) -> int:
         """Return the number of records not yet sent (reads the file)."""
-        return max(0, len(self._records()) - self._sent())
+        return max(0, sum(1 for _ in self._scan()) - self._sent())
 
     @property
     def pending(self) -> bool:
@@ -62,68 +80,22 @@ class Outbox:
         """
         if not records:
             return
-        if self._fd is None:
-            self._truncate_torn()
-            self._fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
         data = b"".join(msgpack.packb(record, use_bin_type=True) for record in records)
-        pos = os.lseek(self._fd, 0, os.SEEK_END)
-        try:
-            view = memoryview(data)
-            while view:
-                view = view[os.write(self._fd, view):]
-            now = time.monotonic()
-            if now - self._last_fsync >= self.fsync_interval:
-                os.fsync(self._fd)
-                self._last_fsync = now
-        except OSError:
-            try:
-                os.ftruncate(self._fd, pos)
-            except OSError:
-                logger.exception("outbox %s: cannot cut back a failed append", self.path)
-            raise
+        self._log.append(data)
         self.appended += len(records)
 
-    def _truncate_torn(self) -> None:
-        """Cut a torn last record off before appending.
-
-        Records after it would be unreadable.
-        """
-        try:
-            size = self.path.stat().st_size
-        except FileNotFoundError:
-            return
-        _records, end = self._scan()
-        if end < size:
-            with open(self.path, "r+b") as fh:
-                fh.truncate(end)
+    def _scan(self) -> Any:
+        """Yield the complete records in order; a torn tail is counted and reported."""
+        scan = Scan(self.path, valid=_is_outbox_record)
+        for _, _, record in scan:
+            yield record
+        if scan.torn:
+            self._torn += 1
+            logger.warning("outbox %s: %s", self.path, scan.error)
 
     def _records(self) -> list[dict[str, Any]]:
-        return self._scan()[0]
-
-    def _scan(self) -> tuple[list[dict[str, Any]], int]:
-        up = unpacker()
-        out: list[dict[str, Any]] = []
-        end = size = 0
-        try:
-            with open(self.path, "rb") as fh:
-                while chunk := fh.read(1 << 20):  # memory bounded by a record, not the file
-                    size += len(chunk)
-                    up.feed(chunk)
-                    for record in up:
-                        if not (isinstance(record, dict) and isinstance(record.get("name"), str)
-                                and isinstance(record.get("doc"), bytes)):
-                            raise DecodeError("not an outbox record")
-                        out.append(record)
-                        end = up.tell()
-        except FileNotFoundError:
-            return [], 0
-        except (ValueError, DecodeError, msgpack.BufferFull):
-            size = max(size, end + 1)
-        if end < size:
-            self.torn += 1
-            logger.warning("outbox %s: torn or corrupt last record dropped (%d bytes)",
-                           self.path, size - end)
-        return out, end
+        """Return every complete record (the whole file in memory: for tests and tools)."""
+        return list(self._scan())
 
     def _sent(self) -> int:
         try:
@@ -143,24 +115,27 @@ class Outbox:
         success the outbox is empty (files removed); on failure what is left stays.
         """
         self.close()
-        records = self._records()
         done = self._sent()
-        sent = 0
-        while done < len(records):
-            batch = records[done:done + chunk]
+        seen = sent = 0
+        batch: list[dict[str, Any]] = []
+        for record in self._scan():
+            seen += 1
+            if seen <= done:
+                continue  # on the broker already (an earlier, partial drain)
+            batch.append(record)
+            if len(batch) >= chunk:
+                send(batch)
+                sent += len(batch)
+                self._mark_sent(done + sent)
+                batch = []
+        if batch:
             send(batch)
-            done += len(batch)
             sent += len(batch)
-            self._mark_sent(done)
+            self._mark_sent(done + sent)
         self.path.unlink(missing_ok=True)
         self.sent_path.unlink(missing_ok=True)
         return sent
 
     def close(self) -> None:
         """Fsync and close the file (the next append reopens it)."""
-        if self._fd is not None:
-            fd, self._fd = self._fd, None
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+        self._log.close()

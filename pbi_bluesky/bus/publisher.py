@@ -33,8 +33,11 @@ import numpy as np
 
 from pbi_bluesky.bus.names import PASSWORD_ENV, BusNames, connect
 from pbi_bluesky.bus.outbox import Outbox
-from pbi_bluesky.codec import EncodeError, encode, sanitize
+from pbi_bluesky.codec import EncodeError, decode_document, encode, encode_document, sanitize
+from pbi_bluesky.infra.memory import DEFAULT_MEMORY_BUDGET, doc_nbytes
 from pbi_bluesky.infra.secrets import redact_url
+from pbi_bluesky.store.recordlog import RecordLog, Scan, read_at
+from pbi_bluesky.store.spoolfile import is_spool_record
 
 __all__ = ["DEFAULT_INLINE_LIMIT", "BusPublisher"]
 
@@ -84,7 +87,8 @@ class BusPublisher:
     def __init__(self, url: str, beamline: str, *, outbox_dir: str | Path,
                  inline_limit_bytes: int = DEFAULT_INLINE_LIMIT, maxlen: int | None = None,
                  retry_initial_s: float = 0.2, retry_max_s: float = 5.0,
-                 socket_timeout: float = 2.0, password_env: str | None = PASSWORD_ENV) -> None:
+                 socket_timeout: float = 2.0, password_env: str | None = PASSWORD_ENV,
+                 max_bytes: int = DEFAULT_MEMORY_BUDGET) -> None:
         self.url, self.names = url, BusNames(beamline)
         self.inline_limit = int(inline_limit_bytes)
         self.maxlen = maxlen
@@ -93,7 +97,22 @@ class BusPublisher:
         self._client = connect(url, socket_timeout=socket_timeout,
                                connect_timeout=min(1.0, socket_timeout),
                                password_env=password_env)
-        self._queue: deque[tuple[str, dict]] = deque()
+        self._queue: deque[tuple[str, dict | None, int, int]] = deque()
+        """``(name, doc, bytes held, 0)``, or ``(name, None, offset, length)`` of a
+        document kept in the spill file."""
+        self.max_bytes = int(max_bytes)
+        self.held_bytes = 0
+        """Bytes of documents queued in memory now (the byte budget's counter)."""
+        self.spill = RecordLog(Path(outbox_dir) / f"{beamline}.spill", fsync_interval=3600.0)
+        self._spilled = 0
+        """Queued entries that live in the spill file."""
+        for offset, length, record in Scan(self.spill.path, valid=is_spool_record):
+            # a spill file left by a process that ended before sending it: sent first
+            self._queue.append((record["name"], None, offset, length))
+            self._spilled += 1
+        if self._spilled:
+            logger.warning("bus publisher: %d document(s) left in %s by an earlier process "
+                           "are sent first", self._spilled, self.spill.path)
         self._cond = threading.Condition()
         self._run_of: dict[str, str] = {}
         self._busy = False
@@ -103,7 +122,7 @@ class BusPublisher:
         self._attempt = 0
         self.stats = {"queued": 0, "published": 0, "outboxed": 0, "refused": 0,
                       "from_outbox": 0, "reconnects": 0, "unencodable": 0,
-                      "send_errors": 0}
+                      "send_errors": 0, "spilled": 0, "peak_held_bytes": 0}
         self._stalled: list[dict[str, Any]] | None = None
         """Records that could neither be sent nor written to the outbox (retried first)."""
         self._thread = threading.Thread(target=self._loop, daemon=True,
@@ -134,14 +153,54 @@ class BusPublisher:
 
     # -- RunEngine thread ---------------------------------------------------------------
     def __call__(self, name: str, doc: dict, *args: Any) -> None:
-        """Queue one document; returns at once, never raises."""
+        """Queue one document; returns at once, never raises.
+
+        Past ``max_bytes`` of queued documents in memory, the document is appended to the
+        spill file instead (encoded, one write, no fsync: it only has to outlive the queue)
+        and the sender reads it back in its turn.
+        """
         try:
+            size = doc_nbytes(doc)
             with self._cond:
-                self._queue.append((name, doc))
+                if self.held_bytes + size > self.max_bytes:
+                    entry = self._spill(name, doc)
+                    if entry is not None:
+                        self._queue.append(entry)
+                        self.stats["queued"] += 1
+                        self._cond.notify()
+                        return
+                self._queue.append((name, doc, size, 0))
+                self.held_bytes += size
+                self.stats["peak_held_bytes"] = max(self.stats["peak_held_bytes"],
+                                                    self.held_bytes)
                 self.stats["queued"] += 1
                 self._cond.notify()
         except Exception:  # noqa: BLE001 - the scan must never die because of us
             logger.exception("bus publisher could not queue a %r document", name)
+
+    def _spill(self, name: str, doc: dict) -> tuple[str, None, int, int] | None:
+        """Append a document to the spill file; None (keep it in memory) if that fails."""
+        try:
+            try:
+                data = encode_document(name, doc)
+            except EncodeError:
+                clean, paths = sanitize(doc)
+                data = encode_document(name, {**clean, "pbi_unencodable": paths})
+            offset = self.spill.append(data)
+        except Exception:  # noqa: BLE001 - held in memory instead: nothing dropped
+            logger.exception("bus publisher: could not spill a %s document to %s; held in "
+                             "memory", name, self.spill.path)
+            return None
+        self._spilled += 1
+        self.stats["spilled"] += 1
+        return (name, None, offset, len(data))
+
+    def _take(self, entry: tuple[str, dict | None, int, int]) -> tuple[str, dict]:
+        """Return a popped entry's document (read back from the spill file if there)."""
+        name, doc, a, b = entry
+        if doc is not None:
+            return name, doc
+        return decode_document(read_at(self.spill.path, a, b))
 
     # -- control ----------------------------------------------------------------------------
     @property
@@ -195,7 +254,11 @@ class BusPublisher:
             records = self._stalled
             try:
                 if records is None:
-                    records = [self._safe_record(name, doc) for name, doc in batch]
+                    records = []
+                    for entry in batch:
+                        records.append(self._safe_record(*self._take(entry)))
+                        self._done_with(entry)
+                    batch = []
                 self._send(records)
                 self._stalled = None
             except Exception as exc:  # noqa: BLE001 - never let the sender die, drop nothing
@@ -210,8 +273,21 @@ class BusPublisher:
                 if self._closing:
                     return  # one last try when closing; close() reports what is left
             finally:
+                for entry in batch:  # a document that broke even its record: accounted
+                    self._done_with(entry)
                 with self._cond:
                     self._busy = False
+
+    def _done_with(self, entry: tuple[str, dict | None, int, int]) -> None:
+        """Release a queue entry's memory; empty the spill file once nothing is in it."""
+        with self._cond:
+            if entry[1] is not None:
+                self.held_bytes -= entry[2]
+                return
+            self._spilled -= 1
+            if self._spilled == 0:
+                self.spill.close()
+                self.spill.path.unlink(missing_ok=True)
 
     def _safe_record(self, name: str, doc: dict) -> dict[str, Any]:
         try:

@@ -56,10 +56,17 @@ class TiledConfig(StrictModel):
     A Tiled server, or the embedded catalog when ``uri`` is null. The API key is read from
     the environment variable ``api_key_env``; it is never a field, so it appears in no
     repr, dump or log line.
+
+    ``memory_mib`` bounds, in MiB, the documents each spool holds in memory on their way
+    to Tiled and each Tiled writer's cache of events (default 256, see
+    :mod:`pbi_bluesky.infra.memory`): past it the spool forwards documents from its file
+    and the writer writes its cached events early. Nothing is dropped and the RunEngine
+    never waits on it.
     """
 
     uri: str | None = None
     api_key_env: EnvName = "PBI_TILED_API_KEY"
+    memory_mib: Count = 256
 
     @model_validator(mode="before")
     @classmethod

@@ -20,6 +20,8 @@ import threading
 from pathlib import Path
 from typing import Any
 
+from pbi_bluesky.infra.memory import DEFAULT_MEMORY_BUDGET, doc_nbytes
+
 __all__ = ["DEFAULT_DATA_DIR", "Catalog", "CatalogUnavailable", "bound_tiled_retries",
            "data_dir", "embedded_client", "open_runs", "require_catalog", "runs_container"]
 
@@ -248,6 +250,8 @@ class Catalog:
 
     ``lean_writes`` (default): its writers close only the run's own node at the stop, not
     every stream, table and array under it (see :func:`lean_tiled_writer`).
+    ``writer_cache_bytes``: each writer's event cache stays under this many bytes (it writes
+    its cached events early rather than hold more).
 
     A session that starts while Tiled is down still builds its spools and scorer; writers
     made by :meth:`writer` raise :class:`CatalogUnavailable` until the server answers, and
@@ -257,8 +261,10 @@ class Catalog:
     def __init__(self, uri: str | None = None, *, api_key: str | None = None,
                  data_dir: str | Path | None = None,
                  timeout_s: float = TILED_RETRY_TIMEOUT_S,
-                 readable: tuple[str, ...] = (), lean_writes: bool = True) -> None:
+                 readable: tuple[str, ...] = (), lean_writes: bool = True,
+                 writer_cache_bytes: int = DEFAULT_MEMORY_BUDGET) -> None:
         self.uri, self._api_key, self.data_dir = uri, api_key, data_dir
+        self.writer_cache_bytes = int(writer_cache_bytes)
         self.lean_writes = bool(lean_writes)
         self.timeout_s = timeout_s
         self.readable = tuple(readable)
@@ -309,7 +315,7 @@ class Catalog:
             every array in the table). Measured by ``bench_tiled_writes.py
             --arrays-in-table``; the readers of analysis runs expect array nodes.
         """
-        kwargs: dict[str, Any] = {}
+        kwargs: dict[str, Any] = {"max_cache_bytes": self.writer_cache_bytes}
         if batch_size is not None:
             kwargs["batch_size"] = batch_size
         if composed:
@@ -317,8 +323,7 @@ class Catalog:
         if max_array_size is not None:
             kwargs["max_array_size"] = max_array_size
         try:
-            return (lean_tiled_writer if self.lean_writes else _tiled_writer)(
-                self.runs, **kwargs)
+            return lean_tiled_writer(self.runs, lean=self.lean_writes, **kwargs)
         except CatalogUnavailable:
             raise
         except Exception as exc:  # noqa: BLE001
@@ -332,22 +337,27 @@ class Catalog:
             runs[uid].delete(recursive=True, external_only=False)
 
 
-def _tiled_writer(client: Any, **kwargs: Any) -> Any:
-    from bluesky_tiled_plugins import TiledWriter
+def lean_tiled_writer(client: Any, *, lean: bool = True,
+                      max_cache_bytes: int = DEFAULT_MEMORY_BUDGET, **kwargs: Any) -> Any:
+    """Return a ``TiledWriter`` whose event cache is bounded in bytes, lean by default.
 
-    return TiledWriter(client, **kwargs)
+    Bounded: bluesky-tiled-plugins' run writer caches events until ``batch_size`` of them
+    (10 000 by default) and writes them as one table and array write; with inline frames
+    (a Pilatus 1M frame is 4 MB) that is tens of GB. This writer also writes a run's
+    cached events (every stream's, as the stop does) as soon as holding one more event
+    would take the arrays in its cache past ``max_cache_bytes`` (estimated by
+    :func:`pbi_bluesky.infra.memory.doc_nbytes`), so it never holds more than that, or one
+    event when a single event is larger. The writer's ``cache_stats`` says how much it
+    held at most (``peak_cache_bytes``) and how often the bound wrote early
+    (``byte_flushes``).
 
-
-def lean_tiled_writer(client: Any, **kwargs: Any) -> Any:
-    """Return a ``TiledWriter`` that closes only the run's node at the stop.
-
-    bluesky-tiled-plugins' writer ends a run with one ``DELETE /stream/close`` per node it
-    made (each table, array, stream and the run: 4.5 requests per run of ours, ~90 ms
-    each inside a loaded server, ``benchmarks/bench_tiled_writes.py``). Closing a stream
-    writes nothing: it tells the server's streaming subscribers and webhooks that no more
-    writes come to that node. This writer closes the run's own container only, the one
-    signal "this run is complete", after its stop metadata is written; the data written
-    is the same.
+    Lean: bluesky-tiled-plugins' writer ends a run with one ``DELETE /stream/close`` per
+    node it made (each table, array, stream and the run: 4.5 requests per run of ours,
+    ~90 ms each inside a loaded server, ``benchmarks/bench_tiled_writes.py``). Closing a
+    stream writes nothing: it tells the server's streaming subscribers and webhooks that
+    no more writes come to that node. The lean writer closes the run's own container only,
+    the one signal "this run is complete", after its stop metadata is written; the data
+    written is the same.
 
     It also registers each frame-by-reference node (a StreamResource and its StreamDatums)
     with its final data source in one ``POST /register`` at the stop, where the stock
@@ -358,12 +368,43 @@ def lean_tiled_writer(client: Any, **kwargs: Any) -> Any:
     ----------
     client
         The runs container.
+    lean
+        Close only the run's own node at the stop.
+    max_cache_bytes
+        Bound on the bytes of events a run writer holds before writing them.
     **kwargs
         ``TiledWriter`` arguments (``batch_size``, ``normalizer``...).
     """
     from bluesky_tiled_plugins.writing import tiled_writer as tw
 
-    class _LeanRunWriter(tw._RunWriter):
+    stats = {"peak_cache_bytes": 0, "byte_flushes": 0}
+
+    class _BoundedRunWriter(tw._RunWriter):
+        _cached: dict[str, int]
+
+        def event(self, doc: dict) -> None:
+            cached = self.__dict__.setdefault("_cached", {})
+            size = doc_nbytes(doc)
+            if cached and sum(cached.values()) + size > max_cache_bytes:
+                self._write_caches()
+                stats["byte_flushes"] += 1
+            super().event(doc)
+            stream = self._desc_nodes[doc["descriptor"]].item["id"]
+            if self._internal_data_cache[stream]:
+                cached[stream] = cached.get(stream, 0) + size
+            else:  # the batch_size count wrote it
+                cached.pop(stream, None)
+            stats["peak_cache_bytes"] = max(stats["peak_cache_bytes"], sum(cached.values()))
+
+        def _write_caches(self) -> None:
+            # what stop() does with the caches of internal data, before its stop
+            for stream, cache in self._internal_data_cache.items():
+                if cache:
+                    self._write_internal_data(cache, desc_node=self._desc_nodes[stream])
+                    cache.clear()
+            self.__dict__.setdefault("_cached", {}).clear()
+
+    class _LeanRunWriter(_BoundedRunWriter):
         def _close_stream_tree(self) -> None:
             if self.root_node is not None:
                 self.root_node.close_stream()
@@ -391,20 +432,24 @@ def lean_tiled_writer(client: Any, **kwargs: Any) -> Any:
                 del self._external_data_cache[sres_uid]
             super().stop(doc)
 
-    class LeanTiledWriter(tw.TiledWriter):
-        # TiledWriter._factory of bluesky-tiled-plugins 2.x with the lean run writer and
+    run_writer = _LeanRunWriter if lean else _BoundedRunWriter
+
+    class PbiTiledWriter(tw.TiledWriter):
+        # TiledWriter._factory of bluesky-tiled-plugins 2.x with our run writer and
         # without the backup options (we never pass them: the spool is our backup)
+        cache_stats = stats
+
         def _factory(self, name: str, doc: dict) -> Any:
-            cb = run_writer = _LeanRunWriter(
+            cb = writer = run_writer(
                 self.client, batch_size=self._batch_size,
                 max_array_size=self._max_array_size, validate=self._validate,
                 ignore_errors=self.ignore_errors)
             if self._normalizer:
                 cb = self._normalizer(patches=self.patches,
                                       spec_to_mimetype=self.spec_to_mimetype)
-                cb.subscribe(run_writer)
+                cb.subscribe(writer)
             return [cb], []
 
     if kwargs.get("backup_directory") or kwargs.get("backup_dictionary") is not None:
         raise ValueError("lean_tiled_writer takes no backup options")
-    return LeanTiledWriter(client, **kwargs)
+    return PbiTiledWriter(client, **kwargs)

@@ -82,6 +82,8 @@ class RecordLog:
         self._fd: int | None = None
         self._size = 0
         self._last_fsync = 0.0
+        self.cut = 0
+        """Torn or corrupt tails cut off when opening."""
 
     @property
     def is_open(self) -> bool:
@@ -102,6 +104,7 @@ class RecordLog:
             for _ in scan:
                 pass
             if scan.torn:
+                self.cut += 1
                 logger.warning("record log %s: %s; cut back to byte %d", self.path,
                                scan.error, scan.end)
                 with open(self.path, "r+b") as fh:

@@ -20,6 +20,10 @@ A torn last record (what a crash leaves) is dropped and reported; a run whose wr
 died before its stop document is closed with a stop document of ``exit_status="abort"``.
 Replays are serialised across processes with a file lock (``spool.lock``), and a run that
 another live process still writes (it holds ``<run uid>.lock``) is left alone.
+
+Layout: this module routes and forwards; :mod:`.replay` replays and prunes (a mixin of
+:class:`SpoolSink`); :mod:`.spoolfile` knows the file format; :mod:`.recordlog` appends and
+scans the files (shared with the bus outbox).
 """
 
 from __future__ import annotations
@@ -40,12 +44,11 @@ import filelock
 from pbi_bluesky.codec import EncodeError, decode_document, encode_document, sanitize
 from pbi_bluesky.infra.memory import DEFAULT_MEMORY_BUDGET
 from pbi_bluesky.infra.queues import wait_drained
-from pbi_bluesky.infra.retry import should_retry
 from pbi_bluesky.store.recordlog import RecordLog, read_at
+from pbi_bluesky.store.replay import SpoolReplay
 from pbi_bluesky.store.spoolfile import (
     SUFFIX,
     SpoolFile,
-    abort_stop,
     fsync_dir,
     read_spool_file,
     spool_stem,
@@ -71,7 +74,7 @@ class _OnDisk:
     length: int
 
 
-class SpoolSink:
+class SpoolSink(SpoolReplay):
     """Spool documents locally, forward them to ``writer_factory()``'s writer off-thread.
 
     Parameters
@@ -447,150 +450,6 @@ class SpoolSink:
                 break  # no progress: the writer is down; the runs stay spooled
         return not self.pending()
 
-    # -- replay ----------------------------------------------------------------------------
-    @property
-    def backlog(self) -> int:
-        """Runs waiting for a replay (failed downstream, not yet written or rejected)."""
-        return len(self._failed)
-
-    def replay(self, lock_timeout: float = 30.0) -> dict[str, str]:
-        """Write every pending run downstream again; returns {run uid: outcome}.
-
-        Runs still being written by this process are skipped; a run whose lock another
-        process holds is skipped ("being written elsewhere"); a run whose writer died
-        before its stop document is closed with an ``abort`` stop document.
-        """
-        outcomes: dict[str, str] = {}
-        try:
-            big_lock = filelock.FileLock(str(self.root / "spool.lock"), timeout=lock_timeout)
-            big_lock.acquire()
-        except filelock.Timeout:
-            return {run: "failed: another process is replaying this spool"
-                    for run in self.pending()}
-        try:
-            self.stats["replays"] += 1
-            for path in sorted(self.pending_dir.glob(f"*{SUFFIX}")):
-                run = path.stem
-                with self._lock:
-                    if run in self._open:
-                        outcomes[run] = "open (run in progress here)"
-                        continue
-                    if run in self._forwarding and run not in self._failed:
-                        outcomes[run] = "forwarding (on its way downstream here)"
-                        continue
-                outcomes[run] = self._replay_one(run, path)
-                if outcomes[run].startswith("failed"):
-                    logger.info("spool %s: replay of %s %s", self.root.name, run[:8],
-                                outcomes[run])
-        finally:
-            big_lock.release()
-        self.prune()
-        return outcomes
-
-    def _replay_one(self, run: str, path: Path) -> str:
-        run_lock = filelock.FileLock(str(self.pending_dir / f"{run}.lock"), timeout=0)
-        try:
-            run_lock.acquire()
-        except filelock.Timeout:
-            return "skipped: being written by another process"
-        try:
-            if not path.exists():
-                return "written (by another replay)"
-            spooled = read_spool_file(path)
-            docs = list(spooled.docs)
-            notes = []
-            if spooled.error:
-                notes.append(spooled.error)
-                logger.warning("spool %s: %s", path.name, spooled.error)
-            if not docs or docs[0][0] != "start":
-                # retrying cannot help: set it aside with its reason
-                return self._reject(run, path, "no start document in the spool file ("
-                                    f"{spooled.error or 'empty' if not docs else docs[0][0]})")
-            uid = str(docs[0][1].get("uid"))
-            if uid != run:
-                self._failed.discard(uid)
-                return self._reject(run, path, f"run uid {uid!r} is not a safe file name "
-                                    "(path separators, '..' or odd characters)")
-            if self._unspooled.get(run):
-                notes.append(f"{self._unspooled[run]} document(s) never reached the spool "
-                             "file (disk errors, see losses)")
-            if docs[-1][0] != "stop":
-                docs.append(("stop", abort_stop(docs[0][1])))
-                notes.append("closed with an abort stop document (its writer ended without "
-                             "a stop)")
-            if self.writer_factory is None:
-                return "failed: no downstream writer configured"
-            try:
-                if self.delete_partial is not None:
-                    self.delete_partial(run)
-                writer = self.writer_factory()
-                for name, doc in docs:
-                    writer(name, doc)
-            except Exception as exc:  # noqa: BLE001
-                reason = f"{type(exc).__name__}: {exc}"
-                if not _transient(exc):
-                    self._refusals[run] = self._refusals.get(run, 0) + 1
-                    if self._refusals[run] >= self.reject_after:
-                        return self._reject(run, path, reason)
-                return f"failed: {reason}"
-            self._failed.discard(run)
-            self._replayed[run] = None
-            while len(self._replayed) > 1000:
-                del self._replayed[next(iter(self._replayed))]
-            self.stats["replayed_runs"] += 1
-            self._move_done(run)
-            return "written" + (f" ({'; '.join(notes)})" if notes else "")
-        finally:
-            run_lock.release()
-            if not path.exists():
-                (self.pending_dir / f"{run}.lock").unlink(missing_ok=True)
-
-    def _reject(self, run: str, path: Path, reason: str) -> str:
-        """Move a run the writer keeps refusing to ``rejected/``.
-
-        Refused means bad data, not an outage; it is moved with its reason: kept on disk, no longer
-        retried, counted.
-        """
-        self.rejected_dir.mkdir(exist_ok=True)
-        target = self.rejected_dir / path.name
-        shutil.move(str(path), target)
-        (self.rejected_dir / f"{run}.reason.txt").write_text(reason + "\n")
-        fsync_dir(self.rejected_dir)
-        self._failed.discard(run)
-        self.stats["rejected"] += 1
-        logger.error("spool %s: run %s set aside (%s); kept in %s, not retried",
-                     self.root.name, run[:8], reason, target)
-        return f"rejected: {reason}"
-
-    def rejected(self) -> list[str]:
-        """Return the runs the writer refused for their content (kept in ``rejected/``)."""
-        return sorted(p.stem for p in self.rejected_dir.glob(f"*{SUFFIX}"))
-
-    def prune(self) -> int:
-        """Delete ``done/`` files older than ``retention_days``; returns how many."""
-        if self.retention_days is None:
-            return 0
-        cutoff = time.time() - self.retention_days * 86400.0
-        removed = 0
-        for p in self.done_dir.glob(f"*{SUFFIX}"):
-            try:
-                if p.stat().st_mtime < cutoff:
-                    p.unlink()
-                    removed += 1
-            except OSError:
-                continue
-        return removed
-
 
 class _NoStart(RuntimeError):
     """A document of a run whose start document its writer never saw."""
-
-
-def _transient(exc: BaseException) -> bool:
-    """Tell an outage (retry) from refused content.
-
-    The test is the project's one policy,
-    :func:`pbi_bluesky.infra.retry.should_retry` (tiled's own for HTTP), plus any other
-    ``OSError`` of the writer's transport.
-    """
-    return bool(should_retry(exc)) or isinstance(exc, OSError)

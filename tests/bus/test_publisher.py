@@ -148,3 +148,53 @@ def test_publisher_logs_its_broker_url_without_the_password(tmp_path, caplog):
     assert "unreachable" in text  # the line that used to carry the URL was written
     assert "Sw0rdfish-in-url" not in text
     assert "redis://:***@127.0.0.1" in text
+
+
+def test_queued_frames_past_the_byte_budget_wait_in_the_spill_file(tmp_path):
+    """Issue 20: the publisher's queue was bounded by nothing; with inline frames a scan
+    faster than the broker piles up GBs. Past max_bytes the RunEngine thread appends the
+    document to the spill file instead (one write), and the sender reads it back in turn:
+    the queue's own counter stays under the budget and every document goes out once, in
+    order (here into the outbox, the broker being down)."""
+    from event_model import compose_run
+
+    run = compose_run()
+    desc = run.compose_descriptor(name="primary", data_keys={
+        "img": {"source": "sim", "dtype": "array", "shape": [512, 256], "dtype_numpy": "<i4"}})
+    docs = [("start", run.start_doc), ("descriptor", desc.descriptor_doc)]
+    docs += [("event", desc.compose_event(data={"img": np.full((512, 256), i, np.int32)},
+                                          timestamps={"img": 0.0})) for i in range(12)]
+    docs.append(("stop", run.compose_stop()))
+    budget = 2 << 20  # three 512 KiB frames and change
+    dead = f"redis://127.0.0.1:{free_port()}/0"
+    pub = BusPublisher(dead, "big", outbox_dir=tmp_path, retry_initial_s=0.05,
+                       retry_max_s=0.1, max_bytes=budget)
+    with pub._cond:  # the sender cannot take anything meanwhile: the worst case backlog
+        for name, doc in docs:
+            pub(name, doc)
+        assert 0 < pub.held_bytes <= budget
+    assert pub.stats["spilled"] >= 8 and pub.stats["peak_held_bytes"] <= budget
+    assert not pub.close(timeout=2.0)
+    assert pub.held_bytes == 0 and not pub.spill.path.exists()
+    out: list = []
+    Outbox(tmp_path / "big.outbox").drain(out.extend)
+    assert [r["name"] for r in out] == [n for n, _ in docs]
+    got = [decode(r["doc"]) for r in out]
+    assert [d["uid"] for d in got] == [d["uid"] for _, d in docs]
+    assert [int(np.asarray(d["data"]["img"])[0, 0]) for d in got[2:-1]] == list(range(12))
+
+
+def test_the_outbox_is_the_spool_record_log_bounded_in_bytes(tmp_path):
+    """Issue 20 item 1, one record log: the outbox appends through RecordLog (bounded by
+    max_bytes: past it nothing is written and LogFull raised) and reads through its Scan."""
+    import pytest
+
+    from pbi_bluesky.store.recordlog import LogFull, Scan
+
+    box = Outbox(tmp_path / "bl.outbox", max_bytes=200)
+    box.append([{"run": "r", "name": "event", "doc": bytes(50)}])
+    size = box.path.stat().st_size
+    with pytest.raises(LogFull):
+        box.append([{"run": "r", "name": "event", "doc": bytes(50)} for _ in range(3)])
+    assert box.path.stat().st_size == size and len(box) == 1
+    assert [r["doc"] for _, _, r in Scan(box.path)] == [bytes(50)]

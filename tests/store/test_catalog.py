@@ -131,6 +131,31 @@ def test_the_lean_writer_closes_only_the_run_and_writes_the_same_data(tmp_path, 
     assert primary["y"].values[2].tolist() == [2] * 40
 
 
+def test_the_writer_event_cache_is_bounded_in_bytes(tmp_path):
+    """Issue 20: TiledWriter caches 10 000 events before writing; with inline frames that is
+    tens of GB. Catalog(writer_cache_bytes=...) writes a run's cached events early instead:
+    12 frames of 80 kB under a 200 kB bound are held at most 2 at a time, and read back."""
+    from pbi_bluesky.store import Catalog
+
+    catalog = Catalog(data_dir=tmp_path / "cat", writer_cache_bytes=200_000)
+    writer = catalog.writer()  # batch_size: TiledWriter's default, 10 000 events
+    bundle = compose_run()
+    writer("start", bundle.start_doc)
+    desc = bundle.compose_descriptor(name="primary", data_keys={
+        "img": {"dtype": "array", "shape": [100, 100], "source": "sim",
+                "dtype_numpy": "<f8"}})
+    writer("descriptor", desc.descriptor_doc)
+    for j in range(12):
+        writer("event", desc.compose_event(data={"img": np.full((100, 100), float(j))},
+                                           timestamps={"img": 0.0}))
+    writer("stop", bundle.compose_stop())
+    assert 160_000 <= writer.cache_stats["peak_cache_bytes"] <= 200_000
+    assert writer.cache_stats["byte_flushes"] == 5  # 2 + 2 + 2 + 2 + 2 + 2 (the stop)
+    img = Catalog(data_dir=tmp_path / "cat").runs[bundle.start_doc["uid"]]["primary"].read()
+    assert img["img"].values.shape == (12, 100, 100)
+    assert [float(v[0, 0]) for v in img["img"].values] == [float(j) for j in range(12)]
+
+
 def test_the_lean_writer_registers_a_frame_by_reference_in_one_request(tmp_path):
     """The lean writer registers a StreamResource's node with its final data source in the
     one POST (the stock writer POSTs an empty node, then PUTs its data source: one request

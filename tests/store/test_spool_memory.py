@@ -77,3 +77,24 @@ def test_under_the_budget_documents_stay_in_memory(tmp_path):
     assert sink.stats["from_disk"] == 0
     assert [d["uid"] for _, d in writer.docs] == [d["uid"] for _, d in docs]
     sink.close(5)
+
+
+def test_a_spool_file_of_the_previous_version_still_replays(tmp_path):
+    """The record log kept the spool's framing: a file written the old way (records of
+    codec.encode_document appended back to back, a torn tail from a crash) replays."""
+    from pbi_bluesky.codec import encode_document
+
+    docs = _frame_run(2)
+    uid = docs[0][1]["uid"]
+    pending = tmp_path / "pending"
+    pending.mkdir(parents=True)
+    data = b"".join(encode_document(n, d) for n, d in docs)
+    (pending / f"{uid}.spool").write_bytes(data + encode_document(*docs[2])[:100])
+    gate = threading.Event()
+    gate.set()
+    writer = SlowWriter(gate)
+    sink = SpoolSink(tmp_path, lambda: writer, auto_replay=False)
+    outcome = sink.replay()[uid]
+    assert outcome.startswith("written") and "torn" in outcome
+    assert [d["uid"] for _, d in writer.docs] == [d["uid"] for _, d in docs]
+    sink.close(5)
