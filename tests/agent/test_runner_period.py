@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import threading
-import time
 from types import SimpleNamespace
 
 from pbi_bluesky.agent.core import RAW_RECHECK_S, AgentStats
@@ -28,21 +27,35 @@ class _Stepper:
         self.stats.steps += 1
 
 
-def _run(agent, **kwargs) -> float:
-    """Run the loop on a thread (no signal handlers touched); return the seconds it took."""
-    t0 = time.monotonic()
-    thread = threading.Thread(target=run_agent, args=(agent,), kwargs=kwargs)
+class _RecordingStop(threading.Event):
+    """The loop's stop event: records every wait it is asked for and returns at once (no
+    wall clock enters the test)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.waits: list[float] = []
+
+    def wait(self, timeout: float | None = None) -> bool:
+        self.waits.append(float(timeout if timeout is not None else -1.0))
+        return self.is_set()
+
+
+def _run(agent, **kwargs) -> list[float]:
+    """Run the loop on a thread (no signal handlers touched); return the waits it asked."""
+    stop = _RecordingStop()
+    thread = threading.Thread(target=run_agent, args=(agent,), kwargs={**kwargs, "stop": stop})
     thread.start()
     thread.join(60)
     assert not thread.is_alive()
-    return time.monotonic() - t0
+    return stop.waits
 
 
 def test_steps_come_every_raw_recheck_while_a_raw_run_is_awaited():
     agent = _Stepper(waits=5)
-    took = _run(agent, poll_s=3.0, max_steps=5)  # a raw run awaited through all 5 steps
+    waits = _run(agent, poll_s=3.0, max_steps=5)  # a raw run awaited through all 5 steps
     assert agent.stats.steps == 5
-    # 4 short waits (RAW_RECHECK_S) and no full poll_s wait before the 5th step
-    assert took < 4 * RAW_RECHECK_S + 1.5, took
+    # 4 short waits (at most RAW_RECHECK_S each), no full poll_s wait before the 5th step
+    assert len(waits) == 4 and max(waits) <= RAW_RECHECK_S, waits
     agent = _Stepper(waits=0)
-    assert _run(agent, poll_s=0.5, max_steps=3) >= 2 * 0.5 - 0.05  # otherwise every poll_s
+    waits = _run(agent, poll_s=0.5, max_steps=3)  # otherwise every poll_s
+    assert len(waits) == 2 and min(waits) > RAW_RECHECK_S, waits
