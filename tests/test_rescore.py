@@ -157,7 +157,10 @@ def test_rescore_takes_the_registry_current_model_when_it_starts(
     promoted = reg.promote(variant)
     out = CliRunner().invoke(_app(), [
         "rescore", "--registry", str(reg.root), "--tiled", server.uri, "--api-key",
-        server.api_key, "--workers", "1", "--mask", str(bus_files["mask"]),
+        # the module's warm cluster (the LocalCluster the command starts itself is the
+        # first test's; one full run saw that fresh single worker hang for 586 s here)
+        server.api_key, "--scheduler", cluster.scheduler.address,
+        "--mask", str(bus_files["mask"]),
         "--dark", str(bus_files["dark"]), "--npt", str(bus_instrument.npt),
         "--query", "composition=25:75", "--json"], env={"PBI_BEAMLINE_CONFIG": None})
     assert out.exit_code == 0, out.output
