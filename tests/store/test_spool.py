@@ -15,37 +15,7 @@ from event_model import compose_run
 
 from pbi_bluesky.store import SpoolSink, read_spool_file
 from tests.store.test_store import _analysis_run
-
-
-class Memory:
-    """A downstream writer that keeps documents (and can be 'down')."""
-
-    def __init__(self):
-        self.up = True
-        self.error: Exception = ConnectionError("downstream is down")
-        self.docs: list[tuple[str, dict]] = []
-        self.deleted: list[str] = []
-
-    def factory(self):
-        if not self.up:
-            raise self.error
-        return self
-
-    def __call__(self, name, doc):
-        if not self.up:
-            raise self.error
-        self.docs.append((name, doc))
-
-    def delete(self, uid):
-        self.deleted.append(uid)
-        self.docs = [(n, d) for n, d in self.docs if d.get("uid") != uid
-                     and d.get("run_start") != uid]
-
-    def runs(self):
-        return {d["uid"] for n, d in self.docs if n == "start"}
-
-    def stop_of(self, uid):
-        return next(d for n, d in self.docs if n == "stop" and d["run_start"] == uid)
+from tests.store.writers import Memory, blocked_factory
 
 
 def _wait(predicate, timeout=30.0):
@@ -271,17 +241,8 @@ def test_a_new_run_start_goes_ahead_of_other_runs_backlog(tmp_path):
     """A run's start is forwarded ahead of the documents other runs have waiting (the agent
     waits for a flagged raw run in Tiled, issue 22); each run's own documents keep their
     order."""
-    import threading
-
-    entered, release = threading.Event(), threading.Event()
     mem = Memory()
-
-    def slow_factory():
-        def write(name, doc):
-            entered.set()
-            release.wait(30)
-            mem(name, doc)
-        return write
+    slow_factory, entered, release = blocked_factory(mem)
 
     sink = SpoolSink(tmp_path / "spool", slow_factory, auto_replay=False)
     first = _analysis_run("raw-1", "50:50", 1, 2.0, "S")

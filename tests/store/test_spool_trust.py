@@ -10,6 +10,7 @@ import numpy as np
 from event_model import compose_run
 
 from pbi_bluesky.store import Catalog, SpoolSink, read_spool_file
+from tests.store.writers import Memory, blocked_factory
 
 
 def _run(n_events: int, **md):
@@ -161,19 +162,6 @@ class SmallDisk:
             resource.setrlimit(resource.RLIMIT_FSIZE, self.old_limit)
 
 
-class Memory:
-    """An in-process downstream writer (keeps what it is given)."""
-
-    def __init__(self):
-        self.docs: list[tuple[str, dict]] = []
-
-    def factory(self):
-        return self
-
-    def __call__(self, name, doc):
-        self.docs.append((name, doc))
-
-
 def test_a_full_disk_never_aborts_a_scan_and_the_loss_is_counted(tmp_path):
     from bluesky import RunEngine
     from bluesky.plans import count
@@ -246,17 +234,8 @@ def test_a_spool_file_over_the_reader_buffer_is_read_not_raised(tmp_path, monkey
 def test_a_stop_crossing_the_backlog_threshold_releases_its_lock(tmp_path):
     """The backlog threshold crossed on a stop document left the run's lock held by this
     process, so no replay could ever take the run."""
-    import threading
-
-    entered, release = threading.Event(), threading.Event()
     mem = Memory()
-
-    def slow_factory():
-        def write(name, doc):
-            entered.set()
-            release.wait(30)
-            mem(name, doc)
-        return write
+    slow_factory, entered, release = blocked_factory(mem)
 
     sink = SpoolSink(tmp_path / "spool", slow_factory, auto_replay=False, max_queue=2)
     docs = _run(1)  # start, descriptor, event, stop
