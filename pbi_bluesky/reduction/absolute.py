@@ -43,6 +43,7 @@ __all__ = [
     "calibrate_with_water",
     "find_absolute_scale",
     "load_absolute_scale",
+    "resolve_absolute_scale",
     "save_absolute_scale",
 ]
 
@@ -165,6 +166,38 @@ def find_absolute_scale(poni: str | Path) -> AbsoluteScale | None:
     """Return the scale stored beside ``poni``, or None when there is none."""
     path = absolute_scale_path(poni)
     return load_absolute_scale(path) if path.is_file() else None
+
+
+def resolve_absolute_scale(scale: AbsoluteScale | str | Path | None,
+                           geometry: Any) -> AbsoluteScale:
+    """Return the absolute scale a reducer applies, from what it was given.
+
+    Parameters
+    ----------
+    scale
+        An :class:`AbsoluteScale`; the path of a scale file; ``None`` (factor 1,
+        uncalibrated); or ``"auto"``: the file beside the PONI when ``geometry`` is a PONI
+        path and there is one (logged), else factor 1.
+    geometry
+        What the reducer's geometry came from (a PONI path, or an integrator).
+
+    Raises
+    ------
+    ReductionError
+        A scale file that is missing or invalid (:func:`load_absolute_scale`).
+    """
+    if isinstance(scale, AbsoluteScale):
+        return scale
+    if scale is None:
+        return UNCALIBRATED
+    if isinstance(scale, str) and scale == "auto":
+        if isinstance(geometry, (str, Path)):
+            found = find_absolute_scale(geometry)
+            if found is not None:
+                logger.info("absolute scale factor %.5g from %s", found.factor, found.source)
+                return found
+        return UNCALIBRATED
+    return load_absolute_scale(scale)
 
 
 def _weighted_mean(profiles: list[Profile]) -> tuple[np.ndarray, np.ndarray]:
