@@ -17,7 +17,8 @@ from pathlib import Path
 import filelock
 
 from pbi_bluesky.infra.retry import should_retry
-from pbi_bluesky.store.spoolfile import SUFFIX, abort_stop, fsync_dir, read_spool_file
+from pbi_bluesky.store.recordlog import Scan
+from pbi_bluesky.store.spoolfile import SUFFIX, abort_stop, fsync_dir, is_spool_record
 
 __all__ = ["SpoolReplay"]
 
@@ -80,36 +81,45 @@ class SpoolReplay:
         try:
             if not path.exists():
                 return "written (by another replay)"
-            spooled = read_spool_file(path)
-            docs = list(spooled.docs)
-            notes = []
-            if spooled.error:
-                notes.append(spooled.error)
-                logger.warning("spool %s: %s", path.name, spooled.error)
-            if not docs or docs[0][0] != "start":
+            # streamed: one record in memory at a time, whatever the file's size
+            scan = Scan(path, valid=is_spool_record)
+            records = (_doc(r) for _, _, r in scan)
+            first = next(records, None)
+            if first is None or first[0] != "start" or first[1].get("uid") != run:
+                records.close()  # the file is set aside below: let go of it first
+            notes: list[str] = []
+            if first is None or first[0] != "start":
                 # retrying cannot help: set it aside with its reason
                 return self._reject(run, path, "no start document in the spool file ("
-                                    f"{spooled.error or 'empty' if not docs else docs[0][0]})")
-            uid = str(docs[0][1].get("uid"))
+                                    f"{scan.error or 'empty' if first is None else first[0]})")
+            start = first[1]
+            uid = str(start.get("uid"))
             if uid != run:
                 self._failed.discard(uid)
                 return self._reject(run, path, f"run uid {uid!r} is not a safe file name "
                                     "(path separators, '..' or odd characters)")
-            if self._unspooled.get(run):
-                notes.append(f"{self._unspooled[run]} document(s) never reached the spool "
-                             "file (disk errors, see losses)")
-            if docs[-1][0] != "stop":
-                docs.append(("stop", abort_stop(docs[0][1])))
-                notes.append("closed with an abort stop document (its writer ended without "
-                             "a stop)")
             if self.writer_factory is None:
                 return "failed: no downstream writer configured"
+            last = "start"
             try:
                 if self.delete_partial is not None:
                     self.delete_partial(run)
                 writer = self.writer_factory()
-                for name, doc in docs:
+                writer("start", start)
+                del first
+                for name, doc in records:
                     writer(name, doc)
+                    last = name
+                if scan.error:
+                    notes.append(scan.error)
+                    logger.warning("spool %s: %s", path.name, scan.error)
+                if self._unspooled.get(run):
+                    notes.append(f"{self._unspooled[run]} document(s) never reached the "
+                                 "spool file (disk errors, see losses)")
+                if last != "stop":
+                    writer("stop", abort_stop(start))
+                    notes.append("closed with an abort stop document (its writer ended "
+                                 "without a stop)")
             except Exception as exc:  # noqa: BLE001
                 reason = f"{type(exc).__name__}: {exc}"
                 if not _transient(exc):
@@ -164,6 +174,10 @@ class SpoolReplay:
             except OSError:
                 continue
         return removed
+
+
+def _doc(record: dict) -> tuple[str, dict]:
+    return record["name"], record["doc"]
 
 
 def _transient(exc: BaseException) -> bool:
