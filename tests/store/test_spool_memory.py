@@ -95,7 +95,7 @@ def test_a_spool_file_of_the_previous_version_still_replays(tmp_path):
     writer = SlowWriter(gate)
     sink = SpoolSink(tmp_path, lambda: writer, auto_replay=False)
     outcome = sink.replay()[uid]
-    assert outcome.startswith("written") and "torn" in outcome
+    assert str(outcome).startswith("written (") and "torn" in outcome.detail
     assert [d["uid"] for _, d in writer.docs] == [d["uid"] for _, d in docs]
     sink.close(5)
 
