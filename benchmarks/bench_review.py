@@ -103,6 +103,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--flagged", type=int, default=1_000)
     parser.add_argument("--labels", type=int, default=200)
     parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--workdir", type=Path, default=None,
+                        help="keep the catalog here; a catalog already there (same "
+                             "--runs/--flagged/--labels) is reused, not rebuilt")
     args = parser.parse_args(argv)
 
     from scale_catalog import _bulk_sqlite
@@ -112,16 +115,27 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     from pbi_bluesky.store import runs_container
     from pbi_bluesky.testing.services import TiledServer
 
-    work = Path(tempfile.mkdtemp(prefix="pbi-bench-review-"))
-    server = TiledServer(work / "tiled").start()
+    work = args.workdir or Path(tempfile.mkdtemp(prefix="pbi-bench-review-"))
+    kept = work / "bench.json"
+    reuse = kept.exists() and json.loads(kept.read_text()).get("args") == \
+        [args.runs, args.flagged, args.labels]
+    server = TiledServer(work / "tiled", api_key="benchreviewkey")
+    server._initialised = reuse  # a kept catalog is served as it is (no --init)
+    server.start()
     proc = None
     try:
-        runs = runs_container(server.client())
-        real = _real_runs(runs, load_default_model(), 3)
-        t0 = time.perf_counter()
         records = _records(args.runs, args.flagged, args.labels)
-        _bulk_sqlite(work / "tiled" / "catalog.db", records)
-        load_s = time.perf_counter() - t0
+        if reuse:
+            real, load_s = json.loads(kept.read_text())["real"], None
+        else:
+            runs = runs_container(server.client())
+            real = _real_runs(runs, load_default_model(), 3)
+            t0 = time.perf_counter()
+            _bulk_sqlite(work / "tiled" / "catalog.db", records)
+            load_s = round(time.perf_counter() - t0, 2)
+            if args.workdir:
+                kept.write_text(json.dumps({"args": [args.runs, args.flagged, args.labels],
+                                            "real": real}))
         port = free_port()
         proc = subprocess.Popen([sys.executable, "-m", "pbi_bluesky.cli", "review", "--tiled",
                                  server.uri, "--port", str(port)],
@@ -145,7 +159,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         result = {
             "bench": "review", "runs": args.runs, "analyses": args.runs + len(real),
             "flagged": args.flagged + len(real), "labels": args.labels,
-            "nodes": len(records) + 2 * len(real), "bulk_load_s": round(load_s, 2),
+            "nodes": len(records) + 2 * len(real), "bulk_load_s": load_s,
             "index_s": round(index_s, 3), "index_rows": shown,
             "api_flagged_s": round(api_s, 3), "api_flagged_rows": n_api,
             "api_filtered_s": round(filtered_s, 3), "run_page_s": round(run_s, 3),
