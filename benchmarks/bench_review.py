@@ -7,7 +7,9 @@ bulk insert into tiled's ``nodes`` table (as ``scale_catalog.py`` does), plus
 scored by the shipped model and written with ``TiledWriter`` (real streams: the run pages
 measured). Then ``pbi review`` is started as a process and timed over HTTP, what a browser
 waits for: the index page ``/``, its poll ``/api/flagged``, a filtered index, a run's page and
-its I(q) plot (median of ``--repeats``, after one warm-up request each).
+its I(q) plot (median of ``--repeats``, after one warm-up request each; the first
+request of the index and of the run page, which pays the server's imports and first
+connection, is reported too).
 
     python benchmarks/bench_review.py [--runs 10000 --flagged 1000 --repeats 5]
 """
@@ -90,10 +92,10 @@ def _get(url: str) -> tuple[float, bytes]:
     return time.perf_counter() - t0, body
 
 
-def _median(url: str, repeats: int) -> tuple[float, bytes]:
-    _, body = _get(url)  # warm-up: imports, first connection, caches
+def _median(url: str, repeats: int) -> tuple[float, bytes, float]:
+    first, body = _get(url)  # warm-up: imports, first connection, caches
     times = [_get(url)[0] for _ in range(repeats)]
-    return statistics.median(times), body
+    return statistics.median(times), body, first
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -148,19 +150,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 raise RuntimeError(f"pbi review did not start: {proc.stdout.read()!r}")
             time.sleep(0.2)
         url = f"http://127.0.0.1:{port}"
-        index_s, page = _median(url + "/", args.repeats)
+        index_s, page, first_s = _median(url + "/", args.repeats)
         shown = page.count(b"class='flag'")
-        api_s, body = _median(url + "/api/flagged", args.repeats)
+        api_s, body, _ = _median(url + "/api/flagged", args.repeats)
         n_api = len(json.loads(body))
-        filtered_s, _ = _median(url + "/api/flagged?recipe=50:50&label=defect", args.repeats)
-        run_s, run_page = _median(f"{url}/run/{real[0]}", args.repeats)
-        curve_s, svg = _median(f"{url}/run/{real[0]}/curve.svg", args.repeats)
+        filtered_s, _, _ = _median(url + "/api/flagged?recipe=50:50&label=defect",
+                                   args.repeats)
+        run_s, run_page, run_first_s = _median(f"{url}/run/{real[0]}", args.repeats)
+        curve_s, svg, _ = _median(f"{url}/run/{real[0]}/curve.svg", args.repeats)
         assert b"curve.svg" in run_page and b"<svg" in svg, "the run page has no plot"
         result = {
             "bench": "review", "runs": args.runs, "analyses": args.runs + len(real),
             "flagged": args.flagged + len(real), "labels": args.labels,
             "nodes": len(records) + 2 * len(real), "bulk_load_s": load_s,
             "index_s": round(index_s, 3), "index_rows": shown,
+            "index_first_s": round(first_s, 3), "run_page_first_s": round(run_first_s, 3),
             "api_flagged_s": round(api_s, 3), "api_flagged_rows": n_api,
             "api_filtered_s": round(filtered_s, 3), "run_page_s": round(run_s, 3),
             "curve_svg_s": round(curve_s, 3), "repeats": args.repeats,
