@@ -125,51 +125,87 @@ class ReviewData:
         return rows[::-1]
 
     def failed(self) -> list[dict[str, Any]]:
-        """Analyses that scored no frame (newest first), with their reasons."""
+        """Analyses that scored no frame (newest first, at most 50), with their reasons."""
         from tiled.queries import Key
+
+        from pbi_bluesky.store.search import search_metadata
 
         results = self.runs.search(Key("start.pbi_analysis") == True)  # noqa: E712
         results = results.search(Key("stop.pbi_summary.verdict") == "failed")
         out = []
-        for uid, node in results.sort(("start.time", -1)).items()[:50]:
-            start, stop = node.metadata["start"], node.metadata.get("stop") or {}
+        for uid, md in search_metadata(results.sort(("start.time", -1)), page_size=50):
+            start, stop = md.get("start") or {}, md.get("stop") or {}
             out.append({"raw_uid": start.get("raw_uid"), "analysis_uid": uid,
                         "time": start.get("time"), "sample": start.get("sample"),
                         "failures": (stop.get("pbi_summary") or {}).get("failures", [])})
+            if len(out) >= 50:
+                break
         return sorted(out, key=lambda r: -(r["time"] or 0))
 
-    def run(self, raw_uid: str) -> dict[str, Any] | None:
-        """Return a raw run's analysis: start, stop, frame table, curves and attributions."""
+    def _node(self, *path: str) -> Any:
+        """Return the node at ``path`` under the runs (one request), or None if missing."""
+        try:
+            return self.runs[path]
+        except KeyError:
+            return None
+
+    def run(self, raw_uid: str, *, curves: bool = False, attributions: bool = True
+            ) -> dict[str, Any] | None:
+        """Return a raw run's analysis: start, stop, label, decision, frames, attributions.
+
+        One search finds the analysis, labels and decisions (they all carry the raw
+        run's uid) with their metadata only; the frame table is read by its path (no
+        request per level of the tree).
+
+        Parameters
+        ----------
+        raw_uid
+            The raw run's uid.
+        curves
+            Also read the frames' q, intensity and sigma (the I(q) plot needs them, the
+            page does not); else ``curves`` is None and ``has_curves`` says whether they
+            are there.
+        attributions
+            Read the attribution table (else ``attributions`` is ``{}``).
+
+        Returns
+        -------
+        dict or None
+            ``analysis_uid``, ``start``, ``stop``, ``frames``, ``has_curves``, ``curves``,
+            ``attributions`` (frame number -> feature -> value), ``label`` and
+            ``decision`` (newest records' start documents, or None); None where the raw
+            run has no analysis.
+        """
         from tiled.queries import Key
 
         from pbi_bluesky.store.labels import LABEL
+        from pbi_bluesky.store.search import search_metadata
 
         # one query: the analyses, labels and decisions of a raw run all carry its uid
-        related = list(self.runs.search(Key("start.raw_uid") == raw_uid).items())
+        related = list(search_metadata(self.runs.search(Key("start.raw_uid") == raw_uid)))
 
-        def newest(keep: Any) -> tuple[str, Any] | None:
-            chosen = [(uid, node) for uid, node in related
-                      if keep(node.metadata.get("start") or {})]
-            return max(chosen, key=lambda f: f[1].metadata["start"].get("time", 0),
-                       default=None)
+        def newest(keep: Any) -> tuple[str, dict[str, Any]] | None:
+            chosen = [(uid, md) for uid, md in related if keep(md.get("start") or {})]
+            return max(chosen, key=lambda f: f[1]["start"].get("time", 0), default=None)
 
         found = newest(lambda start: start.get("pbi_analysis") is True)
         if found is None:
             return None
-        uid, node = found
-        md = node.metadata
+        uid, md = found
         out: dict[str, Any] = {"analysis_uid": uid, "start": md["start"],
                                "stop": md.get("stop") or {}, "frames": [], "curves": None,
-                               "attributions": {}}
-        if "pbi_anomaly" in node and "internal" in node["pbi_anomaly"]:
-            stream = node["pbi_anomaly"]
-            table = stream["internal"].read()
-            out["frames"] = table.to_dict("records")
-            if "intensity" in stream:
+                               "has_curves": False, "attributions": {}}
+        stream = self._node(uid, "pbi_anomaly")
+        keys = set(stream) if stream is not None else set()
+        if "internal" in keys:
+            out["frames"] = stream["internal"].read().to_dict("records")
+            out["has_curves"] = "intensity" in keys
+            if curves and out["has_curves"]:
                 out["curves"] = {k: np.asarray(stream[k].read()) for k in
                                  ("q", "intensity", "sigma")}
-        if "pbi_attribution" in node and "internal" in node["pbi_attribution"]:
-            for row in node["pbi_attribution"]["internal"].read().to_dict("records"):
+        table = self._node(uid, "pbi_attribution", "internal") if attributions else None
+        if table is not None:
+            for row in table.read().to_dict("records"):
                 try:
                     out["attributions"][int(row["raw_seq_num"])] = json.loads(
                         row["attributions"])
@@ -177,7 +213,7 @@ class ReviewData:
                     continue
         for key, purpose in (("label", LABEL), ("decision", "pbi_decision")):
             record = newest(lambda start, p=purpose: start.get("purpose") == p)
-            out[key] = dict(record[1].metadata["start"]) if record else None
+            out[key] = dict(record[1]["start"]) if record else None
         return out
 
     def label(self, raw_uid: str, label: str, note: str | None, by: str | None
@@ -313,7 +349,7 @@ def _run_html(raw_uid: str, run: dict[str, Any], tiled: str | None, message: str
                     f"<td class='err'>{_e(f.get('reason') or '')}</td></tr>")
     decision = run.get("decision") or {}
     label = run.get("label") or {}
-    failed = summary.get("verdict") == "failed" or run["curves"] is None or not frames
+    failed = summary.get("verdict") == "failed" or not run["has_curves"] or not frames
     if failed:
         reasons = summary.get("failures") or [f.get("reason") for f in frames
                                                if f.get("reason")]
@@ -402,9 +438,9 @@ def build_app(data: ReviewData) -> Any:
             return JSONResponse({"error": str(exc)}, status_code=400)
         return JSONResponse(rows)
 
-    async def _run(request: Request) -> tuple[str, dict[str, Any] | None]:
+    async def _run(request: Request, **parts: bool) -> tuple[str, dict[str, Any] | None]:
         raw_uid = request.path_params["raw_uid"]
-        return raw_uid, await run_in_threadpool(data.run, raw_uid)
+        return raw_uid, await run_in_threadpool(lambda: data.run(raw_uid, **parts))
 
     def _missing(raw_uid: str) -> Response:
         return HTMLResponse(_page("not found", f"<p class='err'>no analysis of run "
@@ -431,7 +467,7 @@ def build_app(data: ReviewData) -> Any:
     async def curve(request: Request) -> Response:
         from pbi_bluesky.review.plots import curve_svg
 
-        raw_uid, run = await _run(request)
+        raw_uid, run = await _run(request, curves=True, attributions=False)
         if run is None or run["curves"] is None or (i := _best_frame(run)) is None:
             return _missing(raw_uid)
         c, f, start = run["curves"], run["frames"][i], run["start"]

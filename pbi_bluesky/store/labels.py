@@ -45,9 +45,11 @@ def labels_of(runs: Any) -> dict[str, dict[str, Any]]:
     """
     from tiled.queries import Key
 
+    from pbi_bluesky.store.search import search_metadata
+
     out: dict[str, dict[str, Any]] = {}
-    for _, node in runs.search(Key("start.purpose") == LABEL).items():
-        start = node.metadata.get("start") or {}
+    for _, md in search_metadata(runs.search(Key("start.purpose") == LABEL)):
+        start = md.get("start") or {}
         raw = start.get("raw_uid")
         if raw and (raw not in out or start.get("time", 0) >= out[raw].get("time", 0)):
             out[raw] = start

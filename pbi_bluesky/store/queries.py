@@ -6,8 +6,10 @@ import json
 from datetime import datetime
 from typing import Any
 
+from pbi_bluesky.store.search import PAGE_SIZE, search_metadata
+
 __all__ = ["DECISIONS", "RECORD_PURPOSES", "analysis_of", "cells_before", "decisions_of",
-           "flagged_runs", "parse_query", "select_runs", "to_epoch"]
+           "flagged_runs", "parse_query", "search_metadata", "select_runs", "to_epoch"]
 
 DECISIONS = ("confirmed", "transient", "no verdict", "skipped", "failed")
 """What a ``pbi_decision`` record may say about a flagged raw run (the in-plan
@@ -92,16 +94,15 @@ def flagged_runs(
         results = results.search(Comparison("ge", "stop.pbi_summary.max_score", min_score))
     decided = decisions_of(runs)
     labelled = labels_of(runs)
-    out = []
-    items = results.items()
+    out: list[dict[str, Any]] = []
+    if limit is not None and limit <= 0:
+        return []
     if limit is not None:
-        if limit <= 0:
-            return []
-        items = results.sort(("start.time", -1)).items().page_size(min(limit, 300))
-    for uid, node in items:
-        if limit is not None and len(out) >= limit:
-            break
-        md = node.metadata
+        items = search_metadata(results.sort(("start.time", -1)),
+                                page_size=min(limit, PAGE_SIZE))
+    else:
+        items = search_metadata(results)
+    for uid, md in items:
         start, stop = md["start"], md.get("stop") or {}
         summary = stop.get("pbi_summary", {})
         record = decided.get(start.get("raw_uid"), {})
@@ -138,6 +139,8 @@ def flagged_runs(
             "p_estimate": tail_p_estimate(tail, summary.get("max_score")),
             "model_sha256": sha or None,
         })
+        if limit is not None and len(out) >= limit:
+            break  # read no further page
     return sorted(out, key=lambda r: r["time"] or 0)
 
 
@@ -146,8 +149,8 @@ def decisions_of(runs: Any) -> dict[str, dict[str, Any]]:
     from tiled.queries import Key
 
     out: dict[str, dict[str, Any]] = {}
-    for _, node in runs.search(Key("start.purpose") == "pbi_decision").items():
-        start = node.metadata.get("start") or {}
+    for _, md in search_metadata(runs.search(Key("start.purpose") == "pbi_decision")):
+        start = md.get("start") or {}
         raw = start.get("raw_uid")
         if raw and (raw not in out or start.get("time", 0) >= out[raw].get("time", 0)):
             out[raw] = start

@@ -67,6 +67,22 @@ def test_run_page_plots_and_failed_reason(client):
     assert meta["start"]["uid"] == uids["b"]
 
 
+def test_run_page_reads_no_curves_and_few_nodes(client):
+    web, folder, _, uids = client
+    data = ReviewData(data_dir=folder)
+    sent = []
+    data.runs.context.http_client.event_hooks["request"].append(sent.append)
+    run = data.run(uids["b"])
+    # the page: one search (analysis, labels, decisions), the stream, its keys, the frame
+    # table and the attribution table; the curves are read for curve.svg only
+    assert run["has_curves"] and run["curves"] is None and run["frames"] and \
+        run["attributions"]
+    assert not [r for r in sent if "/array/" in r.url.path], [str(r.url) for r in sent]
+    assert len(sent) <= 8, [str(r.url) for r in sent]
+    assert data.run(uids["b"], curves=True)["curves"]["intensity"].shape[0] == \
+        len(run["frames"])
+
+
 def test_label_posted_by_the_form_lands_in_the_catalog(client):
     web, folder, _, uids = client
     posted = web.post(f"/run/{uids['a']}/label", data={"label": "false-alarm",

@@ -172,3 +172,26 @@ def test_labels_on_a_tiled_server_need_its_key(server):
                            "--json", "--label", "false-alarm"])
     assert [r["raw_uid"] for r in json.loads(res.output)] == ["raw-a"]
     assert json.loads(res.output)[0]["label_by"] == "dee"
+
+
+def test_queries_read_metadata_pages_and_stop_at_the_limit(catalog):
+    from tiled.queries import Key
+
+    from pbi_bluesky.store.search import search_metadata
+
+    runs, _ = catalog
+    sent = []
+    runs.context.http_client.event_hooks["request"].append(sent.append)
+    analyses = runs.search(Key("start.pbi_analysis") == True).sort(("start.time", 1))  # noqa: E712
+    paged = list(search_metadata(analyses, page_size=3))  # 4 analyses: two pages
+    pages = [r for r in sent if "/search/" in r.url.path]
+    assert len(pages) == 2
+    assert all(r.url.params.get("fields") == "metadata" for r in pages)
+    assert [md["start"]["raw_uid"] for _, md in paged] == [
+        "raw-a", "raw-b", "raw-c", "raw-normal"]
+    assert dict(paged) == {uid: node.metadata for uid, node in analyses.items()}
+    # the newest two flags: one page of two, never the page after it
+    sent.clear()
+    assert [r["raw_uid"] for r in flagged_runs(runs, limit=2)] == ["raw-b", "raw-c"]
+    flags = [r for r in sent if "stop.pbi_summary.flagged" in str(r.url)]
+    assert len(flags) == 1, [str(r.url) for r in flags]
