@@ -89,18 +89,22 @@ def metrics_for(labels: NDArray, scores: NDArray, flagged: NDArray,
 
 
 def _split(recipe_idx: NDArray, rng: np.random.Generator, fractions=(0.6, 0.2),
-           n_fit: int | None = None):
-    """Per recipe: train, calibration and test indices (``n_fit`` fixes train + cal)."""
+           n_fit: int | list[int] | None = None):
+    """Per recipe: train, calibration and test indices.
+
+    ``n_fit`` fixes train + cal: one count for every recipe, or one per recipe index.
+    """
     train, cal, test = [], [], []
     for k in np.unique(recipe_idx):
         idx = rng.permutation(np.nonzero(recipe_idx == k)[0])
         if n_fit is not None:
-            if n_fit >= len(idx):
-                raise ValueError(f"n_fit_per_recipe={n_fit} leaves no test normals for a "
+            n_fit_k = n_fit if isinstance(n_fit, int) else n_fit[k]
+            if n_fit_k >= len(idx):
+                raise ValueError(f"n_fit_per_recipe={n_fit_k} leaves no test normals for a "
                                  f"recipe with {len(idx)} normals")
             share = fractions[0] / (fractions[0] + fractions[1])
-            n_train = int(round(share * n_fit))
-            n_cal = n_fit - n_train
+            n_train = int(round(share * n_fit_k))
+            n_cal = n_fit_k - n_train
         else:
             n_train = int(round(fractions[0] * len(idx)))
             n_cal = int(round(fractions[1] * len(idx)))
@@ -114,15 +118,16 @@ def evaluate_arrays(
     intensity: NDArray, sigma: NDArray, recipes: list[str], labels: NDArray, kinds: NDArray,
     *, detector: AnomalyDetector | None = None, training: TrainingConfig | None = None,
     baselines: tuple[str, ...] = tuple(BASELINES), alpha: float | None = None, seed: int = 0,
-    progress: bool = False, n_fit_per_recipe: int | None = None, nproc: int = 1,
+    progress: bool = False, n_fit_per_recipe: int | dict[str, int] | None = None,
+    nproc: int = 1,
 ) -> EvaluationResult:
     """Run the comparison on curves already resampled to the model grid.
 
     ``nproc`` > 1 trains the network data-parallel in that many processes (DDP).
 
     Normals are split per recipe 60/20/20 into training, calibration and test, or, with
-    ``n_fit_per_recipe``, that many per recipe go to training + calibration (3:1) and the
-    rest to the test split.
+    ``n_fit_per_recipe`` (one count, or a count per recipe name), that many per recipe go
+    to training + calibration (3:1) and the rest to the test split.
 
     Parameters
     ----------
@@ -158,7 +163,13 @@ def evaluate_arrays(
     normal_idx = np.nonzero(labels == 0)[0]
     recipe_names = sorted(set(recipes))
     recipe_idx = np.array([recipe_names.index(r) for r in recipes])
-    tr, ca, te = _split(recipe_idx[normal_idx], rng, n_fit=n_fit_per_recipe)
+    n_fit = n_fit_per_recipe
+    if isinstance(n_fit, dict):
+        missing = sorted(set(recipe_names) - set(n_fit))
+        if missing:
+            raise ValueError(f"n_fit_per_recipe has no count for recipe(s) {missing}")
+        n_fit = [int(n_fit[r]) for r in recipe_names]
+    tr, ca, te = _split(recipe_idx[normal_idx], rng, n_fit=n_fit)
     train, cal = normal_idx[tr], normal_idx[ca]
     test = np.sort(np.concatenate([normal_idx[te], np.nonzero(labels == 1)[0]]))
     result = EvaluationResult(labels[test], kinds[test],

@@ -176,3 +176,19 @@ def test_likelihood_and_subspace_take_each_curves_noise_into_account():
     assert np.median(aware) - np.median(normal) < 0.5 * (np.median(plain) - np.median(normal))
     again = RecipeLikelihood.from_arrays(lik.to_arrays("l0"), "l0")
     np.testing.assert_array_equal(again.statistics(noisy, sigma[200:])[0], nll_noisy_hidden)
+
+
+def test_evaluation_split_takes_a_count_per_recipe():
+    """150 training normals over 4 recipes (38, 38, 37, 37): the split takes one count per
+    recipe, 3:1 into training and calibration, the rest to the test split."""
+    from pbi_bluesky.models.evaluate import _split
+
+    recipe_idx = np.repeat(np.arange(4), 50)
+    train, cal, test = _split(recipe_idx, np.random.default_rng(0), n_fit=[38, 38, 37, 37])
+    fit = np.bincount(recipe_idx[np.r_[train, cal]], minlength=4)
+    assert fit.tolist() == [38, 38, 37, 37]
+    assert np.bincount(recipe_idx[cal], minlength=4).tolist() == [10, 10, 9, 9]
+    assert np.bincount(recipe_idx[test], minlength=4).tolist() == [12, 12, 13, 13]
+    assert len(set(train) | set(cal) | set(test)) == 200
+    with pytest.raises(ValueError, match="leaves no test normals"):
+        _split(recipe_idx, np.random.default_rng(0), n_fit=[50, 1, 1, 1])
