@@ -281,6 +281,7 @@ def test_replay_outcomes_are_an_enum_that_reads_as_text(tmp_path):
     still_open = _analysis_run("raw-e2", "50:50", 0, 1.0, "E2")
     for name, doc in still_open[:-1]:  # no stop yet: in progress here
         sink(name, doc)
+    sink.flush(10)  # its start meets the outage (else the forwarder may see it up: a race)
     a, b = done[0][1]["uid"], still_open[0][1]["uid"]
     first = sink.replay()
     assert first[a].outcome is ReplayOutcome.FAILED and not first[a].progress
