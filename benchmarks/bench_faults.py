@@ -1,6 +1,7 @@
 """Fault injection: a real scan keeps going, and every frame is accounted for afterwards.
 
-Kinds (``--kinds`` runs a subset; default all), grouped in phases that each count their
+Kinds (``--kinds`` runs a subset; default all but ``disk_full_tiled_down``, which measures
+a known loss), grouped in phases that each count their
 frames back from Tiled:
 
 Session scan (a RunEngine session built from the sim IOC's beamline.yaml: stock ophyd
@@ -25,6 +26,11 @@ Other phases:
   refused); halfway through the scan the rest of the tmpfs is filled: the scan goes on,
   Tiled still gets every document, and the documents the spools could not keep are counted
   (``documents_not_spooled``, with their reasons);
+* ``disk_full_tiled_down`` - ``disk_full`` and a Tiled outage at once: the tmpfs fills
+  halfway through the scan and the Tiled server stops at that moment for
+  ``--combined-outage`` s. Measures what is lost (documents the spool could not keep were
+  only in memory when their writer failed): raw frames and analysis events missing from
+  Tiled, and the raw runs closed with an ``abort`` stop by the replay;
 * ``interleaved_outage`` - pairs of runs open at the same time in one ``SpoolSink`` (an
   analysis run still taking attributions while the next raw run starts) while the Tiled
   server is stopped; each run must reach Tiled whole exactly once;
@@ -261,7 +267,11 @@ def _read_back(runs: Any, counter: FrameCounter,
 SESSION_KINDS = ("nan_frame", "wrong_shape", "missing_hdf5", "corrupt_hdf5", "tiled_down",
                  "malformed_document", "unencodable_metadata")
 BUS_KINDS = ("scorer_killed", "redis_restart")
-KINDS = (*SESSION_KINDS, "disk_full", "interleaved_outage", "session_redis_outage", *BUS_KINDS)
+KINDS = (*SESSION_KINDS, "disk_full", "disk_full_tiled_down", "interleaved_outage",
+         "session_redis_outage", *BUS_KINDS)
+MEASURED_ONLY = ("disk_full_tiled_down",)
+"""Kinds that measure a known loss (docs/known-gaps.md): run only when named in --kinds."""
+DEFAULT_KINDS = tuple(k for k in KINDS if k not in MEASURED_ONLY)
 COUNT_KEYS = ("frames_sent", "frames_accounted", "scans_aborted", "events_lost",
               "events_duplicated")
 
@@ -275,12 +285,13 @@ def _unencodable_md() -> dict[str, Any]:
 
 def session_scan(args: argparse.Namespace, kinds: tuple[str, ...], ioc: Any, server: Any,
                  data_root: Path, n_frames: int, counts: Counter,
-                 on_frame: Any = None, cfg: Any = None,
-                 subscribe: tuple = ()) -> tuple[dict[str, Any], Any, FrameCounter]:
+                 on_frame: Any = None, cfg: Any = None, subscribe: tuple = (),
+                 after_scan: Any = None) -> tuple[dict[str, Any], Any, FrameCounter]:
     """A RunEngine session scanning the sim IOC with the session kinds among ``kinds``.
 
     ``cfg``: the beamline's settings (default: the sim IOC's, with this Tiled server);
-    ``subscribe``: more callbacks for its RunEngine (e.g. a bus publisher). Returns the
+    ``subscribe``: more callbacks for its RunEngine (e.g. a bus publisher); ``after_scan``:
+    called when the scan has ended, before the session closes. Returns the
     phase's counts (read back from Tiled; only the session's own analysis runs, those of
     its analysis spool), the closed session and the frames it sent.
     """
@@ -362,6 +373,8 @@ def session_scan(args: argparse.Namespace, kinds: tuple[str, ...], ioc: Any, ser
     scan_s = time.monotonic() - t0
     if outage is not None:
         outage.join(args.outage + args.outage_at + 60)
+    if after_scan is not None:
+        after_scan()
     scorer.flush(300)
     if watcher is not None:
         watcher.join(300)
@@ -509,6 +522,80 @@ def disk_full_phase(args: argparse.Namespace, ioc: Any, server: Any, tmp: Path,
         return result
     finally:
         disk.umount()
+
+
+def disk_full_outage_phase(args: argparse.Namespace, ioc: Any, server: Any, tmp: Path,
+                           counts: Counter) -> dict[str, Any]:
+    """``disk_full`` while the Tiled server is down: what is lost (measured, not fixed)."""
+    root = tmp / "data-disk-outage"
+    disk = TmpfsDisk(root / "spool", args.disk_mib * 1024 * 1024)
+    if not disk.mount():
+        log.error("disk_full_tiled_down skipped: %s", disk.error)
+        return {"skipped": disk.error, **dict.fromkeys(COUNT_KEYS, 0)}
+    marks: dict[str, float] = {}
+    outage = threading.Thread(target=_outage, daemon=True,
+                              args=(server, 0.0, args.combined_outage, counts, marks))
+    try:
+        half = args.disk_frames // 2
+
+        def trigger(frames: int) -> None:
+            if frames >= half and disk.filled_at is None:
+                disk.fill(frames)
+                outage.start()  # Tiled stops as the disk fills
+
+        def after_scan() -> None:  # Tiled back before the session's last replay
+            if outage.is_alive() or disk.filled_at is not None:
+                outage.join(args.combined_outage + 120)
+
+        result, session, counter = session_scan(
+            args, ("disk_full",), ioc, server, root, args.disk_frames, counts,
+            on_frame=trigger, after_scan=after_scan)
+        counts["disk_full_tiled_down"] += int(disk.filled_at is not None)
+        losses = session.raw_spool.losses + session.analysis_spool.losses
+        runs = session.catalog.runs
+        raw = _raw_frames_in_tiled(runs, counter)
+        result.update({
+            "disk": f"tmpfs of {args.disk_mib} MiB, filled after frame {disk.filled_at}",
+            "tiled_down_s": args.combined_outage,
+            "documents_not_spooled": session.raw_spool.stats["not_spooled"]
+            + session.analysis_spool.stats["not_spooled"],
+            "not_spooled_by_spool": {"raw": session.raw_spool.stats["not_spooled"],
+                                     "analysis": session.analysis_spool.stats["not_spooled"]},
+            "write_failures": session.raw_spool.stats["write_failures"]
+            + session.analysis_spool.stats["write_failures"],
+            "replayed_runs": session.raw_spool.stats["replayed_runs"]
+            + session.analysis_spool.stats["replayed_runs"],
+            "loss_reasons": sorted({loss["reason"].split(":")[0] for loss in losses})[:5],
+            **raw,
+        })
+        return result
+    finally:
+        if outage.is_alive():
+            outage.join(args.combined_outage + 120)
+        disk.umount()
+
+
+def _raw_frames_in_tiled(runs: Any, counter: FrameCounter) -> dict[str, Any]:
+    """The raw runs as Tiled holds them: frames (image-stream seq_nums) and exit statuses."""
+    in_tiled: set[tuple[str, int]] = set()
+    statuses: Counter = Counter()
+    missing_runs = 0
+    for uid in sorted(counter.runs):
+        try:
+            run = runs[uid]
+        except KeyError:
+            missing_runs += 1
+            continue
+        statuses[str((run.metadata.get("stop") or {}).get("exit_status"))] += 1
+        for stream_name in list(run):
+            stream = run[stream_name]
+            if "seq_num" in stream:
+                in_tiled.update((uid, int(s)) for s in np.asarray(stream["seq_num"].read()))
+    sent = counter.frames
+    return {"raw_runs_missing_in_tiled": missing_runs,
+            "raw_frames_in_tiled": len(sent & in_tiled),
+            "raw_frames_lost": len(sent - in_tiled),
+            "raw_exit_status_in_tiled": dict(statuses)}
 
 
 # -- interleaved_outage ---------------------------------------------------------------------
@@ -938,7 +1025,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     kinds = tuple(args.kinds)
     session_kinds = tuple(k for k in SESSION_KINDS if k in kinds)
-    need_ioc = bool(session_kinds) or "disk_full" in kinds or "session_redis_outage" in kinds
+    need_ioc = bool(session_kinds) or bool(
+        {"disk_full", "disk_full_tiled_down", "session_redis_outage"} & set(kinds))
     env = _configure_env()
     counts: Counter = Counter()
     tmp = Path(tempfile.mkdtemp(prefix="pbi-faults-"))
@@ -962,6 +1050,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                                                      tmp / "data", args.frames, counts)
         if "disk_full" in kinds:
             phases["disk_full"] = disk_full_phase(args, ioc, server, tmp, counts)
+        if "disk_full_tiled_down" in kinds:
+            phases["disk_full_tiled_down"] = disk_full_outage_phase(args, ioc, server, tmp,
+                                                                    counts)
         if "interleaved_outage" in kinds:
             phases["interleaved_outage"] = interleaved_phase(args, server, tmp, counts)
         if "session_redis_outage" in kinds:
@@ -1001,15 +1092,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--sabotage-every", type=int, default=37,
                         help="delete/corrupt the HDF5 file of every Nth frame")
     parser.add_argument("--malformed", type=int, default=150, help="junk documents")
-    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(KINDS),
-                        metavar="KIND", help=f"fault kinds to inject (default all): "
-                                             f"{', '.join(KINDS)}")
+    parser.add_argument("--kinds", nargs="+", choices=KINDS, default=list(DEFAULT_KINDS),
+                        metavar="KIND", help=f"fault kinds to inject (default all but "
+                                             f"{', '.join(MEASURED_ONLY)}, which measures a "
+                                             f"known loss): {', '.join(KINDS)}")
     parser.add_argument("--tiled-backend", choices=("postgresql", "sqlite"),
                         default="postgresql", help="the Tiled server's catalog and tables: "
                         "PostgreSQL, or SQLite + DuckDB (tiled's default)")
     parser.add_argument("--disk-frames", type=int, default=60,
                         help="frames of the disk_full scan (the disk fills halfway)")
     parser.add_argument("--disk-mib", type=int, default=16, help="size of its tmpfs")
+    parser.add_argument("--combined-outage", type=float, default=10.0,
+                        help="disk_full_tiled_down: Tiled down this long as the disk fills")
     parser.add_argument("--interleaved-pairs", type=int, default=3,
                         help="pairs of interleaved runs, one Tiled outage each")
     parser.add_argument("--bus-runs", type=int, default=3, help="runs per bus fault")

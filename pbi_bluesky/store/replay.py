@@ -192,12 +192,24 @@ class SpoolReplay:
         """Move a run the writer keeps refusing to ``rejected/``.
 
         Refused means bad data, not an outage; it is moved with its reason: kept on disk, no longer
-        retried, counted.
+        retried, counted. Never raises: a file that cannot be moved (a disk error) stays in
+        ``pending/`` and the outcome is ``FAILED`` (retried); a reason file that cannot be
+        written (a full disk) is only logged.
         """
-        self.rejected_dir.mkdir(exist_ok=True)
         target = self.rejected_dir / path.name
-        shutil.move(str(path), target)
-        (self.rejected_dir / f"{run}.reason.txt").write_text(reason + "\n")
+        try:
+            self.rejected_dir.mkdir(exist_ok=True)
+            shutil.move(str(path), target)
+        except OSError as exc:
+            logger.error("spool %s: run %s cannot be set aside (%s): %s; it stays in %s",
+                         self.root.name, run[:8], reason, exc, self.pending_dir)
+            return ReplayResult(ReplayOutcome.FAILED, f"cannot be set aside in rejected/ "
+                                f"({type(exc).__name__}: {exc}); {reason}")
+        try:
+            (self.rejected_dir / f"{run}.reason.txt").write_text(reason + "\n")
+        except OSError as exc:  # e.g. the disk is full: the reason is in the log below
+            logger.error("spool %s: reason file of run %s not written: %s", self.root.name,
+                         run[:8], exc)
         fsync_dir(self.rejected_dir)
         self._failed.discard(run)
         self.stats["rejected"] += 1

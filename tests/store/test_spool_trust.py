@@ -357,3 +357,40 @@ def _wait_for(predicate, timeout: float) -> bool:
             return True
         time.sleep(0.02)
     return bool(predicate())
+
+
+def test_a_full_disk_while_setting_a_run_aside_does_not_stop_the_replay(tmp_path, monkeypatch):
+    """Found by bench_faults' disk_full_tiled_down: a pending file with no start record (the
+    disk was full when it was appended) is set aside, but writing its reason file raised
+    ENOSPC out of replay(): the runs after it were not replayed, and the run stayed in the
+    backlog with its file already moved (replays scheduled for it forever)."""
+    import errno
+    import pathlib
+
+    from pbi_bluesky.codec import encode_document
+    from pbi_bluesky.store import ReplayOutcome
+
+    good = _run(2, sample="after")
+    pending = tmp_path / "spool" / "pending"
+    pending.mkdir(parents=True)
+    (pending / "0-no-start.spool").write_bytes(b"")  # sorts first: its start never fit
+    uid = good[0][1]["uid"]
+    (pending / f"{uid}.spool").write_bytes(b"".join(encode_document(*d) for d in good))
+    real_write_text = pathlib.Path.write_text
+
+    def full_disk(self, *args, **kwargs):
+        if self.name.endswith(".reason.txt"):
+            raise OSError(errno.ENOSPC, "No space left on device")
+        return real_write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(pathlib.Path, "write_text", full_disk)
+    mem = Memory()
+    sink = SpoolSink(tmp_path / "spool", mem.factory, auto_replay=False)
+    sink._failed.add("0-no-start")  # as the forwarder leaves a run whose start it lost
+    outcomes = sink.replay()
+    assert outcomes["0-no-start"].outcome is ReplayOutcome.REJECTED
+    assert outcomes[uid].outcome is ReplayOutcome.WRITTEN  # the replay went on
+    assert mem.runs() == {uid}
+    assert sink.rejected() == ["0-no-start"] and sink.pending() == []
+    assert sink.backlog == 0 and sink.stats["rejected"] == 1
+    sink.close(10)
