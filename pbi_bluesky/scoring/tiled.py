@@ -32,7 +32,7 @@ from pbi_bluesky.scoring.frames import AssetRegistry, confine, path_from_uri
 from pbi_bluesky.scoring.reader import FrameInput
 from pbi_bluesky.scoring.streams import FrameParts
 
-__all__ = ["FrameReads", "run_frames"]
+__all__ = ["FrameReads", "StreamColumns", "run_frames", "run_streams", "stream_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -121,10 +121,137 @@ def file_source(image: Any, roots: tuple[str, ...], raw_uid: str, key: str
     return registry, uid
 
 
+def _is_event_stream(node: Any) -> bool:
+    return "BlueskyEventStream" in {getattr(spec, "name", spec)
+                                    for spec in (getattr(node, "specs", None) or ())}
+
+
+def run_streams(raw: Any) -> list[tuple[str, Any]]:
+    """Return a raw run's event streams as (name, node), sorted by name, in one request.
+
+    The run's streams are listed with their metadata (descriptors' data keys) by one
+    request to its container, not one to list them and one per stream. A run of another
+    layout (a ``streams`` namespace, a child that is no event stream) or a client that
+    cannot list its base container is read stream by stream through the run client.
+    """
+    base = getattr(raw, "base", None)
+    items = None
+    if base is not None:
+        try:
+            items = [(name, node) for name, node in base.items()]  # list() asks len: 2 requests
+        except Exception:  # noqa: BLE001 - e.g. another client: the run's own accessors
+            items = None
+    if items is None or not all(_is_event_stream(node) for _name, node in items):
+        return [(name, raw[name]) for name in list(raw)]
+    return sorted(items, key=lambda item: item[0])
+
+
+@dataclass
+class StreamColumns:
+    """What a stream holds for the scorer: its image array and its scalar columns.
+
+    Attributes
+    ----------
+    image
+        The image array's client (``None``: no image key), with its data sources.
+    seq_nums
+        The events' sequence numbers (``None``: the stream records none).
+    scalars
+        Data key -> one value per event, for the I0 and transmission keys.
+    """
+
+    image: Any
+    seq_nums: list[int] | None
+    scalars: dict[str, np.ndarray]
+
+
+def _key_by_key(stream: Any, image_key: str | None, keys: list[str]) -> StreamColumns:
+    """Read a stream's columns one key at a time (streams that are not composite nodes)."""
+    image = stream[image_key] if image_key else None
+    seq_nums = ([int(s) for s in np.asarray(stream["seq_num"].read())]
+                if "seq_num" in stream else None)
+    scalars = {k: np.asarray(stream[k].read()) for k in keys}
+    return StreamColumns(image, seq_nums, scalars)
+
+
+def stream_columns(stream: Any, image_key: str | None, keys: list[str]) -> StreamColumns:
+    """Find a stream's image array and read its scalar columns, in as few requests as can be.
+
+    A stream written by ``TiledWriter`` is a composite node: its scalars are columns of
+    one table (``internal``), its image an array beside it. One request lists the parts
+    with their data sources (so the image's file needs no request of its own) and one per
+    table reads every wanted column at once (``seq_num`` included), where reading key by
+    key cost two requests a key and one listing per lookup. A stream that is no composite
+    node (another Tiled layout) is read key by key.
+
+    Parameters
+    ----------
+    stream
+        The stream's Tiled node.
+    image_key
+        The image's data key (``None``: none).
+    keys
+        The scalar data keys to read (I0, transmission).
+
+    Returns
+    -------
+    StreamColumns
+        The image client, the sequence numbers and the scalars.
+
+    Raises
+    ------
+    KeyError
+        A wanted key is neither a column of the stream's tables nor one of its arrays.
+    """
+    if not callable(getattr(stream, "get_contents", None)) or \
+            not callable(getattr(stream, "new_variation", None)):
+        return _key_by_key(stream, image_key, keys)
+    from tiled.client.utils import client_for_item
+
+    parts = stream.new_variation(include_data_sources=True).get_contents()
+
+    def client(item: dict) -> Any:
+        return client_for_item(stream.context, stream.structure_clients, item,
+                               include_data_sources=True)
+
+    tables = {name: list(item["attributes"]["structure"].get("columns") or [])
+              for name, item in parts.items()
+              if item["attributes"]["structure_family"] == "table"}
+    wanted = [*keys, "seq_num"]
+    by_table: dict[str, list[str]] = {}
+    alone: list[str] = []
+    for key in wanted:
+        table = next((t for t, cols in tables.items() if key in cols), None)
+        if table is not None:
+            by_table.setdefault(table, []).append(key)
+        elif key in parts:
+            alone.append(key)
+        elif key != "seq_num":
+            raise KeyError(f"data key {key!r} is neither a column nor an array of the stream")
+    values: dict[str, np.ndarray] = {}
+    for table, cols in by_table.items():
+        frame = client(parts[table]).read(columns=cols)
+        for col in cols:
+            values[col] = np.asarray(frame[col])
+    for key in alone:
+        values[key] = np.asarray(client(parts[key]).read())
+    image = None
+    if image_key:
+        if image_key in parts and parts[image_key]["attributes"]["structure_family"] != "table":
+            image = client(parts[image_key])
+        else:  # a column or a key of another layout: the stream's own lookup
+            image = stream[image_key]
+    seq = values.pop("seq_num", None)
+    return StreamColumns(image, None if seq is None else [int(s) for s in seq], values)
+
+
 def run_frames(core: Any, raw: Any, raw_uid: str, chunk: int,
                background: Any, reads: FrameReads | None = None
                ) -> Iterator[list[FrameInput]]:
     """Yield the raw run's frames as FrameInputs, ``chunk`` at a time, read from Tiled.
+
+    The run's streams are listed in one request (:func:`run_streams`); each image
+    stream's parts in one more and its scalars in one per table (:func:`stream_columns`).
 
     Parameters
     ----------
@@ -149,20 +276,19 @@ def run_frames(core: Any, raw: Any, raw_uid: str, chunk: int,
     """
     start = dict(raw.metadata["start"])
     roots = tuple(getattr(core, "data_roots", ()) or ())
-    for stream_name in list(raw):
-        stream = raw[stream_name]
+    for stream_name, stream in run_streams(raw):
         roles = core.roles({"data_keys": dict(stream.metadata.get("data_keys") or {})})
         if roles is None:
             continue
-        keys = [k for k in (roles.image, roles.monitor, roles.transmission) if k]
-        image = stream[roles.image] if roles.image else None
-        if "seq_num" in stream:
-            seq_nums = [int(s) for s in np.asarray(stream["seq_num"].read())]
+        keys = [k for k in (roles.monitor, roles.transmission) if k and k != roles.image]
+        columns = stream_columns(stream, roles.image, keys)
+        image, scalars = columns.image, columns.scalars
+        if columns.seq_nums is not None:
+            seq_nums = columns.seq_nums
         elif image is not None:  # StreamDatum only (no event): frames count from 1
             seq_nums = list(range(1, int(image.shape[0]) + 1))
         else:
             continue
-        scalars = {k: np.asarray(stream[k].read()) for k in keys if k != roles.image}
         source: tuple[AssetRegistry, str] | str | None = None
         if image is not None:
             source = file_source(image, roots, raw_uid, f"{stream_name}/{roles.image}")
