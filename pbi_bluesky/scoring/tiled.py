@@ -32,7 +32,8 @@ from pbi_bluesky.scoring.frames import AssetRegistry, confine, path_from_uri
 from pbi_bluesky.scoring.reader import FrameInput
 from pbi_bluesky.scoring.streams import FrameParts
 
-__all__ = ["FrameReads", "StreamColumns", "run_frames", "run_streams", "stream_columns"]
+__all__ = ["FrameReads", "OpenedRun", "OpenedStream", "RunOpener", "StreamColumns", "open_run",
+           "run_frames", "run_streams", "stream_columns"]
 
 logger = logging.getLogger(__name__)
 
@@ -245,13 +246,144 @@ def stream_columns(stream: Any, image_key: str | None, keys: list[str]) -> Strea
     return StreamColumns(image, None if seq is None else [int(s) for s in seq], values)
 
 
+@dataclass
+class OpenedStream:
+    """One image stream of a run, found and its scalars read (:func:`open_run`)."""
+
+    name: str
+    roles: Any
+    columns: StreamColumns
+    seq_nums: list[int]
+    source: tuple[AssetRegistry, str] | str | None
+    """The frames' file (registry, stream resource uid), or why they go through Tiled."""
+
+
+@dataclass
+class OpenedRun:
+    """A raw run with everything but its frames read from Tiled (:func:`open_run`)."""
+
+    uid: str
+    start: dict[str, Any]
+    streams: list[OpenedStream]
+
+
+def open_run(core: Any, raw: Any, raw_uid: str) -> OpenedRun:
+    """Read what a run's frames need, except the frames: streams, scalars, files.
+
+    The run's streams are listed in one request (:func:`run_streams`); each image
+    stream's parts in one more and its scalars in one per table (:func:`stream_columns`);
+    the file behind each image array is checked (:func:`file_source`). Frames are left
+    for :func:`run_frames`, so opening the next run while this one is reduced
+    (:class:`RunOpener`) holds no frame.
+
+    Parameters
+    ----------
+    core
+        A :class:`~pbi_bluesky.scoring.engine.FrameScorer` (key roles, data roots).
+    raw
+        The run's Tiled node.
+    raw_uid
+        Its uid.
+
+    Returns
+    -------
+    OpenedRun
+        The start document and the image streams, in order.
+    """
+    start = dict(raw.metadata["start"])
+    roots = tuple(getattr(core, "data_roots", ()) or ())
+    streams = []
+    for stream_name, stream in run_streams(raw):
+        roles = core.roles({"data_keys": dict(stream.metadata.get("data_keys") or {})})
+        if roles is None:
+            continue
+        keys = [k for k in (roles.monitor, roles.transmission) if k and k != roles.image]
+        columns = stream_columns(stream, roles.image, keys)
+        if columns.seq_nums is not None:
+            seq_nums = columns.seq_nums
+        elif columns.image is not None:  # StreamDatum only (no event): frames count from 1
+            seq_nums = list(range(1, int(columns.image.shape[0]) + 1))
+        else:
+            continue
+        source: tuple[AssetRegistry, str] | str | None = None
+        if columns.image is not None:
+            source = file_source(columns.image, roots, raw_uid, f"{stream_name}/{roles.image}")
+        streams.append(OpenedStream(stream_name, roles, columns, seq_nums, source))
+    return OpenedRun(raw_uid, start, streams)
+
+
+class RunOpener:
+    """Open runs (:func:`open_run`) one ahead, on a thread, while the current is reduced.
+
+    A run's requests to Tiled (its lookup, its streams, its scalars) wait on the server,
+    not on this process: made for the next run while this one's frames are reduced, they
+    cost no time. At most one run is opened ahead and no frame is read ahead, so memory
+    does not grow with the selection.
+
+    Parameters
+    ----------
+    core
+        A :class:`~pbi_bluesky.scoring.engine.FrameScorer`.
+    runs
+        The catalog's runs container (``runs[uid]`` is a run).
+    order
+        The uids that will be asked for, in order: the first is opened at once, and asking
+        for the ``k``-th starts opening the ``k+1``-th. A uid out of this order is opened
+        when asked; one skipped is dropped.
+
+    Examples
+    --------
+    >>> with RunOpener(core, runs, uids) as opener:  # doctest: +SKIP
+    ...     for uid in uids:
+    ...         for batch in run_frames(core, opener.get(uid), uid, 16, None):
+    ...             core.process(batch)
+    """
+
+    def __init__(self, core: Any, runs: Any, order: list[str]) -> None:
+        from concurrent.futures import ThreadPoolExecutor
+
+        self.core, self.runs = core, runs
+        self._next = {a: b for a, b in zip(order, order[1:], strict=False)}
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="pbi-tiled-open")
+        self._ahead: dict[str, Any] = {}
+        if order:  # the first run opens while the caller prepares (e.g. its background)
+            self._ahead[order[0]] = self._pool.submit(self._open, order[0])
+
+    def _open(self, uid: str) -> OpenedRun:
+        return open_run(self.core, self.runs[uid], uid)
+
+    def get(self, uid: str) -> OpenedRun:
+        """Return the opened run (raising what opening it raised); start the next one."""
+        future = self._ahead.pop(uid, None)
+        for stale in list(self._ahead):  # skipped: not needed any more
+            self._ahead.pop(stale).cancel()
+        nxt = self._next.get(uid)
+        if nxt is not None:
+            self._ahead[nxt] = self._pool.submit(self._open, nxt)
+        return future.result() if future is not None else self._open(uid)
+
+    def close(self) -> None:
+        """Stop opening runs ahead (waits for the one being opened)."""
+        for future in self._ahead.values():
+            future.cancel()
+        self._ahead.clear()
+        self._pool.shutdown(wait=True)
+
+    def __enter__(self) -> RunOpener:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def run_frames(core: Any, raw: Any, raw_uid: str, chunk: int,
                background: Any, reads: FrameReads | None = None
                ) -> Iterator[list[FrameInput]]:
     """Yield the raw run's frames as FrameInputs, ``chunk`` at a time, read from Tiled.
 
-    The run's streams are listed in one request (:func:`run_streams`); each image
-    stream's parts in one more and its scalars in one per table (:func:`stream_columns`).
+    The run is opened first (:func:`open_run`: streams, scalars, files) unless ``raw`` is
+    an :class:`OpenedRun` already; frames by reference are then read from their files,
+    the others through Tiled's array endpoint, one batch at a time.
 
     Parameters
     ----------
@@ -259,7 +391,7 @@ def run_frames(core: Any, raw: Any, raw_uid: str, chunk: int,
         A :class:`~pbi_bluesky.scoring.engine.FrameScorer` (its key roles pick the image,
         I0 and transmission of each stream; its ``data_roots`` the files read directly).
     raw
-        The run's Tiled node.
+        The run's Tiled node, or the run opened already (:class:`RunOpener`).
     raw_uid
         Its uid.
     chunk
@@ -274,30 +406,17 @@ def run_frames(core: Any, raw: Any, raw_uid: str, chunk: int,
     list of FrameInput
         One batch of frames, in order.
     """
-    start = dict(raw.metadata["start"])
-    roots = tuple(getattr(core, "data_roots", ()) or ())
-    for stream_name, stream in run_streams(raw):
-        roles = core.roles({"data_keys": dict(stream.metadata.get("data_keys") or {})})
-        if roles is None:
-            continue
-        keys = [k for k in (roles.monitor, roles.transmission) if k and k != roles.image]
-        columns = stream_columns(stream, roles.image, keys)
-        image, scalars = columns.image, columns.scalars
-        if columns.seq_nums is not None:
-            seq_nums = columns.seq_nums
-        elif image is not None:  # StreamDatum only (no event): frames count from 1
-            seq_nums = list(range(1, int(image.shape[0]) + 1))
-        else:
-            continue
-        source: tuple[AssetRegistry, str] | str | None = None
-        if image is not None:
-            source = file_source(image, roots, raw_uid, f"{stream_name}/{roles.image}")
-            if isinstance(source, str):
-                logger.debug("run %s stream %s: frames through Tiled: %s", raw_uid[:8],
-                             stream_name, source)
-                if reads is not None:
-                    reads.why_tiled[source.split(":")[0]] = \
-                        reads.why_tiled.get(source.split(":")[0], 0) + 1
+    opened = raw if isinstance(raw, OpenedRun) else open_run(core, raw, raw_uid)
+    start = opened.start
+    for opened_stream in opened.streams:
+        roles, source, seq_nums = opened_stream.roles, opened_stream.source, opened_stream.seq_nums
+        image, scalars = opened_stream.columns.image, opened_stream.columns.scalars
+        if isinstance(source, str):
+            logger.debug("run %s stream %s: frames through Tiled: %s", raw_uid[:8],
+                         opened_stream.name, source)
+            if reads is not None:
+                reads.why_tiled[source.split(":")[0]] = \
+                    reads.why_tiled.get(source.split(":")[0], 0) + 1
         for lo in range(0, len(seq_nums), chunk):
             hi = min(lo + chunk, len(seq_nums))
             direct = image is not None and not isinstance(source, str)
