@@ -230,3 +230,30 @@ def test_a_stream_is_read_in_one_listing_and_one_request_per_table(
                 [s.assets[0].data_uri for s in slow.image.data_sources()]
     finally:
         http.event_hooks = hooks
+
+
+def test_runs_are_opened_one_ahead_and_a_failure_reaches_its_own_run(
+        server, archive, bus_instrument, frames_dir):
+    """RunOpener opens the next run on its thread while the caller works on this one (never
+    more than one ahead), gives each run its own streams, and raises a run's failure when
+    that run is asked for, not earlier and not for its neighbours."""
+    from pbi_bluesky.scoring.engine import FrameScorer
+    from pbi_bluesky.scoring.tiled import OpenedRun, RunOpener
+
+    runs, uids = archive
+    scorer = FrameScorer(reduce_only=True, npt=bus_instrument.npt, data_roots=(str(frames_dir),))
+    order = [uids["inline"], "no-such-run", uids["datum"], uids["inline2"]]
+    with RunOpener(scorer, runs, order) as opener:
+        assert list(opener._ahead) == [uids["inline"]]  # the first opens at once
+        first = opener.get(uids["inline"])
+        assert list(opener._ahead) == ["no-such-run"]  # one ahead, no more
+        assert isinstance(first, OpenedRun) and first.uid == uids["inline"]
+        assert [s.seq_nums for s in first.streams] == [list(range(1, 11))]
+        with pytest.raises(KeyError):
+            opener.get("no-such-run")
+        datum = opener.get(uids["datum"])
+        assert datum.start["sample"] == "b" and len(datum.streams[0].seq_nums) == 10
+        assert not isinstance(datum.streams[0].source, str)  # the HDF5 file was found
+        last = opener.get(uids["inline2"])  # asked past a skipped run: opened when asked
+        assert last.start["sample"] == "d" and len(last.streams[0].seq_nums) == 4
+        assert not opener._ahead
