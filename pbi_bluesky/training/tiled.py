@@ -12,7 +12,10 @@ A run that cannot be used is refused as a whole, with its reason, never dropped 
 no geometry, no thickness, no recipe, no empty-cell run before it, a frame that cannot be
 read or reduced, or a frame that does not cover the q grid. Frames are read ``chunk`` at a
 time and dropped once reduced; only the 1D profiles are kept, so memory grows with the
-number of frames by a few kilobytes each, never by a frame.
+number of frames by a few kilobytes each, never by a frame. A run costs four requests to
+Tiled (its lookup, its streams, its image stream's parts, one read of its scalar table),
+made for the next run on a thread while this one is reduced
+(:class:`~pbi_bluesky.scoring.tiled.RunOpener`, one run ahead, no frame read ahead).
 
 :func:`score_selection` answers "how would this model have judged these runs": one record
 per frame, nothing written anywhere.
