@@ -60,16 +60,32 @@ def child(args: argparse.Namespace) -> dict[str, Any]:
     runs = Catalog(args.uri, api_key=args.api_key).runs
     scorer = FrameScorer(reduce_only=True, mask=np.load(args.mask), dark=np.load(args.dark),
                          data_roots=[args.data_root] if args.data_root else [])
+    requests: list[str] = []  # every HTTP request to Tiled while reading
+    hooks = runs.context.http_client.event_hooks
+    hooks["request"] = [*hooks.get("request", []), lambda r: requests.append(r.url.path)]
+    runs.context.http_client.event_hooks = hooks
     before = _rss_mb()
+    profile = None
+    if args.profile:
+        import cProfile
+
+        profile = cProfile.Profile()
+        profile.enable()
     t0 = time.perf_counter()
     normals = collect_normals(runs, scorer, query=(args.query,), chunk=args.chunk)
     read_s = time.perf_counter() - t0
+    if profile is not None:
+        import pstats
+
+        profile.disable()
+        with open(f"{args.profile}.{len(normals.profiles)}.txt", "w") as fh:
+            pstats.Stats(profile, stream=fh).sort_stats("cumulative").print_stats(45)
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     out = {"frames": len(normals.profiles), "runs_used": len(normals.used),
            "runs_refused": len(normals.refused), "read_reduce_s": round(read_s, 2),
            "frames_per_s": round(len(normals.profiles) / read_s, 1),
            "rss_before_read_mb": round(before, 1), "peak_rss_after_read_mb": round(peak, 1),
-           "reads": normals.reads.as_dict()}
+           "tiled_requests": len(requests), "reads": normals.reads.as_dict()}
     if not normals.profiles:
         raise SystemExit(f"every run refused, e.g. {normals.refused[:1]}")
     t0 = time.perf_counter()
@@ -153,6 +169,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
                    server.api_key, "--query", f"bench_size={size}", "--mask",
                    str(work / "mask.npy"), "--dark", str(work / "dark.npy"), "--epochs",
                    str(args.epochs), "--chunk", str(args.chunk)]
+            if args.profile:
+                cmd += ["--profile", args.profile]
             if not args.through_tiled:  # frames from their files under the data root
                 cmd += ["--data-root", str(work / "data")]
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
@@ -176,6 +194,8 @@ def main() -> None:
     parser.add_argument("--chunk", type=int, default=16)
     parser.add_argument("--through-tiled", action="store_true",
                         help="no data root: every frame through Tiled's array endpoint")
+    parser.add_argument("--profile", metavar="PREFIX",
+                        help="profile each size's read (cProfile) into PREFIX.FRAMES.txt")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--data-root", help=argparse.SUPPRESS)
     parser.add_argument("--uri", help=argparse.SUPPRESS)

@@ -12,7 +12,10 @@ A run that cannot be used is refused as a whole, with its reason, never dropped 
 no geometry, no thickness, no recipe, no empty-cell run before it, a frame that cannot be
 read or reduced, or a frame that does not cover the q grid. Frames are read ``chunk`` at a
 time and dropped once reduced; only the 1D profiles are kept, so memory grows with the
-number of frames by a few kilobytes each, never by a frame.
+number of frames by a few kilobytes each, never by a frame. A run costs four requests to
+Tiled (its lookup, its streams, its image stream's parts, one read of its scalar table),
+made for the next run on a thread while this one is reduced
+(:class:`~pbi_bluesky.scoring.tiled.RunOpener`, one run ahead, no frame read ahead).
 
 :func:`score_selection` answers "how would this model have judged these runs": one record
 per frame, nothing written anywhere.
@@ -28,7 +31,7 @@ from typing import Any
 from pbi_bluesky.models import CoverageError, QGrid
 from pbi_bluesky.profile import Profile
 from pbi_bluesky.scoring.engine import FrameScorer
-from pbi_bluesky.scoring.tiled import FrameReads, run_frames
+from pbi_bluesky.scoring.tiled import FrameReads, RunOpener, run_frames
 from pbi_bluesky.store.queries import cells_before, select_runs
 
 __all__ = ["TiledNormals", "collect_normals", "score_selection", "selection_record"]
@@ -114,13 +117,16 @@ class _Backgrounds:
         return self._done[cell_uid]
 
 
-def _run_profiles(scorer: FrameScorer, node: Any, uid: str, chunk: int, background: Profile,
-                  grid: QGrid | None, reads: FrameReads | None = None
+def _run_profiles(scorer: FrameScorer, opened: Callable[[], Any], uid: str, chunk: int,
+                  background: Profile, grid: QGrid | None, reads: FrameReads | None = None
                   ) -> tuple[list[Profile], str | None]:
-    """Return a run's reduced profiles, or the reason the run is refused."""
+    """Return a run's reduced profiles, or the reason the run is refused.
+
+    ``opened()`` returns the run (its node, or :class:`~pbi_bluesky.scoring.tiled.OpenedRun`).
+    """
     profiles: list[Profile] = []
     try:
-        for batch in run_frames(scorer, node, uid, chunk, background, reads):
+        for batch in run_frames(scorer, opened(), uid, chunk, background, reads):
             for outcome in scorer.process(batch):
                 result = outcome.result
                 if result.status != "reduced" or outcome.profile is None:
@@ -177,34 +183,38 @@ def collect_normals(runs: Any, scorer: FrameScorer, *, query: tuple[str, ...] | 
     cells = cells_before(runs, selected)
     out = TiledNormals(selection=selection_record(uri, query, since, until))
     backgrounds = _Backgrounds(runs, scorer, chunk, out.reads)
-    for uid, start in selected:
-        if start.get("sample_type") == "empty_cell":
-            out.cells.append(uid)
-            continue
-        sample = start.get("sample")
-        reason: str | None = None
-        profiles: list[Profile] = []
-        if uid not in cells:
-            reason = ("no empty-cell run (sample_type='empty_cell') measured before it: its "
-                      "profiles would include the cell's scattering")
-        else:
-            background = backgrounds.get(cells[uid])
-            if isinstance(background, str):
-                reason = background
+    order = [uid for uid, start in selected
+             if start.get("sample_type") != "empty_cell" and uid in cells]
+    with RunOpener(scorer, runs, order) as opener:  # the next run's requests meanwhile
+        for uid, start in selected:
+            if start.get("sample_type") == "empty_cell":
+                out.cells.append(uid)
+                continue
+            sample = start.get("sample")
+            reason: str | None = None
+            profiles: list[Profile] = []
+            if uid not in cells:
+                reason = ("no empty-cell run (sample_type='empty_cell') measured before it: "
+                          "its profiles would include the cell's scattering")
             else:
-                profiles, reason = _run_profiles(scorer, runs[uid], uid, chunk, background,
-                                                 grid, out.reads)
-        if reason is not None:
-            out.refused.append({"uid": uid, "sample": sample, "reason": reason})
-            logger.info("run %s (%s) refused: %s", uid[:8], sample, reason)
-        else:
-            recipe = str(start["composition"])
-            out.profiles.extend(profiles)
-            out.recipes.extend([recipe] * len(profiles))
-            out.used.append({"uid": uid, "sample": sample, "composition": recipe,
-                             "frames": len(profiles)})
-        if progress is not None:
-            progress(uid, reason)
+                background = backgrounds.get(cells[uid])
+                if isinstance(background, str):
+                    reason = background
+                else:
+                    profiles, reason = _run_profiles(
+                        scorer, lambda uid=uid: opener.get(uid), uid, chunk, background, grid,
+                        out.reads)
+            if reason is not None:
+                out.refused.append({"uid": uid, "sample": sample, "reason": reason})
+                logger.info("run %s (%s) refused: %s", uid[:8], sample, reason)
+            else:
+                recipe = str(start["composition"])
+                out.profiles.extend(profiles)
+                out.recipes.extend([recipe] * len(profiles))
+                out.used.append({"uid": uid, "sample": sample, "composition": recipe,
+                                 "frames": len(profiles)})
+            if progress is not None:
+                progress(uid, reason)
     return out
 
 
@@ -225,28 +235,29 @@ def score_selection(runs: Any, scorer: FrameScorer, *, query: tuple[str, ...] | 
     selected = select_runs(runs, since=since, until=until, query=query)
     cells = cells_before(runs, selected)
     backgrounds = _Backgrounds(runs, scorer, chunk)
-    for uid, start in selected:
-        base = {"raw_uid": uid, "sample": start.get("sample"),
-                "composition": start.get("composition")}
-        background = None
-        if uid in cells:
-            found = backgrounds.get(cells[uid])
-            if isinstance(found, str):
-                yield {**base, "seq_num": None, "status": "failed", "error": found}
-                continue
-            background = found
-        try:
-            for batch in run_frames(scorer, runs[uid], uid, chunk, background):
-                for outcome in scorer.process(batch):
-                    r = outcome.result
-                    record = {**base, "seq_num": r.raw_seq_num, "status": r.status}
-                    if r.status == "scored":
-                        record.update(score=r.score, p_value=r.p_value,
-                                      is_anomaly=bool(r.is_anomaly),
-                                      predicted_composition=r.predicted_composition)
-                    elif r.status != "reference":
-                        record["error"] = r.reason or r.status
-                    yield record
-        except Exception as exc:  # noqa: BLE001 - the run's remaining frames are unreadable
-            yield {**base, "seq_num": None, "status": "failed",
-                   "error": f"unreadable frame: {type(exc).__name__}: {exc}"}
+    with RunOpener(scorer, runs, [uid for uid, _start in selected]) as opener:
+        for uid, start in selected:
+            base = {"raw_uid": uid, "sample": start.get("sample"),
+                    "composition": start.get("composition")}
+            background = None
+            if uid in cells:
+                found = backgrounds.get(cells[uid])
+                if isinstance(found, str):
+                    yield {**base, "seq_num": None, "status": "failed", "error": found}
+                    continue
+                background = found
+            try:
+                for batch in run_frames(scorer, opener.get(uid), uid, chunk, background):
+                    for outcome in scorer.process(batch):
+                        r = outcome.result
+                        record = {**base, "seq_num": r.raw_seq_num, "status": r.status}
+                        if r.status == "scored":
+                            record.update(score=r.score, p_value=r.p_value,
+                                          is_anomaly=bool(r.is_anomaly),
+                                          predicted_composition=r.predicted_composition)
+                        elif r.status != "reference":
+                            record["error"] = r.reason or r.status
+                        yield record
+            except Exception as exc:  # noqa: BLE001 - the run's remaining frames are unreadable
+                yield {**base, "seq_num": None, "status": "failed",
+                       "error": f"unreadable frame: {type(exc).__name__}: {exc}"}

@@ -184,3 +184,76 @@ def test_frames_by_reference_are_read_from_their_files_under_the_data_roots(
     assert len(via_files.profiles) == len(via_tiled.profiles) == 28
     for a, b in zip(via_files.profiles, via_tiled.profiles, strict=True):
         np.testing.assert_allclose(a.intensity, b.intensity, rtol=1e-6, atol=0)
+
+
+def test_a_stream_is_read_in_one_listing_and_one_request_per_table(
+        server, archive, bus_files, bus_instrument):
+    """The streams' scalars (I0, transmission, seq_num) come from one read of their table,
+    the image array with its data sources from one listing of the stream's parts: the same
+    values and file as reading key by key, in a fixed handful of requests."""
+    from pbi_bluesky.scoring.engine import FrameScorer
+    from pbi_bluesky.scoring.tiled import _key_by_key, run_streams, stream_columns
+
+    runs, uids = archive
+    scorer = FrameScorer(reduce_only=True, npt=bus_instrument.npt)
+    http = runs.context.http_client
+    sent: list[str] = []
+    hooks = dict(http.event_hooks)
+    http.event_hooks = {**hooks, "request": [*hooks.get("request", []),
+                                             lambda request: sent.append(request.url.path)]}
+    try:
+        for kind, table_reads in (("inline", 1), ("datum", 1), ("stream", 2)):
+            raw = runs[uids[kind]]
+            sent.clear()
+            streams = run_streams(raw)
+            assert len(sent) == 1, sent  # the run's streams listed once, with metadata
+            assert [name for name, _node in streams] == sorted(raw)
+            (stream,) = [node for _name, node in streams]
+            roles = scorer.roles({"data_keys": dict(stream.metadata["data_keys"])})
+            keys = [k for k in (roles.monitor, roles.transmission) if k]
+            sent.clear()
+            fast = stream_columns(stream, roles.image, keys)
+            # one listing of the parts, then the table's columns in one read (the ophyd-async
+            # run keeps I0 and transmission in arrays of their own: one read each)
+            assert len(sent) == 1 + table_reads, (kind, sent)
+            slow = _key_by_key(stream, roles.image, keys)
+            assert len(sent) > 2 + table_reads, (kind, sent)  # what it replaced
+            assert fast.seq_nums == slow.seq_nums
+            if kind != "stream":
+                assert fast.seq_nums == list(range(1, len(fast.seq_nums) + 1))
+            assert set(fast.scalars) == set(slow.scalars) == set(keys)
+            for key in keys:
+                np.testing.assert_array_equal(fast.scalars[key], slow.scalars[key])
+                assert len(fast.scalars[key]) == fast.image.shape[0]
+            assert fast.image.shape == slow.image.shape
+            assert [s.assets[0].data_uri for s in fast.image.data_sources()] == \
+                [s.assets[0].data_uri for s in slow.image.data_sources()]
+    finally:
+        http.event_hooks = hooks
+
+
+def test_runs_are_opened_one_ahead_and_a_failure_reaches_its_own_run(
+        server, archive, bus_instrument, frames_dir):
+    """RunOpener opens the next run on its thread while the caller works on this one (never
+    more than one ahead), gives each run its own streams, and raises a run's failure when
+    that run is asked for, not earlier and not for its neighbours."""
+    from pbi_bluesky.scoring.engine import FrameScorer
+    from pbi_bluesky.scoring.tiled import OpenedRun, RunOpener
+
+    runs, uids = archive
+    scorer = FrameScorer(reduce_only=True, npt=bus_instrument.npt, data_roots=(str(frames_dir),))
+    order = [uids["inline"], "no-such-run", uids["datum"], uids["inline2"]]
+    with RunOpener(scorer, runs, order) as opener:
+        assert list(opener._ahead) == [uids["inline"]]  # the first opens at once
+        first = opener.get(uids["inline"])
+        assert list(opener._ahead) == ["no-such-run"]  # one ahead, no more
+        assert isinstance(first, OpenedRun) and first.uid == uids["inline"]
+        assert [s.seq_nums for s in first.streams] == [list(range(1, 11))]
+        with pytest.raises(KeyError):
+            opener.get("no-such-run")
+        datum = opener.get(uids["datum"])
+        assert datum.start["sample"] == "b" and len(datum.streams[0].seq_nums) == 10
+        assert not isinstance(datum.streams[0].source, str)  # the HDF5 file was found
+        last = opener.get(uids["inline2"])  # asked past a skipped run: opened when asked
+        assert last.start["sample"] == "d" and len(last.streams[0].seq_nums) == 4
+        assert not opener._ahead
