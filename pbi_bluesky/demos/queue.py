@@ -422,23 +422,37 @@ def queue_loop(stack: QueueStack, out: Path, slots: list[dict[str, Any]], exposu
     t0 = time.perf_counter()
     api = stack.api()
     try:
+        before = len(api.history_get().get("items") or [])
         response = api.item_add_batch(items)
         if not response.get("success"):
             raise RuntimeError(f"the queue server refused the normals: {response.get('msg')}")
         api.queue_start()
-        api.wait_for_idle(timeout=timeout)
-        done = (api.history_get().get("items") or [])[-len(items):]
+        deadline = time.monotonic() + timeout
+        while True:  # until the items ran, or the queue stopped at a failed one
+            done = (api.history_get().get("items") or [])[before:]
+            status = api.status()
+            if status["manager_state"] == "idle" and (
+                    status["items_in_queue"] == 0 or any(
+                        i.get("result", {}).get("exit_status") != "completed" for i in done)):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the normals were not measured within {timeout:g} s")
+            time.sleep(0.5)
         failed = [f"{i['name']}: {i.get('result', {}).get('exit_status')} "
                   f"{i.get('result', {}).get('msg')}" for i in done
                   if i.get("result", {}).get("exit_status") != "completed"]
         if len(done) < len(items) or failed:
-            raise RuntimeError(f"measuring the normals through the queue failed: {failed}")
+            raise RuntimeError(f"measuring the normals through the queue failed: "
+                               f"{len(done)} of {len(items)} items ran; {failed}")
         report.seconds["measure"] = round(time.perf_counter() - t0, 1)
         report.say(f"queued the empty cell and {len(by_recipe)} measure_normals items "
                    f"({len(slots)} normal specimens, one {exposure_s:g} s frame each, one "
                    f"run per recipe); the worker ran them in {report.seconds['measure']} s")
         task = api.function_execute(BFunc("flush_session", 120.0), run_in_background=False)
-        api.wait_for_idle(timeout=150)
+        if not task.get("success"):
+            raise RuntimeError(f"the queue server refused flush_session: {task.get('msg')}")
+        api.wait_for_completed_task(task["task_uid"], timeout=150,
+                                    treat_not_found_as_completed=False)
         result = api.task_result(task["task_uid"]).get("result") or {}
     finally:
         api.close()
