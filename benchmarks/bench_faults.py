@@ -28,6 +28,13 @@ Other phases:
 * ``interleaved_outage`` - pairs of runs open at the same time in one ``SpoolSink`` (an
   analysis run still taking attributions while the next raw run starts) while the Tiled
   server is stopped; each run must reach Tiled whole exactly once;
+* ``session_redis_outage`` - a RunEngine session scanning the sim IOC publishes every
+  document to the bus (a ``BusPublisher`` subscribed to its RunEngine, as a beamline would)
+  while one ``pbi worker`` (started from the session's beamline.yaml) scores the frames by
+  reference; mid-scan Redis is stopped for ``--redis-down`` s and started again: the scan
+  goes on, the publisher keeps the documents in its outbox and sends them when Redis is
+  back, and every frame must be in the bus's analysis run of its raw run exactly once
+  (counted from Tiled, apart from the session's own live analysis runs);
 * ``scorer_killed`` / ``redis_restart`` - the document bus: a Redis server (append-only
   file, password from the environment) and one ``pbi worker`` process scoring frames by
   reference; mid-scan the worker is SIGKILLed and started again, or Redis is stopped for
@@ -221,13 +228,19 @@ def _watch_recovery(spools: list, marks: dict, stop: threading.Event) -> None:
         time.sleep(0.1)
 
 
-def _read_back(runs: Any, counter: FrameCounter) -> dict[str, int]:
-    """Analysis events in Tiled per (raw uid, seq_num), and the ledgers."""
+def _read_back(runs: Any, counter: FrameCounter,
+               keep: Any = None) -> dict[str, int]:
+    """Analysis events in Tiled per (raw uid, seq_num), and the ledgers.
+
+    ``keep``: a test of an analysis run's uid (default: every analysis run of the raw runs).
+    """
     from tiled.queries import Key
 
     seen: Counter = Counter()
     accounted = 0
     for uid in list(runs.search(Key("pbi_analysis") == True)):  # noqa: E712
+        if keep is not None and not keep(uid):
+            continue
         run = runs[uid]
         md = run.metadata
         raw = md["start"]["raw_uid"]
@@ -248,7 +261,7 @@ def _read_back(runs: Any, counter: FrameCounter) -> dict[str, int]:
 SESSION_KINDS = ("nan_frame", "wrong_shape", "missing_hdf5", "corrupt_hdf5", "tiled_down",
                  "malformed_document", "unencodable_metadata")
 BUS_KINDS = ("scorer_killed", "redis_restart")
-KINDS = (*SESSION_KINDS, "disk_full", "interleaved_outage", *BUS_KINDS)
+KINDS = (*SESSION_KINDS, "disk_full", "interleaved_outage", "session_redis_outage", *BUS_KINDS)
 COUNT_KEYS = ("frames_sent", "frames_accounted", "scans_aborted", "events_lost",
               "events_duplicated")
 
@@ -262,22 +275,24 @@ def _unencodable_md() -> dict[str, Any]:
 
 def session_scan(args: argparse.Namespace, kinds: tuple[str, ...], ioc: Any, server: Any,
                  data_root: Path, n_frames: int, counts: Counter,
-                 on_frame: Any = None) -> tuple[dict[str, Any], Any]:
+                 on_frame: Any = None, cfg: Any = None,
+                 subscribe: tuple = ()) -> tuple[dict[str, Any], Any, FrameCounter]:
     """A RunEngine session scanning the sim IOC with the session kinds among ``kinds``.
 
-    Returns the phase's counts (read back from Tiled) and the closed session.
+    ``cfg``: the beamline's settings (default: the sim IOC's, with this Tiled server);
+    ``subscribe``: more callbacks for its RunEngine (e.g. a bus publisher). Returns the
+    phase's counts (read back from Tiled; only the session's own analysis runs, those of
+    its analysis spool), the closed session and the frames it sent.
     """
     import bluesky.plan_stubs as bps
     import bluesky.plans as bp
 
-    from pbi_bluesky.demos.beamline import sim_beamline_config
     from pbi_bluesky.reduction import load_geometry
     from pbi_bluesky.session import build_session
     from pbi_bluesky.simulate import Instrument, expected_dark
     from sim_iocs.tray import default_tray
 
-    cfg = sim_beamline_config(ioc, connection_timeout_s=15.0).with_overrides(
-        tiled={"uri": server.uri, "api_key_env": "PBI_BENCH_TILED_KEY"})
+    cfg = cfg or _sim_config(ioc, server)
     instrument = Instrument(geometry=load_geometry(str(ioc.poni_path)))
     session = build_session(cfg, data_root=data_root, plots=False, live_table=False,
                             persistent_md=False,
@@ -287,6 +302,8 @@ def session_scan(args: argparse.Namespace, kinds: tuple[str, ...], ioc: Any, ser
     counter = FrameCounter()
     counter.on_frame = on_frame
     RE.subscribe(counter)
+    for callback in subscribe:
+        RE.subscribe(callback)
     sabotage = tuple(k for k in ("missing_hdf5", "corrupt_hdf5") if k in kinds)
     saboteur = Saboteur(every=args.sabotage_every, kinds=sabotage)
     if sabotage:
@@ -354,7 +371,10 @@ def session_scan(args: argparse.Namespace, kinds: tuple[str, ...], ioc: Any, ser
     drained = time.monotonic()
     counts.update(saboteur.done)
     runs = session.catalog.runs
-    back = _read_back(runs, counter)
+    spool = session.analysis_spool
+    ours = {p.stem for d in (spool.done_dir, spool.pending_dir, spool.rejected_dir)
+            for p in d.glob("*.spool")}
+    back = _read_back(runs, counter, keep=ours.__contains__)
     recovered = marks.get("recovered_at", drained)
     result = {
         "frames_sent": len(counter.frames),
@@ -376,7 +396,15 @@ def session_scan(args: argparse.Namespace, kinds: tuple[str, ...], ioc: Any, ser
         result["outage_s"] = args.outage
     if "unencodable" in special:
         result["unencodable_run"] = _unencodable_check(runs, special["unencodable"], counter)
-    return result, session
+    return result, session, counter
+
+
+def _sim_config(ioc: Any, server: Any, **sections: Any) -> Any:
+    """The sim IOC's beamline settings, writing to this benchmark's Tiled server."""
+    from pbi_bluesky.demos.beamline import sim_beamline_config
+
+    return sim_beamline_config(ioc, connection_timeout_s=15.0).with_overrides(
+        tiled={"uri": server.uri, "api_key_env": "PBI_BENCH_TILED_KEY"}, **sections)
 
 
 def _unencodable_check(runs: Any, uid: str, counter: FrameCounter) -> dict[str, Any]:
@@ -463,7 +491,7 @@ def disk_full_phase(args: argparse.Namespace, ioc: Any, server: Any, tmp: Path,
             if frames >= half:
                 disk.fill(frames)
 
-        result, session = session_scan(args, ("disk_full",), ioc, server, root,
+        result, session, _ = session_scan(args, ("disk_full",), ioc, server, root,
                                        args.disk_frames, counts, on_frame=trigger)
         counts["disk_full"] += int(disk.filled_at is not None)
         losses = session.raw_spool.losses + session.analysis_spool.losses
@@ -580,6 +608,167 @@ def interleaved_phase(args: argparse.Namespace, server: Any, tmp: Path,
             "runs_rejected_by_tiled": len(sink.rejected()),
             "recovery_s": round(max(recovery), 1) if recovery else None,
             "phase_s": round(time.monotonic() - t0, 1)}
+
+
+# -- session_redis_outage -------------------------------------------------------------------
+class ConfigWorker:
+    """A ``pbi bus worker`` process started from a beamline.yaml (as a beamline runs it)."""
+
+    def __init__(self, name: str, config: Path, broker: str, logs: Path) -> None:
+        import subprocess
+
+        self.name = name
+        self.log = logs / f"{name}.log"
+        cmd = [sys.executable, "-m", "pbi_bluesky.cli", "bus", "worker", "--config",
+               str(config), "--broker", broker, "--name", name, "--threads", "1"]
+        with open(self.log, "wb") as fh:
+            self.proc = subprocess.Popen(cmd, stdout=fh, stderr=subprocess.STDOUT, cwd=REPO,
+                                         env={**os.environ, "OMP_NUM_THREADS": "1",
+                                              "NUMBA_NUM_THREADS": "1",
+                                              "PYTHONFAULTHANDLER": "1"})
+
+    def stop(self) -> None:
+        import subprocess
+
+        if self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(30)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+
+
+def session_bus_phase(args: argparse.Namespace, ioc: Any, server: Any, tmp: Path,
+                      counts: Counter) -> dict[str, Any]:
+    """A session publishing to the bus while Redis is stopped mid-scan (its outbox)."""
+    import secrets
+
+    import redis as redis_py
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    import bench_scale
+
+    from pbi_bluesky.bus import BusNames, BusPublisher, connect
+    from pbi_bluesky.reduction import load_geometry
+    from pbi_bluesky.simulate import Instrument, expected_dark
+    from pbi_bluesky.testing.services import RedisServer
+
+    os.environ.setdefault("PBI_REDIS_PASSWORD", secrets.token_hex(16))
+    redis = RedisServer(tmp / "redis-session", appendonly=True,
+                        password_env="PBI_REDIS_PASSWORD").start()
+    work = tmp / "session-bus"
+    work.mkdir(exist_ok=True)
+    # the worker gets the session's dark through the beamline file, as a beamline would
+    instrument = Instrument(geometry=load_geometry(str(ioc.poni_path)))
+    np.save(work / "dark.npy", expected_dark(instrument, args.exposure))
+    base = _sim_config(ioc, server)
+    cfg = base.with_overrides(bus={"url": redis.url}, geometry={"dark": str(work / "dark.npy")})
+    config = cfg.to_yaml(work / "beamline.yaml")
+    names = BusNames(cfg.name)
+    client = connect(redis.url)
+    worker = ConfigWorker("faults-session-w1", config, redis.url, work)
+    pub = BusPublisher.from_settings(cfg, outbox_dir=work / "outbox", retry_initial_s=0.1,
+                                     retry_max_s=1.0)
+    marks: dict[str, Any] = {}
+    scanning = threading.Event()
+
+    def outage() -> None:
+        marks["scan_running_at_fault"] = scanning.is_set()
+        redis.stop()
+        counts["session_redis_outage"] += 1
+        marks["down_at"] = time.monotonic()
+        time.sleep(args.redis_down)
+        redis.start()
+        marks["up_at"] = time.monotonic()
+        marks["scan_running_after_fault"] = scanning.is_set()
+
+    fault = threading.Thread(target=outage, daemon=True)
+
+    def trigger(frames: int) -> None:
+        scanning.set()
+        if frames >= args.bus_session_frames // 3 and "down_at" not in marks \
+                and not fault.is_alive():
+            marks["frames_at_fault"] = frames
+            fault.start()
+
+    t0 = time.monotonic()
+    try:
+        bench_scale.wait_ready(client, names, [worker])
+        result, session, counter = session_scan(
+            args, (), ioc, server, tmp / "data-session-bus", args.bus_session_frames, counts,
+            on_frame=trigger, cfg=cfg, subscribe=(pub,))
+        scanning.clear()
+        fault.join(args.redis_down + 60)
+        flushed = pub.flush(120)
+        pub.close(10)
+
+        def closed() -> bool:
+            try:
+                return all(client.hget(names.run(uid), "state") == b"closed"
+                           for uid in counter.runs)
+            except redis_py.RedisError:
+                return False
+
+        all_closed = _wait(closed, 300, 0.2)
+        closed_at = time.monotonic()
+        bus_uids = {}
+        for uid in counter.runs:
+            try:
+                found = client.hget(names.run(uid), "analysis_uid")
+            except redis_py.RedisError:
+                found = None
+            if found:
+                bus_uids[uid] = found.decode()
+        runs = session.catalog.runs
+        spool = session.analysis_spool
+        live = {p.stem for d in (spool.done_dir, spool.pending_dir, spool.rejected_dir)
+                for p in d.glob("*.spool")}
+        # every analysis run of these raw runs that the session did not write is the bus's
+        back = _read_back(runs, counter, keep=lambda uid: uid not in live)
+        statuses: Counter = Counter()
+        bus_runs = _bus_analysis_runs(runs, counter.runs, live, statuses)
+    finally:
+        worker.stop()
+        redis.stop()
+    lost = back["events_lost"]
+    return {"frames_sent": len(counter.frames), "frames_accounted": back["frames_accounted"],
+            "scans_aborted": result["scans_aborted"], "events_lost": lost,
+            "events_duplicated": back["events_duplicated"],
+            "bus_analysis_runs": len(bus_runs), "raw_runs": len(counter.runs),
+            "statuses": dict(statuses),
+            "analysis_runs_as_in_redis": sum(1 for raw, uid in bus_runs
+                                             if bus_uids.get(raw) == uid),
+            "analysis_runs_closed": all_closed,
+            "outbox_flushed": flushed, "outboxed": pub.stats.get("outboxed", 0),
+            "from_outbox": pub.stats.get("from_outbox", 0),
+            "published": pub.stats.get("published", 0),
+            "reconnects": pub.stats.get("reconnects", 0),
+            "redis_down_s": args.redis_down,
+            "frames_at_fault": marks.get("frames_at_fault"),
+            "scan_running_at_fault": marks.get("scan_running_at_fault"),
+            "scan_running_after_fault": marks.get("scan_running_after_fault"),
+            "recovery_s": round(closed_at - marks["up_at"], 1) if "up_at" in marks else None,
+            "session_live_path": {k: result[k] for k in COUNT_KEYS},
+            "phase_s": round(time.monotonic() - t0, 1)}
+
+
+def _bus_analysis_runs(runs: Any, raw_uids: set[str], live: set[str],
+                       statuses: Counter) -> list[tuple[str, str]]:
+    """(raw uid, analysis uid) of every analysis run in Tiled not written by the session;
+    adds its frames' statuses (scored, failed, reference...) to ``statuses``."""
+    from tiled.queries import Key
+
+    out = []
+    for uid in list(runs.search(Key("pbi_analysis") == True)):  # noqa: E712
+        if uid in live:
+            continue
+        run = runs[uid]
+        raw = run.metadata["start"].get("raw_uid")
+        if raw in raw_uids:
+            out.append((raw, uid))
+            if "pbi_anomaly" in run:
+                statuses.update(str(x) for x in np.asarray(run["pbi_anomaly"].read()["status"]))
+    return out
 
 
 # -- bus: scorer_killed, redis_restart ------------------------------------------------------
@@ -749,7 +938,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
     kinds = tuple(args.kinds)
     session_kinds = tuple(k for k in SESSION_KINDS if k in kinds)
-    need_ioc = bool(session_kinds) or "disk_full" in kinds
+    need_ioc = bool(session_kinds) or "disk_full" in kinds or "session_redis_outage" in kinds
     env = _configure_env()
     counts: Counter = Counter()
     tmp = Path(tempfile.mkdtemp(prefix="pbi-faults-"))
@@ -769,12 +958,14 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     t0 = time.monotonic()
     try:
         if session_kinds:
-            phases["session_scan"], _ = session_scan(args, session_kinds, ioc, server,
+            phases["session_scan"], _, _ = session_scan(args, session_kinds, ioc, server,
                                                      tmp / "data", args.frames, counts)
         if "disk_full" in kinds:
             phases["disk_full"] = disk_full_phase(args, ioc, server, tmp, counts)
         if "interleaved_outage" in kinds:
             phases["interleaved_outage"] = interleaved_phase(args, server, tmp, counts)
+        if "session_redis_outage" in kinds:
+            phases["session_redis_outage"] = session_bus_phase(args, ioc, server, tmp, counts)
         bus_kinds = tuple(k for k in BUS_KINDS if k in kinds)
         if bus_kinds:
             phases.update(bus_phase(args, bus_kinds, server, tmp, counts))
@@ -825,6 +1016,9 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--bus-rate", type=float, default=10.0,
                         help="frames per second published to the bus")
     parser.add_argument("--redis-down", type=float, default=5.0, help="Redis down for this long")
+    parser.add_argument("--bus-session-frames", type=int, default=60,
+                        help="frames of the session_redis_outage scan (Redis stops after a "
+                             "third of them)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(message)s")
     result = run(args)

@@ -23,7 +23,8 @@ PVs below the prefix ``P:``:
 
 Geometry is not a PV: ``--poni-out`` / ``--mask-out`` write the PONI file and the mask
 (beamstop + module gaps; ``.edf`` via fabio or ``.npy``, 1 = masked) at start-up. The tray's
-hidden truth (anomaly kind, severity) is only logged, never served.
+hidden truth (anomaly kind, severity) is only logged, never served. The start-up lines
+(where it serves, what a client must export) are :mod:`sim_iocs.announce`'s.
 """
 
 from __future__ import annotations
@@ -32,7 +33,6 @@ import argparse
 import asyncio
 import dataclasses
 import logging
-import os
 import signal
 import sys
 from concurrent.futures import ThreadPoolExecutor
@@ -56,6 +56,7 @@ from pbi_bluesky.simulate import (
 )
 from pbi_bluesky.simulate.scattering import SampleState
 from sim_iocs.ad_common import is_on
+from sim_iocs.announce import client_environment, startup_lines
 from sim_iocs.areadetector import PilatusBase, make_pilatus_class
 from sim_iocs.config import DETECTOR_DISTANCES_M, DETECTORS, SIM_DEFAULTS
 from sim_iocs.motor import MotorRecord
@@ -361,72 +362,6 @@ def main(argv: list[str] | None = None) -> None:
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_IGN)  # a second one must not cut the close
         ioc.detector.hdf.close_now()
-
-
-def client_environment(interfaces: list[str] | tuple[str, ...],
-                       environ: Any = None) -> dict[str, str]:
-    """Return the ``EPICS_CA_*`` variables a Channel Access client needs to find this IOC.
-
-    Parameters
-    ----------
-    interfaces : list of str
-        The interfaces the IOC serves on (``--interfaces``).
-    environ : mapping, optional
-        The IOC's environment (default ``os.environ``): a non-default server port
-        (``EPICS_CAS_SERVER_PORT`` or ``EPICS_CA_SERVER_PORT``) must be exported too.
-
-    Returns
-    -------
-    dict
-        Variable name to value. Serving on specific addresses (loopback by default), the
-        IOC answers only searches sent to them, not a default client's broadcast: the
-        client lists them in ``EPICS_CA_ADDR_LIST`` and turns the automatic list off.
-        Serving on ``0.0.0.0`` needs nothing.
-    """
-    environ = os.environ if environ is None else environ
-    out: dict[str, str] = {}
-    addresses = [a for a in interfaces if a not in ("0.0.0.0", "")]
-    if addresses and len(addresses) == len(interfaces):
-        out["EPICS_CA_ADDR_LIST"] = " ".join(addresses)
-        out["EPICS_CA_AUTO_ADDR_LIST"] = "NO"
-    port = environ.get("EPICS_CAS_SERVER_PORT") or environ.get("EPICS_CA_SERVER_PORT")
-    if port and port != "5064":
-        out["EPICS_CA_SERVER_PORT"] = port
-    return out
-
-
-def startup_lines(prefix: str, n_pvs: int, interfaces: list[str] | tuple[str, ...],
-                  data_root: Path, environ: Any = None) -> list[str]:
-    """Return the IOC's start-up lines: prefix, where, and what a client must export.
-
-    Parameters
-    ----------
-    prefix : str
-        The PV prefix.
-    n_pvs : int
-        How many PVs it serves.
-    interfaces : list of str
-        The Channel Access interfaces it serves on.
-    data_root : Path
-        The only folder its HDF5 plugin writes into.
-    environ : mapping, optional
-        The IOC's environment (see :func:`client_environment`).
-
-    Returns
-    -------
-    list of str
-        Log lines, the last one the ``export`` command for a client's shell.
-    """
-    env = client_environment(interfaces, environ)
-    lines = [f"serving {n_pvs} PVs with prefix {prefix} on {' '.join(interfaces)} "
-             f"(pid {os.getpid()}), HDF5 data root {data_root}"]
-    if env:
-        lines.append("a Channel Access client (pbi ipython, ophyd, caget) must export: "
-                     + " ".join(f"{k}={v!r}" if " " in v else f"{k}={v}"
-                                for k, v in env.items())
-                     + " (the epics section of profiles/profile_saxs/beamline.yaml sets them"
-                       " for pbi ipython)")
-    return lines
 
 
 async def _serve(pvdb: dict, interfaces: list[str]) -> None:

@@ -85,7 +85,7 @@ def replay_spool(
     Safe beside a live session: runs it is still writing are left alone (file locks), a torn
     last record is dropped and reported, a run whose writer crashed is closed as aborted.
     """
-    from pbi_bluesky.store import Catalog, SpoolSink
+    from pbi_bluesky.store import Catalog, ReplayOutcome, SpoolSink
 
     catalog = Catalog(tiled, api_key=api_key, data_dir=data_dir)
     try:
@@ -101,7 +101,7 @@ def replay_spool(
         sink.close(5)
     for uid, outcome in outcomes.items():
         typer.echo(f"{uid}: {outcome}")
-    typer.echo(f"{sum(o.startswith('written') for o in outcomes.values())} of "
-               f"{len(outcomes)} pending run(s) written")
-    if any(o.startswith("failed") for o in outcomes.values()):
+    written = sum(o.outcome is ReplayOutcome.WRITTEN for o in outcomes.values())
+    typer.echo(f"{written} of {len(outcomes)} pending run(s) written")
+    if any(o.outcome is ReplayOutcome.FAILED for o in outcomes.values()):
         raise typer.Exit(1)

@@ -203,19 +203,7 @@ def load_bundle(model_dir: str | Path, *, for_scoring: bool = True) -> AnomalyDe
 
     root = Path(model_dir)
     doc = _read_json(root / "model.json")
-    try:
-        signed = verify_signature(root)
-    except SignatureError as exc:
-        raise BundleError(str(exc)) from exc
-    files = doc.get("files", {})
-    for name in (WEIGHTS, ARRAYS):
-        path = root / name
-        if name not in files:
-            raise BundleError(f"model.json lists no sha256 for {name}")
-        if not path.is_file():
-            raise BundleError(f"bundle file {path} is missing")
-        if sha256_file(path) != files[name]:
-            raise BundleError(f"{path} does not match its sha256 in model.json (tampered?)")
+    signed = _verify_files(root, doc)
     grid = QGrid(**{k: doc["q_grid"][k] for k in ("q_min", "q_max", "npt", "min_coverage")})
     kinds = {cls.name: cls for cls in (AnomalyDetector, PaperPipeline)}
     if doc.get("detector", "pbi") not in kinds:
@@ -247,6 +235,61 @@ def load_bundle(model_dir: str | Path, *, for_scoring: bool = True) -> AnomalyDe
             arrays = {k: npz[k] for k in npz.files}
     except (ValueError, OSError) as exc:
         raise BundleError(f"{root / ARRAYS} is not a plain numpy archive: {exc}") from exc
+    _restore_arrays(detector, members, doc, arrays, root)
+    detector.alpha = float(doc["alpha"])
+    detector.history = list(doc.get("history", []))
+    detector.metrics = dict(doc.get("metrics", {}))
+    detector.bundle_info = {
+        "path": str(root.resolve()),
+        "model_sha256": sha256_file(root / "model.json"),
+        "signature": "hmac-sha256 verified" if signed else "none (no PBI_MODEL_KEY)",
+        "package_version": doc.get("package_version"),
+        "training_data_sha256": doc.get("training_data_sha256"),
+        "format_version": doc.get("format_version"),
+        "origin": "bundle",
+    }
+    from pbi_bluesky.models.quantize import apply_inference
+
+    try:  # "inference": {"precision": "int8", ...}: quantised again from the float weights
+        apply_inference(detector, doc.get("inference"))
+    except (ValueError, RuntimeError) as exc:
+        raise BundleError(f"{root / 'model.json'} asks for inference settings this package "
+                          f"cannot use: {exc}") from exc
+    detector.bundle_info["inference"] = detector.inference
+    if for_scoring:
+        ensure_can_flag(detector)
+    return detector
+
+
+def _verify_files(root: Path, doc: dict[str, Any]) -> bool:
+    """Check a bundle's signature and the sha256 of its files; return whether it is signed.
+
+    Raises :class:`BundleError` for a bad or missing signature (when a key is set), a file
+    model.json does not list, a missing file, or one whose content changed.
+    """
+    try:
+        signed = verify_signature(root)
+    except SignatureError as exc:
+        raise BundleError(str(exc)) from exc
+    files = doc.get("files", {})
+    for name in (WEIGHTS, ARRAYS):
+        path = root / name
+        if name not in files:
+            raise BundleError(f"model.json lists no sha256 for {name}")
+        if not path.is_file():
+            raise BundleError(f"bundle file {path} is missing")
+        if sha256_file(path) != files[name]:
+            raise BundleError(f"{path} does not match its sha256 in model.json (tampered?)")
+    return signed
+
+
+def _restore_arrays(detector: AnomalyDetector, members: list[AnomalyDetector],
+                    doc: dict[str, Any], arrays: dict[str, np.ndarray], root: Path) -> None:
+    """Put the fitted arrays (scaler, references, calibration...) back into a detector.
+
+    Raises :class:`BundleError` when an array is missing or the calibration arrays do not
+    fit together.
+    """
     try:
         detector.recipes = list(doc["recipes"])
         if members:
@@ -272,36 +315,13 @@ def load_bundle(model_dir: str | Path, *, for_scoring: bool = True) -> AnomalyDe
         cal = doc.get("calibration") or {}
         detector.calibration = Calibration.from_arrays(
             arrays, method=cal.get("method", "split"), mondrian=bool(cal.get("mondrian")),
-            n_members=max(n_members, 1), alpha_source=cal.get("alpha_source", "given"),
+            n_members=max(len(members), 1), alpha_source=cal.get("alpha_source", "given"),
             tolerance=cal.get("fpr_tolerance"))  # older bundles: the marginal rule
     except KeyError as exc:
         raise BundleError(f"{root / ARRAYS} lacks array {exc}") from exc
     except ValueError as exc:
         raise BundleError(f"{root / ARRAYS} holds inconsistent calibration arrays: "
                           f"{exc}") from exc
-    detector.alpha = float(doc["alpha"])
-    detector.history = list(doc.get("history", []))
-    detector.metrics = dict(doc.get("metrics", {}))
-    detector.bundle_info = {
-        "path": str(root.resolve()),
-        "model_sha256": sha256_file(root / "model.json"),
-        "signature": "hmac-sha256 verified" if signed else "none (no PBI_MODEL_KEY)",
-        "package_version": doc.get("package_version"),
-        "training_data_sha256": doc.get("training_data_sha256"),
-        "format_version": doc.get("format_version"),
-        "origin": "bundle",
-    }
-    from pbi_bluesky.models.quantize import apply_inference
-
-    try:  # "inference": {"precision": "int8", ...}: quantised again from the float weights
-        apply_inference(detector, doc.get("inference"))
-    except (ValueError, RuntimeError) as exc:
-        raise BundleError(f"{root / 'model.json'} asks for inference settings this package "
-                          f"cannot use: {exc}") from exc
-    detector.bundle_info["inference"] = detector.inference
-    if for_scoring:
-        ensure_can_flag(detector)
-    return detector
 
 
 def ensure_can_flag(detector: AnomalyDetector) -> AnomalyDetector:

@@ -43,6 +43,7 @@ __all__ = [
     "calibrate_with_water",
     "find_absolute_scale",
     "load_absolute_scale",
+    "resolve_absolute_scale",
     "save_absolute_scale",
 ]
 
@@ -167,6 +168,38 @@ def find_absolute_scale(poni: str | Path) -> AbsoluteScale | None:
     return load_absolute_scale(path) if path.is_file() else None
 
 
+def resolve_absolute_scale(scale: AbsoluteScale | str | Path | None,
+                           geometry: Any) -> AbsoluteScale:
+    """Return the absolute scale a reducer applies, from what it was given.
+
+    Parameters
+    ----------
+    scale
+        An :class:`AbsoluteScale`; the path of a scale file; ``None`` (factor 1,
+        uncalibrated); or ``"auto"``: the file beside the PONI when ``geometry`` is a PONI
+        path and there is one (logged), else factor 1.
+    geometry
+        What the reducer's geometry came from (a PONI path, or an integrator).
+
+    Raises
+    ------
+    ReductionError
+        A scale file that is missing or invalid (:func:`load_absolute_scale`).
+    """
+    if isinstance(scale, AbsoluteScale):
+        return scale
+    if scale is None:
+        return UNCALIBRATED
+    if isinstance(scale, str) and scale == "auto":
+        if isinstance(geometry, (str, Path)):
+            found = find_absolute_scale(geometry)
+            if found is not None:
+                logger.info("absolute scale factor %.5g from %s", found.factor, found.source)
+                return found
+        return UNCALIBRATED
+    return load_absolute_scale(scale)
+
+
 def _weighted_mean(profiles: list[Profile]) -> tuple[np.ndarray, np.ndarray]:
     i = np.array([p.intensity for p in profiles])
     s = np.array([p.sigma for p in profiles])
@@ -176,6 +209,51 @@ def _weighted_mean(profiles: list[Profile]) -> tuple[np.ndarray, np.ndarray]:
         mean = np.where(total > 0, (w * np.nan_to_num(i)).sum(0) / total, np.nan)
         sigma = np.where(total > 0, 1.0 / np.sqrt(total), np.nan)
     return mean, sigma
+
+
+def _flat_level(water: list[Profile], q_range: tuple[float, float] | None
+                ) -> dict[str, Any]:
+    """Return the flat level of the water curves (nominal 1/cm) over ``q_range``, and its fit.
+
+    The inverse-variance weighted mean over the usable bins, its uncertainty (inflated by
+    the scatter about flat when the reduced chi-square exceeds 1, logged above 3), and the
+    relative change of a weighted straight line over the range: the ``details`` of
+    :func:`calibrate_with_water`'s scale.
+
+    Raises
+    ------
+    ReductionError
+        Fewer than 5 usable bins, or a level that is not positive.
+    """
+    q = water[0].q_inv_angstrom
+    level, sigma = _weighted_mean(water)
+    ok = np.isfinite(level) & np.isfinite(sigma) & (sigma > 0)
+    if q_range is None:
+        lo = 2.0 * float(q[ok].min()) if ok.any() else 0.0
+        q_range = (lo, float(q[ok].max()) if ok.any() else 0.0)
+    sel = ok & (q >= q_range[0]) & (q <= q_range[1])
+    if sel.sum() < 5:
+        raise ReductionError(f"only {int(sel.sum())} usable bins in q = {q_range[0]:.4g}.."
+                             f"{q_range[1]:.4g} 1/A for the water level (need 5)")
+    w = 1.0 / sigma[sel] ** 2
+    mean = float(np.sum(w * level[sel]) / np.sum(w))
+    if not mean > 0:
+        raise ReductionError(f"the water level after subtracting the empty cell is {mean:.4g} "
+                             "(not positive): check the frames, I0 and transmissions")
+    err = float(1.0 / np.sqrt(np.sum(w)))
+    chi2 = float(np.sum(w * (level[sel] - mean) ** 2) / max(int(sel.sum()) - 1, 1))
+    slope, _intercept = np.polyfit(q[sel], level[sel], 1, w=np.sqrt(w))
+    span = float(q[sel].max() - q[sel].min())
+    if chi2 > 3.0:
+        logger.warning("the water curve is not flat within its error bars (reduced chi2 %.2f "
+                       "over q = %.4g..%.4g 1/A): check the empty-cell subtraction and the "
+                       "mask; the uncertainty is inflated accordingly", chi2, *q_range)
+    return {"nominal_level_inv_cm": mean,
+            "nominal_level_sigma": err * math.sqrt(max(chi2, 1.0)),
+            "reduced_chi2_flat": chi2,
+            "relative_change_over_q_range": float(slope * span / mean),
+            "q_range_inv_angstrom": [float(q_range[0]), float(q_range[1])],
+            "n_bins": int(sel.sum())}
 
 
 def calibrate_with_water(
@@ -232,40 +310,15 @@ def calibrate_with_water(
     water = [reducer.reduce_absolute(f, i0=a, transmission=t, thickness_cm=thickness_cm,
                                      background=cell, scale=UNCALIBRATED)
              for f, a, t in zip(frames, i0s, ts, strict=True)]
-    q = water[0].q_inv_angstrom
-    level, sigma = _weighted_mean(water)
-    ok = np.isfinite(level) & np.isfinite(sigma) & (sigma > 0)
-    if q_range is None:
-        lo = 2.0 * float(q[ok].min()) if ok.any() else 0.0
-        q_range = (lo, float(q[ok].max()) if ok.any() else 0.0)
-    sel = ok & (q >= q_range[0]) & (q <= q_range[1])
-    if sel.sum() < 5:
-        raise ReductionError(f"only {int(sel.sum())} usable bins in q = {q_range[0]:.4g}.."
-                             f"{q_range[1]:.4g} 1/A for the water level (need 5)")
-    w = 1.0 / sigma[sel] ** 2
-    mean = float(np.sum(w * level[sel]) / np.sum(w))
-    if not mean > 0:
-        raise ReductionError(f"the water level after subtracting the empty cell is {mean:.4g} "
-                             "(not positive): check the frames, I0 and transmissions")
-    err = float(1.0 / np.sqrt(np.sum(w)))
-    chi2 = float(np.sum(w * (level[sel] - mean) ** 2) / max(int(sel.sum()) - 1, 1))
-    err_eff = err * math.sqrt(max(chi2, 1.0))
-    slope, intercept = np.polyfit(q[sel], level[sel], 1, w=np.sqrt(w))
-    span = float(q[sel].max() - q[sel].min())
+    flat = _flat_level(water, q_range)
+    mean = flat["nominal_level_inv_cm"]
     factor = reference_inv_cm / mean
-    rel = math.hypot(err_eff / mean, reference_uncertainty / reference_inv_cm)
-    if chi2 > 3.0:
-        logger.warning("the water curve is not flat within its error bars (reduced chi2 %.2f "
-                       "over q = %.4g..%.4g 1/A): check the empty-cell subtraction and the "
-                       "mask; the uncertainty is inflated accordingly", chi2, *q_range)
+    rel = math.hypot(flat["nominal_level_sigma"] / mean,
+                     reference_uncertainty / reference_inv_cm)
     return AbsoluteScale(
         factor=factor, uncertainty=factor * rel, standard="water",
         reference_inv_cm=reference_inv_cm, temperature_c=temperature_c,
-        details={"nominal_level_inv_cm": mean, "nominal_level_sigma": err_eff,
-                 "reduced_chi2_flat": chi2,
-                 "relative_change_over_q_range": float(slope * span / mean),
-                 "q_range_inv_angstrom": [float(q_range[0]), float(q_range[1])],
-                 "n_bins": int(sel.sum()), "n_frames": n, "thickness_cm": thickness_cm,
+        details={**flat, "n_frames": n, "thickness_cm": thickness_cm,
                  "i0": [float(a) for a in i0s], "transmission": [float(t) for t in ts],
                  "empty_cell_i0": float(empty_cell_i0),
                  "empty_cell_transmission": float(empty_cell_transmission),

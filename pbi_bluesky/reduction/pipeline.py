@@ -4,13 +4,14 @@
 the instrument's absolute scale factor) to absolute I(q) in 1/cm: ``pbi reduce``, the
 datasets, training and scoring from frames, and the live scorer all go through it.
 :meth:`Reducer.reduce` is the low-level step it builds on (a given normalisation factor,
-no claim of absolute units).
+no claim of absolute units). Checking the inputs (numbers, frames, correction images, an
+empty-cell profile) is :mod:`~pbi_bluesky.reduction.checks`'s job; finding the absolute
+scale factor, :mod:`~pbi_bluesky.reduction.absolute`'s.
 """
 
 from __future__ import annotations
 
 import copy
-import logging
 import math
 from collections.abc import Sequence
 from pathlib import Path
@@ -22,33 +23,25 @@ from numpy.typing import ArrayLike, NDArray
 from pyFAI.integrator.azimuthal import AzimuthalIntegrator
 
 from ..profile import Profile
-from .absolute import UNCALIBRATED, AbsoluteScale, find_absolute_scale, load_absolute_scale
+from .absolute import AbsoluteScale, resolve_absolute_scale
+from .checks import (
+    MAX_TRANSMISSION,
+    check_background_profile,
+    check_frame,
+    check_image,
+    per_frame,
+    positive,
+)
 from .errors import ReductionError
 from .geometry import absolute_monitor, geometry_provenance, load_geometry
-from .images import as_frame
 from .integrator import UNIT, FoldedIntegrator, settle_numexpr
 
 __all__ = ["METHODS", "PYFAI_METHOD", "Reducer", "ReductionError"]
 
-logger = logging.getLogger(__name__)
-
 METHODS = ("folded", "pyfai")
 PYFAI_METHOD = ("bbox", "csr", "cython")
-MAX_TRANSMISSION = 1.5
 
 Image = str | Path | ArrayLike
-
-
-def _positive(name: str, value: float, upper: float | None = None) -> float:
-    try:
-        v = float(value)
-    except (TypeError, ValueError) as exc:
-        raise ReductionError(f"{name} must be a number, got {value!r}") from exc
-    if not math.isfinite(v) or v <= 0:
-        raise ReductionError(f"{name} must be > 0, got {value}")
-    if upper is not None and v > upper:
-        raise ReductionError(f"{name} must be <= {upper}, got {value}")
-    return v
 
 
 class Reducer:
@@ -124,32 +117,12 @@ class Reducer:
         self.mask = self._folded.mask
         self.q = self._folded.q
         self.count = self._folded.count
-        self.absolute_scale = self._absolute_scale(absolute_scale, geometry)
+        self.absolute_scale = resolve_absolute_scale(absolute_scale, geometry)
         self._provenance: dict[str, Any] | None = None
-
-    @staticmethod
-    def _absolute_scale(scale, geometry) -> AbsoluteScale:
-        if isinstance(scale, AbsoluteScale):
-            return scale
-        if scale is None:
-            return UNCALIBRATED
-        if isinstance(scale, str) and scale == "auto":
-            if isinstance(geometry, (str, Path)):
-                found = find_absolute_scale(geometry)
-                if found is not None:
-                    logger.info("absolute scale factor %.5g from %s", found.factor,
-                                found.source)
-                    return found
-            return UNCALIBRATED
-        return load_absolute_scale(scale)
 
     # -- construction helpers -------------------------------------------------------------
     def _image(self, name: str, obj: Image) -> NDArray:
-        arr = as_frame(obj)
-        if arr.shape != self.shape:
-            raise ReductionError(f"{name} shape {arr.shape} does not match detector shape "
-                                 f"{self.shape} of geometry from {self.source}")
-        return arr
+        return check_image(name, obj, self.shape, self.source)
 
     def _q_range(self, q_range, mask) -> tuple[float, float]:
         if q_range is not None:
@@ -194,30 +167,17 @@ class Reducer:
 
     # -- validation -----------------------------------------------------------------------
     def check_frame(self, frame: Image) -> NDArray:
-        """Return ``frame`` as an array after checking shape, size and finiteness."""
-        arr = np.asarray(frame) if not isinstance(frame, (str, Path)) else as_frame(frame)
-        if arr.size == 0:
-            raise ReductionError("frame is empty (0 pixels)")
-        if arr.shape != self.shape:
-            raise ReductionError(f"frame shape {arr.shape} does not match detector shape "
-                                 f"{self.shape} of geometry from {self.source}")
-        if not (np.issubdtype(arr.dtype, np.integer) or np.issubdtype(arr.dtype, np.floating)):
-            raise ReductionError(f"frame dtype {arr.dtype} is not numeric")
-        if np.issubdtype(arr.dtype, np.floating):
-            valid = ~self.mask
-            n_nan = int(np.count_nonzero(np.isnan(arr[valid])))
-            n_inf = int(np.count_nonzero(np.isinf(arr[valid])))
-            if n_nan:
-                raise ReductionError(f"frame contains {n_nan} NaN pixels")
-            if n_inf:
-                raise ReductionError(f"frame contains {n_inf} infinite pixels")
-        return arr
+        """Return ``frame`` as an array after checking shape, size and finiteness.
+
+        See :func:`~.checks.check_frame`; masked pixels may hold NaN or infinity.
+        """
+        return check_frame(frame, self.shape, self.mask, self.source)
 
     # -- integration ----------------------------------------------------------------------
     def integrate(self, frame: Image, monitor: float = 1.0) -> tuple[NDArray, NDArray]:
         """Integrate one validated frame: I(q) and sigma normalised by ``monitor``."""
         arr = self.check_frame(frame)
-        monitor = _positive("monitor", monitor)
+        monitor = positive("monitor", monitor)
         if self.method == "folded":
             return self._folded.integrate(arr, monitor)
         res = self.ai.integrate1d(
@@ -238,16 +198,7 @@ class Reducer:
         normalisation: dict[str, Any] | None = None,
     ) -> tuple[NDArray, NDArray, dict[str, Any]]:
         if isinstance(background, Profile):
-            if background.npt != self.npt or not np.allclose(
-                background.q_inv_angstrom, self.q, rtol=1e-6, atol=0
-            ):
-                raise ReductionError("background profile q grid differs from this reducer's "
-                                     f"({background.npt} vs {self.npt} bins)")
-            corr = background.provenance.get("corrections", {})
-            if corr.get("thickness_cm") is not None or corr.get("background"):
-                raise ReductionError("background profile must not be thickness-normalised or "
-                                     "background-subtracted itself")
-            _check_same_normalisation(corr, normalisation)
+            check_background_profile(background, self.q, normalisation)
             return background.intensity, background.sigma, {"kind": "profile"}
         i_b, s_b = self.integrate(background, monitor)
         return i_b / transmission, s_b / transmission, {
@@ -294,14 +245,14 @@ class Reducer:
             Use this factor instead of :attr:`absolute_scale` (calibration uses factor 1).
         """
         scale = self.absolute_scale if scale is None else scale
-        i0 = _positive("I0", i0)
+        i0 = positive("I0", i0)
         monitor = absolute_monitor(i0, self.ai) / scale.factor
         norm = {"normalisation": "absolute", "absolute_scale": scale.provenance()}
         bkg_monitor = 1.0
         if background is not None and not isinstance(background, Profile):
             if background_i0 is None:
                 raise ReductionError("an empty-cell frame needs its own I0 (background_i0)")
-            bkg_monitor = absolute_monitor(_positive("background I0", background_i0),
+            bkg_monitor = absolute_monitor(positive("background I0", background_i0),
                                            self.ai) / scale.factor
         units = "1/cm" if thickness_cm is not None else "1/sr (per incident photon)"
         return self._reduce(frame, monitor, transmission, thickness_cm, background,
@@ -354,16 +305,16 @@ class Reducer:
     def _reduce(self, frame, monitor, transmission, thickness_cm, background,
                 background_monitor, background_transmission, metadata, units,
                 corrections, normalisation) -> Profile:
-        transmission = _positive("transmission", transmission, MAX_TRANSMISSION)
+        transmission = positive("transmission", transmission, MAX_TRANSMISSION)
         if thickness_cm is not None:
-            thickness_cm = _positive("thickness", thickness_cm)
+            thickness_cm = positive("thickness", thickness_cm)
         intensity, sigma = self.integrate(frame, monitor)
         term = None
         if background is not None:
             term = self._background_term(
                 background,
-                _positive("background monitor", background_monitor),
-                _positive("background transmission", background_transmission,
+                positive("background monitor", background_monitor),
+                positive("background transmission", background_transmission,
                           MAX_TRANSMISSION),
                 normalisation,
             )
@@ -402,17 +353,6 @@ class Reducer:
             self.check_frame(f)
         return stack
 
-    @staticmethod
-    def _per_frame(name: str, values: Any, n: int, upper: float | None = None,
-                   optional: bool = False) -> list[float | None]:
-        if values is None or np.ndim(values) == 0:
-            values = [values] * n
-        values = list(values)
-        if len(values) != n:
-            raise ReductionError(f"{len(values)} {name} values for {n} frames")
-        return [None if optional and v is None else _positive(name, v, upper)
-                for v in values]
-
     def reduce_many(
         self,
         frames: ArrayLike | Sequence[Image],
@@ -443,16 +383,16 @@ class Reducer:
         """
         stack = self._stack(frames)
         n = stack.shape[0]
-        mons = self._per_frame("monitor", monitors, n)
+        mons = per_frame("monitor", monitors, n)
         if self.method != "folded" or background is not None and not isinstance(
             background, Profile
         ):
             return [self.reduce(f, monitor=m, transmission=transmission,
                                 thickness_cm=thickness_cm, background=background,
                                 metadata=metadata) for f, m in zip(stack, mons, strict=True)]
-        transmission = _positive("transmission", transmission, MAX_TRANSMISSION)
+        transmission = positive("transmission", transmission, MAX_TRANSMISSION)
         if thickness_cm is not None:
-            thickness_cm = _positive("thickness", thickness_cm)
+            thickness_cm = positive("thickness", thickness_cm)
         norm = {"normalisation": "monitor"}
         term = (None if background is None
                 else self._background_term(background, 1.0, 1.0, norm))
@@ -489,9 +429,9 @@ class Reducer:
         """
         stack = self._stack(frames)
         n = stack.shape[0]
-        i0s = self._per_frame("I0", i0, n)
-        trans = self._per_frame("transmission", transmission, n, MAX_TRANSMISSION)
-        thick = self._per_frame("thickness", thickness_cm, n, optional=True)
+        i0s = per_frame("I0", i0, n)
+        trans = per_frame("transmission", transmission, n, MAX_TRANSMISSION)
+        thick = per_frame("thickness", thickness_cm, n, optional=True)
         if self.method != "folded" or background is not None and not isinstance(
             background, Profile
         ):
@@ -509,21 +449,3 @@ class Reducer:
                               else "1/sr (per incident photon)", {**norm, "i0": i0s[k]})
                 for k in range(n)]
 
-
-def _check_same_normalisation(background: dict[str, Any],
-                              wanted: dict[str, Any] | None) -> None:
-    """Check a background profile is on the same scale as the frame it is subtracted from."""
-    if wanted is None:
-        return
-    have = background.get("normalisation", "monitor")
-    if have != wanted["normalisation"]:
-        raise ReductionError(
-            f"background profile was reduced with {have} normalisation, the frame with "
-            f"{wanted['normalisation']}: reduce the empty cell the same way (with "
-            "reduce_absolute and its I0 for absolute profiles)")
-    if have == "absolute":
-        a = background.get("absolute_scale", {}).get("factor")
-        b = wanted["absolute_scale"]["factor"]
-        if a is None or not np.isclose(a, b, rtol=1e-12, atol=0):
-            raise ReductionError(f"background profile was reduced with absolute scale factor "
-                                 f"{a}, the frame with {b}: reduce both with one factor")

@@ -11,6 +11,9 @@ The scorers are the live callback (:mod:`pbi_bluesky.live`), the bus workers
 * :mod:`~pbi_bluesky.scoring.reader`: :class:`FrameReader`, a frame and its I0 and
   transmission out of documents and files, checked;
 * :mod:`~pbi_bluesky.scoring.engine`: :class:`FrameScorer`, reduce and score a batch;
+* :mod:`~pbi_bluesky.scoring.pickup`: which model scores a run (the model registry's
+  current version, picked up at run boundaries);
+* :mod:`~pbi_bluesky.scoring.settings`: ``beamline.yaml`` to :class:`FrameScorer` arguments;
 * :mod:`~pbi_bluesky.scoring.analysis`: the analysis run written for each raw run;
 * :mod:`~pbi_bluesky.scoring.result`: :class:`FrameResult`, what happened to one frame.
 """

@@ -7,8 +7,10 @@ key roles, the frame's parts and the run's assets) into :class:`Outcome` records
 readings out of documents and files, and refusing what cannot be reduced, is its
 :class:`~pbi_bluesky.scoring.reader.FrameReader`'s job; here a batch is reduced (one
 batch-integrator call per geometry and background) and scored (one model pass).
-:meth:`FrameScorer.from_settings` builds one from ``beamline.yaml``. The callers share it,
-so they give the same results:
+Which model scores a run (the model registry's current version, picked up at run
+boundaries) is :mod:`~pbi_bluesky.scoring.pickup`'s job; :meth:`FrameScorer.from_settings`
+builds a scorer from ``beamline.yaml`` (:mod:`~pbi_bluesky.scoring.settings`). The callers
+share it, so they give the same results:
 
 * :class:`~pbi_bluesky.live.LiveScorer`, in-process, fed by a RunEngine;
 * the scorer workers of the document bus (:mod:`pbi_bluesky.bus`), fed per frame by a
@@ -35,10 +37,8 @@ from typing import Any
 
 import numpy as np
 
-from pbi_bluesky.config import BeamlineConfig, load_config
-from pbi_bluesky.models import AnomalyDetector, ensure_can_flag, load_bundle
-from pbi_bluesky.models.bundle import load_default_model
-from pbi_bluesky.models.registry import ModelRegistry
+from pbi_bluesky.config import BeamlineConfig
+from pbi_bluesky.models import AnomalyDetector
 from pbi_bluesky.profile import Profile
 from pbi_bluesky.reduction import (
     AbsoluteScale,
@@ -48,6 +48,7 @@ from pbi_bluesky.reduction import (
     load_geometry_text,
 )
 from pbi_bluesky.scoring.analysis import AnalysisRun
+from pbi_bluesky.scoring.pickup import ModelPickup, load_model
 from pbi_bluesky.scoring.reader import (
     INHERIT,
     FrameInput,
@@ -58,6 +59,7 @@ from pbi_bluesky.scoring.reader import (
 )
 from pbi_bluesky.scoring.reads import FrameBuffers, ReadCache, stack_rows
 from pbi_bluesky.scoring.result import FrameResult
+from pbi_bluesky.scoring.settings import settings_kwargs
 from pbi_bluesky.scoring.streams import Roles
 
 __all__ = ["ANALYSIS_STREAM", "ATTRIBUTION_STREAM", "INHERIT", "MIN_BATCH_ROWS",
@@ -88,44 +90,6 @@ class Outcome:
         return self.result.status == "scored" and bool(self.result.is_anomaly)
 
 
-def load_model(model: AnomalyDetector | str | Path | None) -> AnomalyDetector:
-    """Return the model, refused (:class:`~pbi_bluesky.models.BundleError`) if it can never flag."""
-    if isinstance(model, AnomalyDetector):
-        return ensure_can_flag(model)
-    return load_bundle(model) if model is not None else load_default_model()
-
-
-def settings_kwargs(settings: BeamlineConfig | str | Path, *, mode: str | None = None
-                    ) -> dict[str, Any]:
-    """Return :class:`FrameScorer` keyword arguments from a beamline's settings.
-
-    The settings are a :class:`~pbi_bluesky.config.BeamlineConfig` or the path of a
-    ``beamline.yaml``; the arguments are the model, the data keys, geometry, mask, dark, flat,
-    polarisation, absolute scale, data
-    roots and q bins. ``mode`` (``"ophyd"`` or ``"async"``; default the settings'
-    ``device_api``) selects the image key the devices of that mode produce.
-    """
-    cfg = settings if isinstance(settings, BeamlineConfig) else load_config(settings)
-    mode = mode or cfg.device_api
-    if mode not in ("ophyd", "async"):
-        raise ValueError(f"mode must be 'ophyd' or 'async', got {mode!r}")
-    name = cfg.detector.name
-    g = cfg.geometry
-    return {
-        "model": cfg.scorer.model,
-        "image_key": f"{name}_image" if mode == "ophyd" else name,
-        "monitor_key": cfg.monitors.i0_name,
-        "transmission_key": cfg.monitors.transmission_name
-        if cfg.monitors.transmission else None,
-        "transmission_required": bool(cfg.monitors.transmission),
-        "poni": g.poni, "mask": g.mask, "dark": g.dark, "flat": g.flat,
-        "polarization_factor": g.polarization_factor,
-        "absolute_scale": g.absolute_scale,
-        "data_roots": cfg.data_roots, "npt": cfg.scorer.npt,
-        "registry": cfg.scorer.registry,
-    }
-
-
 class FrameScorer:
     """Reduce and score frames (see the module docstring).
 
@@ -139,7 +103,7 @@ class FrameScorer:
     learns from); a sample frame must then name its recipe, any recipe. ``registry``: a
     :class:`~pbi_bluesky.models.registry.ModelRegistry` folder whose current model, when one
     is promoted, replaces ``model`` (which stays the fallback), and which
-    :meth:`at_run_start` follows from run to run.
+    :meth:`at_run_start` follows from run to run (:mod:`pbi_bluesky.scoring.pickup`).
     """
 
     def __init__(
@@ -164,11 +128,10 @@ class FrameScorer:
         reduce_only: bool = False,
         registry: str | Path | None = None,
     ) -> None:
-        self.registry = None if registry is None or reduce_only else ModelRegistry(registry)
-        self._fallback = model
-        promoted = self.registry.current() if self.registry is not None else None
-        if promoted is not None:
-            model = self.registry.load(promoted)
+        self.pickup = (None if registry is None or reduce_only
+                       else ModelPickup(registry, model))
+        if self.pickup is not None:
+            model = self.pickup.first_model()
         self.model: AnomalyDetector | None = None if reduce_only else load_model(model)
         self.model_info = {} if self.model is None else dict(self.model.bundle_info)
         self.reader = FrameReader(None if self.model is None else self.model.recipes,
@@ -204,81 +167,52 @@ class FrameScorer:
 
     settings_kwargs = staticmethod(settings_kwargs)
 
+    # -- which model (the registry's pick-up: pbi_bluesky.scoring.pickup) -----------------
     def at_run_start(self) -> FrameScorer:
         """Return the scorer for a run that starts now.
 
-        That is ``self``, or, when the registry's current version changed since this scorer's model
-        was loaded, a copy holding the newly
-        current model (or the fallback, after a rollback to nothing) that shares this
-        scorer's reducers, buffers and running background. Call it at run boundaries only:
-        a run keeps the scorer it started with. A registry that cannot be read or a model
-        that fails to load keeps the model in use (logged).
+        ``self`` without a registry; else :meth:`ModelPickup.at_run_start
+        <pbi_bluesky.scoring.pickup.ModelPickup.at_run_start>`: ``self`` or a copy holding
+        the registry's newly current model. Call it at run boundaries only: a run keeps
+        the scorer it started with.
         """
-        if self.registry is None:
-            return self
-        try:
-            current = self.registry.current()
-        except Exception as exc:  # noqa: BLE001 - scoring goes on with the model in use
-            logger.error("model registry %s: keeping model %s: %s", self.registry.root,
-                         self.model_info.get("model_sha256", "?")[:12], exc)
-            return self
-        other = self.for_version(None if current is None else current.number)
-        if other is not self:
-            logger.warning("model registry %s: runs from now on are scored by version %s "
-                           "(sha256 %s)", self.registry.root,
-                           other.model_info.get("registry_version"),
-                           other.model_info.get("model_sha256", "?")[:12])
-        return other
+        return self if self.pickup is None else self.pickup.at_run_start(self)
 
     def registry_pin(self) -> str | None:
         """Return the registry version a run starting now is scored with, as text.
 
-        ``"0"`` means the fallback model (nothing promoted); ``None`` means no registry (or
-        one that cannot be read: logged). Scorers spread over processes (the bus workers)
-        record it with the run's start and each ask :meth:`for_version` for it, so every frame
-        of a run is scored by one model however many workers share it.
+        ``None`` without a registry; else :meth:`ModelPickup.pin
+        <pbi_bluesky.scoring.pickup.ModelPickup.pin>` (``"0"``: the fallback model).
         """
-        if self.registry is None:
-            return None
-        try:
-            current = self.registry.current()
-        except Exception as exc:  # noqa: BLE001 - the workers keep their own model
-            logger.error("model registry %s: %s", self.registry.root, exc)
-            return None
-        return "0" if current is None else str(current.number)
+        return None if self.pickup is None else self.pickup.pin()
 
     def for_version(self, number: int | str | None) -> FrameScorer:
         """Return a scorer with registry version ``number`` (``None``, 0 or "0": the fallback).
 
-        ``self`` when that is the model in use; else a copy holding that model that shares
-        this scorer's reducers, buffers and running background (cached per version). A
-        model that fails to load keeps the model in use (logged). Without a registry,
-        ``self``.
+        ``self`` without a registry; else :meth:`ModelPickup.for_version
+        <pbi_bluesky.scoring.pickup.ModelPickup.for_version>`.
         """
-        if self.registry is None:
-            return self
-        number = int(number) if number not in (None, "") and int(number) > 0 else None
-        if number == self.model_info.get("registry_version"):
-            return self
-        cache = self.__dict__.setdefault("_versions", {})
-        other = cache.get(number)
-        if other is not None:
-            other.background = self.background  # the running background goes on
-            return other
-        try:
-            model = (self.registry.load(self.registry.version(number)) if number is not None
-                     else load_model(self._fallback))
-        except Exception as exc:  # noqa: BLE001 - scoring goes on with the model in use
-            logger.error("model registry %s: version %s does not load, keeping model %s: %s",
-                         self.registry.root, number,
-                         self.model_info.get("model_sha256", "?")[:12], exc)
-            return self
+        return self if self.pickup is None else self.pickup.for_version(self, number)
+
+    def with_model(self, model: AnomalyDetector) -> FrameScorer:
+        """Return a copy scoring with ``model``.
+
+        Parameters
+        ----------
+        model
+            A loaded, checked detector.
+
+        Returns
+        -------
+        FrameScorer
+            A copy that reads the model's recipes and shares this scorer's reducers,
+            buffers, running background and registry pick-up.
+        """
         other = copy.copy(self)
         other.model = model
         other.model_info = dict(model.bundle_info)
         other.reader = copy.copy(self.reader)
         other.reader.recipes = tuple(model.recipes)
-        cache[number] = other
         return other
 
     def reducing(self) -> FrameScorer:
@@ -290,13 +224,12 @@ class FrameScorer:
         owner): the reducers are shared.
         """
         other = copy.copy(self)
-        other.registry = None
+        other.pickup = None
         other.model = None
         other.model_info = {}
         other.reader = copy.copy(self.reader)
         other.reader.recipes = None
         other._buffers = FrameBuffers()
-        other.__dict__.pop("_versions", None)
         return other
 
     # -- what the reader holds --------------------------------------------------------------

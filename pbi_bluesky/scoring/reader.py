@@ -22,6 +22,7 @@ from typing import Any
 import numpy as np
 
 from pbi_bluesky.profile import Profile
+from pbi_bluesky.reduction.checks import MAX_TRANSMISSION
 from pbi_bluesky.scoring.frames import AssetRegistry, FrameError
 from pbi_bluesky.scoring.reads import ReadCache
 from pbi_bluesky.scoring.result import FrameResult
@@ -31,8 +32,6 @@ __all__ = ["INHERIT", "MAX_TRANSMISSION", "FrameInput", "FrameReader", "Reading"
            "poni_text"]
 
 logger = logging.getLogger(__name__)
-
-MAX_TRANSMISSION = 1.5
 
 
 class _Inherit:

@@ -21,7 +21,13 @@ from pbi_bluesky.store.labels import (
 )
 from pbi_bluesky.store.postgres import catalog_indexes, create_catalog_indexes
 from pbi_bluesky.store.queries import analysis_of, flagged_runs
-from pbi_bluesky.store.spool import SpoolFile, SpoolSink, read_spool_file
+from pbi_bluesky.store.spool import (
+    ReplayOutcome,
+    ReplayResult,
+    SpoolFile,
+    SpoolSink,
+    read_spool_file,
+)
 
 __all__ = [
     "DEFAULT_DATA_DIR",
@@ -29,6 +35,8 @@ __all__ = [
     "LabelError",
     "Catalog",
     "CatalogUnavailable",
+    "ReplayOutcome",
+    "ReplayResult",
     "SpoolFile",
     "SpoolSink",
     "bound_tiled_retries",

@@ -9,19 +9,67 @@ their retention. :mod:`.spool` routes and forwards; this module only replays.
 
 from __future__ import annotations
 
+import enum
 import logging
 import shutil
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import filelock
 
 from pbi_bluesky.infra.retry import should_retry
-from pbi_bluesky.store.spoolfile import SUFFIX, abort_stop, fsync_dir, read_spool_file
+from pbi_bluesky.store.recordlog import Scan
+from pbi_bluesky.store.spoolfile import SUFFIX, abort_stop, fsync_dir, is_spool_record
 
-__all__ = ["SpoolReplay"]
+__all__ = ["ReplayOutcome", "ReplayResult", "SpoolReplay"]
 
 logger = logging.getLogger("pbi_bluesky.store.spool")
+
+
+class ReplayOutcome(enum.StrEnum):
+    """What a replay did with one pending run (str-valued: logs and JSON stay readable)."""
+
+    WRITTEN = "written"
+    """Written downstream whole (or found written by another replay); moved to ``done/``."""
+    FAILED = "failed"
+    """Not written this time (an outage, a refusal not yet ``reject_after`` times, no
+    writer, or another process replaying the spool): retried later."""
+    REJECTED = "rejected"
+    """Refused for its content (or unreadable): moved to ``rejected/`` with its reason."""
+    SKIPPED = "skipped"
+    """Another process holds the run's lock (it is still writing the run)."""
+    OPEN = "open"
+    """The run is still in progress in this process."""
+    FORWARDING = "forwarding"
+    """The run's documents are on their way downstream in this process."""
+
+
+_COLON = (ReplayOutcome.FAILED, ReplayOutcome.REJECTED, ReplayOutcome.SKIPPED)
+
+
+@dataclass(frozen=True)
+class ReplayResult:
+    """One run's replay outcome and its detail (the reason, or notes on what was written).
+
+    ``str()`` gives the line logged and printed by ``pbi catalog replay-spool``, e.g.
+    ``"failed: ConnectionError: ..."`` or ``"written (torn last record dropped)"``.
+    """
+
+    outcome: ReplayOutcome
+    detail: str = ""
+
+    @property
+    def progress(self) -> bool:
+        """Whether the run left ``pending/`` (written or rejected): the spool moved on."""
+        return self.outcome in (ReplayOutcome.WRITTEN, ReplayOutcome.REJECTED)
+
+    def __str__(self) -> str:
+        if not self.detail:
+            return self.outcome.value
+        if self.outcome in _COLON:
+            return f"{self.outcome.value}: {self.detail}"
+        return f"{self.outcome.value} ({self.detail})"
 
 
 class SpoolReplay:
@@ -37,19 +85,20 @@ class SpoolReplay:
         """Runs waiting for a replay (failed downstream, not yet written or rejected)."""
         return len(self._failed)
 
-    def replay(self, lock_timeout: float = 30.0) -> dict[str, str]:
-        """Write every pending run downstream again; returns {run uid: outcome}.
+    def replay(self, lock_timeout: float = 30.0) -> dict[str, ReplayResult]:
+        """Write every pending run downstream again; returns {run uid: its result}.
 
         Runs still being written by this process are skipped; a run whose lock another
         process holds is skipped ("being written elsewhere"); a run whose writer died
         before its stop document is closed with an ``abort`` stop document.
         """
-        outcomes: dict[str, str] = {}
+        outcomes: dict[str, ReplayResult] = {}
         try:
             big_lock = filelock.FileLock(str(self.root / "spool.lock"), timeout=lock_timeout)
             big_lock.acquire()
         except filelock.Timeout:
-            return {run: "failed: another process is replaying this spool"
+            return {run: ReplayResult(ReplayOutcome.FAILED,
+                                      "another process is replaying this spool")
                     for run in self.pending()}
         try:
             self.stats["replays"] += 1
@@ -57,13 +106,14 @@ class SpoolReplay:
                 run = path.stem
                 with self._lock:
                     if run in self._open:
-                        outcomes[run] = "open (run in progress here)"
+                        outcomes[run] = ReplayResult(ReplayOutcome.OPEN, "run in progress here")
                         continue
                     if run in self._forwarding and run not in self._failed:
-                        outcomes[run] = "forwarding (on its way downstream here)"
+                        outcomes[run] = ReplayResult(ReplayOutcome.FORWARDING,
+                                                     "on its way downstream here")
                         continue
                 outcomes[run] = self._replay_one(run, path)
-                if outcomes[run].startswith("failed"):
+                if outcomes[run].outcome is ReplayOutcome.FAILED:
                     logger.info("spool %s: replay of %s %s", self.root.name, run[:8],
                                 outcomes[run])
         finally:
@@ -71,65 +121,74 @@ class SpoolReplay:
         self.prune()
         return outcomes
 
-    def _replay_one(self, run: str, path: Path) -> str:
+    def _replay_one(self, run: str, path: Path) -> ReplayResult:
         run_lock = filelock.FileLock(str(self.pending_dir / f"{run}.lock"), timeout=0)
         try:
             run_lock.acquire()
         except filelock.Timeout:
-            return "skipped: being written by another process"
+            return ReplayResult(ReplayOutcome.SKIPPED, "being written by another process")
         try:
             if not path.exists():
-                return "written (by another replay)"
-            spooled = read_spool_file(path)
-            docs = list(spooled.docs)
-            notes = []
-            if spooled.error:
-                notes.append(spooled.error)
-                logger.warning("spool %s: %s", path.name, spooled.error)
-            if not docs or docs[0][0] != "start":
+                return ReplayResult(ReplayOutcome.WRITTEN, "by another replay")
+            # streamed: one record in memory at a time, whatever the file's size
+            scan = Scan(path, valid=is_spool_record)
+            records = (_doc(r) for _, _, r in scan)
+            first = next(records, None)
+            if first is None or first[0] != "start" or first[1].get("uid") != run:
+                records.close()  # the file is set aside below: let go of it first
+            notes: list[str] = []
+            if first is None or first[0] != "start":
                 # retrying cannot help: set it aside with its reason
                 return self._reject(run, path, "no start document in the spool file ("
-                                    f"{spooled.error or 'empty' if not docs else docs[0][0]})")
-            uid = str(docs[0][1].get("uid"))
+                                    f"{scan.error or 'empty' if first is None else first[0]})")
+            start = first[1]
+            uid = str(start.get("uid"))
             if uid != run:
                 self._failed.discard(uid)
                 return self._reject(run, path, f"run uid {uid!r} is not a safe file name "
                                     "(path separators, '..' or odd characters)")
-            if self._unspooled.get(run):
-                notes.append(f"{self._unspooled[run]} document(s) never reached the spool "
-                             "file (disk errors, see losses)")
-            if docs[-1][0] != "stop":
-                docs.append(("stop", abort_stop(docs[0][1])))
-                notes.append("closed with an abort stop document (its writer ended without "
-                             "a stop)")
             if self.writer_factory is None:
-                return "failed: no downstream writer configured"
+                return ReplayResult(ReplayOutcome.FAILED, "no downstream writer configured")
+            last = "start"
             try:
                 if self.delete_partial is not None:
                     self.delete_partial(run)
                 writer = self.writer_factory()
-                for name, doc in docs:
+                writer("start", start)
+                del first
+                for name, doc in records:
                     writer(name, doc)
+                    last = name
+                if scan.error:
+                    notes.append(scan.error)
+                    logger.warning("spool %s: %s", path.name, scan.error)
+                if self._unspooled.get(run):
+                    notes.append(f"{self._unspooled[run]} document(s) never reached the "
+                                 "spool file (disk errors, see losses)")
+                if last != "stop":
+                    writer("stop", abort_stop(start))
+                    notes.append("closed with an abort stop document (its writer ended "
+                                 "without a stop)")
             except Exception as exc:  # noqa: BLE001
                 reason = f"{type(exc).__name__}: {exc}"
                 if not _transient(exc):
                     self._refusals[run] = self._refusals.get(run, 0) + 1
                     if self._refusals[run] >= self.reject_after:
                         return self._reject(run, path, reason)
-                return f"failed: {reason}"
+                return ReplayResult(ReplayOutcome.FAILED, reason)
             self._failed.discard(run)
             self._replayed[run] = None
             while len(self._replayed) > 1000:
                 del self._replayed[next(iter(self._replayed))]
             self.stats["replayed_runs"] += 1
             self._move_done(run)
-            return "written" + (f" ({'; '.join(notes)})" if notes else "")
+            return ReplayResult(ReplayOutcome.WRITTEN, "; ".join(notes))
         finally:
             run_lock.release()
             if not path.exists():
                 (self.pending_dir / f"{run}.lock").unlink(missing_ok=True)
 
-    def _reject(self, run: str, path: Path, reason: str) -> str:
+    def _reject(self, run: str, path: Path, reason: str) -> ReplayResult:
         """Move a run the writer keeps refusing to ``rejected/``.
 
         Refused means bad data, not an outage; it is moved with its reason: kept on disk, no longer
@@ -144,7 +203,7 @@ class SpoolReplay:
         self.stats["rejected"] += 1
         logger.error("spool %s: run %s set aside (%s); kept in %s, not retried",
                      self.root.name, run[:8], reason, target)
-        return f"rejected: {reason}"
+        return ReplayResult(ReplayOutcome.REJECTED, reason)
 
     def rejected(self) -> list[str]:
         """Return the runs the writer refused for their content (kept in ``rejected/``)."""
@@ -164,6 +223,10 @@ class SpoolReplay:
             except OSError:
                 continue
         return removed
+
+
+def _doc(record: dict) -> tuple[str, dict]:
+    return record["name"], record["doc"]
 
 
 def _transient(exc: BaseException) -> bool:

@@ -45,7 +45,7 @@ from pbi_bluesky.codec import EncodeError, decode_document, encode_document, san
 from pbi_bluesky.infra.memory import DEFAULT_MEMORY_BUDGET
 from pbi_bluesky.infra.queues import wait_drained
 from pbi_bluesky.store.recordlog import RecordLog, read_at
-from pbi_bluesky.store.replay import SpoolReplay
+from pbi_bluesky.store.replay import ReplayOutcome, ReplayResult, SpoolReplay
 from pbi_bluesky.store.spoolfile import (
     SUFFIX,
     SpoolFile,
@@ -54,7 +54,7 @@ from pbi_bluesky.store.spoolfile import (
     spool_stem,
 )
 
-__all__ = ["SpoolFile", "SpoolSink", "read_spool_file"]
+__all__ = ["ReplayOutcome", "ReplayResult", "SpoolFile", "SpoolSink", "read_spool_file"]
 
 logger = logging.getLogger(__name__)
 
@@ -418,8 +418,8 @@ class SpoolSink(SpoolReplay):
     def _background_replay(self) -> None:
         self._replay_due = None
         outcomes = self.replay()
-        failed = {r: o for r, o in outcomes.items() if o.startswith("failed")}
-        progress = any(o.startswith(("written", "rejected")) for o in outcomes.values())
+        failed = {r: o for r, o in outcomes.items() if o.outcome is ReplayOutcome.FAILED}
+        progress = any(o.progress for o in outcomes.values())
         if failed:
             # back off while nothing gets through (an outage); retry soon while it does
             self._replay_attempt = 0 if progress else self._replay_attempt + 1
@@ -446,7 +446,7 @@ class SpoolSink(SpoolReplay):
         while (self.auto_replay and self.writer_factory is not None and self.pending()
                and time.monotonic() < deadline):
             outcomes = self.replay()
-            if not any(o.startswith(("written", "rejected")) for o in outcomes.values()):
+            if not any(o.progress for o in outcomes.values()):
                 break  # no progress: the writer is down; the runs stay spooled
         return not self.pending()
 

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 from event_model import compose_run
 
-from pbi_bluesky.store import SpoolSink, read_spool_file
+from pbi_bluesky.store import ReplayOutcome, ReplayResult, SpoolSink, read_spool_file
 from tests.store.test_store import _analysis_run
 from tests.store.writers import Memory, blocked_factory
 
@@ -59,8 +59,8 @@ def test_a_torn_last_record_does_not_stop_the_replay_of_other_runs(tmp_path):
     assert spooled.torn and len(spooled.docs) == len(runs[1]) - 1
     mem.up = True
     outcomes = sink.replay()
-    assert all(o.startswith("written") for o in outcomes.values()), outcomes
-    assert "torn" in outcomes[uids[1]] and "abort" in outcomes[uids[1]]
+    assert all(o.outcome is ReplayOutcome.WRITTEN for o in outcomes.values()), outcomes
+    assert "torn" in outcomes[uids[1]].detail and "abort" in outcomes[uids[1]].detail
     assert mem.runs() == set(uids)
     assert mem.stop_of(uids[1])["exit_status"] == "abort"
     assert mem.stop_of(uids[0])["exit_status"] == "success"
@@ -93,12 +93,13 @@ def test_a_run_whose_writer_process_dies_is_closed_as_aborted(tmp_path):
         mem = Memory()
         sink = SpoolSink(spool, mem.factory, delete_partial=mem.delete, auto_replay=False)
         # the writer is alive and holds the run's lock: replay leaves the run alone
-        assert sink.replay() == {uid: "skipped: being written by another process"}
+        assert sink.replay() == {uid: ReplayResult(ReplayOutcome.SKIPPED,
+                                                   "being written by another process")}
         assert mem.docs == []
         os.kill(proc.pid, signal.SIGKILL)
         proc.wait(10)
         outcome = sink.replay()[uid]
-        assert outcome.startswith("written") and "abort" in outcome
+        assert outcome.outcome is ReplayOutcome.WRITTEN and "abort" in outcome.detail
         stop = mem.stop_of(uid)
         assert stop["exit_status"] == "abort" and "crashed" in stop["reason"]
         assert sink.pending() == []
@@ -199,8 +200,8 @@ def test_a_run_the_writer_keeps_refusing_is_set_aside_not_lost(tmp_path):
         sink(name, doc)
     sink.flush(10)
     uid = docs[0][1]["uid"]
-    assert sink.replay()[uid].startswith("failed: ValueError")
-    assert sink.replay()[uid].startswith("rejected: ValueError")
+    assert str(sink.replay()[uid]).startswith("failed: ValueError")
+    assert str(sink.replay()[uid]).startswith("rejected: ValueError")
     assert sink.pending() == [] and sink.rejected() == [uid]
     reason = (tmp_path / "spool" / "rejected" / f"{uid}.reason.txt").read_text()
     assert "broadcast" in reason
@@ -231,7 +232,7 @@ def test_outages_are_retried_forever_not_rejected(tmp_path, error):
         sink(name, doc)
     sink.flush(10)
     for _ in range(3):
-        assert sink.replay()[docs[0][1]["uid"]].startswith(
+        assert str(sink.replay()[docs[0][1]["uid"]]).startswith(
             f"failed: {type(mem.error).__name__}")
     assert sink.rejected() == []
     sink.close()
@@ -262,3 +263,37 @@ def test_a_new_run_start_goes_ahead_of_other_runs_backlog(tmp_path):
         assert own == [n for n, _ in docs]
     assert sink.pending() == []
     sink.close()
+
+
+def test_replay_outcomes_are_an_enum_that_reads_as_text(tmp_path):
+    """Issue 20 (c): each run's outcome is a ReplayOutcome (str-valued) with its detail,
+    not a string to match by prefix; str() and JSON stay readable."""
+    import json
+    from dataclasses import asdict
+
+    mem = Memory()
+    mem.up = False
+    sink = SpoolSink(tmp_path / "spool", mem.factory, auto_replay=False)
+    done = _analysis_run("raw-e1", "50:50", 0, 1.0, "E1")
+    for name, doc in done:
+        sink(name, doc)
+    sink.flush(10)
+    still_open = _analysis_run("raw-e2", "50:50", 0, 1.0, "E2")
+    for name, doc in still_open[:-1]:  # no stop yet: in progress here
+        sink(name, doc)
+    a, b = done[0][1]["uid"], still_open[0][1]["uid"]
+    first = sink.replay()
+    assert first[a].outcome is ReplayOutcome.FAILED and not first[a].progress
+    assert first[a].detail == "ConnectionError: downstream is down"
+    assert str(first[a]) == "failed: ConnectionError: downstream is down"
+    assert first[b] == ReplayResult(ReplayOutcome.OPEN, "run in progress here")
+    assert str(first[b]) == "open (run in progress here)"
+    mem.up = True
+    second = sink.replay()
+    assert second[a] == ReplayResult(ReplayOutcome.WRITTEN) and second[a].progress
+    assert str(second[a]) == "written"
+    assert json.loads(json.dumps(asdict(second[a]))) == {"outcome": "written", "detail": ""}
+    sink(*still_open[-1])  # its start met the outage: the run is left to a replay
+    sink.flush(10)
+    assert sink.replay() == {b: ReplayResult(ReplayOutcome.WRITTEN)}
+    assert sink.close(10) and mem.runs() == {a, b}

@@ -95,6 +95,65 @@ def test_a_spool_file_of_the_previous_version_still_replays(tmp_path):
     writer = SlowWriter(gate)
     sink = SpoolSink(tmp_path, lambda: writer, auto_replay=False)
     outcome = sink.replay()[uid]
-    assert outcome.startswith("written") and "torn" in outcome
+    assert str(outcome).startswith("written (") and "torn" in outcome.detail
     assert [d["uid"] for _, d in writer.docs] == [d["uid"] for _, d in docs]
     sink.close(5)
+
+
+class Tally:
+    """A downstream writer that keeps only what it needs to check the replay: names,
+    uids and each frame's first value (not the frames themselves)."""
+
+    def __init__(self) -> None:
+        self.seen: list[tuple[str, str, int | None]] = []
+
+    def __call__(self, name: str, doc: dict) -> None:
+        img = doc.get("data", {}).get("img") if name == "event" else None
+        self.seen.append((name, doc["uid"], None if img is None else int(img.flat[0])))
+
+
+def test_a_pending_run_larger_than_the_budget_replays_in_bounded_memory(tmp_path):
+    """Issue 20 (a): the replay streams a pending run's records instead of reading the
+    whole file into memory first (the old code held all 32 MiB of frames at once)."""
+    import tracemalloc
+
+    from pbi_bluesky.codec import encode_document
+
+    frame = (512, 128)  # 256 KiB of int32 per event
+    run = compose_run()
+    desc = run.compose_descriptor(
+        name="primary",
+        data_keys={"img": {"source": "sim", "dtype": "array", "shape": list(frame),
+                           "dtype_numpy": "<i4"}})
+    uid = run.start_doc["uid"]
+    pending = tmp_path / "pending"
+    pending.mkdir(parents=True)
+    expected = [("start", uid, None), ("descriptor", desc.descriptor_doc["uid"], None)]
+    n = 128  # 32 MiB of frames, four times the budget below
+    with open(pending / f"{uid}.spool", "wb") as fh:
+        fh.write(encode_document("start", run.start_doc))
+        fh.write(encode_document("descriptor", desc.descriptor_doc))
+        for i in range(n):
+            event = desc.compose_event(data={"img": np.full(frame, i, dtype=np.int32)},
+                                       timestamps={"img": 0.0})
+            fh.write(encode_document("event", event))
+            expected.append(("event", event["uid"], i))
+        stop = run.compose_stop()
+        fh.write(encode_document("stop", stop))
+        expected.append(("stop", stop["uid"], None))
+    budget = 8 << 20
+    assert (pending / f"{uid}.spool").stat().st_size > 4 * budget
+    tally = Tally()
+    sink = SpoolSink(tmp_path, lambda: tally, max_bytes=budget, auto_replay=False)
+    tracemalloc.start()
+    try:
+        outcome = sink.replay()[uid]
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    sink.close(5)
+    assert str(outcome) == "written"
+    assert tally.seen == expected  # every document once, in order, each frame its own
+    assert sink.pending() == []
+    # one record and one read chunk at a time, not the file: the old code peaked > 32 MiB
+    assert peak < budget, f"replay peaked at {peak / 2**20:.1f} MiB"
