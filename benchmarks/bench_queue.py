@@ -7,7 +7,8 @@ Usage::
 
 Both paths run the demo tray (14 PS/PMMA specimens, 8 flagged: 7 defects and a one-shot
 beam dump; Pilatus 1M frames from the simulated IOC over loopback Channel Access), one after
-the other, in this run:
+the other, in this run, each after the demo's loop (normals measured, trained from Tiled,
+promoted; the tray is timed without it):
 
 * **in-plan**: ``pbi demo``'s path: one RunEngine in this process runs
   ``survey_and_rescan`` (measure every slot, then rescan each flagged one), the live scorer
@@ -58,7 +59,14 @@ def _in_plan(out: Path, exposure: float) -> dict:
             **tray_span(runs),
             "decisions": {r["slot"]: r["classification"] for r in report.rows},
             "precision": report.precision, "recall": report.recall,
-            "transient_correct": report.transient_correct}
+            "transient_correct": report.transient_correct, **_loop(report)}
+
+
+def _loop(report) -> dict:
+    """What the demo's loop did before the tray (both paths run it) and the survey's model."""
+    loop = report.loop or {}
+    return {"loop": {k: loop.get(k) for k in ("promoted", "refused", "seconds")},
+            "model": {k: report.model.get(k) for k in ("registry_version", "origin")}}
 
 
 def _queue(out: Path, exposure: float) -> dict:
@@ -75,6 +83,7 @@ def _queue(out: Path, exposure: float) -> dict:
             "precision": report.precision, "recall": report.recall,
             "transient_correct": report.transient_correct,
             "rescans_queued": report.rescans_queued, "queue_items": report.queue_items,
+            **_loop(report),
             "tiled_requests": report.tiled_requests,
             "agent": {k: report.agent_status.get(k) for k in ("feed", "from_feed",
                                                              "from_tiled", "steps")}}
@@ -130,6 +139,10 @@ def main(argv: list[str] | None = None) -> dict:
           f"{in_plan['tray_s']} s, queue {queue['tray_s']} s; the whole demo with its "
           f"services and report: {in_plan['wall_s']} s and {queue['wall_s']} s")
     print(f"decisions agree slot by slot: {agree}")
+    for name, r in (("in-plan", in_plan), ("queue", queue)):
+        print(f"{name} loop: promoted v{r['loop']['promoted']} (refused: "
+              f"{r['loop']['refused']}), {r['loop']['seconds']}; survey scored by "
+              f"{r['model']}")
     tiled = queue.get("tiled_requests") or {}
     if tiled:
         print(f"Tiled server during the queue run: {tiled['runs_written']} runs written, "

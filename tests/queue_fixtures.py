@@ -27,8 +27,9 @@ DETECTORS = ["saxs", "i0", "transmission"]
 @pytest.fixture(scope="session")
 def queue_stack(sim_config, model_300k, instrument_300k, tmp_path_factory) -> Iterator[Any]:
     """A running :class:`pbi_bluesky.testing.qserver.QueueStack` whose worker environment is
-    open: the session's IOC, the ``model_300k`` bundle, the expected dark of the test
-    exposure; always stopped at the end of the session."""
+    open: the session's IOC, the ``model_300k`` bundle, an empty model registry
+    (``config.scorer.registry``; a test that promotes rolls back), the expected dark of the
+    test exposure; always stopped at the end of the session."""
     if _SHARED["stack"] is None:
         from pbi_bluesky.demos.queue import write_dark
         from pbi_bluesky.models import save_bundle
@@ -37,7 +38,9 @@ def queue_stack(sim_config, model_300k, instrument_300k, tmp_path_factory) -> It
         root = tmp_path_factory.mktemp("queue_stack")
         save_bundle(model_300k, root / "model")
         dark = write_dark(instrument_300k, SIM_EXPOSURE_S, root / "dark.edf")
-        cfg = sim_config.with_overrides(scorer={"model": str(root / "model")},
+        # a model registry with nothing promoted: the worker scores with scorer.model
+        cfg = sim_config.with_overrides(scorer={"model": str(root / "model"),
+                                                "registry": str(root / "registry")},
                                         geometry={"dark": str(dark)})
         env = dict(EPICS_ENV)
         if os.environ.get("OPHYD_CONTROL_LAYER"):

@@ -31,7 +31,8 @@ def demo(
     )] = None,
     loop: Annotated[bool, typer.Option(
         "--loop/--no-loop", help="First measure normals, train from Tiled and promote "
-                                 "(live demo); --no-loop: the shipped model scores.")] = True,
+                                 "(with --queue too, through the queue); --no-loop: the "
+                                 "shipped model scores.")] = True,
     slot: Annotated[list[int] | None, typer.Option(
         help="Survey only this slot of the demo tray (repeat; default: all 14).")] = None,
 ) -> None:
@@ -42,7 +43,7 @@ def demo(
     promotes the model into a registry (--no-loop: skip; the shipped model is the fallback),
     then runs survey_and_rescan with the live scorer, prints verdicts vs
     the hidden truth and the Tiled query of flagged runs, writes a PNG, shuts down.
-    With --queue the same tray goes through the queue server and the agent decides.
+    With --queue the same loop and tray go through the queue server and the agent decides.
     """
     if offline:
         from pbi_bluesky.demos.offline import format_table, run_offline_demo
@@ -72,7 +73,7 @@ def demo(
             typer.echo(f"error: {exc}", err=True)
             raise typer.Exit(2) from exc
         report = run_queue_demo(out, exposure_s=exposure, seed=seed, device_api=device_api,
-                                policy=policy or DEFAULT_POLICY_FILE)
+                                policy=policy or DEFAULT_POLICY_FILE, loop=loop)
         text = format_queue_report(report)
     else:
         from pbi_bluesky.demos.beamline import format_report, run_live_demo

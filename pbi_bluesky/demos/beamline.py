@@ -68,7 +68,8 @@ class LiveDemoReport:
     loop: dict[str, Any] = field(default_factory=dict)
     """What the loop did before the survey (:class:`~pbi_bluesky.demos.loop.LoopReport`)."""
     model: dict[str, Any] = field(default_factory=dict)
-    """The model that scored the survey: ``model_sha256``, ``registry_version``."""
+    """The model that scored the survey: ``model_sha256``, ``registry_version``, ``origin``
+    (``registry``, ``bundle`` or ``shipped``)."""
 
     def as_dict(self) -> dict[str, Any]:
         """Return the report's fields as a plain dict."""
@@ -266,7 +267,8 @@ def _survey(out: Path, ioc: Any, exposure_s: float, verdict_timeout: float,
                      scorer.model, session.catalog.runs, flagged_runs,
                      LiveDemoReport(loop=loop.as_dict() if train else {}))
     report.catalog = catalog_of(session.catalog.uri, session.catalog.data_dir)
-    report.model = {k: scorer.model_info.get(k) for k in ("model_sha256", "registry_version")}
+    report.model = {k: scorer.model_info.get(k)
+                    for k in ("model_sha256", "registry_version", "origin")}
     return report
 
 
@@ -371,8 +373,10 @@ def format_report(report: LiveDemoReport, *, review: bool = True) -> str:
                   ""]
     if report.model:
         v = report.model.get("registry_version")
+        origin = report.model.get("origin")
         lines.append(f"survey scored by model {str(report.model.get('model_sha256'))[:12]} "
-                     + (f"(registry v{v})" if v else "(the shipped model)"))
+                     + (f"(registry v{v})" if v else "(the shipped model)"
+                        if origin in (None, "shipped") else f"({origin})"))
     lines += [head, "-" * len(head)]
 
     def num(value: float | None, spec: str) -> str:
@@ -398,8 +402,11 @@ def format_report(report: LiveDemoReport, *, review: bool = True) -> str:
     for r in report.flagged:
         lines.append(f"  raw run {r['raw_uid'][:8]}  slot {r['slot']}  {r['sample']}  "
                      f"{r['composition']}  verdict={r['verdict']}  "
-                     f"max score={r['max_score']:.3g}")
-    lines.append(f"{len(report.flagged)} flagged analysis run(s) in the catalog")
+                     f"max score={r['max_score']:.3g}  p={num(r.get('p_value'), '.3g')}  "
+                     f"p_est~{num(r.get('p_estimate'), '.2g')}")
+    lines.append(f"{len(report.flagged)} flagged analysis run(s) in the catalog (p: exact "
+                 "conformal, floored at 1/(n+1) by the calibration size; p_est: estimated "
+                 "from the calibration scores' fitted tail, to rank flags past that floor)")
     lines.append(f"\nwrote {report.png} ({report.seconds} s in all)")
     if review and (command := review_command(report.catalog)):
         lines.append(f"review and label the flags in a browser:\n  {command}")

@@ -2,15 +2,18 @@
 
 Before the survey, :func:`measure_normals` measures the empty cell and a few normal
 specimens of each recipe (extra tray slots the survey never visits) on the simulated
-beamline; :func:`train_and_promote` reads those raw runs back from the session's catalog
-(:func:`~pbi_bluesky.training.tiled.collect_normals`: the frames by reference, each run's
-geometry, I0, transmission, thickness and the empty cell before it), trains a detector on
-them, writes its bundle and training report, and promotes it into a registry in the demo's
-output folder (:class:`~pbi_bluesky.models.registry.ModelRegistry`: refused when it cannot
-flag or does not cover the beamline's q range). The session's live scorer names that
-registry, so it scores the survey's runs with the promoted model from their first run
-start; the shipped model stays the fallback when nothing could be promoted (the reason is
-reported and the survey goes on).
+beamline, one run per recipe (:func:`pbi_bluesky.plans.measure_normals`; ``pbi demo
+--queue`` queues the same plans). :func:`train_from_catalog` reads those raw runs back from
+the catalog (:func:`~pbi_bluesky.training.tiled.collect_normals`: the frames by reference,
+each run's geometry, I0, transmission, thickness and the empty cell before it), trains a
+detector on them, writes its bundle and training report, and promotes it into the
+registry the beamline settings name (:class:`~pbi_bluesky.models.registry.ModelRegistry`:
+refused when it cannot flag or does not cover the beamline's q range); in-process,
+:func:`train_and_promote` calls it once the session's runs are in its catalog. The live
+scorer (the session's, or the queue server worker's) reads that registry, so it scores
+the survey's runs with the promoted model from their first run start; the shipped model
+stays the fallback when nothing could be promoted (the reason is reported and the survey
+goes on).
 """
 
 from __future__ import annotations
@@ -23,13 +26,17 @@ from typing import Any
 
 from sim_iocs.tray import EMPTY_CELL
 
-__all__ = ["LoopReport", "TRAINING_PURPOSE", "measure_normals", "train_and_promote",
-           "training_slots"]
+__all__ = ["LoopReport", "TRAINING_MD", "TRAINING_PURPOSE", "TRAINING_QUERY", "measure_normals",
+           "train_and_promote", "train_from_catalog", "training_slots"]
 
 logger = logging.getLogger(__name__)
 
 TRAINING_PURPOSE = "demo training normals"
 """``demo_step`` of the start documents of the normals the demo trains on."""
+TRAINING_MD = {"demo_step": TRAINING_PURPOSE, "operator": "pbi demo"}
+"""Start-document metadata of the loop's runs (the empty cell and the normals)."""
+TRAINING_QUERY = (f"demo_step={TRAINING_PURPOSE}",)
+"""The selection the loop trains on (``pbi model train --tiled --query``)."""
 
 RECIPES = ("25:75", "50:50", "75:25", "0:100", "100:0")
 
@@ -69,65 +76,78 @@ class LoopReport:
 
 
 def measure_normals(beamline: Any, slots: list[dict[str, Any]], exposure_s: float) -> Any:
-    """Return the plan: the empty cell, then one run per recipe, a frame of each specimen.
+    """Return the plan: the empty cell, then :func:`~pbi_bluesky.plans.measure_normals`.
 
-    Every specimen of a recipe is measured in that recipe's run (the changer moves between
-    frames), so the normals span the batch-to-batch scatter of the specimens, not one
-    specimen's counting noise. The start documents carry ``demo_step`` =
-    :data:`TRAINING_PURPOSE`, ``composition`` and ``thickness_cm``.
+    One run per recipe, a frame of each specimen (the changer moves between frames), so the
+    normals span the batch-to-batch scatter of the specimens, not one specimen's counting
+    noise. Every start document carries ``demo_step`` = :data:`TRAINING_PURPOSE`; the
+    queue demo queues the same two plans (:data:`TRAINING_MD`).
     """
-    from bluesky import plan_stubs as bps
-    from bluesky import preprocessors as bpp
-
+    from pbi_bluesky.plans import measure_normals as normals_plan
     from pbi_bluesky.plans import measure_tray
-    from pbi_bluesky.plans.tray import set_exposure, split_monitors
-
-    md = {"demo_step": TRAINING_PURPOSE, "operator": "make demo"}
-    by_recipe: dict[str, list[dict[str, Any]]] = {}
-    for slot in slots:
-        by_recipe.setdefault(str(slot["composition"]), []).append(slot)
 
     def plan() -> Any:
         yield from measure_tray(beamline.readables, beamline.changer, [dict(EMPTY_CELL)],
-                                exposure_s, md=md)
-        detectors, monitors = split_monitors(list(beamline.readables))
-        if monitors:
-            from pbi_bluesky.devices.epics_async import setup_monitor_ndattributes
-
-            for det in detectors:
-                yield from setup_monitor_ndattributes(det, monitors)
-        for det in detectors:
-            yield from set_exposure(det, exposure_s)
-        for recipe, group in by_recipe.items():
-            run_md = {**md, "sample": f"normals {recipe}", "composition": recipe,
-                      "thickness_cm": float(group[0].get("thickness_cm", 0.1)),
-                      "specimens": [g["sample"] for g in group],
-                      "slots": [g["slot"] for g in group], "exposure_s": exposure_s,
-                      "plan_name": "measure_normals",
-                      "detectors": [d.name for d in detectors],
-                      "motors": [beamline.changer.name]}
-
-            @bpp.stage_decorator(detectors)
-            @bpp.run_decorator(md=run_md)
-            def one_run(group: list[dict[str, Any]] = group) -> Any:
-                for specimen in group:
-                    yield from bps.mv(beamline.changer, specimen["slot"])
-                    yield from bps.trigger_and_read([*detectors, beamline.changer])
-
-            yield from one_run()
+                                exposure_s, md={**TRAINING_MD, "purpose": "reference"})
+        yield from normals_plan(beamline.readables, beamline.changer, slots, exposure_s,
+                                md=TRAINING_MD)
 
     return plan()
 
 
 def train_and_promote(session: Any, out: Path, report: LoopReport, *, epochs: int = 20,
                       alpha: float | None = 0.1, seed: int = 0) -> LoopReport:
-    """Train on the normals measured by :func:`measure_normals`; promote into the registry.
+    """Train on the normals measured by :func:`measure_normals` in ``session``; promote.
 
     ``session``: the demo's :class:`~pbi_bluesky.session.Session` (its catalog, its
-    settings' registry, geometry, mask and q bins). ``alpha``: the model's false-positive
-    rate per frame (a survey rescans what it flags, so a normal specimen is confirmed
-    anomalous at about alpha squared); ``None``: the trainer's default. Any failure is
-    recorded in ``report.refused`` and the shipped model stays in use.
+    settings' registry, geometry, mask and q bins): once its raw runs are in the catalog,
+    :func:`train_from_catalog` with the live scorer's own reduction (its operators built
+    already).
+    """
+    if not session.raw_spool.flush(120):
+        report.refused = "the raw runs did not reach the catalog in 120 s"
+        report.say(f"training skipped: {report.refused}; the shipped model stays")
+        return report
+    session.scorer.flush(120)  # the reducers are shared: the live scorer must be idle
+    return train_from_catalog(session.catalog.runs, session.scorer.core.reducing(),
+                              session.config, out, report, epochs=epochs, alpha=alpha,
+                              seed=seed)
+
+
+def train_from_catalog(runs: Any, reducer: Any, config: Any, out: Path, report: LoopReport,
+                       *, epochs: int = 20, alpha: float | None = 0.1, seed: int = 0,
+                       uri: str | None = None) -> LoopReport:
+    """Train on the loop's normals in a catalog; promote into the beamline's registry.
+
+    The one training step of both demos (in-process and ``--queue``).
+
+    Parameters
+    ----------
+    runs
+        The catalog's runs container holding the runs of :func:`measure_normals`
+        (selected by :data:`TRAINING_QUERY`).
+    reducer
+        A ``FrameScorer(reduce_only=True)`` with the beamline's reduction settings.
+    config
+        The :class:`~pbi_bluesky.config.BeamlineConfig`: its ``scorer.registry`` is
+        promoted into (the registry the live scorer reads), its geometry, mask and
+        ``reducer``'s q bins give the q range a model must cover.
+    out
+        The bundle is written to ``out/trained_model`` (with its training report).
+    report
+        Filled in: the steps, the normals read, the promoted version, or why nothing was
+        promoted (``refused``; the shipped model then stays).
+    epochs, alpha, seed
+        Training settings; ``alpha``: the model's false-positive rate per frame (a survey
+        rescans what it flags, so a normal specimen is confirmed anomalous at about alpha
+        squared); ``None``: the trainer's default.
+    uri
+        The catalog's address, recorded in the bundle.
+
+    Returns
+    -------
+    LoopReport
+        ``report``.
     """
     from pbi_bluesky.models import AnomalyDetector, QGrid, TrainingConfig, save_bundle
     from pbi_bluesky.models.bundle import training_data_hash
@@ -135,20 +155,13 @@ def train_and_promote(session: Any, out: Path, report: LoopReport, *, epochs: in
     from pbi_bluesky.training.report import write_report
     from pbi_bluesky.training.tiled import collect_normals
 
-    cfg = session.config
-    registry = ModelRegistry(cfg.scorer.registry)
+    if config.scorer.registry is None:
+        raise ValueError("the beamline settings name no model registry (scorer.registry)")
+    registry = ModelRegistry(config.scorer.registry)
     report.registry = str(registry.root)
     t0 = time.perf_counter()
-    if not session.raw_spool.flush(120):
-        report.refused = "the raw runs did not reach the catalog in 120 s"
-        report.say(f"training skipped: {report.refused}; the shipped model stays")
-        return report
     try:
-        # the live scorer's own reduction (its operators built already), once it is idle
-        session.scorer.flush(120)
-        reducer = session.scorer.core.reducing()
-        normals = collect_normals(session.catalog.runs, reducer,
-                                  query=(f"demo_step={TRAINING_PURPOSE}",))
+        normals = collect_normals(runs, reducer, query=TRAINING_QUERY, uri=uri)
     except Exception as exc:  # noqa: BLE001 - the demo goes on with the shipped model
         report.refused = f"reading the normals failed: {type(exc).__name__}: {exc}"
         report.say(f"training skipped: {report.refused}; the shipped model stays")
@@ -188,7 +201,7 @@ def train_and_promote(session: Any, out: Path, report: LoopReport, *, epochs: in
                f"{cal['method']} conformal calibration, {cal['n_calibration']} normals, alpha "
                f"{cal['alpha']:g}); report {bundle / 'report.html'}")
     try:
-        q_range = beamline_q_range(cfg.geometry.poni, npt=reducer.npt, mask=reducer.mask)
+        q_range = beamline_q_range(config.geometry.poni, npt=reducer.npt, mask=reducer.mask)
         version = registry.promote(bundle, q_range=q_range, note="pbi demo: the loop")
     except (RegistryError, OSError, ValueError) as exc:
         report.refused = str(exc)

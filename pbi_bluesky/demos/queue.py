@@ -2,18 +2,28 @@
 
 What happens, all on this machine (loopback, free ports, everything stopped at the end):
 
-1. the simulated beamline IOC serves the demo tray (as in ``pbi demo``);
+1. the simulated beamline IOC serves the demo tray and the loop's normal specimens (as in
+   ``pbi demo``);
 2. a Redis server, a Tiled server and the RE Manager start
    (:class:`~pbi_bluesky.testing.qserver.QueueStack`); the worker runs the profile's startup file
    (``profiles/profile_saxs/startup``) against a ``beamline.yaml`` for the IOC, so its
-   session scores every frame live and writes raw and analysis runs to Tiled;
-3. ``pbi agent`` runs as its own process with the shipped policy, following the verdict
-   feed the session publishes on the queue server's Redis (and Tiled behind it);
-4. the tray is queued as one ``measure_tray`` item per slot (the empty cell first), with
+   session scores every frame live and writes raw and analysis runs to Tiled; the file
+   names a model registry in the output folder (``scorer.registry``);
+3. the loop (:func:`queue_loop`, unless ``loop=False``), as a beamline runs it: the empty
+   cell and a ``measure_normals`` item per recipe are queued, the worker flushes its runs
+   to Tiled, this process trains from them in Tiled and promotes the model into the
+   registry (:func:`pbi_bluesky.demos.loop.train_from_catalog`, the in-process demo's
+   step); the worker's live scorer takes it at the survey's first run start (the shipped
+   model stays when training fails or promotion is refused);
+4. ``pbi agent`` runs as its own process with the shipped policy, following the verdict
+   feed the session publishes on the queue server's Redis (and Tiled behind it) from the
+   survey on;
+5. the tray is queued as one ``measure_tray`` item per slot (the empty cell first), with
    autostart on; the agent queues a ``rescan`` of each flagged sample (next in the queue) and
    writes its decision to Tiled;
-5. the outcomes are read back from Tiled and compared with the hidden truth: the same table
-   and JSON keys as ``pbi demo`` (plus ``mode`` and ``rescans_queued``).
+6. the outcomes are read back from Tiled and compared with the hidden truth: the same table
+   and JSON keys as ``pbi demo`` (plus ``mode`` and ``rescans_queued``); ``model`` names the
+   model of the survey's analysis runs, read from their start documents.
 """
 
 from __future__ import annotations
@@ -32,6 +42,8 @@ import numpy as np
 from pbi_bluesky.agent import DEFAULT_POLICY_FILE, AnalysisResult
 from pbi_bluesky.demos.beamline import (
     DEMO_TRAY,
+    LOOP_EPOCHS,
+    LOOP_SPECIMENS,
     LiveDemoReport,
     _report,
     catalog_of,
@@ -39,13 +51,14 @@ from pbi_bluesky.demos.beamline import (
     review_command,
     sim_beamline_config,
 )
+from pbi_bluesky.demos.loop import TRAINING_MD, TRAINING_PURPOSE, LoopReport, training_slots
 from pbi_bluesky.plans import SampleOutcome
 from pbi_bluesky.testing.agent import AgentProcess
 from pbi_bluesky.testing.qserver import QueueStack
 
 __all__ = ["QueueDemoReport", "analysis_results", "format_queue_report",
-           "outcomes_from_catalog", "rescan_latencies", "run_queue_demo",
-           "tiled_request_stats", "tray_span", "write_dark"]
+           "outcomes_from_catalog", "queue_loop", "rescan_latencies", "run_queue_demo",
+           "survey_model", "tiled_request_stats", "tray_span", "write_dark"]
 
 logger = logging.getLogger(__name__)
 
@@ -211,8 +224,8 @@ def tray_span(runs: Any) -> dict[str, Any]:
 
     From the first raw run's start document to the last analysis run's stop document (the
     last verdict, a rescan's included): the tray as the beamline lives it, without starting
-    and stopping the services around it (the IOC, Redis, Tiled, the RE Manager's worker)
-    or the report after it.
+    and stopping the services around it (the IOC, Redis, Tiled, the RE Manager's worker),
+    the loop before it (its runs carry ``demo_step``) or the report after it.
 
     Returns
     -------
@@ -226,7 +239,8 @@ def tray_span(runs: Any) -> dict[str, Any]:
         if start.get("pbi_analysis"):
             if (md.get("stop") or {}).get("time") is not None:
                 stops.append(float(md["stop"]["time"]))
-        elif not str(start.get("purpose") or "").startswith("pbi_"):  # not agent records
+        elif not str(start.get("purpose") or "").startswith("pbi_") and \
+                start.get("demo_step") != TRAINING_PURPOSE:  # not agent records, not the loop
             starts.append(float(start["time"]))
     span = round(max(stops) - min(starts), 2) if starts and stops else None
     return {"tray_s": span, "raw_runs": len(starts), "analysis_runs": len(stops)}
@@ -280,9 +294,15 @@ def _queue_items(stack: QueueStack) -> tuple[int, dict[str, int]]:
 
 def run_queue_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 7,
                    device_api: str = "ophyd", timeout: float = 1200.0,
-                   policy: str | Path = DEFAULT_POLICY_FILE, poll_s: float = 0.5
-                   ) -> QueueDemoReport:
-    """Run the queue demo (see module docstring); returns the report."""
+                   policy: str | Path = DEFAULT_POLICY_FILE, poll_s: float = 0.5,
+                   loop: bool = True, train_specimens: int = LOOP_SPECIMENS,
+                   train_epochs: int = LOOP_EPOCHS) -> QueueDemoReport:
+    """Run the queue demo (see module docstring); returns the report.
+
+    ``loop``: first measure normals through the queue, train from Tiled and promote
+    (``train_specimens`` per recipe, ``train_epochs`` epochs, as ``pbi demo``); False: the
+    shipped model scores the survey.
+    """
     from pbi_bluesky.models.bundle import load_default_model
     from pbi_bluesky.reduction import load_geometry
     from pbi_bluesky.simulate import Instrument
@@ -290,22 +310,31 @@ def run_queue_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 
     from pbi_bluesky.testing.iocs import loopback_epics_env, start_sim_ioc, stop_sim_ioc
 
     out = Path(out_dir).resolve()
-    for old in ("ioc", "queue", "agent"):
+    for old in ("ioc", "queue", "agent", "registry", "trained_model"):
         shutil.rmtree(out / old, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
     env = loopback_epics_env()
     os.environ.update(env)
     env = {**env, "OPHYD_CONTROL_LAYER": os.environ.get("OPHYD_CONTROL_LAYER", "caproto")}
     t0 = time.perf_counter()
-    ioc = start_sim_ioc(out / "ioc", DEMO_TRAY, detector="Pilatus1M", seed=seed, env=env)
+    train = training_slots(train_specimens) if loop else []
+    ioc = start_sim_ioc(out / "ioc", DEMO_TRAY + train, detector="Pilatus1M", seed=seed,
+                        env=env)
     instrument = Instrument(geometry=load_geometry(str(ioc.poni_path)))
     dark = write_dark(instrument, exposure_s, out / "ioc" / "expected_dark.edf")
-    cfg = sim_beamline_config(ioc, device_api=device_api).with_overrides(
-        geometry={"dark": str(dark)})
+    overrides: dict[str, Any] = {"geometry": {"dark": str(dark)}}
+    if train:  # the registry the worker's live scorer reads, and the loop promotes into
+        overrides["scorer"] = {"registry": str(out / "registry")}
+    cfg = sim_beamline_config(ioc, device_api=device_api).with_overrides(**overrides)
     stack = QueueStack(cfg, out / "queue", env=env)
     agent = AgentProcess(stack, out / "agent", policy=policy, poll_s=poll_s)
+    loop_report = LoopReport()
     try:
         stack.start()
+        if train:
+            queue_loop(stack, out, train, exposure_s, loop_report, epochs=train_epochs,
+                       timeout=timeout)
+        agent.since = time.time()  # the survey's verdicts, not the loop's normals
         agent.start().wait_running()
         before = _metrics(stack)
         _queue_tray(stack, exposure_s)
@@ -314,8 +343,12 @@ def run_queue_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 
         after = _metrics(stack)
         outcomes, events = outcomes_from_catalog(runs)
         summaries = [_ledger(runs, r) for r in analysis_results(runs)]
-        report = _report(out, outcomes, summaries, events, load_default_model(), runs,
-                         flagged_runs, QueueDemoReport())
+        model = survey_model(runs)
+        scored_by = (_registry_model(cfg, model.get("registry_version"))
+                     or load_default_model())
+        report = _report(out, outcomes, summaries, events, scored_by, runs, flagged_runs,
+                         QueueDemoReport(loop=loop_report.as_dict() if train else {}))
+        report.model = model
         report.rescans_queued, report.queue_items = _queue_items(stack)
         report.latency_s = rescan_latencies(runs)
         if before and after:
@@ -330,6 +363,145 @@ def run_queue_demo(out_dir: str | Path, *, exposure_s: float = 0.2, seed: int = 
     report.seconds = round(time.perf_counter() - t0, 1)
     (out / "demo_report.json").write_text(json.dumps(report.as_dict(), indent=1, default=str))
     return report
+
+
+def queue_loop(stack: QueueStack, out: Path, slots: list[dict[str, Any]], exposure_s: float,
+               report: LoopReport, *, epochs: int = LOOP_EPOCHS, timeout: float = 600.0
+               ) -> LoopReport:
+    """Run the loop through the queue server, as a beamline would, before the survey.
+
+    Queues the empty cell (``measure_tray``) and one ``measure_normals`` item per recipe
+    (the plans :func:`pbi_bluesky.demos.loop.measure_normals` runs in-process), waits until
+    the worker ran them and flushed its runs to Tiled (``flush_session``), then trains
+    from Tiled and promotes into the registry the worker reads
+    (:func:`~pbi_bluesky.demos.loop.train_from_catalog`, with the beamline file's
+    reduction).
+
+    Parameters
+    ----------
+    stack
+        The running queue stack; its ``config.scorer.registry`` is promoted into.
+    out
+        The demo's output folder (``out/trained_model``).
+    slots
+        The normal specimens (:func:`~pbi_bluesky.demos.loop.training_slots`), in the IOC's
+        tray and so in the worker's sample list.
+    exposure_s
+        Exposure per frame (s).
+    report
+        Filled in (see :func:`~pbi_bluesky.demos.loop.train_from_catalog`).
+    epochs
+        Training epochs.
+    timeout
+        Bound on measuring the normals (s).
+
+    Returns
+    -------
+    LoopReport
+        ``report``.
+
+    Raises
+    ------
+    RuntimeError
+        The queue server refused an item or an item did not complete.
+    """
+    from bluesky_queueserver_api import BFunc, BPlan
+
+    from pbi_bluesky.demos.loop import train_from_catalog
+    from pbi_bluesky.scoring.engine import FrameScorer
+
+    cfg = stack.config
+    dets = _detector_names(cfg)
+    by_recipe: dict[str, list[int]] = {}
+    for slot in slots:
+        by_recipe.setdefault(str(slot["composition"]), []).append(int(slot["slot"]))
+    items = [BPlan("measure_tray", dets, cfg.changer.name, [0], exposure_s,
+                   md={**TRAINING_MD, "purpose": "reference"})]
+    items += [BPlan("measure_normals", dets, cfg.changer.name, numbers, exposure_s,
+                    md=TRAINING_MD) for numbers in by_recipe.values()]
+    t0 = time.perf_counter()
+    api = stack.api()
+    try:
+        before = len(api.history_get().get("items") or [])
+        response = api.item_add_batch(items)
+        if not response.get("success"):
+            raise RuntimeError(f"the queue server refused the normals: {response.get('msg')}")
+        api.queue_start()
+        deadline = time.monotonic() + timeout
+        while True:  # until the items ran, or the queue stopped at a failed one
+            done = (api.history_get().get("items") or [])[before:]
+            status = api.status()
+            if status["manager_state"] == "idle" and (
+                    status["items_in_queue"] == 0 or any(
+                        i.get("result", {}).get("exit_status") != "completed" for i in done)):
+                break
+            if time.monotonic() > deadline:
+                raise TimeoutError(f"the normals were not measured within {timeout:g} s")
+            time.sleep(0.5)
+        failed = [f"{i['name']}: {i.get('result', {}).get('exit_status')} "
+                  f"{i.get('result', {}).get('msg')}" for i in done
+                  if i.get("result", {}).get("exit_status") != "completed"]
+        if len(done) < len(items) or failed:
+            raise RuntimeError(f"measuring the normals through the queue failed: "
+                               f"{len(done)} of {len(items)} items ran; {failed}")
+        report.seconds["measure"] = round(time.perf_counter() - t0, 1)
+        report.say(f"queued the empty cell and {len(by_recipe)} measure_normals items "
+                   f"({len(slots)} normal specimens, one {exposure_s:g} s frame each, one "
+                   f"run per recipe); the worker ran them in {report.seconds['measure']} s")
+        task = api.function_execute(BFunc("flush_session", 120.0), run_in_background=False)
+        if not task.get("success"):
+            raise RuntimeError(f"the queue server refused flush_session: {task.get('msg')}")
+        api.wait_for_completed_task(task["task_uid"], timeout=150,
+                                    treat_not_found_as_completed=False)
+        result = api.task_result(task["task_uid"]).get("result") or {}
+    finally:
+        api.close()
+    if result.get("return_value") is not True:
+        report.refused = (f"the worker's runs did not reach Tiled (flush_session: "
+                          f"{result.get('msg') or result.get('return_value')})")
+        report.say(f"training skipped: {report.refused}; the shipped model stays")
+        return report
+    reducer = FrameScorer(**{**FrameScorer.settings_kwargs(cfg), "reduce_only": True})
+    return train_from_catalog(stack.runs(), reducer, cfg, out, report, epochs=epochs,
+                              uri=stack.tiled.uri)
+
+
+def survey_model(runs: Any) -> dict[str, Any]:
+    """Return the model that scored the survey, as its analysis runs' start documents name it.
+
+    ``model_sha256``, ``registry_version``, ``origin`` of the first survey analysis run;
+    ``runs_by_model``: how many survey analysis runs each sha256 scored (one entry when
+    one model scored the whole survey).
+    """
+    by: dict[str, int] = {}
+    first: dict[str, Any] = {}
+    for result in analysis_results(runs, purpose="survey"):
+        start = runs[result.analysis_uid].metadata["start"]
+        if not first:
+            first = {"model_sha256": start.get("model_sha256"),
+                     "registry_version": start.get("model_registry_version"),
+                     "origin": start.get("model_origin")}
+        sha = str(start.get("model_sha256"))
+        by[sha] = by.get(sha, 0) + 1
+    return {**first, "runs_by_model": by} if first else {}
+
+
+def _registry_model(cfg: Any, version: Any) -> Any:
+    """Return the registry's version ``version`` (for the embedding map), or None."""
+    if not version or cfg.scorer.registry is None:
+        return None
+    from pbi_bluesky.models.registry import ModelRegistry
+
+    registry = ModelRegistry(cfg.scorer.registry)
+    return registry.load(registry.version(int(version)))
+
+
+def _detector_names(cfg: Any) -> list[str]:
+    """Return the detector and its monitors by name, as queued items name them."""
+    dets = [cfg.detector.name, cfg.monitors.i0_name]
+    if cfg.monitors.transmission:
+        dets.append(cfg.monitors.transmission_name)
+    return dets
 
 
 def tiled_request_metrics(uri: str, api_key: str | None) -> dict[tuple[str, str], list[float]]:
@@ -402,9 +574,7 @@ def _queue_tray(stack: QueueStack, exposure_s: float) -> None:
     from bluesky_queueserver_api import BPlan
 
     cfg = stack.config
-    dets = [cfg.detector.name, cfg.monitors.i0_name]
-    if cfg.monitors.transmission:
-        dets.append(cfg.monitors.transmission_name)
+    dets = _detector_names(cfg)
     md = {"proposal": "demo", "operator": "pbi demo --queue"}
     items = [BPlan("measure_tray", dets, cfg.changer.name, [0], exposure_s,
                    md={**md, "purpose": "reference"})]

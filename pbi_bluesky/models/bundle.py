@@ -246,6 +246,7 @@ def load_bundle(model_dir: str | Path, *, for_scoring: bool = True) -> AnomalyDe
         "package_version": doc.get("package_version"),
         "training_data_sha256": doc.get("training_data_sha256"),
         "format_version": doc.get("format_version"),
+        "origin": "bundle",
     }
     from pbi_bluesky.models.quantize import apply_inference
 
@@ -358,7 +359,9 @@ def load_default_model(*, for_scoring: bool = True) -> AnomalyDetector:
     if not (DEFAULT_MODEL_DIR / "model.json").is_file():
         raise BundleError(f"the default model is missing from {DEFAULT_MODEL_DIR}; "
                           "run `make model` to build it")
-    return load_bundle(DEFAULT_MODEL_DIR, for_scoring=for_scoring)
+    detector = load_bundle(DEFAULT_MODEL_DIR, for_scoring=for_scoring)
+    detector.bundle_info["origin"] = "shipped"  # analysis runs name it: model_origin
+    return detector
 
 
 def training_data_hash(intensity: np.ndarray, sigma: np.ndarray, recipes: list[str]) -> str:

@@ -77,6 +77,8 @@ class AnomalyDetector(FittedModel):
         self.calibration_parts = np.zeros((0, 4))
         # cross-conformal calibration: the K models, each trained without one fold
         self.members: list[AnomalyDetector] = []
+        # where the model came from (load_bundle): path, model_sha256, origin ("bundle",
+        # "shipped" or "registry" with registry and registry_version)...
         self.bundle_info: dict[str, Any] = {}
         self.inference: dict[str, Any] = {"precision": "float32"}
 

@@ -181,6 +181,7 @@ class ModelRegistry:
         model = load_bundle(version.path)
         model.bundle_info["registry"] = str(self.root)
         model.bundle_info["registry_version"] = version.number
+        model.bundle_info["origin"] = "registry"
         return model
 
     # -- changing ---------------------------------------------------------------------------

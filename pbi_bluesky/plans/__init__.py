@@ -5,6 +5,7 @@ from pbi_bluesky.plans.fly import fly_slot
 from pbi_bluesky.plans.tray import (
     TrayError,
     load_sample_list,
+    measure_normals,
     measure_tray,
     rescan,
     resolve_slots,
@@ -16,6 +17,7 @@ __all__ = [
     "TrayError",
     "fly_slot",
     "load_sample_list",
+    "measure_normals",
     "measure_tray",
     "rescan",
     "resolve_slots",

@@ -21,8 +21,8 @@ import bluesky.plan_stubs as bps
 import bluesky.preprocessors as bpp
 from bluesky.utils import MsgGenerator
 
-__all__ = ["SLOT_KEYS", "TrayError", "load_sample_list", "measure_tray", "rescan",
-           "resolve_slots", "use_tray"]
+__all__ = ["SLOT_KEYS", "TrayError", "load_sample_list", "measure_normals", "measure_tray",
+           "rescan", "resolve_slots", "use_tray"]
 
 log = logging.getLogger(__name__)
 
@@ -239,6 +239,104 @@ def measure_tray(
                                         "exposure": exposure},
                           **dict(md or {})})
         uids.append((yield from _one_point(dets, changer, slot, exposure, run_md)))
+    return uids
+
+
+def measure_normals(
+    detectors: Any,
+    changer: Any,
+    slots: Iterable[int | Mapping[str, Any]],
+    exposure: float,
+    *,
+    md: Mapping[str, Any] | None = None,
+) -> MsgGenerator[list[str]]:
+    """Measure normal specimens to train a model on: one run per recipe, a frame per specimen.
+
+    The specimens of a recipe are measured in one run, the changer moving between frames,
+    so a model learns the batch-to-batch scatter of the specimens, not one specimen's
+    counting noise, and the catalog holds one run per recipe rather than one per frame.
+    Measure the empty cell before (``measure_tray(..., [0], ...)``): training from Tiled
+    subtracts the empty-cell run measured before each run.
+
+    Parameters
+    ----------
+    detectors, changer, exposure
+        As for :func:`measure_tray`.
+    slots
+        Slot numbers (described by the session tray) or mappings, as for
+        :func:`measure_tray`; each needs a ``composition`` (the recipe), and the specimens of
+        one recipe one ``thickness_cm`` (the run is reduced with one thickness).
+    md
+        Extra metadata for every run's start document (overrides the defaults).
+
+    Returns
+    -------
+    list of str
+        The run uids, one per recipe, in the order the recipes first appear in ``slots``.
+
+    Raises
+    ------
+    TrayError
+        A slot without a recipe, or specimens of one recipe of different thicknesses.
+
+    Notes
+    -----
+    Each start document carries ``sample`` (``"normals RECIPE"``), ``composition``,
+    ``thickness_cm`` (when known), ``specimens`` and ``slots`` (one per frame, in order),
+    ``exposure_s``, ``purpose`` = ``"normals"`` (what ``pbi model train --tiled --query
+    purpose=normals`` selects), ``plan_name`` = ``"measure_normals"`` and ``md``.
+    """
+    exposure = float(exposure)
+    if not exposure > 0:
+        raise ValueError(f"exposure must be > 0 s, got {exposure}")
+    entries = resolve_slots(slots)
+    if not entries:
+        raise ValueError("no slots to measure")
+    by_recipe: dict[str, list[tuple[int, dict[str, Any]]]] = {}
+    for slot, known in entries:
+        if not known.get("composition"):
+            raise TrayError(f"slot {slot} has no composition: a normal specimen must name "
+                            "its recipe")
+        by_recipe.setdefault(str(known["composition"]), []).append((slot, known))
+    dets = _as_list(detectors)
+    detectors_read, monitors = split_monitors(dets)
+    runs_md = []
+    for recipe, group in by_recipe.items():
+        thicknesses = {float(k["thickness_cm"]) for _, k in group
+                       if k.get("thickness_cm") is not None}
+        if len(thicknesses) > 1:
+            raise TrayError(f"the {recipe} specimens have thicknesses {sorted(thicknesses)} cm: "
+                            "one run is reduced with one thickness; measure them apart")
+        run_md: dict[str, Any] = {
+            "sample": f"normals {recipe}", "composition": recipe,
+            "specimens": [k.get("sample", f"slot {s}") for s, k in group],
+            "slots": [s for s, _ in group], "exposure_s": exposure, "purpose": "normals",
+            "plan_name": "measure_normals", "detectors": [d.name for d in detectors_read],
+            "motors": [changer.name],
+            "plan_args": {"slots": [s for s, _ in entries], "exposure": exposure},
+            **({"thickness_cm": thicknesses.pop()} if thicknesses else {}),
+            **dict(md or {})}
+        runs_md.append((group, run_md))
+    if monitors:
+        from pbi_bluesky.devices.epics_async import setup_monitor_ndattributes
+
+        for det in detectors_read:
+            yield from setup_monitor_ndattributes(det, monitors)
+    for det in detectors_read:
+        yield from set_exposure(det, exposure)
+    uids: list[str] = []
+    for group, run_md in runs_md:
+        log.info("measuring %d normal %s specimens for %g s each", len(group),
+                 run_md["composition"], exposure)
+
+        @bpp.stage_decorator(detectors_read)
+        @bpp.run_decorator(md=run_md)
+        def one_run(group: list[tuple[int, dict[str, Any]]] = group) -> MsgGenerator[None]:
+            for slot, _known in group:
+                yield from bps.mv(changer, slot)
+                yield from bps.trigger_and_read([*detectors_read, changer])
+
+        uids.append((yield from one_run()))
     return uids
 
 

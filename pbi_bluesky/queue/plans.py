@@ -6,7 +6,8 @@ The same plans, with parameter annotations the queue server understands.
 annotations (``from __future__ import annotations`` in :mod:`pbi_bluesky.plans`), and it
 turns device *names* in a queued item into devices only where a parameter is annotated as a
 device. These generator functions have the signatures of :func:`~pbi_bluesky.plans.measure_tray`,
-:func:`~pbi_bluesky.plans.rescan` and :func:`~pbi_bluesky.plans.fly_slot`, a
+:func:`~pbi_bluesky.plans.measure_normals`, :func:`~pbi_bluesky.plans.rescan` and
+:func:`~pbi_bluesky.plans.fly_slot`, a
 ``parameter_annotation_decorator`` description, and delegate to them: the startup file
 (``profiles/profile_saxs/startup``) exports them, so ``pbi ipython`` and the queue server's
 worker run the same code.
@@ -33,7 +34,7 @@ except ImportError:  # without the [queue] extra: the same plans, for IPython, u
 
 from pbi_bluesky import plans as _plans
 
-__all__ = ["QUEUE_PLANS", "fly_slot", "measure_tray", "rescan"]
+__all__ = ["QUEUE_PLANS", "fly_slot", "measure_normals", "measure_tray", "rescan"]
 
 _DETECTORS = {
     "description": "Detector and monitors (device names), e.g. ['saxs', 'i0', 'transmission'].",
@@ -74,6 +75,22 @@ def measure_tray(detectors: typing.Any, changer: typing.Any, slots: list, exposu
                  md: dict | None = None) -> Plan:
     """Measure each slot of a tray (see :func:`pbi_bluesky.plans.measure_tray`)."""
     return (yield from _plans.measure_tray(detectors, changer, slots, exposure, md=md))
+
+
+@parameter_annotation_decorator({
+    "description": "Measure normal specimens to train a model on: one run per recipe, one "
+                   "frame per specimen, purpose 'normals' (pbi_bluesky.plans.measure_normals).",
+    "parameters": {
+        "detectors": _DETECTORS, "changer": _CHANGER, "exposure": _EXPOSURE, "md": _MD,
+        "slots": {**_SLOT, "description": "Slots of the normal specimens (numbers or "
+                                          "mappings with their composition).",
+                  "annotation": "typing.List[typing.Union[int, typing.Dict[str, typing.Any]]]"},
+    },
+})
+def measure_normals(detectors: typing.Any, changer: typing.Any, slots: list, exposure: float,
+                    *, md: dict | None = None) -> Plan:
+    """Measure normal specimens, a run per recipe (:func:`pbi_bluesky.plans.measure_normals`)."""
+    return (yield from _plans.measure_normals(detectors, changer, slots, exposure, md=md))
 
 
 @parameter_annotation_decorator({
@@ -122,5 +139,6 @@ def fly_slot(detector: typing.Any, changer: typing.Any, slot: typing.Any, n_fram
                                        flush_period=flush_period))
 
 
-QUEUE_PLANS = {"measure_tray": measure_tray, "rescan": rescan, "fly_slot": fly_slot}
+QUEUE_PLANS = {"measure_tray": measure_tray, "measure_normals": measure_normals,
+               "rescan": rescan, "fly_slot": fly_slot}
 """The plans the profile exports to the queue server."""

@@ -102,6 +102,7 @@ class AnalysisRun:
             "model_sha256": model_info.get("model_sha256"),
             "model_registry": model_info.get("registry"),
             "model_registry_version": model_info.get("registry_version"),
+            "model_origin": model_info.get("origin"),
             "model_recipes": list(model.recipes),
             "package_version": model_info.get("package_version"),
             "alpha": model.alpha,

@@ -370,7 +370,8 @@ def test_live_demo_end_to_end(tmp_path):
     loop = report["loop"]
     assert loop["refused"] is None and loop["promoted"] == 1, loop["steps"]
     assert loop["normals"]["frames"] == 50 and loop["normals"]["refused"] == 0
-    assert report["model"] == {"model_sha256": loop["model_sha256"], "registry_version": 1}
+    assert report["model"] == {"model_sha256": loop["model_sha256"], "registry_version": 1,
+                               "origin": "registry"}
     assert (tmp_path / "trained_model" / "report.html").is_file()
     assert report["transient_correct"] is True
     assert report["recall"] >= 0.9 and report["precision"] >= 0.9

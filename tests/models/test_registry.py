@@ -128,6 +128,7 @@ def test_live_scorer_takes_a_promoted_model_at_the_next_run_only(
     starts = {d["raw_uid"]: d for n, d in docs if n == "start"}
     assert starts[uid1]["model_registry_version"] == 1
     assert starts[uid2]["model_registry_version"] == promoted.number == 2
+    assert starts[uid1]["model_origin"] == starts[uid2]["model_origin"] == "registry"
     assert starts[uid2]["model_sha256"] == promoted.model_sha256 != starts[uid1]["model_sha256"]
     by_start = {d["uid"]: d["raw_uid"] for n, d in docs if n == "start"}
     descriptors = {d["uid"]: by_start[d["run_start"]] for n, d in docs if n == "descriptor"}
@@ -138,3 +139,46 @@ def test_live_scorer_takes_a_promoted_model_at_the_next_run_only(
     assert len(thresholds[uid1]) == 6 and len(thresholds[uid2]) == 3
     assert all(t == pytest.approx(old.threshold) for t in thresholds[uid1])
     assert all(t == pytest.approx(new.threshold) for t in thresholds[uid2])
+
+
+def test_with_nothing_promoted_the_shipped_model_scores_and_is_named(tmp_path):
+    """Issue 18 item 5: a scorer with a registry and nothing promoted (and no
+    ``scorer.model``) scores with the shipped model, and its analysis runs say so."""
+    from pbi_bluesky.live import LiveScorer
+    from pbi_bluesky.models.bundle import DEFAULT_MODEL_DIR, sha256_file
+    from pbi_bluesky.models.registry import ModelRegistry
+    from pbi_bluesky.simulate import Instrument, expected_dark, make_geometry
+    from tests.bus.runs import cell_run
+
+    # a Pilatus 300K at 1.6 m measures the shipped model's whole grid (q 0.008-0.19)
+    inst = Instrument(geometry=make_geometry("Pilatus300k", 1.6), npt=200,
+                      beamstop_radius_px=6, q_range_inv_angstrom=(0.0075, 0.195))
+    inst.write_poni(tmp_path / "p.poni")
+    poni = (tmp_path / "p.poni").read_text()
+    registry = ModelRegistry(tmp_path / "registry")
+    assert registry.current() is None
+    docs: list[tuple[str, dict]] = []
+    live = LiveScorer(registry=registry.root, mask=inst.mask, dark=expected_dark(inst),
+                      npt=inst.npt, sinks=[lambda n, d: docs.append((n, d))])
+    rng = np.random.default_rng(3)
+    _cell, cell_docs = cell_run(inst, rng, poni)
+    uid, sample_docs = run_docs(sample_md(poni, sample="one"),
+                                shots(inst, rng, 2, kinds=("normal",)))
+    try:
+        for name, doc in cell_docs + sample_docs:
+            live(name, doc)
+        assert live.flush(60)
+    finally:
+        live.close()
+    start = next(d for n, d in docs if n == "start" and d["raw_uid"] == uid)
+    assert start["model_sha256"] == sha256_file(DEFAULT_MODEL_DIR / "model.json")
+    assert start["model_origin"] == "shipped"
+    assert start["model_path"] == str(DEFAULT_MODEL_DIR.resolve())
+    assert "model_registry_version" not in start  # nothing promoted
+    by_start = {d["uid"]: d["raw_uid"] for n, d in docs if n == "start"}
+    descriptors = {d["uid"]: by_start[d["run_start"]] for n, d in docs if n == "descriptor"}
+    events = [d["data"] for n, d in docs
+              if n == "event" and descriptors.get(d["descriptor"]) == uid and "status" in d["data"]]
+    assert [e["status"] for e in events] == ["scored", "scored"], events
+    assert all(np.isfinite(e["score"]) and e["predicted_composition"] == "50:50"
+               for e in events)

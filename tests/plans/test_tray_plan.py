@@ -65,6 +65,35 @@ def test_plan_with_sim_devices_records_caller_metadata():
     assert motor.position == 3
 
 
+def test_normals_are_measured_one_run_per_recipe_with_sim_devices():
+    """measure_normals (what both demos' loops queue): a run per recipe, a frame per
+    specimen, the changer moving between frames; one thickness per run, else refused."""
+    from bluesky import RunEngine
+    from ophyd.sim import det, motor
+
+    from pbi_bluesky.plans import TrayError, measure_normals
+
+    RE = RunEngine({})
+    docs: list[tuple[str, dict]] = []
+    RE.subscribe(lambda name, doc: docs.append((name, doc)))
+    slots = [{"slot": 1, "sample": "a", "composition": "50:50", "thickness_cm": 0.1},
+             {"slot": 2, "sample": "b", "composition": "25:75", "thickness_cm": 0.2},
+             {"slot": 3, "sample": "c", "composition": "50:50", "thickness_cm": 0.1}]
+    uids = RE(measure_normals(det, motor, slots, 0.5, md={"operator": "me"}))
+    starts = [d for n, d in docs if n == "start"]
+    assert list(uids) == [s["uid"] for s in starts]
+    assert [(s["sample"], s["composition"], s["slots"], s["specimens"], s["thickness_cm"],
+             s["purpose"], s["operator"]) for s in starts] == [
+        ("normals 50:50", "50:50", [1, 3], ["a", "c"], 0.1, "normals", "me"),
+        ("normals 25:75", "25:75", [2], ["b"], 0.2, "normals", "me")]
+    events = [d for n, d in docs if n == "event"]
+    assert [e["data"]["motor"] for e in events] == [1, 3, 2]
+    with pytest.raises(TrayError, match="thicknesses"):
+        RE(measure_normals(det, motor, [{**slots[0]}, {**slots[2], "thickness_cm": 0.2}], 0.5))
+    with pytest.raises(TrayError, match="composition"):
+        list(measure_normals(det, motor, [{"slot": 4, "sample": "d"}], 0.5))
+
+
 # -- real runs over Channel Access -----------------------------------------------------------
 @pytest.fixture(scope="module")
 def tray_runs(beamline, sim_ioc):

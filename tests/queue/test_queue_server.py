@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.beamline_fixtures import REPO_ROOT
-from tests.queue_fixtures import DETECTORS, history, idle, wait_for
+from tests.queue_fixtures import DETECTORS, history, idle, queue, wait_for
 
 PROFILE = REPO_ROOT / "profiles" / "profile_saxs"
 
@@ -28,7 +28,7 @@ def test_profile_plans_and_devices_are_allowed(queue_stack):
     finally:
         api.close()
     assert status["worker_environment_exists"] and status["re_state"] == "idle"
-    assert {"measure_tray", "rescan", "fly_slot"} <= set(plans)
+    assert {"measure_tray", "measure_normals", "rescan", "fly_slot"} <= set(plans)
     assert "survey_and_rescan" not in plans  # needs a live object: refused by permissions
     assert set(agent_plans) == {"rescan"}  # the agent may only queue rescans
     assert set(DETECTORS) | {"changer"} <= set(devices)
@@ -122,3 +122,44 @@ def test_qserver_and_the_api_add_and_run_the_plans(queue_stack):
         summary = analysis.metadata["stop"]["pbi_summary"]
         assert summary["frames"] == summary["scored"] == 1, summary
         assert summary["verdict"] == "normal", summary  # a normal 50:50 specimen
+
+
+def test_the_worker_scores_queued_normals_with_a_promoted_model(queue_stack):
+    """What ``pbi demo --queue``'s loop relies on: a bundle promoted into the registry that
+    the worker's beamline file names scores the next queued run, without a restart; here a
+    ``measure_normals`` item (one run per recipe), whose analysis runs name the version."""
+    from bluesky_queueserver_api import BPlan
+
+    from pbi_bluesky.models.registry import ModelRegistry
+    from pbi_bluesky.store.queries import analysis_of
+
+    stack = queue_stack
+    registry = ModelRegistry(stack.config.scorer.registry)
+    assert registry.current() is None  # the worker scores with scorer.model until now
+    version = registry.promote(stack.config.scorer.model, note="queue test")
+    try:
+        queue(stack, [BPlan("measure_normals", DETECTORS, "changer", [1, 3], 0.1,
+                            md={"operator": "normals test"})])
+        wait_for(lambda: idle(stack) and history(stack)[-1]["name"] == "measure_normals",
+                 90, "measure_normals through the queue")
+    finally:
+        registry.rollback()
+    result = history(stack)[-1]["result"]
+    assert result["exit_status"] == "completed", result
+    uids = result["run_uids"]
+    runs = stack.runs()
+    starts = [runs[u].metadata["start"] for u in uids]
+    assert [(s["composition"], s["slots"], s["specimens"], s["purpose"], s["plan_name"])
+            for s in starts] == [("50:50", [1], ["N50-a"], "normals", "measure_normals"),
+                                 ("0:100", [3], ["PMMA-ref"], "normals", "measure_normals")]
+
+    def analysed():
+        found = [analysis_of(runs, u) for u in uids]
+        return all(a is not None and a.metadata.get("stop") for a in found) and found
+
+    for analysis in wait_for(analysed, 60, "both analysis runs in Tiled"):
+        start = analysis.metadata["start"]
+        assert start["model_registry_version"] == version.number, start
+        assert start["model_origin"] == "registry"
+        assert start["model_sha256"] == version.model_sha256
+        assert analysis.metadata["stop"]["pbi_summary"]["scored"] == 1

@@ -20,7 +20,12 @@ import bluesky.plans as bp  # noqa: F401 - for the user
 from pbi_bluesky.plans import survey_and_rescan  # noqa: F401
 
 # the plans with annotations the queue server reads (same code as pbi_bluesky.plans)
-from pbi_bluesky.queue.plans import fly_slot, measure_tray, rescan  # noqa: F401
+from pbi_bluesky.queue.plans import (  # noqa: F401
+    fly_slot,
+    measure_normals,
+    measure_tray,
+    rescan,
+)
 from pbi_bluesky.session import build_session
 from pbi_bluesky.store import flagged_runs  # noqa: F401 - for the user
 
@@ -71,5 +76,7 @@ print(f"""SAXS beamline {_session.config.name!r} ({beamline.mode} devices) from 
       RE(survey_and_rescan(dets, changer, [1, 2, 3], 1.0, channel=pbi.channel,
                            reference_slots=[0]))
   Rescan one slot:            RE(rescan(dets, changer, 3, 2.0))
+  Normals to train on (a run per recipe, after the empty cell):
+      RE(measure_tray(dets, changer, [0], 1.0)); RE(measure_normals(dets, changer, [1, 2], 1.0))
   Flagged runs in Tiled:      flagged_runs(catalog.runs)
 Live anomaly scoring is on (pbi): every frame is reduced and scored off the scan thread.""")
