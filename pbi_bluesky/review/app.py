@@ -142,6 +142,7 @@ class ReviewData:
         """Return a raw run's analysis: start, stop, frame table, curves and attributions."""
         from tiled.queries import Key
 
+        from pbi_bluesky.store.curves import analysis_frames
         from pbi_bluesky.store.labels import LABEL
 
         # one query: the analyses, labels and decisions of a raw run all carry its uid
@@ -161,13 +162,12 @@ class ReviewData:
         out: dict[str, Any] = {"analysis_uid": uid, "start": md["start"],
                                "stop": md.get("stop") or {}, "frames": [], "curves": None,
                                "attributions": {}}
-        if "pbi_anomaly" in node and "internal" in node["pbi_anomaly"]:
-            stream = node["pbi_anomaly"]
-            table = stream["internal"].read()
-            out["frames"] = table.to_dict("records")
-            if "intensity" in stream:
-                out["curves"] = {k: np.asarray(stream[k].read()) for k in
-                                 ("q", "intensity", "sigma")}
+        if "pbi_anomaly" in node:
+            # the curves as table columns (this version) or array nodes (older catalogs)
+            frames = analysis_frames(node["pbi_anomaly"])
+            if frames.table is not None:
+                out["frames"] = frames.table.to_dict("records")
+                out["curves"] = frames.curves
         if "pbi_attribution" in node and "internal" in node["pbi_attribution"]:
             for row in node["pbi_attribution"]["internal"].read().to_dict("records"):
                 try:
