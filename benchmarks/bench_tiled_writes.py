@@ -15,10 +15,11 @@ a run's stop document (handed to the spool) to the run being complete in Tiled (
 writer returned from the stop: every event and the stop metadata written, the run
 closed), median and p95, per kind, split into the wait in the spool's queue (behind other
 runs) and the stop's own write. ``--lean`` compares the default writer with the lean one
-(``Catalog(lean_writes=...)``) on the same server in one run; ``--arrays-in-table`` adds
-the lean writer with the analysis curves (q, intensity, sigma) as table columns instead of
-array nodes (six requests fewer per analysis run; the readers of analysis runs expect array
-nodes, so the session does not write this way yet). Ends with one JSON line.
+(``Catalog(lean_writes=...)``) on the same server in one run. Both write the analysis
+curves (q, intensity, sigma) as columns of the stream's table, as the session does;
+``--arrays-as-nodes`` adds the lean writer with the curves as array nodes (the layout of
+older versions, six requests more per analysis run), for comparison in the same run. Ends
+with one JSON line.
 
     PYTHONPATH=$PWD python benchmarks/bench_tiled_writes.py --runs 20 --period 1.0 --lean
 """
@@ -160,7 +161,9 @@ class Timed:
 
 
 def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period: float,
-            lean: bool, arrays_in_table: bool = False) -> dict[str, Any]:
+            lean: bool, arrays_as_nodes: bool = False) -> dict[str, Any]:
+    from bluesky_tiled_plugins.writing.tiled_writer import MAX_ARRAY_SIZE
+
     from pbi_bluesky.demos.queue import tiled_request_metrics, tiled_request_stats
     from pbi_bluesky.store import Catalog, SpoolSink
 
@@ -170,7 +173,8 @@ def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period
     stop_begin: dict[str, float] = {}
 
     def factory(composed: bool) -> Timed:
-        size = -1 if composed and arrays_in_table else None
+        # None: the session's layout (composed: curves in the table)
+        size = MAX_ARRAY_SIZE if composed and arrays_as_nodes else None
         return Timed(catalog.writer(composed=composed, max_array_size=size), done, spent,
                      stop_begin)
 
@@ -196,7 +200,7 @@ def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period
     after = tiled_request_metrics(server.uri, server.api_key)
     raw.close()
     ana.close()
-    name = ("lean" if lean else "default") + (" + arrays in table" if arrays_in_table
+    name = ("lean" if lean else "default") + (", curves as array nodes" if arrays_as_nodes
                                                   else "")
     out: dict[str, Any] = {"writer": name, "flushed": ok,
                            "wall_s": round(wall, 1), "max_runs_behind": max(backlog),
@@ -228,6 +232,14 @@ def measure(server: Any, root: Path, raw_t: list, ana_t: list, runs: int, period
     missing = [u for u in stops if u not in runs_c or
                "stop" not in (runs_c[u].metadata or {})]
     out["runs_missing_in_tiled"] = len(missing)
+    # where the curves are, read back by the readers' function (store.analysis_frames)
+    from pbi_bluesky.store import analysis_frames
+
+    last = [u for u, (k, _) in stops.items() if k == "analysis"][-1]
+    frames = analysis_frames(runs_c[last]["pbi_anomaly"])
+    out["analysis_curves_layout"] = frames.layout
+    out["analysis_curves_read"] = None if frames.curves is None else list(
+        frames.curves["intensity"].shape)
     return out
 
 
@@ -240,10 +252,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds between slots (one raw and one analysis run each)")
     ap.add_argument("--lean", action="store_true",
                     help="also measure the lean writer, after the default one")
-    ap.add_argument("--arrays-in-table", action="store_true",
-                    help="also measure the lean writer with the analysis curves as table "
-                         "columns instead of array nodes (not what the session writes: "
-                         "its readers expect array nodes)")
+    ap.add_argument("--arrays-as-nodes", action="store_true",
+                    help="also measure the lean writer with the analysis curves as array "
+                         "nodes (the layout of older versions) instead of table columns")
     args = ap.parse_args(argv)
     ana_t, raw_t = analysis_template(), raw_template()
     print(f"analysis run: {[n for n, _ in ana_t]}")
@@ -252,10 +263,10 @@ def main(argv: list[str] | None = None) -> int:
         server = TiledServer(Path(tmp) / "tiled").start()
         try:
             kinds = [(False, False)] + [(True, False)] * args.lean + \
-                [(True, True)] * args.arrays_in_table
-            for lean, in_table in kinds:
-                r = measure(server, Path(tmp) / f"spool-{int(lean)}{int(in_table)}", raw_t,
-                            ana_t, args.runs, args.period, lean, in_table)
+                [(True, True)] * args.arrays_as_nodes
+            for lean, as_nodes in kinds:
+                r = measure(server, Path(tmp) / f"spool-{int(lean)}{int(as_nodes)}", raw_t,
+                            ana_t, args.runs, args.period, lean, as_nodes)
                 results.append(r)
                 print(f"{r['writer']}: {r['write_requests_per_run']} write requests per run "
                       f"({r['requests_per_run_by_method']}) at {r['write_ms_each']} ms; "

@@ -109,8 +109,13 @@ def analysis_results(runs: Any, **equal: Any) -> list[AnalysisResult]:
 
 
 def _events(runs: Any, result: AnalysisResult) -> tuple[list[dict[str, Any]], str]:
+    from pbi_bluesky.store.curves import analysis_frames
+
     run = runs[result.analysis_uid]
-    columns = _columns(run["pbi_anomaly"].read())
+    # the curves as table columns (this version) or array nodes (older catalogs)
+    frames = analysis_frames(run["pbi_anomaly"])
+    columns = {} if frames.table is None else _columns(frames.table)
+    columns.update(frames.curves or {})
     n = len(next(iter(columns.values()))) if columns else 0
     events = [{"raw_uid": result.raw_uid, **{k: v[i] for k, v in columns.items()}}
               for i in range(n)]

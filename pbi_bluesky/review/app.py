@@ -178,6 +178,7 @@ class ReviewData:
         """
         from tiled.queries import Key
 
+        from pbi_bluesky.store.curves import analysis_frames
         from pbi_bluesky.store.labels import LABEL
         from pbi_bluesky.store.search import search_metadata
 
@@ -196,13 +197,13 @@ class ReviewData:
                                "stop": md.get("stop") or {}, "frames": [], "curves": None,
                                "has_curves": False, "attributions": {}}
         stream = self._node(uid, "pbi_anomaly")
-        keys = set(stream) if stream is not None else set()
-        if "internal" in keys:
-            out["frames"] = stream["internal"].read().to_dict("records")
-            out["has_curves"] = "intensity" in keys
-            if curves and out["has_curves"]:
-                out["curves"] = {k: np.asarray(stream[k].read()) for k in
-                                 ("q", "intensity", "sigma")}
+        if stream is not None:
+            # the curves as table columns (this version) or array nodes (older catalogs)
+            frames = analysis_frames(stream, curves=curves)
+            if frames.table is not None:
+                out["frames"] = frames.table.to_dict("records")
+            out["has_curves"] = frames.layout != "none"
+            out["curves"] = frames.curves
         table = self._node(uid, "pbi_attribution", "internal") if attributions else None
         if table is not None:
             for row in table.read().to_dict("records"):

@@ -12,6 +12,13 @@ from pbi_bluesky.store.catalog import (
     require_catalog,
     runs_container,
 )
+from pbi_bluesky.store.curves import (
+    CURVE_KEYS,
+    CURVES_IN_TABLE,
+    AnalysisFrames,
+    analysis_curves,
+    analysis_frames,
+)
 from pbi_bluesky.store.labels import (
     LABELS,
     LabelError,
@@ -30,6 +37,9 @@ from pbi_bluesky.store.spool import (
 )
 
 __all__ = [
+    "CURVES_IN_TABLE",
+    "CURVE_KEYS",
+    "AnalysisFrames",
     "DEFAULT_DATA_DIR",
     "LABELS",
     "LabelError",
@@ -44,6 +54,8 @@ __all__ = [
     "catalog_indexes",
     "create_catalog_indexes",
     "data_dir",
+    "analysis_curves",
+    "analysis_frames",
     "analysis_of",
     "embedded_client",
     "flagged_runs",

@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from pbi_bluesky.infra.memory import DEFAULT_MEMORY_BUDGET, doc_nbytes
+from pbi_bluesky.store.curves import CURVES_IN_TABLE
 
 __all__ = ["DEFAULT_DATA_DIR", "Catalog", "CatalogUnavailable", "bound_tiled_retries",
            "data_dir", "embedded_client", "open_runs", "require_catalog", "runs_container"]
@@ -308,18 +309,24 @@ class Catalog:
         composed : bool
             The documents are composed by this package in the current event-model schema
             (analysis runs): skip the normalizer, whose jsonschema check of every event
-            (three 400-point curves) cost ~10 ms of CPU per event.
+            (three 400-point curves) cost ~10 ms of CPU per event; and write every array
+            (the curves) as a column of the stream's table
+            (:data:`~pbi_bluesky.store.curves.CURVES_IN_TABLE`) unless ``max_array_size``
+            says otherwise: 7 write requests per analysis run instead of 14
+            (``bench_tiled_writes.py``). :func:`~pbi_bluesky.store.curves.analysis_curves`
+            reads this layout and the older one.
         max_array_size : int, optional
             Arrays of more elements are written as array nodes (two requests each), the
-            others as columns of the stream's table (TiledWriter's default when None; -1:
-            every array in the table). Measured by ``bench_tiled_writes.py
-            --arrays-in-table``; the readers of analysis runs expect array nodes.
+            others as columns of the stream's table (-1: every array in the table). When
+            None: -1 for ``composed`` documents, else TiledWriter's default (16).
         """
         kwargs: dict[str, Any] = {"max_cache_bytes": self.writer_cache_bytes}
         if batch_size is not None:
             kwargs["batch_size"] = batch_size
         if composed:
             kwargs["normalizer"] = None
+            if max_array_size is None:
+                max_array_size = CURVES_IN_TABLE
         if max_array_size is not None:
             kwargs["max_array_size"] = max_array_size
         try:

@@ -21,6 +21,8 @@ from typing import Any
 
 from event_model import compose_run
 
+from pbi_bluesky.store.curves import CURVE_KEYS, analysis_curves
+
 __all__ = ["LABEL", "LABELS", "LabelError", "label_run", "labelled_frames", "labels_of"]
 
 logger = logging.getLogger(__name__)
@@ -60,7 +62,8 @@ def labelled_frames(runs: Any, label: str) -> list[dict[str, Any]]:
     """Return the reduced frames of every run whose newest label is ``label``.
 
     The frames are read back from the labelled analysis run (its ``pbi_anomaly`` stream:
-    ``q``, ``intensity``, ``sigma``); frames with non-finite values are left out, and so is
+    ``q``, ``intensity``, ``sigma``, by :func:`~pbi_bluesky.store.curves.analysis_curves`,
+    either layout); frames with non-finite values are left out, and so is
     a run whose analysis or curves are missing (it is listed in ``skipped``).
 
     Parameters
@@ -98,12 +101,12 @@ def labelled_frames(runs: Any, label: str) -> list[dict[str, Any]]:
             continue
         node = found[row["analysis_uid"]]
         row["recipe"] = row["recipe"] or node.metadata["start"].get("expected_composition")
-        stream = node["pbi_anomaly"] if "pbi_anomaly" in node else {}
-        if not row["recipe"] or "intensity" not in stream:
+        # the curves as table columns (this version) or array nodes (older catalogs)
+        curves = analysis_curves(node["pbi_anomaly"]) if "pbi_anomaly" in node else None
+        if not row["recipe"] or curves is None:
             row["skipped"] = "no recipe or no reduced curves in its analysis"
             continue
-        q, inten, sig = (np.atleast_2d(np.asarray(stream[k].read()))
-                         for k in ("q", "intensity", "sigma"))
+        q, inten, sig = (curves[k] for k in CURVE_KEYS)
         for qi, ii, si in zip(q, inten, sig, strict=True):
             if np.isfinite(ii).all() and np.isfinite(si).all():
                 row["profiles"].append(Profile(qi, ii, si, {"raw_uid": raw_uid}))

@@ -43,7 +43,8 @@ def write_scored_run(runs: Any, model: Any, intensity: np.ndarray, sigma: np.nda
     fail_reason
         Record every frame as failed with this reason instead of scoring it.
     writer
-        A callable taking ``(name, doc)`` (default: a ``TiledWriter`` on ``runs``).
+        A callable taking ``(name, doc)`` (default: a ``TiledWriter`` on ``runs`` writing
+        the curves as table columns, as a session does).
 
     Returns
     -------
@@ -53,7 +54,10 @@ def write_scored_run(runs: Any, model: Any, intensity: np.ndarray, sigma: np.nda
     if writer is None:
         from bluesky_tiled_plugins import TiledWriter
 
-        writer = TiledWriter(runs)
+        from pbi_bluesky.store.curves import CURVES_IN_TABLE
+
+        # the curves as table columns, as the session's writer (Catalog.writer) lays them
+        writer = TiledWriter(runs, max_array_size=CURVES_IN_TABLE)
     intensity, sigma = np.atleast_2d(intensity), np.atleast_2d(sigma)
     raw = compose_run(metadata={"plan_name": "count", "composition": recipe,
                                 "sample": "sample", "slot": 1, **(md or {})})

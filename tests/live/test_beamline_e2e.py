@@ -33,6 +33,7 @@ def test_survey_flags_defect_tells_transient_and_lands_in_tiled(
 ):
     from pbi_bluesky.plans import survey_and_rescan, use_tray
     from pbi_bluesky.store import flagged_runs
+    from pbi_bluesky.store.curves import analysis_frames
 
     session = _session(sim_config, model_300k, instrument_300k, tmp_path, mode)
     bl, scorer = session.beamline, session.scorer
@@ -69,8 +70,12 @@ def test_survey_flags_defect_tells_transient_and_lands_in_tiled(
     rescans = [r for r in by_slot[8].rescans if r["raw_uid"]]
     assert runs[rescans[0]["raw_uid"]].metadata["start"]["rescan_of"] == by_slot[8].raw_uid
     analysis = next(r for r in flagged_runs(runs) if r["raw_uid"] == by_slot[8].raw_uid)
-    events = runs[analysis["analysis_uid"]]["pbi_anomaly"].read()
-    assert events["is_anomaly"][0] and np.isfinite(events["intensity"][0]).all()
+    stream = runs[analysis["analysis_uid"]]["pbi_anomaly"]
+    events = stream.read()
+    # the session writes the curves as columns of the stream's table
+    frames = analysis_frames(stream)
+    assert frames.layout == "table", frames.layout
+    assert events["is_anomaly"][0] and np.isfinite(frames.curves["intensity"][0]).all()
     explained = runs[analysis["analysis_uid"]]["pbi_attribution"].read()
     assert explained["status"][0] == "explained"
     if mode == "ophyd":  # the raw frame, served by Tiled from the detector's HDF5 file

@@ -195,3 +195,48 @@ def test_queries_read_metadata_pages_and_stop_at_the_limit(catalog):
     assert [r["raw_uid"] for r in flagged_runs(runs, limit=2)] == ["raw-b", "raw-c"]
     flags = [r for r in sent if "stop.pbi_summary.flagged" in str(r.url)]
     assert len(flags) == 1, [str(r.url) for r in flags]
+
+
+def test_curves_of_both_layouts_read_through_one_function(server, tiny_model, instrument):
+    """Analysis runs with the curves as table columns (the session's writer now) and as
+    array nodes (catalogs of older versions) read the same through analysis_frames,
+    analysis_curves and labelled_frames, from BlueskyRun and plain-container clients."""
+    from bluesky_tiled_plugins import TiledWriter
+
+    from pbi_bluesky.simulate import PS_PMMA, nominal_state, simulate_profile
+    from pbi_bluesky.store import Catalog, analysis_curves, analysis_frames, labelled_frames
+    from pbi_bluesky.testing.analyses import write_scored_run
+    from tests.review.conftest import bump
+
+    runs = open_runs(server.uri, api_key=server.api_key)
+    rng = np.random.default_rng(3)
+    intensity, sigma = tiny_model.resample(
+        [simulate_profile(nominal_state(PS_PMMA, "50:50", rng), instrument, rng)
+         for _ in range(2)])
+    intensity = bump(intensity, 0.8)  # flagged: it can be labelled
+    session_writer = Catalog(server.uri, api_key=server.api_key).writer(composed=True)
+    written = {}
+    for name, writer in (("old", TiledWriter(runs)), ("session", session_writer)):
+        written[name] = write_scored_run(runs, tiny_model, intensity, sigma, "50:50",
+                                         md={"sample": f"curves-{name}"}, writer=writer)
+    plain = open_runs(server.uri, api_key=server.api_key, metadata_only=True)
+    layouts = {"old": "arrays", "session": "table"}
+    for client in (runs, plain):
+        for name, (_, analysis_uid) in written.items():
+            stream = client[analysis_uid]["pbi_anomaly"]
+            frames = analysis_frames(stream)
+            assert frames.layout == layouts[name], (name, frames.layout)
+            assert list(frames.table["raw_seq_num"]) == [1, 2]
+            assert not {"q", "intensity", "sigma"} & set(frames.table.columns)
+            for got in (frames.curves, analysis_curves(stream)):
+                assert got["q"].shape == got["intensity"].shape == (2, tiny_model.grid.npt)
+                np.testing.assert_array_equal(got["intensity"], intensity)
+                np.testing.assert_array_equal(got["sigma"], sigma)
+                np.testing.assert_array_equal(got["q"][1], tiny_model.grid.q)
+    for raw_uid, _ in written.values():
+        label_run(runs, raw_uid, "defect", by="curves")
+    rows = {r["raw_uid"]: r for r in labelled_frames(runs, "defect")}
+    for raw_uid, _ in written.values():
+        profiles = rows[raw_uid]["profiles"]
+        assert len(profiles) == 2, rows[raw_uid].get("skipped")
+        np.testing.assert_array_equal(profiles[1].intensity, intensity[1])

@@ -15,6 +15,8 @@ from typer.testing import CliRunner
 from pbi_bluesky.scoring import ANALYSIS_STREAM, ATTRIBUTION_STREAM, FrameResult
 from pbi_bluesky.scoring.analysis import AnalysisRun
 from pbi_bluesky.store import (
+    CURVES_IN_TABLE,
+    analysis_frames,
     analysis_of,
     bulk_create_runs,
     catalog_indexes,
@@ -90,6 +92,7 @@ def test_tiledwriter_runs_and_pbi_flagged_on_postgresql(tiled_pg, model):
 
     runs = runs_container(tiled_pg.client())
     writer = TiledWriter(runs)
+    curves_writer = TiledWriter(runs, max_array_size=CURVES_IN_TABLE)
     rng = np.random.default_rng(0)
     raws = {}
     for sample, comp, scores in [("A", "25:75", [1.0, 2.0, 1e6]), ("B", "25:75", [1.0]),
@@ -101,8 +104,11 @@ def test_tiledwriter_runs_and_pbi_flagged_on_postgresql(tiled_pg, model):
             writer(name, doc)
         raws[sample] = (uid, docs)
         raw_start = {**docs[0][1], "composition": comp}
+        # C's analysis with the curves as table columns (the session's layout, in a
+        # PostgreSQL table), A's and B's as array nodes (older catalogs)
+        analysis_writer = curves_writer if sample == "C" else writer
         for name, doc in _analysis_docs(model, raw_start, scores):
-            writer(name, doc)
+            analysis_writer(name, doc)
     # raw frames read back as written (int32)
     uid, docs = raws["A"]
     image = runs[uid]["primary"].read()["det_image"]
@@ -111,8 +117,14 @@ def test_tiledwriter_runs_and_pbi_flagged_on_postgresql(tiled_pg, model):
     analysis = analysis_of(runs, raws["C"][0])
     table = analysis["pbi_anomaly"].read()
     assert list(np.asarray(table["raw_seq_num"])) == [1, 2]
-    np.testing.assert_allclose(np.asarray(table["intensity"])[1],
-                               2 * np.linspace(1.0, 2.0, model.grid.npt))
+    frames = analysis_frames(analysis["pbi_anomaly"])
+    assert frames.layout == "table" and list(frames.table["raw_seq_num"]) == [1, 2]
+    np.testing.assert_array_equal(frames.curves["intensity"][1],
+                                  2 * np.linspace(1.0, 2.0, model.grid.npt))
+    old = analysis_frames(analysis_of(runs, raws["A"][0])["pbi_anomaly"])
+    assert old.layout == "arrays" and old.curves["intensity"].shape == (3, model.grid.npt)
+    np.testing.assert_array_equal(old.curves["intensity"][2],
+                                  3 * np.linspace(1.0, 2.0, model.grid.npt))
     # pbi flagged, the command, against the server
     cli = CliRunner()
 
