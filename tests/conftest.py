@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -19,8 +21,13 @@ import tests.beamline_fixtures  # noqa: F401, E402
 pytest_plugins = ["tests.beamline_fixtures", "tests.queue_fixtures"]
 
 os.environ.setdefault("MPLBACKEND", "Agg")
-# reduction operators are cached on disk: keep the suite's out of the user's cache folder
-os.environ.setdefault("PBI_OPERATOR_CACHE", tempfile.mkdtemp(prefix="pbi-test-operators-"))
+# reduction operators are cached on disk: keep the suite's out of the user's cache folder.
+# The process that makes the folder removes it at exit; xdist workers inherit the variable
+# and share the folder (the cache writes atomically), so one run leaves nothing in /tmp.
+if "PBI_OPERATOR_CACHE" not in os.environ:
+    _operator_cache = tempfile.mkdtemp(prefix="pbi-test-operators-")
+    os.environ["PBI_OPERATOR_CACHE"] = _operator_cache
+    atexit.register(shutil.rmtree, _operator_cache, ignore_errors=True)
 
 
 def simulated_normals(instrument, per_recipe: int, rng, **kwargs):
