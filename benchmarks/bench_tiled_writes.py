@@ -17,6 +17,7 @@ closed), median and p95, per kind, split into the wait in the spool's queue (beh
 runs) and the stop's own write. ``--lean`` compares the default writer with the lean one
 (``Catalog(lean_writes=...)``) on the same server in one run. Both write the analysis
 curves (q, intensity, sigma) as columns of the stream's table, as the session does;
+``--only-lean`` measures the lean writer alone (a long tray: ``--runs 100``);
 ``--arrays-as-nodes`` adds the lean writer with the curves as array nodes (the layout of
 older versions, six requests more per analysis run), for comparison in the same run. Ends
 with one JSON line.
@@ -252,6 +253,9 @@ def main(argv: list[str] | None = None) -> int:
                     help="seconds between slots (one raw and one analysis run each)")
     ap.add_argument("--lean", action="store_true",
                     help="also measure the lean writer, after the default one")
+    ap.add_argument("--only-lean", action="store_true",
+                    help="measure only the lean writer (the session's: Catalog's default), "
+                         "e.g. for a long tray")
     ap.add_argument("--arrays-as-nodes", action="store_true",
                     help="also measure the lean writer with the analysis curves as array "
                          "nodes (the layout of older versions) instead of table columns")
@@ -262,7 +266,8 @@ def main(argv: list[str] | None = None) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         server = TiledServer(Path(tmp) / "tiled").start()
         try:
-            kinds = [(False, False)] + [(True, False)] * args.lean + \
+            kinds = ([] if args.only_lean else [(False, False)]) + \
+                [(True, False)] * (args.lean or args.only_lean) + \
                 [(True, True)] * args.arrays_as_nodes
             for lean, as_nodes in kinds:
                 r = measure(server, Path(tmp) / f"spool-{int(lean)}{int(as_nodes)}", raw_t,
