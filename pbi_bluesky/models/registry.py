@@ -11,8 +11,9 @@ A registry is a folder (``scorer.registry`` in ``beamline.yaml``)::
                          bundles stay signed)
 
 :meth:`ModelRegistry.promote` copies a bundle in and makes it current only if it loads (every
-hash and signature checked), can flag (its conformal threshold is finite) and its q grid
-lies inside the beamline's q range; otherwise :class:`RegistryError` says why and the current
+hash and signature checked), can flag (its conformal threshold is finite), flags gross
+errors (each recipe's mean normal curve scaled by 3 and by 1/3: :mod:`.sanity`) and its q
+grid lies inside the beamline's q range; otherwise :class:`RegistryError` says why and the current
 model stays. :meth:`ModelRegistry.rollback` returns to the model promoted before.
 Scorers ask :meth:`ModelRegistry.current` at each run start (never mid-run). Writes are
 atomic (a temporary file renamed) and serialised by a lock file.
@@ -36,6 +37,7 @@ from typing import Any
 
 from pbi_bluesky.models.bundle import BundleError, ensure_can_flag, load_bundle, sha256_file
 from pbi_bluesky.models.detector import AnomalyDetector
+from pbi_bluesky.models.sanity import gross_error_misses
 from pbi_bluesky.models.signing import ENV_KEY, model_key
 
 __all__ = ["FORMAT", "ModelRegistry", "RegistryError", "Version", "beamline_q_range"]
@@ -190,7 +192,8 @@ class ModelRegistry:
         """Return the bundle loaded, if it may become current.
 
         Else raise :class:`RegistryError`: it fails to load (hashes, signature, format),
-        cannot flag, or its q grid is not inside ``q_range`` (the beamline's measured range).
+        cannot flag, does not flag gross errors (:func:`.sanity.gross_error_misses`), or its
+        q grid is not inside ``q_range`` (the beamline's measured range).
         """
         try:
             model = load_bundle(bundle, for_scoring=False)
@@ -200,6 +203,13 @@ class ModelRegistry:
             ensure_can_flag(model)
         except BundleError as exc:
             raise RegistryError(f"refused: {exc}") from exc
+        misses = gross_error_misses(model)
+        if misses:
+            raise RegistryError(
+                f"refused: {bundle} does not flag {len(misses)} gross error(s), a recipe's "
+                "mean normal curve scaled by 3 or 1/3 (" + "; ".join(misses) + "): it would "
+                "pass real defects as normal. Train it on more normals per recipe (or, at "
+                "a cross-conformal calibration, a larger alpha).")
         if q_range is not None:
             lo, hi = q_range
             g = model.grid

@@ -182,3 +182,33 @@ def test_with_nothing_promoted_the_shipped_model_scores_and_is_named(tmp_path):
     assert [e["status"] for e in events] == ["scored", "scored"], events
     assert all(np.isfinite(e["score"]) and e["predicted_composition"] == "50:50"
                for e in events)
+
+
+def test_a_model_that_passes_gross_errors_as_normal_is_refused(instrument, tiny_model,
+                                                               tmp_path):
+    """``can_flag`` alone let through a cross-conformal model trained on 5 normals per
+    recipe that flagged nothing real (the demo's loop at 5 per recipe: precision and
+    recall 0). It must not flag-check only in theory: a recipe's mean normal curve scaled by
+    3 or 1/3 has to be flagged, else promotion refuses it and the current model stays."""
+    import torch
+
+    from pbi_bluesky.models import AnomalyDetector, TrainingConfig, save_bundle
+    from pbi_bluesky.models.registry import ModelRegistry, RegistryError
+    from pbi_bluesky.models.sanity import gross_error_misses
+    from tests.conftest import simulated_normals
+
+    torch.set_num_threads(2)
+    profiles, recipes = simulated_normals(instrument, 5, np.random.default_rng(1234))
+    weak = AnomalyDetector(training=TrainingConfig(epochs=20, alpha=0.1, seed=0)).fit(
+        profiles, recipes, progress=False)
+    assert weak.can_flag  # the old check passed it
+    misses = gross_error_misses(weak)
+    assert len(misses) >= 3, misses
+    assert gross_error_misses(tiny_model) == []
+    reg = ModelRegistry(tmp_path / "registry")
+    save_bundle(tiny_model, tmp_path / "good")
+    save_bundle(weak, tmp_path / "weak")
+    assert reg.promote(tmp_path / "good").number == 1
+    with pytest.raises(RegistryError, match=r"does not flag \d+ gross error"):
+        reg.promote(tmp_path / "weak")
+    assert reg.current().number == 1
