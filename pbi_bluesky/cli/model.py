@@ -264,6 +264,13 @@ def describe_calibration(detector) -> str:
         lines.append("thresholds per recipe: " + ", ".join(
             f"{k} {v:.4g}" for k, v in c["threshold_per_recipe"].items()))
     lines.append(f"validity: {c['validity']}")
+    from pbi_bluesky.models.sanity import gross_error_misses
+
+    misses = gross_error_misses(detector)
+    lines.append("gross errors (each recipe's mean normal curve x3 and x1/3): " + (
+        "all flagged" if not misses else
+        f"WARNING: {len(misses)} not flagged ({'; '.join(misses)}); `pbi model promote` "
+        "refuses this model: train on more normals per recipe"))
     return "\n".join(lines)
 
 

@@ -218,6 +218,8 @@ def test_train_writes_a_bundle(trained):
     assert "75 calibration normals" in out and "smallest reachable p 0.01316" in out
     assert "alpha 0.02 (default 0.01 is out of reach of 75 normals" in out
     assert "threshold" in out and "validity:" in out
+    # the check promotion applies, shown before anyone promotes (its line always says which)
+    assert "gross errors (each recipe's mean normal curve x3 and x1/3): " in out
     cal = doc["calibration"]
     assert (cal["method"], cal["n_calibration"], doc["alpha"]) == ("cross", 75, 0.02)
     assert cal["smallest_p"] == pytest.approx(1 / 76) and doc["threshold"] < float("inf")
