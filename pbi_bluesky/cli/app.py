@@ -16,6 +16,7 @@ everything at DEBUG.
 from __future__ import annotations
 
 import functools
+import inspect
 import logging
 import warnings
 from collections.abc import Callable
@@ -64,6 +65,23 @@ SUBAPPS = {"data": data_app, "model": model_app, "catalog": catalog_app, "sim": 
            "bus": bus_app, "queue": queue_app}
 
 
+def _listlike(paragraph: str) -> bool:
+    """Whether a paragraph is a list or an indented block (its line breaks mean something)."""
+    return any(line.lstrip().startswith(("-", "*", "pbi ", "$")) or line.startswith(" ")
+               for line in paragraph.splitlines())
+
+
+def reflow(doc: str) -> str:
+    """Return a docstring as help text: each prose paragraph on one line.
+
+    Typer keeps the single line breaks of every paragraph after the first, so a docstring
+    wrapped at 92 columns printed at 80 breaks mid-sentence; joined, the terminal wraps it.
+    Lists and indented blocks keep their lines.
+    """
+    paragraphs = inspect.cleandoc(doc).split("\n\n")
+    return "\n\n".join(p if _listlike(p) else " ".join(p.split()) for p in paragraphs)
+
+
 def command(sub: typer.Typer | None, name: str, *, old: str | None = None,
             **settings: Any) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
     """Register a command on a sub-app (or the top level), with a hidden alias under its old name.
@@ -83,6 +101,8 @@ def command(sub: typer.Typer | None, name: str, *, old: str | None = None,
     """
 
     def register(func: Callable[..., Any]) -> Callable[..., Any]:
+        if "help" not in settings and func.__doc__:
+            settings["help"] = reflow(func.__doc__)
         (sub or app).command(name, **settings)(func)
         if old is not None:
             where = f"pbi {sub.info.name} {name}" if sub is not None else f"pbi {name}"

@@ -400,3 +400,30 @@ def test_demo_report_ends_with_the_review_command():
     text = format_report(LiveDemoReport(catalog={"tiled": "http://127.0.0.1:8000/api/v1"}))
     assert text.splitlines()[-1] == "  pbi review --tiled http://127.0.0.1:8000/api/v1"
     assert "pbi review" not in format_report(LiveDemoReport())
+
+
+def test_help_texts_do_not_break_mid_sentence():
+    """Typer keeps the single line breaks of a help text's later paragraphs, so docstrings
+    wrapped in the source broke mid-sentence in an 80-column terminal (`pbi demo --help`
+    did): every command's prose paragraphs reach click as one line each, and the terminal
+    wraps them."""
+    import typer.main
+
+    from pbi_bluesky.cli import app as pbi_app
+    from pbi_bluesky.cli.app import _listlike
+
+    def leaves(cmd, path):
+        for name, sub in (getattr(cmd, "commands", None) or {}).items():
+            yield from leaves(sub, [*path, name])
+        if not getattr(cmd, "commands", None):
+            yield " ".join(path), cmd
+
+    commands = dict(leaves(typer.main.get_command(pbi_app), ["pbi"]))
+    assert {"pbi demo", "pbi model train", "pbi catalog rescore"} <= set(commands)
+    broken = [name for name, cmd in commands.items()
+              for para in (cmd.help or "").split("\n\n")
+              if "\n" in para and not _listlike(para)]
+    assert broken == []
+    demo = runner.invoke(pbi_app, ["demo", "--help"], terminal_width=80).output
+    # rendered at 80 columns, the sentence runs on (it broke after "tray," before)
+    assert any("14-sample tray, first measures" in line for line in demo.splitlines()), demo
