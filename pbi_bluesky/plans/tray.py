@@ -162,15 +162,32 @@ def split_monitors(detectors: list[Any]) -> tuple[list[Any], list[Any]]:
     return async_dets, [d for d in detectors if d not in async_dets]
 
 
-def _one_point(detectors: list[Any], changer: Any, slot: int, exposure: float,
-               md: dict[str, Any]) -> MsgGenerator[str]:
-    """Move, set the exposure, then one staged run with one frame."""
-    detectors, monitors = split_monitors(detectors)
+def _checked(slots: Iterable[int | Mapping[str, Any]], exposure: float
+             ) -> tuple[float, list[tuple[int, dict[str, Any]]]]:
+    """Return the exposure as a float and the resolved slots; ValueError if either is bad."""
+    exposure = float(exposure)
+    if not exposure > 0:
+        raise ValueError(f"exposure must be > 0 s, got {exposure}")
+    entries = resolve_slots(slots)
+    if not entries:
+        raise ValueError("no slots to measure")
+    return exposure, entries
+
+
+def _setup_monitors(detectors: list[Any], monitors: list[Any]) -> MsgGenerator[None]:
+    """Have ophyd-async detectors record the monitors in their files (nothing without any)."""
     if monitors:
         from pbi_bluesky.devices.epics_async import setup_monitor_ndattributes
 
         for det in detectors:
             yield from setup_monitor_ndattributes(det, monitors)
+
+
+def _one_point(detectors: list[Any], changer: Any, slot: int, exposure: float,
+               md: dict[str, Any]) -> MsgGenerator[str]:
+    """Move, set the exposure, then one staged run with one frame."""
+    detectors, monitors = split_monitors(detectors)
+    yield from _setup_monitors(detectors, monitors)
     yield from bps.mv(changer, slot)
     for det in detectors:
         yield from set_exposure(det, exposure)
@@ -224,12 +241,7 @@ def measure_tray(
     ``tray_index``/``tray_size`` and ``md``. The detector is staged per run, so every run
     has its own files and asset documents.
     """
-    exposure = float(exposure)
-    if not exposure > 0:
-        raise ValueError(f"exposure must be > 0 s, got {exposure}")
-    entries = resolve_slots(slots)
-    if not entries:
-        raise ValueError("no slots to measure")
+    exposure, entries = _checked(slots, exposure)
     dets = _as_list(detectors)
     uids: list[str] = []
     for index, (slot, known) in enumerate(entries):
@@ -286,12 +298,7 @@ def measure_normals(
     ``exposure_s``, ``purpose`` = ``"normals"`` (what ``pbi model train --tiled --query
     purpose=normals`` selects), ``plan_name`` = ``"measure_normals"`` and ``md``.
     """
-    exposure = float(exposure)
-    if not exposure > 0:
-        raise ValueError(f"exposure must be > 0 s, got {exposure}")
-    entries = resolve_slots(slots)
-    if not entries:
-        raise ValueError("no slots to measure")
+    exposure, entries = _checked(slots, exposure)
     by_recipe: dict[str, list[tuple[int, dict[str, Any]]]] = {}
     for slot, known in entries:
         if not known.get("composition"):
@@ -317,11 +324,7 @@ def measure_normals(
             **({"thickness_cm": thicknesses.pop()} if thicknesses else {}),
             **dict(md or {})}
         runs_md.append((group, run_md))
-    if monitors:
-        from pbi_bluesky.devices.epics_async import setup_monitor_ndattributes
-
-        for det in detectors_read:
-            yield from setup_monitor_ndattributes(det, monitors)
+    yield from _setup_monitors(detectors_read, monitors)
     for det in detectors_read:
         yield from set_exposure(det, exposure)
     uids: list[str] = []
