@@ -1,0 +1,261 @@
+"""Issue 20, the harness for the bus outbox: a hypothesis state machine drives
+:class:`~pbi_bluesky.bus.BusPublisher` against the real Redis of the bus tests, reached
+through a relay that makes the broker refuse connections, lose replies (the request ran,
+the answer never came) or hang (time out), with interleaved runs, publisher restarts (a new
+object on the same outbox folder), spilling past a small byte budget and torn outbox tails
+(what a crash mid-append leaves).
+
+Invariant, after every step: on the broker, each run's documents appear at most once and in
+the order they were emitted. At the end (broker up, the last publisher closed): every
+document of every run is on the broker exactly once, in order, except the documents of a
+torn outbox record, which the outbox drops and reports (a crash cut them off)."""
+
+from __future__ import annotations
+
+import itertools
+import select
+import shutil
+import socket
+import tempfile
+import threading
+from pathlib import Path
+
+import pytest
+from event_model import compose_run
+from hypothesis import HealthCheck, settings
+from hypothesis import strategies as st
+from hypothesis.stateful import (
+    RuleBasedStateMachine,
+    initialize,
+    invariant,
+    precondition,
+    rule,
+    run_state_machine_as_test,
+)
+
+from pbi_bluesky.bus import BusNames, BusPublisher
+from pbi_bluesky.codec import decode
+from pbi_bluesky.store.recordlog import Scan
+
+pytestmark = pytest.mark.harness
+
+MODES = ("up", "refuse", "lose_reply", "hang")
+
+
+class FlakyLink:
+    """A TCP relay in front of the real broker whose behaviour the machine switches.
+
+    ``up`` relays both ways; ``refuse`` closes connections before a request reaches the
+    broker; ``lose_reply`` lets requests run on the broker and cuts the connection before
+    their reply (a broker or network dying mid-call); ``hang`` runs them and swallows the
+    reply (the client times out).
+    """
+
+    def __init__(self, port: int) -> None:
+        self.target = ("127.0.0.1", port)
+        self.mode = "up"
+        self.server = socket.create_server(("127.0.0.1", 0))
+        self.port = self.server.getsockname()[1]
+        self.conns: list[socket.socket] = []
+        self.lock = threading.Lock()
+        self.closed = False
+        threading.Thread(target=self._accept, daemon=True, name="flaky-link").start()
+
+    @property
+    def url(self) -> str:
+        return f"redis://127.0.0.1:{self.port}/0"
+
+    def _accept(self) -> None:
+        while not self.closed:
+            try:
+                conn, _ = self.server.accept()
+            except OSError:
+                return
+            if self.mode == "refuse":
+                conn.close()
+                continue
+            try:
+                up = socket.create_connection(self.target, timeout=2)
+            except OSError:
+                conn.close()
+                continue
+            with self.lock:
+                self.conns += [conn, up]
+            threading.Thread(target=self._relay, args=(conn, up), daemon=True).start()
+
+    def _relay(self, client: socket.socket, broker: socket.socket) -> None:
+        try:
+            while not self.closed:
+                ready, _, _ = select.select([client, broker], [], [], 0.05)
+                for sock in ready:
+                    data = sock.recv(1 << 16)
+                    if not data:
+                        return
+                    if sock is client:
+                        if self.mode == "refuse":
+                            return  # the request never reaches the broker
+                        broker.sendall(data)
+                    elif self.mode == "lose_reply":
+                        return  # the request ran; its reply is lost with the connection
+                    elif self.mode == "up":
+                        client.sendall(data)
+                    # hang: swallowed, the client times out
+        except OSError:
+            return
+        finally:
+            for sock in (client, broker):
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.closed = True
+        self.server.close()
+        with self.lock:
+            for sock in self.conns:
+                try:
+                    sock.close()
+                except OSError:
+                    pass
+
+
+_beamlines = itertools.count()
+
+
+class OutboxMachine(RuleBasedStateMachine):
+    server = None  # the real Redis, set by the test
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.dir = Path(tempfile.mkdtemp(prefix="pbi-outbox-harness-"))
+        self.names = BusNames(f"harness{next(_beamlines)}")
+        self.client = self.server.client()
+        self.client.delete(self.names.documents)
+        self.link = FlakyLink(self.server.port)
+        self.pub = self._publisher()
+        self.open: dict[str, list] = {}  # run -> [bundle, descriptor bundle, seq]
+        self.expected: dict[str, list[str]] = {}  # run -> uids in emitted order
+        self.lost: dict[str, str] = {}  # uid -> why the outbox could not keep it
+        self.runs_of: dict[str, str] = {}  # uid -> run
+
+    def _publisher(self) -> BusPublisher:
+        return BusPublisher(self.link.url, self.names.beamline, outbox_dir=self.dir,
+                            retry_initial_s=0.01, retry_max_s=0.05, socket_timeout=0.3,
+                            max_bytes=3000)  # a few small documents: the rest spill
+
+    def _emit(self, run: str, name: str, doc: dict) -> None:
+        self.expected[run].append(doc["uid"])
+        self.runs_of[doc["uid"]] = run
+        self.pub(name, doc)
+
+    def _delivered(self) -> dict[str, list[str]]:
+        runs: dict[str, list[str]] = {}
+        for _id, fields in self.client.xrange(self.names.documents):
+            run = fields[b"run"].decode()
+            runs.setdefault(run, []).append(decode(fields[b"doc"])["uid"])
+        return runs
+
+    # -- the scan ----------------------------------------------------------------------
+    @precondition(lambda self: len(self.open) < 3)
+    @rule()
+    def start_run(self) -> None:
+        bundle = compose_run()
+        run = bundle.start_doc["uid"]
+        self.expected[run] = []
+        self._emit(run, "start", bundle.start_doc)
+        desc = bundle.compose_descriptor(name="primary", data_keys={
+            "x": {"dtype": "number", "shape": [], "source": "h"}})
+        self._emit(run, "descriptor", desc.descriptor_doc)
+        self.open[run] = [bundle, desc, 0]
+
+    @initialize()
+    def first_run(self) -> None:
+        self.start_run()
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data(), n=st.integers(1, 6))
+    def events(self, data, n) -> None:
+        run = data.draw(st.sampled_from(sorted(self.open)))
+        _bundle, desc, seq = self.open[run]
+        for _ in range(n):
+            seq += 1
+            self._emit(run, "event", desc.compose_event(data={"x": float(seq)},
+                                                        timestamps={"x": 0.0}, seq_num=seq))
+        self.open[run][2] = seq
+
+    @precondition(lambda self: self.open)
+    @rule(data=st.data())
+    def stop_run(self, data) -> None:
+        run = data.draw(st.sampled_from(sorted(self.open)))
+        bundle, _desc, _seq = self.open.pop(run)
+        self._emit(run, "stop", bundle.compose_stop())
+
+    # -- the broker and the process ----------------------------------------------------------
+    @rule(mode=st.sampled_from(MODES))
+    def broker(self, mode) -> None:
+        self.link.mode = mode
+
+    @rule()
+    def let_it_send(self) -> None:
+        self.pub.flush(0.2)
+
+    @rule(tear=st.booleans(), cut=st.integers(1, 1 << 20))
+    def restart(self, tear, cut) -> None:
+        """The publishing process ends (what it could not send stays in the outbox) and a
+        new one starts on the same folder; ``tear``: it died mid-append instead, leaving a
+        torn last record in the outbox."""
+        self.pub.close(timeout=0.3)
+        assert not self.pub._thread.is_alive(), "a closed publisher still sends"
+        if tear:
+            self._tear(cut)
+        self.pub = self._publisher()
+
+    def _tear(self, cut: int) -> None:
+        path = self.pub.outbox.path
+        records = list(Scan(path))
+        if not records:
+            return
+        offset, length, record = records[-1]
+        keep = offset + cut % length  # 0 < bytes cut < the record's length
+        with open(path, "r+b") as fh:
+            fh.truncate(keep if keep > offset else offset + 1)
+        self.lost[decode(record["doc"])["uid"]] = "torn outbox record"
+
+    # -- the invariant -----------------------------------------------------------------------
+    @invariant()
+    def at_most_once_in_order(self) -> None:
+        for run, uids in self._delivered().items():
+            assert len(uids) == len(set(uids)), f"run {run[:8]}: duplicates on the broker"
+            order = {u: i for i, u in enumerate(self.expected[run])}
+            idx = [order[u] for u in uids]
+            assert idx == sorted(idx), f"run {run[:8]}: out of order on the broker"
+
+    def teardown(self) -> None:
+        try:
+            for run in list(self.open):
+                bundle, _d, _s = self.open.pop(run)
+                self._emit(run, "stop", bundle.compose_stop())
+            self.link.mode = "up"
+            assert self.pub.close(timeout=20), self.pub.stats
+            delivered = self._delivered()
+            for run, uids in self.expected.items():
+                want = [u for u in uids if u not in self.lost]
+                assert delivered.get(run, []) == want, (
+                    f"run {run[:8]}: expected {len(want)} documents once, in order, got "
+                    f"{len(delivered.get(run, []))}")
+            assert not self.pub.outbox.path.exists() and not self.pub.spill.path.exists()
+        finally:
+            self.link.close()
+            self.client.delete(self.names.documents)
+            shutil.rmtree(self.dir, ignore_errors=True)
+
+
+def test_outbox_harness(redis_server):
+    """Every document reaches the broker once, in order, through refusals, lost replies,
+    timeouts, restarts and torn outbox tails (see the module docstring)."""
+    OutboxMachine.server = redis_server
+    run_state_machine_as_test(
+        OutboxMachine,
+        settings=settings(max_examples=15, stateful_step_count=10, deadline=None,
+                          database=None, suppress_health_check=list(HealthCheck)))
