@@ -16,8 +16,15 @@ A sender thread then, in document order,
 While the broker is unreachable, documents go to the local :class:`~.outbox.Outbox` file
 instead; the sender retries the broker with exponential backoff and, once it answers,
 sends the outbox first (in order, resuming after a partial attempt), then carries on. An
-outbox left by a previous process is sent the same way at start. Delivery is at least
-once: a send cut off mid-way may be repeated, and consumers drop duplicates.
+outbox left by a previous process is sent the same way at start.
+
+Delivery is exactly once, also when a call ran on the broker but its reply was lost (a
+connection cut mid-call, a timeout): each record carries its publisher's identity (a
+random token per :class:`BusPublisher`, kept in the outbox with the record) and a sequence
+number, and one Lua script adds a batch to the stream atomically, skipping the records at
+or below the last number the broker took from that publisher
+(``{beamline}.pbi.publisher.<token>``, expiring ``dedupe_ttl_s`` after its last use).
+:attr:`~BusPublisher.stats` ``["resent_skipped"]`` counts the repeats so refused.
 """
 
 from __future__ import annotations
@@ -25,6 +32,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -47,6 +55,37 @@ DEFAULT_INLINE_LIMIT = 1 << 20
 """Largest inline array (bytes) put on the bus; larger frames must travel by reference."""
 _RUN_OF_UID = ("descriptor", "resource", "stream_resource")
 _FRAME_DOCS = ("event", "event_page", "stream_datum", "stream_datum_page")
+
+
+SEND_SCRIPT = """
+-- KEYS[1] the documents stream, KEYS[2] the last sequence number taken from this publisher;
+-- ARGV[1] maxlen (0: none), ARGV[2] seconds KEYS[2] lives, then (seq, run, name, doc) per
+-- record. Atomic: all records added or none; a record numbered at or below the last one
+-- taken is a repeat of a call whose reply was lost and is skipped (seq 0: not numbered).
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local maxlen = tonumber(ARGV[1])
+local added = 0
+for i = 3, #ARGV, 4 do
+  local seq = tonumber(ARGV[i])
+  if seq == 0 or seq > last then
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+                 'run', ARGV[i + 1], 'name', ARGV[i + 2], 'doc', ARGV[i + 3])
+    else
+      redis.call('XADD', KEYS[1], '*', 'run', ARGV[i + 1], 'name', ARGV[i + 2],
+                 'doc', ARGV[i + 3])
+    end
+    if seq > last then last = seq end
+    added = added + 1
+  end
+end
+if last > 0 then redis.call('SET', KEYS[2], last, 'EX', ARGV[2]) end
+return added
+"""
+"""Idempotent batch XADD (see the module docstring)."""
+
+DEFAULT_DEDUPE_TTL = 7 * 24 * 3600
+"""Seconds the broker remembers a publisher's last sequence number after its last send."""
 
 
 def _nbytes(value: Any) -> int:
@@ -82,13 +121,19 @@ class BusPublisher:
     password_env
         Environment variable holding the broker's password (``bus.password_env``; default
         ``PBI_REDIS_PASSWORD``). The URL is only ever logged with its password redacted.
+    max_bytes
+        Bytes of documents held in memory before they spill to a file.
+    dedupe_ttl_s
+        Seconds the broker remembers the last sequence number it took from this publisher
+        (a record whose reply was lost longer ago than that could be added twice).
     """
 
     def __init__(self, url: str, beamline: str, *, outbox_dir: str | Path,
                  inline_limit_bytes: int = DEFAULT_INLINE_LIMIT, maxlen: int | None = None,
                  retry_initial_s: float = 0.2, retry_max_s: float = 5.0,
                  socket_timeout: float = 2.0, password_env: str | None = PASSWORD_ENV,
-                 max_bytes: int = DEFAULT_MEMORY_BUDGET) -> None:
+                 max_bytes: int = DEFAULT_MEMORY_BUDGET,
+                 dedupe_ttl_s: int = DEFAULT_DEDUPE_TTL) -> None:
         self.url, self.names = url, BusNames(beamline)
         self.inline_limit = int(inline_limit_bytes)
         self.maxlen = maxlen
@@ -97,6 +142,11 @@ class BusPublisher:
         self._client = connect(url, socket_timeout=socket_timeout,
                                connect_timeout=min(1.0, socket_timeout),
                                password_env=password_env)
+        self._send_script = self._client.register_script(SEND_SCRIPT)
+        self.token = uuid.uuid4().hex
+        """This publisher's identity on the broker (its records' sequence numbers)."""
+        self._seq = 0
+        self.dedupe_ttl = int(dedupe_ttl_s)
         self._queue: deque[tuple[str, dict | None, int, int]] = deque()
         """``(name, doc, bytes held, 0)``, or ``(name, None, offset, length)`` of a
         document kept in the spill file."""
@@ -122,7 +172,8 @@ class BusPublisher:
         self._attempt = 0
         self.stats = {"queued": 0, "published": 0, "outboxed": 0, "refused": 0,
                       "from_outbox": 0, "reconnects": 0, "unencodable": 0,
-                      "send_errors": 0, "spilled": 0, "peak_held_bytes": 0}
+                      "send_errors": 0, "spilled": 0, "peak_held_bytes": 0,
+                      "resent_skipped": 0}
         self._stalled: list[dict[str, Any]] | None = None
         """Records that could neither be sent nor written to the outbox (retried first)."""
         self._thread = threading.Thread(target=self._loop, daemon=True,
@@ -290,6 +341,12 @@ class BusPublisher:
                 self.spill.path.unlink(missing_ok=True)
 
     def _safe_record(self, name: str, doc: dict) -> dict[str, Any]:
+        record = self._unnumbered_record(name, doc)
+        self._seq += 1
+        record["pub"], record["seq"] = self.token, self._seq
+        return record
+
+    def _unnumbered_record(self, name: str, doc: dict) -> dict[str, Any]:
         try:
             return self._record(name, doc)
         except Exception as exc:  # noqa: BLE001 - a document that breaks us still goes out
@@ -342,12 +399,25 @@ class BusPublisher:
         self._attempt += 1
 
     def _xadd(self, records: list[dict[str, Any]]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for r in records:
-            pipe.xadd(self.names.documents, {"run": r["run"], "name": r["name"],
-                                             "doc": r["doc"]},
-                      maxlen=self.maxlen, approximate=True)
-        pipe.execute()
+        """Add records to the stream, each once (see :data:`SEND_SCRIPT`), in order.
+
+        Records of one publisher go in one atomic call; records of an outbox written by an
+        earlier version carry no number and are added as they come.
+        """
+        i = 0
+        while i < len(records):
+            token = records[i].get("pub") or ""
+            j = i
+            args: list[Any] = [self.maxlen or 0, self.dedupe_ttl]
+            while j < len(records) and (records[j].get("pub") or "") == token:
+                r = records[j]
+                args += [int(r.get("seq") or 0) if token else 0, r["run"], r["name"],
+                         r["doc"]]
+                j += 1
+            key = self.names.publisher(token or "unnumbered")
+            added = int(self._send_script(keys=[self.names.documents, key], args=args))
+            self.stats["resent_skipped"] += (j - i) - added
+            i = j
 
     # -- documents --------------------------------------------------------------------------
     def _run_uid(self, name: str, doc: dict) -> str:
