@@ -17,6 +17,9 @@ Empty-cell frames change the background of later frames. So that a frame is scor
 the same background as in-process, a sample frame carries a reference to the latest
 empty-cell frame, before it in document order, that was reduced successfully; the
 dispatcher waits for pending empty-cell results before it dispatches the next sample frame.
+The empty-cell list (``….pbi.cells``) holds only the cells not yet resolved: once a sample
+frame has resolved them, they are trimmed off in the same atomic batch that records the
+resolved background.
 """
 
 from __future__ import annotations
@@ -432,8 +435,12 @@ class Dispatcher:
                 time.sleep(0.01)
             if blob is not None and decode(blob)["result"]["status"] == "reference":
                 ref = cell
-        self._bg_upto, self._bg_ref = n, ref
-        ops.add("HSET", self.names.background, "upto", n, "ref", ref or "")
+        # the cells now resolved are not needed any more (the background names its frame):
+        # the list keeps only the cells not yet resolved, so it does not grow for ever
+        ops.add("LTRIM", self.names.cells, n, -1)
+        ops.add("HSET", self.names.background, "upto", 0, "ref", ref or "")
+        self._cells_len = 0  # n cells were in the list, all resolved and trimmed
+        self._bg_upto, self._bg_ref = 0, ref
         return ref
 
 

@@ -14,7 +14,7 @@ rest is this package's own working state, under ``{beamline}.pbi.``:
 ``….pbi.run.<uid>.emitted``      frame keys already dispatched (duplicate documents)
 ``….pbi.run.<uid>.datums``       Datum documents by datum id
 ``….pbi.open``                   runs not yet closed
-``….pbi.cells`` / ``background``  empty-cell frames in order, and the resolved background
+``….pbi.cells`` / ``background``  empty-cell frames not yet resolved, and the resolved background
 ``….pbi.coordinator``            the coordinator lease (one worker dispatches and assembles)
 ``….pbi.stats`` / ``errors``      counters; last unexpected error per work item
 ``….pbi.workers``                worker name -> time of its last heartbeat

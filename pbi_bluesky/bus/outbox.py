@@ -1,7 +1,9 @@
 """The publisher's local outbox: documents kept on disk while the broker is unreachable.
 
-One append-only file of msgpack records (``{"run", "name", "doc"}``, the document already
-encoded by :mod:`pbi_bluesky.codec`), flushed to the operating system after every batch and
+One append-only file of msgpack records (``{"run", "name", "doc", "pub", "seq"}``: the
+document already encoded by :mod:`pbi_bluesky.codec`, and the publisher's token and sequence
+number that let the broker refuse a repeat; files of earlier versions lack the last two),
+flushed to the operating system after every batch and
 fsynced at most every ``fsync_interval`` seconds. Sending it resumes where the last attempt
 stopped: the number of records already on the broker is kept beside it
 (``<name>.sent``, written atomically). A torn last record (a crash while appending) is
