@@ -60,6 +60,12 @@ class Outbox:
         self._log = RecordLog(self.path, fsync_interval=fsync_interval, max_bytes=max_bytes)
         self.appended = 0
         self._torn = 0
+        if self.sent_path.exists() and not self.path.exists():
+            # a count whose outbox is gone (a crash between the two removals of an older
+            # version): it would make the next outbox's first records count as sent
+            logger.warning("outbox %s: dropping the sent count of an outbox that is gone",
+                           self.path)
+            self.sent_path.unlink(missing_ok=True)
 
     @property
     def torn(self) -> int:
@@ -134,8 +140,11 @@ class Outbox:
             send(batch)
             sent += len(batch)
             self._mark_sent(done + sent)
-        self.path.unlink(missing_ok=True)
+        # the count first: a crash between the two removals then resends the outbox (the
+        # broker refuses the repeats by their sequence numbers) instead of leaving a count
+        # that would skip the next outbox's records
         self.sent_path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
         return sent
 
     def close(self) -> None:

@@ -303,3 +303,23 @@ def test_a_lost_reply_or_a_timeout_sends_nothing_twice(redis_server, tmp_path):
     uids = [decode(f[b"doc"])["uid"] for _i, f in client.xrange(names.documents)]
     assert uids == [d["uid"] for _n, d in docs]
     assert pub.stats["resent_skipped"] == 2
+
+
+def test_a_crash_after_a_full_drain_leaves_no_stale_sent_count(tmp_path):
+    """Issue 20 harness follow-up: after a full drain the outbox file was removed before its
+    ``.sent`` count; a crash between the two left a count that the next outbox (new
+    records) took as already sent: they were skipped, lost. Now the count goes first (a
+    crash between then resends, and the broker refuses the repeats by their numbers) and a
+    count without its outbox is dropped."""
+    from pbi_bluesky.bus import Outbox
+
+    box = Outbox(tmp_path / "bl.outbox")
+    box.append([{"run": "r", "name": "event", "doc": bytes([i])} for i in range(3)])
+    sent: list = []
+    box.drain(sent.extend)
+    assert len(sent) == 3 and not box.path.exists() and not box.sent_path.exists()
+    box.sent_path.write_text("3")  # what the crash between the two removals left
+    box = Outbox(tmp_path / "bl.outbox")  # the next process
+    box.append([{"run": "r", "name": "event", "doc": b"new"}])
+    rest: list = []
+    assert box.drain(rest.extend) == 1 and [r["doc"] for r in rest] == [b"new"]
