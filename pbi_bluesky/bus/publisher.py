@@ -1,10 +1,11 @@
 r"""``RE.subscribe(BusPublisher(...))``: bluesky documents onto the beamline's Redis stream.
 
-The RunEngine thread only appends ``(name, doc)`` to an in-memory queue (no I/O, no lock
-held for longer than an append, never an exception): the scan never waits for the broker.
-A sender thread then, in document order,
+The RunEngine thread only finds the run uid of each document (the entry's key; a dict
+look-up, kept with the document also when it spills to the file, so that a process that
+sends a dead one's spill file still knows the run of its events) and appends it to an
+in-memory queue (no I/O, no lock held for longer than an append, never an exception): the
+scan never waits for the broker. A sender thread then, in document order,
 
-* finds the run uid of each document (the entry's key),
 * refuses inline arrays above ``inline_limit_bytes``: the array is removed from the event
   and the refusal recorded in it (``pbi_refused``: key -> reason), so the frame still
   reaches the scorers and is accounted for as failed, with a reason that says to publish
@@ -41,7 +42,7 @@ import numpy as np
 
 from pbi_bluesky.bus.names import PASSWORD_ENV, BusNames, connect
 from pbi_bluesky.bus.outbox import Outbox
-from pbi_bluesky.codec import EncodeError, decode_document, encode, encode_document, sanitize
+from pbi_bluesky.codec import EncodeError, decode_document, encode, sanitize
 from pbi_bluesky.infra.memory import DEFAULT_MEMORY_BUDGET, doc_nbytes
 from pbi_bluesky.infra.secrets import redact_url
 from pbi_bluesky.store.recordlog import RecordLog, Scan, read_at
@@ -147,8 +148,8 @@ class BusPublisher:
         """This publisher's identity on the broker (its records' sequence numbers)."""
         self._seq = 0
         self.dedupe_ttl = int(dedupe_ttl_s)
-        self._queue: deque[tuple[str, dict | None, int, int]] = deque()
-        """``(name, doc, bytes held, 0)``, or ``(name, None, offset, length)`` of a
+        self._queue: deque[tuple[str, dict | None, int, int, str]] = deque()
+        """``(name, doc, bytes held, 0, run)``, or ``(name, None, offset, length, run)`` of a
         document kept in the spill file."""
         self.max_bytes = int(max_bytes)
         self.held_bytes = 0
@@ -158,7 +159,8 @@ class BusPublisher:
         """Queued entries that live in the spill file."""
         for offset, length, record in Scan(self.spill.path, valid=is_spool_record):
             # a spill file left by a process that ended before sending it: sent first
-            self._queue.append((record["name"], None, offset, length))
+            self._queue.append((record["name"], None, offset, length,
+                                str(record.get("run") or "")))
             self._spilled += 1
         if self._spilled:
             logger.warning("bus publisher: %d document(s) left in %s by an earlier process "
@@ -213,14 +215,15 @@ class BusPublisher:
         try:
             size = doc_nbytes(doc)
             with self._cond:
+                run = self._run_uid(name, doc)
                 if self.held_bytes + size > self.max_bytes:
-                    entry = self._spill(name, doc)
+                    entry = self._spill(name, doc, run)
                     if entry is not None:
                         self._queue.append(entry)
                         self.stats["queued"] += 1
                         self._cond.notify()
                         return
-                self._queue.append((name, doc, size, 0))
+                self._queue.append((name, doc, size, 0, run))
                 self.held_bytes += size
                 self.stats["peak_held_bytes"] = max(self.stats["peak_held_bytes"],
                                                     self.held_bytes)
@@ -229,14 +232,18 @@ class BusPublisher:
         except Exception:  # noqa: BLE001 - the scan must never die because of us
             logger.exception("bus publisher could not queue a %r document", name)
 
-    def _spill(self, name: str, doc: dict) -> tuple[str, None, int, int] | None:
-        """Append a document to the spill file; None (keep it in memory) if that fails."""
+    def _spill(self, name: str, doc: dict, run: str) -> tuple[str, None, int, int, str] | None:
+        """Append a document to the spill file; None (keep it in memory) if that fails.
+
+        The record is the spool's ``{"name", "doc"}`` with the document's ``run`` beside.
+        """
         try:
             try:
-                data = encode_document(name, doc)
+                data = encode({"name": name, "doc": doc, "run": run})
             except EncodeError:
                 clean, paths = sanitize(doc)
-                data = encode_document(name, {**clean, "pbi_unencodable": paths})
+                data = encode({"name": name, "doc": {**clean, "pbi_unencodable": paths},
+                               "run": run})
             offset = self.spill.append(data)
         except Exception:  # noqa: BLE001 - held in memory instead: nothing dropped
             logger.exception("bus publisher: could not spill a %s document to %s; held in "
@@ -244,14 +251,14 @@ class BusPublisher:
             return None
         self._spilled += 1
         self.stats["spilled"] += 1
-        return (name, None, offset, len(data))
+        return (name, None, offset, len(data), run)
 
-    def _take(self, entry: tuple[str, dict | None, int, int]) -> tuple[str, dict]:
-        """Return a popped entry's document (read back from the spill file if there)."""
-        name, doc, a, b = entry
-        if doc is not None:
-            return name, doc
-        return decode_document(read_at(self.spill.path, a, b))
+    def _take(self, entry: tuple[str, dict | None, int, int, str]) -> tuple[str, dict, str]:
+        """Return a popped entry's document and run (read back from the spill file if there)."""
+        name, doc, a, b, run = entry
+        if doc is None:
+            name, doc = decode_document(read_at(self.spill.path, a, b))
+        return name, doc, run
 
     # -- control ----------------------------------------------------------------------------
     @property
@@ -329,7 +336,7 @@ class BusPublisher:
                 with self._cond:
                     self._busy = False
 
-    def _done_with(self, entry: tuple[str, dict | None, int, int]) -> None:
+    def _done_with(self, entry: tuple[str, dict | None, int, int, str]) -> None:
         """Release a queue entry's memory; empty the spill file once nothing is in it."""
         with self._cond:
             if entry[1] is not None:
@@ -340,21 +347,21 @@ class BusPublisher:
                 self.spill.close()
                 self.spill.path.unlink(missing_ok=True)
 
-    def _safe_record(self, name: str, doc: dict) -> dict[str, Any]:
-        record = self._unnumbered_record(name, doc)
+    def _safe_record(self, name: str, doc: dict, run: str) -> dict[str, Any]:
+        record = self._unnumbered_record(name, doc, run)
         self._seq += 1
         record["pub"], record["seq"] = self.token, self._seq
         return record
 
-    def _unnumbered_record(self, name: str, doc: dict) -> dict[str, Any]:
+    def _unnumbered_record(self, name: str, doc: dict, run: str) -> dict[str, Any]:
         try:
-            return self._record(name, doc)
+            return self._record(name, doc, run)
         except Exception as exc:  # noqa: BLE001 - a document that breaks us still goes out
             self.stats["unencodable"] += 1
             logger.exception("bus publisher: %s document could not be prepared (%s); "
                              "published with its values as text", name, exc)
             clean, paths = sanitize(doc)
-            return {"run": self._run_uid(name, clean), "name": name,
+            return {"run": run, "name": name,
                     "doc": encode({**clean, "pbi_unencodable": paths})}
 
     def _send(self, records: list[dict[str, Any]]) -> None:
@@ -421,6 +428,13 @@ class BusPublisher:
 
     # -- documents --------------------------------------------------------------------------
     def _run_uid(self, name: str, doc: dict) -> str:
+        """Return the run of a document ("" if it names none); on the RunEngine thread."""
+        try:
+            return self._find_run(name, doc)
+        except Exception:  # noqa: BLE001 - a malformed document still goes out
+            return ""
+
+    def _find_run(self, name: str, doc: dict) -> str:
         if name == "start":
             return str(doc.get("uid", ""))
         if name in _RUN_OF_UID or name == "stop":
@@ -460,8 +474,7 @@ class BusPublisher:
                         if k in refused else v) for k, v in data.items()}
         return {**doc, "data": new_data, "pbi_refused": refused}
 
-    def _record(self, name: str, doc: dict) -> dict[str, Any]:
-        run = self._run_uid(name, doc)
+    def _record(self, name: str, doc: dict, run: str) -> dict[str, Any]:
         doc = self._refuse_large(name, doc)
         try:
             payload = encode(doc)

@@ -323,3 +323,47 @@ def test_a_crash_after_a_full_drain_leaves_no_stale_sent_count(tmp_path):
     box.append([{"run": "r", "name": "event", "doc": b"new"}])
     rest: list = []
     assert box.drain(rest.extend) == 1 and [r["doc"] for r in rest] == [b"new"]
+
+
+def test_the_spill_file_of_a_dead_process_keeps_the_runs_of_its_events(
+        redis_server, tmp_path):
+    """Issue 20 harness follow-up: the sender found an event's run from the descriptors it
+    had seen. A process that died with events in its spill file left them to the next
+    process, which had never seen their descriptor: they went out naming no run, and the
+    coordinator dead-letters such documents. Now the run is found on the RunEngine thread
+    and kept in the spill record."""
+    link = FlakyLink(redis_server.port)
+    link.mode = "refuse"
+    crashed = tmp_path / "crashed"
+    names = BusNames("spillrun")
+    client = redis_server.client()
+    client.delete(names.documents)
+    a = BusPublisher(link.url, names.beamline, outbox_dir=tmp_path / "a",
+                     retry_initial_s=0.01, retry_max_s=0.05, max_bytes=1)
+    bundle = compose_run()
+    desc = bundle.compose_descriptor(name="primary", data_keys={
+        "x": {"dtype": "number", "shape": [], "source": "h"}})
+    docs = [("start", bundle.start_doc), ("descriptor", desc.descriptor_doc)]
+    for name, doc in docs:
+        a(name, doc)
+    deadline = time.monotonic() + 5
+    while a.outbox.appended < 2 and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert a.outbox.appended == 2  # start and descriptor wait in the outbox
+    try:
+        with a._cond:  # the sender takes nothing more: the process dies here
+            for i in range(3):
+                docs.append(("event", desc.compose_event(
+                    data={"x": float(i)}, timestamps={"x": 0.0}, seq_num=i + 1)))
+                a(*docs[-1])
+            a.outbox.close()
+            shutil.copytree(tmp_path / "a", crashed)  # its files as the crash left them
+        assert len(list(Scan(crashed / a.spill.path.name))) == 3  # the events, spilled
+        b = BusPublisher(redis_server.url, names.beamline, outbox_dir=crashed)
+        assert b.close(10), b.stats
+    finally:
+        a.close(0.5)
+        link.close()
+    entries = client.xrange(names.documents)
+    assert [decode(f[b"doc"])["uid"] for _i, f in entries] == [d["uid"] for _n, d in docs]
+    assert {f[b"run"].decode() for _i, f in entries} == {bundle.start_doc["uid"]}
