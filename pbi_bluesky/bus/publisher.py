@@ -1,8 +1,9 @@
 r"""``RE.subscribe(BusPublisher(...))``: bluesky documents onto the beamline's Redis stream.
 
 The RunEngine thread only finds the run uid of each document (the entry's key; a dict
-look-up, kept with the document also when it spills to the file, so that a process that
-sends a dead one's spill file still knows the run of its events) and appends it to an
+look-up) and numbers it (see below), keeps both with the document also when it spills to
+the file (so that a process that sends a dead one's spill file still knows the run of its
+events, and the broker refuses those the dead one had sent), and appends it to an
 in-memory queue (no I/O, no lock held for longer than an append, never an exception): the
 scan never waits for the broker. A sender thread then, in document order,
 
@@ -85,6 +86,9 @@ return added
 """
 """Idempotent batch XADD (see the module docstring)."""
 
+_Meta = tuple[str, str, int]
+"""A queued document's run uid, publisher token and sequence number."""
+
 DEFAULT_DEDUPE_TTL = 7 * 24 * 3600
 """Seconds the broker remembers a publisher's last sequence number after its last send."""
 
@@ -148,9 +152,9 @@ class BusPublisher:
         """This publisher's identity on the broker (its records' sequence numbers)."""
         self._seq = 0
         self.dedupe_ttl = int(dedupe_ttl_s)
-        self._queue: deque[tuple[str, dict | None, int, int, str]] = deque()
-        """``(name, doc, bytes held, 0, run)``, or ``(name, None, offset, length, run)`` of a
-        document kept in the spill file."""
+        self._queue: deque[tuple[str, dict | None, int, int, _Meta]] = deque()
+        """``(name, doc, bytes held, 0, meta)``, or ``(name, None, offset, length, meta)`` of
+        a document kept in the spill file; meta is ``(run, publisher token, sequence)``."""
         self.max_bytes = int(max_bytes)
         self.held_bytes = 0
         """Bytes of documents queued in memory now (the byte budget's counter)."""
@@ -160,7 +164,8 @@ class BusPublisher:
         for offset, length, record in Scan(self.spill.path, valid=is_spool_record):
             # a spill file left by a process that ended before sending it: sent first
             self._queue.append((record["name"], None, offset, length,
-                                str(record.get("run") or "")))
+                                (str(record.get("run") or ""), str(record.get("pub") or ""),
+                                 int(record.get("seq") or 0))))
             self._spilled += 1
         if self._spilled:
             logger.warning("bus publisher: %d document(s) left in %s by an earlier process "
@@ -215,15 +220,16 @@ class BusPublisher:
         try:
             size = doc_nbytes(doc)
             with self._cond:
-                run = self._run_uid(name, doc)
+                self._seq += 1
+                meta = (self._run_uid(name, doc), self.token, self._seq)
                 if self.held_bytes + size > self.max_bytes:
-                    entry = self._spill(name, doc, run)
+                    entry = self._spill(name, doc, meta)
                     if entry is not None:
                         self._queue.append(entry)
                         self.stats["queued"] += 1
                         self._cond.notify()
                         return
-                self._queue.append((name, doc, size, 0, run))
+                self._queue.append((name, doc, size, 0, meta))
                 self.held_bytes += size
                 self.stats["peak_held_bytes"] = max(self.stats["peak_held_bytes"],
                                                     self.held_bytes)
@@ -232,18 +238,21 @@ class BusPublisher:
         except Exception:  # noqa: BLE001 - the scan must never die because of us
             logger.exception("bus publisher could not queue a %r document", name)
 
-    def _spill(self, name: str, doc: dict, run: str) -> tuple[str, None, int, int, str] | None:
+    def _spill(self, name: str, doc: dict, meta: _Meta
+               ) -> tuple[str, None, int, int, _Meta] | None:
         """Append a document to the spill file; None (keep it in memory) if that fails.
 
-        The record is the spool's ``{"name", "doc"}`` with the document's ``run`` beside.
+        The record is the spool's ``{"name", "doc"}`` with the document's ``run``, ``pub``
+        (publisher token) and ``seq`` beside.
         """
+        run, pub, seq = meta
         try:
             try:
-                data = encode({"name": name, "doc": doc, "run": run})
+                data = encode({"name": name, "doc": doc, "run": run, "pub": pub, "seq": seq})
             except EncodeError:
                 clean, paths = sanitize(doc)
                 data = encode({"name": name, "doc": {**clean, "pbi_unencodable": paths},
-                               "run": run})
+                               "run": run, "pub": pub, "seq": seq})
             offset = self.spill.append(data)
         except Exception:  # noqa: BLE001 - held in memory instead: nothing dropped
             logger.exception("bus publisher: could not spill a %s document to %s; held in "
@@ -251,14 +260,15 @@ class BusPublisher:
             return None
         self._spilled += 1
         self.stats["spilled"] += 1
-        return (name, None, offset, len(data), run)
+        return (name, None, offset, len(data), meta)
 
-    def _take(self, entry: tuple[str, dict | None, int, int, str]) -> tuple[str, dict, str]:
-        """Return a popped entry's document and run (read back from the spill file if there)."""
-        name, doc, a, b, run = entry
+    def _take(self, entry: tuple[str, dict | None, int, int, _Meta]
+              ) -> tuple[str, dict, _Meta]:
+        """Return a popped entry's document and meta (read back from the spill file if there)."""
+        name, doc, a, b, meta = entry
         if doc is None:
             name, doc = decode_document(read_at(self.spill.path, a, b))
-        return name, doc, run
+        return name, doc, meta
 
     # -- control ----------------------------------------------------------------------------
     @property
@@ -336,7 +346,7 @@ class BusPublisher:
                 with self._cond:
                     self._busy = False
 
-    def _done_with(self, entry: tuple[str, dict | None, int, int, str]) -> None:
+    def _done_with(self, entry: tuple[str, dict | None, int, int, _Meta]) -> None:
         """Release a queue entry's memory; empty the spill file once nothing is in it."""
         with self._cond:
             if entry[1] is not None:
@@ -347,10 +357,11 @@ class BusPublisher:
                 self.spill.close()
                 self.spill.path.unlink(missing_ok=True)
 
-    def _safe_record(self, name: str, doc: dict, run: str) -> dict[str, Any]:
+    def _safe_record(self, name: str, doc: dict, meta: _Meta) -> dict[str, Any]:
+        run, pub, seq = meta
         record = self._unnumbered_record(name, doc, run)
-        self._seq += 1
-        record["pub"], record["seq"] = self.token, self._seq
+        if pub:
+            record["pub"], record["seq"] = pub, seq
         return record
 
     def _unnumbered_record(self, name: str, doc: dict, run: str) -> dict[str, Any]:

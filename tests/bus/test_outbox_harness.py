@@ -367,3 +367,31 @@ def test_the_spill_file_of_a_dead_process_keeps_the_runs_of_its_events(
     entries = client.xrange(names.documents)
     assert [decode(f[b"doc"])["uid"] for _i, f in entries] == [d["uid"] for _n, d in docs]
     assert {f[b"run"].decode() for _i, f in entries} == {bundle.start_doc["uid"]}
+
+
+def test_spilled_documents_sent_before_a_crash_are_not_sent_again(redis_server, tmp_path):
+    """Issue 20 harness follow-up: the spill file is removed only once nothing in it is
+    queued, so a process that died after sending some of it left them in the file and the
+    next process sent them again (new records, new numbers). Now a document is numbered
+    when it is queued and the spill record keeps its number: the broker refuses repeats."""
+    names = BusNames("spillagain")
+    client = redis_server.client()
+    client.delete(names.documents)
+    crashed = tmp_path / "crashed"
+    a = BusPublisher(redis_server.url, names.beamline, outbox_dir=tmp_path / "a",
+                     max_bytes=1)
+    bundle = compose_run()
+    docs = [("start", bundle.start_doc), ("stop", bundle.compose_stop())]
+    with a._cond:
+        for name, doc in docs:
+            a(name, doc)
+        # the spill file as it is while the sender works through it; the crash comes
+        # after the documents reached the broker, before the file was removed
+        shutil.copytree(tmp_path / "a", crashed)
+    assert a.close(10), a.stats
+    assert client.xlen(names.documents) == 2
+    b = BusPublisher(redis_server.url, names.beamline, outbox_dir=crashed)
+    assert b.close(10), b.stats
+    assert b.stats["resent_skipped"] == 2 and not b.spill.path.exists()
+    uids = [decode(f[b"doc"])["uid"] for _i, f in client.xrange(names.documents)]
+    assert uids == [d["uid"] for _n, d in docs]
