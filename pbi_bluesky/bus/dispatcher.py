@@ -9,9 +9,11 @@ work item per complete frame onto ``{beamline}.pbi.frames``, which the scorer wo
 
 Each batch of documents is applied in one fenced Lua call together with its
 acknowledgement (:class:`~.ledger.Ops`), so a document is processed exactly once even if
-the coordinator dies; duplicates the publisher may send (at-least-once) are recognised by
-the frame keys already seen. A document that cannot be used (undecodable, malformed, of a
-run never started) is dead-lettered with the reason and does not hold up the stream.
+the coordinator dies; duplicates that still reach the stream (the publisher refuses its
+own repeats, but not a run published twice, or a repeat older than its ``dedupe_ttl_s``)
+are recognised by the frame keys already seen. A document that cannot be used
+(undecodable, malformed, of a run never started) is dead-lettered with the reason and does
+not hold up the stream.
 
 Empty-cell frames change the background of later frames. So that a frame is scored with
 the same background as in-process, a sample frame carries a reference to the latest
@@ -221,7 +223,7 @@ class Dispatcher:
             raise PoisonDocument(f"{name} document of run {run} whose start document never "
                                  "arrived")
         if st.state in ("stopped", "closed"):
-            self.stats["duplicates"] += 1  # a late copy (the publisher sends at least once)
+            self.stats["duplicates"] += 1  # a late copy of a document
             return
         getattr(self, f"_{name}")(st, doc, ops, batch_ops)
         if st.state == "open":
