@@ -9,14 +9,19 @@ work item per complete frame onto ``{beamline}.pbi.frames``, which the scorer wo
 
 Each batch of documents is applied in one fenced Lua call together with its
 acknowledgement (:class:`~.ledger.Ops`), so a document is processed exactly once even if
-the coordinator dies; duplicates the publisher may send (at-least-once) are recognised by
-the frame keys already seen. A document that cannot be used (undecodable, malformed, of a
-run never started) is dead-lettered with the reason and does not hold up the stream.
+the coordinator dies; duplicates that still reach the stream (the publisher refuses its
+own repeats, but not a run published twice, or a repeat older than its ``dedupe_ttl_s``)
+are recognised by the frame keys already seen. A document that cannot be used
+(undecodable, malformed, of a run never started) is dead-lettered with the reason and does
+not hold up the stream.
 
 Empty-cell frames change the background of later frames. So that a frame is scored with
 the same background as in-process, a sample frame carries a reference to the latest
 empty-cell frame, before it in document order, that was reduced successfully; the
 dispatcher waits for pending empty-cell results before it dispatches the next sample frame.
+The empty-cell list (``….pbi.cells``) holds only the cells not yet resolved: once a sample
+frame has resolved them, they are trimmed off in the same atomic batch that records the
+resolved background.
 """
 
 from __future__ import annotations
@@ -218,7 +223,7 @@ class Dispatcher:
             raise PoisonDocument(f"{name} document of run {run} whose start document never "
                                  "arrived")
         if st.state in ("stopped", "closed"):
-            self.stats["duplicates"] += 1  # a late copy (the publisher sends at least once)
+            self.stats["duplicates"] += 1  # a late copy of a document
             return
         getattr(self, f"_{name}")(st, doc, ops, batch_ops)
         if st.state == "open":
@@ -432,8 +437,12 @@ class Dispatcher:
                 time.sleep(0.01)
             if blob is not None and decode(blob)["result"]["status"] == "reference":
                 ref = cell
-        self._bg_upto, self._bg_ref = n, ref
-        ops.add("HSET", self.names.background, "upto", n, "ref", ref or "")
+        # the cells now resolved are not needed any more (the background names its frame):
+        # the list keeps only the cells not yet resolved, so it does not grow for ever
+        ops.add("LTRIM", self.names.cells, n, -1)
+        ops.add("HSET", self.names.background, "upto", 0, "ref", ref or "")
+        self._cells_len = 0  # n cells were in the list, all resolved and trimmed
+        self._bg_upto, self._bg_ref = 0, ref
         return ref
 
 

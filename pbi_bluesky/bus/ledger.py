@@ -54,7 +54,7 @@ return record(KEYS[1], KEYS[2], KEYS[3], KEYS[4], ARGV[1], ARGV[2], ARGV[3], KEY
 """
 
 _ALLOWED = ("HSET", "HSETNX", "HDEL", "HINCRBY", "SADD", "SREM", "XADD", "XACK", "RPUSH",
-            "SET", "DEL", "EXPIRE")
+            "LTRIM", "SET", "DEL", "EXPIRE")
 
 APPLY = _RECORD_FN + """
 -- KEYS[1]: the lease; ARGV[1]: its holder; then ops: name, number of args, args...

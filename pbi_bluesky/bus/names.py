@@ -14,10 +14,11 @@ rest is this package's own working state, under ``{beamline}.pbi.``:
 ``….pbi.run.<uid>.emitted``      frame keys already dispatched (duplicate documents)
 ``….pbi.run.<uid>.datums``       Datum documents by datum id
 ``….pbi.open``                   runs not yet closed
-``….pbi.cells`` / ``background``  empty-cell frames in order, and the resolved background
+``….pbi.cells`` / ``background``  empty-cell frames not yet resolved, and the resolved background
 ``….pbi.coordinator``            the coordinator lease (one worker dispatches and assembles)
 ``….pbi.stats`` / ``errors``      counters; last unexpected error per work item
 ``….pbi.workers``                worker name -> time of its last heartbeat
+``….pbi.publisher.<token>``      the last sequence number taken from one publisher (dedupe)
 ==============================  ===============================================================
 """
 
@@ -115,6 +116,10 @@ class BusNames:
     def cursor(self) -> str:
         """Last results-stream entry the assembler has written."""
         return self._pbi("assembler.cursor")
+
+    def publisher(self, token: str) -> str:
+        """Return the key of the last sequence number the broker took from a publisher."""
+        return self._pbi(f"publisher.{token}")
 
     def run(self, uid: str) -> str:
         """Return the run ledger's key: context documents, frame counts, state."""

@@ -1,7 +1,9 @@
 """The publisher's local outbox: documents kept on disk while the broker is unreachable.
 
-One append-only file of msgpack records (``{"run", "name", "doc"}``, the document already
-encoded by :mod:`pbi_bluesky.codec`), flushed to the operating system after every batch and
+One append-only file of msgpack records (``{"run", "name", "doc", "pub", "seq"}``: the
+document already encoded by :mod:`pbi_bluesky.codec`, and the publisher's token and sequence
+number that let the broker refuse a repeat; files of earlier versions lack the last two),
+flushed to the operating system after every batch and
 fsynced at most every ``fsync_interval`` seconds. Sending it resumes where the last attempt
 stopped: the number of records already on the broker is kept beside it
 (``<name>.sent``, written atomically). A torn last record (a crash while appending) is
@@ -58,6 +60,12 @@ class Outbox:
         self._log = RecordLog(self.path, fsync_interval=fsync_interval, max_bytes=max_bytes)
         self.appended = 0
         self._torn = 0
+        if self.sent_path.exists() and not self.path.exists():
+            # a count whose outbox is gone (a crash between the two removals of an older
+            # version): it would make the next outbox's first records count as sent
+            logger.warning("outbox %s: dropping the sent count of an outbox that is gone",
+                           self.path)
+            self.sent_path.unlink(missing_ok=True)
 
     @property
     def torn(self) -> int:
@@ -132,8 +140,11 @@ class Outbox:
             send(batch)
             sent += len(batch)
             self._mark_sent(done + sent)
-        self.path.unlink(missing_ok=True)
+        # the count first: a crash between the two removals then resends the outbox (the
+        # broker refuses the repeats by their sequence numbers) instead of leaving a count
+        # that would skip the next outbox's records
         self.sent_path.unlink(missing_ok=True)
+        self.path.unlink(missing_ok=True)
         return sent
 
     def close(self) -> None:

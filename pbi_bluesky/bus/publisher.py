@@ -1,10 +1,12 @@
 r"""``RE.subscribe(BusPublisher(...))``: bluesky documents onto the beamline's Redis stream.
 
-The RunEngine thread only appends ``(name, doc)`` to an in-memory queue (no I/O, no lock
-held for longer than an append, never an exception): the scan never waits for the broker.
-A sender thread then, in document order,
+The RunEngine thread only finds the run uid of each document (the entry's key; a dict
+look-up) and numbers it (see below), keeps both with the document also when it spills to
+the file (so that a process that sends a dead one's spill file still knows the run of its
+events, and the broker refuses those the dead one had sent), and appends it to an
+in-memory queue (no I/O, no lock held for longer than an append, never an exception): the
+scan never waits for the broker. A sender thread then, in document order,
 
-* finds the run uid of each document (the entry's key),
 * refuses inline arrays above ``inline_limit_bytes``: the array is removed from the event
   and the refusal recorded in it (``pbi_refused``: key -> reason), so the frame still
   reaches the scorers and is accounted for as failed, with a reason that says to publish
@@ -16,8 +18,15 @@ A sender thread then, in document order,
 While the broker is unreachable, documents go to the local :class:`~.outbox.Outbox` file
 instead; the sender retries the broker with exponential backoff and, once it answers,
 sends the outbox first (in order, resuming after a partial attempt), then carries on. An
-outbox left by a previous process is sent the same way at start. Delivery is at least
-once: a send cut off mid-way may be repeated, and consumers drop duplicates.
+outbox left by a previous process is sent the same way at start.
+
+Delivery is exactly once, also when a call ran on the broker but its reply was lost (a
+connection cut mid-call, a timeout): each record carries its publisher's identity (a
+random token per :class:`BusPublisher`, kept in the outbox with the record) and a sequence
+number, and one Lua script adds a batch to the stream atomically, skipping the records at
+or below the last number the broker took from that publisher
+(``{beamline}.pbi.publisher.<token>``, expiring ``dedupe_ttl_s`` after its last use).
+:attr:`~BusPublisher.stats` ``["resent_skipped"]`` counts the repeats so refused.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ from __future__ import annotations
 import logging
 import threading
 import time
+import uuid
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -33,7 +43,7 @@ import numpy as np
 
 from pbi_bluesky.bus.names import PASSWORD_ENV, BusNames, connect
 from pbi_bluesky.bus.outbox import Outbox
-from pbi_bluesky.codec import EncodeError, decode_document, encode, encode_document, sanitize
+from pbi_bluesky.codec import EncodeError, decode_document, encode, sanitize
 from pbi_bluesky.infra.memory import DEFAULT_MEMORY_BUDGET, doc_nbytes
 from pbi_bluesky.infra.secrets import redact_url
 from pbi_bluesky.store.recordlog import RecordLog, Scan, read_at
@@ -47,6 +57,40 @@ DEFAULT_INLINE_LIMIT = 1 << 20
 """Largest inline array (bytes) put on the bus; larger frames must travel by reference."""
 _RUN_OF_UID = ("descriptor", "resource", "stream_resource")
 _FRAME_DOCS = ("event", "event_page", "stream_datum", "stream_datum_page")
+
+
+SEND_SCRIPT = """
+-- KEYS[1] the documents stream, KEYS[2] the last sequence number taken from this publisher;
+-- ARGV[1] maxlen (0: none), ARGV[2] seconds KEYS[2] lives, then (seq, run, name, doc) per
+-- record. Atomic: all records added or none; a record numbered at or below the last one
+-- taken is a repeat of a call whose reply was lost and is skipped (seq 0: not numbered).
+local last = tonumber(redis.call('GET', KEYS[2]) or '0')
+local maxlen = tonumber(ARGV[1])
+local added = 0
+for i = 3, #ARGV, 4 do
+  local seq = tonumber(ARGV[i])
+  if seq == 0 or seq > last then
+    if maxlen > 0 then
+      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
+                 'run', ARGV[i + 1], 'name', ARGV[i + 2], 'doc', ARGV[i + 3])
+    else
+      redis.call('XADD', KEYS[1], '*', 'run', ARGV[i + 1], 'name', ARGV[i + 2],
+                 'doc', ARGV[i + 3])
+    end
+    if seq > last then last = seq end
+    added = added + 1
+  end
+end
+if last > 0 then redis.call('SET', KEYS[2], last, 'EX', ARGV[2]) end
+return added
+"""
+"""Idempotent batch XADD (see the module docstring)."""
+
+_Meta = tuple[str, str, int]
+"""A queued document's run uid, publisher token and sequence number."""
+
+DEFAULT_DEDUPE_TTL = 7 * 24 * 3600
+"""Seconds the broker remembers a publisher's last sequence number after its last send."""
 
 
 def _nbytes(value: Any) -> int:
@@ -82,13 +126,19 @@ class BusPublisher:
     password_env
         Environment variable holding the broker's password (``bus.password_env``; default
         ``PBI_REDIS_PASSWORD``). The URL is only ever logged with its password redacted.
+    max_bytes
+        Bytes of documents held in memory before they spill to a file.
+    dedupe_ttl_s
+        Seconds the broker remembers the last sequence number it took from this publisher
+        (a record whose reply was lost longer ago than that could be added twice).
     """
 
     def __init__(self, url: str, beamline: str, *, outbox_dir: str | Path,
                  inline_limit_bytes: int = DEFAULT_INLINE_LIMIT, maxlen: int | None = None,
                  retry_initial_s: float = 0.2, retry_max_s: float = 5.0,
                  socket_timeout: float = 2.0, password_env: str | None = PASSWORD_ENV,
-                 max_bytes: int = DEFAULT_MEMORY_BUDGET) -> None:
+                 max_bytes: int = DEFAULT_MEMORY_BUDGET,
+                 dedupe_ttl_s: int = DEFAULT_DEDUPE_TTL) -> None:
         self.url, self.names = url, BusNames(beamline)
         self.inline_limit = int(inline_limit_bytes)
         self.maxlen = maxlen
@@ -97,9 +147,14 @@ class BusPublisher:
         self._client = connect(url, socket_timeout=socket_timeout,
                                connect_timeout=min(1.0, socket_timeout),
                                password_env=password_env)
-        self._queue: deque[tuple[str, dict | None, int, int]] = deque()
-        """``(name, doc, bytes held, 0)``, or ``(name, None, offset, length)`` of a
-        document kept in the spill file."""
+        self._send_script = self._client.register_script(SEND_SCRIPT)
+        self.token = uuid.uuid4().hex
+        """This publisher's identity on the broker (its records' sequence numbers)."""
+        self._seq = 0
+        self.dedupe_ttl = int(dedupe_ttl_s)
+        self._queue: deque[tuple[str, dict | None, int, int, _Meta]] = deque()
+        """``(name, doc, bytes held, 0, meta)``, or ``(name, None, offset, length, meta)`` of
+        a document kept in the spill file; meta is ``(run, publisher token, sequence)``."""
         self.max_bytes = int(max_bytes)
         self.held_bytes = 0
         """Bytes of documents queued in memory now (the byte budget's counter)."""
@@ -108,7 +163,9 @@ class BusPublisher:
         """Queued entries that live in the spill file."""
         for offset, length, record in Scan(self.spill.path, valid=is_spool_record):
             # a spill file left by a process that ended before sending it: sent first
-            self._queue.append((record["name"], None, offset, length))
+            self._queue.append((record["name"], None, offset, length,
+                                (str(record.get("run") or ""), str(record.get("pub") or ""),
+                                 int(record.get("seq") or 0))))
             self._spilled += 1
         if self._spilled:
             logger.warning("bus publisher: %d document(s) left in %s by an earlier process "
@@ -122,7 +179,8 @@ class BusPublisher:
         self._attempt = 0
         self.stats = {"queued": 0, "published": 0, "outboxed": 0, "refused": 0,
                       "from_outbox": 0, "reconnects": 0, "unencodable": 0,
-                      "send_errors": 0, "spilled": 0, "peak_held_bytes": 0}
+                      "send_errors": 0, "spilled": 0, "peak_held_bytes": 0,
+                      "resent_skipped": 0}
         self._stalled: list[dict[str, Any]] | None = None
         """Records that could neither be sent nor written to the outbox (retried first)."""
         self._thread = threading.Thread(target=self._loop, daemon=True,
@@ -162,14 +220,16 @@ class BusPublisher:
         try:
             size = doc_nbytes(doc)
             with self._cond:
+                self._seq += 1
+                meta = (self._run_uid(name, doc), self.token, self._seq)
                 if self.held_bytes + size > self.max_bytes:
-                    entry = self._spill(name, doc)
+                    entry = self._spill(name, doc, meta)
                     if entry is not None:
                         self._queue.append(entry)
                         self.stats["queued"] += 1
                         self._cond.notify()
                         return
-                self._queue.append((name, doc, size, 0))
+                self._queue.append((name, doc, size, 0, meta))
                 self.held_bytes += size
                 self.stats["peak_held_bytes"] = max(self.stats["peak_held_bytes"],
                                                     self.held_bytes)
@@ -178,14 +238,21 @@ class BusPublisher:
         except Exception:  # noqa: BLE001 - the scan must never die because of us
             logger.exception("bus publisher could not queue a %r document", name)
 
-    def _spill(self, name: str, doc: dict) -> tuple[str, None, int, int] | None:
-        """Append a document to the spill file; None (keep it in memory) if that fails."""
+    def _spill(self, name: str, doc: dict, meta: _Meta
+               ) -> tuple[str, None, int, int, _Meta] | None:
+        """Append a document to the spill file; None (keep it in memory) if that fails.
+
+        The record is the spool's ``{"name", "doc"}`` with the document's ``run``, ``pub``
+        (publisher token) and ``seq`` beside.
+        """
+        run, pub, seq = meta
         try:
             try:
-                data = encode_document(name, doc)
+                data = encode({"name": name, "doc": doc, "run": run, "pub": pub, "seq": seq})
             except EncodeError:
                 clean, paths = sanitize(doc)
-                data = encode_document(name, {**clean, "pbi_unencodable": paths})
+                data = encode({"name": name, "doc": {**clean, "pbi_unencodable": paths},
+                               "run": run, "pub": pub, "seq": seq})
             offset = self.spill.append(data)
         except Exception:  # noqa: BLE001 - held in memory instead: nothing dropped
             logger.exception("bus publisher: could not spill a %s document to %s; held in "
@@ -193,14 +260,15 @@ class BusPublisher:
             return None
         self._spilled += 1
         self.stats["spilled"] += 1
-        return (name, None, offset, len(data))
+        return (name, None, offset, len(data), meta)
 
-    def _take(self, entry: tuple[str, dict | None, int, int]) -> tuple[str, dict]:
-        """Return a popped entry's document (read back from the spill file if there)."""
-        name, doc, a, b = entry
-        if doc is not None:
-            return name, doc
-        return decode_document(read_at(self.spill.path, a, b))
+    def _take(self, entry: tuple[str, dict | None, int, int, _Meta]
+              ) -> tuple[str, dict, _Meta]:
+        """Return a popped entry's document and meta (read back from the spill file if there)."""
+        name, doc, a, b, meta = entry
+        if doc is None:
+            name, doc = decode_document(read_at(self.spill.path, a, b))
+        return name, doc, meta
 
     # -- control ----------------------------------------------------------------------------
     @property
@@ -278,7 +346,7 @@ class BusPublisher:
                 with self._cond:
                     self._busy = False
 
-    def _done_with(self, entry: tuple[str, dict | None, int, int]) -> None:
+    def _done_with(self, entry: tuple[str, dict | None, int, int, _Meta]) -> None:
         """Release a queue entry's memory; empty the spill file once nothing is in it."""
         with self._cond:
             if entry[1] is not None:
@@ -289,15 +357,22 @@ class BusPublisher:
                 self.spill.close()
                 self.spill.path.unlink(missing_ok=True)
 
-    def _safe_record(self, name: str, doc: dict) -> dict[str, Any]:
+    def _safe_record(self, name: str, doc: dict, meta: _Meta) -> dict[str, Any]:
+        run, pub, seq = meta
+        record = self._unnumbered_record(name, doc, run)
+        if pub:
+            record["pub"], record["seq"] = pub, seq
+        return record
+
+    def _unnumbered_record(self, name: str, doc: dict, run: str) -> dict[str, Any]:
         try:
-            return self._record(name, doc)
+            return self._record(name, doc, run)
         except Exception as exc:  # noqa: BLE001 - a document that breaks us still goes out
             self.stats["unencodable"] += 1
             logger.exception("bus publisher: %s document could not be prepared (%s); "
                              "published with its values as text", name, exc)
             clean, paths = sanitize(doc)
-            return {"run": self._run_uid(name, clean), "name": name,
+            return {"run": run, "name": name,
                     "doc": encode({**clean, "pbi_unencodable": paths})}
 
     def _send(self, records: list[dict[str, Any]]) -> None:
@@ -342,15 +417,35 @@ class BusPublisher:
         self._attempt += 1
 
     def _xadd(self, records: list[dict[str, Any]]) -> None:
-        pipe = self._client.pipeline(transaction=False)
-        for r in records:
-            pipe.xadd(self.names.documents, {"run": r["run"], "name": r["name"],
-                                             "doc": r["doc"]},
-                      maxlen=self.maxlen, approximate=True)
-        pipe.execute()
+        """Add records to the stream, each once (see :data:`SEND_SCRIPT`), in order.
+
+        Records of one publisher go in one atomic call; records of an outbox written by an
+        earlier version carry no number and are added as they come.
+        """
+        i = 0
+        while i < len(records):
+            token = records[i].get("pub") or ""
+            j = i
+            args: list[Any] = [self.maxlen or 0, self.dedupe_ttl]
+            while j < len(records) and (records[j].get("pub") or "") == token:
+                r = records[j]
+                args += [int(r.get("seq") or 0) if token else 0, r["run"], r["name"],
+                         r["doc"]]
+                j += 1
+            key = self.names.publisher(token or "unnumbered")
+            added = int(self._send_script(keys=[self.names.documents, key], args=args))
+            self.stats["resent_skipped"] += (j - i) - added
+            i = j
 
     # -- documents --------------------------------------------------------------------------
     def _run_uid(self, name: str, doc: dict) -> str:
+        """Return the run of a document ("" if it names none); on the RunEngine thread."""
+        try:
+            return self._find_run(name, doc)
+        except Exception:  # noqa: BLE001 - a malformed document still goes out
+            return ""
+
+    def _find_run(self, name: str, doc: dict) -> str:
         if name == "start":
             return str(doc.get("uid", ""))
         if name in _RUN_OF_UID or name == "stop":
@@ -390,8 +485,7 @@ class BusPublisher:
                         if k in refused else v) for k, v in data.items()}
         return {**doc, "data": new_data, "pbi_refused": refused}
 
-    def _record(self, name: str, doc: dict) -> dict[str, Any]:
-        run = self._run_uid(name, doc)
+    def _record(self, name: str, doc: dict, run: str) -> dict[str, Any]:
         doc = self._refuse_large(name, doc)
         try:
             payload = encode(doc)

@@ -175,3 +175,43 @@ def test_acknowledged_stream_entries_are_trimmed_after_the_retention(
                 client.xrange(names.results, count=1)[0][0])
     removed = trim.trim(now=time.time() + 1.0)
     assert removed[names.results] == 1 and client.xlen(names.results) == n + 1
+
+
+def test_resolved_empty_cells_are_trimmed_and_the_newest_stays_the_background(
+        redis_server, names, core, core_kwargs, bus_files, bus_instrument, tmp_path):
+    """Issue 20 ("keys grow without bound"): every empty-cell frame was RPUSHed onto
+    ``….pbi.cells`` for ever. Now a sample frame that resolves the background trims the
+    cells it resolved; the sample frames still carry the newest cell as their background."""
+    from tests.bus.runs import cell_run
+
+    client = connect(redis_server.url)
+    ensure_groups(client, names)
+    scorer = Scorer(connect(redis_server.url), names, FrameScorer(**core_kwargs), "s",
+                    batch_size=8)
+    scorer.join()
+    stop = threading.Event()
+
+    def score():
+        while not stop.is_set():
+            scorer.step(block_ms=50)
+
+    thread = threading.Thread(target=score, daemon=True)
+    thread.start()
+    rng = np.random.default_rng(5)
+    try:
+        for round_, n_cells in enumerate((3, 1)):
+            cells = [cell_run(bus_instrument, rng, bus_files["poni_text"])
+                     for _ in range(n_cells)]
+            _uid, sample = _run(bus_files, bus_instrument, 1, seed=round_)
+            for i, (_c, docs) in enumerate(cells):
+                publish(redis_server.url, names.beamline, docs, tmp_path / f"c{round_}{i}")
+            publish(redis_server.url, names.beamline, sample, tmp_path / f"s{round_}")
+            dispatch(client, names, core)
+            newest = f"{cells[-1][0]}|primary/1"
+            assert client.llen(names.cells) == 0  # old code: 3, then 4
+            assert client.hget(names.background, "ref").decode() == newest
+            item = decode(client.xrevrange(names.frames, count=1)[0][1][b"item"])
+            assert item["background"] == newest
+    finally:
+        stop.set()
+        thread.join(10)
