@@ -394,3 +394,64 @@ def test_a_full_disk_while_setting_a_run_aside_does_not_stop_the_replay(tmp_path
     assert sink.rejected() == ["0-no-start"] and sink.pending() == []
     assert sink.backlog == 0 and sink.stats["rejected"] == 1
     sink.close(10)
+
+
+class FullDisk:
+    """The spool's disk refuses records while ``full`` (ENOSPC), and refuses to create a
+    new spool file too (what a disk out of inodes or blocks does), as a real one would."""
+
+    def __init__(self, monkeypatch) -> None:
+        import errno
+
+        from pbi_bluesky.store import recordlog
+
+        self.full = False
+        real_open, real_append = recordlog.RecordLog.open, recordlog.RecordLog.append
+        disk = self
+
+        def open_(log, **kwargs):
+            if disk.full and not log.path.exists():
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(log, **kwargs)
+
+        def append(log, data, **kwargs):
+            if disk.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_append(log, data, **kwargs)
+
+        monkeypatch.setattr(recordlog.RecordLog, "open", open_)
+        monkeypatch.setattr(recordlog.RecordLog, "append", append)
+
+
+def test_a_full_disk_and_an_outage_at_once_lose_nothing(tmp_path, monkeypatch):
+    """Issue 20 (bench_faults' disk_full_tiled_down): two interleaved runs; the disk refuses
+    records (run B's start, before its file exists, among them) while the writer is down;
+    the disk and the writer come back. Every document of both runs must be downstream
+    exactly once and in order (the file replay missed the refused ones: B had no start)."""
+    disk = FullDisk(monkeypatch)
+    mem = Memory()
+    sink = SpoolSink(tmp_path / "spool", mem.factory, delete_partial=mem.delete_run,
+                     auto_replay=False)
+    a, b = _run(3, sample="A"), _run(3, sample="B")
+
+    def send(doc, **state):
+        for key, value in state.items():
+            setattr(disk if key == "full" else mem, key, value)
+        sink(*doc)
+        assert sink.flush(10)
+
+    send(a[0]), send(a[1]), send(a[2])           # A start, descriptor, event 1 spooled
+    send(b[0], full=True), send(b[1])            # B's start and descriptor: refused
+    send(a[3])                                   # A event 2 refused, forwarded
+    send(b[2], up=False)                         # Tiled down: B fails
+    send(a[4])                                   # A event 3: refused and A fails
+    send(b[3], full=False), send(a[5])           # the disk takes writes again: A stop
+    send(b[4], up=True), send(b[5])              # Tiled back; B's last event and stop
+    assert sink.stats["not_spooled"] == 5 and sink.stats["write_failures"] == 2
+    assert sink.pending() == sorted([a[0][1]["uid"], b[0][1]["uid"]])
+    outcomes = sink.replay()
+    assert {str(o) for o in outcomes.values()} == {"written"}, outcomes
+    for run in (a, b):
+        assert mem.of_run(run[0][1]["uid"]) == [(n, d["uid"]) for n, d in run]
+    assert sink.pending() == [] and sink.backlog == 0
+    assert sink.close(10)
