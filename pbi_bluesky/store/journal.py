@@ -145,12 +145,15 @@ class Journals:
             return "not kept: this run's journal is over the memory budget"
         journal = self._runs.get(stem)
         if self.held + len(data) > self.max_bytes:
+            earlier = ""
             if journal is not None:
                 self.held -= journal.held
                 del self._runs[stem]
+                kept = sum(isinstance(e, bytes) for e in journal.entries)
+                earlier = f", and the {kept} refused before it kept so far"
             self._given_up.add(stem)
             return (f"not kept: journals over the memory budget of {self.max_bytes} bytes; "
-                    "a replay of this run misses it")
+                    f"a replay of this run misses it{earlier}")
         if journal is None:
             journal = self._runs[stem] = Journal(path)
             if on_disk:

@@ -455,3 +455,31 @@ def test_a_full_disk_and_an_outage_at_once_lose_nothing(tmp_path, monkeypatch):
         assert mem.of_run(run[0][1]["uid"]) == [(n, d["uid"]) for n, d in run]
     assert sink.pending() == [] and sink.backlog == 0
     assert sink.close(10)
+
+
+def test_refused_records_past_the_memory_budget_are_counted_lost_with_the_reason(
+        tmp_path, monkeypatch):
+    """The journals hold at most ``max_bytes``: past it a refused record is a counted loss
+    (its reason says so) and the run is replayed from its file, as before journals."""
+    disk = FullDisk(monkeypatch)
+    mem = Memory()
+    docs = _run(2, sample="budget")
+    size = len(__import__("pbi_bluesky.codec").codec.encode_document(*docs[2]))
+    sink = SpoolSink(tmp_path / "spool", mem.factory, delete_partial=mem.delete_run,
+                     auto_replay=False, max_bytes=size + 10)
+    for i, doc in enumerate(docs):
+        disk.full = i in (2, 3)  # both events refused: only the first fits the budget
+        mem.up = i < 3
+        sink(*doc)
+        assert sink.flush(10)
+    assert sink.stats["journaled"] == 1 and sink.stats["not_spooled"] == 2
+    assert "kept in memory" in sink.losses[-2]["reason"]
+    assert ("not kept: journals over the memory budget" in sink.losses[-1]["reason"]
+            and "the 1 refused before it" in sink.losses[-1]["reason"])
+    assert sink.pending() == [docs[0][1]["uid"]]  # the journal is gone; its file remains
+    mem.up = True
+    (outcome,) = sink.replay().values()
+    assert str(outcome) == ("written (2 document(s) never reached the spool file (disk "
+                            "errors, see losses))")
+    assert [n for n, _ in mem.of_run(docs[0][1]["uid"])] == ["start", "descriptor", "stop"]
+    assert sink.close(10)
