@@ -483,3 +483,27 @@ def test_refused_records_past_the_memory_budget_are_counted_lost_with_the_reason
                             "errors, see losses))")
     assert [n for n, _ in mem.of_run(docs[0][1]["uid"])] == ["start", "descriptor", "stop"]
     assert sink.close(10)
+
+
+def test_a_refused_run_known_only_to_its_journal_is_set_aside_whole(tmp_path, monkeypatch):
+    """A run whose start (and more) the disk refused, then refused by the writer for its
+    content: ``rejected/`` gets the whole run from the journal, not the start-less file."""
+    disk = FullDisk(monkeypatch)
+    docs = _run(2, sample="refused")
+    uid = docs[0][1]["uid"]
+
+    def refusing():
+        def write(name, doc):
+            raise ValueError("422 Unprocessable Entity")  # content, not an outage
+        return write
+
+    sink = SpoolSink(tmp_path / "spool", refusing, auto_replay=False, reject_after=1)
+    for i, doc in enumerate(docs):
+        disk.full = i < 2  # start and descriptor refused (no file yet)
+        sink(*doc)
+    assert sink.flush(10) and sink.stats["journaled"] == 2
+    assert str(sink.replay()[uid]) == "rejected: ValueError: 422 Unprocessable Entity"
+    kept = read_spool_file(tmp_path / "spool" / "rejected" / f"{uid}.spool")
+    assert [(n, d["uid"]) for n, d in kept.docs] == [(n, d["uid"]) for n, d in docs]
+    assert sink.pending() == [] and sink.backlog == 0 and sink.rejected() == [uid]
+    assert sink.close(10)
