@@ -230,6 +230,8 @@ class SpoolReplay:
                 with self._lock:
                     self._journals.drop(run)
         except OSError as exc:
+            if journal is not None:  # a half-written copy (a full disk) must not fill it more
+                target.with_name(target.name + ".part").unlink(missing_ok=True)
             logger.error("spool %s: run %s cannot be set aside (%s): %s; it stays in %s",
                          self.root.name, run[:8], reason, exc, self.pending_dir)
             return ReplayResult(ReplayOutcome.FAILED, f"cannot be set aside in rejected/ "
