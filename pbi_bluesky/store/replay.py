@@ -4,13 +4,16 @@ A run whose downstream writer failed, or that a dead process left behind, waits 
 ``pending/``; :meth:`SpoolReplay.replay` writes each such run downstream again from its
 spool file (deleting any partial copy first), sets aside in ``rejected/`` a run the writer
 keeps refusing for its content, and :meth:`SpoolReplay.prune` deletes ``done/`` files past
-their retention. :mod:`.spool` routes and forwards; this module only replays.
+their retention. A run with a journal (documents the disk refused, :mod:`.journal`) is
+replayed from its journal instead of its file. :mod:`.spool` routes and forwards; this
+module only replays.
 """
 
 from __future__ import annotations
 
 import enum
 import logging
+import os
 import shutil
 import time
 from dataclasses import dataclass
@@ -19,6 +22,7 @@ from pathlib import Path
 import filelock
 
 from pbi_bluesky.infra.retry import should_retry
+from pbi_bluesky.store.journal import JournalError
 from pbi_bluesky.store.recordlog import Scan
 from pbi_bluesky.store.spoolfile import SUFFIX, abort_stop, fsync_dir, is_spool_record
 
@@ -102,10 +106,11 @@ class SpoolReplay:
                     for run in self.pending()}
         try:
             self.stats["replays"] += 1
-            for path in sorted(self.pending_dir.glob(f"*{SUFFIX}")):
-                run = path.stem
+            for run in self.pending():
+                path = self.pending_dir / f"{run}{SUFFIX}"
                 with self._lock:
-                    if run in self._open:
+                    journal = self._journals.get(run)
+                    if run in self._open or (journal is not None and not journal.closed):
                         outcomes[run] = ReplayResult(ReplayOutcome.OPEN, "run in progress here")
                         continue
                     if run in self._forwarding and run not in self._failed:
@@ -122,18 +127,26 @@ class SpoolReplay:
         return outcomes
 
     def _replay_one(self, run: str, path: Path) -> ReplayResult:
+        journal = self._journals.get(run)
         run_lock = filelock.FileLock(str(self.pending_dir / f"{run}.lock"), timeout=0)
         try:
             run_lock.acquire()
         except filelock.Timeout:
             return ReplayResult(ReplayOutcome.SKIPPED, "being written by another process")
+        except OSError as exc:  # a full disk: a run known only here needs no lock
+            if journal is None or path.exists():
+                return ReplayResult(ReplayOutcome.FAILED, f"cannot take the run's lock: {exc}")
+            run_lock = None
         try:
-            if not path.exists():
+            if not path.exists() and journal is None:
                 return ReplayResult(ReplayOutcome.WRITTEN, "by another replay")
             # streamed: one record in memory at a time, whatever the file's size
             scan = Scan(path, valid=is_spool_record)
-            records = (_doc(r) for _, _, r in scan)
-            first = next(records, None)
+            records = journal.records() if journal else (_doc(r) for _, _, r in scan)
+            try:
+                first = next(records, None)
+            except JournalError as exc:
+                return self._journal_broken(run, exc)
             if first is None or first[0] != "start" or first[1].get("uid") != run:
                 records.close()  # the file is set aside below: let go of it first
             notes: list[str] = []
@@ -162,7 +175,7 @@ class SpoolReplay:
                 if scan.error:
                     notes.append(scan.error)
                     logger.warning("spool %s: %s", path.name, scan.error)
-                if self._unspooled.get(run):
+                if self._unspooled.get(run) and journal is None:
                     notes.append(f"{self._unspooled[run]} document(s) never reached the "
                                  "spool file (disk errors, see losses)")
                 if last != "stop":
@@ -171,6 +184,8 @@ class SpoolReplay:
                                  "without a stop)")
             except Exception as exc:  # noqa: BLE001
                 reason = f"{type(exc).__name__}: {exc}"
+                if isinstance(exc, JournalError):
+                    return self._journal_broken(run, exc)
                 if not _transient(exc):
                     self._refusals[run] = self._refusals.get(run, 0) + 1
                     if self._refusals[run] >= self.reject_after:
@@ -184,7 +199,8 @@ class SpoolReplay:
             self._move_done(run)
             return ReplayResult(ReplayOutcome.WRITTEN, "; ".join(notes))
         finally:
-            run_lock.release()
+            if run_lock is not None:
+                run_lock.release()
             if not path.exists():
                 (self.pending_dir / f"{run}.lock").unlink(missing_ok=True)
 
@@ -197,10 +213,25 @@ class SpoolReplay:
         written (a full disk) is only logged.
         """
         target = self.rejected_dir / path.name
+        journal = self._journals.get(run)
         try:
             self.rejected_dir.mkdir(exist_ok=True)
-            shutil.move(str(path), target)
+            if journal is None:
+                shutil.move(str(path), target)
+            else:  # the whole run (the refused records too), not the file's part of it
+                partial = target.with_name(target.name + ".part")
+                with open(partial, "wb") as fh:
+                    for chunk in journal.raw():
+                        fh.write(chunk)
+                    fh.flush()
+                    os.fsync(fh.fileno())
+                os.replace(partial, target)
+                path.unlink(missing_ok=True)
+                with self._lock:
+                    self._journals.drop(run)
         except OSError as exc:
+            if journal is not None:  # a half-written copy (a full disk) must not fill it more
+                target.with_name(target.name + ".part").unlink(missing_ok=True)
             logger.error("spool %s: run %s cannot be set aside (%s): %s; it stays in %s",
                          self.root.name, run[:8], reason, exc, self.pending_dir)
             return ReplayResult(ReplayOutcome.FAILED, f"cannot be set aside in rejected/ "
@@ -216,6 +247,15 @@ class SpoolReplay:
         logger.error("spool %s: run %s set aside (%s); kept in %s, not retried",
                      self.root.name, run[:8], reason, target)
         return ReplayResult(ReplayOutcome.REJECTED, reason)
+
+    def _journal_broken(self, run: str, exc: JournalError) -> ReplayResult:
+        """Drop a journal its spool file no longer matches: replay the file from now on."""
+        with self._lock:
+            self._journals.drop(run)
+        logger.error("spool %s: journal of run %s dropped (%s); the run is replayed from its "
+                     "file, without the documents the disk refused", self.root.name, run[:8],
+                     exc)
+        return ReplayResult(ReplayOutcome.FAILED, f"journal dropped: {exc}")
 
     def rejected(self) -> list[str]:
         """Return the runs the writer refused for their content (kept in ``rejected/``)."""

@@ -16,14 +16,19 @@ at once, even behind a backlog; a run's own documents keep their order. If the w
 of a run fails (Tiled is down), the run is marked failed, its remaining documents stay
 on disk only, and a replay is scheduled with exponential backoff (stamina) until the writer
 answers again; a replay deletes any partial copy downstream and writes the whole run again.
-A torn last record (what a crash leaves) is dropped and reported; a run whose writer process
-died before its stop document is closed with a stop document of ``exit_status="abort"``.
+A document the disk refused (a full disk) is still forwarded from memory, and its run
+gets a journal (:mod:`.journal`): a replay of that run writes its documents from the
+journal, the refused ones from memory, so a full disk and an outage at once lose nothing
+while the process lives. A torn last record (what a crash leaves) is dropped and reported;
+a run whose writer process died before its stop document is closed with a stop document
+of ``exit_status="abort"``.
 Replays are serialised across processes with a file lock (``spool.lock``), and a run that
 another live process still writes (it holds ``<run uid>.lock``) is left alone.
 
 Layout: this module routes and forwards; :mod:`.replay` replays and prunes (a mixin of
 :class:`SpoolSink`); :mod:`.spoolfile` knows the file format; :mod:`.recordlog` appends and
-scans the files (shared with the bus outbox).
+scans the files (shared with the bus outbox); :mod:`.journal` keeps the runs the disk
+refused documents of.
 """
 
 from __future__ import annotations
@@ -44,6 +49,7 @@ import filelock
 from pbi_bluesky.codec import EncodeError, decode_document, encode_document, sanitize
 from pbi_bluesky.infra.memory import DEFAULT_MEMORY_BUDGET
 from pbi_bluesky.infra.queues import wait_drained
+from pbi_bluesky.store.journal import Journals
 from pbi_bluesky.store.recordlog import RecordLog, read_at
 from pbi_bluesky.store.replay import ReplayOutcome, ReplayResult, SpoolReplay
 from pbi_bluesky.store.spoolfile import (
@@ -101,7 +107,10 @@ class SpoolSink(SpoolReplay):
         Bytes of documents held in memory for forwarding (estimated by their encoded
         size). Past it, documents are not kept in memory: the forwarder reads each back
         from its record in the spool file (nothing dropped, the RunEngine never waits).
-        A document the disk refused is the exception: it is held whatever its size.
+        A document the disk refused is the exception: it is held whatever its size
+        while it is queued, and its run's journal keeps it (journals together hold at
+        most ``max_bytes``; past that the document is counted in :attr:`losses` as lost
+        to a replay).
     reject_after
         A run the writer refuses this many times for something other than an outage
         (a connection or timeout error) moves to ``rejected/`` with its reason.
@@ -158,10 +167,12 @@ class SpoolSink(SpoolReplay):
         self.stats = {"spooled": 0, "forwarded": 0, "write_failures": 0, "replays": 0,
                       "replayed_runs": 0, "unattributed": 0, "rejected": 0,
                       "unencodable": 0, "not_spooled": 0, "from_disk": 0,
-                      "peak_held_bytes": 0}
+                      "peak_held_bytes": 0, "journaled": 0}
         self.losses: list[dict[str, str]] = []
         """The last 1000 documents not written to the spool file: run, name, reason."""
         self._unspooled: dict[str, int] = {}
+        self._journals = Journals(self.max_bytes)
+        """Runs with documents the disk refused: replayed from these (see :mod:`.journal`)."""
         self.rejected_dir = self.root / "rejected"
         self.reject_after = int(reject_after)
         self._refusals: dict[str, int] = {}
@@ -243,23 +254,31 @@ class SpoolSink(SpoolReplay):
     def _write(self, run: str, name: str, data: bytes) -> int | None:
         """Append one record to the run's file; returns its byte offset.
 
-        None (loss recorded) on a disk error, with the file cut back to its last complete
-        record.
+        None on a disk error (the file cut back to its last complete record): the record
+        goes to the run's journal and is listed in :attr:`losses` (see :meth:`_refused`).
         """
         try:
             state = self._open_run(run)
         except (OSError, filelock.Timeout) as exc:
-            self._lose(run, name, f"cannot open the spool file: {type(exc).__name__}: {exc}")
-            logger.error("spool: %s document of run %s not spooled: %s", name, run[:8], exc)
+            path = self._path(run)
+            self._refused(run, name, data, path.stat().st_size if path.exists() else 0,
+                          f"cannot open the spool file: {type(exc).__name__}: {exc}")
             return None
         try:
-            return state.log.append(data, sync=name in ("start", "stop"))
+            offset = state.log.append(data, sync=name in ("start", "stop"))
         except OSError as exc:
-            self._lose(run, name, f"{type(exc).__name__}: {exc}")
-            logger.error("spool: %s document of run %s not spooled (%s); it is still "
-                         "forwarded, but a replay of this run would miss it", name, run[:8],
-                         exc)
+            self._refused(run, name, data, state.log.size, f"{type(exc).__name__}: {exc}")
             return None
+        self._journals.spooled(spool_stem(run), offset, len(data))
+        return offset
+
+    def _refused(self, run: str, name: str, data: bytes, on_disk: int, reason: str) -> None:
+        """Keep a record the disk refused in its run's journal (if the budget allows)."""
+        kept = self._journals.refused(spool_stem(run), self._path(run), on_disk, data)
+        self.stats["journaled"] += kept.startswith("kept")
+        self._lose(run, name, f"{reason} ({kept})")
+        logger.error("spool: %s document of run %s not spooled (%s); it is still forwarded, "
+                     "and %s", name, run[:8], reason, kept)
 
     def _append(self, name: str, doc: dict) -> None:
         with self._lock:
@@ -284,6 +303,7 @@ class SpoolSink(SpoolReplay):
                 self._forwarding.discard(run)
                 self._schedule_replay()
             if name == "stop":
+                self._journals.close(spool_stem(run))
                 state = self._open.pop(run, None)
                 if state is not None:
                     state.log.close()
@@ -316,8 +336,12 @@ class SpoolSink(SpoolReplay):
                          size))
 
     def pending(self) -> list[str]:
-        """Run uids whose documents are not (completely) downstream yet."""
-        return sorted(p.stem for p in self.pending_dir.glob(f"*{SUFFIX}"))
+        """Run uids whose documents are not (completely) downstream yet.
+
+        Those with a file in ``pending/`` and those with a journal (see :mod:`.journal`).
+        """
+        return sorted({p.stem for p in self.pending_dir.glob(f"*{SUFFIX}")}
+                      | set(self._journals))
 
     # -- forwarding (background thread) -----------------------------------------------
     def _forward_loop(self) -> None:
@@ -400,6 +424,7 @@ class SpoolSink(SpoolReplay):
         self._forwarding.discard(run)
         with self._lock:
             held = self._held.pop(run, None)
+            self._journals.drop(spool_stem(run))
         if held is not None:
             held.release()
         lock = self.pending_dir / f"{spool_stem(run)}.lock"

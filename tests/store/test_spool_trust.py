@@ -394,3 +394,116 @@ def test_a_full_disk_while_setting_a_run_aside_does_not_stop_the_replay(tmp_path
     assert sink.rejected() == ["0-no-start"] and sink.pending() == []
     assert sink.backlog == 0 and sink.stats["rejected"] == 1
     sink.close(10)
+
+
+class FullDisk:
+    """The spool's disk refuses records while ``full`` (ENOSPC), and refuses to create a
+    new spool file too (what a disk out of inodes or blocks does), as a real one would."""
+
+    def __init__(self, monkeypatch) -> None:
+        import errno
+
+        from pbi_bluesky.store import recordlog
+
+        self.full = False
+        real_open, real_append = recordlog.RecordLog.open, recordlog.RecordLog.append
+        disk = self
+
+        def open_(log, **kwargs):
+            if disk.full and not log.path.exists():
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(log, **kwargs)
+
+        def append(log, data, **kwargs):
+            if disk.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_append(log, data, **kwargs)
+
+        monkeypatch.setattr(recordlog.RecordLog, "open", open_)
+        monkeypatch.setattr(recordlog.RecordLog, "append", append)
+
+
+def test_a_full_disk_and_an_outage_at_once_lose_nothing(tmp_path, monkeypatch):
+    """Issue 20 (bench_faults' disk_full_tiled_down): two interleaved runs; the disk refuses
+    records (run B's start, before its file exists, among them) while the writer is down;
+    the disk and the writer come back. Every document of both runs must be downstream
+    exactly once and in order (the file replay missed the refused ones: B had no start)."""
+    disk = FullDisk(monkeypatch)
+    mem = Memory()
+    sink = SpoolSink(tmp_path / "spool", mem.factory, delete_partial=mem.delete_run,
+                     auto_replay=False)
+    a, b = _run(3, sample="A"), _run(3, sample="B")
+
+    def send(doc, **state):
+        for key, value in state.items():
+            setattr(disk if key == "full" else mem, key, value)
+        sink(*doc)
+        assert sink.flush(10)
+
+    send(a[0]), send(a[1]), send(a[2])           # A start, descriptor, event 1 spooled
+    send(b[0], full=True), send(b[1])            # B's start and descriptor: refused
+    send(a[3])                                   # A event 2 refused, forwarded
+    send(b[2], up=False)                         # Tiled down: B fails
+    send(a[4])                                   # A event 3: refused and A fails
+    send(b[3], full=False), send(a[5])           # the disk takes writes again: A stop
+    send(b[4], up=True), send(b[5])              # Tiled back; B's last event and stop
+    assert sink.stats["not_spooled"] == 5 and sink.stats["write_failures"] == 2
+    assert sink.pending() == sorted([a[0][1]["uid"], b[0][1]["uid"]])
+    outcomes = sink.replay()
+    assert {str(o) for o in outcomes.values()} == {"written"}, outcomes
+    for run in (a, b):
+        assert mem.of_run(run[0][1]["uid"]) == [(n, d["uid"]) for n, d in run]
+    assert sink.pending() == [] and sink.backlog == 0
+    assert sink.close(10)
+
+
+def test_refused_records_past_the_memory_budget_are_counted_lost_with_the_reason(
+        tmp_path, monkeypatch):
+    """The journals hold at most ``max_bytes``: past it a refused record is a counted loss
+    (its reason says so) and the run is replayed from its file, as before journals."""
+    disk = FullDisk(monkeypatch)
+    mem = Memory()
+    docs = _run(2, sample="budget")
+    size = len(__import__("pbi_bluesky.codec").codec.encode_document(*docs[2]))
+    sink = SpoolSink(tmp_path / "spool", mem.factory, delete_partial=mem.delete_run,
+                     auto_replay=False, max_bytes=size + 10)
+    for i, doc in enumerate(docs):
+        disk.full = i in (2, 3)  # both events refused: only the first fits the budget
+        mem.up = i < 3
+        sink(*doc)
+        assert sink.flush(10)
+    assert sink.stats["journaled"] == 1 and sink.stats["not_spooled"] == 2
+    assert "kept in memory" in sink.losses[-2]["reason"]
+    assert ("not kept: journals over the memory budget" in sink.losses[-1]["reason"]
+            and "the 1 refused before it" in sink.losses[-1]["reason"])
+    assert sink.pending() == [docs[0][1]["uid"]]  # the journal is gone; its file remains
+    mem.up = True
+    (outcome,) = sink.replay().values()
+    assert str(outcome) == ("written (2 document(s) never reached the spool file (disk "
+                            "errors, see losses))")
+    assert [n for n, _ in mem.of_run(docs[0][1]["uid"])] == ["start", "descriptor", "stop"]
+    assert sink.close(10)
+
+
+def test_a_refused_run_known_only_to_its_journal_is_set_aside_whole(tmp_path, monkeypatch):
+    """A run whose start (and more) the disk refused, then refused by the writer for its
+    content: ``rejected/`` gets the whole run from the journal, not the start-less file."""
+    disk = FullDisk(monkeypatch)
+    docs = _run(2, sample="refused")
+    uid = docs[0][1]["uid"]
+
+    def refusing():
+        def write(name, doc):
+            raise ValueError("422 Unprocessable Entity")  # content, not an outage
+        return write
+
+    sink = SpoolSink(tmp_path / "spool", refusing, auto_replay=False, reject_after=1)
+    for i, doc in enumerate(docs):
+        disk.full = i < 2  # start and descriptor refused (no file yet)
+        sink(*doc)
+    assert sink.flush(10) and sink.stats["journaled"] == 2
+    assert str(sink.replay()[uid]) == "rejected: ValueError: 422 Unprocessable Entity"
+    kept = read_spool_file(tmp_path / "spool" / "rejected" / f"{uid}.spool")
+    assert [(n, d["uid"]) for n, d in kept.docs] == [(n, d["uid"]) for n, d in docs]
+    assert sink.pending() == [] and sink.backlog == 0 and sink.rejected() == [uid]
+    assert sink.close(10)

@@ -30,6 +30,21 @@ class Memory:
         self.docs = [(n, d) for n, d in self.docs if d.get("uid") != uid
                      and d.get("run_start") != uid]
 
+    def delete_run(self, uid):
+        """Delete every document of a run (events through their descriptors), as
+        ``Catalog.delete_partial`` does in Tiled."""
+        self.deleted.append(uid)
+        descs = {d["uid"] for n, d in self.docs if n == "descriptor" and d["run_start"] == uid}
+        self.docs = [(n, d) for n, d in self.docs if d.get("uid") != uid
+                     and d.get("run_start") != uid and d.get("descriptor") not in descs]
+
+    def of_run(self, uid):
+        """The (name, uid) of each document of one run downstream, in order."""
+        descs = {d["uid"] for n, d in self.docs if n == "descriptor" and d["run_start"] == uid}
+        return [(n, d["uid"]) for n, d in self.docs
+                if d.get("uid") == uid or d.get("run_start") == uid
+                or d.get("descriptor") in descs]
+
     def runs(self):
         return {d["uid"] for n, d in self.docs if n == "start"}
 
