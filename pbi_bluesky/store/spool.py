@@ -470,8 +470,11 @@ class SpoolSink(SpoolReplay):
         self._thread.join(max(0.0, deadline - time.monotonic()))
         while (self.auto_replay and self.writer_factory is not None and self.pending()
                and time.monotonic() < deadline):
+            refusals = dict(self._refusals)
             outcomes = self.replay()
-            if not any(o.progress for o in outcomes.values()):
+            # a refusal for the run's content counts toward setting it aside (reject_after):
+            # that is progress too, where an outage is not
+            if not any(o.progress for o in outcomes.values()) and self._refusals == refusals:
                 break  # no progress: the writer is down; the runs stay spooled
         return not self.pending()
 

@@ -209,6 +209,28 @@ def test_a_run_the_writer_keeps_refusing_is_set_aside_not_lost(tmp_path):
     sink.close()
 
 
+def test_close_sets_aside_a_run_refused_for_its_content(tmp_path):
+    """A run whose content the writer refuses is set aside by the close's last replays; the
+    close stopped at the first replay without a run written (bench_faults left its fourth
+    wrong-shape run pending: 'spools_drained' false), though a refusal moves the run toward
+    rejected/ and an outage does not."""
+    class Refusing(Memory):
+        def __call__(self, name, doc):
+            if name == "event":
+                raise ValueError("operands could not be broadcast together")
+            super().__call__(name, doc)
+
+    mem = Refusing()
+    sink = SpoolSink(tmp_path / "spool", mem.factory, delete_partial=mem.delete,
+                     reject_after=3, replay_wait_initial=60, replay_wait_max=60)
+    docs = _analysis_run("raw-late", "50:50", 0, 1.0, "L")
+    for name, doc in docs:
+        sink(name, doc)
+    uid = docs[0][1]["uid"]
+    assert sink.close(30) is True
+    assert sink.pending() == [] and sink.rejected() == [uid]
+
+
 def _locked() -> Exception:
     import sqlite3
 
