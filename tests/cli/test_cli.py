@@ -337,10 +337,11 @@ def test_evaluate_compares_detectors(trained, tmp_path):
     assert (tmp_path / "r" / "embedding_map.png").is_file()
 
 
-# the survey's slots in the test: normals (2, 7), the transient (10) and five defects, the
-# hardest kinds included (9 composition drift, 11 thickness, 12 mislabelled): the loop's
-# training is the demo's, only 6 of the 14 slots are left out to keep the test's time
-DEMO_TEST_SLOTS = (2, 3, 7, 9, 10, 11, 12, 14)
+# the survey's slots in the test: a normal (2), the transient (10) and the three hardest
+# defects for the loop's model (9 composition drift, 11 thickness, 12 mislabelled; the
+# contaminations 3 and 14 score 10x higher): the loop's training is the demo's, 9 of the 14
+# slots are left out to keep the suite's time (about 15 s fewer than 8 slots)
+DEMO_TEST_SLOTS = (2, 9, 10, 11, 12)
 
 
 def test_live_demo_end_to_end(tmp_path):
