@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from scipy.optimize import least_squares
 
 from pbi_bluesky.models import BundleError, load_bundle, save_bundle
 
@@ -205,6 +206,27 @@ def golden(model, intensity, sigma, recipes) -> dict[str, np.ndarray]:
     }
 
 
+def _descriptor_fit_capped(model, intensity, sigma) -> np.ndarray:
+    """Rows whose best descriptor fit (lowest cost of its starts) hit the evaluation cap."""
+    import pbi_bluesky.models.descriptors as descriptors
+
+    fits = []
+
+    def recording(*args, **kwargs):
+        fit = least_squares(*args, **kwargs)
+        fits.append(fit)
+        return fit
+
+    capped = []
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(descriptors, "least_squares", recording)
+        for i, s in zip(intensity, sigma, strict=True):
+            fits.clear()
+            descriptors.fit_descriptors(model.grid.q, i, s)
+            capped.append(min(fits, key=lambda f: f.cost).status == 0)  # 0: max_nfev
+    return np.array(capped)
+
+
 def test_the_shipped_model_scores_fixed_curves_as_it_did_before_the_split():
     """A regression guard, not a fix: the same bundle gives the recorded numbers. Exact for
     what does not pass the float32 network (thresholds, p-values, flags, predictions);
@@ -219,10 +241,21 @@ def test_the_shipped_model_scores_fixed_curves_as_it_did_before_the_split():
     for key in ("threshold", "p_value", "is_anomaly", "predicted", "attribution_names",
                 "unknown_predicted", "predict_all"):
         np.testing.assert_array_equal(got[key], want[key], err_msg=key)
+    capped = _descriptor_fit_capped(model, want["intensity"], want["sigma"])
+    assert 0 < capped.sum() < len(capped)  # both kinds of row are checked below
     for key in ("score", "parts", "embedding", "attributions", "unknown_score"):
         # Scaled to the array: CI's CPU gave embedding differences of 4.8e-8 on values
         # up to 0.15 (3e-7 of the scale) where small entries differ by 2e-5 relative.
+        rows = ~capped if key == "attributions" else slice(None)
         scale = float(np.max(np.abs(want[key])))
-        np.testing.assert_allclose(got[key], want[key], rtol=1e-5, atol=1e-5 * scale,
-                                   err_msg=key)
+        np.testing.assert_allclose(got[key][rows], want[key][rows], rtol=1e-5,
+                                   atol=1e-5 * scale, err_msg=key)
+    # A curve whose best descriptor fit stops at its evaluation cap (least_squares
+    # max_nfev=40) ends where the CPU's float64 rounding led it: on an AMD EPYC row 0's
+    # correlation-length attribution was 1.169 against 1.254 recorded (7%). For those rows
+    # the same top descriptor and the same attributions to 10% of the row's largest.
+    got_a, want_a = got["attributions"][capped], want["attributions"][capped]
+    np.testing.assert_array_equal(np.abs(got_a).argmax(1), np.abs(want_a).argmax(1))
+    np.testing.assert_allclose(got_a, want_a, rtol=0,
+                               atol=0.1 * float(np.abs(want_a).max()), err_msg="capped")
     assert want["is_anomaly"].any() and not want["is_anomaly"].all()
