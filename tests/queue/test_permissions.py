@@ -108,6 +108,34 @@ def test_no_secret_on_the_stacks_command_lines_or_logs(queue_stack):
         assert_nowhere(key, service)
 
 
+def test_the_queue_servers_redis_needs_its_password(queue_stack):
+    """The queue server's Redis (queue, history, permissions, verdict feed) refuses a client
+    without the password; the manager reached it with the password from its 0600 config
+    file, which is on no command line and ``***`` in the manager's log (it prints its
+    configuration, the address with the password, at start)."""
+    import redis
+
+    from tests.infra.test_secrets import assert_nowhere
+
+    password = queue_stack.redis.password
+    assert password
+    with pytest.raises(redis.AuthenticationError):
+        redis.Redis.from_url(queue_stack.redis.url, socket_timeout=2).ping()
+    assert queue_stack.redis.client(socket_timeout=2).ping()
+    config = queue_stack.manager.qserver_config
+    assert password in config.read_text() and config.stat().st_mode & 0o077 == 0
+    for service in (queue_stack.redis, queue_stack.tiled, queue_stack.manager):
+        assert_nowhere(password, service)
+    log = queue_stack.manager.log_path.read_text(errors="replace")
+    assert ":***@127.0.0.1:" in log  # the manager printed the address, redacted
+    # the manager's queue lives in that Redis: it answered with it
+    api = queue_stack.api()
+    try:
+        assert api.status()["items_in_queue"] >= 0
+    finally:
+        api.close()
+
+
 def test_the_control_channel_is_encrypted(queue_stack, monkeypatch):
     """CurveZMQ: a client without the server's public key gets no answer; the private key
     is on no command line and in no log."""
