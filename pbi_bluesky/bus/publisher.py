@@ -7,11 +7,12 @@ events, and the broker refuses those the dead one had sent), and appends it to a
 in-memory queue (no I/O, no lock held for longer than an append, never an exception): the
 scan never waits for the broker. A sender thread then, in document order,
 
-* refuses inline arrays above ``inline_limit_bytes``: the array is removed from the event
-  and the refusal recorded in it (``pbi_refused``: key -> reason), so the frame still
-  reaches the scorers and is accounted for as failed, with a reason that says to publish
-  large frames by reference (Resource/Datum or StreamResource/StreamDatum pointing at HDF5
-  on shared storage); :attr:`stats` ``["refused"]`` counts them;
+* refuses inline arrays above ``inline_limit_bytes`` (:func:`~.wire.refuse_large`): the
+  array is removed from the event and the refusal recorded in it (``pbi_refused``: key ->
+  reason), so the frame still reaches the scorers and is accounted for as failed, with a
+  reason that says to publish large frames by reference (Resource/Datum or
+  StreamResource/StreamDatum pointing at HDF5 on shared storage); :attr:`stats`
+  ``["refused"]`` counts them;
 * encodes it (:mod:`pbi_bluesky.codec`, msgpack, never pickle) and ``XADD``\ s it to
   ``{beamline}.bluesky.runengine.documents`` with fields ``run``, ``name``, ``doc``.
 
@@ -39,10 +40,9 @@ from collections import deque
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from pbi_bluesky.bus.names import PASSWORD_ENV, BusNames, connect
 from pbi_bluesky.bus.outbox import Outbox
+from pbi_bluesky.bus.wire import DEFAULT_INLINE_LIMIT, SEND_SCRIPT, refuse_large
 from pbi_bluesky.codec import EncodeError, decode_document, encode, sanitize
 from pbi_bluesky.infra.memory import DEFAULT_MEMORY_BUDGET, doc_nbytes
 from pbi_bluesky.infra.secrets import redact_url
@@ -53,55 +53,15 @@ __all__ = ["DEFAULT_INLINE_LIMIT", "BusPublisher"]
 
 logger = logging.getLogger(__name__)
 
-DEFAULT_INLINE_LIMIT = 1 << 20
-"""Largest inline array (bytes) put on the bus; larger frames must travel by reference."""
 _RUN_OF_UID = ("descriptor", "resource", "stream_resource")
 _FRAME_DOCS = ("event", "event_page", "stream_datum", "stream_datum_page")
 
-
-SEND_SCRIPT = """
--- KEYS[1] the documents stream, KEYS[2] the last sequence number taken from this publisher;
--- ARGV[1] maxlen (0: none), ARGV[2] seconds KEYS[2] lives, then (seq, run, name, doc) per
--- record. Atomic: all records added or none; a record numbered at or below the last one
--- taken is a repeat of a call whose reply was lost and is skipped (seq 0: not numbered).
-local last = tonumber(redis.call('GET', KEYS[2]) or '0')
-local maxlen = tonumber(ARGV[1])
-local added = 0
-for i = 3, #ARGV, 4 do
-  local seq = tonumber(ARGV[i])
-  if seq == 0 or seq > last then
-    if maxlen > 0 then
-      redis.call('XADD', KEYS[1], 'MAXLEN', '~', maxlen, '*',
-                 'run', ARGV[i + 1], 'name', ARGV[i + 2], 'doc', ARGV[i + 3])
-    else
-      redis.call('XADD', KEYS[1], '*', 'run', ARGV[i + 1], 'name', ARGV[i + 2],
-                 'doc', ARGV[i + 3])
-    end
-    if seq > last then last = seq end
-    added = added + 1
-  end
-end
-if last > 0 then redis.call('SET', KEYS[2], last, 'EX', ARGV[2]) end
-return added
-"""
-"""Idempotent batch XADD (see the module docstring)."""
 
 _Meta = tuple[str, str, int]
 """A queued document's run uid, publisher token and sequence number."""
 
 DEFAULT_DEDUPE_TTL = 7 * 24 * 3600
 """Seconds the broker remembers a publisher's last sequence number after its last send."""
-
-
-def _nbytes(value: Any) -> int:
-    if isinstance(value, np.ndarray):
-        return int(value.nbytes)
-    if isinstance(value, (list, tuple)) and value and not isinstance(value[0], (str, bytes)):
-        try:
-            return int(np.asarray(value).nbytes)
-        except (ValueError, TypeError):
-            return 0
-    return 0
 
 
 class BusPublisher:
@@ -417,7 +377,7 @@ class BusPublisher:
         self._attempt += 1
 
     def _xadd(self, records: list[dict[str, Any]]) -> None:
-        """Add records to the stream, each once (see :data:`SEND_SCRIPT`), in order.
+        """Add records to the stream, each once (see :data:`~.wire.SEND_SCRIPT`), in order.
 
         Records of one publisher go in one atomic call; records of an outbox written by an
         earlier version carry no number and are added as they come.
@@ -462,28 +422,13 @@ class BusPublisher:
         return ""
 
     def _refuse_large(self, name: str, doc: dict) -> dict:
-        if name not in ("event", "event_page"):
-            return doc
-        data = doc.get("data") or {}
-        refused = {}
-        for key, value in data.items():
-            values = value if name == "event_page" and isinstance(value, list) else [value]
-            size = max((_nbytes(v) for v in values), default=0)
-            if size > self.inline_limit:
-                refused[key] = (f"inline array {key!r} of {size} bytes is over the bus limit "
-                                f"of {self.inline_limit} bytes: not published; publish large "
-                                "frames by reference (Resource/Datum or StreamResource "
-                                "pointing at HDF5 on shared storage)")
-        if not refused:
-            return doc
-        self.stats["refused"] += len(refused) * (len(doc.get("seq_num", [])) if
-                                                 name == "event_page" else 1)
-        if self.stats["refused"] <= 3 or self.stats["refused"] % 100 == 0:
-            logger.warning("bus publisher: %s (%d refused so far)",
-                           next(iter(refused.values())), self.stats["refused"])
-        new_data = {k: (([None] * len(v) if name == "event_page" else None)
-                        if k in refused else v) for k, v in data.items()}
-        return {**doc, "data": new_data, "pbi_refused": refused}
+        doc, refused, count = refuse_large(name, doc, self.inline_limit)
+        if count:
+            self.stats["refused"] += count
+            if self.stats["refused"] <= 3 or self.stats["refused"] % 100 == 0:
+                logger.warning("bus publisher: %s (%d refused so far)",
+                               next(iter(refused.values())), self.stats["refused"])
+        return doc
 
     def _record(self, name: str, doc: dict, run: str) -> dict[str, Any]:
         doc = self._refuse_large(name, doc)
