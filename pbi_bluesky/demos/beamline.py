@@ -225,7 +225,7 @@ def _survey(out: Path, ioc: Any, exposure_s: float, verdict_timeout: float,
             device_api: str, *, train: list[dict[str, Any]] | None = None,
             train_epochs: int = LOOP_EPOCHS, slots: list[int] | None = None
             ) -> LiveDemoReport:
-    from pbi_bluesky.demos.loop import LoopReport, measure_normals, train_and_promote
+    from pbi_bluesky.demos.loop import LoopReport, measure_normals
     from pbi_bluesky.plans import survey_and_rescan, use_tray
     from pbi_bluesky.store import flagged_runs
 
@@ -248,7 +248,7 @@ def _survey(out: Path, ioc: Any, exposure_s: float, verdict_timeout: float,
         loop.say(f"measured the empty cell and {len(train)} normal specimens (one "
                  f"{exposure_s:g} s frame each, one run per recipe) in "
                  f"{loop.seconds['measure']} s")
-        train_and_promote(session, out, loop, epochs=train_epochs)
+        _train_while_the_changer_returns(session, out, loop, train_epochs)
 
     def plan():
         result = yield from survey_and_rescan(
@@ -270,6 +270,29 @@ def _survey(out: Path, ioc: Any, exposure_s: float, verdict_timeout: float,
     report.model = {k: scorer.model_info.get(k)
                     for k in ("model_sha256", "registry_version", "origin")}
     return report
+
+
+def _train_while_the_changer_returns(session: Any, out: Path, loop: Any, epochs: int) -> None:
+    """Train and promote on a thread while the RunEngine moves the changer to slot 0.
+
+    The normals sit at slots 21-70 and the survey starts at the empty cell (slot 0): the
+    sim changer's trip back took 14.9 s of a 90 s demo, the read and training about 9 s.
+    The live scorer is idle (no run is open) and the survey's first run start, which picks
+    up the promoted model, comes after both. Exceptions of the training thread are raised
+    here; ``train_and_promote`` itself reports a refusal and keeps the shipped model.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    from bluesky import plan_stubs as bps
+
+    from pbi_bluesky.demos.loop import train_and_promote
+
+    with ThreadPoolExecutor(1, thread_name_prefix="pbi-demo-train") as pool:
+        training = pool.submit(train_and_promote, session, out, loop, epochs=epochs)
+        try:
+            session.RE(bps.mv(session.beamline.changer, 0))
+        finally:
+            training.result()
 
 
 def _report(out, outcomes, summaries, events, model, runs, flagged_runs,
