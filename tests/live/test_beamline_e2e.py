@@ -65,6 +65,7 @@ def test_survey_flags_defect_tells_transient_and_lands_in_tiled(
     assert by_slot[8].raw_uid in flagged and by_slot[transient].raw_uid in flagged
     assert by_slot[6].raw_uid not in flagged
     start = runs[by_slot[8].raw_uid].metadata["start"]
+    start_6 = runs[by_slot[6].raw_uid].metadata["start"]
     assert start["composition"] == "50:50" and start["slot"] == 8
     assert "Detector: Pilatus300k" in start["geometry"] and start["geometry_sha256"]
     rescans = [r for r in by_slot[8].rescans if r["raw_uid"]]
@@ -81,6 +82,20 @@ def test_survey_flags_defect_tells_transient_and_lands_in_tiled(
     if mode == "ophyd":  # the raw frame, served by Tiled from the detector's HDF5 file
         frame = runs[by_slot[6].raw_uid]["primary"]["saxs_image"].read()
         assert frame.dtype == np.int32 and frame.shape[-2:] == (619, 487)
+    # issue 18: the runs these devices wrote (stock ophyd: Resource/Datum; ophyd-async:
+    # StreamResource) read back for training as `pbi model train --tiled` does, reduced
+    # with the empty cell measured before them
+    from pbi_bluesky.training.tiled import collect_normals
+
+    normals = collect_normals(runs, scorer.core.reducing(), query=("purpose=survey",))
+    used = {r["uid"]: r for r in normals.used}
+    assert normals.cells == [] and by_slot[6].raw_uid in used, normals.summary()
+    assert used[by_slot[6].raw_uid] == {"uid": by_slot[6].raw_uid, "sample": start_6["sample"],
+                                         "composition": "25:75", "frames": 1}
+    assert len(normals.used) == 3 and normals.refused == [], normals.summary()
+    assert normals.summary()["per_recipe"] == {"25:75": 1, "50:50": 2}
+    # every frame (3 samples and the cell) from its HDF5 file under the data root
+    assert normals.reads.as_dict() == {"from_files": 4, "through_tiled": 0, "why_tiled": {}}
 
 
 def test_bad_metadata_and_a_raising_model_never_abort_the_scan(
