@@ -136,14 +136,21 @@ def test_bad_metadata_and_a_raising_model_never_abort_the_scan(
 def test_tiled_down_at_start_and_mid_scan_loses_nothing(
     sim_config, model_300k, instrument_300k, tmp_path
 ):
-    """A real Tiled server: down when the session starts, up, killed mid-session, back."""
+    """A real Tiled server: down when the session starts, up, killed mid-session, back.
+
+    On PostgreSQL, as bench_faults.py runs it: on SQLite + DuckDB the two spools' replays
+    meeting the fresh server at once locked it up in one clean-clone run of the suite
+    ("No active transaction, cannot commit" in DuckDB's pool, then "database is locked"
+    for 300 s; duckdb/duckdb#21384, docs/known-gaps.md)."""
     import os
 
     from pbi_bluesky.plans import measure_tray, use_tray
     from pbi_bluesky.store import flagged_runs
-    from pbi_bluesky.testing.services import TiledServer
+    from pbi_bluesky.testing.services import PostgresServer, TiledServer
 
-    server = TiledServer(tmp_path / "tiled", readable=[sim_config.detector.local_path])
+    pg = PostgresServer(tmp_path / "pg").start()
+    server = TiledServer(tmp_path / "tiled", readable=[sim_config.detector.local_path],
+                         database=pg.asyncpg_uri, tables=pg.tables_uri("pbi_tables"))
     # (port chosen, server not started yet)
     os.environ["PBI_TEST_TILED_KEY"] = server.api_key
     cfg = sim_config.with_overrides(tiled={"uri": server.uri,
@@ -175,5 +182,6 @@ def test_tiled_down_at_start_and_mid_scan_loses_nothing(
         assert len(uids) == len(set(uids)) == 3  # no duplicates after the replays
     finally:
         server.stop()
+        pg.stop()
         use_tray(None)
         os.environ.pop("PBI_TEST_TILED_KEY", None)
