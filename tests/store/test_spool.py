@@ -15,7 +15,7 @@ from event_model import compose_run
 
 from pbi_bluesky.store import ReplayOutcome, ReplayResult, SpoolSink, read_spool_file
 from tests.store.test_store import _analysis_run
-from tests.store.writers import Memory, blocked_factory
+from tests.store.writers import Memory, RefusingEvents, blocked_factory
 
 
 def _wait(predicate, timeout=30.0):
@@ -186,13 +186,7 @@ def test_garbage_spool_files_are_reported_not_raised(tmp_path, junk):
 
 
 def test_a_run_the_writer_keeps_refusing_is_set_aside_not_lost(tmp_path):
-    class Refusing(Memory):
-        def __call__(self, name, doc):
-            if name == "event":
-                raise ValueError("operands could not be broadcast together")
-            super().__call__(name, doc)
-
-    mem = Refusing()
+    mem = RefusingEvents()
     sink = SpoolSink(tmp_path / "spool", mem.factory, delete_partial=mem.delete,
                      auto_replay=False, reject_after=2)
     docs = _analysis_run("raw-bad", "50:50", 0, 1.0, "B")
@@ -214,13 +208,7 @@ def test_close_sets_aside_a_run_refused_for_its_content(tmp_path):
     close stopped at the first replay without a run written (bench_faults left its fourth
     wrong-shape run pending: 'spools_drained' false), though a refusal moves the run toward
     rejected/ and an outage does not."""
-    class Refusing(Memory):
-        def __call__(self, name, doc):
-            if name == "event":
-                raise ValueError("operands could not be broadcast together")
-            super().__call__(name, doc)
-
-    mem = Refusing()
+    mem = RefusingEvents()
     sink = SpoolSink(tmp_path / "spool", mem.factory, delete_partial=mem.delete,
                      reject_after=3, replay_wait_initial=60, replay_wait_max=60)
     docs = _analysis_run("raw-late", "50:50", 0, 1.0, "L")

@@ -6,7 +6,6 @@ order, or the run sits in rejected/ with a reason."""
 
 from __future__ import annotations
 
-import errno
 import shutil
 import tempfile
 import threading
@@ -25,7 +24,7 @@ from hypothesis.stateful import (
 )
 
 from pbi_bluesky.store import SpoolSink
-from pbi_bluesky.store.recordlog import RecordLog
+from tests.store.writers import FullDisk
 
 pytestmark = pytest.mark.harness
 
@@ -97,35 +96,10 @@ class Downstream:
             self.runs.pop(uid, None)
 
 
-class Disk:
-    """The spool's disk: while ``full``, appends and new files fail with ENOSPC."""
-
-    def __init__(self) -> None:
-        self.full = False
-        self.real = RecordLog.open, RecordLog.append
-        real_open, real_append = self.real
-        disk = self
-
-        def open_(log, **kwargs):
-            if disk.full and not log.path.exists():
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return real_open(log, **kwargs)
-
-        def append(log, data, **kwargs):
-            if disk.full:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return real_append(log, data, **kwargs)
-
-        RecordLog.open, RecordLog.append = open_, append
-
-    def restore(self) -> None:
-        RecordLog.open, RecordLog.append = self.real
-
-
 class SpoolMachine(RuleBasedStateMachine):
     def __init__(self) -> None:
         super().__init__()
-        self.disk = Disk()
+        self.disk = FullDisk()
         self.dir = Path(tempfile.mkdtemp(prefix="pbi-spool-harness-"))
         self.down = Downstream()
         self.sink = self._sink()

@@ -10,7 +10,7 @@ import numpy as np
 from event_model import compose_run
 
 from pbi_bluesky.store import Catalog, SpoolSink, read_spool_file
-from tests.store.writers import Memory, blocked_factory
+from tests.store.writers import FullDisk, Memory, blocked_factory
 
 
 def _run(n_events: int, **md):
@@ -394,33 +394,6 @@ def test_a_full_disk_while_setting_a_run_aside_does_not_stop_the_replay(tmp_path
     assert sink.rejected() == ["0-no-start"] and sink.pending() == []
     assert sink.backlog == 0 and sink.stats["rejected"] == 1
     sink.close(10)
-
-
-class FullDisk:
-    """The spool's disk refuses records while ``full`` (ENOSPC), and refuses to create a
-    new spool file too (what a disk out of inodes or blocks does), as a real one would."""
-
-    def __init__(self, monkeypatch) -> None:
-        import errno
-
-        from pbi_bluesky.store import recordlog
-
-        self.full = False
-        real_open, real_append = recordlog.RecordLog.open, recordlog.RecordLog.append
-        disk = self
-
-        def open_(log, **kwargs):
-            if disk.full and not log.path.exists():
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return real_open(log, **kwargs)
-
-        def append(log, data, **kwargs):
-            if disk.full:
-                raise OSError(errno.ENOSPC, "No space left on device")
-            return real_append(log, data, **kwargs)
-
-        monkeypatch.setattr(recordlog.RecordLog, "open", open_)
-        monkeypatch.setattr(recordlog.RecordLog, "append", append)
 
 
 def test_a_full_disk_and_an_outage_at_once_lose_nothing(tmp_path, monkeypatch):

@@ -1,9 +1,13 @@
-"""Downstream writers for the spool tests: one that keeps documents, one that hangs."""
+"""Downstream writers for the spool tests (one that keeps documents, one that refuses
+events, one that hangs) and a spool disk that fills up."""
 
 from __future__ import annotations
 
+import errno
 import threading
 from collections.abc import Callable
+
+from pbi_bluesky.store.recordlog import RecordLog
 
 
 class Memory:
@@ -50,6 +54,46 @@ class Memory:
 
     def stop_of(self, uid):
         return next(d for n, d in self.docs if n == "stop" and d["run_start"] == uid)
+
+
+class RefusingEvents(Memory):
+    """A writer that refuses every event for its content (as Tiled refuses a wrong shape)."""
+
+    def __call__(self, name, doc):
+        if name == "event":
+            raise ValueError("operands could not be broadcast together")
+        super().__call__(name, doc)
+
+
+class FullDisk:
+    """The spool's disk: while ``full``, appends and new spool files fail with ENOSPC (what a
+    disk out of blocks or inodes does). ``restore()`` puts the real methods back; with
+    ``monkeypatch`` the test does."""
+
+    def __init__(self, monkeypatch=None) -> None:
+        self.full = False
+        self.real = RecordLog.open, RecordLog.append
+        real_open, real_append = self.real
+        disk = self
+
+        def open_(log, **kwargs):
+            if disk.full and not log.path.exists():
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_open(log, **kwargs)
+
+        def append(log, data, **kwargs):
+            if disk.full:
+                raise OSError(errno.ENOSPC, "No space left on device")
+            return real_append(log, data, **kwargs)
+
+        if monkeypatch is not None:
+            monkeypatch.setattr(RecordLog, "open", open_)
+            monkeypatch.setattr(RecordLog, "append", append)
+        else:
+            RecordLog.open, RecordLog.append = open_, append
+
+    def restore(self) -> None:
+        RecordLog.open, RecordLog.append = self.real
 
 
 def blocked_factory(mem: Memory) -> tuple[Callable, threading.Event, threading.Event]:
