@@ -27,7 +27,7 @@ from typing import IO, Any
 from pbi_bluesky.infra.ports import free_port, port_open
 
 __all__ = ["Process", "ServiceError", "die_with_parent", "find_binary", "free_port",
-           "port_open", "redact"]
+           "port_open", "redact", "write_private"]
 
 logger = logging.getLogger(__name__)
 
@@ -73,6 +73,18 @@ def die_with_parent() -> Callable[[], None] | None:
             os._exit(1)
 
     return preexec
+
+
+def write_private(path: Path, text: str) -> Path:
+    """Write ``text`` to ``path``, readable by its owner only (mode 0600).
+
+    For a service's settings with a password in them, which must never go on a command line.
+    """
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "w") as out:
+        os.fchmod(out.fileno(), 0o600)  # also when the file was there already
+        out.write(text)
+    return path
 
 
 def redact(text: str, secrets: list[str] | tuple[str, ...]) -> str:

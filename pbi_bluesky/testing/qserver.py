@@ -50,7 +50,13 @@ from typing import Any
 
 from pbi_bluesky.config import BeamlineConfig
 from pbi_bluesky.queue.api import PROFILE_DIR, PUBLIC_KEY_ENV, connect_api
-from pbi_bluesky.testing.launch import Process, ServiceError, find_binary, free_port
+from pbi_bluesky.testing.launch import (
+    Process,
+    ServiceError,
+    find_binary,
+    free_port,
+    write_private,
+)
 from pbi_bluesky.testing.services import RedisServer, TiledServer
 
 __all__ = ["QueueStack", "REManager"]
@@ -150,11 +156,8 @@ class REManager(Process):
 
         addr = (f":{self._redis_password}@{self.redis_addr}" if self._redis_password
                 else self.redis_addr)
-        fd = os.open(self.qserver_config, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as out:
-            os.fchmod(out.fileno(), 0o600)  # also when the file was there already
-            yaml.safe_dump({"network": {"redis_addr": addr}}, out)
-        return self.qserver_config
+        return write_private(self.qserver_config,
+                             yaml.safe_dump({"network": {"redis_addr": addr}}))
 
     def env(self) -> dict[str, str]:
         """Return the RE Manager's environment (the private key and beamline file go here)."""

@@ -26,7 +26,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from pbi_bluesky.testing.launch import Process, find_binary, port_open
+from pbi_bluesky.testing.launch import Process, find_binary, port_open, write_private
 
 __all__ = ["PostgresServer", "RedisServer", "TiledServer"]
 
@@ -167,11 +167,7 @@ class RedisServer(Process):
                  f"appendonly {'yes' if self.appendonly else 'no'}", "appendfsync everysec"]
         if self.password:
             lines.append(f"requirepass {self.password}")
-        fd = os.open(self.conf_path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w") as conf:
-            os.fchmod(conf.fileno(), 0o600)  # also when the file was there already
-            conf.write("\n".join(lines) + "\n")
-        return self.conf_path
+        return write_private(self.conf_path, "\n".join(lines) + "\n")
 
     def command(self) -> list[str]:
         """Return the ``redis-server`` command line (its settings are in a 0600 file)."""
